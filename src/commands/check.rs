@@ -1,0 +1,146 @@
+//! `envclone check [--live]`: is the configuration usable, and (live) does
+//! what it names exist and answer?
+
+use super::{load_config, Output};
+use crate::cli::{CheckArgs, GlobalArgs};
+use crate::config::Config;
+use crate::exit::ExitCode;
+use crate::guest::endpoint::{ssh_options, ssh_target};
+use crate::guest::{AgentClient, GuestSession};
+use crate::hypervisor::{Hypervisor, LibvirtHypervisor};
+use crate::{Error, Result};
+use serde::Serialize;
+use std::path::PathBuf;
+
+#[derive(Debug, Serialize)]
+pub struct CheckReport {
+    pub config: PathBuf,
+    pub environments: usize,
+    pub vms: usize,
+    pub schedules: usize,
+    pub standbys: usize,
+    /// Empty without `--live`.
+    pub live: Vec<LiveCheck>,
+}
+
+#[derive(Debug, Serialize)]
+pub struct LiveCheck {
+    /// What was checked, e.g. `domain demo-web` or `agent demo/web`.
+    pub subject: String,
+    pub ok: bool,
+    pub detail: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub hint: Option<String>,
+}
+
+impl LiveCheck {
+    fn from_result(subject: String, result: Result<String>) -> LiveCheck {
+        match result {
+            Ok(detail) => LiveCheck { subject, ok: true, detail, hint: None },
+            Err(e) => LiveCheck { subject, ok: false, detail: error_chain(&e), hint: e.hint() },
+        }
+    }
+}
+
+pub fn run(global: &GlobalArgs, args: &CheckArgs, out: &Output) -> Result<ExitCode> {
+    let config = load_config(global)?;
+    let mut report = CheckReport {
+        config: global.config.clone(),
+        environments: config.environments.len(),
+        vms: config.environments.values().map(|env| env.vms.len()).sum(),
+        schedules: config.schedules.len(),
+        standbys: config.standbys.len(),
+        live: Vec::new(),
+    };
+    if args.live {
+        report.live = live_checks(&config);
+    }
+    out.report(&report, human);
+    let failed = report.live.iter().filter(|check| !check.ok).count();
+    if failed > 0 {
+        return Err(Error::CheckFailed { failed, total: report.live.len() });
+    }
+    Ok(ExitCode::Ok)
+}
+
+/// libvirt first (domains, networks), then every agent in parallel: each
+/// SSH login costs a fraction of a second and they do not depend on each other.
+fn live_checks(config: &Config) -> Vec<LiveCheck> {
+    let uri = &config.controller.libvirt_uri;
+    let hv = match LibvirtHypervisor::connect(uri) {
+        Ok(hv) => hv,
+        Err(e) => {
+            let e = Error::hypervisor(format!("connect to libvirt at {uri}"))(e);
+            return vec![LiveCheck::from_result(format!("libvirt {uri}"), Err(e))];
+        }
+    };
+    let mut checks = vec![LiveCheck { subject: format!("libvirt {uri}"), ok: true, detail: "connected".into(), hint: None }];
+    for (env_name, env) in &config.environments {
+        for network in &env.networks {
+            let result = hv
+                .network(network)
+                .map(|n| if n.active { "active".to_string() } else { "defined, not active".to_string() })
+                .map_err(Error::hypervisor(format!("environment '{env_name}'")));
+            checks.push(LiveCheck::from_result(format!("network {network}"), result));
+        }
+        for vm in env.vms.values() {
+            let result = hv
+                .domain(&vm.domain)
+                .map(|d| format!("{:?}", d.state).to_lowercase())
+                .map_err(Error::hypervisor(format!("environment '{env_name}'")));
+            checks.push(LiveCheck::from_result(format!("domain {}", vm.domain), result));
+        }
+    }
+    let options = ssh_options(&config.controller);
+    let agents = std::thread::scope(|scope| {
+        let handles: Vec<_> = config
+            .environments
+            .iter()
+            .flat_map(|(env_name, env)| env.vms.iter().map(move |(vm_name, vm)| (env_name, vm_name, vm)))
+            .map(|(env_name, vm_name, vm)| {
+                let options = &options;
+                scope.spawn(move || {
+                    let result = GuestSession::connect(&ssh_target(&vm.agent), options)
+                        .and_then(|session| AgentClient::new(&session).status())
+                        .map(|status| format!("envclone-agent answers as {} at {}", status.hostname, vm.agent.address))
+                        .map_err(Error::guest(format!("{env_name}/{vm_name}")));
+                    LiveCheck::from_result(format!("agent {env_name}/{vm_name}"), result)
+                })
+            })
+            .collect();
+        handles.into_iter().map(|h| h.join().expect("agent check thread panicked")).collect::<Vec<_>>()
+    });
+    checks.extend(agents);
+    checks
+}
+
+fn human(report: &CheckReport) -> String {
+    let mut text = format!(
+        "config {}: ok ({} environments, {} VMs, {} schedules, {} standbys)\n",
+        report.config.display(),
+        report.environments,
+        report.vms,
+        report.schedules,
+        report.standbys
+    );
+    for check in &report.live {
+        let mark = if check.ok { "ok  " } else { "FAIL" };
+        text.push_str(&format!("{mark} {}: {}\n", check.subject, check.detail));
+        if let Some(hint) = &check.hint {
+            text.push_str(&format!("     hint: {hint}\n"));
+        }
+    }
+    text
+}
+
+/// "outer: inner: innermost", the one place an error chain is flattened.
+pub fn error_chain(error: &dyn std::error::Error) -> String {
+    let mut text = error.to_string();
+    let mut source = error.source();
+    while let Some(inner) = source {
+        text.push_str(": ");
+        text.push_str(&inner.to_string());
+        source = inner.source();
+    }
+    text
+}

@@ -1,0 +1,110 @@
+//! `envclone lab up | down | status | env`.
+
+use super::Output;
+use crate::cli::{GlobalArgs, LabArgs, LabCommand, LabUpArgs};
+use crate::config::DomainType;
+use crate::exit::ExitCode;
+use crate::lab::{find_agent_binary, DownReport, Lab, LabStatus, UpOptions, UpReport};
+use crate::Result;
+
+pub fn run(_global: &GlobalArgs, command: LabCommand, out: &Output) -> Result<ExitCode> {
+    match command {
+        LabCommand::Up(args) => up(&args, out),
+        LabCommand::Down(args) => {
+            let report = open(&args.lab)?.down(args.purge_cache)?;
+            out.report(&report, human_down);
+            Ok(ExitCode::Ok)
+        }
+        LabCommand::Status(args) => {
+            let status = open(&args)?.status()?;
+            out.report(&status, human_status);
+            Ok(ExitCode::Ok)
+        }
+        LabCommand::Env(args) => {
+            print!("{}", open(&args)?.env_exports());
+            Ok(ExitCode::Ok)
+        }
+    }
+}
+
+fn open(args: &LabArgs) -> Result<Lab> {
+    Ok(Lab::new(&args.name, &args.labs_dir, &args.cache_dir)?)
+}
+
+fn up(args: &LabUpArgs, out: &Output) -> Result<ExitCode> {
+    let lab = open(&args.lab)?;
+    // A lab brought up before keeps its domain type unless told otherwise.
+    let previous = crate::config::load(&lab.paths().config()).ok().and_then(|c| c.lab).map(|l| l.domain_type);
+    let domain_type = args.domain_type.map(DomainType::from).or(previous).unwrap_or(DomainType::Qemu);
+    let options = UpOptions {
+        domain_type,
+        agent_binary: find_agent_binary(args.agent_bin.as_deref())?,
+        boot_timeout: args.boot_timeout,
+    };
+    if !out.json {
+        eprintln!("bringing up lab '{}' ({domain_type} guests)", lab.name());
+    }
+    let report = lab.up(&options, &|line| out.progress(line))?;
+    out.report(&report, human_up);
+    Ok(ExitCode::Ok)
+}
+
+fn human_up(report: &UpReport) -> String {
+    let mut text = format!(
+        "lab '{}' is up in {:.1}s (namespace {}, {} guests)\n",
+        report.lab, report.seconds, report.netns, report.domain_type
+    );
+    for vm in &report.vms {
+        text.push_str(&format!(
+            "  {:<4} {:<10} {:<12} agent {} answered after {:.1}s\n",
+            vm.vm, vm.domain, vm.address, vm.agent_version, vm.ready_after
+        ));
+    }
+    text.push_str(&format!(
+        "config: {}\nnext:   eval \"$(envclone lab env --lab {})\"; envclone check --live; envclone ssh demo web\n",
+        report.config.display(),
+        report.lab
+    ));
+    text
+}
+
+fn human_status(status: &LabStatus) -> String {
+    let yes_no = |b: bool| if b { "yes" } else { "no" };
+    let mut text = format!(
+        "lab '{}': namespace {} {}, libvirtd running: {}\n",
+        status.lab,
+        status.netns,
+        if status.netns_exists { "present" } else { "absent" },
+        yes_no(status.libvirtd_running)
+    );
+    for domain in &status.domains {
+        let agent = match &domain.agent {
+            Some(Ok(hostname)) => format!("agent answers as {hostname}"),
+            Some(Err(e)) => format!("agent does not answer: {e}"),
+            None => String::new(),
+        };
+        text.push_str(&format!("  {:<12} {:<9} {agent}\n", domain.name, domain.state));
+    }
+    if !status.networks.is_empty() {
+        text.push_str(&format!("  networks: {}\n", status.networks.join(", ")));
+    }
+    text
+}
+
+fn human_down(report: &DownReport) -> String {
+    let mut text = format!("lab '{}' removed", report.lab);
+    if !report.domains_removed.is_empty() {
+        text.push_str(&format!("; domains: {}", report.domains_removed.join(", ")));
+    }
+    if !report.networks_removed.is_empty() {
+        text.push_str(&format!("; networks: {}", report.networks_removed.join(", ")));
+    }
+    if let Some(dir) = &report.dir_removed {
+        text.push_str(&format!("; files under {}", dir.display()));
+    }
+    if let Some(cache) = &report.cache_removed {
+        text.push_str(&format!("; image cache {}", cache.display()));
+    }
+    text.push('\n');
+    text
+}

@@ -1,0 +1,60 @@
+//! One file per subcommand. Each turns parsed arguments into calls on the
+//! library and a report; `main` prints errors and picks the exit code.
+
+pub mod check;
+mod lab;
+mod ssh;
+
+use crate::cli::{Cli, Command};
+use crate::config::Config;
+use crate::exit::ExitCode;
+use crate::Result;
+pub use check::error_chain;
+use serde::Serialize;
+
+/// What a command printed and how the process should exit.
+pub fn run(cli: Cli) -> Result<std::process::ExitCode> {
+    let out = Output { json: cli.global.json };
+    match cli.command {
+        Command::Check(args) => check::run(&cli.global, &args, &out).map(ExitCode::into),
+        Command::Ssh(args) => ssh::run(&cli.global, &args),
+        Command::Lab(command) => lab::run(&cli.global, command, &out).map(ExitCode::into),
+    }
+}
+
+/// Loads the config named on the command line, with flag overrides applied
+/// on top of the file (defaults < file < environment < flags).
+pub fn load_config(global: &crate::cli::GlobalArgs) -> Result<Config> {
+    let mut config = crate::config::load(&global.config)?;
+    if let Some(uri) = &global.libvirt_uri {
+        config.controller.libvirt_uri = uri.clone();
+    }
+    Ok(config)
+}
+
+/// Prints a report as JSON (`--json`) or as text for people.
+#[derive(Debug, Clone, Copy)]
+pub struct Output {
+    pub json: bool,
+}
+
+impl Output {
+    pub fn report<T: Serialize>(&self, value: &T, human: impl FnOnce(&T) -> String) {
+        if self.json {
+            match serde_json::to_string_pretty(value) {
+                Ok(text) => println!("{text}"),
+                Err(e) => eprintln!("error: cannot encode the report as JSON: {e}"),
+            }
+        } else {
+            print!("{}", human(value));
+        }
+    }
+
+    /// A progress line on stderr; silent under --json so stdout stays one
+    /// JSON document and stderr stays for errors.
+    pub fn progress(&self, line: &str) {
+        if !self.json {
+            eprintln!("  .. {line}");
+        }
+    }
+}

@@ -1,0 +1,21 @@
+//! `envclone ssh ENV VM [-- CMD...]`: a shell or a command in a VM, reached
+//! the way the controller reaches it (namespace, key, verified host key).
+
+use super::load_config;
+use crate::cli::{GlobalArgs, SshArgs};
+use crate::guest::endpoint::{ssh_options, ssh_target};
+use crate::guest::GuestSession;
+use crate::{Error, Result};
+
+pub fn run(global: &GlobalArgs, args: &SshArgs) -> Result<std::process::ExitCode> {
+    let config = load_config(global)?;
+    let (_, vm) = config.vm(&args.environment, &args.vm)?;
+    let label = format!("{}/{}", args.environment, args.vm);
+    let session = GuestSession::connect(&ssh_target(&vm.agent), &ssh_options(&config.controller))
+        .map_err(Error::guest(label.clone()))?;
+    // Joined with spaces like ssh(1) does, so `-- 'echo $HOME'` expands remotely.
+    let command = (!args.command.is_empty()).then(|| args.command.join(" "));
+    let status = session.interactive(command.as_deref()).map_err(Error::guest(label))?;
+    // The remote status is the answer: a shell's exit code passes through.
+    Ok(std::process::ExitCode::from(u8::try_from(status).unwrap_or(u8::MAX)))
+}

@@ -1,0 +1,384 @@
+//! The envclone configuration: one TOML file parsed into the types below.
+//!
+//! Every table rejects unknown keys, so a typo is an error rather than a
+//! silently ignored setting. Optional sections and fields carry serde
+//! defaults, so new features only add fields and old files keep loading.
+//! `config/envclone.example.toml` documents every key.
+
+mod cron;
+mod diagnose;
+mod error;
+mod locate;
+mod lookup;
+mod units;
+mod validate;
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+pub use self::cron::{CronError, CronExpr};
+pub use self::error::{ConfigError, Diagnostic, LookupError};
+pub use self::units::{HumanDuration, HumanSize, UnitError};
+
+pub const DEFAULT_CONFIG_PATH: &str = "/etc/envclone/envclone.toml";
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    pub controller: Controller,
+    #[serde(default)]
+    pub environments: BTreeMap<String, Environment>,
+    #[serde(default)]
+    pub schedules: BTreeMap<String, Schedule>,
+    #[serde(default)]
+    pub standbys: BTreeMap<String, Standby>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub lab: Option<LabSettings>,
+}
+
+/// Settings of the host that runs envclone.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Controller {
+    #[serde(default = "Controller::default_libvirt_uri")]
+    pub libvirt_uri: String,
+    #[serde(default = "Controller::default_state_dir")]
+    pub state_dir: PathBuf,
+    /// Private key used to reach the agents over SSH.
+    pub ssh_key: PathBuf,
+    pub known_hosts: PathBuf,
+    #[serde(default = "Controller::default_connect_timeout")]
+    pub connect_timeout: HumanDuration,
+    #[serde(default = "Controller::default_command_timeout")]
+    pub command_timeout: HumanDuration,
+    /// Operations that write disk images refuse to start below this.
+    #[serde(default = "Controller::default_min_free_space")]
+    pub min_free_space: HumanSize,
+}
+
+/// A set of VMs that are snapshotted, cloned and failed over together.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Environment {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub description: Option<String>,
+    /// libvirt networks the VMs are attached to.
+    #[serde(default)]
+    pub networks: Vec<String>,
+    #[serde(default)]
+    pub quiesce: QuiescePolicy,
+    /// Hard limit on how long guests stay frozen.
+    #[serde(default = "Environment::default_freeze_timeout")]
+    pub freeze_timeout: HumanDuration,
+    /// Limit for each in-guest hook.
+    #[serde(default = "Environment::default_hook_timeout")]
+    pub hook_timeout: HumanDuration,
+    /// An empty map parses but fails validation, with a better message than
+    /// serde's "missing field".
+    #[serde(default)]
+    pub vms: BTreeMap<String, Vm>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rewrite: Option<Rewrite>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Vm {
+    /// libvirt domain name.
+    pub domain: String,
+    pub agent: AgentEndpoint,
+}
+
+/// Where the in-guest agent is reached over SSH.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AgentEndpoint {
+    /// IP address or host name.
+    pub address: String,
+    #[serde(default = "AgentEndpoint::default_port")]
+    pub port: u16,
+    #[serde(default = "AgentEndpoint::default_user")]
+    pub user: String,
+    /// Network namespace to enter before connecting, for VMs on isolated
+    /// networks such as the lab's.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub netns: Option<String>,
+}
+
+/// How a clone's connection strings are rewritten inside its guests.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Rewrite {
+    /// Files or globs in the guest to rewrite.
+    #[serde(default)]
+    pub files: Vec<String>,
+    /// Directories that rewriting and scanning may touch; `files` must lie in them.
+    #[serde(default = "Rewrite::default_roots")]
+    pub roots: Vec<String>,
+    /// Extra old -> new replacements beyond the derived address changes.
+    #[serde(default)]
+    pub map: BTreeMap<String, String>,
+}
+
+/// A recurring snapshot of one environment.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Schedule {
+    pub environment: String,
+    /// Exactly one of `cron` and `every` is set; see [`CronExpr`].
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cron: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub every: Option<HumanDuration>,
+    /// Also save guest memory, so a restore resumes running processes.
+    #[serde(default)]
+    pub memory: bool,
+    #[serde(default)]
+    pub retention: Retention,
+}
+
+/// How many snapshots of a schedule to keep; unset means no limit of that kind.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Retention {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last: Option<u32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub hourly: Option<u32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub daily: Option<u32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub weekly: Option<u32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub monthly: Option<u32>,
+}
+
+/// A warm copy of an environment kept ready for failover.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Standby {
+    pub primary: String,
+    /// Directory holding the standby's disks.
+    pub storage: PathBuf,
+    /// Start the standby automatically when the primary fails.
+    #[serde(default = "Standby::default_autorestore")]
+    pub autorestore: bool,
+    #[serde(default)]
+    pub network: StandbyNetwork,
+}
+
+/// Settings for `envclone lab`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LabSettings {
+    #[serde(default)]
+    pub domain_type: DomainType,
+}
+
+/// What to do when guests cannot be frozen for a consistent snapshot.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum QuiescePolicy {
+    /// Fail the snapshot.
+    #[default]
+    Required,
+    /// Take a crash-consistent snapshot and say so.
+    BestEffort,
+    /// Never freeze.
+    Off,
+}
+
+/// How a standby takes over the primary's network identity.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum StandbyNetwork {
+    /// Reuse the primary's addresses.
+    #[default]
+    Takeover,
+    /// Give the standby new addresses and rewrite connection strings.
+    Readdress,
+}
+
+/// libvirt domain type for lab guests: `kvm` needs /dev/kvm, `qemu` emulates.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum DomainType {
+    #[default]
+    Qemu,
+    Kvm,
+}
+
+impl fmt::Display for DomainType {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Self::Qemu => "qemu",
+            Self::Kvm => "kvm",
+        })
+    }
+}
+
+impl Controller {
+    /// A controller section with every optional field at its default.
+    pub fn new(ssh_key: impl Into<PathBuf>, known_hosts: impl Into<PathBuf>) -> Self {
+        Self {
+            libvirt_uri: Self::default_libvirt_uri(),
+            state_dir: Self::default_state_dir(),
+            ssh_key: ssh_key.into(),
+            known_hosts: known_hosts.into(),
+            connect_timeout: Self::default_connect_timeout(),
+            command_timeout: Self::default_command_timeout(),
+            min_free_space: Self::default_min_free_space(),
+        }
+    }
+
+    fn default_libvirt_uri() -> String {
+        "qemu:///system".to_owned()
+    }
+
+    fn default_state_dir() -> PathBuf {
+        PathBuf::from("/var/lib/envclone")
+    }
+
+    fn default_connect_timeout() -> HumanDuration {
+        HumanDuration::from_secs(10)
+    }
+
+    fn default_command_timeout() -> HumanDuration {
+        HumanDuration::from_secs(60)
+    }
+
+    fn default_min_free_space() -> HumanSize {
+        HumanSize::from_gib(1)
+    }
+}
+
+impl Environment {
+    fn default_freeze_timeout() -> HumanDuration {
+        HumanDuration::from_secs(5)
+    }
+
+    fn default_hook_timeout() -> HumanDuration {
+        HumanDuration::from_secs(30)
+    }
+}
+
+impl Default for Environment {
+    fn default() -> Self {
+        Self {
+            description: None,
+            networks: Vec::new(),
+            quiesce: QuiescePolicy::default(),
+            freeze_timeout: Self::default_freeze_timeout(),
+            hook_timeout: Self::default_hook_timeout(),
+            vms: BTreeMap::new(),
+            rewrite: None,
+        }
+    }
+}
+
+impl AgentEndpoint {
+    /// An endpoint on the default port and user.
+    pub fn new(address: impl Into<String>) -> Self {
+        Self {
+            address: address.into(),
+            port: Self::default_port(),
+            user: Self::default_user(),
+            netns: None,
+        }
+    }
+
+    fn default_port() -> u16 {
+        22
+    }
+
+    fn default_user() -> String {
+        "root".to_owned()
+    }
+}
+
+impl Rewrite {
+    fn default_roots() -> Vec<String> {
+        vec!["/etc".to_owned()]
+    }
+}
+
+impl Default for Rewrite {
+    fn default() -> Self {
+        Self {
+            files: Vec::new(),
+            roots: Self::default_roots(),
+            map: BTreeMap::new(),
+        }
+    }
+}
+
+impl Standby {
+    fn default_autorestore() -> bool {
+        true
+    }
+}
+
+/// What `parse_with` checks beyond the text itself.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ValidateOptions {
+    /// Check that `ssh_key` and `known_hosts` exist. Off for checking a
+    /// config meant for another host.
+    pub check_files: bool,
+}
+
+impl Default for ValidateOptions {
+    fn default() -> Self {
+        Self { check_files: true }
+    }
+}
+
+/// Reads, parses and validates the config file at `path`.
+pub fn load(path: &Path) -> Result<Config, ConfigError> {
+    load_with(path, &ValidateOptions::default())
+}
+
+pub fn load_with(path: &Path, options: &ValidateOptions) -> Result<Config, ConfigError> {
+    let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+        path: path.to_owned(),
+        source,
+    })?;
+    parse_with(&text, path, options)
+}
+
+/// Parses and validates config `text`; `path` is only used in diagnostics.
+pub fn parse(text: &str, path: &Path) -> Result<Config, ConfigError> {
+    parse_with(text, path, &ValidateOptions::default())
+}
+
+/// Like [`parse`], reporting every semantic problem at once rather than the first.
+pub fn parse_with(
+    text: &str,
+    path: &Path,
+    options: &ValidateOptions,
+) -> Result<Config, ConfigError> {
+    let invalid = |diagnostics| ConfigError::Invalid {
+        path: path.to_owned(),
+        diagnostics,
+    };
+    let config: Config = toml::from_str(text)
+        .map_err(|error| invalid(vec![diagnose::from_toml_error(&error, text, path)]))?;
+    let problems = validate::validate(&config, options);
+    if problems.is_empty() {
+        Ok(config)
+    } else {
+        Err(invalid(diagnose::from_problems(problems, text, path)))
+    }
+}
+
+/// The config as TOML text that [`parse`] reads back to an equal `Config`.
+pub fn to_toml(config: &Config) -> String {
+    // Every field is a string, integer, bool, array or table with string
+    // keys, which the TOML serializer always accepts.
+    toml::to_string(config).expect("Config always serializes to TOML")
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,67 @@
+//! The controller's top-level error: one variant per module, each keeping
+//! the module's typed error as its source so the binary can print the whole
+//! chain once and map it to an exit code ([`crate::exit`]).
+
+use crate::config::{ConfigError, LookupError};
+use crate::guest::GuestError;
+use crate::hypervisor::HvError;
+use crate::lab::LabError;
+
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    #[error(transparent)]
+    Lookup(#[from] LookupError),
+    #[error("{context}")]
+    Hypervisor {
+        context: String,
+        #[source]
+        source: Box<HvError>,
+    },
+    #[error("VM '{vm}'")]
+    Guest {
+        vm: String,
+        #[source]
+        source: Box<GuestError>,
+    },
+    #[error(transparent)]
+    Lab(#[from] Box<LabError>),
+    #[error("{failed} of {total} live checks failed")]
+    CheckFailed { failed: usize, total: usize },
+    #[error("{0}")]
+    Usage(String),
+}
+
+impl From<LabError> for Error {
+    fn from(error: LabError) -> Self {
+        Error::Lab(Box::new(error))
+    }
+}
+
+impl Error {
+    pub fn hypervisor(context: impl Into<String>) -> impl FnOnce(HvError) -> Error {
+        let context = context.into();
+        move |source| Error::Hypervisor { context, source: Box::new(source) }
+    }
+
+    pub fn guest(vm: impl Into<String>) -> impl FnOnce(GuestError) -> Error {
+        let vm = vm.into();
+        move |source| Error::Guest { vm, source: Box::new(source) }
+    }
+
+    /// How to fix it, from the innermost error that knows.
+    pub fn hint(&self) -> Option<String> {
+        match self {
+            Error::Config(e) => e.hint(),
+            Error::Lookup(e) => e.hint(),
+            Error::Hypervisor { source, .. } => source.hint(),
+            Error::Guest { source, .. } => source.hint(),
+            Error::Lab(e) => e.hint(),
+            Error::CheckFailed { .. } => Some("each failed check above says what to fix".into()),
+            Error::Usage(_) => Some("see `envclone --help`".into()),
+        }
+    }
+}

@@ -1,0 +1,73 @@
+//! envclone's exit codes: one documented enum, mapped from errors in one
+//! place ([`ExitCode::from_error`]) so runbooks and timers can branch on them.
+
+use crate::config::ConfigError;
+use crate::guest::GuestError;
+use crate::hypervisor::HvError;
+use crate::Error;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[repr(u8)]
+pub enum ExitCode {
+    /// Done.
+    Ok = 0,
+    /// The operation failed; the message says which step.
+    Failed = 1,
+    /// Bad command line or invalid configuration; nothing was done.
+    Usage = 2,
+    /// Another operation holds the environment; try again later.
+    Busy = 3,
+    /// An environment, VM, domain or network named does not exist.
+    NotFound = 4,
+    /// A guest agent or libvirt could not be reached.
+    Unreachable = 5,
+}
+
+impl ExitCode {
+    pub const ALL: [ExitCode; 6] =
+        [ExitCode::Ok, ExitCode::Failed, ExitCode::Usage, ExitCode::Busy, ExitCode::NotFound, ExitCode::Unreachable];
+
+    pub fn code(self) -> u8 {
+        self as u8
+    }
+
+    pub fn describe(self) -> &'static str {
+        match self {
+            ExitCode::Ok => "done",
+            ExitCode::Failed => "the operation failed; the message says which step",
+            ExitCode::Usage => "bad command line or invalid configuration; nothing was done",
+            ExitCode::Busy => "another operation holds the environment",
+            ExitCode::NotFound => "an environment, VM, domain or network named does not exist",
+            ExitCode::Unreachable => "a guest agent or libvirt could not be reached",
+        }
+    }
+
+    pub fn from_error(error: &Error) -> ExitCode {
+        match error {
+            Error::Config(ConfigError::Read { .. } | ConfigError::Invalid { .. }) => ExitCode::Usage,
+            Error::Usage(_) => ExitCode::Usage,
+            Error::Lookup(_) => ExitCode::NotFound,
+            Error::Hypervisor { source, .. } => match **source {
+                HvError::NoSuchDomain { .. } | HvError::NoSuchNetwork { .. } => ExitCode::NotFound,
+                HvError::Connect { .. } => ExitCode::Unreachable,
+                _ => ExitCode::Failed,
+            },
+            Error::Guest { source, .. } => match **source {
+                GuestError::CommandTimeout { .. } | GuestError::Agent { .. } | GuestError::BadAnswer { .. } => ExitCode::Failed,
+                _ => ExitCode::Unreachable,
+            },
+            Error::Lab(_) | Error::CheckFailed { .. } => ExitCode::Failed,
+        }
+    }
+
+    /// The table printed in `--help` and kept in README.
+    pub fn table() -> String {
+        ExitCode::ALL.iter().map(|code| format!("  {:>2}  {}\n", code.code(), code.describe())).collect()
+    }
+}
+
+impl From<ExitCode> for std::process::ExitCode {
+    fn from(code: ExitCode) -> Self {
+        std::process::ExitCode::from(code.code())
+    }
+}

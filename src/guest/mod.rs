@@ -1,0 +1,23 @@
+//! Reaching a VM and calling its agent.
+//!
+//! - [`netns`]: TCP connections made inside a lab network namespace.
+//! - [`ssh`]: one verified, authenticated SSH login per guest, reused for
+//!   every command ([`GuestSession`]); `interactive` adds a pty.
+//! - [`agent`]: `envclone-agent` subcommands and their JSON answers.
+//!
+//! Everything here blocks (ssh2 does): async callers use `spawn_blocking`.
+
+mod agent;
+pub mod endpoint;
+mod error;
+mod hostkey;
+mod interactive;
+pub mod netns;
+mod quote;
+mod ssh;
+
+pub use agent::{parse_answer, AgentClient, AGENT_PROGRAM};
+pub use error::GuestError;
+pub use hostkey::{fingerprint, known_hosts_entry, known_hosts_name};
+pub use quote::{command_line, shell_quote};
+pub use ssh::{ExecOutput, GuestSession, SshOptions, SshTarget};

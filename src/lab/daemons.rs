@@ -1,0 +1,164 @@
+//! The lab's private libvirt: its own virtlogd and libvirtd, started inside
+//! the lab's network namespace AND a private mount namespace in which the
+//! lab's directories are bind-mounted over /run/libvirt, /etc/libvirt,
+//! /var/lib/libvirt... A host whose own libvirtd runs keeps it untouched:
+//! the two never share a socket, a config, a domain or a network. The
+//! controller reaches the private one through its socket path.
+
+use super::{host, paths::LabPaths, LabError};
+use crate::wait;
+use nix::sys::signal::{kill, Signal};
+use nix::unistd::Pid;
+use std::os::unix::net::UnixStream;
+use std::path::Path;
+use std::process::Command;
+use std::time::Duration;
+
+/// (directory under the lab's libvirt dir, system path it replaces)
+const BIND_MOUNTS: &[(&str, &str)] = &[
+    ("run", "/run/libvirt"),
+    ("etc", "/etc/libvirt"),
+    ("lib", "/var/lib/libvirt"),
+    ("log", "/var/log/libvirt"),
+    ("cache", "/var/cache/libvirt"),
+];
+
+/// QEMU runs as root with no relabelling: lab images sit in a cache shared
+/// by several labs, and per-lab chown/restore of a shared backing file by
+/// two libvirtds that do not know each other would race. Production hosts
+/// keep their own libvirt settings; this file is only the lab's.
+const QEMU_CONF: &str = "user = \"root\"\ngroup = \"root\"\ndynamic_ownership = 0\nremember_owner = 0\nsecurity_driver = \"none\"\n";
+
+pub fn is_running(paths: &LabPaths) -> bool {
+    live_pid(&paths.libvirtd_pid(), "libvirtd").is_some() && UnixStream::connect(paths.libvirt_socket()).is_ok()
+}
+
+pub fn start(paths: &LabPaths, netns: &str) -> Result<(), LabError> {
+    if is_running(paths) {
+        return Ok(());
+    }
+    // A half-started instance (crash, killed lab) is cleared first.
+    stop(paths)?;
+    write_config(paths)?;
+    let script = start_script(paths)?;
+    let log = std::fs::File::create(paths.daemon_log()).map_err(|source| LabError::io("create", &paths.daemon_log(), source))?;
+    let log_err = log.try_clone().map_err(|source| LabError::io("open", &paths.daemon_log(), source))?;
+    host::run_command(
+        Command::new("ip")
+            .args(["netns", "exec", netns, "unshare", "--mount", "--propagation", "private", "sh", "-ec", &script])
+            .stdout(log)
+            .stderr(log_err),
+    )?;
+    let socket = paths.libvirt_socket();
+    wait::until("the lab's libvirtd to accept connections", Duration::from_secs(30), Duration::from_millis(100), || {
+        UnixStream::connect(&socket).map(Some)
+    })
+    .map_err(|e| LabError::DaemonStart { log: paths.daemon_log(), detail: e.to_string() })?;
+    Ok(())
+}
+
+/// Stops both daemons (SIGTERM, then SIGKILL after a deadline). Guests keep
+/// running when libvirtd stops, so callers destroy them first.
+pub fn stop(paths: &LabPaths) -> Result<(), LabError> {
+    for (pid_file, name) in [(paths.libvirtd_pid(), "libvirtd"), (paths.virtlogd_pid(), "virtlogd")] {
+        if let Some(pid) = live_pid(&pid_file, name) {
+            terminate(pid)?;
+        }
+        let _ = std::fs::remove_file(&pid_file);
+    }
+    Ok(())
+}
+
+/// SIGTERM, wait up to 10 s, then SIGKILL and wait again.
+pub fn terminate(pid: Pid) -> Result<(), LabError> {
+    for (signal, grace) in [(Signal::SIGTERM, 10), (Signal::SIGKILL, 5)] {
+        if kill(pid, signal).is_err() {
+            return Ok(()); // already gone
+        }
+        let gone = wait::until::<(), std::io::Error, _>(
+            "a lab process to exit",
+            Duration::from_secs(grace),
+            Duration::from_millis(50),
+            || Ok(process_gone(pid).then_some(())),
+        );
+        if gone.is_ok() {
+            return Ok(());
+        }
+    }
+    Err(LabError::ProcessWontDie { pid: pid.as_raw() })
+}
+
+fn process_gone(pid: Pid) -> bool {
+    // A zombie still answers kill(0); only its state line tells it is dead.
+    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
+        Ok(stat) => stat.rsplit(')').next().is_some_and(|rest| rest.trim_start().starts_with('Z')),
+        Err(_) => true,
+    }
+}
+
+fn live_pid(pid_file: &Path, expected_comm: &str) -> Option<Pid> {
+    let pid: i32 = std::fs::read_to_string(pid_file).ok()?.trim().parse().ok()?;
+    let comm = std::fs::read_to_string(format!("/proc/{pid}/comm")).ok()?;
+    (comm.trim() == expected_comm && !process_gone(Pid::from_raw(pid))).then(|| Pid::from_raw(pid))
+}
+
+fn write_config(paths: &LabPaths) -> Result<(), LabError> {
+    let base = paths.libvirt();
+    for (dir, _) in BIND_MOUNTS {
+        let dir = base.join(dir);
+        std::fs::create_dir_all(&dir).map_err(|source| LabError::io("create", &dir, source))?;
+    }
+    for (file, text) in [
+        ("etc/qemu.conf", QEMU_CONF),
+        ("etc/libvirtd.conf", ""),
+        ("etc/virtlogd.conf", ""),
+    ] {
+        let path = base.join(file);
+        std::fs::write(&path, text).map_err(|source| LabError::io("write", &path, source))?;
+    }
+    Ok(())
+}
+
+fn start_script(paths: &LabPaths) -> Result<String, LabError> {
+    let base = paths.libvirt();
+    let mut script = String::new();
+    for (dir, target) in BIND_MOUNTS {
+        let source = quote(&base.join(dir))?;
+        script.push_str(&format!("mkdir -p {target}\nmount --bind {source} {target}\n"));
+    }
+    script.push_str(&format!(
+        "virtlogd -d -p {}\nlibvirtd -d -p {}\n",
+        quote(&paths.virtlogd_pid())?,
+        quote(&paths.libvirtd_pid())?
+    ));
+    Ok(script)
+}
+
+/// Single-quotes a path for `sh`. Lab paths come from our own settings;
+/// one with a quote in it is refused rather than escaped.
+fn quote(path: &Path) -> Result<String, LabError> {
+    let text = path.to_str().filter(|t| !t.contains('\'')).ok_or_else(|| LabError::BadPath { path: path.to_path_buf() })?;
+    Ok(format!("'{text}'"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn start_script_binds_every_libvirt_dir_before_starting_daemons() {
+        let paths = LabPaths::new(Path::new("/tmp/labs"), Path::new("/tmp/cache"), "t");
+        let script = start_script(&paths).unwrap();
+        let first_daemon = script.find("virtlogd -d").unwrap();
+        for (dir, target) in BIND_MOUNTS {
+            let bind = script.find(&format!("mount --bind '/tmp/labs/t/libvirt/{dir}' {target}")).unwrap();
+            assert!(bind < first_daemon, "{target} bound after the daemons started");
+        }
+        assert!(script.contains("libvirtd -d -p '/tmp/labs/t/libvirt/libvirtd.pid'"));
+    }
+
+    #[test]
+    fn quote_refuses_paths_with_quotes() {
+        assert!(matches!(quote(Path::new("/tmp/it's")), Err(LabError::BadPath { .. })));
+    }
+}

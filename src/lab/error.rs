@@ -1,0 +1,90 @@
+//! Everything that can stop a lab command, each with the step and a hint.
+
+use crate::guest::GuestError;
+use crate::hypervisor::HvError;
+use std::path::{Path, PathBuf};
+
+#[derive(Debug, thiserror::Error)]
+pub enum LabError {
+    #[error("missing host tools: {}", missing.join(", "))]
+    MissingTools { missing: Vec<String> },
+    #[error("invalid lab name {name:?}: use 1 to 20 lowercase letters, digits or '-'")]
+    BadName { name: String },
+    #[error("cannot run `{command}`")]
+    Spawn {
+        command: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("`{command}` failed (exit {}): {stderr}", status.map_or("by signal".to_string(), |s| s.to_string()))]
+    CommandFailed { command: String, status: Option<i32>, stderr: String },
+    #[error("cannot {action} {}", path.display())]
+    Io {
+        action: &'static str,
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("the lab's libvirtd did not start: {detail}")]
+    DaemonStart { log: PathBuf, detail: String },
+    #[error("process {pid} did not exit after SIGKILL")]
+    ProcessWontDie { pid: i32 },
+    #[error("lab path {} contains a quote", path.display())]
+    BadPath { path: PathBuf },
+    #[error("dropbearkey printed no ed25519 public key for {}", path.display())]
+    KeyParse { path: PathBuf },
+    #[error("no kernel with a matching initrd in /boot")]
+    NoKernel,
+    #[error("no envclone-agent binary found (looked in: {})", searched.iter().map(|p| p.display().to_string()).collect::<Vec<_>>().join(", "))]
+    AgentBinaryNotFound { searched: Vec<PathBuf> },
+    #[error("lab step '{step}' failed")]
+    Hypervisor {
+        step: String,
+        #[source]
+        source: Box<HvError>,
+    },
+    #[error("the agent in VM '{vm}' did not answer within {waited:?}")]
+    AgentTimeout {
+        vm: String,
+        waited: std::time::Duration,
+        console_log: PathBuf,
+        #[source]
+        source: Option<Box<GuestError>>,
+    },
+}
+
+impl LabError {
+    pub fn io(action: &'static str, path: &Path, source: std::io::Error) -> Self {
+        LabError::Io { action, path: path.to_path_buf(), source }
+    }
+
+    pub fn hypervisor(step: impl Into<String>) -> impl FnOnce(HvError) -> LabError {
+        let step = step.into();
+        move |source| LabError::Hypervisor { step, source: Box::new(source) }
+    }
+
+    pub fn hint(&self) -> Option<String> {
+        match self {
+            LabError::MissingTools { .. } => {
+                Some("install them: `scripts/install-deps.sh` (Debian packages, run as root)".into())
+            }
+            LabError::DaemonStart { log, .. } => Some(format!("see {}", log.display())),
+            LabError::CommandFailed { .. } | LabError::Spawn { .. } => {
+                Some("the lab needs root (network namespaces, bind mounts)".into())
+            }
+            LabError::NoKernel => Some("install linux-image-amd64 (`scripts/install-deps.sh`)".into()),
+            LabError::AgentBinaryNotFound { .. } => Some(
+                "build the static agent: `scripts/build.sh`, or pass --agent-bin / ENVCLONE_AGENT_BIN".into(),
+            ),
+            LabError::Hypervisor { source, .. } => source.hint(),
+            LabError::AgentTimeout { console_log, .. } => {
+                Some(format!("the guest's boot log is in {}; `envclone lab status` shows what runs", console_log.display()))
+            }
+            LabError::Io { .. }
+            | LabError::BadName { .. }
+            | LabError::ProcessWontDie { .. }
+            | LabError::BadPath { .. }
+            | LabError::KeyParse { .. } => None,
+        }
+    }
+}

@@ -1,0 +1,48 @@
+//! The `envclone` binary: parse, run, and turn an error into one message
+//! (the whole chain, printed once), a hint and an exit code.
+
+use clap::Parser;
+use envclone::cli::Cli;
+use envclone::exit::ExitCode;
+use tracing_subscriber::EnvFilter;
+
+fn main() -> std::process::ExitCode {
+    let cli = Cli::parse();
+    init_logging(cli.global.verbose, cli.global.quiet);
+    let json = cli.global.json;
+    match envclone::commands::run(cli) {
+        Ok(code) => code,
+        Err(error) => {
+            let code = ExitCode::from_error(&error);
+            report_error(&error, code, json);
+            code.into()
+        }
+    }
+}
+
+fn report_error(error: &envclone::Error, code: ExitCode, json: bool) {
+    let chain = envclone::commands::error_chain(error);
+    let hint = error.hint();
+    if json {
+        let value = serde_json::json!({
+            "error": { "message": chain, "hint": hint, "exit_code": code.code() }
+        });
+        println!("{value:#}");
+    }
+    eprintln!("error: {chain}");
+    if let Some(hint) = hint {
+        eprintln!("hint: {hint}");
+    }
+}
+
+fn init_logging(verbose: u8, quiet: bool) {
+    let default = match (quiet, verbose) {
+        (true, _) => "error",
+        (false, 0) => "warn",
+        (false, 1) => "info",
+        (false, 2) => "debug",
+        (false, _) => "trace",
+    };
+    let filter = EnvFilter::try_from_env("ENVCLONE_LOG").unwrap_or_else(|_| EnvFilter::new(default));
+    tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).with_target(false).init();
+}
