@@ -121,7 +121,8 @@ impl Lab {
     }
 
     fn connect(&self) -> GuestSession {
-        GuestSession::connect(&self.target(), &self.options()).unwrap_or_else(|e| panic!("{e}; dropbear said: {}", self.log()))
+        GuestSession::connect(&self.target(), &self.options())
+            .unwrap_or_else(|e| panic!("{e}; dropbear said: {}", self.log()))
     }
 
     /// Installs `envclone-agent` for the server's sessions as a script.
@@ -225,7 +226,10 @@ fn connect_refuses_changed_host_key() {
 
     let err = GuestSession::connect(&lab.target(), &opts).unwrap_err();
 
-    assert!(matches!(&err, GuestError::HostKeyMismatch { fingerprint, .. } if *fingerprint == lab.host_fingerprint), "{err:?}");
+    assert!(
+        matches!(&err, GuestError::HostKeyMismatch { fingerprint, .. } if *fingerprint == lab.host_fingerprint),
+        "{err:?}"
+    );
 }
 
 #[test]
@@ -315,7 +319,8 @@ fn interactive_without_tty_pumps_both_ways() {
     drop(writer);
     let (mut out, mut err) = (Vec::new(), Vec::new());
 
-    let status = guest.interactive_with(Some("cat; echo done >&2; exit 4"), read_end.as_fd(), &mut out, &mut err).unwrap();
+    let status =
+        guest.interactive_with(Some("cat; echo done >&2; exit 4"), read_end.as_fd(), &mut out, &mut err).unwrap();
 
     assert_eq!((status, out.as_slice(), err.as_slice()), (4, &b"hello\nworld\n"[..], &b"done\n"[..]));
 }
@@ -343,13 +348,8 @@ fn interactive_on_a_tty_gets_a_sized_pty_and_restores_the_terminal() {
 #[test]
 fn agent_status_parses_canned_envelope() {
     let lab = Lab::start();
-    let status = Status {
-        hostname: "fake".into(),
-        frozen: vec![],
-        freeze_in_progress: false,
-        guest_time: 42,
-        machine_id: None,
-    };
+    let status =
+        Status { hostname: "fake".into(), frozen: vec![], freeze_in_progress: false, guest_time: 42, machine_id: None };
     let json = serde_json::to_string(&Envelope::ok(status.clone())).unwrap();
     // The script also checks that its arguments arrive as one word each.
     lab.fake_agent(&format!("[ \"$1\" = status ] && [ $# = 1 ] || exit 2\ncat <<'EOF'\n{json}\nEOF\n"));

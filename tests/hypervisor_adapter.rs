@@ -291,3 +291,145 @@ fn qmp_is_unsupported_by_test_driver() {
     assert!(matches!(raw, HvError::QmpTransport { .. }) && raw.is_unsupported(), "{raw:?}");
     assert!(matches!(typed, HvError::QmpTransport { .. }) && typed.is_unsupported(), "{typed:?}");
 }
+
+/// Real QEMU through libvirt's in-process embedded driver
+/// (`qemu:///embed`): no daemon, no NIC, everything under a temp dir. The
+/// guest boots the host kernel without a root disk and idles; that is
+/// enough for QMP, snapshots, block commit and save/restore.
+mod qemu_embed {
+    use std::path::{Path, PathBuf};
+    use std::process::Command;
+    use std::sync::Once;
+    use std::time::Duration;
+
+    use super::*;
+
+    /// Destroys the domain even when an assertion fails halfway.
+    struct Running<'a>(&'a LibvirtHypervisor, &'a str);
+
+    impl Drop for Running<'_> {
+        fn drop(&mut self) {
+            if let Err(e) = self.0.destroy_domain(self.1) {
+                eprintln!("cleanup: cannot destroy {}: {e}", self.1);
+            }
+        }
+    }
+
+    fn event_loop() {
+        static START: Once = Once::new();
+        START.call_once(|| {
+            virt::event::event_register_default_impl().expect("register libvirt event loop");
+            std::thread::spawn(|| loop {
+                if let Err(e) = virt::event::event_run_default_impl() {
+                    eprintln!("libvirt event loop: {e}");
+                }
+            });
+        });
+    }
+
+    fn host_kernel() -> PathBuf {
+        let boot = std::fs::read_dir("/boot").expect("/boot");
+        boot.filter_map(|e| e.ok().map(|e| e.path()))
+            .find(|p| p.file_name().is_some_and(|n| n.to_string_lossy().starts_with("vmlinuz-")))
+            .expect("a kernel in /boot (linux-image-amd64)")
+    }
+
+    fn qcow2(path: &Path) {
+        let ok = Command::new("qemu-img").args(["create", "-q", "-f", "qcow2"]).arg(path).arg("64M").status();
+        assert!(ok.expect("qemu-img runs").success());
+    }
+
+    fn vda(hv: &LibvirtHypervisor, name: &str) -> envclone::hypervisor::Disk {
+        hv.domain(name).unwrap().def.disks().remove(0)
+    }
+
+    #[test]
+    #[ignore = "starts QEMU (TCG): needs qemu-system-x86 and libvirt's qemu driver; run by hand"]
+    fn snapshot_commit_qmp_save_restore_on_real_qemu() {
+        event_loop();
+        let dir = tempfile::tempdir().unwrap();
+        let base = dir.path().join("base.qcow2");
+        qcow2(&base);
+        let root = dir.path().join("libvirt");
+        // No virtlogd: QEMU writes its log and the console file itself.
+        std::fs::create_dir_all(root.join("etc")).unwrap();
+        std::fs::write(root.join("etc/qemu.conf"), "stdio_handler = \"file\"\n").unwrap();
+        let uri = format!("qemu:///embed?root={}", root.display());
+        let hv = LibvirtHypervisor::connect(&uri).unwrap();
+        let log = dir.path().join("console.log");
+        let def = DomainDef::direct_boot(&DirectBootSpec {
+            name: "smoke".to_owned(),
+            domain_type: "qemu".to_owned(),
+            memory_mib: 128,
+            vcpus: 1,
+            kernel: host_kernel(),
+            initrd: None,
+            cmdline: "console=ttyS0".to_owned(),
+            disks: vec![base.clone()],
+            interfaces: vec![],
+            serial_log: Some(log.clone()),
+        });
+        hv.define_domain(&def).unwrap();
+        hv.start_domain("smoke").unwrap();
+        let _guard = Running(&hv, "smoke");
+
+        let status = qmp(&hv, "smoke", qapi::qmp::query_status {}).unwrap();
+        assert!(status.running);
+        let no_job = qapi::qmp::block_job_cancel { device: "no-such-job".to_owned(), force: None };
+        let refused = qmp(&hv, "smoke", no_job).unwrap_err();
+        assert!(matches!(refused, HvError::Qmp { .. }), "{refused:?}");
+
+        let overlay = dir.path().join("overlay.qcow2");
+        let memory = dir.path().join("memory.img");
+        let snap = ExternalSnapshot {
+            name: "s1".to_owned(),
+            disks: vec![("vda".to_owned(), overlay.clone())],
+            memory_file: Some(memory.clone()),
+            atomic: true,
+            quiesce: false,
+            no_metadata: true,
+            live: true,
+        };
+        hv.create_external_snapshot("smoke", &snap).unwrap();
+        let disk = vda(&hv, "smoke");
+        assert_eq!(disk.source.as_deref(), Some(overlay.as_path()));
+        assert_eq!(disk.backing, [base.clone()]);
+        assert!(memory.exists());
+
+        let overlay2 = dir.path().join("overlay2.qcow2");
+        let disk_only = ExternalSnapshot {
+            name: "s2".to_owned(),
+            disks: vec![("vda".to_owned(), overlay2.clone())],
+            memory_file: None,
+            live: false,
+            ..snap
+        };
+        hv.create_external_snapshot("smoke", &disk_only).unwrap();
+        assert_eq!(vda(&hv, "smoke").backing, [overlay.clone(), base.clone()]);
+
+        let commit = BlockCommit { active: true, base: Some(base.clone()), ..BlockCommit::default() };
+        hv.block_commit("smoke", "vda", &commit).unwrap();
+        let info = envclone::wait::until("active commit ready", Duration::from_secs(30), Duration::from_millis(50), || {
+            hv.block_job("smoke", "vda").map(|j| j.filter(|j| j.is_ready()))
+        })
+        .unwrap();
+        assert_eq!(info.kind, envclone::hypervisor::BlockJobKind::ActiveCommit);
+        hv.block_job_pivot("smoke", "vda").unwrap();
+        assert_eq!(hv.block_job("smoke", "vda").unwrap(), None);
+        let disk = vda(&hv, "smoke");
+        assert_eq!(disk.source.as_deref(), Some(base.as_path()));
+        assert!(disk.backing.is_empty(), "{disk:?}");
+
+        let saved = dir.path().join("saved.img");
+        hv.save_memory("smoke", &saved).unwrap();
+        assert_eq!(hv.domain("smoke").unwrap().state, DomainState::ShutOff);
+        let mut edited = hv.domain("smoke").unwrap().def;
+        edited.set_interface_link(0, false).unwrap_or(()); // no NIC: nothing to edit
+        hv.restore_memory(&saved, Some(&edited)).unwrap();
+        assert_eq!(hv.domain("smoke").unwrap().state, DomainState::Running);
+
+        hv.destroy_domain("smoke").unwrap();
+        hv.undefine_domain("smoke").unwrap();
+        assert!(std::fs::metadata(&log).is_ok_and(|m| m.len() > 0), "no boot log in {}", log.display());
+    }
+}

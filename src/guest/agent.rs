@@ -142,7 +142,8 @@ mod tests {
 
     #[test]
     fn parse_answer_maps_agent_error_with_its_hint_and_exit() {
-        let error = AgentError { kind: "already-frozen".into(), message: "/var is frozen".into(), hint: Some("thaw".into()) };
+        let error =
+            AgentError { kind: "already-frozen".into(), message: "/var is frozen".into(), hint: Some("thaw".into()) };
         let err = parse_answer::<Status>(TARGET, COMMAND, &answer(3, &Envelope::<Status>::error(error))).unwrap_err();
         assert!(
             matches!(&err, GuestError::Agent { kind, exit: Some(ExitStatus::Busy), .. } if kind == "already-frozen"),
@@ -161,7 +162,8 @@ mod tests {
 
     #[test]
     fn parse_answer_refuses_non_json_and_keeps_tails() {
-        let err = parse_answer::<Status>(TARGET, COMMAND, &output(1, "Segmentation fault\n", "core dumped\n")).unwrap_err();
+        let err =
+            parse_answer::<Status>(TARGET, COMMAND, &output(1, "Segmentation fault\n", "core dumped\n")).unwrap_err();
         let GuestError::BadAnswer { status, stdout_tail, stderr_tail, source, .. } = err else { panic!("{err:?}") };
         assert_eq!((status, stdout_tail.as_str(), stderr_tail.as_str()), (1, "Segmentation fault", "core dumped"));
         assert!(source.is_some());
@@ -182,7 +184,8 @@ mod tests {
 
     #[test]
     fn parse_answer_names_a_missing_agent() {
-        let err = parse_answer::<Status>(TARGET, COMMAND, &output(127, "", "sh: envclone-agent: not found")).unwrap_err();
+        let err =
+            parse_answer::<Status>(TARGET, COMMAND, &output(127, "", "sh: envclone-agent: not found")).unwrap_err();
         assert!(matches!(err, GuestError::AgentMissing { .. }), "{err:?}");
         assert!(err.hint().unwrap().contains("install envclone-agent"));
     }

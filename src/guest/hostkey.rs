@@ -129,7 +129,8 @@ mod tests {
 
     #[test]
     fn base64_matches_rfc4648_vectors() {
-        let table = [("", ""), ("f", "Zg=="), ("fo", "Zm8="), ("foo", "Zm9v"), ("foob", "Zm9vYg=="), ("fooba", "Zm9vYmE=")];
+        let table =
+            [("", ""), ("f", "Zg=="), ("fo", "Zm8="), ("foo", "Zm9v"), ("foob", "Zm9vYg=="), ("fooba", "Zm9vYmE=")];
         for (plain, encoded) in table {
             assert_eq!(base64(plain.as_bytes()), encoded, "{plain:?}");
         }

@@ -42,10 +42,10 @@ impl GuestSession {
         let mut size = if tty { window_size(input) } else { None };
 
         self.session.set_timeout(millis(self.opts.command_timeout));
-        let mut channel = self.session.channel_session().map_err(|source| GuestError::OpenChannel {
-            target: self.label.clone(),
-            source,
-        })?;
+        let mut channel = self
+            .session
+            .channel_session()
+            .map_err(|source| GuestError::OpenChannel { target: self.label.clone(), source })?;
         if tty {
             let term = std::env::var("TERM").unwrap_or_else(|_| "xterm".into());
             let dim = size.map(|(cols, rows)| (u32::from(cols), u32::from(rows), 0, 0));

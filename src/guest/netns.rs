@@ -32,9 +32,11 @@ pub fn connect_tcp(netns: Option<&str>, addr: SocketAddr, timeout: Duration) -> 
     let path = netns_path(name);
     // Opened here rather than in the thread so a missing namespace is
     // reported without spawning anything.
-    let handle = check_name(name)
-        .and_then(|()| File::open(&path))
-        .map_err(|source| GuestError::OpenNetns { netns: name.to_string(), path, source })?;
+    let handle = check_name(name).and_then(|()| File::open(&path)).map_err(|source| GuestError::OpenNetns {
+        netns: name.to_string(),
+        path,
+        source,
+    })?;
 
     let owned = name.to_string();
     let worker = std::thread::Builder::new()

@@ -10,8 +10,7 @@ use std::borrow::Cow;
 /// itself, written as `'\''`. A NUL byte cannot be passed in an argument at
 /// all; callers refuse it before quoting.
 pub fn shell_quote(arg: &str) -> Cow<'_, str> {
-    let plain = !arg.is_empty()
-        && arg.bytes().all(|b| b.is_ascii_alphanumeric() || b"-_./=:,@+%".contains(&b));
+    let plain = !arg.is_empty() && arg.bytes().all(|b| b.is_ascii_alphanumeric() || b"-_./=:,@+%".contains(&b));
     if plain {
         Cow::Borrowed(arg)
     } else {
@@ -55,7 +54,10 @@ mod tests {
 
     #[test]
     fn command_line_quotes_each_argument() {
-        assert_eq!(command_line("envclone-agent", &["hook", "pre freeze", "$x"]), "envclone-agent hook 'pre freeze' '$x'");
+        assert_eq!(
+            command_line("envclone-agent", &["hook", "pre freeze", "$x"]),
+            "envclone-agent hook 'pre freeze' '$x'"
+        );
     }
 
     /// What a real `sh` makes of a quoted word is the ground truth.

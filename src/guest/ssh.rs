@@ -59,6 +59,10 @@ pub struct ExecOutput {
 }
 
 /// An authenticated SSH session with a guest whose host key was verified.
+///
+/// Calls block, and ssh2 holds the session's lock for each blocking call: a
+/// read waiting on one channel stalls every other call on the session (up
+/// to the timeout). Drive a session from one thread at a time.
 pub struct GuestSession {
     pub(super) session: Session,
     /// A second handle on the session's socket, to poll(2) it when the
@@ -201,7 +205,13 @@ impl GuestSession {
 
     /// `read_to_end`, re-armed before every read so that a command which
     /// trickles output cannot outlive the deadline.
-    fn read_all(&self, from: &mut impl Read, command: &str, deadline: Instant, into: &mut Vec<u8>) -> Result<(), GuestError> {
+    fn read_all(
+        &self,
+        from: &mut impl Read,
+        command: &str,
+        deadline: Instant,
+        into: &mut Vec<u8>,
+    ) -> Result<(), GuestError> {
         let mut buf = [0u8; 16 * 1024];
         loop {
             self.arm(command, deadline)?;

@@ -10,6 +10,8 @@
 
 mod ops;
 mod storage;
+#[cfg(test)]
+mod tests;
 
 use std::path::{Path, PathBuf};
 use std::sync::{Mutex, MutexGuard, PoisonError};
