@@ -3,73 +3,14 @@
 //! Needs root and the packages of scripts/install-deps.sh; the static agent
 //! is built by scripts/build.sh. All traffic stays inside the lab's namespace.
 
+mod common;
+
+use common::{stdout, LabUnderTest};
 use serde_json::Value;
-use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
+use std::path::Path;
+use std::process::Command;
 
 const LAB: &str = "e2e-lab";
-const NETNS: &str = "envclone-e2e-lab";
-
-/// The lab under test; torn down on drop whatever the test did.
-struct LabUnderTest {
-    name: &'static str,
-    labs_dir: tempfile::TempDir,
-}
-
-impl LabUnderTest {
-    fn new(name: &'static str) -> Self {
-        LabUnderTest { name, labs_dir: tempfile::tempdir().unwrap() }
-    }
-
-    fn envclone(&self, args: &[&str]) -> Output {
-        Command::new(env!("CARGO_BIN_EXE_envclone"))
-            .args(args)
-            .env("ENVCLONE_LAB", self.name)
-            .env("ENVCLONE_LABS_DIR", self.labs_dir.path())
-            .env("ENVCLONE_CONFIG", self.config())
-            .env_remove("ENVCLONE_LIBVIRT_URI")
-            .output()
-            .expect("run envclone")
-    }
-
-    fn json(&self, args: &[&str]) -> Value {
-        let output = self.envclone(args);
-        assert!(output.status.success(), "envclone {args:?} failed: {}", String::from_utf8_lossy(&output.stderr));
-        serde_json::from_slice(&output.stdout).expect("JSON on stdout")
-    }
-
-    fn dir(&self) -> PathBuf {
-        self.labs_dir.path().join(self.name)
-    }
-
-    fn config(&self) -> PathBuf {
-        self.dir().join("envclone.toml")
-    }
-}
-
-impl Drop for LabUnderTest {
-    fn drop(&mut self) {
-        // Idempotent: a no-op when the test already took the lab down.
-        let output = self.envclone(&["lab", "down"]);
-        if !output.status.success() {
-            eprintln!("lab down during cleanup failed: {}", String::from_utf8_lossy(&output.stderr));
-        }
-    }
-}
-
-fn stdout(output: &Output) -> String {
-    String::from_utf8_lossy(&output.stdout).into_owned()
-}
-
-/// HTTP GET through curl run inside the lab's namespace.
-fn curl_in_lab(url: &str) -> String {
-    let output = Command::new("ip")
-        .args(["netns", "exec", NETNS, "curl", "-sS", "--max-time", "10", url])
-        .output()
-        .expect("run curl");
-    assert!(output.status.success(), "curl {url}: {}", String::from_utf8_lossy(&output.stderr));
-    stdout(&output)
-}
 
 #[test]
 fn lab_up_serves_demo_and_lab_down_leaves_nothing() {
@@ -82,7 +23,7 @@ fn lab_up_serves_demo_and_lab_down_leaves_nothing() {
     assert_eq!(up["domain_type"], "qemu");
 
     // web answers with db's records, fetched over TCP through app.env's DSN.
-    let page = curl_in_lab("http://10.77.1.11/");
+    let page = lab.curl("http://10.77.1.11/");
     assert_eq!(page.trim_end(), envclone::lab::topology::DB_RECORDS.trim_end());
 
     // check --live: libvirt objects exist and every agent answers with a verified host key.
@@ -124,7 +65,7 @@ fn lab_up_serves_demo_and_lab_down_leaves_nothing() {
     domains.sort();
     assert_eq!(domains, ["demo-db", "demo-web"]);
     assert_eq!(down["networks_removed"], serde_json::json!(["demo-net"]));
-    assert!(!Path::new("/run/netns").join(NETNS).exists(), "namespace {NETNS} left behind");
+    assert!(!Path::new("/run/netns").join(lab.netns()).exists(), "namespace {} left behind", lab.netns());
     assert!(!lab.dir().exists(), "lab directory left behind");
     let leftover = Command::new("pgrep").args(["-f", &lab.dir().to_string_lossy()]).output().unwrap();
     assert!(stdout(&leftover).trim().is_empty(), "processes left behind: {}", stdout(&leftover));

@@ -22,6 +22,8 @@ pub enum LibvirtCode {
     /// `VIR_ERR_OPERATION_INVALID`: wrong state (e.g. "domain is not running").
     OperationInvalid,
     OperationFailed,
+    /// `VIR_ERR_BLOCK_COPY_ACTIVE`: a block job isn't ready to pivot yet.
+    BlockJobNotReady,
     /// Any of libvirt's "not supported" numbers: the driver can't do this.
     Unsupported,
     InvalidArg,
@@ -50,6 +52,7 @@ impl From<virt::error::Error> for LibvirtError {
             sys::VIR_ERR_NO_NETWORK => LibvirtCode::NoNetwork,
             sys::VIR_ERR_OPERATION_INVALID => LibvirtCode::OperationInvalid,
             sys::VIR_ERR_OPERATION_FAILED => LibvirtCode::OperationFailed,
+            sys::VIR_ERR_BLOCK_COPY_ACTIVE => LibvirtCode::BlockJobNotReady,
             sys::VIR_ERR_NO_SUPPORT
             | sys::VIR_ERR_OPERATION_UNSUPPORTED
             | sys::VIR_ERR_ARGUMENT_UNSUPPORTED

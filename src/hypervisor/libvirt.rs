@@ -3,6 +3,7 @@
 mod raw;
 
 use std::path::Path;
+use std::time::Duration;
 
 use virt::connect::Connect;
 use virt::domain::{Domain as VirtDomain, DomainState as VirtState};
@@ -15,6 +16,10 @@ use super::{
     BlockCommit, BlockJobInfo, BlockJobKind, Domain, DomainDef, DomainState, ExternalSnapshot,
     HvError, Hypervisor, LibvirtCode, LibvirtError, Network, NetworkDef,
 };
+
+/// How long `block_job_pivot` waits for libvirt to accept a ready job.
+const PIVOT_DEADLINE: Duration = Duration::from_secs(10);
+const PIVOT_RETRY: Duration = Duration::from_millis(50);
 
 /// A libvirt connection. `virt::connect::Connect` is `Send + Sync` (libvirt
 /// connections are thread-safe), so one adapter serves every thread.
@@ -379,13 +384,35 @@ impl Hypervisor for LibvirtHypervisor {
 
     fn block_job_pivot(&self, domain: &str, disk: &str) -> Result<(), HvError> {
         let dom = self.lookup(domain)?;
-        raw::block_job_abort(&dom, disk, sys::VIR_DOMAIN_BLOCK_JOB_ABORT_PIVOT).map_err(|e| {
-            HvError::BlockJobPivot {
-                domain: domain.to_owned(),
-                disk: disk.to_owned(),
-                source: lv(e),
+        let err = |source| HvError::BlockJobPivot {
+            domain: domain.to_owned(),
+            disk: disk.to_owned(),
+            source,
+        };
+        // QEMU may report a job ready (cur == end) a moment before libvirt
+        // has handled its READY event and accepts the pivot: retry briefly.
+        let pivot = || match raw::block_job_abort(&dom, disk, sys::VIR_DOMAIN_BLOCK_JOB_ABORT_PIVOT)
+            .map_err(lv)
+        {
+            Err(e) if e.code == LibvirtCode::BlockJobNotReady => Err(e),
+            done => Ok(Some(done)),
+        };
+        match crate::wait::until(
+            "block job ready to pivot",
+            PIVOT_DEADLINE,
+            PIVOT_RETRY,
+            pivot,
+        ) {
+            Ok(done) => done.map_err(err),
+            Err(crate::wait::WaitError::Timeout { last, .. }) => {
+                Err(err(last.unwrap_or_else(|| {
+                    LibvirtError::new(
+                        LibvirtCode::BlockJobNotReady,
+                        "block job not ready for pivot",
+                    )
+                })))
             }
-        })
+        }
     }
 
     fn block_job_abort(&self, domain: &str, disk: &str) -> Result<(), HvError> {

@@ -61,12 +61,19 @@ fn os(spec: &DirectBootSpec) -> Element {
 }
 
 fn serial_and_console(devices: &mut Element, log: &str) {
+    // `append`: a restored or restarted guest adds to the log, not wipes it.
     let mut serial = element("serial", &[("type", "file")]);
-    push(&mut serial, element("source", &[("path", log)]));
+    push(
+        &mut serial,
+        element("source", &[("path", log), ("append", "on")]),
+    );
     push(&mut serial, element("target", &[("port", "0")]));
     push(devices, serial);
     let mut console = element("console", &[("type", "file")]);
-    push(&mut console, element("source", &[("path", log)]));
+    push(
+        &mut console,
+        element("source", &[("path", log), ("append", "on")]),
+    );
     push(
         &mut console,
         element("target", &[("type", "serial"), ("port", "0")]),

@@ -319,7 +319,7 @@ fn direct_boot_builds_a_parsable_lab_guest() {
     );
     assert!(xml.contains("<serial type=\"file\">"), "{xml}");
     assert!(
-        xml.contains("<source path=\"/lab/a-console.log\" />"),
+        xml.contains("<source path=\"/lab/a-console.log\" append=\"on\" />"),
         "{xml}"
     );
 }

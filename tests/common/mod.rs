@@ -1,0 +1,105 @@
+//! Shared by the end-to-end test binaries: a lab of real TCG guests under a
+//! private libvirtd in a network namespace, brought up once per test binary
+//! under its own name and taken down when dropped (whatever the test did).
+//! Needs root and scripts/install-deps.sh; scripts/build.sh builds the
+//! static agent the guests run.
+#![allow(dead_code)] // each test binary uses a different part
+
+use envclone::config::Config;
+use envclone::guest::endpoint::{ssh_options, ssh_target};
+use envclone::guest::GuestSession;
+use serde_json::Value;
+use std::path::PathBuf;
+use std::process::{Command, Output};
+
+pub struct LabUnderTest {
+    pub name: &'static str,
+    labs_dir: tempfile::TempDir,
+}
+
+impl LabUnderTest {
+    /// A lab that is not up yet.
+    pub fn new(name: &'static str) -> Self {
+        LabUnderTest { name, labs_dir: tempfile::tempdir().expect("temporary labs dir") }
+    }
+
+    /// A lab that is up, with both agents answering.
+    pub fn up(name: &'static str) -> Self {
+        let lab = LabUnderTest::new(name);
+        lab.json(&["lab", "up", "--json"]);
+        lab
+    }
+
+    /// Runs the real `envclone` binary against this lab.
+    pub fn envclone(&self, args: &[&str]) -> Output {
+        Command::new(env!("CARGO_BIN_EXE_envclone"))
+            .args(args)
+            .env("ENVCLONE_LAB", self.name)
+            .env("ENVCLONE_LABS_DIR", self.labs_dir.path())
+            .env("ENVCLONE_CONFIG", self.config_path())
+            .env_remove("ENVCLONE_LIBVIRT_URI")
+            .output()
+            .expect("run envclone")
+    }
+
+    /// Runs `envclone` with `--json` among `args`, asserts success, parses stdout.
+    pub fn json(&self, args: &[&str]) -> Value {
+        let output = self.envclone(args);
+        assert!(output.status.success(), "envclone {args:?} failed: {}", String::from_utf8_lossy(&output.stderr));
+        serde_json::from_slice(&output.stdout).expect("JSON on stdout")
+    }
+
+    pub fn dir(&self) -> PathBuf {
+        self.labs_dir.path().join(self.name)
+    }
+
+    pub fn config_path(&self) -> PathBuf {
+        self.dir().join("envclone.toml")
+    }
+
+    pub fn netns(&self) -> String {
+        format!("envclone-{}", self.name)
+    }
+
+    pub fn config(&self) -> Config {
+        envclone::config::load(&self.config_path()).expect("lab config")
+    }
+
+    /// A fresh SSH session to a VM of the `demo` environment (`web` or `db`).
+    pub fn session(&self, vm: &str) -> GuestSession {
+        let config = self.config();
+        let (_, vm_config) = config.vm("demo", vm).expect("demo VM");
+        GuestSession::connect(&ssh_target(&vm_config.agent), &ssh_options(&config.controller)).expect("SSH into the lab VM")
+    }
+
+    /// Runs a shell command in a VM and returns its stdout; panics on failure.
+    pub fn sh(&self, vm: &str, command: &str) -> String {
+        let output = self.session(vm).exec(command, None).expect("exec");
+        assert_eq!(output.status, 0, "`{command}` in {vm} failed: {}", String::from_utf8_lossy(&output.stderr));
+        String::from_utf8_lossy(&output.stdout).into_owned()
+    }
+
+    /// HTTP GET through curl run inside the lab's namespace.
+    pub fn curl(&self, url: &str) -> String {
+        let output = Command::new("ip")
+            .args(["netns", "exec", &self.netns(), "curl", "-sS", "--max-time", "10", url])
+            .output()
+            .expect("run curl");
+        assert!(output.status.success(), "curl {url}: {}", String::from_utf8_lossy(&output.stderr));
+        String::from_utf8_lossy(&output.stdout).into_owned()
+    }
+}
+
+impl Drop for LabUnderTest {
+    fn drop(&mut self) {
+        // Idempotent: a no-op when the test already took the lab down.
+        let output = self.envclone(&["lab", "down"]);
+        if !output.status.success() {
+            eprintln!("lab down during cleanup failed: {}", String::from_utf8_lossy(&output.stderr));
+        }
+    }
+}
+
+pub fn stdout(output: &Output) -> String {
+    String::from_utf8_lossy(&output.stdout).into_owned()
+}
