@@ -475,7 +475,6 @@ mod qemu_embed {
     }
 
     #[test]
-    #[ignore = "starts QEMU (TCG): needs qemu-system-x86 and libvirt's qemu driver; run by hand"]
     fn snapshot_commit_qmp_save_restore_on_real_qemu() {
         event_loop();
         let dir = tempfile::tempdir().unwrap();
