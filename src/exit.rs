@@ -4,6 +4,7 @@
 use crate::config::ConfigError;
 use crate::guest::GuestError;
 use crate::hypervisor::HvError;
+use crate::lab::LabError;
 use crate::Error;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -56,6 +57,7 @@ impl ExitCode {
                 GuestError::CommandTimeout { .. } | GuestError::Agent { .. } | GuestError::BadAnswer { .. } => ExitCode::Failed,
                 _ => ExitCode::Unreachable,
             },
+            Error::Lab(lab) if matches!(**lab, LabError::Busy { .. }) => ExitCode::Busy,
             Error::Lab(_) | Error::CheckFailed { .. } => ExitCode::Failed,
         }
     }
@@ -63,6 +65,36 @@ impl ExitCode {
     /// The table printed in `--help` and kept in README.
     pub fn table() -> String {
         ExitCode::ALL.iter().map(|code| format!("  {:>2}  {}\n", code.code(), code.describe())).collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::LookupError;
+    use std::path::PathBuf;
+
+    #[test]
+    fn errors_map_to_their_documented_codes() {
+        let cases = [
+            (Error::Usage("x".into()), ExitCode::Usage),
+            (Error::Lookup(LookupError::UnknownEnvironment { name: "x".into(), known: vec![] }), ExitCode::NotFound),
+            (Error::hypervisor("look up")(HvError::NoSuchDomain { name: "x".into() }), ExitCode::NotFound),
+            (Error::guest("web")(GuestError::AgentMissing { target: "t".into() }), ExitCode::Unreachable),
+            (Error::guest("web")(GuestError::CommandTimeout { target: "t".into(), command: "c".into(), after: std::time::Duration::from_secs(1) }), ExitCode::Failed),
+            (LabError::Busy { labs_dir: PathBuf::from("/l") }.into(), ExitCode::Busy),
+            (LabError::NoKernel.into(), ExitCode::Failed),
+            (Error::CheckFailed { failed: 1, total: 2 }, ExitCode::Failed),
+        ];
+        for (error, code) in cases {
+            assert_eq!(ExitCode::from_error(&error), code, "{error}");
+        }
+    }
+
+    #[test]
+    fn codes_are_distinct_and_stable() {
+        let numbers: Vec<u8> = ExitCode::ALL.iter().map(|c| c.code()).collect();
+        assert_eq!(numbers, [0, 1, 2, 3, 4, 5]);
     }
 }
 

@@ -6,6 +6,8 @@ use std::path::{Path, PathBuf};
 
 #[derive(Debug, thiserror::Error)]
 pub enum LabError {
+    #[error("busy: another `envclone lab` command is changing the labs in {}", labs_dir.display())]
+    Busy { labs_dir: PathBuf },
     #[error("missing host tools: {}", missing.join(", "))]
     MissingTools { missing: Vec<String> },
     #[error("invalid lab name {name:?}: use 1 to 20 lowercase letters, digits or '-'")]
@@ -68,6 +70,7 @@ impl LabError {
             LabError::MissingTools { .. } => {
                 Some("install them: `scripts/install-deps.sh` (Debian packages, run as root)".into())
             }
+            LabError::Busy { .. } => Some("wait for it to finish, then run the command again".into()),
             LabError::DaemonStart { log, .. } => Some(format!("see {}", log.display())),
             LabError::CommandFailed { .. } | LabError::Spawn { .. } => {
                 Some("the lab needs root (network namespaces, bind mounts)".into())

@@ -23,6 +23,8 @@ use crate::config::DomainType;
 use crate::guest::{AgentClient, GuestError, GuestSession};
 use crate::hypervisor::{DomainState, HvError, Hypervisor, LibvirtHypervisor};
 use crate::wait;
+use nix::errno::Errno;
+use nix::fcntl::{Flock, FlockArg};
 use serde::Serialize;
 use std::fs;
 use std::path::{Path, PathBuf};
@@ -127,10 +129,25 @@ impl Lab {
         )
     }
 
+    /// Only one `lab up` or `lab down` at a time changes the labs of one
+    /// directory: a second caller is refused at once rather than racing the
+    /// first (a `down` would kill the QEMU an `up` is starting). The lock is
+    /// on the labs directory itself, so it leaves no file behind.
+    fn lock(&self) -> Result<Flock<fs::File>, LabError> {
+        let labs_dir = self.paths.root.parent().unwrap_or(Path::new("/")).to_path_buf();
+        fs::create_dir_all(&labs_dir).map_err(|source| LabError::io("create", &labs_dir, source))?;
+        let dir = fs::File::open(&labs_dir).map_err(|source| LabError::io("open", &labs_dir, source))?;
+        Flock::lock(dir, FlockArg::LockExclusiveNonblock).map_err(|(_, errno)| match errno {
+            Errno::EWOULDBLOCK => LabError::Busy { labs_dir: labs_dir.clone() },
+            other => LabError::io("lock", &labs_dir, other.into()),
+        })
+    }
+
     /// Brings the lab up; each step is skipped when already done, so a
     /// second `up` only waits for the agents.
     pub fn up(&self, options: &UpOptions, progress: &dyn Fn(&str)) -> Result<UpReport, LabError> {
         let started = Instant::now();
+        let _lock = self.lock()?;
         host::check_tools()?;
         let kernel = find_kernel()?;
         for dir in [self.paths.root.clone(), self.paths.images(), self.paths.state(), self.paths.console_log("x").with_file_name("")] {
@@ -292,6 +309,7 @@ impl Lab {
     /// every process left in the namespace, the namespace and the lab's
     /// directory. Safe to run on a half-made or already removed lab.
     pub fn down(&self, purge_cache: bool) -> Result<DownReport, LabError> {
+        let _lock = self.lock()?;
         let mut report = DownReport { lab: self.name.clone(), ..DownReport::default() };
         if daemons::is_running(&self.paths) {
             let hv = self.connect()?;
@@ -415,6 +433,19 @@ mod tests {
         for bad in ["", "UPPER", "has space", "a/b", "much-too-long-for-a-netns-name"] {
             assert!(matches!(Lab::new(bad, dirs.0, dirs.1), Err(LabError::BadName { .. })), "{bad:?}");
         }
+    }
+
+    #[test]
+    fn a_second_lab_command_is_refused_while_one_runs() {
+        let labs = tempfile::tempdir().unwrap();
+        let lab = Lab::new("t", labs.path(), Path::new("/c")).unwrap();
+        let held = lab.lock().unwrap();
+
+        let refused = lab.lock();
+
+        assert!(matches!(refused, Err(LabError::Busy { .. })));
+        drop(held);
+        assert!(lab.lock().is_ok());
     }
 
     #[test]
