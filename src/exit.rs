@@ -68,6 +68,12 @@ impl ExitCode {
     }
 }
 
+impl From<ExitCode> for std::process::ExitCode {
+    fn from(code: ExitCode) -> Self {
+        std::process::ExitCode::from(code.code())
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -95,11 +101,5 @@ mod tests {
     fn codes_are_distinct_and_stable() {
         let numbers: Vec<u8> = ExitCode::ALL.iter().map(|c| c.code()).collect();
         assert_eq!(numbers, [0, 1, 2, 3, 4, 5]);
-    }
-}
-
-impl From<ExitCode> for std::process::ExitCode {
-    fn from(code: ExitCode) -> Self {
-        std::process::ExitCode::from(code.code())
     }
 }
