@@ -2,10 +2,12 @@
 //! the module's typed error as its source so the binary can print the whole
 //! chain once and map it to an exit code ([`crate::exit`]).
 
+use crate::catalog::CatalogError;
 use crate::config::{ConfigError, LookupError};
 use crate::guest::GuestError;
 use crate::hypervisor::HvError;
 use crate::lab::LabError;
+use crate::ops::{Busy, LockError};
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;
 
@@ -29,6 +31,15 @@ pub enum Error {
     },
     #[error(transparent)]
     Lab(#[from] Box<LabError>),
+    #[error(transparent)]
+    Catalog(#[from] Box<CatalogError>),
+    /// Another operation holds the environment (exit code 3).
+    #[error(transparent)]
+    Busy(#[from] Box<Busy>),
+    /// The environment's lock could not be taken for a reason other than
+    /// another holder; a busy lock becomes [`Error::Busy`].
+    #[error(transparent)]
+    Lock(Box<LockError>),
     #[error("{failed} of {total} live checks failed")]
     CheckFailed { failed: usize, total: usize },
     #[error("{0}")]
@@ -38,6 +49,27 @@ pub enum Error {
 impl From<LabError> for Error {
     fn from(error: LabError) -> Self {
         Error::Lab(Box::new(error))
+    }
+}
+
+impl From<CatalogError> for Error {
+    fn from(error: CatalogError) -> Self {
+        Error::Catalog(Box::new(error))
+    }
+}
+
+impl From<Busy> for Error {
+    fn from(busy: Busy) -> Self {
+        Error::Busy(Box::new(busy))
+    }
+}
+
+impl From<LockError> for Error {
+    fn from(error: LockError) -> Self {
+        match error {
+            LockError::Busy(busy) => Error::from(busy),
+            other => Error::Lock(Box::new(other)),
+        }
     }
 }
 
@@ -60,6 +92,9 @@ impl Error {
             Error::Hypervisor { source, .. } => source.hint(),
             Error::Guest { source, .. } => source.hint(),
             Error::Lab(e) => e.hint(),
+            Error::Catalog(e) => e.hint(),
+            Error::Busy(busy) => busy.hint(),
+            Error::Lock(e) => e.hint(),
             Error::CheckFailed { .. } => Some("each failed check above says what to fix".into()),
             Error::Usage(_) => Some("see `envclone --help`".into()),
         }

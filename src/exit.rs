@@ -1,6 +1,7 @@
 //! envclone's exit codes: one documented enum, mapped from errors in one
 //! place ([`ExitCode::from_error`]) so runbooks and timers can branch on them.
 
+use crate::catalog::CatalogError;
 use crate::config::ConfigError;
 use crate::guest::GuestError;
 use crate::hypervisor::HvError;
@@ -58,6 +59,12 @@ impl ExitCode {
                 _ => ExitCode::Unreachable,
             },
             Error::Lab(lab) if matches!(**lab, LabError::Busy { .. }) => ExitCode::Busy,
+            Error::Busy(_) => ExitCode::Busy,
+            Error::Catalog(catalog) => match **catalog {
+                CatalogError::NotFound { .. } => ExitCode::NotFound,
+                _ => ExitCode::Failed,
+            },
+            Error::Lock(_) => ExitCode::Failed,
             Error::Lab(_) | Error::CheckFailed { .. } => ExitCode::Failed,
         }
     }
@@ -78,6 +85,7 @@ impl From<ExitCode> for std::process::ExitCode {
 mod tests {
     use super::*;
     use crate::config::LookupError;
+    use crate::ops::{Busy, LockError};
     use std::path::PathBuf;
 
     #[test]
@@ -91,6 +99,11 @@ mod tests {
             (LabError::Busy { labs_dir: PathBuf::from("/l") }.into(), ExitCode::Busy),
             (LabError::NoKernel.into(), ExitCode::Failed),
             (Error::CheckFailed { failed: 1, total: 2 }, ExitCode::Failed),
+            (Busy { env: "prod".into(), holder: None }.into(), ExitCode::Busy),
+            (LockError::Busy(Busy { env: "prod".into(), holder: None }).into(), ExitCode::Busy),
+            (LockError::BadName { env: "a/b".into() }.into(), ExitCode::Failed),
+            (CatalogError::NotFound { what: "snapshot 3".into() }.into(), ExitCode::NotFound),
+            (CatalogError::NewerSchema { path: PathBuf::from("/c"), found: 3, supported: 2 }.into(), ExitCode::Failed),
         ];
         for (error, code) in cases {
             assert_eq!(ExitCode::from_error(&error), code, "{error}");

@@ -8,8 +8,15 @@
 //! - [`guest`]: reaching a VM over SSH (through a network namespace when
 //!   needed) and calling `envclone-agent` in it.
 //! - [`lab`]: the throwaway test lab (namespace, private libvirtd, tiny guests).
+//! - [`catalog`]: the SQLite catalog of snapshots, images and what needs
+//!   them, and the journal of multi-step operations.
+//! - [`ops`]: multi-step operations on environments and the per-environment
+//!   lock that makes them exclusive.
+//! - [`retention`] and [`schedule`]: which snapshots to keep and when
+//!   schedules fire (pure functions for the daemon and `prune`).
 //! - [`commands`]: one file per CLI subcommand; the binary stays thin.
 
+pub mod catalog;
 pub mod cli;
 pub mod commands;
 pub mod config;
@@ -18,6 +25,9 @@ pub mod exit;
 pub mod guest;
 pub mod hypervisor;
 pub mod lab;
+pub mod ops;
+pub mod retention;
+pub mod schedule;
 pub mod wait;
 
 pub use error::{Error, Result};

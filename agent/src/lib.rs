@@ -4,6 +4,7 @@
 //! one JSON object on stdout and exits with one of [`ExitStatus`]. Both sides
 //! depend on this crate so that there is a single definition of every message.
 
+pub mod matcher;
 pub mod protocol;
 
 pub use protocol::*;

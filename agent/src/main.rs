@@ -67,7 +67,8 @@ fn main() {
 fn dispatch(command: Command) -> ExitStatus {
     match command {
         Command::Status => answer(status::collect()),
-        Command::Freeze(args) => answer(freeze::freeze(&args)),
+        // The one subcommand that prints two lines: it emits them itself.
+        Command::Freeze(args) => freeze::freeze(&args),
         Command::Thaw => answer(freeze::thaw()),
         Command::Rewrite(args) => answer(rewrite::rewrite(&args)),
         Command::Scan(args) => answer(rewrite::scan(&args)),
@@ -100,15 +101,4 @@ pub fn emit<T: Serialize>(value: &T) {
         }
         Err(e) => eprintln!("envclone-agent: cannot encode answer: {e}"),
     }
-}
-
-fn unsupported(subcommand: &str) -> (ExitStatus, AgentError) {
-    (
-        ExitStatus::Failed,
-        AgentError {
-            kind: "unsupported".into(),
-            message: format!("this agent build does not implement `{subcommand}` yet"),
-            hint: Some("install an envclone-agent that matches the controller".into()),
-        },
-    )
 }

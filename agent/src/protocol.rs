@@ -4,6 +4,16 @@
 
 use serde::{Deserialize, Serialize};
 
+/// `freeze` and `thaw`: the freeze lease (two JSON lines, see the module).
+pub mod freeze;
+
+mod identity;
+pub use identity::*;
+
+/// `rewrite` and `scan`: the plan, the scan request and their reports.
+mod rewrite;
+pub use rewrite::*;
+
 /// Bumped on any incompatible change to a message below.
 pub const PROTOCOL_VERSION: u32 = 1;
 

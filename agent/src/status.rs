@@ -13,7 +13,10 @@ pub fn collect() -> Result<Status, (ExitStatus, AgentError)> {
         .map_err(|_| failed("clock", "the guest clock is before 1970".to_string()))?
         .as_secs();
     let machine_id = std::fs::read_to_string("/etc/machine-id").ok().map(|s| s.trim().to_string());
-    Ok(Status { hostname, frozen: Vec::new(), freeze_in_progress: false, guest_time, machine_id })
+    // From the freeze record on tmpfs: no probe can ask the kernel whether
+    // a filesystem is frozen without thawing it (see freeze::state).
+    let (frozen, freeze_in_progress) = crate::freeze::observe()?;
+    Ok(Status { hostname, frozen, freeze_in_progress, guest_time, machine_id })
 }
 
 fn failed(kind: &str, message: String) -> (ExitStatus, AgentError) {

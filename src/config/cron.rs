@@ -4,8 +4,14 @@
 //! each optionally followed by `/STEP`; month and weekday names; and the
 //! `@hourly`-style macros. When both day fields are restricted a time
 //! matches if either matches, as in Vixie cron.
+//!
+//! [`CronExpr::next_after`] finds the next time an expression fires on a
+//! calendar without time zones (envclone's schedules use UTC, see
+//! `crate::schedule`).
 
 use std::fmt;
+
+use chrono::{Datelike, NaiveDateTime, Timelike};
 
 /// A parsed cron expression: the set of allowed values per field.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -75,6 +81,10 @@ const DAY_OF_WEEK: FieldSpec = FieldSpec {
 
 const DAYS_IN_MONTH: [u32; 12] = [31, 29, 31, 30, 31, 30, 31, 31, 30, 31, 30, 31];
 
+/// How far [`CronExpr::next_after`] looks: a valid expression fires at
+/// least once in 8 years (February 29th skips 2100), so 10 is plenty.
+const SEARCH_DAYS: u32 = 366 * 10;
+
 impl CronExpr {
     pub fn parse(text: &str) -> Result<Self, CronError> {
         let text = text.trim();
@@ -115,14 +125,47 @@ impl CronExpr {
         month: u32,
         day_of_week: u32,
     ) -> bool {
-        let has = |set: u64, value: u32| value < 64 && set & (1 << value) != 0;
+        self.day_matches(day_of_month, month, day_of_week)
+            && has(self.minutes, minute)
+            && has(self.hours, hour)
+    }
+
+    /// The first minute strictly after `after` at which the expression
+    /// fires, or `None` if it does not within ten years (which no parsed
+    /// expression does).
+    pub fn next_after(&self, after: NaiveDateTime) -> Option<NaiveDateTime> {
+        let start = after.with_second(0)?.with_nanosecond(0)? + chrono::Duration::minutes(1);
+        let mut date = start.date();
+        let mut from = (start.hour(), start.minute());
+        for _ in 0..SEARCH_DAYS {
+            if self.day_matches(date.day(), date.month(), date.weekday().num_days_from_sunday()) {
+                if let Some((hour, minute)) = self.first_time_from(from) {
+                    return date.and_hms_opt(hour, minute, 0);
+                }
+            }
+            date = date.succ_opt()?;
+            from = (0, 0);
+        }
+        None
+    }
+
+    fn day_matches(&self, day_of_month: u32, month: u32, day_of_week: u32) -> bool {
         let dom = has(self.days_of_month, day_of_month);
         let dow = has(self.days_of_week, day_of_week % 7);
         let day = match (self.days_of_month_restricted, self.days_of_week_restricted) {
             (true, true) => dom || dow,
             _ => dom && dow,
         };
-        day && has(self.minutes, minute) && has(self.hours, hour) && has(self.months, month)
+        day && has(self.months, month)
+    }
+
+    /// The first (hour, minute) of a day at or after `from` that matches.
+    fn first_time_from(&self, (from_hour, from_minute): (u32, u32)) -> Option<(u32, u32)> {
+        (from_hour..24).filter(|hour| has(self.hours, *hour)).find_map(|hour| {
+            let first = if hour == from_hour { from_minute } else { 0 };
+            let minutes = self.minutes & (u64::MAX << first) & ((1 << 60) - 1);
+            (minutes != 0).then(|| (hour, minutes.trailing_zeros()))
+        })
     }
 
     /// "0 0 30 2 *" is valid syntax that never runs; a schedule that silently
@@ -141,6 +184,10 @@ impl CronExpr {
             Err(CronError::NeverFires { first_day })
         }
     }
+}
+
+fn has(set: u64, value: u32) -> bool {
+    value < 64 && set & (1 << value) != 0
 }
 
 impl fmt::Display for FieldSpec {
@@ -331,6 +378,78 @@ mod tests {
         let expr = CronExpr::parse("0 0 * * 7").unwrap();
         assert!(expr.matches(0, 0, 5, 1, 0));
         assert!(expr.matches(0, 0, 5, 1, 7));
+    }
+
+    fn time(text: &str) -> NaiveDateTime {
+        NaiveDateTime::parse_from_str(text, "%Y-%m-%d %H:%M").unwrap()
+    }
+
+    fn next(expr: &str, after: &str) -> String {
+        let next = CronExpr::parse(expr).unwrap().next_after(time(after)).unwrap();
+        next.format("%Y-%m-%d %H:%M").to_string()
+    }
+
+    #[test]
+    fn next_after_is_strictly_later_and_minute_aligned() {
+        assert_eq!(next("0 2 * * *", "2024-05-01 02:00"), "2024-05-02 02:00");
+        assert_eq!(next("0 2 * * *", "2024-05-01 01:59"), "2024-05-01 02:00");
+        let expr = CronExpr::parse("* * * * *").unwrap();
+        let after = time("2024-05-01 10:00") + chrono::Duration::seconds(30);
+        assert_eq!(expr.next_after(after), Some(time("2024-05-01 10:01")));
+    }
+
+    #[test]
+    fn next_after_steps_and_ranges() {
+        assert_eq!(next("*/15 9-17 * * mon-fri", "2024-05-03 17:45"), "2024-05-06 09:00");
+        assert_eq!(next("*/15 9-17 * * mon-fri", "2024-05-06 09:07"), "2024-05-06 09:15");
+        assert_eq!(next("5/10 * * * *", "2024-05-01 10:55"), "2024-05-01 11:05");
+    }
+
+    #[test]
+    fn next_after_month_ends_and_leap_days() {
+        assert_eq!(next("0 0 31 * *", "2024-01-31 00:00"), "2024-03-31 00:00");
+        assert_eq!(next("0 0 30 * *", "2024-01-30 00:00"), "2024-03-30 00:00");
+        assert_eq!(next("0 0 29 2 *", "2025-03-01 00:00"), "2028-02-29 00:00");
+        assert_eq!(next("0 0 29 2 *", "2096-03-01 00:00"), "2104-02-29 00:00");
+        assert_eq!(next("59 23 * * *", "2024-12-31 23:59"), "2025-01-01 23:59");
+        assert_eq!(next("@monthly", "2024-02-15 12:00"), "2024-03-01 00:00");
+        assert_eq!(next("@yearly", "2024-12-31 23:59"), "2025-01-01 00:00");
+    }
+
+    #[test]
+    fn next_after_restricted_day_fields_match_either() {
+        // The 1st of the month or any Monday: Wed 2024-05-01, then Mon 05-06.
+        assert_eq!(next("0 0 1 * mon", "2024-04-30 12:00"), "2024-05-01 00:00");
+        assert_eq!(next("0 0 1 * mon", "2024-05-01 00:00"), "2024-05-06 00:00");
+        assert_eq!(next("0 0 * * 7", "2024-05-01 00:00"), "2024-05-05 00:00");
+    }
+
+    proptest::proptest! {
+        /// `next_after` agrees with a minute-by-minute scan using `matches`.
+        #[test]
+        fn next_after_is_the_first_matching_minute(
+            expr in proptest::sample::select(vec![
+                "* * * * *", "*/7 * * * *", "0 2 * * *", "30 4 1,15 * *", "0 9-17/2 * * mon-fri",
+                "0 0 1 * mon", "15 3 * * 0", "0 0 31 * *", "45 23 28-31 2 *", "0 */6 * jan,jul *",
+            ]),
+            minutes in 0i64..3 * 366 * 24 * 60,
+            seconds in 0i64..60,
+        ) {
+            let expr = CronExpr::parse(expr).unwrap();
+            let after = time("2024-01-01 00:00") + chrono::Duration::minutes(minutes) + chrono::Duration::seconds(seconds);
+            let found = expr.next_after(after).unwrap();
+            let fires = |t: NaiveDateTime| {
+                expr.matches(t.minute(), t.hour(), t.day(), t.month(), t.weekday().num_days_from_sunday())
+            };
+            proptest::prop_assert!(found > after);
+            proptest::prop_assert_eq!(found.second(), 0);
+            proptest::prop_assert!(fires(found));
+            let mut t = found - chrono::Duration::minutes(1);
+            while t > after && found - t < chrono::Duration::days(40) {
+                proptest::prop_assert!(!fires(t), "{} fires before {}", t, found);
+                t -= chrono::Duration::minutes(1);
+            }
+        }
     }
 
     #[test]

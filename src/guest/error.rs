@@ -106,6 +106,32 @@ pub enum GuestError {
         /// Absent when the JSON parsed but contradicted the exit status.
         source: Option<serde_json::Error>,
     },
+
+    #[error("freeze lease on {target} ended before {expected} (exit status {}); stderr ends {stderr_tail:?}", status.map_or("unknown".to_string(), |s| s.to_string()))]
+    LeaseLost {
+        target: String,
+        /// The line that never came.
+        expected: &'static str,
+        status: Option<i32>,
+        stderr_tail: String,
+    },
+
+    #[error("{target} thawed, but post-thaw hooks failed: {}", failed_hooks(report))]
+    ThawHooksFailed {
+        target: String,
+        /// The agent's final report; `hooks` has each hook's stderr.
+        report: Box<envclone_agent::freeze::FreezeReport>,
+    },
+}
+
+fn failed_hooks(report: &envclone_agent::freeze::FreezeReport) -> String {
+    report
+        .hooks
+        .iter()
+        .filter(|run| !run.succeeded())
+        .map(|run| format!("{} {}", run.name, run.outcome))
+        .collect::<Vec<_>>()
+        .join(", ")
 }
 
 fn via(netns: &Option<String>) -> String {
@@ -142,6 +168,12 @@ impl GuestError {
             ProtocolMismatch { .. } => Some("install the matching envclone-agent in the guest".into()),
             Agent { hint, .. } => hint.clone(),
             Handshake { .. } => Some("is an ssh server (not something else) listening there?".into()),
+            LeaseLost { .. } => Some(
+                "the agent thaws when its channel closes; check with `envclone-agent status`, \
+                 recover with `envclone-agent thaw`"
+                    .into(),
+            ),
+            ThawHooksFailed { .. } => Some("the services those hooks manage may need a hand".into()),
             _ => None,
         }
     }

@@ -4,6 +4,7 @@
 //! - [`ssh`]: one verified, authenticated SSH login per guest, reused for
 //!   every command ([`GuestSession`]); `interactive` adds a pty.
 //! - [`agent`]: `envclone-agent` subcommands and their JSON answers.
+//! - [`lease`]: the freeze lease, held on a channel of its own session.
 //!
 //! Everything here blocks (ssh2 does): async callers use `spawn_blocking`.
 
@@ -12,6 +13,7 @@ pub mod endpoint;
 mod error;
 mod hostkey;
 mod interactive;
+pub mod lease;
 pub mod netns;
 mod quote;
 mod ssh;
@@ -19,5 +21,6 @@ mod ssh;
 pub use agent::{parse_answer, AgentClient, AGENT_PROGRAM};
 pub use error::GuestError;
 pub use hostkey::{fingerprint, known_hosts_entry, known_hosts_name};
+pub use lease::{FreezeLease, FreezeRequest};
 pub use quote::{command_line, shell_quote};
 pub use ssh::{ExecOutput, GuestSession, SshOptions, SshTarget};

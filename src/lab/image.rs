@@ -87,6 +87,9 @@ fn stage_root(root: &Path, agent_binary: &Path) -> Result<(), LabError> {
     }
     let dropbear = host::find_tool("dropbear").ok_or_else(|| LabError::MissingTools { missing: vec!["dropbear (dropbear-bin)".into()] })?;
     install_binary(root, &dropbear, "usr/sbin/dropbear")?;
+    // The agent's `reset-identity --ssh-host-keys` makes new host keys with it.
+    let dropbearkey = host::find_tool("dropbearkey").ok_or_else(|| LabError::MissingTools { missing: vec!["dropbearkey (dropbear-bin)".into()] })?;
+    install_binary(root, &dropbearkey, "usr/bin/dropbearkey")?;
     install_binary(root, agent_binary, "usr/bin/envclone-agent")?;
     let files = [
         GuestFile::new("/sbin/init", INIT, 0o755),

@@ -1,0 +1,158 @@
+//! The catalog's schema as an ordered list of migrations.
+//!
+//! The schema version is SQLite's `user_version`. Each migration runs in
+//! its own IMMEDIATE transaction together with the bump of `user_version`,
+//! so a failed migration leaves the catalog at the previous version and a
+//! second process opening the catalog at the same time waits (busy timeout)
+//! instead of applying the migration twice. Migrations are only ever
+//! appended: a released one never changes.
+
+use std::path::Path;
+
+use rusqlite::{Connection, Transaction, TransactionBehavior};
+
+use super::CatalogError;
+
+pub(crate) struct Migration {
+    pub version: u32,
+    pub description: &'static str,
+    pub sql: &'static str,
+}
+
+/// Times are RFC 3339 UTC text with milliseconds ("2024-05-01T02:00:00.000Z"):
+/// readable with the sqlite3 shell and ordered as text.
+pub(crate) const MIGRATIONS: &[Migration] = &[
+    Migration {
+        version: 1,
+        description: "environments, snapshots, images and their dependents",
+        sql: r#"
+            CREATE TABLE environments (
+                id          INTEGER PRIMARY KEY,
+                name        TEXT NOT NULL UNIQUE,
+                created_at  TEXT NOT NULL
+            );
+            CREATE TABLE snapshots (
+                id                INTEGER PRIMARY KEY,
+                env_id            INTEGER NOT NULL REFERENCES environments(id) ON DELETE RESTRICT,
+                name              TEXT NOT NULL,
+                label             TEXT,
+                schedule          TEXT,
+                created_at        TEXT NOT NULL,
+                state             TEXT NOT NULL
+                                  CHECK (state IN ('in-progress', 'complete', 'failed', 'deleted')),
+                memory            INTEGER NOT NULL CHECK (memory IN (0, 1)),
+                freeze_window_ms  INTEGER CHECK (freeze_window_ms >= 0),
+                UNIQUE (env_id, name)
+            );
+            CREATE INDEX snapshots_by_env ON snapshots (env_id, created_at);
+            CREATE TABLE snapshot_vms (
+                snapshot_id  INTEGER NOT NULL REFERENCES snapshots(id) ON DELETE CASCADE,
+                vm           TEXT NOT NULL,
+                consistency  TEXT NOT NULL
+                             CHECK (consistency IN ('app-consistent', 'crash-consistent', 'none')),
+                reason       TEXT,
+                PRIMARY KEY (snapshot_id, vm)
+            );
+            CREATE TABLE images (
+                id                INTEGER PRIMARY KEY,
+                path              TEXT NOT NULL UNIQUE,
+                vm                TEXT NOT NULL,
+                disk              TEXT,
+                kind              TEXT NOT NULL CHECK (kind IN ('base', 'overlay', 'memory', 'full-copy')),
+                format            TEXT NOT NULL CHECK (format IN ('qcow2', 'raw', 'libvirt-save')),
+                size_bytes        INTEGER NOT NULL CHECK (size_bytes >= 0),
+                backing_image_id  INTEGER REFERENCES images(id) ON DELETE RESTRICT,
+                snapshot_id       INTEGER REFERENCES snapshots(id) ON DELETE RESTRICT,
+                created_at        TEXT NOT NULL,
+                CHECK (backing_image_id IS NULL OR backing_image_id <> id)
+            );
+            CREATE INDEX images_by_backing ON images (backing_image_id);
+            CREATE INDEX images_by_snapshot ON images (snapshot_id);
+            CREATE TABLE image_dependents (
+                image_id  INTEGER NOT NULL REFERENCES images(id) ON DELETE RESTRICT,
+                kind      TEXT NOT NULL CHECK (kind IN ('snapshot', 'clone', 'standby')),
+                name      TEXT NOT NULL,
+                PRIMARY KEY (image_id, kind, name)
+            );
+        "#,
+    },
+    Migration {
+        version: 2,
+        description: "operation journal",
+        sql: r#"
+            CREATE TABLE operations (
+                id               INTEGER PRIMARY KEY,
+                kind             TEXT NOT NULL,
+                env_id           INTEGER NOT NULL REFERENCES environments(id) ON DELETE RESTRICT,
+                pid              INTEGER NOT NULL,
+                pid_start_ticks  INTEGER,
+                boot_id          TEXT,
+                started_at       TEXT NOT NULL,
+                finished_at      TEXT,
+                state            TEXT NOT NULL
+                                 CHECK (state IN ('running', 'completed', 'rolling-back', 'rolled-back', 'failed')),
+                error            TEXT
+            );
+            CREATE INDEX operations_by_state ON operations (state);
+            CREATE TABLE operation_steps (
+                id            INTEGER PRIMARY KEY,
+                operation_id  INTEGER NOT NULL REFERENCES operations(id) ON DELETE CASCADE,
+                seq           INTEGER NOT NULL,
+                name          TEXT NOT NULL,
+                undo          TEXT NOT NULL,
+                state         TEXT NOT NULL
+                              CHECK (state IN ('running', 'done', 'failed', 'undone', 'undo-failed')),
+                started_at    TEXT NOT NULL,
+                finished_at   TEXT,
+                error         TEXT,
+                UNIQUE (operation_id, seq)
+            );
+        "#,
+    },
+];
+
+/// The schema version this build writes.
+pub(crate) fn supported_version() -> u32 {
+    MIGRATIONS.last().map_or(0, |migration| migration.version)
+}
+
+pub(crate) fn version(conn: &Connection) -> Result<u32, CatalogError> {
+    conn.pragma_query_value(None, "user_version", |row| row.get(0))
+        .map_err(CatalogError::query("read the schema version"))
+}
+
+/// Brings the catalog up to `target` (at most [`supported_version`]),
+/// refusing a catalog newer than this build.
+pub(crate) fn migrate(conn: &mut Connection, path: &Path, target: u32) -> Result<u32, CatalogError> {
+    let supported = supported_version();
+    let found = version(conn)?;
+    if found > supported {
+        return Err(CatalogError::NewerSchema { path: path.to_owned(), found, supported });
+    }
+    for migration in MIGRATIONS.iter().filter(|m| m.version <= target) {
+        let fail =
+            |source| CatalogError::Migrate { version: migration.version, description: migration.description, source };
+        let tx = Transaction::new(conn, TransactionBehavior::Immediate).map_err(fail)?;
+        // Read again inside the write lock: another process may have migrated meanwhile.
+        let current: u32 = tx.pragma_query_value(None, "user_version", |row| row.get(0)).map_err(fail)?;
+        if current >= migration.version {
+            continue;
+        }
+        tx.execute_batch(migration.sql).map_err(fail)?;
+        tx.pragma_update(None, "user_version", migration.version).map_err(fail)?;
+        tx.commit().map_err(fail)?;
+    }
+    version(conn)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn migrations_are_numbered_from_one_without_gaps() {
+        for (index, migration) in MIGRATIONS.iter().enumerate() {
+            assert_eq!(migration.version as usize, index + 1, "{}", migration.description);
+        }
+    }
+}

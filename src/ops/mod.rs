@@ -1,0 +1,12 @@
+//! Multi-step operations on whole environments (snapshot, restore, clone,
+//! failover...), one file per operation as they land.
+//!
+//! Every operation owns its environment for its whole run through an
+//! [`EnvLock`]: a second caller is refused with a typed [`Busy`] (exit code
+//! 3) rather than queued. Its steps are journaled in the catalog
+//! ([`crate::catalog`]) before they run, so `envclone recover` can finish or
+//! roll back what a crash left behind.
+
+pub mod lock;
+
+pub use self::lock::{Busy, EnvLock, LockError, LockHolder};
