@@ -54,10 +54,7 @@ impl ExitCode {
                 HvError::Connect { .. } => ExitCode::Unreachable,
                 _ => ExitCode::Failed,
             },
-            Error::Guest { source, .. } => match **source {
-                GuestError::CommandTimeout { .. } | GuestError::Agent { .. } | GuestError::BadAnswer { .. } => ExitCode::Failed,
-                _ => ExitCode::Unreachable,
-            },
+            Error::Guest { source, .. } => guest_code(source),
             Error::Lab(lab) if matches!(**lab, LabError::Busy { .. }) => ExitCode::Busy,
             Error::Busy(_) => ExitCode::Busy,
             Error::Catalog(catalog) => match **catalog {
@@ -72,6 +69,21 @@ impl ExitCode {
     /// The table printed in `--help` and kept in README.
     pub fn table() -> String {
         ExitCode::ALL.iter().map(|code| format!("  {:>2}  {}\n", code.code(), code.describe())).collect()
+    }
+}
+
+/// Exhaustive on purpose: a new transport error must be placed by hand.
+fn guest_code(error: &GuestError) -> ExitCode {
+    use GuestError::*;
+    match error {
+        // Never got to talk to the agent, or refused to (host key).
+        Resolve { .. } | OpenNetns { .. } | EnterNetns { .. } | NetnsThread { .. } | Connect { .. }
+        | Handshake { .. } | NoHostKey { .. } | KnownHosts { .. } | UnknownHostKey { .. }
+        | HostKeyMismatch { .. } | Auth { .. } | AgentMissing { .. } => ExitCode::Unreachable,
+        Agent { exit: Some(envclone_agent::ExitStatus::Busy), .. } => ExitCode::Busy,
+        OpenChannel { .. } | Exec { .. } | ChannelIo { .. } | CommandTimeout { .. } | Pty { .. }
+        | LocalTerminal { .. } | ArgumentHasNul { .. } | ProtocolMismatch { .. } | Agent { .. }
+        | BadAnswer { .. } | LeaseLost { .. } | ThawHooksFailed { .. } => ExitCode::Failed,
     }
 }
 

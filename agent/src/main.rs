@@ -1,6 +1,7 @@
 //! `envclone-agent`: runs inside every guest; the controller calls it over
-//! SSH. Each subcommand prints one JSON [`Envelope`] on stdout and exits with
-//! a code from [`ExitStatus`]. Diagnostics go to stderr only: while
+//! SSH. Each subcommand prints one JSON [`Envelope`] on stdout (`freeze`
+//! prints two: `frozen`, then its final report) and exits with a code from
+//! [`ExitStatus`]. Diagnostics go to stderr only: while
 //! filesystems are frozen the agent must not write to them.
 
 mod forced;
@@ -8,6 +9,7 @@ mod freeze;
 mod identity;
 mod rewrite;
 mod status;
+mod wait;
 
 use clap::{Parser, Subcommand};
 use envclone_agent::{AgentError, Envelope, ExitStatus};
@@ -17,7 +19,7 @@ use serde::Serialize;
 #[command(
     name = "envclone-agent",
     version,
-    about = "In-guest agent of envclone. Prints one JSON object per call on stdout.",
+    about = "In-guest agent of envclone. Prints one JSON object per call on stdout (freeze: two lines).",
     after_help = "Exit codes:\n   0  done\n   1  failed in the guest (the answer says what and why)\n   2  invalid request (bad argument, refused path, refused forced command)\n   3  refused because of the guest's state (e.g. already frozen)\n\nUnder a forced-command key (authorized_keys `command=\"envclone-agent --forced-command\"`) the\nsubcommand is taken from SSH_ORIGINAL_COMMAND and nothing but envclone-agent subcommands runs."
 )]
 pub struct Cli {
@@ -96,9 +98,13 @@ pub fn emit<T: Serialize>(value: &T) {
         Ok(line) => {
             let mut out = std::io::stdout().lock();
             if writeln!(out, "{line}").and_then(|()| out.flush()).is_err() {
-                eprintln!("envclone-agent: cannot write the answer to stdout");
+                // Not eprintln!: it panics when stderr is a closed pipe,
+                // which is exactly the case of a lost SSH connection.
+                let _ = writeln!(std::io::stderr(), "envclone-agent: cannot write the answer to stdout");
             }
         }
-        Err(e) => eprintln!("envclone-agent: cannot encode answer: {e}"),
+        Err(e) => {
+            let _ = writeln!(std::io::stderr(), "envclone-agent: cannot encode answer: {e}");
+        }
     }
 }

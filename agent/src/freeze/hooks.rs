@@ -166,8 +166,7 @@ impl Tail {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::freeze::testutil::TempDir;
-    use crate::freeze::wait_until;
+    use crate::wait;
     use std::fs;
 
     fn hook(dir: &Path, name: &str, script: &str) {
@@ -178,7 +177,7 @@ mod tests {
 
     #[test]
     fn discover_orders_by_name_and_skips_what_is_not_a_hook() {
-        let dir = TempDir::new();
+        let dir = tempfile::tempdir().unwrap();
         for name in ["20-db", "10-app", "9-first", ".hidden", "30-x.dpkg-old", "40-y~", "50-z.rpmnew"] {
             hook(dir.path(), name, "exit 0");
         }
@@ -197,7 +196,7 @@ mod tests {
 
     #[test]
     fn run_passes_the_action_and_keeps_output_tails() {
-        let dir = TempDir::new();
+        let dir = tempfile::tempdir().unwrap();
         hook(dir.path(), "10-ok", "echo \"got $1\"; head -c 5000 /dev/zero | tr '\\0' x >&2; echo END >&2");
         let run = run(dir.path(), "10-ok", HookAction::Thaw, Duration::from_secs(10));
         assert_eq!(run.outcome, HookOutcome::Ok);
@@ -208,7 +207,7 @@ mod tests {
 
     #[test]
     fn run_reports_exit_status_signal_and_spawn_failure() {
-        let dir = TempDir::new();
+        let dir = tempfile::tempdir().unwrap();
         hook(dir.path(), "exit3", "echo 'db refused backup mode' >&2; exit 3");
         hook(dir.path(), "killed", "kill -TERM $$");
         fs::write(dir.path().join("bad-format"), "not a script").unwrap();
@@ -225,7 +224,7 @@ mod tests {
 
     #[test]
     fn run_kills_a_hook_and_its_children_on_timeout() {
-        let dir = TempDir::new();
+        let dir = tempfile::tempdir().unwrap();
         let pid_file = dir.path().join("child.pid");
         hook(dir.path(), "slow", &format!("sleep 30 & echo $! > {}; echo started; sleep 30", pid_file.display()));
         let started = Instant::now();
@@ -234,11 +233,12 @@ mod tests {
         assert_eq!(run.stdout_tail, "started");
         assert!(started.elapsed() < Duration::from_secs(5), "{:?}", started.elapsed());
         let child = fs::read_to_string(&pid_file).unwrap().trim().to_string();
-        let gone = wait_until(Duration::from_secs(5), Duration::from_millis(10), || {
+        let gone = wait::until(Duration::from_secs(5), Duration::from_millis(10), || {
             // Dead, or a zombie waiting for init to reap it.
             let stat = fs::read_to_string(format!("/proc/{child}/stat")).unwrap_or_default();
-            stat.is_empty() || stat.rsplit_once(") ").is_some_and(|(_, rest)| rest.starts_with('Z'))
-        });
+            (stat.is_empty() || stat.rsplit_once(") ").is_some_and(|(_, rest)| rest.starts_with('Z'))).then_some(())
+        })
+        .is_some();
         assert!(gone, "the hook's background child {child} outlived the kill");
     }
 }

@@ -414,6 +414,36 @@ mod tests {
         assert_eq!(points(&thaw_candidates(&entries)), ["/", "/var", "/boot", "/data", "/mnt", "/with space"]);
     }
 
+    proptest::proptest! {
+        #[test]
+        fn parse_mountinfo_never_panics(text in "[ -~\n]{0,300}") {
+            let _ = parse_mountinfo(&text);
+        }
+
+        #[test]
+        fn unescape_inverts_mountinfo_escaping(path in "/[ -~\t\n]{0,40}") {
+            let escaped: String = path.chars().map(|c| match c {
+                ' ' | '\t' | '\n' | '\\' => format!("\\{:03o}", c as u32),
+                c => c.to_string(),
+            }).collect();
+            proptest::prop_assert_eq!(unescape(&escaped), path);
+        }
+
+        #[test]
+        fn selection_freezes_each_superblock_at_most_once(devs in proptest::collection::vec((0u32..4, 0u32..3, proptest::bool::ANY), 0..12)) {
+            let text: String = devs.iter().enumerate().map(|(i, (major, minor, ro))| {
+                format!("{} 1 {major}:{minor} / /m{i} {} - ext4 /dev/x{major}{minor} rw\n", i + 10, if *ro { "ro" } else { "rw" })
+            }).collect();
+            let selection = select(&parse_mountinfo(&text).unwrap(), &[], &[]).unwrap();
+            let mut seen = std::collections::HashSet::new();
+            for entry in &selection.freeze {
+                proptest::prop_assert!(seen.insert((entry.major, entry.minor)), "{:?}", selection.freeze);
+                proptest::prop_assert!(!entry.mount_read_only());
+            }
+            proptest::prop_assert_eq!(selection.freeze.len() + selection.skipped.len(), devs.len());
+        }
+    }
+
     #[test]
     fn lab_guest_freezes_only_its_root() {
         let text = "\

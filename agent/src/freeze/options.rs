@@ -164,6 +164,19 @@ mod tests {
         }
     }
 
+    proptest::proptest! {
+        #[test]
+        fn parse_duration_never_panics(text in "[0-9a-z]{0,12}") {
+            let _ = parse_duration(&text);
+        }
+
+        #[test]
+        fn compound_durations_add_up(m in 0u64..1000, s in 0u64..1000, ms in 0u64..1000) {
+            let total = parse_duration(&format!("{m}m{s}s{ms}ms")).unwrap();
+            proptest::prop_assert_eq!(total, Duration::from_millis(m * 60_000 + s * 1000 + ms));
+        }
+    }
+
     #[test]
     fn defaults_are_valid() {
         let options = Options::from_args(&args()).unwrap();

@@ -19,7 +19,8 @@ use nix::errno::Errno;
 use super::fsfreeze::Thawed;
 use super::mounts::{thaw_candidates, MountEntry};
 use super::state::{State, StateDir};
-use super::{wait_until, FreezeError};
+use super::FreezeError;
+use crate::wait;
 
 /// How long a live holder gets to thaw after SIGTERM.
 pub const HOLDER_GRACE: Duration = Duration::from_secs(5);
@@ -47,11 +48,15 @@ pub fn recover(dir: &StateDir, mounts: &[MountEntry], thawer: &mut impl Thawer) 
             if let Err(e) = thawer.terminate(state.pid) {
                 note!("cannot signal freeze holder {}: {e}", state.pid);
             }
-            let released = wait_until(HOLDER_GRACE, Duration::from_millis(20), || match dir.read() {
-                Ok(None) => true,
-                Ok(Some(s)) => s.frozen.is_empty() || !s.holder_alive(),
-                Err(_) => false,
-            });
+            let released = wait::until(HOLDER_GRACE, Duration::from_millis(20), || {
+                let released = match dir.read() {
+                    Ok(None) => true,
+                    Ok(Some(s)) => s.frozen.is_empty() || !s.holder_alive(),
+                    Err(_) => false,
+                };
+                released.then_some(())
+            })
+            .is_some();
             let _lock = dir.lock()?;
             match read_or_discard(dir)? {
                 Some(state) if !state.holder_alive() => {
@@ -151,7 +156,6 @@ mod tests {
     use super::*;
     use crate::freeze::mounts::parse_mountinfo;
     use crate::freeze::state::Phase;
-    use crate::freeze::testutil::TempDir;
     use envclone_agent::freeze::{HookAction, HookOutcome};
     use std::path::Path;
 
@@ -216,7 +220,7 @@ mod tests {
 
     #[test]
     fn thaw_with_nothing_frozen_changes_nothing_and_succeeds() {
-        let tmp = TempDir::new();
+        let tmp = tempfile::tempdir().unwrap();
         let dir = StateDir::new(tmp.path());
         let mut thawer = FakeThawer::default();
         let report = recover(&dir, &parse_mountinfo(MOUNTINFO).unwrap(), &mut thawer).unwrap();
@@ -226,7 +230,7 @@ mod tests {
 
     #[test]
     fn thaw_recovers_what_a_dead_holder_left() {
-        let tmp = TempDir::new();
+        let tmp = tempfile::tempdir().unwrap();
         let dir = StateDir::new(tmp.path());
         dir.write(&dead_holder(&["/var", "/"], &["10-app", "20-db"])).unwrap();
         let mut thawer = FakeThawer { frozen: vec!["/var".into(), "/".into()], ..FakeThawer::default() };
@@ -241,7 +245,7 @@ mod tests {
 
     #[test]
     fn thaw_sweep_catches_freezes_nobody_recorded() {
-        let tmp = TempDir::new();
+        let tmp = tempfile::tempdir().unwrap();
         let dir = StateDir::new(tmp.path());
         let mut thawer = FakeThawer { frozen: vec!["/var".into()], ..FakeThawer::default() };
         let report = recover(&dir, &parse_mountinfo(MOUNTINFO).unwrap(), &mut thawer).unwrap();
@@ -250,7 +254,7 @@ mod tests {
 
     #[test]
     fn thaw_asks_a_live_holder_to_thaw() {
-        let tmp = TempDir::new();
+        let tmp = tempfile::tempdir().unwrap();
         let dir = StateDir::new(tmp.path());
         let mut live = dead_holder(&["/"], &[]);
         live.pid_start -= 1; // this very process: alive
@@ -267,7 +271,7 @@ mod tests {
 
     #[test]
     fn thaw_failure_is_a_hard_error_and_keeps_the_record() {
-        let tmp = TempDir::new();
+        let tmp = tempfile::tempdir().unwrap();
         let dir = StateDir::new(tmp.path());
         dir.write(&dead_holder(&["/var", "/"], &[])).unwrap();
         let mut thawer = FakeThawer {
@@ -284,7 +288,7 @@ mod tests {
 
     #[test]
     fn thaw_discards_an_unreadable_record() {
-        let tmp = TempDir::new();
+        let tmp = tempfile::tempdir().unwrap();
         let dir = StateDir::new(tmp.path());
         std::fs::write(dir.file(), "garbage").unwrap();
         let report = recover(&dir, &parse_mountinfo(MOUNTINFO).unwrap(), &mut FakeThawer::default()).unwrap();

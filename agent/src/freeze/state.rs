@@ -218,11 +218,10 @@ impl StateDir {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::freeze::testutil::TempDir;
 
     #[test]
     fn state_round_trips_through_the_file() {
-        let tmp = TempDir::new();
+        let tmp = tempfile::tempdir().unwrap();
         let dir = StateDir::new(tmp.path().join("state"));
         assert_eq!(dir.read().unwrap(), None);
         let mut state = State::begin(Path::new("/etc/envclone/hooks.d"), 30_000).unwrap();
@@ -239,7 +238,7 @@ mod tests {
 
     #[test]
     fn corrupt_state_is_named() {
-        let tmp = TempDir::new();
+        let tmp = tempfile::tempdir().unwrap();
         let dir = StateDir::new(tmp.path());
         std::fs::write(dir.file(), "{\"pid\":").unwrap();
         assert!(matches!(dir.read(), Err(StateError::Corrupt { .. })));

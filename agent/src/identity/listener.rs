@@ -26,7 +26,8 @@ use envclone_agent::{SshServer, SshServerReload};
 use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
 
-use super::{wait_until, IdentityError};
+use super::IdentityError;
+use crate::wait;
 
 /// Bound on the old listener exiting and on the new one accepting.
 const LISTENER_DEADLINE: Duration = Duration::from_secs(5);
@@ -207,7 +208,7 @@ pub fn restart_dropbear(listener: &Process) -> Result<SshServerReload, IdentityE
         pid: listener.pid,
         source,
     })?;
-    wait_until(LISTENER_DEADLINE, POLL, || read_process(listener.pid).map_or(true, |p| p.zombie).then_some(()))
+    wait::until(LISTENER_DEADLINE, POLL, || read_process(listener.pid).map_or(true, |p| p.zombie).then_some(()))
         .ok_or(IdentityError::ListenerStuck { server: "dropbear", pid: listener.pid, waited: LISTENER_DEADLINE })?;
 
     let argv0 = listener.args.first().cloned().unwrap_or_else(|| exe.clone().into_os_string());
@@ -232,7 +233,7 @@ pub fn restart_dropbear(listener: &Process) -> Result<SshServerReload, IdentityE
         return Err(IdentityError::CommandFailed { command, status: status.code(), stderr: String::new() });
     }
     for address in probe_addresses(&options.ports) {
-        wait_until(LISTENER_DEADLINE, POLL, || TcpStream::connect_timeout(&address, POLL * 10).ok().map(drop))
+        wait::until(LISTENER_DEADLINE, POLL, || TcpStream::connect_timeout(&address, POLL * 10).ok().map(drop))
             .ok_or_else(|| IdentityError::ListenerNotBack {
                 server: "dropbear",
                 address: address.to_string(),
