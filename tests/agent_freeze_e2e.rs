@@ -14,7 +14,7 @@ mod common;
 use std::io::{ErrorKind, Read, Write};
 use std::time::{Duration, Instant};
 
-use common::LabUnderTest;
+use common::{run, LabUnderTest};
 use envclone::guest::{AgentClient, FreezeLease, FreezeRequest, GuestError, GuestSession};
 use envclone::wait;
 use envclone_agent::freeze::{FreezeHolder, HookAction, HookOutcome, ThawReason, ThawReport};
@@ -47,7 +47,7 @@ fn freeze_lease_end_to_end() {
 fn frozen_root_blocks_a_write_until_thaw_and_status_shows_it(lab: &LabUnderTest) {
     let lease_session = lab.session(VM);
     let other = lab.session(VM);
-    exec_ok(&other, "rm -f /root/blocked");
+    run(&other, "rm -f /root/blocked");
     // Opened and started before the freeze; it writes once told to.
     let mut writer = other.open_channel("read go; echo x > /root/blocked; echo written").expect("start the writer");
 
@@ -78,7 +78,7 @@ fn frozen_root_blocks_a_write_until_thaw_and_status_shows_it(lab: &LabUnderTest)
     assert_eq!(out, "written\n");
     writer.wait_close().expect("the writer's end");
     assert_eq!(writer.exit_status().unwrap(), 0);
-    assert_eq!(exec_ok(&other, "cat /root/blocked"), "x\n");
+    assert_eq!(run(&other, "cat /root/blocked"), "x\n");
     assert_nothing_frozen(&other);
 }
 
@@ -143,7 +143,7 @@ fn second_freeze_is_refused_and_thaw_recovers_a_killed_holder(lab: &LabUnderTest
     );
     assert_eq!(status(&rescuer).frozen, ["/"]);
 
-    exec_ok(&rescuer, &format!("kill -9 {}", frozen.pid));
+    run(&rescuer, &format!("kill -9 {}", frozen.pid));
     let orphaned = wait::until("the holder to die", SLOW, Duration::from_millis(50), || {
         AgentClient::new(&rescuer).status().map(|s| (!s.freeze_in_progress).then_some(s))
     })
@@ -188,7 +188,7 @@ fn thaw_ends_a_live_lease(lab: &LabUnderTest) {
 /// its stderr, and the hooks already run got `thaw`.
 fn hooks_run_around_a_freeze_and_a_failing_hook_freezes_nothing(lab: &LabUnderTest) {
     let setup = lab.session(VM);
-    exec_ok(
+    run(
         &setup,
         r#"mkdir -p /etc/envclone/hooks.d && rm -f /run/hook-10-ok.log &&
            printf '#!/bin/sh\necho "$1" >> /run/hook-10-ok.log\n' > /etc/envclone/hooks.d/10-ok &&
@@ -201,10 +201,10 @@ fn hooks_run_around_a_freeze_and_a_failing_hook_freezes_nothing(lab: &LabUnderTe
     let report = lease.thaw().expect("thaw with a hook");
     assert_eq!(hook_names(&report.hooks), ["10-ok"]);
     assert_eq!(report.hooks[0].action, HookAction::Thaw);
-    assert_eq!(exec_ok(&setup, "cat /run/hook-10-ok.log"), "freeze\nthaw\n");
+    assert_eq!(run(&setup, "cat /run/hook-10-ok.log"), "freeze\nthaw\n");
 
     // With a failing hook after it.
-    exec_ok(
+    run(
         &setup,
         r#"rm -f /run/hook-10-ok.log &&
            printf '#!/bin/sh\necho "db refused backup mode" >&2\nexit 3\n' > /etc/envclone/hooks.d/20-fail &&
@@ -219,9 +219,9 @@ fn hooks_run_around_a_freeze_and_a_failing_hook_freezes_nothing(lab: &LabUnderTe
     assert!(message.contains("20-fail") && message.contains("exited with status 3"), "{message}");
     assert!(message.contains("db refused backup mode"), "{message}");
     assert_nothing_frozen(&setup);
-    assert_eq!(exec_ok(&setup, "cat /run/hook-10-ok.log"), "freeze\nthaw\n");
+    assert_eq!(run(&setup, "cat /run/hook-10-ok.log"), "freeze\nthaw\n");
 
-    exec_ok(&setup, "rm -rf /etc/envclone/hooks.d /run/hook-10-ok.log");
+    run(&setup, "rm -rf /etc/envclone/hooks.d /run/hook-10-ok.log");
 }
 
 fn hook_names(runs: &[envclone_agent::freeze::HookRun]) -> Vec<&str> {
@@ -246,11 +246,6 @@ fn wait_for_holder_to_end(session: &GuestSession) {
     .expect("holder finished");
 }
 
-fn exec_ok(session: &GuestSession, command: &str) -> String {
-    let output = session.exec(command, None).expect("exec");
-    assert_eq!(output.status, 0, "`{command}` failed: {}", String::from_utf8_lossy(&output.stderr));
-    String::from_utf8_lossy(&output.stdout).into_owned()
-}
 
 fn millis(d: Duration) -> u32 {
     u32::try_from(d.as_millis()).unwrap_or(u32::MAX)

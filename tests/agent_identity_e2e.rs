@@ -11,7 +11,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use common::LabUnderTest;
+use common::{put, run, LabUnderTest};
 use envclone::guest::endpoint::{ssh_options, ssh_target};
 use envclone::guest::{
     known_hosts_entry, known_hosts_name, parse_answer, AgentClient, GuestError, GuestSession, SshOptions, SshTarget,
@@ -312,18 +312,6 @@ fn tool(program: &str, args: &[&str]) -> String {
     String::from_utf8_lossy(&output.stdout).into_owned()
 }
 
-/// Runs a shell command on `session`, asserts success, returns stdout.
-fn run(session: &GuestSession, command: &str) -> String {
-    let output = session.exec(command, None).unwrap();
-    let text = String::from_utf8_lossy(&output.stdout).into_owned();
-    assert_eq!(output.status, 0, "`{command}`: {text} {}", String::from_utf8_lossy(&output.stderr));
-    text
-}
-
-fn put(session: &GuestSession, path: &str, content: &[u8]) {
-    let output = session.exec(&format!("cat > {path}"), Some(content)).unwrap();
-    assert_eq!(output.status, 0, "writing {path}");
-}
 
 fn guest_epoch(session: &GuestSession) -> i64 {
     run(session, "date +%s").trim().parse().unwrap()

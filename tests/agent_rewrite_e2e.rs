@@ -7,7 +7,7 @@
 
 mod common;
 
-use common::LabUnderTest;
+use common::{put, run, LabUnderTest};
 use envclone::guest::{AgentClient, GuestError, GuestSession};
 use envclone_agent::{ExitStatus, FileOutcome, RewritePlan, RewriteReport, ScanReport, ScanRequest, SkipReason};
 use std::collections::BTreeMap;
@@ -292,14 +292,3 @@ fn is_agent_error(error: &GuestError, expected_kind: &str) -> bool {
     matches!(error, GuestError::Agent { kind, exit: Some(ExitStatus::Usage), .. } if kind == expected_kind)
 }
 
-fn run(session: &GuestSession, command: &str) -> String {
-    let output = session.exec(command, None).unwrap();
-    let text = String::from_utf8_lossy(&output.stdout).into_owned();
-    assert_eq!(output.status, 0, "`{command}`: {text} {}", String::from_utf8_lossy(&output.stderr));
-    text
-}
-
-fn put(session: &GuestSession, path: &str, content: &[u8]) {
-    let output = session.exec(&format!("cat > {path}"), Some(content)).unwrap();
-    assert_eq!(output.status, 0, "writing {path}");
-}

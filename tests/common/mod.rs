@@ -72,11 +72,9 @@ impl LabUnderTest {
         GuestSession::connect(&ssh_target(&vm_config.agent), &ssh_options(&config.controller)).expect("SSH into the lab VM")
     }
 
-    /// Runs a shell command in a VM and returns its stdout; panics on failure.
+    /// Runs a shell command in a VM (on a fresh session) and returns its stdout.
     pub fn sh(&self, vm: &str, command: &str) -> String {
-        let output = self.session(vm).exec(command, None).expect("exec");
-        assert_eq!(output.status, 0, "`{command}` in {vm} failed: {}", String::from_utf8_lossy(&output.stderr));
-        String::from_utf8_lossy(&output.stdout).into_owned()
+        run(&self.session(vm), command)
     }
 
     /// HTTP GET through curl run inside the lab's namespace.
@@ -98,6 +96,20 @@ impl Drop for LabUnderTest {
             eprintln!("lab down during cleanup failed: {}", String::from_utf8_lossy(&output.stderr));
         }
     }
+}
+
+/// Runs a shell command on `session`, asserts it succeeded, returns stdout.
+pub fn run(session: &GuestSession, command: &str) -> String {
+    let output = session.exec(command, None).expect("exec");
+    let text = String::from_utf8_lossy(&output.stdout).into_owned();
+    assert_eq!(output.status, 0, "`{command}`: {text} {}", String::from_utf8_lossy(&output.stderr));
+    text
+}
+
+/// Writes `content` to `path` in the guest.
+pub fn put(session: &GuestSession, path: &str, content: &[u8]) {
+    let output = session.exec(&format!("cat > {path}"), Some(content)).expect("exec");
+    assert_eq!(output.status, 0, "writing {path}: {}", String::from_utf8_lossy(&output.stderr));
 }
 
 pub fn stdout(output: &Output) -> String {
