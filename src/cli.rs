@@ -1,7 +1,7 @@
 //! The command line, as clap derive types. Parsing only: what each command
 //! does lives in [`crate::commands`].
 
-use crate::config::DomainType;
+use crate::config::{DomainType, QuiescePolicy};
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use std::path::PathBuf;
 
@@ -47,6 +47,61 @@ pub enum Command {
     /// A throwaway lab of tiny VMs to try envclone on.
     #[command(subcommand)]
     Lab(LabCommand),
+    /// Run the config's schedules: snapshots on time, then retention (SIGHUP reloads the config).
+    Daemon(DaemonArgs),
+    /// Each environment's last snapshot and its age, and each schedule's runs and failures.
+    Status(StatusArgs),
+    /// Run one schedule now, with the daemon's bookkeeping (for systemd timers and cron).
+    #[command(subcommand)]
+    Schedule(ScheduleCommand),
+    /// Take a consistent snapshot of every VM of an environment.
+    Snapshot(SnapshotArgs),
+    /// List an environment's snapshots: size, age, consistency, freeze window.
+    Snapshots(SnapshotsArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct SnapshotArgs {
+    /// Environment name from the config.
+    pub environment: String,
+    /// Also capture each VM's memory (live), so a restore resumes running processes.
+    #[arg(long)]
+    pub memory: bool,
+    /// A label kept with the snapshot (its name is the UTC time it was taken).
+    #[arg(long)]
+    pub label: Option<String>,
+    /// What to do when a guest cannot be frozen: fail (`required`), take it
+    /// crash-consistent and say so (`best-effort`), or never freeze (`off`).
+    /// Default: the environment's `quiesce`.
+    #[arg(long, value_enum)]
+    pub quiesce: Option<QuiesceArg>,
+    /// Taken for this schedule (the daemon's runs): recorded as the
+    /// schedule's, for its retention; the schedule's `memory` applies.
+    #[arg(long, value_name = "SCHEDULE")]
+    pub scheduled: Option<String>,
+}
+
+#[derive(Debug, Args)]
+pub struct SnapshotsArgs {
+    /// Environment name (from the config, or known to the catalog).
+    pub environment: String,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum QuiesceArg {
+    Required,
+    BestEffort,
+    Off,
+}
+
+impl From<QuiesceArg> for QuiescePolicy {
+    fn from(arg: QuiesceArg) -> Self {
+        match arg {
+            QuiesceArg::Required => QuiescePolicy::Required,
+            QuiesceArg::BestEffort => QuiescePolicy::BestEffort,
+            QuiesceArg::Off => QuiescePolicy::Off,
+        }
+    }
 }
 
 #[derive(Debug, Args)]
@@ -119,6 +174,58 @@ pub struct LabDownArgs {
     pub purge_cache: bool,
 }
 
+#[derive(Debug, Args)]
+pub struct DaemonArgs {
+    /// Run the schedules that are due now, wait for them to end, and exit
+    /// (non-zero if one failed).
+    #[arg(long)]
+    pub once: bool,
+    /// With --once: judge which schedules are due at this time (RFC 3339,
+    /// e.g. 2024-05-01T02:00:00Z) instead of now.
+    #[arg(long, requires = "once", value_parser = parse_rfc3339)]
+    pub now: Option<chrono::DateTime<chrono::Utc>>,
+    #[command(flatten)]
+    pub run: ScheduledRunArgs,
+    /// On SIGTERM/SIGINT, how long to wait for runs in progress.
+    #[arg(long, default_value = "10m", value_parser = humantime::parse_duration)]
+    pub shutdown_grace: std::time::Duration,
+}
+
+#[derive(Debug, Args)]
+pub struct ScheduledRunArgs {
+    /// How long one scheduled snapshot (and its retention) may take before
+    /// it is stopped and counted as failed.
+    #[arg(long, default_value = "2h", value_parser = humantime::parse_duration)]
+    pub run_timeout: std::time::Duration,
+}
+
+#[derive(Debug, Args)]
+pub struct StatusArgs {
+    /// Only this environment.
+    pub environment: Option<String>,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum ScheduleCommand {
+    /// Run the named schedule once now: snapshot, then its retention; the
+    /// run is recorded and counted like the daemon's.
+    Run(ScheduleRunArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct ScheduleRunArgs {
+    /// Schedule name from the config (`[schedules.NAME]`).
+    pub schedule: String,
+    #[command(flatten)]
+    pub run: ScheduledRunArgs,
+}
+
+fn parse_rfc3339(text: &str) -> Result<chrono::DateTime<chrono::Utc>, String> {
+    chrono::DateTime::parse_from_rfc3339(text)
+        .map(|time| time.with_timezone(&chrono::Utc))
+        .map_err(|error| format!("{error} (expected e.g. 2024-05-01T02:00:00Z)"))
+}
+
 #[derive(Debug, Clone, Copy, ValueEnum)]
 pub enum DomainTypeArg {
     Qemu,
@@ -151,6 +258,38 @@ mod tests {
             let line = format!("{:>4}  {}", code.code(), code.describe());
             assert!(help.contains(&line), "help lacks exit code line {line:?}");
         }
+    }
+
+    #[test]
+    fn snapshot_takes_memory_label_and_quiesce() {
+        let cli = Cli::try_parse_from(["envclone", "snapshot", "demo", "--memory", "--label", "before upgrade", "--quiesce", "best-effort"])
+            .unwrap();
+        let Command::Snapshot(args) = cli.command else { panic!("parsed as {:?}", cli.command) };
+        assert_eq!(args.environment, "demo");
+        assert!(args.memory);
+        assert_eq!(args.label.as_deref(), Some("before upgrade"));
+        assert_eq!(args.quiesce.map(QuiescePolicy::from), Some(QuiescePolicy::BestEffort));
+        assert!(Cli::try_parse_from(["envclone", "snapshot", "demo", "--quiesce", "sometimes"]).is_err());
+        let cli = Cli::try_parse_from(["envclone", "snapshot", "demo", "--scheduled", "nightly"]).unwrap();
+        assert!(matches!(cli.command, Command::Snapshot(ref a) if a.scheduled.as_deref() == Some("nightly") && !a.memory));
+        let cli = Cli::try_parse_from(["envclone", "snapshots", "demo", "--json"]).unwrap();
+        assert!(cli.global.json && matches!(cli.command, Command::Snapshots(ref a) if a.environment == "demo"));
+    }
+
+    #[test]
+    fn daemon_status_and_schedule_run_parse() {
+        let cli = Cli::try_parse_from(["envclone", "daemon", "--once", "--now", "2024-05-01T02:00:00+02:00"]).unwrap();
+        let Command::Daemon(args) = cli.command else { panic!("parsed as {:?}", cli.command) };
+        assert!(args.once);
+        assert_eq!(args.now.map(|t| t.to_rfc3339()), Some("2024-05-01T00:00:00+00:00".to_owned()));
+        assert_eq!(args.run.run_timeout, std::time::Duration::from_secs(7200));
+        assert!(Cli::try_parse_from(["envclone", "daemon", "--now", "2024-05-01T02:00:00Z"]).is_err());
+        assert!(Cli::try_parse_from(["envclone", "daemon", "--once", "--now", "yesterday"]).is_err());
+        let cli = Cli::try_parse_from(["envclone", "schedule", "run", "nightly", "--run-timeout", "30m"]).unwrap();
+        let Command::Schedule(ScheduleCommand::Run(args)) = cli.command else { panic!("parsed as {:?}", cli.command) };
+        assert_eq!((args.schedule.as_str(), args.run.run_timeout.as_secs()), ("nightly", 1800));
+        let cli = Cli::try_parse_from(["envclone", "status", "--json"]).unwrap();
+        assert!(cli.global.json && matches!(cli.command, Command::Status(StatusArgs { environment: None })));
     }
 
     #[test]

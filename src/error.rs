@@ -4,9 +4,11 @@
 
 use crate::catalog::CatalogError;
 use crate::config::{ConfigError, LookupError};
+use crate::daemon::DaemonError;
 use crate::guest::GuestError;
 use crate::hypervisor::HvError;
 use crate::lab::LabError;
+use crate::ops::snapshot::SnapshotError;
 use crate::ops::{Busy, LockError};
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;
@@ -40,10 +42,22 @@ pub enum Error {
     /// another holder; a busy lock becomes [`Error::Busy`].
     #[error(transparent)]
     Lock(Box<LockError>),
+    /// `envclone snapshot` failed at a step; the variant names it.
+    #[error("snapshot failed")]
+    Snapshot(#[source] Box<SnapshotError>),
     #[error("{failed} of {total} live checks failed")]
     CheckFailed { failed: usize, total: usize },
     #[error("{0}")]
     Usage(String),
+    /// `envclone daemon` and `envclone schedule run`.
+    #[error(transparent)]
+    Daemon(Box<DaemonError>),
+}
+
+impl From<DaemonError> for Error {
+    fn from(error: DaemonError) -> Self {
+        Error::Daemon(Box::new(error))
+    }
 }
 
 impl From<LabError> for Error {
@@ -73,6 +87,18 @@ impl From<LockError> for Error {
     }
 }
 
+impl From<SnapshotError> for Error {
+    /// A busy lock and an unknown environment keep their own variants
+    /// (and exit codes); everything else is a snapshot failure.
+    fn from(error: SnapshotError) -> Self {
+        match error {
+            SnapshotError::Lock(lock) => Error::from(lock),
+            SnapshotError::Lookup(lookup) => Error::Lookup(lookup),
+            other => Error::Snapshot(Box::new(other)),
+        }
+    }
+}
+
 impl Error {
     pub fn hypervisor(context: impl Into<String>) -> impl FnOnce(HvError) -> Error {
         let context = context.into();
@@ -95,8 +121,10 @@ impl Error {
             Error::Catalog(e) => e.hint(),
             Error::Busy(busy) => busy.hint(),
             Error::Lock(e) => e.hint(),
+            Error::Snapshot(e) => e.hint(),
             Error::CheckFailed { .. } => Some("each failed check above says what to fix".into()),
             Error::Usage(_) => Some("see `envclone --help`".into()),
+            Error::Daemon(e) => e.hint(),
         }
     }
 }

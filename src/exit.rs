@@ -3,9 +3,11 @@
 
 use crate::catalog::CatalogError;
 use crate::config::ConfigError;
+use crate::daemon::{DaemonError, RunError};
 use crate::guest::GuestError;
 use crate::hypervisor::HvError;
 use crate::lab::LabError;
+use crate::ops::snapshot::SnapshotError;
 use crate::Error;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -62,7 +64,22 @@ impl ExitCode {
                 _ => ExitCode::Failed,
             },
             Error::Lock(_) => ExitCode::Failed,
+            Error::Snapshot(snapshot) => ExitCode::from_snapshot_error(snapshot),
             Error::Lab(_) | Error::CheckFailed { .. } => ExitCode::Failed,
+            Error::Daemon(daemon) => daemon_code(daemon),
+        }
+    }
+
+    fn from_snapshot_error(error: &SnapshotError) -> ExitCode {
+        match error {
+            SnapshotError::Lookup(_) | SnapshotError::DomainMissing { .. } => ExitCode::NotFound,
+            SnapshotError::Lock(crate::ops::LockError::Busy(_)) => ExitCode::Busy,
+            SnapshotError::AgentNotReady { source, .. } => guest_code(source),
+            SnapshotError::InspectDomain { source, .. } if matches!(**source, HvError::Connect { .. }) => {
+                ExitCode::Unreachable
+            }
+            SnapshotError::CleanupFailed { cause, .. } => ExitCode::from_snapshot_error(cause),
+            _ => ExitCode::Failed,
         }
     }
 
@@ -84,6 +101,40 @@ fn guest_code(error: &GuestError) -> ExitCode {
         OpenChannel { .. } | Exec { .. } | ChannelIo { .. } | CommandTimeout { .. } | Pty { .. }
         | LocalTerminal { .. } | ArgumentHasNul { .. } | ProtocolMismatch { .. } | Agent { .. }
         | BadAnswer { .. } | LeaseLost { .. } | ThawHooksFailed { .. } => ExitCode::Failed,
+    }
+}
+
+/// `envclone daemon` and `envclone schedule run`: a run that failed exits
+/// with the code its snapshot exited with, so a timer's unit status says
+/// "not found" or "unreachable" like a hand-run snapshot would.
+fn daemon_code(error: &DaemonError) -> ExitCode {
+    match error {
+        DaemonError::UnknownSchedule { .. } => ExitCode::NotFound,
+        DaemonError::Trigger { .. } => ExitCode::Usage,
+        DaemonError::Run { source, .. } => run_code(source),
+        DaemonError::RunsFailed { .. }
+        | DaemonError::Runtime { .. }
+        | DaemonError::Signal { .. }
+        | DaemonError::CurrentExe { .. }
+        | DaemonError::Task { .. } => ExitCode::Failed,
+    }
+}
+
+fn run_code(error: &RunError) -> ExitCode {
+    match error {
+        RunError::Busy { .. } => ExitCode::Busy,
+        RunError::Command { code, .. } => ExitCode::ALL
+            .into_iter()
+            .find(|known| i32::from(known.code()) == *code && *known != ExitCode::Ok)
+            .unwrap_or(ExitCode::Failed),
+        RunError::Unavailable { .. }
+        | RunError::Spawn { .. }
+        | RunError::Wait { .. }
+        | RunError::Killed { .. }
+        | RunError::Timeout { .. }
+        | RunError::BadOutput { .. }
+        | RunError::Catalog(_)
+        | RunError::Panicked { .. } => ExitCode::Failed,
     }
 }
 
@@ -116,8 +167,66 @@ mod tests {
             (LockError::BadName { env: "a/b".into() }.into(), ExitCode::Failed),
             (CatalogError::NotFound { what: "snapshot 3".into() }.into(), ExitCode::NotFound),
             (CatalogError::NewerSchema { path: PathBuf::from("/c"), found: 3, supported: 2 }.into(), ExitCode::Failed),
+            (SnapshotError::Lock(LockError::Busy(Busy { env: "prod".into(), holder: None })).into(), ExitCode::Busy),
+            (
+                SnapshotError::AgentNotReady {
+                    vm: "db".into(),
+                    source: Box::new(GuestError::Connect {
+                        netns: None,
+                        addr: "10.0.0.2:22".parse().unwrap(),
+                        source: std::io::ErrorKind::ConnectionRefused.into(),
+                    }),
+                }
+                .into(),
+                ExitCode::Unreachable,
+            ),
+            (
+                SnapshotError::AgentNotReady { vm: "db".into(), source: Box::new(GuestError::AgentMissing { target: "t".into() }) }
+                    .into(),
+                ExitCode::Unreachable,
+            ),
+            (
+                SnapshotError::Freeze {
+                    vm: "db".into(),
+                    source: Box::new(GuestError::Agent {
+                        target: "t".into(),
+                        kind: "hook-failed".into(),
+                        message: "pre-freeze hook 10-db exited with status 3".into(),
+                        hint: None,
+                        exit: None,
+                    }),
+                }
+                .into(),
+                ExitCode::Failed,
+            ),
+            (SnapshotError::DomainMissing { vm: "db".into(), domain: "demo-db".into() }.into(), ExitCode::NotFound),
+            (
+                SnapshotError::NoSpace { path: PathBuf::from("/srv"), free: 1, needed: 2 }.into(),
+                ExitCode::Failed,
+            ),
         ];
         for (error, code) in cases {
+            assert_eq!(ExitCode::from_error(&error), code, "{error}");
+        }
+    }
+
+    #[test]
+    fn daemon_errors_map_to_their_documented_codes() {
+        let run = |source| DaemonError::Run { schedule: "nightly".into(), run: 1, source };
+        let command =
+            |code| RunError::Command { command: "envclone snapshot".into(), code, message: "m".into(), hint: None };
+        let cases = [
+            (DaemonError::UnknownSchedule { name: "x".into(), known: vec![] }, ExitCode::NotFound),
+            (run(RunError::Busy { env: "prod".into(), detail: "busy".into() }), ExitCode::Busy),
+            (run(command(4)), ExitCode::NotFound),
+            (run(command(5)), ExitCode::Unreachable),
+            (run(command(0)), ExitCode::Failed),
+            (run(command(101)), ExitCode::Failed),
+            (run(RunError::Unavailable { command: "snapshot --scheduled" }), ExitCode::Failed),
+            (DaemonError::RunsFailed { failed: 1, total: 2 }, ExitCode::Failed),
+        ];
+        for (error, code) in cases {
+            let error = Error::from(error);
             assert_eq!(ExitCode::from_error(&error), code, "{error}");
         }
     }

@@ -14,12 +14,15 @@
 //!   lock that makes them exclusive.
 //! - [`retention`] and [`schedule`]: which snapshots to keep and when
 //!   schedules fire (pure functions for the daemon and `prune`).
+//! - [`daemon`]: `envclone daemon` runs the schedules (tokio), records each
+//!   run in the catalog and applies retention; `envclone status` reports.
 //! - [`commands`]: one file per CLI subcommand; the binary stays thin.
 
 pub mod catalog;
 pub mod cli;
 pub mod commands;
 pub mod config;
+pub mod daemon;
 pub mod error;
 pub mod exit;
 pub mod guest;

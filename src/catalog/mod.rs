@@ -14,6 +14,7 @@
 //! - `snapshots.rs`: environments and snapshots with their consistency.
 //! - `journal.rs` and `operation.rs`: the operation journal and the state
 //!   machines of operations and their steps.
+//! - `schedule_runs.rs`: every run of a schedule and its counters.
 //!
 //! Every method takes `&self` and opens its own short transaction; writes
 //! that read first use `BEGIN IMMEDIATE` so two processes never interleave
@@ -26,6 +27,7 @@ mod images;
 mod journal;
 mod model;
 mod operation;
+mod schedule_runs;
 mod schema;
 mod snapshots;
 
@@ -43,6 +45,10 @@ pub use self::model::{
 };
 pub use self::operation::{
     Operation, OperationId, OperationKind, OperationState, Owner, Step, StepId, StepRecord, StepState, UndoAction,
+};
+pub use self::schedule_runs::{
+    Begun, NewRun, RetentionTally, RunEnd, RunOrigin, RunState, ScheduleCounters, ScheduleRun, ScheduleRunId,
+    RUN_HISTORY,
 };
 
 /// The catalog's file name inside the state directory.
@@ -197,7 +203,7 @@ mod tests {
 
         let catalog = Catalog::open(dir.path()).unwrap();
 
-        assert_eq!(catalog.schema_version().unwrap(), 2);
+        assert_eq!(catalog.schema_version().unwrap(), Catalog::supported_schema_version());
         assert!(catalog.environment("prod").unwrap().is_some());
         let op = catalog.begin_operation(OperationKind::Snapshot, "prod", &Owner::current(), at(2, 0)).unwrap();
         assert_eq!(catalog.operation(op).unwrap().state, OperationState::Running);
@@ -219,7 +225,7 @@ mod tests {
 
         let versions: Vec<u32> = threads.into_iter().map(|t| t.join().unwrap().unwrap()).collect();
 
-        assert_eq!(versions, [2, 2, 2, 2]);
+        assert_eq!(versions, [Catalog::supported_schema_version(); 4]);
         assert_eq!(Catalog::open(dir.path()).unwrap().environments().unwrap().len(), 4);
     }
 
@@ -233,7 +239,7 @@ mod tests {
 
         let error = Catalog::open(dir.path()).unwrap_err();
 
-        assert!(matches!(error, CatalogError::NewerSchema { found: 99, supported: 2, .. }), "{error:?}");
+        assert!(matches!(error, CatalogError::NewerSchema { found: 99, supported: 3, .. }), "{error:?}");
         assert!(error.hint().is_some());
     }
 

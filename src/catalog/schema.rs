@@ -109,6 +109,46 @@ pub(crate) const MIGRATIONS: &[Migration] = &[
             );
         "#,
     },
+    Migration {
+        version: 3,
+        description: "schedule runs and their counters",
+        sql: r#"
+            CREATE TABLE schedule_runs (
+                id               INTEGER PRIMARY KEY,
+                schedule         TEXT NOT NULL,
+                env_id           INTEGER NOT NULL REFERENCES environments(id) ON DELETE RESTRICT,
+                origin           TEXT NOT NULL CHECK (origin IN ('daemon', 'command')),
+                state            TEXT NOT NULL
+                                 CHECK (state IN ('running', 'succeeded', 'failed', 'skipped-overlap')),
+                started_at       TEXT NOT NULL,
+                finished_at      TEXT,
+                pid              INTEGER NOT NULL,
+                pid_start_ticks  INTEGER,
+                boot_id          TEXT,
+                missed           INTEGER NOT NULL DEFAULT 0 CHECK (missed >= 0),
+                snapshot         TEXT,
+                error            TEXT,
+                deleted          INTEGER NOT NULL DEFAULT 0 CHECK (deleted >= 0),
+                deferred         INTEGER NOT NULL DEFAULT 0 CHECK (deferred >= 0),
+                retention_error  TEXT
+            );
+            CREATE INDEX schedule_runs_by_schedule ON schedule_runs (schedule, started_at);
+            CREATE INDEX schedule_runs_by_state ON schedule_runs (state);
+            CREATE TABLE schedule_counters (
+                schedule            TEXT PRIMARY KEY,
+                runs                INTEGER NOT NULL DEFAULT 0 CHECK (runs >= 0),
+                failures            INTEGER NOT NULL DEFAULT 0 CHECK (failures >= 0),
+                missed              INTEGER NOT NULL DEFAULT 0 CHECK (missed >= 0),
+                overlapping         INTEGER NOT NULL DEFAULT 0 CHECK (overlapping >= 0),
+                retention_failures  INTEGER NOT NULL DEFAULT 0 CHECK (retention_failures >= 0),
+                deleted             INTEGER NOT NULL DEFAULT 0 CHECK (deleted >= 0),
+                deferred            INTEGER NOT NULL DEFAULT 0 CHECK (deferred >= 0),
+                last_success        TEXT,
+                last_error          TEXT,
+                last_error_at       TEXT
+            );
+        "#,
+    },
 ];
 
 /// The schema version this build writes.

@@ -2,8 +2,13 @@
 //! library and a report; `main` prints errors and picks the exit code.
 
 pub mod check;
+mod daemon;
 mod lab;
+mod schedule;
+mod snapshot;
+mod snapshots;
 mod ssh;
+mod status;
 
 use crate::cli::{Cli, Command};
 use crate::config::Config;
@@ -19,6 +24,11 @@ pub fn run(cli: Cli) -> Result<std::process::ExitCode> {
         Command::Check(args) => check::run(&cli.global, &args, &out).map(ExitCode::into),
         Command::Ssh(args) => ssh::run(&cli.global, &args),
         Command::Lab(command) => lab::run(&cli.global, command, &out).map(ExitCode::into),
+        Command::Daemon(args) => daemon::run(&cli.global, &args, &out).map(ExitCode::into),
+        Command::Status(args) => status::run(&cli.global, &args, &out).map(ExitCode::into),
+        Command::Schedule(command) => schedule::run(&cli.global, command, &out).map(ExitCode::into),
+        Command::Snapshot(args) => snapshot::run(&cli.global, &args, &out).map(ExitCode::into),
+        Command::Snapshots(args) => snapshots::run(&cli.global, &args, &out).map(ExitCode::into),
     }
 }
 

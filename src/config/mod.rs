@@ -82,6 +82,10 @@ pub struct Environment {
     pub vms: BTreeMap<String, Vm>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub rewrite: Option<Rewrite>,
+    /// Directory for the snapshots' overlays and memory images (one
+    /// subdirectory per VM); `<state_dir>/images/<environment>` if unset.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub storage: Option<PathBuf>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -256,6 +260,11 @@ impl Controller {
 }
 
 impl Environment {
+    /// Where snapshots of the environment `name` keep their files.
+    pub fn storage_dir(&self, controller: &Controller, name: &str) -> PathBuf {
+        self.storage.clone().unwrap_or_else(|| controller.state_dir.join("images").join(name))
+    }
+
     fn default_freeze_timeout() -> HumanDuration {
         HumanDuration::from_secs(5)
     }
@@ -275,6 +284,7 @@ impl Default for Environment {
             hook_timeout: Self::default_hook_timeout(),
             vms: BTreeMap::new(),
             rewrite: None,
+            storage: None,
         }
     }
 }
@@ -382,3 +392,48 @@ pub fn to_toml(config: &Config) -> String {
 
 #[cfg(test)]
 mod tests;
+
+/// The snapshot storage setting (`environments.X.storage`).
+#[cfg(test)]
+mod storage_tests {
+    use super::*;
+
+    const BASE: &str = r#"
+[controller]
+ssh_key = "/k"
+known_hosts = "/h"
+state_dir = "/var/lib/envclone"
+
+[environments.demo.vms.web]
+domain = "demo-web"
+agent = { address = "10.0.0.2" }
+"#;
+
+    fn parse_unchecked(text: &str) -> Result<Config, ConfigError> {
+        parse_with(text, Path::new("envclone.toml"), &ValidateOptions { check_files: false })
+    }
+
+    #[test]
+    fn storage_defaults_under_the_state_dir_per_environment() {
+        let config = parse_unchecked(BASE).unwrap();
+        let env = &config.environments["demo"];
+        assert_eq!(env.storage, None);
+        assert_eq!(env.storage_dir(&config.controller, "demo"), Path::new("/var/lib/envclone/images/demo"));
+    }
+
+    #[test]
+    fn storage_is_taken_as_given_and_round_trips() {
+        let text = BASE.replace("[environments.demo.vms.web]", "[environments.demo]\nstorage = \"/srv/snap\"\n\n[environments.demo.vms.web]");
+        let config = parse_unchecked(&text).unwrap();
+        assert_eq!(config.environments["demo"].storage_dir(&config.controller, "demo"), Path::new("/srv/snap"));
+        assert_eq!(parse_unchecked(&to_toml(&config)).unwrap(), config);
+    }
+
+    #[test]
+    fn relative_storage_is_rejected() {
+        let text = BASE.replace("[environments.demo.vms.web]", "[environments.demo]\nstorage = \"snap\"\n\n[environments.demo.vms.web]");
+        let error = parse_unchecked(&text).unwrap_err();
+        let keys: Vec<String> = error.diagnostics().iter().map(|d| d.key.clone()).collect();
+        assert_eq!(keys, ["environments.demo.storage"]);
+    }
+}

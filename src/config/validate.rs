@@ -101,6 +101,9 @@ impl Checker {
         if let Some(rewrite) = &environment.rewrite {
             self.rewrite(rewrite, &path.key("rewrite"));
         }
+        if let Some(storage) = &environment.storage {
+            self.absolute_path(storage, &path.key("storage"));
+        }
     }
 
     fn vm(&mut self, name: &str, vm: &Vm, path: &KeyPath) {

@@ -7,6 +7,8 @@
 //! ([`crate::catalog`]) before they run, so `envclone recover` can finish or
 //! roll back what a crash left behind.
 
+pub mod context;
 pub mod lock;
+pub mod snapshot;
 
 pub use self::lock::{Busy, EnvLock, LockError, LockHolder};

@@ -69,7 +69,8 @@ impl LabUnderTest {
     pub fn session(&self, vm: &str) -> GuestSession {
         let config = self.config();
         let (_, vm_config) = config.vm("demo", vm).expect("demo VM");
-        GuestSession::connect(&ssh_target(&vm_config.agent), &ssh_options(&config.controller)).expect("SSH into the lab VM")
+        GuestSession::connect(&ssh_target(&vm_config.agent), &ssh_options(&config.controller))
+            .expect("SSH into the lab VM")
     }
 
     /// Runs a shell command in a VM (on a fresh session) and returns its stdout.

@@ -1,0 +1,67 @@
+//! `envclone snapshot ENV [--memory] [--label L] [--quiesce POLICY] [--scheduled S]`: one
+//! consistent point in time of every VM of the environment. The work is in
+//! [`crate::ops::snapshot`]; this file wires libvirt, the catalog, the
+//! agents and the progress lines, and prints the report.
+
+use super::{load_config, Output};
+use crate::catalog::Catalog;
+use crate::cli::{GlobalArgs, SnapshotArgs};
+use crate::exit::ExitCode;
+use crate::hypervisor::LibvirtHypervisor;
+use crate::ops::context::{Event, OpContext, SystemClock};
+use crate::ops::snapshot::{self, SnapshotReport, SnapshotRequest};
+use crate::{Error, Result};
+
+pub fn run(global: &GlobalArgs, args: &SnapshotArgs, out: &Output) -> Result<ExitCode> {
+    let config = load_config(global)?;
+    let env = config.environment(&args.environment)?;
+    let uri = &config.controller.libvirt_uri;
+    let hv = LibvirtHypervisor::connect(uri).map_err(Error::hypervisor(format!("connect to libvirt at {uri}")))?;
+    let catalog = Catalog::open(&config.controller.state_dir)?;
+    let progress = |event: &Event| out.progress(&event.to_string());
+    let ctx = OpContext { config: &config, hv: &hv, catalog: &catalog, progress: &progress, clock: &SystemClock };
+    let schedule = match &args.scheduled {
+        Some(name) => match config.schedules.get(name) {
+            Some(schedule) if schedule.environment == args.environment => Some(schedule),
+            _ => {
+                return Err(Error::Usage(format!(
+                    "no schedule named {name:?} for environment '{}' in the config",
+                    args.environment
+                )))
+            }
+        },
+        None => None,
+    };
+    let request = SnapshotRequest {
+        env: args.environment.clone(),
+        label: args.label.clone(),
+        memory: args.memory || schedule.is_some_and(|s| s.memory),
+        quiesce: args.quiesce.map(Into::into),
+        schedule: args.scheduled.clone(),
+    };
+    let quiescer = snapshot::agent_quiescer(&ctx, env);
+    let report = snapshot::take(&ctx, &request, &quiescer)?;
+    out.report(&report, human);
+    Ok(ExitCode::Ok)
+}
+
+fn human(report: &SnapshotReport) -> String {
+    let label = report.label.as_ref().map(|l| format!(" ({l})")).unwrap_or_default();
+    let mut text = format!(
+        "snapshot {}/{}{label} taken in {:.1} s\n",
+        report.env,
+        report.name,
+        report.duration_ms as f64 / 1000.0
+    );
+    match report.freeze_window_ms {
+        Some(window) => text.push_str(&format!("  freeze window: {window} ms (limit {} ms)\n", report.freeze_limit_ms)),
+        None => text.push_str("  freeze window: none (nothing frozen)\n"),
+    }
+    let width = report.vms.iter().map(|vm| vm.vm.len()).max().unwrap_or(0);
+    for vm in &report.vms {
+        let memory = if vm.memory_image.is_some() { " + memory" } else { "" };
+        let reason = vm.reason.as_ref().map(|r| format!(": {r}")).unwrap_or_default();
+        text.push_str(&format!("  {:width$}  {}{memory}{reason}\n", vm.vm, vm.consistency));
+    }
+    text
+}

@@ -1,0 +1,113 @@
+//! `envclone status [ENV] [--json]`: each environment's last snapshot, its
+//! age and consistency, and each schedule's next and last run and counters
+//! (see [`crate::daemon::status`]).
+
+use chrono::{DateTime, Utc};
+
+use super::{load_config, Output};
+use crate::catalog::Catalog;
+use crate::cli::{GlobalArgs, StatusArgs};
+use crate::daemon::status::{self, human_age, StatusReport};
+use crate::exit::ExitCode;
+use crate::Result;
+
+pub fn run(global: &GlobalArgs, args: &StatusArgs, out: &Output) -> Result<ExitCode> {
+    let config = load_config(global)?;
+    if let Some(env) = &args.environment {
+        config.environment(env)?;
+    }
+    let catalog = Catalog::open(&config.controller.state_dir)?;
+    let report = status::build(&config, &catalog, Utc::now(), args.environment.as_deref())?;
+    out.report(&report, human);
+    Ok(ExitCode::Ok)
+}
+
+fn human(report: &StatusReport) -> String {
+    let mut environments = vec![row(&["ENVIRONMENT", "LAST SNAPSHOT", "AGE", "CONSISTENCY", "SNAPSHOTS", "FAILURES"])];
+    let mut schedules = vec![row(&[
+        "SCHEDULE",
+        "ENVIRONMENT",
+        "TRIGGER",
+        "NEXT RUN",
+        "LAST RUN",
+        "RESULT",
+        "RUNS",
+        "FAILED",
+        "MISSED",
+        "OVERLAP",
+    ])];
+    let mut errors = Vec::new();
+    for env in &report.environments {
+        let (name, age, consistency) = match &env.last_snapshot {
+            Some(s) => (s.name.clone(), human_age(s.age_seconds), s.consistency.clone()),
+            None => ("-".into(), "-".into(), "-".into()),
+        };
+        environments.push(vec![
+            env.name.clone(),
+            name,
+            age,
+            consistency,
+            env.snapshots.to_string(),
+            env.failures.to_string(),
+        ]);
+        for schedule in &env.schedules {
+            let last = schedule.last_run.as_ref();
+            let next = if schedule.due { "due now".to_owned() } else { time(schedule.next_run) };
+            let counters = &schedule.counters;
+            schedules.push(vec![
+                schedule.name.clone(),
+                env.name.clone(),
+                schedule.trigger.clone(),
+                next,
+                time(last.map(|run| run.started_at)),
+                last.map_or("-".to_owned(), |run| run.result.to_string()),
+                counters.runs.to_string(),
+                counters.failures.to_string(),
+                counters.missed.to_string(),
+                counters.overlapping.to_string(),
+            ]);
+            if let (Some(error), Some(at)) = (&counters.last_error, counters.last_error_at) {
+                errors.push(format!("{}: last error {}: {error}", schedule.name, time(Some(at))));
+            }
+            if let Some(error) = last.and_then(|run| run.retention_error.as_ref()) {
+                errors.push(format!("{}: last retention error: {error}", schedule.name));
+            }
+        }
+    }
+    let mut text = table(&environments);
+    if schedules.len() > 1 {
+        text.push('\n');
+        text.push_str(&table(&schedules));
+    }
+    if !errors.is_empty() {
+        text.push('\n');
+        for error in errors {
+            text.push_str(&error);
+            text.push('\n');
+        }
+    }
+    text
+}
+
+fn row(cells: &[&str]) -> Vec<String> {
+    cells.iter().map(|cell| cell.to_string()).collect()
+}
+
+fn time(time: Option<DateTime<Utc>>) -> String {
+    time.map_or("-".to_owned(), |time| time.format("%Y-%m-%d %H:%M UTC").to_string())
+}
+
+/// Left-aligned columns two spaces apart.
+fn table(rows: &[Vec<String>]) -> String {
+    let columns = rows.iter().map(Vec::len).max().unwrap_or(0);
+    let widths: Vec<usize> = (0..columns)
+        .map(|c| rows.iter().filter_map(|r| r.get(c)).map(|s| s.chars().count()).max().unwrap_or(0))
+        .collect();
+    let mut text = String::new();
+    for row in rows {
+        let line: Vec<String> = row.iter().zip(&widths).map(|(cell, width)| format!("{cell:<width$}")).collect();
+        text.push_str(line.join("  ").trim_end());
+        text.push('\n');
+    }
+    text
+}

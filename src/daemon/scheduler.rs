@@ -1,0 +1,407 @@
+//! The scheduler's core, free of signals and sleeping so that unit tests
+//! drive it with a fake clock: [`Scheduler::tick`] looks at every schedule
+//! at a given time, records and starts the runs that are due, and says when
+//! the next one is; [`Scheduler::record`] takes a finished run.
+//!
+//! Catalog reads and writes and the runs themselves happen on blocking
+//! threads (`spawn_blocking`); the async side only decides and waits.
+
+use std::collections::BTreeMap;
+use std::sync::{Arc, Mutex};
+
+use chrono::{DateTime, Utc};
+use serde::Serialize;
+use tokio::task::JoinSet;
+
+use super::execute::{self, Began, Executed, RunReport, RunRequest};
+use super::{Now, ScheduledRunner};
+use crate::catalog::{Catalog, Owner, RunOrigin, RunState, ScheduleRunId};
+use crate::config::Schedule;
+use crate::schedule::due_runs;
+
+/// What the daemon did since it started: logged when it stops.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+pub struct DaemonStats {
+    pub ticks: u64,
+    pub started: u64,
+    pub succeeded: u64,
+    pub failed: u64,
+    pub skipped_overlap: u64,
+    pub missed: u64,
+    pub retention_failures: u64,
+    /// Catalog errors and the like: the bookkeeping failed, not a run.
+    pub errors: u64,
+}
+
+/// What one tick did.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+pub struct TickReport {
+    pub at: DateTime<Utc>,
+    /// Schedules whose run started.
+    pub started: Vec<String>,
+    /// Runs recorded as skipped because the schedule's previous run still runs.
+    pub skipped: Vec<RunReport>,
+    /// Schedules not due, with their next fire time.
+    pub not_due: Vec<NotDue>,
+    /// Fire times missed, over all schedules (each schedule catches up once).
+    pub missed: u32,
+    /// The earliest next fire time of any schedule.
+    pub next: Option<DateTime<Utc>>,
+    /// Schedules that could not be looked at, with why.
+    pub errors: Vec<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct NotDue {
+    pub schedule: String,
+    pub next_run: DateTime<Utc>,
+}
+
+/// What planning a tick decided for one schedule (on a blocking thread).
+enum Planned {
+    NotDue { name: String, next: DateTime<Utc> },
+    Start { request: RunRequest, id: ScheduleRunId, next: DateTime<Utc> },
+    Skipped { executed: Box<Executed>, next: DateTime<Utc> },
+    Error { name: String, error: String },
+}
+
+/// A run that ended on its blocking thread.
+#[derive(Debug)]
+pub struct RunDone {
+    pub schedule: String,
+    pub run: ScheduleRunId,
+    pub result: crate::Result<Executed>,
+}
+
+/// See the [module documentation](self).
+pub struct Scheduler {
+    schedules: BTreeMap<String, Schedule>,
+    catalog: Arc<Mutex<Catalog>>,
+    runner: Arc<dyn ScheduledRunner>,
+    now: Now,
+    owner: Owner,
+    origin: RunOrigin,
+    runs: JoinSet<RunDone>,
+    /// When this scheduler first looked at each schedule: what a cron
+    /// schedule that never ran waits from (its first fire time after this).
+    first_seen: BTreeMap<String, DateTime<Utc>>,
+    stats: DaemonStats,
+    /// Finished runs, kept only when asked (`--once`), so a long-running
+    /// daemon does not grow.
+    finished: Option<Vec<RunReport>>,
+}
+
+impl std::fmt::Debug for Scheduler {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Scheduler")
+            .field("schedules", &self.schedules.keys().collect::<Vec<_>>())
+            .field("runner", &self.runner)
+            .field("in_flight", &self.runs.len())
+            .field("stats", &self.stats)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Scheduler {
+    pub fn new(
+        schedules: BTreeMap<String, Schedule>,
+        catalog: Catalog,
+        runner: Arc<dyn ScheduledRunner>,
+        now: Now,
+    ) -> Scheduler {
+        Scheduler {
+            schedules,
+            catalog: Arc::new(Mutex::new(catalog)),
+            runner,
+            now,
+            owner: Owner::current(),
+            origin: RunOrigin::Daemon,
+            runs: JoinSet::new(),
+            first_seen: BTreeMap::new(),
+            stats: DaemonStats::default(),
+            finished: None,
+        }
+    }
+
+    /// Keep every finished run's report for [`Scheduler::take_finished`].
+    pub fn keep_reports(mut self) -> Scheduler {
+        self.finished = Some(Vec::new());
+        self
+    }
+
+    /// The time by the scheduler's clock.
+    pub fn now(&self) -> DateTime<Utc> {
+        self.now.now()
+    }
+
+    pub fn stats(&self) -> &DaemonStats {
+        &self.stats
+    }
+
+    pub fn in_flight(&self) -> usize {
+        self.runs.len()
+    }
+
+    /// Replaces the schedules (a config reload); runs in progress go on.
+    pub fn set_schedules(&mut self, schedules: BTreeMap<String, Schedule>) {
+        self.schedules = schedules;
+    }
+
+    pub fn take_finished(&mut self) -> Vec<RunReport> {
+        self.finished.as_mut().map(std::mem::take).unwrap_or_default()
+    }
+
+    /// Ends the runs a dead daemon left `running` (counted as failures).
+    pub async fn reap_interrupted(&mut self) {
+        let catalog = Arc::clone(&self.catalog);
+        let now = self.now();
+        let reaped = tokio::task::spawn_blocking(move || execute::lock(&catalog).reap_interrupted_runs(now)).await;
+        match reaped {
+            Ok(Ok(runs)) => {
+                for run in runs {
+                    tracing::warn!(
+                        "schedule '{}': run {} (pid {}, started {}) was interrupted; counted as failed",
+                        run.schedule,
+                        run.id,
+                        run.owner.pid,
+                        run.started_at
+                    );
+                }
+            }
+            Ok(Err(error)) => self.bookkeeping_error("end interrupted runs", &error),
+            Err(error) => self.bookkeeping_error("end interrupted runs", &error),
+        }
+    }
+
+    /// Looks at every schedule at `now`: records and starts each due run
+    /// (recording a skip instead while the schedule's previous run still
+    /// runs) and reports when the next schedule fires.
+    #[tracing::instrument(name = "tick", skip(self), fields(at = %now))]
+    pub async fn tick(&mut self, now: DateTime<Utc>) -> TickReport {
+        self.stats.ticks += 1;
+        self.first_seen.retain(|name, _| self.schedules.contains_key(name));
+        for name in self.schedules.keys() {
+            self.first_seen.entry(name.clone()).or_insert(now);
+        }
+        let schedules = self.schedules.clone();
+        let first_seen = self.first_seen.clone();
+        let catalog = Arc::clone(&self.catalog);
+        let owner = self.owner.clone();
+        let origin = self.origin;
+        let planned =
+            tokio::task::spawn_blocking(move || plan(&catalog, &schedules, &first_seen, &owner, origin, now)).await;
+        let mut report = TickReport { at: now, ..TickReport::default() };
+        let planned = match planned {
+            Ok(planned) => planned,
+            Err(error) => {
+                self.bookkeeping_error("plan the due runs", &error);
+                report.errors.push(crate::commands::error_chain(&error));
+                return report;
+            }
+        };
+        for planned in planned {
+            match planned {
+                Planned::NotDue { name, next } => {
+                    report.next = earliest(report.next, next);
+                    report.not_due.push(NotDue { schedule: name, next_run: next });
+                }
+                Planned::Start { request, id, next } => {
+                    report.next = earliest(report.next, next);
+                    self.note_missed(&request.schedule, request.missed, &mut report);
+                    tracing::info!(
+                        "schedule '{}': run {id} of environment '{}' started",
+                        request.schedule,
+                        request.env
+                    );
+                    report.started.push(request.schedule.clone());
+                    self.stats.started += 1;
+                    self.spawn(request, id);
+                }
+                Planned::Skipped { executed, next } => {
+                    report.next = earliest(report.next, next);
+                    let run = &executed.report;
+                    self.note_missed(&run.schedule, run.missed, &mut report);
+                    tracing::warn!(
+                        "schedule '{}': run {} skipped: {}",
+                        run.schedule,
+                        run.run,
+                        run.error.as_deref().unwrap_or("the previous run still runs")
+                    );
+                    self.stats.skipped_overlap += 1;
+                    report.skipped.push(executed.report.clone());
+                    if let Some(finished) = &mut self.finished {
+                        finished.push(executed.report);
+                    }
+                }
+                Planned::Error { name, error } => {
+                    tracing::error!("schedule '{name}': {error}");
+                    self.stats.errors += 1;
+                    report.errors.push(format!("schedule '{name}': {error}"));
+                }
+            }
+        }
+        report
+    }
+
+    /// Waits for the next run to end and records it; `None` when no run is
+    /// in progress.
+    pub async fn join_next(&mut self) -> Option<()> {
+        let done = self.runs.join_next().await?;
+        match done {
+            Ok(done) => self.record(done),
+            // carry_out catches panics, so only a cancelled task ends here.
+            Err(error) => self.bookkeeping_error("finish a run", &error),
+        }
+        Some(())
+    }
+
+    /// Counts and logs a finished run.
+    pub fn record(&mut self, done: RunDone) {
+        let executed = match done.result {
+            Ok(executed) => executed,
+            Err(error) => {
+                tracing::error!(
+                    "schedule '{}': cannot record how run {} ended: {}",
+                    done.schedule,
+                    done.run,
+                    crate::commands::error_chain(&error)
+                );
+                self.stats.errors += 1;
+                return;
+            }
+        };
+        let run = &executed.report;
+        match run.result {
+            RunState::Succeeded => {
+                self.stats.succeeded += 1;
+                tracing::info!(
+                    "schedule '{}': run {} took snapshot '{}'",
+                    run.schedule,
+                    run.run,
+                    run.snapshot.as_deref().unwrap_or("?")
+                );
+                if let Some(retention) = &run.retention {
+                    tracing::info!(
+                        "schedule '{}': retention kept {}, deleted {}, deferred {}, failed {}",
+                        run.schedule,
+                        retention.kept.len(),
+                        retention.deleted.len(),
+                        retention.deferred.len(),
+                        retention.failed.len()
+                    );
+                }
+                let retention_failed = run.retention_error.is_some()
+                    || run.retention.as_ref().is_some_and(|retention| !retention.failed.is_empty());
+                if retention_failed {
+                    self.stats.retention_failures += 1;
+                    let why =
+                        run.retention_error.clone().or_else(|| run.retention.as_ref().and_then(|r| r.tally().error));
+                    tracing::error!("schedule '{}': retention failed: {}", run.schedule, why.unwrap_or_default());
+                }
+            }
+            RunState::SkippedOverlap => {
+                self.stats.skipped_overlap += 1;
+                tracing::warn!(
+                    "schedule '{}': run {} skipped: {}",
+                    run.schedule,
+                    run.run,
+                    run.error.as_deref().unwrap_or("")
+                );
+            }
+            RunState::Failed | RunState::Running => {
+                self.stats.failed += 1;
+                tracing::error!(
+                    "schedule '{}': run {} failed: {}",
+                    run.schedule,
+                    run.run,
+                    run.error.as_deref().unwrap_or("")
+                );
+            }
+        }
+        if let Some(finished) = &mut self.finished {
+            finished.push(executed.report);
+        }
+    }
+
+    fn spawn(&mut self, request: RunRequest, id: ScheduleRunId) {
+        let catalog = Arc::clone(&self.catalog);
+        let runner = Arc::clone(&self.runner);
+        let now = Arc::clone(&self.now);
+        self.runs.spawn_blocking(move || {
+            let result = execute::carry_out(&catalog, runner.as_ref(), id, &request, &now);
+            RunDone { schedule: request.schedule, run: id, result }
+        });
+    }
+
+    fn note_missed(&mut self, schedule: &str, missed: u32, report: &mut TickReport) {
+        if missed > 0 {
+            tracing::warn!("schedule '{schedule}': {missed} runs were missed; one run catches up, none are replayed");
+            self.stats.missed += u64::from(missed);
+            report.missed += missed;
+        }
+    }
+
+    fn bookkeeping_error(&mut self, what: &str, error: &dyn std::error::Error) {
+        tracing::error!("cannot {what}: {}", crate::commands::error_chain(error));
+        self.stats.errors += 1;
+    }
+}
+
+fn earliest(current: Option<DateTime<Utc>>, candidate: DateTime<Utc>) -> Option<DateTime<Utc>> {
+    Some(current.map_or(candidate, |current| current.min(candidate)))
+}
+
+/// Decides and records the due runs at `now`, on a blocking thread.
+///
+/// A schedule that never ran: an interval runs at once; a cron expression
+/// waits for its first fire time after the scheduler first saw it (so the
+/// daemon that starts at 01:30 runs "0 2 * * *" at 02:00 that day).
+fn plan(
+    catalog: &Mutex<Catalog>,
+    schedules: &BTreeMap<String, Schedule>,
+    first_seen: &BTreeMap<String, DateTime<Utc>>,
+    owner: &Owner,
+    origin: RunOrigin,
+    now: DateTime<Utc>,
+) -> Vec<Planned> {
+    let mut planned = Vec::with_capacity(schedules.len());
+    for (name, schedule) in schedules {
+        let error = |error: &dyn std::error::Error| Planned::Error {
+            name: name.clone(),
+            error: crate::commands::error_chain(error),
+        };
+        let waits_from = if schedule.cron.is_some() { first_seen.get(name).copied() } else { None };
+        let last = match execute::lock(catalog).last_run(name) {
+            Ok(last) => last.map(|run| run.started_at).or(waits_from),
+            Err(e) => {
+                planned.push(error(&e));
+                continue;
+            }
+        };
+        let due = match due_runs(schedule, last, now) {
+            Ok(due) => due,
+            Err(e) => {
+                planned.push(error(&e));
+                continue;
+            }
+        };
+        if !due.run_now {
+            planned.push(Planned::NotDue { name: name.clone(), next: due.next });
+            continue;
+        }
+        let request = RunRequest {
+            schedule: name.clone(),
+            env: schedule.environment.clone(),
+            retention: schedule.retention,
+            origin,
+            started_at: now,
+            missed: due.missed,
+        };
+        planned.push(match execute::begin(catalog, &request, owner) {
+            Ok(Began::Started(id)) => Planned::Start { request, id, next: due.next },
+            Ok(Began::Skipped(executed)) => Planned::Skipped { executed, next: due.next },
+            Err(e) => error(&e),
+        });
+    }
+    planned
+}

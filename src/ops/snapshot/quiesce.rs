@@ -1,0 +1,140 @@
+//! The agent side of the barrier behind a small trait, so that the barrier
+//! is unit tested without SSH: [`Quiescer`] prepares, freezes and recovers
+//! a VM; a [`FrozenGuest`] is one held freeze that thaws exactly once.
+//! [`AgentQuiescer`] is the real one: `envclone-agent` over SSH, the
+//! freeze held as a [`FreezeLease`] on a session logged in beforehand.
+
+use std::collections::BTreeMap;
+use std::sync::{Mutex, PoisonError};
+use std::time::Duration;
+
+use envclone_agent::freeze::ThawReason;
+use envclone_agent::ExitStatus;
+
+use crate::guest::{AgentClient, FreezeLease, FreezeRequest, GuestError, GuestSession, SshOptions, SshTarget};
+
+/// What the freeze reported once everything was frozen.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct FreezeInfo {
+    /// Time the FIFREEZE calls took: subtracted from the moment the answer
+    /// arrived to place the first FIFREEZE in the controller's time.
+    pub freezing: Duration,
+}
+
+/// What the thaw reported.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ThawInfo {
+    /// From the first FIFREEZE to the last FITHAW, as the guest measured it.
+    pub frozen: Duration,
+    /// The agent's lease timeout ended the freeze, not our thaw.
+    pub by_lease_timeout: bool,
+}
+
+/// One held freeze. Dropping it without [`FrozenGuest::thaw`] must thaw too
+/// (the lease closes its channel).
+pub trait FrozenGuest: Send {
+    fn thaw(self: Box<Self>) -> Result<ThawInfo, GuestError>;
+}
+
+pub trait Quiescer: Sync {
+    /// Logs in to `vm`'s agent ahead of the freeze and checks that it
+    /// answers and holds no freeze: the preflight status check.
+    fn prepare(&self, vm: &str) -> Result<(), GuestError>;
+    /// Runs the pre-freeze hooks and freezes `vm`'s filesystems, on the
+    /// session [`Quiescer::prepare`] opened.
+    fn freeze(&self, vm: &str) -> Result<(Box<dyn FrozenGuest>, FreezeInfo), GuestError>;
+    /// The recovery path for a thaw that failed: `envclone-agent thaw` on a
+    /// new session.
+    fn recover(&self, vm: &str) -> Result<(), GuestError>;
+}
+
+/// The real [`Quiescer`]: see the module documentation.
+#[derive(Debug)]
+pub struct AgentQuiescer {
+    targets: BTreeMap<String, SshTarget>,
+    options: SshOptions,
+    request: FreezeRequest,
+    sessions: Mutex<BTreeMap<String, GuestSession>>,
+}
+
+impl AgentQuiescer {
+    /// `request.lease_timeout` should be the freeze limit: the agent's own
+    /// bound on the freeze if the controller is lost.
+    pub fn new(targets: BTreeMap<String, SshTarget>, options: SshOptions, request: FreezeRequest) -> Self {
+        AgentQuiescer { targets, options, request, sessions: Mutex::new(BTreeMap::new()) }
+    }
+
+    fn connect(&self, vm: &str) -> Result<GuestSession, GuestError> {
+        let target = self.targets.get(vm).ok_or_else(|| GuestError::Agent {
+            target: vm.to_owned(),
+            kind: "unknown-vm".into(),
+            message: format!("no agent endpoint for VM '{vm}'"),
+            hint: None,
+            exit: None,
+        })?;
+        GuestSession::connect(target, &self.options)
+    }
+}
+
+impl Quiescer for AgentQuiescer {
+    fn prepare(&self, vm: &str) -> Result<(), GuestError> {
+        let session = self.connect(vm)?;
+        let status = AgentClient::new(&session).status()?;
+        if !status.frozen.is_empty() || status.freeze_in_progress {
+            return Err(GuestError::Agent {
+                target: session.target().to_owned(),
+                kind: envclone_agent::freeze::error_kind::ALREADY_FROZEN.into(),
+                message: format!(
+                    "a freeze is already held (frozen: {}; holder at work: {})",
+                    if status.frozen.is_empty() { "nothing".into() } else { status.frozen.join(", ") },
+                    status.freeze_in_progress
+                ),
+                hint: Some("wait for it to end, or end it with `envclone-agent thaw`".into()),
+                exit: Some(ExitStatus::Busy),
+            });
+        }
+        self.sessions.lock().unwrap_or_else(PoisonError::into_inner).insert(vm.to_owned(), session);
+        Ok(())
+    }
+
+    fn freeze(&self, vm: &str) -> Result<(Box<dyn FrozenGuest>, FreezeInfo), GuestError> {
+        let prepared = self.sessions.lock().unwrap_or_else(PoisonError::into_inner).remove(vm);
+        let session = match prepared {
+            Some(session) => session,
+            None => self.connect(vm)?,
+        };
+        let (lease, frozen) = FreezeLease::start(session, &self.request)?;
+        let freezing = Duration::from_millis(frozen.mounts.iter().map(|m| m.freeze_ms).sum());
+        Ok((Box::new(LeaseGuest(lease)), FreezeInfo { freezing }))
+    }
+
+    fn recover(&self, vm: &str) -> Result<(), GuestError> {
+        let session = self.connect(vm)?;
+        let report: envclone_agent::freeze::ThawReport = AgentClient::new(&session).call(&["thaw"], None)?;
+        tracing::warn!(vm, thawed = ?report.thawed, "recovery thaw done");
+        let status = AgentClient::new(&session).status()?;
+        if status.frozen.is_empty() {
+            Ok(())
+        } else {
+            Err(GuestError::Agent {
+                target: session.target().to_owned(),
+                kind: envclone_agent::freeze::error_kind::THAW_FAILED.into(),
+                message: format!("still frozen after `envclone-agent thaw`: {}", status.frozen.join(", ")),
+                hint: None,
+                exit: None,
+            })
+        }
+    }
+}
+
+struct LeaseGuest(FreezeLease);
+
+impl FrozenGuest for LeaseGuest {
+    fn thaw(self: Box<Self>) -> Result<ThawInfo, GuestError> {
+        let report = self.0.thaw()?;
+        Ok(ThawInfo {
+            frozen: Duration::from_millis(report.frozen_ms),
+            by_lease_timeout: report.reason == ThawReason::LeaseTimeout,
+        })
+    }
+}
