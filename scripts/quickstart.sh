@@ -10,13 +10,17 @@ envclone=target/release/envclone
 echo "== bringing up the lab" >&2
 "$envclone" lab up
 eval "$("$envclone" lab env)"
-echo "== main job: check the lab environment end to end" >&2
+echo "== checking the lab environment end to end" >&2
 "$envclone" check --live
+echo "== main job: a consistent snapshot of the whole demo environment" >&2
+"$envclone" snapshot demo --label quickstart
+"$envclone" snapshots demo
 cat <<EOT
 
 The lab runs. Point your shell at it and look around:
   eval "\$($PWD/$envclone lab env)"
   $PWD/$envclone ssh demo web -- cat /etc/demo/app.env
+  $PWD/$envclone snapshots demo
   $PWD/$envclone lab status
   $PWD/$envclone lab down        # removes everything the lab made
 EOT
