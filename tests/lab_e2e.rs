@@ -55,6 +55,7 @@ fn lab_up_serves_demo_and_lab_down_leaves_nothing() {
     let again = lab.json(&["lab", "up", "--json"]);
     assert_eq!(again["vms"].as_array().unwrap().len(), 2);
     assert_eq!(again["root_image"], up["root_image"]);
+    assert!(again["vms"].as_array().unwrap().iter().all(|vm| vm["stale_image"] == false), "{again:#}");
     let status = lab.json(&["lab", "status", "--json"]);
     let states: Vec<&str> = status["domains"].as_array().unwrap().iter().map(|d| d["state"].as_str().unwrap()).collect();
     assert_eq!(states, ["running", "running"]);

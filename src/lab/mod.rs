@@ -65,6 +65,9 @@ pub struct VmReport {
     pub agent_version: String,
     /// Seconds from `up` starting until this agent answered.
     pub ready_after: f64,
+    /// The VM was made from an older root image (e.g. before the agent was
+    /// rebuilt); `lab down` and `lab up` give it the current one.
+    pub stale_image: bool,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -174,16 +177,26 @@ impl Lab {
         let root_image = image::root_image(&self.paths.cache, &options.agent_binary)?;
 
         ensure_network(&hv)?;
+        let mut stale = Vec::new();
         for (vm, host_key) in VMS.iter().zip(&host_keys) {
             progress(&format!("VM {} ({})", vm.name, vm.domain()));
-            self.ensure_vm(&hv, vm, options.domain_type, &kernel, &root_image, host_key, &client_key.public_line)?;
+            if self.ensure_vm(&hv, vm, options.domain_type, &kernel, &root_image, host_key, &client_key.public_line)? {
+                progress(&format!(
+                    "VM {} runs an older root image (agent rebuilt?): `envclone lab down` then `up` to renew it",
+                    vm.name
+                ));
+                stale.push(vm.name);
+            }
         }
 
         let config = topology::config(&self.paths, &netns, options.domain_type);
         write(&self.paths.config(), crate::config::to_toml(&config).as_bytes())?;
 
         progress("waiting for the agents to answer");
-        let vms = self.wait_for_agents(&config, options.boot_timeout, started)?;
+        let mut vms = self.wait_for_agents(&config, options.boot_timeout, started)?;
+        for report in &mut vms {
+            report.stale_image = stale.contains(&report.vm.as_str());
+        }
         Ok(UpReport {
             lab: self.name.clone(),
             netns,
@@ -205,10 +218,18 @@ impl Lab {
         root_image: &Path,
         host_key: &keys::KeyPair,
         authorized_key: &str,
-    ) -> Result<(), LabError> {
+    ) -> Result<bool, LabError> {
         let domain = vm.domain();
+        let mut stale = false;
         let state = match hv.domain(&domain) {
-            Ok(existing) => existing.state,
+            Ok(existing) => {
+                // The cached root image sits at the bottom of vda's chain.
+                let vda = existing.def.disks().into_iter().next();
+                stale = !vda.is_some_and(|disk| {
+                    disk.source.as_deref() == Some(root_image) || disk.backing.iter().any(|b| b == root_image)
+                });
+                existing.state
+            }
             Err(HvError::NoSuchDomain { .. }) => {
                 let root = self.paths.images().join(format!("{}-root.qcow2", vm.name));
                 let seed = self.paths.images().join(format!("{}-seed.qcow2", vm.name));
@@ -225,7 +246,7 @@ impl Lab {
         if !state.is_active() {
             hv.start_domain(&domain).map_err(LabError::hypervisor(format!("start {domain}")))?;
         }
-        Ok(())
+        Ok(stale)
     }
 
     /// Polls every agent in parallel; each VM boots on its own clock.
@@ -268,6 +289,7 @@ impl Lab {
                             agent_hostname: status.hostname,
                             agent_version: envclone_agent::AGENT_VERSION.to_string(),
                             ready_after: started.elapsed().as_secs_f64(),
+                            stale_image: false,
                         })
                     })
                 })
