@@ -56,6 +56,15 @@ fn lab_up_serves_demo_and_lab_down_leaves_nothing() {
     assert_eq!(again["vms"].as_array().unwrap().len(), 2);
     assert_eq!(again["root_image"], up["root_image"]);
     assert!(again["vms"].as_array().unwrap().iter().all(|vm| vm["stale_image"] == false), "{again:#}");
+
+    // An up with another agent build keeps the running guests and says they are stale.
+    let other_agent = lab.dir().join("other-envclone-agent");
+    let mut agent_bytes = std::fs::read(envclone::lab::find_agent_binary_near(None, Path::new(env!("CARGO_BIN_EXE_envclone"))).unwrap()).unwrap();
+    agent_bytes.push(0); // same program, other content: another root image
+    std::fs::write(&other_agent, agent_bytes).unwrap();
+    let rebuilt = lab.json(&["lab", "up", "--json", "--agent-bin", &other_agent.to_string_lossy()]);
+    assert_ne!(rebuilt["root_image"], up["root_image"]);
+    assert!(rebuilt["vms"].as_array().unwrap().iter().all(|vm| vm["stale_image"] == true), "{rebuilt:#}");
     let status = lab.json(&["lab", "status", "--json"]);
     let states: Vec<&str> = status["domains"].as_array().unwrap().iter().map(|d| d["state"].as_str().unwrap()).collect();
     assert_eq!(states, ["running", "running"]);

@@ -423,11 +423,17 @@ fn write(path: &Path, content: &[u8]) -> Result<(), LabError> {
 /// Where to find the static agent for guest images: the explicit path, else
 /// the build tree next to this binary, else the installed package's path.
 pub fn find_agent_binary(explicit: Option<&Path>) -> Result<PathBuf, LabError> {
+    let exe = std::env::current_exe().unwrap_or_default();
+    find_agent_binary_near(explicit, &exe)
+}
+
+/// [`find_agent_binary`] for a controller binary at `controller`.
+pub fn find_agent_binary_near(explicit: Option<&Path>, controller: &Path) -> Result<PathBuf, LabError> {
     let mut candidates = Vec::new();
     if let Some(path) = explicit {
         candidates.push(path.to_path_buf());
     } else {
-        if let Some(dir) = std::env::current_exe().ok().and_then(|exe| exe.parent().map(Path::to_path_buf)) {
+        if let Some(dir) = controller.parent() {
             // target/<profile>/envclone -> target/x86_64-unknown-linux-gnu/<profile>/envclone-agent
             if let (Some(target), Some(profile)) = (dir.parent(), dir.file_name()) {
                 candidates.push(target.join("x86_64-unknown-linux-gnu").join(profile).join("envclone-agent"));
