@@ -58,6 +58,14 @@ pub enum Command {
     Snapshot(SnapshotArgs),
     /// List an environment's snapshots: size, age, consistency, freeze window.
     Snapshots(SnapshotsArgs),
+    /// Delete a snapshot, merging its images live into their neighbours; deferred (exit 0) while a clone, standby or other snapshot needs them.
+    DeleteSnapshot(DeleteSnapshotArgs),
+    /// Apply retention: delete the snapshots that the schedules' (and the environment's) retention does not keep.
+    Prune(PruneArgs),
+    /// Put an environment back, in place, to a snapshot (the state it replaces is kept as an undo snapshot).
+    Restore(RestoreArgs),
+    /// Finish or roll back interrupted operations (snapshot, restore, delete), then check the environment.
+    Recover(RecoverArgs),
 }
 
 #[derive(Debug, Args)]
@@ -85,6 +93,48 @@ pub struct SnapshotArgs {
 pub struct SnapshotsArgs {
     /// Environment name (from the config, or known to the catalog).
     pub environment: String,
+}
+
+#[derive(Debug, Args)]
+pub struct RestoreArgs {
+    /// Environment name from the config.
+    pub environment: String,
+    /// Snapshot name, as `envclone snapshots ENV` lists it.
+    pub snapshot: String,
+    /// Resume every VM from the snapshot's memory images (a snapshot taken
+    /// with --memory) instead of booting it from the snapshot's disks.
+    #[arg(long)]
+    pub memory: bool,
+    /// Keep no undo snapshot of the state the restore replaces, and delete
+    /// its overlays where nothing else needs them.
+    #[arg(long)]
+    pub discard: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct RecoverArgs {
+    /// Only this environment (default: every environment of the config or the journal).
+    pub environment: Option<String>,
+    /// Print the plan (what would be undone, thawed, resumed or recorded) and change nothing.
+    #[arg(long)]
+    pub dry_run: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct DeleteSnapshotArgs {
+    /// Environment name from the config.
+    pub environment: String,
+    /// Snapshot name, as `envclone snapshots ENV` lists it.
+    pub snapshot: String,
+}
+
+#[derive(Debug, Args)]
+pub struct PruneArgs {
+    /// Environment name from the config.
+    pub environment: String,
+    /// List what would be deleted (and what would be deferred) and change nothing.
+    #[arg(long)]
+    pub dry_run: bool,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -290,6 +340,29 @@ mod tests {
         assert_eq!((args.schedule.as_str(), args.run.run_timeout.as_secs()), ("nightly", 1800));
         let cli = Cli::try_parse_from(["envclone", "status", "--json"]).unwrap();
         assert!(cli.global.json && matches!(cli.command, Command::Status(StatusArgs { environment: None })));
+    }
+
+    #[test]
+    fn restore_takes_environment_snapshot_memory_and_discard() {
+        let cli =
+            Cli::try_parse_from(["envclone", "restore", "demo", "20240501T020000Z", "--memory", "--json"]).unwrap();
+        let Command::Restore(args) = cli.command else { panic!("parsed as {:?}", cli.command) };
+        assert_eq!((args.environment.as_str(), args.snapshot.as_str()), ("demo", "20240501T020000Z"));
+        assert!(args.memory && !args.discard && cli.global.json);
+        let cli = Cli::try_parse_from(["envclone", "restore", "demo", "s1", "--discard"]).unwrap();
+        assert!(matches!(cli.command, Command::Restore(ref a) if a.discard && !a.memory));
+        assert!(Cli::try_parse_from(["envclone", "restore", "demo"]).is_err());
+    }
+
+    #[test]
+    fn delete_snapshot_and_prune_parse() {
+        let cli = Cli::try_parse_from(["envclone", "delete-snapshot", "demo", "20240501T020000Z", "--json"]).unwrap();
+        let Command::DeleteSnapshot(args) = cli.command else { panic!("parsed as {:?}", cli.command) };
+        assert_eq!((args.environment.as_str(), args.snapshot.as_str()), ("demo", "20240501T020000Z"));
+        assert!(cli.global.json);
+        assert!(Cli::try_parse_from(["envclone", "delete-snapshot", "demo"]).is_err());
+        let cli = Cli::try_parse_from(["envclone", "prune", "demo", "--dry-run"]).unwrap();
+        assert!(matches!(cli.command, Command::Prune(ref a) if a.dry_run && a.environment == "demo"));
     }
 
     #[test]

@@ -8,6 +8,9 @@ use crate::daemon::DaemonError;
 use crate::guest::GuestError;
 use crate::hypervisor::HvError;
 use crate::lab::LabError;
+use crate::ops::recover::RecoverError;
+use crate::ops::restore::RestoreError;
+use crate::ops::delete::DeleteError;
 use crate::ops::snapshot::SnapshotError;
 use crate::ops::{Busy, LockError};
 
@@ -52,6 +55,56 @@ pub enum Error {
     /// `envclone daemon` and `envclone schedule run`.
     #[error(transparent)]
     Daemon(Box<DaemonError>),
+    /// `envclone recover` could not run (its report was not made).
+    #[error("recover failed")]
+    Recover(#[source] Box<RecoverError>),
+    /// `envclone recover` ran, and some undo, refusal or check failed
+    /// (its report lists each).
+    #[error("recovery incomplete, {} failure(s): {}", failures.len(), failures.join("; "))]
+    RecoverIncomplete { failures: Vec<String> },
+    /// `envclone restore` failed at a step; the variant names it.
+    #[error("restore failed")]
+    Restore(#[source] Box<RestoreError>),
+    /// `envclone delete-snapshot` or `envclone prune` failed at a step; the
+    /// variant names it. A deferred delete is not an error.
+    #[error("delete failed")]
+    Delete(#[source] Box<DeleteError>),
+}
+
+impl From<RecoverError> for Error {
+    /// A busy lock and an unknown environment keep their own variants
+    /// (and exit codes); everything else is a recover failure.
+    fn from(error: RecoverError) -> Self {
+        match error {
+            RecoverError::Lock(lock) => Error::from(lock),
+            RecoverError::Lookup(lookup) => Error::Lookup(lookup),
+            other => Error::Recover(Box::new(other)),
+        }
+    }
+}
+
+impl From<RestoreError> for Error {
+    /// A busy lock and an unknown environment keep their own variants
+    /// (and exit codes); everything else is a restore failure.
+    fn from(error: RestoreError) -> Self {
+        match error {
+            RestoreError::Lock(lock) => Error::from(lock),
+            RestoreError::Lookup(lookup) => Error::Lookup(lookup),
+            other => Error::Restore(Box::new(other)),
+        }
+    }
+}
+
+impl From<DeleteError> for Error {
+    /// A busy lock and an unknown environment keep their own variants
+    /// (and exit codes); everything else is a delete failure.
+    fn from(error: DeleteError) -> Self {
+        match error {
+            DeleteError::Lock(lock) => Error::from(lock),
+            DeleteError::Lookup(lookup) => Error::Lookup(lookup),
+            other => Error::Delete(Box::new(other)),
+        }
+    }
 }
 
 impl From<DaemonError> for Error {
@@ -125,6 +178,12 @@ impl Error {
             Error::CheckFailed { .. } => Some("each failed check above says what to fix".into()),
             Error::Usage(_) => Some("see `envclone --help`".into()),
             Error::Daemon(e) => e.hint(),
+            Error::Delete(e) => e.hint(),
+            Error::Recover(e) => e.hint(),
+            Error::RecoverIncomplete { .. } => Some(
+                "each failure says what to fix; then run `envclone recover` again (it retries what is left)".into(),
+            ),
+            Error::Restore(e) => e.hint(),
         }
     }
 }

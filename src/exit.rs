@@ -7,6 +7,8 @@ use crate::daemon::{DaemonError, RunError};
 use crate::guest::GuestError;
 use crate::hypervisor::HvError;
 use crate::lab::LabError;
+use crate::ops::delete::DeleteError;
+use crate::ops::restore::RestoreError;
 use crate::ops::snapshot::SnapshotError;
 use crate::Error;
 
@@ -65,8 +67,11 @@ impl ExitCode {
             },
             Error::Lock(_) => ExitCode::Failed,
             Error::Snapshot(snapshot) => ExitCode::from_snapshot_error(snapshot),
+            Error::Delete(delete) => ExitCode::from_delete_error(delete),
+            Error::Restore(restore) => ExitCode::from_restore_error(restore),
             Error::Lab(_) | Error::CheckFailed { .. } => ExitCode::Failed,
             Error::Daemon(daemon) => daemon_code(daemon),
+            Error::Recover(_) | Error::RecoverIncomplete { .. } => ExitCode::Failed,
         }
     }
 
@@ -79,6 +84,38 @@ impl ExitCode {
                 ExitCode::Unreachable
             }
             SnapshotError::CleanupFailed { cause, .. } => ExitCode::from_snapshot_error(cause),
+            _ => ExitCode::Failed,
+        }
+    }
+
+    /// An unknown or incomplete snapshot is "not found"; `--memory` for a
+    /// snapshot without memory is a bad command line (nothing was done).
+    fn from_restore_error(error: &RestoreError) -> ExitCode {
+        match error {
+            RestoreError::Lookup(_) | RestoreError::UnknownSnapshot { .. } | RestoreError::DomainMissing { .. } => {
+                ExitCode::NotFound
+            }
+            RestoreError::Lock(crate::ops::LockError::Busy(_)) => ExitCode::Busy,
+            RestoreError::NoMemoryImage { .. } => ExitCode::Usage,
+            RestoreError::AgentNotReady { source, .. } => guest_code(source),
+            RestoreError::InspectDomain { source, .. } if matches!(**source, HvError::Connect { .. }) => {
+                ExitCode::Unreachable
+            }
+            RestoreError::CleanupFailed { cause, .. } => ExitCode::from_restore_error(cause),
+            RestoreError::Several { first, .. } => ExitCode::from_restore_error(first),
+            _ => ExitCode::Failed,
+        }
+    }
+
+    /// An unknown snapshot is "not found"; a deferred delete is no error at all.
+    fn from_delete_error(error: &DeleteError) -> ExitCode {
+        match error {
+            DeleteError::Lookup(_) | DeleteError::UnknownSnapshot { .. } => ExitCode::NotFound,
+            DeleteError::Lock(crate::ops::LockError::Busy(_)) => ExitCode::Busy,
+            DeleteError::InspectDomain { source, .. } if matches!(**source, HvError::Connect { .. }) => {
+                ExitCode::Unreachable
+            }
+            DeleteError::CleanupFailed { cause, .. } => ExitCode::from_delete_error(cause),
             _ => ExitCode::Failed,
         }
     }
@@ -127,8 +164,7 @@ fn run_code(error: &RunError) -> ExitCode {
             .into_iter()
             .find(|known| i32::from(known.code()) == *code && *known != ExitCode::Ok)
             .unwrap_or(ExitCode::Failed),
-        RunError::Unavailable { .. }
-        | RunError::Spawn { .. }
+        RunError::Spawn { .. }
         | RunError::Wait { .. }
         | RunError::Killed { .. }
         | RunError::Timeout { .. }
@@ -211,6 +247,45 @@ mod tests {
     }
 
     #[test]
+    fn restore_errors_map_to_their_documented_codes() {
+        let unknown = |state| RestoreError::UnknownSnapshot {
+            env: "demo".into(),
+            name: "s9".into(),
+            state,
+            known: vec!["s1".into()],
+        };
+        let cases = [
+            (unknown(None), ExitCode::NotFound),
+            (unknown(Some(crate::catalog::SnapshotState::Failed)), ExitCode::NotFound),
+            (RestoreError::NoMemoryImage { snapshot: "s1".into(), vm: None, with_memory: vec![] }, ExitCode::Usage),
+            (RestoreError::Lock(LockError::Busy(Busy { env: "demo".into(), holder: None })), ExitCode::Busy),
+            (RestoreError::DomainMissing { vm: "db".into(), domain: "demo-db".into() }, ExitCode::NotFound),
+            (
+                RestoreError::AgentNotReady {
+                    vm: "db".into(),
+                    source: Box::new(GuestError::AgentMissing { target: "t".into() }),
+                },
+                ExitCode::Unreachable,
+            ),
+            (
+                RestoreError::CleanupFailed {
+                    cause: Box::new(RestoreError::Start {
+                        vm: "web".into(),
+                        domain: "demo-web".into(),
+                        source: Box::new(HvError::NoSuchDomain { name: "demo-web".into() }),
+                    }),
+                    failures: vec!["x".into()],
+                },
+                ExitCode::Failed,
+            ),
+        ];
+        for (error, code) in cases {
+            let error = Error::from(error);
+            assert_eq!(ExitCode::from_error(&error), code, "{error}");
+        }
+    }
+
+    #[test]
     fn daemon_errors_map_to_their_documented_codes() {
         let run = |source| DaemonError::Run { schedule: "nightly".into(), run: 1, source };
         let command =
@@ -222,8 +297,29 @@ mod tests {
             (run(command(5)), ExitCode::Unreachable),
             (run(command(0)), ExitCode::Failed),
             (run(command(101)), ExitCode::Failed),
-            (run(RunError::Unavailable { command: "snapshot --scheduled" }), ExitCode::Failed),
+            (run(RunError::Panicked { message: "boom".into() }), ExitCode::Failed),
             (DaemonError::RunsFailed { failed: 1, total: 2 }, ExitCode::Failed),
+        ];
+        for (error, code) in cases {
+            let error = Error::from(error);
+            assert_eq!(ExitCode::from_error(&error), code, "{error}");
+        }
+    }
+
+    #[test]
+    fn delete_errors_map_to_their_documented_codes() {
+        use crate::ops::delete::DeleteError;
+        let busy = || LockError::Busy(Busy { env: "prod".into(), holder: None });
+        let unknown = || DeleteError::UnknownSnapshot { env: "prod".into(), snapshot: "s9".into() };
+        let cases = [
+            (unknown(), ExitCode::NotFound),
+            (DeleteError::Lock(busy()), ExitCode::Busy),
+            (DeleteError::InProgress { env: "prod".into(), snapshot: "s1".into() }, ExitCode::Failed),
+            (
+                DeleteError::CommitVanished { vm: "web".into(), disk: "vda".into(), top: PathBuf::from("/a") },
+                ExitCode::Failed,
+            ),
+            (DeleteError::CleanupFailed { cause: Box::new(unknown()), failures: vec![] }, ExitCode::NotFound),
         ];
         for (error, code) in cases {
             let error = Error::from(error);

@@ -149,6 +149,18 @@ pub(crate) const MIGRATIONS: &[Migration] = &[
             );
         "#,
     },
+    Migration {
+        version: 4,
+        description: "snapshot deletion: requested, deferred and done",
+        // A delete that pins forbid is deferred: the snapshot stays complete
+        // with `delete_requested_at` and why (`delete_deferred`), so `prune`
+        // tries again later. `deleted_at` is when it became `deleted`.
+        sql: r#"
+            ALTER TABLE snapshots ADD COLUMN delete_requested_at TEXT;
+            ALTER TABLE snapshots ADD COLUMN delete_deferred TEXT;
+            ALTER TABLE snapshots ADD COLUMN deleted_at TEXT;
+        "#,
+    },
 ];
 
 /// The schema version this build writes.

@@ -3,7 +3,11 @@
 
 pub mod check;
 mod daemon;
+mod delete_snapshot;
 mod lab;
+mod prune;
+mod recover;
+mod restore;
 mod schedule;
 mod snapshot;
 mod snapshots;
@@ -29,6 +33,10 @@ pub fn run(cli: Cli) -> Result<std::process::ExitCode> {
         Command::Schedule(command) => schedule::run(&cli.global, command, &out).map(ExitCode::into),
         Command::Snapshot(args) => snapshot::run(&cli.global, &args, &out).map(ExitCode::into),
         Command::Snapshots(args) => snapshots::run(&cli.global, &args, &out).map(ExitCode::into),
+        Command::DeleteSnapshot(args) => delete_snapshot::run(&cli.global, &args, &out).map(ExitCode::into),
+        Command::Prune(args) => prune::run(&cli.global, &args, &out).map(ExitCode::into),
+        Command::Restore(args) => restore::run(&cli.global, &args, &out).map(ExitCode::into),
+        Command::Recover(args) => recover::run(&cli.global, &args, &out).map(ExitCode::into),
     }
 }
 

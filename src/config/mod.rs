@@ -86,6 +86,10 @@ pub struct Environment {
     /// subdirectory per VM); `<state_dir>/images/<environment>` if unset.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub storage: Option<PathBuf>,
+    /// What `envclone prune` keeps of the environment's manual snapshots
+    /// (those no schedule took); unset: prune never deletes them.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub retention: Option<Retention>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -285,6 +289,7 @@ impl Default for Environment {
             vms: BTreeMap::new(),
             rewrite: None,
             storage: None,
+            retention: None,
         }
     }
 }

@@ -14,9 +14,6 @@ pub enum RunError {
     /// environment: the run is skipped and counted as overlapping, not failed.
     #[error("{detail}")]
     Busy { env: String, detail: String },
-    /// This build of envclone has no such command (yet).
-    #[error("`envclone {command}` is unavailable in this build")]
-    Unavailable { command: &'static str },
     #[error("cannot start `{command}`")]
     Spawn {
         command: String,
@@ -55,7 +52,6 @@ impl RunError {
             RunError::Busy { .. } => {
                 Some("the run is skipped, not queued: the schedule runs again at its next time".into())
             }
-            RunError::Unavailable { .. } => Some("install an envclone that has this command".into()),
             RunError::Spawn { .. } | RunError::Wait { .. } => Some(
                 "the daemon runs each snapshot as `envclone snapshot`: check that the binary is still installed".into(),
             ),

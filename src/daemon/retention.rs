@@ -17,8 +17,8 @@ use crate::retention::select_to_keep;
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum DeleteOutcome {
     Deleted,
-    /// The snapshot is gone from listings but some of its images are kept
-    /// while clones, standbys or later snapshots still need them.
+    /// Nothing changed: a clone, standby or other snapshot still needs the
+    /// snapshot's images. It stays listed and restorable; `prune` retries.
     Deferred {
         reason: String,
     },
@@ -95,7 +95,6 @@ pub fn apply(
             Ok(DeleteOutcome::Deferred { reason }) => {
                 result.deferred.push(DeferredDelete { snapshot: snapshot.name.clone(), reason })
             }
-            Err(error @ RunError::Unavailable { .. }) => return Err(error),
             Err(error) => result
                 .failed
                 .push(FailedDelete { snapshot: snapshot.name.clone(), error: crate::commands::error_chain(&error) }),
@@ -138,7 +137,6 @@ mod tests {
         asked: Vec<String>,
         deferred: BTreeSet<String>,
         failing: BTreeSet<String>,
-        unavailable: bool,
     }
 
     impl RecordingDeleter {
@@ -150,15 +148,9 @@ mod tests {
             Self { failing: names.iter().map(|n| n.to_string()).collect(), ..Self::default() }
         }
 
-        fn unavailable() -> Self {
-            Self { unavailable: true, ..Self::default() }
-        }
-
         fn delete(&mut self, snapshot: &Snapshot) -> Result<DeleteOutcome, RunError> {
             self.asked.push(snapshot.name.clone());
-            if self.unavailable {
-                Err(RunError::Unavailable { command: "delete-snapshot" })
-            } else if self.failing.contains(&snapshot.name) {
+            if self.failing.contains(&snapshot.name) {
                 Err(RunError::Busy { env: "prod".into(), detail: "busy: restore".into() })
             } else if self.deferred.contains(&snapshot.name) {
                 Ok(DeleteOutcome::Deferred { reason: "clone 'c1' uses it".into() })
@@ -246,23 +238,9 @@ mod tests {
     }
 
     #[test]
-    fn retention_refuses_to_go_on_without_a_delete_command() {
-        let snapshots = nightly(&[(1, 1), (2, 2)]);
-        let mut deleter = RecordingDeleter::unavailable();
-
-        let error =
-            apply(&snapshots, "nightly", &Retention { last: Some(1), ..Retention::default() }, now(), &mut |s| {
-                deleter.delete(s)
-            })
-            .unwrap_err();
-
-        assert!(matches!(error, RunError::Unavailable { command: "delete-snapshot" }), "{error:?}");
-    }
-
-    #[test]
     fn an_empty_policy_deletes_nothing() {
         let snapshots = nightly(&[(1, 1), (2, 2)]);
-        let mut deleter = RecordingDeleter::unavailable();
+        let mut deleter = RecordingDeleter::default();
 
         let result = apply(&snapshots, "nightly", &Retention::default(), now(), &mut |s| deleter.delete(s)).unwrap();
 

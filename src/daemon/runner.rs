@@ -30,7 +30,6 @@ use std::process::{Child, Command, ExitStatus, Stdio};
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
-use clap::CommandFactory;
 use serde::Serialize;
 use serde_json::Value;
 
@@ -132,18 +131,9 @@ impl CliRunner {
 
     /// `envclone delete-snapshot ENV SNAP --json`.
     fn delete(&self, env: &str, snapshot: &Snapshot) -> Result<DeleteOutcome, RunError> {
-        // ---------------------------------------------------------------
-        // INTEGRATION POINT (delete-snapshot): until `envclone
-        // delete-snapshot` exists, retention reports it unavailable (a
-        // retention failure that is counted; the snapshot itself
-        // succeeded). Its JSON report is read leniently: a `deferred` key
-        // that is true or a non-empty list, or a `state`/`outcome`/`result`
-        // of "deferred", means the delete was deferred because pins forbid
-        // it; anything else on exit code 0 means deleted.
-        // ---------------------------------------------------------------
-        if !has_command("delete-snapshot", None) {
-            return Err(RunError::Unavailable { command: "delete-snapshot" });
-        }
+        // The report is `ops::delete::DeleteReport`: a non-empty `deferred`
+        // means pins forbid the delete for now (not a failure); anything
+        // else on exit code 0 means deleted.
         let args = ["delete-snapshot", env, snapshot.name.as_str(), "--json"];
         let output = self.run(&args)?;
         let report = check(&output, &args, env)?;
@@ -156,19 +146,9 @@ impl CliRunner {
 
 impl ScheduledRunner for CliRunner {
     fn snapshot(&self, env: &str, schedule: &str) -> Result<RunResult, RunError> {
-        // ---------------------------------------------------------------
-        // INTEGRATION POINT (snapshot): the snapshot is
-        // `envclone snapshot ENV --scheduled SCHEDULE --json`, which records
-        // the snapshot with `schedule = SCHEDULE` in the catalog (retention
-        // chooses among those) and takes the schedule's `memory` setting
-        // from `[schedules.SCHEDULE]`. An in-process runner calling
-        // `ops::snapshot::take(ctx, &SnapshotRequest { env, schedule:
-        // Some(schedule), .. })` would implement this trait the same way;
-        // see the module docs for why the child process is preferred.
-        // ---------------------------------------------------------------
-        if !has_command("snapshot", Some("scheduled")) {
-            return Err(RunError::Unavailable { command: "snapshot --scheduled" });
-        }
+        // `snapshot --scheduled` records the snapshot with `schedule =
+        // SCHEDULE` (retention chooses among those) and takes the schedule's
+        // `memory` setting; see the module docs for why a child process.
         let started = Utc::now();
         let args = ["snapshot", env, "--scheduled", schedule, "--json"];
         let output = self.run(&args)?;
@@ -194,16 +174,6 @@ impl ScheduledRunner for CliRunner {
         drop(catalog);
         retention::apply(&snapshots, schedule, policy, Utc::now(), &mut |snapshot| self.delete(env, snapshot))
     }
-}
-
-/// Whether this build's command line has `command` (with `--flag`).
-/// The child is this same binary, so its clap definition answers.
-fn has_command(command: &str, flag: Option<&str>) -> bool {
-    let cli = crate::cli::Cli::command();
-    let found = cli.get_subcommands().any(|sub| {
-        sub.get_name() == command && flag.map_or(true, |flag| sub.get_arguments().any(|a| a.get_long() == Some(flag)))
-    });
-    found
 }
 
 /// A snapshot's catalog time is truncated to the millisecond and may be
@@ -297,21 +267,11 @@ fn snapshot_name(report: &Value) -> Option<String> {
 /// Whether `envclone delete-snapshot --json`'s report says the delete was
 /// deferred, and why.
 fn deferred_reason(report: &Value) -> Option<String> {
-    let flagged = match report.get("deferred") {
-        Some(Value::Bool(deferred)) => *deferred,
-        Some(Value::Array(items)) => !items.is_empty(),
-        Some(Value::Object(items)) => !items.is_empty(),
-        _ => false,
-    };
-    let stated =
-        ["state", "outcome", "result"].iter().any(|key| report.get(*key).and_then(Value::as_str) == Some("deferred"));
-    if !(flagged || stated) {
+    let deferred: Vec<&str> = report.get("deferred")?.as_array()?.iter().filter_map(Value::as_str).collect();
+    if deferred.is_empty() {
         return None;
     }
-    let reason = ["reason", "deferred_reason", "message"]
-        .iter()
-        .find_map(|key| report.get(*key).and_then(Value::as_str))
-        .map_or_else(|| "something still needs its images".to_owned(), str::to_owned);
+    let reason = report.get("reason").and_then(Value::as_str).map_or_else(|| deferred.join("; "), str::to_owned);
     Some(reason)
 }
 
@@ -377,22 +337,14 @@ mod tests {
     }
 
     #[test]
-    fn deferred_deletes_are_recognised_leniently() {
-        assert_eq!(deferred_reason(&json!({"deleted": true})), None);
-        assert_eq!(deferred_reason(&json!({"deferred": false})), None);
+    fn deferred_deletes_are_read_from_the_delete_report() {
+        assert_eq!(deferred_reason(&json!({"deleted": true, "deferred": []})), None);
         assert_eq!(
-            deferred_reason(&json!({"deferred": true, "reason": "clone 'c' uses it"})).as_deref(),
+            deferred_reason(&json!({"deleted": false, "deferred": ["web/vda: needed by clone 'c'"], "reason": "clone 'c' uses it"}))
+                .as_deref(),
             Some("clone 'c' uses it")
         );
-        assert!(deferred_reason(&json!({"deferred": ["/img/a.qcow2"]})).is_some());
-        assert!(deferred_reason(&json!({"state": "deferred"})).is_some());
-    }
-
-    #[test]
-    fn commands_this_build_lacks_are_detected() {
-        assert!(has_command("check", Some("live")));
-        assert!(!has_command("check", Some("scheduled")));
-        assert!(!has_command("no-such-command", None));
+        assert_eq!(deferred_reason(&json!({"deferred": ["a", "b"]})).as_deref(), Some("a; b"));
     }
 
     #[test]

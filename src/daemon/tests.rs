@@ -89,7 +89,7 @@ struct FakeRunner {
     panicking: bool,
     gate: Option<Arc<Gate>>,
     retention: RetentionResult,
-    retention_unavailable: bool,
+    retention_failing: bool,
 }
 
 impl FakeRunner {
@@ -117,8 +117,8 @@ impl FakeRunner {
         Self { retention, ..Self::default() }
     }
 
-    fn without_delete_command() -> Self {
-        Self { retention_unavailable: true, ..Self::default() }
+    fn with_failing_retention() -> Self {
+        Self { retention_failing: true, ..Self::default() }
     }
 
     fn snapshot_calls(&self) -> Vec<(String, String)> {
@@ -153,8 +153,8 @@ impl ScheduledRunner for FakeRunner {
 
     fn apply_retention(&self, _env: &str, schedule: &str, policy: &Retention) -> Result<RetentionResult, RunError> {
         self.retentions.lock().unwrap().push((schedule.to_owned(), *policy));
-        if self.retention_unavailable {
-            return Err(RunError::Unavailable { command: "delete-snapshot" });
+        if self.retention_failing {
+            return Err(RunError::Catalog(Box::new(crate::catalog::CatalogError::NotFound { what: "the snapshots of delete-snapshot".into() })));
         }
         Ok(self.retention.clone())
     }
@@ -328,8 +328,8 @@ async fn retention_runs_with_the_schedules_policy_and_deferred_deletes_are_count
 }
 
 #[tokio::test]
-async fn a_missing_delete_command_is_a_retention_failure_not_a_failed_run() {
-    let mut h = Harness::new(&[("hourly", every("prod", "1h"))], FakeRunner::without_delete_command(), at(0, 0));
+async fn a_failing_retention_is_a_retention_failure_not_a_failed_run() {
+    let mut h = Harness::new(&[("hourly", every("prod", "1h"))], FakeRunner::with_failing_retention(), at(0, 0));
 
     h.tick_and_wait(at(0, 0)).await;
 

@@ -8,7 +8,12 @@
 //! roll back what a crash left behind.
 
 pub mod context;
+pub mod crashpoint;
+pub mod delete;
 pub mod lock;
+pub mod prune;
+pub mod recover;
+pub mod restore;
 pub mod snapshot;
 
 pub use self::lock::{Busy, EnvLock, LockError, LockHolder};

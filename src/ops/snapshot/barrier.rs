@@ -217,6 +217,7 @@ pub fn run(
                 timer.done();
             }
         }
+        crate::ops::crashpoint::hit("snapshot", "freeze");
 
         // Disk snapshots (and memory points), every VM in parallel.
         let (done_tx, done) = mpsc::channel::<SnapshotDone>();
@@ -259,6 +260,7 @@ pub fn run(
             } else {
                 timer.failed();
             }
+            crate::ops::crashpoint::hit("snapshot", "disk-snapshot");
         }
         drop(done_tx);
 
@@ -399,6 +401,7 @@ fn snapshot_vm(
         if let Err(error) = capture.pause(hv) {
             return SnapshotDone { vm, domain, disks: None, memory: Some(Err(error)) };
         }
+        crate::ops::crashpoint::hit("snapshot", "memory-point");
     }
     let disks = hv.create_external_snapshot(
         &plan.domain,

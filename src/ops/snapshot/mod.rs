@@ -349,6 +349,7 @@ impl<'r, 'c> Run<'r, 'c> {
         if !failures.is_empty() {
             return Err(combine(failures));
         }
+        crate::ops::crashpoint::hit("snapshot", "thaw");
 
         // Memory streams, with the guests thawed.
         if self.request.memory {

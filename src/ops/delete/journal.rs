@@ -1,0 +1,129 @@
+//! The journal of one delete, and how its steps are undone.
+//!
+//! Every step is recorded `running`, with its undo action, before it acts.
+//! Only one step of a delete can leave something to undo: a block commit
+//! job still running on a disk ([`UNDO_ABORT_BLOCK_JOB`]); aborting it
+//! leaves the disk on its old, intact chain. Every other step either
+//! changes nothing a still-valid chain depends on (a commit that finished
+//! leaves the merged image's file in place and still readable until the
+//! last step removes it) or is a single catalog transaction. So rolling
+//! back a delete means: abort any job, keep the snapshot `deleted`, keep
+//! its remaining pins; running the delete again (or `prune`) finishes it.
+
+use chrono::{DateTime, Utc};
+
+use crate::catalog::{Catalog, CatalogError, OperationId, OperationKind, Owner, StepId, StepRecord, UndoAction};
+use crate::hypervisor::Hypervisor;
+
+/// The kind of [`UndoAction::Custom`] recorded before a block commit:
+/// `data` is `{"domain": ..., "disk": ...}`; undoing it aborts the block
+/// job on that disk if one still runs (the disk stays on its chain).
+pub const UNDO_ABORT_BLOCK_JOB: &str = "abort-block-job";
+
+/// The undo action of a block commit on `domain`'s `disk`.
+pub fn abort_block_job(domain: &str, disk: &str) -> UndoAction {
+    UndoAction::Custom {
+        kind: UNDO_ABORT_BLOCK_JOB.to_owned(),
+        data: serde_json::json!({ "domain": domain, "disk": disk }),
+    }
+}
+
+/// Runs one undo action a delete journaled (`envclone recover` calls this
+/// for an interrupted delete). Idempotent.
+pub fn undo(hv: &dyn Hypervisor, action: &UndoAction) -> Result<(), String> {
+    match action {
+        UndoAction::Nothing => Ok(()),
+        UndoAction::Custom { kind, data } if kind == UNDO_ABORT_BLOCK_JOB => {
+            let (Some(domain), Some(disk)) = (data["domain"].as_str(), data["disk"].as_str()) else {
+                return Err(format!("{UNDO_ABORT_BLOCK_JOB} without a domain and a disk: {data}"));
+            };
+            let chain = |e: &dyn std::error::Error| crate::commands::error_chain(e);
+            match hv.domain(domain) {
+                Ok(d) if d.state.is_active() => {}
+                // No QEMU, no job.
+                Ok(_) | Err(crate::hypervisor::HvError::NoSuchDomain { .. }) => return Ok(()),
+                Err(e) => return Err(format!("cannot look up domain {domain}: {}", chain(&e))),
+            }
+            match hv.block_job(domain, disk) {
+                Ok(None) => Ok(()),
+                Ok(Some(_)) => hv
+                    .block_job_abort(domain, disk)
+                    .map_err(|e| format!("cannot abort the block job on {domain}/{disk}: {}", chain(&e))),
+                Err(e) => Err(format!("cannot read the block job on {domain}/{disk}: {}", chain(&e))),
+            }
+        }
+        other => Err(format!("no undo for {other:?} in a delete")),
+    }
+}
+
+/// The journaled operation of one delete.
+#[derive(Debug)]
+pub(super) struct Journal<'c> {
+    catalog: &'c Catalog,
+    pub op: OperationId,
+    /// Recorded and neither done nor failed yet.
+    open: Vec<StepId>,
+}
+
+impl<'c> Journal<'c> {
+    pub fn begin(catalog: &'c Catalog, env: &str, now: DateTime<Utc>) -> Result<Journal<'c>, CatalogError> {
+        let op = catalog.begin_operation(OperationKind::DeleteSnapshot, env, &Owner::current(), now)?;
+        Ok(Journal { catalog, op, open: Vec::new() })
+    }
+
+    pub fn record(&mut self, name: impl Into<String>, undo: UndoAction) -> Result<StepId, CatalogError> {
+        let step = self.catalog.record_step(self.op, &StepRecord::new(name, undo))?;
+        self.open.push(step);
+        Ok(step)
+    }
+
+    pub fn done(&mut self, step: StepId) -> Result<(), CatalogError> {
+        self.catalog.finish_step(step)?;
+        self.open.retain(|s| *s != step);
+        Ok(())
+    }
+
+    pub fn failed(&mut self, step: StepId, error: &str) -> Result<(), CatalogError> {
+        self.catalog.fail_step(step, error)?;
+        self.open.retain(|s| *s != step);
+        Ok(())
+    }
+
+    pub fn complete(self) -> Result<(), CatalogError> {
+        self.catalog.complete_operation(self.op)
+    }
+
+    /// Undoes every step that may have acted, newest first, with [`undo`];
+    /// returns the undo failures (the operation then ends `failed`).
+    pub fn roll_back(mut self, hv: &dyn Hypervisor, cause: &str) -> Vec<String> {
+        let note = |what: &str, result: Result<(), CatalogError>| {
+            if let Err(e) = result {
+                tracing::error!("journal: cannot {what}: {e}");
+            }
+        };
+        for step in std::mem::take(&mut self.open) {
+            note("fail a step", self.catalog.fail_step(step, cause));
+        }
+        note("start the rollback", self.catalog.begin_rollback(self.op, cause));
+        let plan = match self.catalog.undo_plan(self.op) {
+            Ok(plan) => plan,
+            Err(e) => return vec![format!("cannot read the journal's undo plan: {e}")],
+        };
+        let mut failures = Vec::new();
+        for (step, action) in plan {
+            match undo(hv, &action) {
+                Ok(()) => note("mark a step undone", self.catalog.mark_undone(step)),
+                Err(error) => {
+                    note("record a failed undo", self.catalog.fail_undo(step, &error));
+                    failures.push(error);
+                }
+            }
+        }
+        if failures.is_empty() {
+            note("finish the rollback", self.catalog.finish_rollback(self.op));
+        } else {
+            note("mark the operation failed", self.catalog.fail_operation(self.op, &failures.join("; ")));
+        }
+        failures
+    }
+}

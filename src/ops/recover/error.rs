@@ -1,0 +1,29 @@
+//! What stops `envclone recover` as a whole. An undo or a check that fails
+//! does not: it is recorded in the report (and the journal) and the rest
+//! goes on; the command then exits 1 naming every failure.
+
+use crate::catalog::CatalogError;
+use crate::config::LookupError;
+use crate::ops::LockError;
+
+#[derive(Debug, thiserror::Error)]
+pub enum RecoverError {
+    #[error(transparent)]
+    Lookup(#[from] LookupError),
+    /// The environment named is held by another operation (busy), or its
+    /// lock cannot be taken.
+    #[error(transparent)]
+    Lock(#[from] LockError),
+    #[error("catalog")]
+    Catalog(#[from] CatalogError),
+}
+
+impl RecoverError {
+    pub fn hint(&self) -> Option<String> {
+        match self {
+            RecoverError::Lookup(e) => e.hint(),
+            RecoverError::Lock(e) => e.hint(),
+            RecoverError::Catalog(e) => e.hint(),
+        }
+    }
+}

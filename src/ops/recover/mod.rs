@@ -1,0 +1,502 @@
+//! `envclone recover [ENV]`: finishes or rolls back what an interrupted
+//! operation (snapshot, restore, delete...) left half done, then checks
+//! the environment as it really is.
+//!
+//! For each environment (the one named, or every one the config or the
+//! journal knows), holding its lock so no live operation can be mistaken
+//! for a dead one:
+//!
+//! 1. **The journal**: every operation still `running` or `rolling-back`
+//!    whose owner is gone (pid gone or reused, another boot), and every
+//!    `failed` one with steps still to undo (an undo that failed before),
+//!    oldest first. Each is taken over (this process becomes its owner, so
+//!    a crash of `recover` itself leaves it to the next `recover`), then:
+//!    - **finished** when its work is provably all done and only the
+//!      journal's last entries are missing: a snapshot whose catalog row
+//!      is already `complete` (its record step writes that last), a
+//!      restore whose record step is done (from then on the catalog says
+//!      the VMs run on the restored overlays, and so they do);
+//!    - otherwise **rolled back**: the undo actions of every step that may
+//!      have acted and is not undone yet run newest first (see `undo.rs`);
+//!      each step ends `undone`, or `undo-failed` with the error while the
+//!      rest go on; the operation ends `rolled-back`, or `failed` to be
+//!      retried by the next `recover`.
+//!
+//!    Disk switches are never undone: a snapshot journals its external
+//!    disk snapshots with `fail-snapshot`, not with a pivot, because the
+//!    overlays are a valid chain and the guest wrote to them since; the
+//!    checks below record them in the catalog instead.
+//!
+//!    An operation whose journal holds an undo action this build does not
+//!    know (a custom kind, or an action it cannot even read: a newer
+//!    envclone wrote it) is refused as a whole, untouched, with a clear
+//!    error: never guessed at.
+//! 2. **Reality** (`reality.rs`), whatever the journal said: domains that
+//!    should run run, no guest is frozen, the catalog knows each disk's
+//!    live image (libvirt's live definition is the truth).
+//!
+//! `--dry-run` takes the same locks and reads the same things, and reports
+//! the plan without changing anything. Running `recover` twice is
+//! harmless: the second finds nothing to do (or retries what failed).
+
+mod agents;
+mod error;
+mod reality;
+#[cfg(test)]
+mod tests;
+mod undo;
+
+use std::collections::BTreeSet;
+
+use chrono::{DateTime, Utc};
+use serde::Serialize;
+
+pub use self::agents::{AgentCallError, Agents, FreezeState, SshAgents};
+pub use self::error::RecoverError;
+pub use self::reality::{Check, CheckStatus, Expected};
+pub use self::undo::{describe, KNOWN_CUSTOM_KINDS};
+
+use self::undo::{unknown_kind, Undoer, Undone};
+use super::context::OpContext;
+use super::{Busy, EnvLock, LockError};
+use crate::catalog::{
+    CatalogError, Operation, OperationId, OperationKind, OperationState, Owner, SnapshotState, Step, StepState,
+    UndoAction,
+};
+use crate::ops::restore::RECORD_STEP as RESTORE_RECORD_STEP;
+use crate::ops::snapshot::UNDO_FAIL_SNAPSHOT_NAMED;
+
+/// What to recover.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct RecoverRequest {
+    /// Only this environment; every one otherwise.
+    pub env: Option<String>,
+    /// Report the plan, change nothing.
+    pub dry_run: bool,
+}
+
+/// What `recover` found and did.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct RecoverReport {
+    pub dry_run: bool,
+    pub environments: Vec<EnvReport>,
+}
+
+impl RecoverReport {
+    /// Undos that failed, operations refused, problems found: exit code 1.
+    pub fn failures(&self) -> Vec<String> {
+        let mut failures = Vec::new();
+        for env in &self.environments {
+            for op in &env.operations {
+                if let Some(error) = &op.error {
+                    if matches!(op.outcome, Outcome::Refused) {
+                        failures.push(format!("{}: operation {} ({}) refused: {error}", env.env, op.id, op.kind));
+                    }
+                }
+                for undo in op.undo.iter().filter(|u| u.status == UndoStatus::Failed) {
+                    failures.push(format!(
+                        "{}: operation {} step {} '{}': {}",
+                        env.env,
+                        op.id,
+                        undo.seq,
+                        undo.step,
+                        undo.detail.as_deref().unwrap_or("failed")
+                    ));
+                }
+            }
+            for check in env.checks.iter().filter(|c| c.status.is_problem()) {
+                failures.push(format!("{}: VM '{}' {}: {}", env.env, check.vm, check.subject, check.detail));
+            }
+        }
+        failures
+    }
+
+    /// Who holds the environments that have something to recover: exit code 3.
+    pub fn busy(&self) -> Vec<&Busy> {
+        self.environments.iter().filter_map(|env| env.blocked_by.as_ref()).collect()
+    }
+
+    /// Nothing was (or would be) recovered, fixed or recorded.
+    pub fn nothing_to_do(&self) -> bool {
+        self.environments.iter().all(|env| {
+            env.operations.is_empty()
+                && env.checks.iter().all(|c| matches!(c.status, CheckStatus::Ok | CheckStatus::Warning))
+        })
+    }
+}
+
+/// One environment.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct EnvReport {
+    pub env: String,
+    /// Why it was skipped: another operation holds it.
+    pub busy: Option<String>,
+    /// Set when it is busy with journal work left to do (it counts for
+    /// the exit code); not when only its checks were skipped.
+    #[serde(skip)]
+    pub blocked_by: Option<Busy>,
+    pub operations: Vec<OperationReport>,
+    pub checks: Vec<Check>,
+}
+
+/// One interrupted (or failed) operation.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct OperationReport {
+    pub id: OperationId,
+    pub kind: OperationKind,
+    pub started_at: DateTime<Utc>,
+    /// The process that owned it when `recover` found it.
+    pub owner_pid: u32,
+    /// Its state when found.
+    pub was: OperationState,
+    pub outcome: Outcome,
+    /// Why it was refused, or what failed.
+    pub error: Option<String>,
+    /// Its undo actions in the order they ran (or would run).
+    pub undo: Vec<UndoReport>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Outcome {
+    /// Every step undone.
+    RolledBack,
+    /// Its work was all done; the journal now says so.
+    Completed,
+    /// Some undo failed: the operation is `failed`, the next `recover` retries.
+    Failed,
+    /// Left untouched: its journal holds what this build does not know.
+    Refused,
+    /// `--dry-run`: would be rolled back.
+    WouldRollBack,
+    /// `--dry-run`: would be completed.
+    WouldComplete,
+}
+
+/// One undo action.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct UndoReport {
+    pub seq: u32,
+    /// The step's journaled name ("freeze web").
+    pub step: String,
+    /// The step's state before `recover`.
+    pub state: StepState,
+    /// What undoing it does.
+    pub action: String,
+    pub status: UndoStatus,
+    /// What happened, or why it failed.
+    pub detail: Option<String>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum UndoStatus {
+    Done,
+    /// A file kept because something needs it (the step still counts as undone).
+    Kept,
+    Failed,
+    /// `--dry-run`, or not run because the operation was refused.
+    Planned,
+}
+
+/// Recovers `request.env`, or every environment; see the module documentation.
+/// An environment named explicitly that another operation holds is a
+/// [`RecoverError::Lock`] (busy); when scanning, it is reported and skipped.
+pub fn recover(
+    ctx: &OpContext<'_>,
+    agents: &dyn Agents,
+    request: &RecoverRequest,
+) -> Result<RecoverReport, RecoverError> {
+    let catalog = ctx.catalog;
+    let pending_envs: BTreeSet<String> = pending(ctx)?.into_iter().map(|op| op.env).collect();
+    let envs: Vec<String> = match &request.env {
+        Some(env) => {
+            if !pending_envs.contains(env) && catalog.environment(env)?.is_none() {
+                ctx.config.environment(env)?;
+            }
+            vec![env.clone()]
+        }
+        None => {
+            let mut all: BTreeSet<String> = ctx.config.environments.keys().cloned().collect();
+            all.extend(pending_envs.iter().cloned());
+            all.into_iter().collect()
+        }
+    };
+    let purpose = if request.dry_run { "recover --dry-run" } else { "recover" };
+    let mut report = RecoverReport { dry_run: request.dry_run, environments: Vec::new() };
+    for env in envs {
+        let _lock = match EnvLock::acquire(&ctx.config.controller.state_dir, &env, purpose) {
+            Ok(lock) => lock,
+            Err(LockError::Busy(busy)) if request.env.is_none() => {
+                let blocked_by = pending_envs.contains(&env).then(|| busy.clone());
+                ctx.note(format!("{env}: {busy}; skipped"));
+                report.environments.push(EnvReport {
+                    env,
+                    busy: Some(busy.to_string()),
+                    blocked_by,
+                    operations: Vec::new(),
+                    checks: Vec::new(),
+                });
+                continue;
+            }
+            Err(e) => return Err(e.into()),
+        };
+        report.environments.push(recover_env(ctx, agents, &env, request.dry_run)?);
+    }
+    Ok(report)
+}
+
+/// Operations with work left: interrupted ones, and failed ones with
+/// steps still to undo (or an undo plan this build cannot read).
+fn pending(ctx: &OpContext<'_>) -> Result<Vec<Operation>, CatalogError> {
+    let catalog = ctx.catalog;
+    let mut operations = catalog.interrupted_operations()?;
+    for failed in catalog.operations_in(OperationState::Failed)? {
+        let work_left = match catalog.undo_plan(failed.id) {
+            Ok(plan) => !plan.is_empty(),
+            Err(CatalogError::Corrupt { .. }) => true,
+            Err(e) => return Err(e),
+        };
+        if work_left {
+            operations.push(failed);
+        }
+    }
+    operations.sort_by_key(|op| op.id);
+    Ok(operations)
+}
+
+/// One environment, its lock held.
+fn recover_env(ctx: &OpContext<'_>, agents: &dyn Agents, env: &str, dry_run: bool) -> Result<EnvReport, RecoverError> {
+    // Judged again now that the lock is held: no live owner can be working on these.
+    let operations: Vec<Operation> = pending(ctx)?.into_iter().filter(|op| op.env == env).collect();
+    let env_config = ctx.config.environments.get(env);
+    let mut expected = Expected::default();
+    let mut reports = Vec::new();
+    for operation in operations {
+        let (report, steps) = recover_operation(ctx, agents, &operation, dry_run)?;
+        if report.outcome != Outcome::Refused {
+            expect_from(&mut expected, &operation, &steps, env_config);
+        }
+        reports.push(report);
+    }
+    let checks = match env_config {
+        Some(config) => reality::check_env(ctx, agents, env, config, &expected, dry_run),
+        None => {
+            ctx.note(format!("{env}: not in the config; only its journal was recovered"));
+            Vec::new()
+        }
+    };
+    Ok(EnvReport { env: env.to_owned(), busy: None, blocked_by: None, operations: reports, checks })
+}
+
+/// What an operation's journal says the environment looked like.
+fn expect_from(
+    expected: &mut Expected,
+    operation: &Operation,
+    steps: &[Step],
+    env: Option<&crate::config::Environment>,
+) {
+    if operation.kind == OperationKind::Snapshot {
+        // A snapshot only starts on an environment whose domains all run.
+        if let Some(env) = env {
+            expected.running.extend(env.vms.values().map(|vm| vm.domain.clone()));
+        }
+    }
+    for step in steps {
+        match &step.undo {
+            UndoAction::ThawAgent { vm } => {
+                expected.thawed.insert(vm.clone());
+            }
+            UndoAction::ResumeDomain { domain } => {
+                expected.running.insert(domain.clone());
+            }
+            _ => {}
+        }
+    }
+}
+
+/// What to do with an operation.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Decision {
+    Complete,
+    RollBack,
+    Refuse(String),
+}
+
+fn decide(ctx: &OpContext<'_>, operation: &Operation, steps: &[Step]) -> Result<Decision, CatalogError> {
+    if let Some(kind) = steps.iter().filter(|s| s.state.needs_undo()).find_map(|s| unknown_kind(&s.undo)) {
+        return Ok(Decision::Refuse(format!(
+            "its journal holds an undo of kind '{kind}', unknown to this envclone (known: {}): run the newer \
+             envclone that wrote it; nothing was changed",
+            KNOWN_CUSTOM_KINDS.join(", ")
+        )));
+    }
+    if operation.state == OperationState::Running
+        && operation.kind == OperationKind::Restore
+        && steps.iter().any(|s| s.name == RESTORE_RECORD_STEP && s.state == StepState::Done)
+    {
+        // From its record on, the catalog says the VMs run on the restored
+        // overlays, and so they do: a restore is rolled forward from there.
+        if let Some(step) = steps.iter().find(|s| !matches!(s.state, StepState::Running | StepState::Done)) {
+            return Ok(Decision::Refuse(format!(
+                "its '{RESTORE_RECORD_STEP}' step is done, so it can only be finished, but step {} '{}' is {}: \
+                 check the VMs and finish it by hand",
+                step.seq, step.name, step.state
+            )));
+        }
+        return Ok(Decision::Complete);
+    }
+    if operation.state == OperationState::Running
+        && operation.kind == OperationKind::Snapshot
+        && steps.iter().all(|s| matches!(s.state, StepState::Running | StepState::Done))
+        && snapshot_of(ctx, steps)?.is_some_and(|state| state == SnapshotState::Complete)
+    {
+        return Ok(Decision::Complete);
+    }
+    Ok(Decision::RollBack)
+}
+
+/// The state of the snapshot a snapshot operation's journal names.
+fn snapshot_of(ctx: &OpContext<'_>, steps: &[Step]) -> Result<Option<SnapshotState>, CatalogError> {
+    for step in steps {
+        match &step.undo {
+            UndoAction::FailSnapshot { snapshot } => match ctx.catalog.snapshot(*snapshot) {
+                Ok(found) => return Ok(Some(found.state)),
+                Err(CatalogError::NotFound { .. }) => return Ok(None),
+                Err(e) => return Err(e),
+            },
+            UndoAction::Custom { kind, data } if kind == UNDO_FAIL_SNAPSHOT_NAMED => {
+                if let (Some(env), Some(name)) = (data["env"].as_str(), data["snapshot"].as_str()) {
+                    return Ok(ctx.catalog.snapshot_named(env, name)?.map(|s| s.state));
+                }
+            }
+            _ => {}
+        }
+    }
+    Ok(None)
+}
+
+fn recover_operation(
+    ctx: &OpContext<'_>,
+    agents: &dyn Agents,
+    operation: &Operation,
+    dry_run: bool,
+) -> Result<(OperationReport, Vec<Step>), RecoverError> {
+    let catalog = ctx.catalog;
+    let mut report = OperationReport {
+        id: operation.id,
+        kind: operation.kind,
+        started_at: operation.started_at,
+        owner_pid: operation.owner.pid,
+        was: operation.state,
+        outcome: Outcome::RolledBack,
+        error: None,
+        undo: Vec::new(),
+    };
+    let steps = match catalog.steps(operation.id) {
+        Ok(steps) => steps,
+        Err(CatalogError::Corrupt { detail, .. }) => {
+            report.outcome = Outcome::Refused;
+            report.error = Some(format!(
+                "its journal holds a step this envclone cannot read ({detail}); a newer envclone wrote it: run \
+                 that one; nothing was changed"
+            ));
+            ctx.note(format!("operation {} ({}): refused", operation.id, operation.kind));
+            return Ok((report, Vec::new()));
+        }
+        Err(e) => return Err(e.into()),
+    };
+    let decision = decide(ctx, operation, &steps)?;
+    // Newest first: the order to undo in.
+    let to_undo: Vec<&Step> = steps.iter().rev().filter(|s| s.state.needs_undo()).collect();
+    report.undo = to_undo
+        .iter()
+        .map(|step| UndoReport {
+            seq: step.seq,
+            step: step.name.clone(),
+            state: step.state,
+            action: describe(&step.undo),
+            status: UndoStatus::Planned,
+            detail: None,
+        })
+        .collect();
+    let who = format!(
+        "operation {} ({}, started {} by pid {})",
+        operation.id,
+        operation.kind,
+        operation.started_at.format("%Y-%m-%dT%H:%M:%SZ"),
+        operation.owner.pid
+    );
+    match (&decision, dry_run) {
+        (Decision::Refuse(why), _) => {
+            report.outcome = Outcome::Refused;
+            report.error = Some(why.clone());
+            ctx.note(format!("{who}: refused: {why}"));
+            return Ok((report, steps));
+        }
+        (Decision::Complete, true) => {
+            report.outcome = Outcome::WouldComplete;
+            report.undo.clear();
+            return Ok((report, steps));
+        }
+        (Decision::RollBack, true) => {
+            report.outcome = Outcome::WouldRollBack;
+            return Ok((report, steps));
+        }
+        _ => {}
+    }
+
+    catalog.take_over(operation.id, &Owner::current())?;
+    if decision == Decision::Complete {
+        for step in steps.iter().filter(|s| s.state == StepState::Running) {
+            catalog.finish_step(step.id)?;
+        }
+        catalog.complete_operation(operation.id)?;
+        report.outcome = Outcome::Completed;
+        report.undo.clear();
+        ctx.note(format!("{who}: its work was done; completed"));
+        return Ok((report, steps));
+    }
+
+    let cause = match operation.state {
+        OperationState::Failed => "retried by envclone recover".to_owned(),
+        _ => format!("interrupted (its owner, pid {}, is gone); rolled back by envclone recover", operation.owner.pid),
+    };
+    if operation.state != OperationState::RollingBack {
+        catalog.begin_rollback(operation.id, &cause)?;
+    }
+    let undoer = Undoer { ctx, agents, env: &operation.env };
+    let mut failures = Vec::new();
+    for (step, line) in to_undo.iter().zip(report.undo.iter_mut()) {
+        let timer = ctx.begin(format!("undo step {} '{}': {}", step.seq, step.name, line.action));
+        match undoer.run(&step.undo) {
+            Ok(done) => {
+                timer.done();
+                catalog.mark_undone(step.id)?;
+                let (status, detail) = match done {
+                    Undone::Done(detail) => (UndoStatus::Done, detail),
+                    Undone::Kept(detail) => (UndoStatus::Kept, detail),
+                };
+                line.status = status;
+                line.detail = Some(detail);
+            }
+            Err(error) => {
+                timer.failed();
+                catalog.fail_undo(step.id, &error)?;
+                line.status = UndoStatus::Failed;
+                line.detail = Some(error.clone());
+                failures.push(error);
+            }
+        }
+    }
+    if failures.is_empty() {
+        catalog.finish_rollback(operation.id)?;
+        report.outcome = Outcome::RolledBack;
+    } else {
+        let error = failures.join("; ");
+        catalog.fail_operation(operation.id, &error)?;
+        report.outcome = Outcome::Failed;
+        report.error = Some(error);
+    }
+    Ok((report, steps))
+}
