@@ -312,8 +312,17 @@ mod tests {
 
     #[test]
     fn snapshot_takes_memory_label_and_quiesce() {
-        let cli = Cli::try_parse_from(["envclone", "snapshot", "demo", "--memory", "--label", "before upgrade", "--quiesce", "best-effort"])
-            .unwrap();
+        let cli = Cli::try_parse_from([
+            "envclone",
+            "snapshot",
+            "demo",
+            "--memory",
+            "--label",
+            "before upgrade",
+            "--quiesce",
+            "best-effort",
+        ])
+        .unwrap();
         let Command::Snapshot(args) = cli.command else { panic!("parsed as {:?}", cli.command) };
         assert_eq!(args.environment, "demo");
         assert!(args.memory);
@@ -321,7 +330,9 @@ mod tests {
         assert_eq!(args.quiesce.map(QuiescePolicy::from), Some(QuiescePolicy::BestEffort));
         assert!(Cli::try_parse_from(["envclone", "snapshot", "demo", "--quiesce", "sometimes"]).is_err());
         let cli = Cli::try_parse_from(["envclone", "snapshot", "demo", "--scheduled", "nightly"]).unwrap();
-        assert!(matches!(cli.command, Command::Snapshot(ref a) if a.scheduled.as_deref() == Some("nightly") && !a.memory));
+        assert!(
+            matches!(cli.command, Command::Snapshot(ref a) if a.scheduled.as_deref() == Some("nightly") && !a.memory)
+        );
         let cli = Cli::try_parse_from(["envclone", "snapshots", "demo", "--json"]).unwrap();
         assert!(cli.global.json && matches!(cli.command, Command::Snapshots(ref a) if a.environment == "demo"));
     }

@@ -8,9 +8,9 @@ use crate::daemon::DaemonError;
 use crate::guest::GuestError;
 use crate::hypervisor::HvError;
 use crate::lab::LabError;
+use crate::ops::delete::DeleteError;
 use crate::ops::recover::RecoverError;
 use crate::ops::restore::RestoreError;
-use crate::ops::delete::DeleteError;
 use crate::ops::snapshot::SnapshotError;
 use crate::ops::{Busy, LockError};
 

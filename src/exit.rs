@@ -131,13 +131,31 @@ fn guest_code(error: &GuestError) -> ExitCode {
     use GuestError::*;
     match error {
         // Never got to talk to the agent, or refused to (host key).
-        Resolve { .. } | OpenNetns { .. } | EnterNetns { .. } | NetnsThread { .. } | Connect { .. }
-        | Handshake { .. } | NoHostKey { .. } | KnownHosts { .. } | UnknownHostKey { .. }
-        | HostKeyMismatch { .. } | Auth { .. } | AgentMissing { .. } => ExitCode::Unreachable,
+        Resolve { .. }
+        | OpenNetns { .. }
+        | EnterNetns { .. }
+        | NetnsThread { .. }
+        | Connect { .. }
+        | Handshake { .. }
+        | NoHostKey { .. }
+        | KnownHosts { .. }
+        | UnknownHostKey { .. }
+        | HostKeyMismatch { .. }
+        | Auth { .. }
+        | AgentMissing { .. } => ExitCode::Unreachable,
         Agent { exit: Some(envclone_agent::ExitStatus::Busy), .. } => ExitCode::Busy,
-        OpenChannel { .. } | Exec { .. } | ChannelIo { .. } | CommandTimeout { .. } | Pty { .. }
-        | LocalTerminal { .. } | ArgumentHasNul { .. } | ProtocolMismatch { .. } | Agent { .. }
-        | BadAnswer { .. } | LeaseLost { .. } | ThawHooksFailed { .. } => ExitCode::Failed,
+        OpenChannel { .. }
+        | Exec { .. }
+        | ChannelIo { .. }
+        | CommandTimeout { .. }
+        | Pty { .. }
+        | LocalTerminal { .. }
+        | ArgumentHasNul { .. }
+        | ProtocolMismatch { .. }
+        | Agent { .. }
+        | BadAnswer { .. }
+        | LeaseLost { .. }
+        | ThawHooksFailed { .. } => ExitCode::Failed,
     }
 }
 
@@ -194,7 +212,14 @@ mod tests {
             (Error::Lookup(LookupError::UnknownEnvironment { name: "x".into(), known: vec![] }), ExitCode::NotFound),
             (Error::hypervisor("look up")(HvError::NoSuchDomain { name: "x".into() }), ExitCode::NotFound),
             (Error::guest("web")(GuestError::AgentMissing { target: "t".into() }), ExitCode::Unreachable),
-            (Error::guest("web")(GuestError::CommandTimeout { target: "t".into(), command: "c".into(), after: std::time::Duration::from_secs(1) }), ExitCode::Failed),
+            (
+                Error::guest("web")(GuestError::CommandTimeout {
+                    target: "t".into(),
+                    command: "c".into(),
+                    after: std::time::Duration::from_secs(1),
+                }),
+                ExitCode::Failed,
+            ),
             (LabError::Busy { labs_dir: PathBuf::from("/l") }.into(), ExitCode::Busy),
             (LabError::NoKernel.into(), ExitCode::Failed),
             (Error::CheckFailed { failed: 1, total: 2 }, ExitCode::Failed),
@@ -217,8 +242,11 @@ mod tests {
                 ExitCode::Unreachable,
             ),
             (
-                SnapshotError::AgentNotReady { vm: "db".into(), source: Box::new(GuestError::AgentMissing { target: "t".into() }) }
-                    .into(),
+                SnapshotError::AgentNotReady {
+                    vm: "db".into(),
+                    source: Box::new(GuestError::AgentMissing { target: "t".into() }),
+                }
+                .into(),
                 ExitCode::Unreachable,
             ),
             (
@@ -236,10 +264,7 @@ mod tests {
                 ExitCode::Failed,
             ),
             (SnapshotError::DomainMissing { vm: "db".into(), domain: "demo-db".into() }.into(), ExitCode::NotFound),
-            (
-                SnapshotError::NoSpace { path: PathBuf::from("/srv"), free: 1, needed: 2 }.into(),
-                ExitCode::Failed,
-            ),
+            (SnapshotError::NoSpace { path: PathBuf::from("/srv"), free: 1, needed: 2 }.into(), ExitCode::Failed),
         ];
         for (error, code) in cases {
             assert_eq!(ExitCode::from_error(&error), code, "{error}");

@@ -246,7 +246,6 @@ fn wait_for_holder_to_end(session: &GuestSession) {
     .expect("holder finished");
 }
 
-
 fn millis(d: Duration) -> u32 {
     u32::try_from(d.as_millis()).unwrap_or(u32::MAX)
 }

@@ -312,7 +312,6 @@ fn tool(program: &str, args: &[&str]) -> String {
     String::from_utf8_lossy(&output.stdout).into_owned()
 }
 
-
 fn guest_epoch(session: &GuestSession) -> i64 {
     run(session, "date +%s").trim().parse().unwrap()
 }

@@ -291,4 +291,3 @@ fn skip_reason(report: &RewriteReport, path: &str) -> Option<SkipReason> {
 fn is_agent_error(error: &GuestError, expected_kind: &str) -> bool {
     matches!(error, GuestError::Agent { kind, exit: Some(ExitStatus::Usage), .. } if kind == expected_kind)
 }
-

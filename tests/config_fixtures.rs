@@ -10,9 +10,7 @@ use proptest::prelude::*;
 const NO_FILE_CHECKS: ValidateOptions = ValidateOptions { check_files: false };
 
 fn fixture(relative: &str) -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("tests/fixtures/config")
-        .join(relative)
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/config").join(relative)
 }
 
 fn example_path() -> PathBuf {
@@ -29,67 +27,30 @@ struct Broken {
 }
 
 const fn broken(fixture: &'static str, key: &'static str, line: usize) -> Broken {
-    Broken {
-        fixture,
-        key,
-        line,
-        count: 1,
-        check_files: false,
-    }
+    Broken { fixture, key, line, count: 1, check_files: false }
 }
 
 const BROKEN: &[Broken] = &[
     broken("unknown_top_level_key", "logging", 6),
-    broken(
-        "unknown_nested_key",
-        "environments.demo.vms.web.agent.prot",
-        11,
-    ),
+    broken("unknown_nested_key", "environments.demo.vms.web.agent.prot", 11),
     broken("bad_duration", "environments.demo.freeze_timeout", 7),
     broken("bad_size", "controller.min_free_space", 5),
-    broken(
-        "schedule_unknown_environment",
-        "schedules.nightly.environment",
-        11,
-    ),
-    broken(
-        "standby_unknown_environment",
-        "standbys.prod-dr.primary",
-        11,
-    ),
-    Broken {
-        count: 2,
-        ..broken(
-            "domain_in_two_environments",
-            "environments.demo.vms.web.domain",
-            7,
-        )
-    },
-    Broken {
-        count: 2,
-        check_files: true,
-        ..broken("missing_key_file", "controller.ssh_key", 3)
-    },
+    broken("schedule_unknown_environment", "schedules.nightly.environment", 11),
+    broken("standby_unknown_environment", "standbys.prod-dr.primary", 11),
+    Broken { count: 2, ..broken("domain_in_two_environments", "environments.demo.vms.web.domain", 7) },
+    Broken { count: 2, check_files: true, ..broken("missing_key_file", "controller.ssh_key", 3) },
     broken("cron_and_every", "schedules.nightly.every", 13),
     broken("bad_cron", "schedules.nightly.cron", 12),
     broken("bad_quiesce", "environments.demo.quiesce", 7),
     broken("port_zero", "environments.demo.vms.web.agent.port", 8),
-    broken(
-        "port_out_of_range",
-        "environments.demo.vms.web.agent.port",
-        11,
-    ),
+    broken("port_out_of_range", "environments.demo.vms.web.agent.port", 11),
     broken("port_as_string", "environments.demo.vms.web.agent.port", 11),
     broken("environment_without_vms", "environments.empty", 10),
     broken("missing_domain", "environments.demo.vms.web.domain", 6),
     broken("invalid_environment_name", "environments.\"demo env\"", 6),
     broken("invalid_netns", "environments.demo.vms.web.agent.netns", 8),
     broken("zero_freeze_timeout", "environments.demo.freeze_timeout", 7),
-    broken(
-        "empty_rewrite_key",
-        "environments.demo.rewrite.map.\"\"",
-        12,
-    ),
+    broken("empty_rewrite_key", "environments.demo.rewrite.map.\"\"", 12),
     broken("missing_controller", "controller", 1),
     broken("not_toml", "", 4),
 ];
@@ -98,27 +59,13 @@ const BROKEN: &[Broken] = &[
 fn broken_fixtures_name_the_offending_key_and_line() {
     for case in BROKEN {
         let path = fixture(&format!("broken/{}.toml", case.fixture));
-        let options = ValidateOptions {
-            check_files: case.check_files,
-        };
+        let options = ValidateOptions { check_files: case.check_files };
         let error = config::load_with(&path, &options).expect_err(case.fixture);
         let diagnostics = error.diagnostics();
-        let located: Vec<(&str, usize)> = diagnostics
-            .iter()
-            .map(|d| (d.key.as_str(), d.line))
-            .collect();
-        assert_eq!(
-            located.first(),
-            Some(&(case.key, case.line)),
-            "{}: {error}",
-            case.fixture
-        );
+        let located: Vec<(&str, usize)> = diagnostics.iter().map(|d| (d.key.as_str(), d.line)).collect();
+        assert_eq!(located.first(), Some(&(case.key, case.line)), "{}: {error}", case.fixture);
         assert_eq!(diagnostics.len(), case.count, "{}: {error}", case.fixture);
-        assert!(
-            diagnostics.iter().all(|d| d.file == path),
-            "{}",
-            case.fixture
-        );
+        assert!(diagnostics.iter().all(|d| d.file == path), "{}", case.fixture);
     }
 }
 
@@ -126,15 +73,7 @@ fn broken_fixtures_name_the_offending_key_and_line() {
 fn every_broken_fixture_is_in_the_table() {
     let on_disk: BTreeSet<String> = std::fs::read_dir(fixture("broken"))
         .unwrap()
-        .map(|entry| {
-            entry
-                .unwrap()
-                .path()
-                .file_stem()
-                .unwrap()
-                .to_string_lossy()
-                .into_owned()
-        })
+        .map(|entry| entry.unwrap().path().file_stem().unwrap().to_string_lossy().into_owned())
         .collect();
     let in_table: BTreeSet<String> = BROKEN.iter().map(|case| case.fixture.to_owned()).collect();
     assert_eq!(on_disk, in_table);
@@ -142,12 +81,7 @@ fn every_broken_fixture_is_in_the_table() {
 
 #[test]
 fn broken_fixtures_give_a_hint_for_semantic_and_key_errors() {
-    for name in [
-        "unknown_nested_key",
-        "bad_quiesce",
-        "schedule_unknown_environment",
-        "missing_domain",
-    ] {
+    for name in ["unknown_nested_key", "bad_quiesce", "schedule_unknown_environment", "missing_domain"] {
         let path = fixture(&format!("broken/{name}.toml"));
         let error = config::load_with(&path, &NO_FILE_CHECKS).unwrap_err();
         assert!(error.diagnostics()[0].hint.is_some(), "{name}: {error}");
@@ -156,8 +90,7 @@ fn broken_fixtures_give_a_hint_for_semantic_and_key_errors() {
 
 #[test]
 fn invalid_config_display_is_the_user_facing_format() {
-    let text =
-        std::fs::read_to_string(fixture("broken/schedule_unknown_environment.toml")).unwrap();
+    let text = std::fs::read_to_string(fixture("broken/schedule_unknown_environment.toml")).unwrap();
     let error = config::parse_with(&text, Path::new("envclone.toml"), &NO_FILE_CHECKS).unwrap_err();
     let expected = "\
 invalid config file envclone.toml (1 problem):
@@ -179,10 +112,7 @@ fn example_config_parses_and_round_trips() {
     assert_eq!(config.environment("shop").unwrap().vms.len(), 3);
     assert!(!config.schedules.is_empty() && !config.standbys.is_empty());
     let text = config::to_toml(&config);
-    assert_eq!(
-        config::parse_with(&text, Path::new("generated.toml"), &NO_FILE_CHECKS).unwrap(),
-        config
-    );
+    assert_eq!(config::parse_with(&text, Path::new("generated.toml"), &NO_FILE_CHECKS).unwrap(), config);
 }
 
 /// The example names key files under /etc that this host may lack; those are

@@ -8,8 +8,8 @@ use std::net::{IpAddr, Ipv4Addr};
 use std::path::PathBuf;
 
 use envclone::hypervisor::{
-    qmp, BlockCommit, DirectBootSpec, DomainDef, DomainState, ExternalSnapshot, HvError,
-    Hypervisor, LibvirtHypervisor, NetworkDef, NetworkSpec, NicSpec,
+    qmp, BlockCommit, DirectBootSpec, DomainDef, DomainState, ExternalSnapshot, HvError, Hypervisor, LibvirtHypervisor,
+    NetworkDef, NetworkSpec, NicSpec,
 };
 
 const URI: &str = "test:///default";
@@ -29,19 +29,10 @@ fn guest(name: &str, network: &str) -> DomainDef {
         kernel: PathBuf::from("/boot/vmlinuz"),
         initrd: Some(PathBuf::from("/boot/initrd.img")),
         cmdline: "console=ttyS0 root=/dev/vda".to_owned(),
-        disks: vec![
-            format!("/images/{name}-root.qcow2").into(),
-            format!("/images/{name}-data.qcow2").into(),
-        ],
+        disks: vec![format!("/images/{name}-root.qcow2").into(), format!("/images/{name}-data.qcow2").into()],
         interfaces: vec![
-            NicSpec {
-                network: network.to_owned(),
-                mac: Some("52:54:00:12:34:56".to_owned()),
-            },
-            NicSpec {
-                network: network.to_owned(),
-                mac: None,
-            },
+            NicSpec { network: network.to_owned(), mac: Some("52:54:00:12:34:56".to_owned()) },
+            NicSpec { network: network.to_owned(), mac: None },
         ],
         serial_log: Some(format!("/tmp/{name}-console.log").into()),
     })
@@ -74,9 +65,7 @@ fn adapter_is_send_and_sync() {
 #[test]
 fn connect_refuses_missing_test_file() {
     let err = LibvirtHypervisor::connect("test:///nonexistent/envclone.xml").unwrap_err();
-    assert!(
-        matches!(err, HvError::Connect { ref uri, .. } if uri == "test:///nonexistent/envclone.xml")
-    );
+    assert!(matches!(err, HvError::Connect { ref uri, .. } if uri == "test:///nonexistent/envclone.xml"));
     assert!(err.hint().is_some());
 }
 
@@ -91,59 +80,29 @@ fn domain_defines_reads_back_starts_stops_and_undefines() {
     assert_eq!(read.state, DomainState::ShutOff);
     assert_eq!(read.uuid.len(), 36);
     assert_eq!(read.def.uuid().as_deref(), Some(read.uuid.as_str()));
-    let disks: Vec<_> = read
-        .def
-        .disks()
-        .into_iter()
-        .map(|d| (d.target, d.source, d.format))
-        .collect();
+    let disks: Vec<_> = read.def.disks().into_iter().map(|d| (d.target, d.source, d.format)).collect();
     assert_eq!(
         disks,
         [
-            (
-                "vda".into(),
-                Some("/images/adapter-life-root.qcow2".into()),
-                Some("qcow2".into())
-            ),
-            (
-                "vdb".into(),
-                Some("/images/adapter-life-data.qcow2".into()),
-                Some("qcow2".into())
-            ),
+            ("vda".into(), Some("/images/adapter-life-root.qcow2".into()), Some("qcow2".into())),
+            ("vdb".into(), Some("/images/adapter-life-data.qcow2".into()), Some("qcow2".into())),
         ]
     );
     let ifaces = read.def.interfaces();
     assert_eq!(ifaces.len(), 2);
-    assert!(ifaces
-        .iter()
-        .all(|i| i.network.as_deref() == Some("default") && i.link_up));
+    assert!(ifaces.iter().all(|i| i.network.as_deref() == Some("default") && i.link_up));
     assert_eq!(ifaces[0].mac.as_deref(), Some("52:54:00:12:34:56"));
-    assert!(ifaces[1]
-        .mac
-        .as_deref()
-        .is_some_and(|m| m.starts_with("52:54:00:")));
-    assert!(hv
-        .domain_names()
-        .unwrap()
-        .contains(&"adapter-life".to_owned()));
+    assert!(ifaces[1].mac.as_deref().is_some_and(|m| m.starts_with("52:54:00:")));
+    assert!(hv.domain_names().unwrap().contains(&"adapter-life".to_owned()));
 
     hv.set_autostart("adapter-life", true).unwrap();
     hv.start_domain("adapter-life").unwrap();
-    assert_eq!(
-        hv.domain("adapter-life").unwrap().state,
-        DomainState::Running
-    );
+    assert_eq!(hv.domain("adapter-life").unwrap().state, DomainState::Running);
     hv.destroy_domain("adapter-life").unwrap();
     hv.destroy_domain("adapter-life").unwrap();
-    assert_eq!(
-        hv.domain("adapter-life").unwrap().state,
-        DomainState::ShutOff
-    );
+    assert_eq!(hv.domain("adapter-life").unwrap().state, DomainState::ShutOff);
     hv.undefine_domain("adapter-life").unwrap();
-    assert!(matches!(
-        hv.domain("adapter-life"),
-        Err(HvError::NoSuchDomain { .. })
-    ));
+    assert!(matches!(hv.domain("adapter-life"), Err(HvError::NoSuchDomain { .. })));
 }
 
 #[test]
@@ -152,23 +111,16 @@ fn undefine_of_running_domain_leaves_it_transient_until_destroyed() {
     running_guest(&hv, "adapter-transient");
 
     hv.undefine_domain("adapter-transient").unwrap();
-    assert_eq!(
-        hv.domain("adapter-transient").unwrap().state,
-        DomainState::Running
-    );
+    assert_eq!(hv.domain("adapter-transient").unwrap().state, DomainState::Running);
     hv.destroy_domain("adapter-transient").unwrap();
 
-    assert!(matches!(
-        hv.domain("adapter-transient"),
-        Err(HvError::NoSuchDomain { .. })
-    ));
+    assert!(matches!(hv.domain("adapter-transient"), Err(HvError::NoSuchDomain { .. })));
 }
 
 #[test]
 fn define_refuses_existing_name_with_other_uuid() {
     let hv = hv();
-    hv.define_domain(&guest("adapter-clash", "default"))
-        .unwrap();
+    hv.define_domain(&guest("adapter-clash", "default")).unwrap();
     let mut other = guest("adapter-clash", "default");
     other.set_uuid(&envclone::hypervisor::random_uuid());
 
@@ -181,22 +133,10 @@ fn define_refuses_existing_name_with_other_uuid() {
 #[test]
 fn unknown_names_give_no_such_errors() {
     let hv = hv();
-    assert!(matches!(
-        hv.domain("adapter-nope"),
-        Err(HvError::NoSuchDomain { .. })
-    ));
-    assert!(matches!(
-        hv.start_domain("adapter-nope"),
-        Err(HvError::NoSuchDomain { .. })
-    ));
-    assert!(matches!(
-        hv.network("adapter-nope"),
-        Err(HvError::NoSuchNetwork { .. })
-    ));
-    assert!(matches!(
-        hv.start_network("adapter-nope"),
-        Err(HvError::NoSuchNetwork { .. })
-    ));
+    assert!(matches!(hv.domain("adapter-nope"), Err(HvError::NoSuchDomain { .. })));
+    assert!(matches!(hv.start_domain("adapter-nope"), Err(HvError::NoSuchDomain { .. })));
+    assert!(matches!(hv.network("adapter-nope"), Err(HvError::NoSuchNetwork { .. })));
+    assert!(matches!(hv.start_network("adapter-nope"), Err(HvError::NoSuchNetwork { .. })));
 }
 
 #[test]
@@ -211,15 +151,9 @@ fn isolated_network_defines_starts_stops_and_undefines() {
     let defined = hv.define_network(&NetworkDef::isolated(&spec)).unwrap();
     assert!(!defined.active);
     assert_eq!(defined.def.bridge().as_deref(), Some("br-adapter"));
-    assert_eq!(
-        defined.def.ip(),
-        Some((IpAddr::V4(Ipv4Addr::new(10, 77, 0, 1)), 24))
-    );
+    assert_eq!(defined.def.ip(), Some((IpAddr::V4(Ipv4Addr::new(10, 77, 0, 1)), 24)));
     assert_eq!(defined.def.forward_mode(), None);
-    assert!(hv
-        .network_names()
-        .unwrap()
-        .contains(&"adapter-net".to_owned()));
+    assert!(hv.network_names().unwrap().contains(&"adapter-net".to_owned()));
 
     hv.start_network("adapter-net").unwrap();
     assert!(hv.network("adapter-net").unwrap().active);
@@ -227,31 +161,20 @@ fn isolated_network_defines_starts_stops_and_undefines() {
     hv.destroy_network("adapter-net").unwrap();
     assert!(!hv.network("adapter-net").unwrap().active);
     hv.undefine_network("adapter-net").unwrap();
-    assert!(matches!(
-        hv.network("adapter-net"),
-        Err(HvError::NoSuchNetwork { .. })
-    ));
+    assert!(matches!(hv.network("adapter-net"), Err(HvError::NoSuchNetwork { .. })));
 }
 
 #[test]
 fn guest_on_own_isolated_network_starts() {
     let hv = hv();
-    let spec = NetworkSpec {
-        name: "adapter-own".to_owned(),
-        bridge: "br-own".to_owned(),
-        ip: None,
-    };
+    let spec = NetworkSpec { name: "adapter-own".to_owned(), bridge: "br-own".to_owned(), ip: None };
     hv.define_network(&NetworkDef::isolated(&spec)).unwrap();
     hv.start_network("adapter-own").unwrap();
-    hv.define_domain(&guest("adapter-own-guest", "adapter-own"))
-        .unwrap();
+    hv.define_domain(&guest("adapter-own-guest", "adapter-own")).unwrap();
 
     hv.start_domain("adapter-own-guest").unwrap();
 
-    assert_eq!(
-        hv.domain("adapter-own-guest").unwrap().state,
-        DomainState::Running
-    );
+    assert_eq!(hv.domain("adapter-own-guest").unwrap().state, DomainState::Running);
     hv.destroy_domain("adapter-own-guest").unwrap();
     hv.undefine_domain("adapter-own-guest").unwrap();
     hv.destroy_network("adapter-own").unwrap();
@@ -263,14 +186,9 @@ fn disk_only_snapshot_is_unsupported_by_test_driver() {
     let hv = hv();
     running_guest(&hv, "adapter-snap-disk");
 
-    let err = hv
-        .create_external_snapshot("adapter-snap-disk", &disk_only("s1"))
-        .unwrap_err();
+    let err = hv.create_external_snapshot("adapter-snap-disk", &disk_only("s1")).unwrap_err();
 
-    assert!(
-        matches!(err, HvError::Snapshot { ref snapshot, .. } if snapshot == "s1"),
-        "{err:?}"
-    );
+    assert!(matches!(err, HvError::Snapshot { ref snapshot, .. } if snapshot == "s1"), "{err:?}");
     assert!(err.is_unsupported(), "{err:?}");
 }
 
@@ -281,9 +199,7 @@ fn snapshot_refuses_unknown_disk() {
     let mut snap = disk_only("s1");
     snap.disks = vec![("vdz".to_owned(), PathBuf::from("/images/o.qcow2"))];
 
-    let err = hv
-        .create_external_snapshot("adapter-snap-nodisk", &snap)
-        .unwrap_err();
+    let err = hv.create_external_snapshot("adapter-snap-nodisk", &snap).unwrap_err();
 
     assert!(matches!(err, HvError::NoSuchDisk { ref disk, .. } if disk == "vdz"));
 }
@@ -300,13 +216,9 @@ fn memory_snapshot_is_accepted_by_test_driver() {
         ..disk_only("s1")
     };
 
-    hv.create_external_snapshot("adapter-snap-mem", &snap)
-        .unwrap();
+    hv.create_external_snapshot("adapter-snap-mem", &snap).unwrap();
 
-    assert_eq!(
-        hv.domain("adapter-snap-mem").unwrap().state,
-        DomainState::Running
-    );
+    assert_eq!(hv.domain("adapter-snap-mem").unwrap().state, DomainState::Running);
 }
 
 #[test]
@@ -317,17 +229,11 @@ fn save_and_restore_memory_round_trip() {
     let image = dir.path().join("adapter-save.img");
 
     hv.save_memory("adapter-save", &image).unwrap();
-    assert_eq!(
-        hv.domain("adapter-save").unwrap().state,
-        DomainState::ShutOff
-    );
+    assert_eq!(hv.domain("adapter-save").unwrap().state, DomainState::ShutOff);
     assert!(image.exists());
     hv.restore_memory(&image, None).unwrap();
 
-    assert_eq!(
-        hv.domain("adapter-save").unwrap().state,
-        DomainState::Running
-    );
+    assert_eq!(hv.domain("adapter-save").unwrap().state, DomainState::Running);
 }
 
 #[test]
@@ -349,9 +255,7 @@ fn restore_with_edited_definition_is_unsupported_by_test_driver() {
 fn save_refuses_unknown_domain() {
     let hv = hv();
     let dir = tempfile::tempdir().unwrap();
-    let err = hv
-        .save_memory("adapter-nope", &dir.path().join("x"))
-        .unwrap_err();
+    let err = hv.save_memory("adapter-nope", &dir.path().join("x")).unwrap_err();
     assert!(matches!(err, HvError::NoSuchDomain { .. }));
 }
 
@@ -359,10 +263,7 @@ fn save_refuses_unknown_domain() {
 fn block_jobs_are_unsupported_by_test_driver() {
     let hv = hv();
     running_guest(&hv, "adapter-blockjob");
-    let commit = BlockCommit {
-        active: true,
-        ..BlockCommit::default()
-    };
+    let commit = BlockCommit { active: true, ..BlockCommit::default() };
     let d = "adapter-blockjob";
 
     let errors = [
@@ -372,26 +273,10 @@ fn block_jobs_are_unsupported_by_test_driver() {
         hv.block_job_abort(d, "vda").unwrap_err(),
     ];
 
-    assert!(
-        matches!(errors[0], HvError::BlockCommit { .. }),
-        "{:?}",
-        errors[0]
-    );
-    assert!(
-        matches!(errors[1], HvError::BlockJob { .. }),
-        "{:?}",
-        errors[1]
-    );
-    assert!(
-        matches!(errors[2], HvError::BlockJobPivot { .. }),
-        "{:?}",
-        errors[2]
-    );
-    assert!(
-        matches!(errors[3], HvError::BlockJobAbort { .. }),
-        "{:?}",
-        errors[3]
-    );
+    assert!(matches!(errors[0], HvError::BlockCommit { .. }), "{:?}", errors[0]);
+    assert!(matches!(errors[1], HvError::BlockJob { .. }), "{:?}", errors[1]);
+    assert!(matches!(errors[2], HvError::BlockJobPivot { .. }), "{:?}", errors[2]);
+    assert!(matches!(errors[3], HvError::BlockJobAbort { .. }), "{:?}", errors[3]);
     assert!(errors.iter().all(HvError::is_unsupported), "{errors:?}");
 }
 
@@ -400,19 +285,11 @@ fn qmp_is_unsupported_by_test_driver() {
     let hv = hv();
     running_guest(&hv, "adapter-qmp");
 
-    let raw = hv
-        .qmp_raw("adapter-qmp", r#"{"execute":"query-status"}"#)
-        .unwrap_err();
+    let raw = hv.qmp_raw("adapter-qmp", r#"{"execute":"query-status"}"#).unwrap_err();
     let typed = qmp(&hv, "adapter-qmp", qapi::qmp::query_status {}).unwrap_err();
 
-    assert!(
-        matches!(raw, HvError::QmpTransport { .. }) && raw.is_unsupported(),
-        "{raw:?}"
-    );
-    assert!(
-        matches!(typed, HvError::QmpTransport { .. }) && typed.is_unsupported(),
-        "{typed:?}"
-    );
+    assert!(matches!(raw, HvError::QmpTransport { .. }) && raw.is_unsupported(), "{raw:?}");
+    assert!(matches!(typed, HvError::QmpTransport { .. }) && typed.is_unsupported(), "{typed:?}");
 }
 
 /// Real QEMU through libvirt's in-process embedded driver
@@ -454,19 +331,12 @@ mod qemu_embed {
     fn host_kernel() -> PathBuf {
         let boot = std::fs::read_dir("/boot").expect("/boot");
         boot.filter_map(|e| e.ok().map(|e| e.path()))
-            .find(|p| {
-                p.file_name()
-                    .is_some_and(|n| n.to_string_lossy().starts_with("vmlinuz-"))
-            })
+            .find(|p| p.file_name().is_some_and(|n| n.to_string_lossy().starts_with("vmlinuz-")))
             .expect("a kernel in /boot (linux-image-amd64)")
     }
 
     fn qcow2(path: &Path) {
-        let ok = Command::new("qemu-img")
-            .args(["create", "-q", "-f", "qcow2"])
-            .arg(path)
-            .arg("64M")
-            .status();
+        let ok = Command::new("qemu-img").args(["create", "-q", "-f", "qcow2"]).arg(path).arg("64M").status();
         assert!(ok.expect("qemu-img runs").success());
     }
 
@@ -513,10 +383,7 @@ mod qemu_embed {
 
         let status = qmp(&hv, "smoke", qapi::qmp::query_status {}).unwrap();
         assert!(status.running);
-        let no_job = qapi::qmp::block_job_cancel {
-            device: "no-such-job".to_owned(),
-            force: None,
-        };
+        let no_job = qapi::qmp::block_job_cancel { device: "no-such-job".to_owned(), force: None };
         let refused = qmp(&hv, "smoke", no_job).unwrap_err();
         assert!(matches!(refused, HvError::Qmp { .. }), "{refused:?}");
 
@@ -548,22 +415,13 @@ mod qemu_embed {
         hv.create_external_snapshot("smoke", &disk_only).unwrap();
         assert_eq!(vda(&hv, "smoke").backing, [overlay.clone(), base.clone()]);
 
-        let commit = BlockCommit {
-            active: true,
-            base: Some(base.clone()),
-            ..BlockCommit::default()
-        };
+        let commit = BlockCommit { active: true, base: Some(base.clone()), ..BlockCommit::default() };
         hv.block_commit("smoke", "vda", &commit).unwrap();
-        let info = envclone::wait::until(
-            "active commit ready",
-            Duration::from_secs(30),
-            Duration::from_millis(50),
-            || {
-                hv.block_job("smoke", "vda")
-                    .map(|j| j.filter(|j| j.is_ready()))
-            },
-        )
-        .unwrap();
+        let info =
+            envclone::wait::until("active commit ready", Duration::from_secs(30), Duration::from_millis(50), || {
+                hv.block_job("smoke", "vda").map(|j| j.filter(|j| j.is_ready()))
+            })
+            .unwrap();
         assert_eq!(info.kind, envclone::hypervisor::BlockJobKind::ActiveCommit);
         hv.block_job_pivot("smoke", "vda").unwrap();
         assert_eq!(hv.block_job("smoke", "vda").unwrap(), None);
@@ -585,8 +443,6 @@ mod qemu_embed {
 
         hv.destroy_domain("smoke").unwrap();
         hv.undefine_domain("smoke").unwrap();
-        assert!(std::fs::read_to_string(&log)
-            .unwrap()
-            .contains("Linux version"));
+        assert!(std::fs::read_to_string(&log).unwrap().contains("Linux version"));
     }
 }

@@ -18,7 +18,8 @@ fn lab_up_serves_demo_and_lab_down_leaves_nothing() {
 
     // Up: both agents answer over SSH, each as its own host.
     let up = lab.json(&["lab", "up", "--json"]);
-    let hostnames: Vec<&str> = up["vms"].as_array().unwrap().iter().map(|vm| vm["agent_hostname"].as_str().unwrap()).collect();
+    let hostnames: Vec<&str> =
+        up["vms"].as_array().unwrap().iter().map(|vm| vm["agent_hostname"].as_str().unwrap()).collect();
     assert_eq!(hostnames, ["web", "db"]);
     assert_eq!(up["domain_type"], "qemu");
 
@@ -44,7 +45,11 @@ fn lab_up_serves_demo_and_lab_down_leaves_nothing() {
     let original_known_hosts = swap_web_host_key(&lab.dir().join("keys/known_hosts"));
     let refused = lab.envclone(&["ssh", "demo", "web", "--", "true"]);
     assert_eq!(refused.status.code(), Some(5), "stderr: {}", String::from_utf8_lossy(&refused.stderr));
-    assert!(String::from_utf8_lossy(&refused.stderr).to_lowercase().contains("host key mismatch"), "{}", String::from_utf8_lossy(&refused.stderr));
+    assert!(
+        String::from_utf8_lossy(&refused.stderr).to_lowercase().contains("host key mismatch"),
+        "{}",
+        String::from_utf8_lossy(&refused.stderr)
+    );
     let check = lab.envclone(&["check", "--live"]);
     assert_eq!(check.status.code(), Some(1));
     assert!(stdout(&check).contains("FAIL agent demo/web"), "{}", stdout(&check));
@@ -59,19 +64,23 @@ fn lab_up_serves_demo_and_lab_down_leaves_nothing() {
 
     // An up with another agent build keeps the running guests and says they are stale.
     let other_agent = lab.dir().join("other-envclone-agent");
-    let mut agent_bytes = std::fs::read(envclone::lab::find_agent_binary_near(None, Path::new(env!("CARGO_BIN_EXE_envclone"))).unwrap()).unwrap();
+    let mut agent_bytes =
+        std::fs::read(envclone::lab::find_agent_binary_near(None, Path::new(env!("CARGO_BIN_EXE_envclone"))).unwrap())
+            .unwrap();
     agent_bytes.push(0); // same program, other content: another root image
     std::fs::write(&other_agent, agent_bytes).unwrap();
     let rebuilt = lab.json(&["lab", "up", "--json", "--agent-bin", &other_agent.to_string_lossy()]);
     assert_ne!(rebuilt["root_image"], up["root_image"]);
     assert!(rebuilt["vms"].as_array().unwrap().iter().all(|vm| vm["stale_image"] == true), "{rebuilt:#}");
     let status = lab.json(&["lab", "status", "--json"]);
-    let states: Vec<&str> = status["domains"].as_array().unwrap().iter().map(|d| d["state"].as_str().unwrap()).collect();
+    let states: Vec<&str> =
+        status["domains"].as_array().unwrap().iter().map(|d| d["state"].as_str().unwrap()).collect();
     assert_eq!(states, ["running", "running"]);
 
     // Down removes the domains, the network, the daemons, the namespace and the files.
     let down = lab.json(&["lab", "down", "--json"]);
-    let mut domains: Vec<&str> = down["domains_removed"].as_array().unwrap().iter().map(|d| d.as_str().unwrap()).collect();
+    let mut domains: Vec<&str> =
+        down["domains_removed"].as_array().unwrap().iter().map(|d| d.as_str().unwrap()).collect();
     domains.sort();
     assert_eq!(domains, ["demo-db", "demo-web"]);
     assert_eq!(down["networks_removed"], serde_json::json!(["demo-net"]));
@@ -88,7 +97,9 @@ fn swap_web_host_key(known_hosts: &Path) -> String {
     let db_key = original.lines().find(|l| l.starts_with("10.77.1.12 ")).unwrap().split_once(' ').unwrap().1;
     let tampered: String = original
         .lines()
-        .map(|line| if line.starts_with("10.77.1.11 ") { format!("10.77.1.11 {db_key}\n") } else { format!("{line}\n") })
+        .map(
+            |line| if line.starts_with("10.77.1.11 ") { format!("10.77.1.11 {db_key}\n") } else { format!("{line}\n") },
+        )
         .collect();
     std::fs::write(known_hosts, tampered).unwrap();
     original

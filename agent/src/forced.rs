@@ -19,7 +19,8 @@ pub fn parse(original: &str) -> Result<Command, AgentError> {
     if program != "envclone-agent" && !program.ends_with("/envclone-agent") {
         return Err(refused(format!("only envclone-agent subcommands run with this key, not {original:?}")));
     }
-    let cli = Cli::try_parse_from(&words).map_err(|e| refused(e.to_string().lines().next().unwrap_or("").to_string()))?;
+    let cli =
+        Cli::try_parse_from(&words).map_err(|e| refused(e.to_string().lines().next().unwrap_or("").to_string()))?;
     match (cli.forced_command, cli.command) {
         (false, Some(command)) => Ok(command),
         _ => Err(refused("a subcommand is required".to_string())),

@@ -60,7 +60,11 @@ fn main() {
     } else if let Some(command) = cli.command {
         command
     } else {
-        let error = AgentError { kind: "bad-argument".into(), message: "no subcommand given".into(), hint: Some("see envclone-agent --help".into()) };
+        let error = AgentError {
+            kind: "bad-argument".into(),
+            message: "no subcommand given".into(),
+            hint: Some("see envclone-agent --help".into()),
+        };
         std::process::exit(answer::<()>(Err((ExitStatus::Usage, error))).code());
     };
     std::process::exit(dispatch(command).code());

@@ -74,7 +74,8 @@ fn live_checks(config: &Config) -> Vec<LiveCheck> {
             return vec![LiveCheck::from_result(format!("libvirt {uri}"), Err(e))];
         }
     };
-    let mut checks = vec![LiveCheck { subject: format!("libvirt {uri}"), ok: true, detail: "connected".into(), hint: None }];
+    let mut checks =
+        vec![LiveCheck { subject: format!("libvirt {uri}"), ok: true, detail: "connected".into(), hint: None }];
     for (env_name, env) in &config.environments {
         for network in &env.networks {
             let result = hv

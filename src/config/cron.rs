@@ -45,39 +45,18 @@ struct FieldSpec {
     names: &'static [&'static str],
 }
 
-const MINUTE: FieldSpec = FieldSpec {
-    name: "minute",
-    min: 0,
-    max: 59,
-    names: &[],
-};
-const HOUR: FieldSpec = FieldSpec {
-    name: "hour",
-    min: 0,
-    max: 23,
-    names: &[],
-};
-const DAY_OF_MONTH: FieldSpec = FieldSpec {
-    name: "day-of-month",
-    min: 1,
-    max: 31,
-    names: &[],
-};
+const MINUTE: FieldSpec = FieldSpec { name: "minute", min: 0, max: 59, names: &[] };
+const HOUR: FieldSpec = FieldSpec { name: "hour", min: 0, max: 23, names: &[] };
+const DAY_OF_MONTH: FieldSpec = FieldSpec { name: "day-of-month", min: 1, max: 31, names: &[] };
 const MONTH: FieldSpec = FieldSpec {
     name: "month",
     min: 1,
     max: 12,
-    names: &[
-        "jan", "feb", "mar", "apr", "may", "jun", "jul", "aug", "sep", "oct", "nov", "dec",
-    ],
+    names: &["jan", "feb", "mar", "apr", "may", "jun", "jul", "aug", "sep", "oct", "nov", "dec"],
 };
 /// 7 is accepted as a second Sunday, as in every common cron.
-const DAY_OF_WEEK: FieldSpec = FieldSpec {
-    name: "day-of-week",
-    min: 0,
-    max: 7,
-    names: &["sun", "mon", "tue", "wed", "thu", "fri", "sat"],
-};
+const DAY_OF_WEEK: FieldSpec =
+    FieldSpec { name: "day-of-week", min: 0, max: 7, names: &["sun", "mon", "tue", "wed", "thu", "fri", "sat"] };
 
 const DAYS_IN_MONTH: [u32; 12] = [31, 29, 31, 30, 31, 30, 31, 31, 30, 31, 30, 31];
 
@@ -94,9 +73,7 @@ impl CronExpr {
         };
         let fields: Vec<&str> = expanded.split_whitespace().collect();
         let [minute, hour, day_of_month, month, day_of_week] = fields[..] else {
-            return Err(CronError::FieldCount {
-                found: fields.len(),
-            });
+            return Err(CronError::FieldCount { found: fields.len() });
         };
         let mut days_of_week = parse_field(day_of_week, &DAY_OF_WEEK)?;
         if days_of_week & (1 << 7) != 0 {
@@ -117,17 +94,8 @@ impl CronExpr {
 
     /// Whether the expression fires at this local time. `day_of_week` counts
     /// from Sunday = 0; `month` and `day_of_month` count from 1.
-    pub fn matches(
-        &self,
-        minute: u32,
-        hour: u32,
-        day_of_month: u32,
-        month: u32,
-        day_of_week: u32,
-    ) -> bool {
-        self.day_matches(day_of_month, month, day_of_week)
-            && has(self.minutes, minute)
-            && has(self.hours, hour)
+    pub fn matches(&self, minute: u32, hour: u32, day_of_month: u32, month: u32, day_of_week: u32) -> bool {
+        self.day_matches(day_of_month, month, day_of_week) && has(self.minutes, minute) && has(self.hours, hour)
     }
 
     /// The first minute strictly after `after` at which the expression
@@ -203,18 +171,13 @@ fn expand_macro(name: &str) -> Result<&'static str, CronError> {
         "weekly" => Ok("0 0 * * 0"),
         "monthly" => Ok("0 0 1 * *"),
         "yearly" | "annually" => Ok("0 0 1 1 *"),
-        _ => Err(CronError::UnknownMacro {
-            name: format!("@{name}"),
-        }),
+        _ => Err(CronError::UnknownMacro { name: format!("@{name}") }),
     }
 }
 
 /// Returns the allowed values of one field as a bit set (bit N = value N).
 fn parse_field(text: &str, spec: &FieldSpec) -> Result<u64, CronError> {
-    let fail = |reason: String| CronError::Field {
-        field: spec.name,
-        reason,
-    };
+    let fail = |reason: String| CronError::Field { field: spec.name, reason };
     let mut set = 0u64;
     for item in text.split(',') {
         let (range, step) = match item.split_once('/') {
@@ -223,10 +186,7 @@ fn parse_field(text: &str, spec: &FieldSpec) -> Result<u64, CronError> {
         };
         let (first, last) = match range.split_once('-') {
             _ if range == "*" => (spec.min, spec.max),
-            Some((first, last)) => (
-                parse_value(first, spec).map_err(fail)?,
-                parse_value(last, spec).map_err(fail)?,
-            ),
+            Some((first, last)) => (parse_value(first, spec).map_err(fail)?, parse_value(last, spec).map_err(fail)?),
             // "5/15" means "from 5 to the end, every 15", as in cronie.
             None if step.is_some() => (parse_value(range, spec).map_err(fail)?, spec.max),
             None => {
@@ -247,10 +207,7 @@ fn parse_field(text: &str, spec: &FieldSpec) -> Result<u64, CronError> {
 fn parse_step(text: &str, spec: &FieldSpec) -> Result<u32, String> {
     match text.parse::<u32>() {
         Ok(step) if (1..=spec.max.max(1)).contains(&step) => Ok(step),
-        _ => Err(format!(
-            "step {text:?} must be a number from 1 to {}",
-            spec.max.max(1)
-        )),
+        _ => Err(format!("step {text:?} must be a number from 1 to {}", spec.max.max(1))),
     }
 }
 
@@ -258,15 +215,10 @@ fn parse_value(text: &str, spec: &FieldSpec) -> Result<u32, String> {
     if text.is_empty() {
         return Err("empty value".to_owned());
     }
-    let named = spec
-        .names
-        .iter()
-        .position(|name| name.eq_ignore_ascii_case(text));
+    let named = spec.names.iter().position(|name| name.eq_ignore_ascii_case(text));
     let value = match named {
         Some(index) => spec.min + index as u32,
-        None => text
-            .parse::<u32>()
-            .map_err(|_| format!("{text:?} is not a number{}", name_hint(spec)))?,
+        None => text.parse::<u32>().map_err(|_| format!("{text:?} is not a number{}", name_hint(spec)))?,
     };
     if (spec.min..=spec.max).contains(&value) {
         Ok(value)
@@ -277,11 +229,7 @@ fn parse_value(text: &str, spec: &FieldSpec) -> Result<u32, String> {
 
 fn name_hint(spec: &FieldSpec) -> String {
     match (spec.names.first(), spec.names.last()) {
-        (Some(first), Some(last)) => format!(
-            " or a name {}..{}",
-            first.to_uppercase(),
-            last.to_uppercase()
-        ),
+        (Some(first), Some(last)) => format!(" or a name {}..{}", first.to_uppercase(), last.to_uppercase()),
         _ => String::new(),
     }
 }
@@ -316,14 +264,8 @@ mod tests {
 
     #[test]
     fn rejects_wrong_field_count() {
-        assert_eq!(
-            CronExpr::parse("0 2 * *"),
-            Err(CronError::FieldCount { found: 4 })
-        );
-        assert_eq!(
-            CronExpr::parse("0 0 2 * * *"),
-            Err(CronError::FieldCount { found: 6 })
-        );
+        assert_eq!(CronExpr::parse("0 2 * *"), Err(CronError::FieldCount { found: 4 }));
+        assert_eq!(CronExpr::parse("0 0 2 * * *"), Err(CronError::FieldCount { found: 6 }));
         assert_eq!(CronExpr::parse(""), Err(CronError::FieldCount { found: 0 }));
     }
 
@@ -348,18 +290,12 @@ mod tests {
 
     #[test]
     fn rejects_unknown_macro() {
-        assert!(matches!(
-            CronExpr::parse("@reboot"),
-            Err(CronError::UnknownMacro { .. })
-        ));
+        assert!(matches!(CronExpr::parse("@reboot"), Err(CronError::UnknownMacro { .. })));
     }
 
     #[test]
     fn rejects_dates_that_never_occur() {
-        assert_eq!(
-            CronExpr::parse("0 0 30 2 *"),
-            Err(CronError::NeverFires { first_day: 30 })
-        );
+        assert_eq!(CronExpr::parse("0 0 30 2 *"), Err(CronError::NeverFires { first_day: 30 }));
         assert!(CronExpr::parse("0 0 29 2 *").is_ok());
         assert!(CronExpr::parse("0 0 30 2 mon").is_ok());
     }

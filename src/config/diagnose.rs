@@ -26,10 +26,7 @@ pub fn from_toml_error(error: &toml::de::Error, text: &str, file: &Path) -> Diag
     let message = error.message().trim().replace('\n', ": ");
     let message = message.as_str();
     let span = error.span();
-    let spanned_path = span
-        .as_ref()
-        .map(|span| locator.path_at_span(span))
-        .unwrap_or_default();
+    let spanned_path = span.as_ref().map(|span| locator.path_at_span(span)).unwrap_or_default();
     let position_of = |path: &KeyPath| match &span {
         Some(span) => locator.position_of_offset(span.start),
         None => locator.position_of_path(path),
@@ -43,13 +40,7 @@ pub fn from_toml_error(error: &toml::de::Error, text: &str, file: &Path) -> Diag
             _ => spanned_path.key(field),
         };
         let fix = unknown_key_hint(field, &expected_names(message));
-        return diagnostic(
-            file,
-            position_of(&path),
-            &path,
-            format!("unknown key `{field}`"),
-            Some(fix),
-        );
+        return diagnostic(file, position_of(&path), &path, format!("unknown key `{field}`"), Some(fix));
     }
     if let Some(field) = quoted_after(message, "missing field") {
         let fix = if spanned_path.is_root() {
@@ -59,51 +50,21 @@ pub fn from_toml_error(error: &toml::de::Error, text: &str, file: &Path) -> Diag
         };
         let position = position_of(&spanned_path);
         let path = spanned_path.key(field);
-        return diagnostic(
-            file,
-            position,
-            &path,
-            format!("missing required key `{field}`"),
-            Some(fix),
-        );
+        return diagnostic(file, position, &path, format!("missing required key `{field}`"), Some(fix));
     }
     if let Some(value) = quoted_after(message, "unknown variant") {
         let fix = format!("use one of: {}", expected_names(message).join(", "));
         let message = format!("invalid value \"{value}\"");
-        return diagnostic(
-            file,
-            position_of(&spanned_path),
-            &spanned_path,
-            message,
-            Some(fix),
-        );
+        return diagnostic(file, position_of(&spanned_path), &spanned_path, message, Some(fix));
     }
     if !locator.is_toml() {
-        return diagnostic(
-            file,
-            position_of(&spanned_path),
-            &spanned_path,
-            format!("invalid TOML: {message}"),
-            None,
-        );
+        return diagnostic(file, position_of(&spanned_path), &spanned_path, format!("invalid TOML: {message}"), None);
     }
     let (message, fix) = explain_type(message);
-    diagnostic(
-        file,
-        position_of(&spanned_path),
-        &spanned_path,
-        message,
-        fix,
-    )
+    diagnostic(file, position_of(&spanned_path), &spanned_path, message, fix)
 }
 
-fn diagnostic(
-    file: &Path,
-    position: Position,
-    path: &KeyPath,
-    message: String,
-    hint: Option<String>,
-) -> Diagnostic {
+fn diagnostic(file: &Path, position: Position, path: &KeyPath, message: String, hint: Option<String>) -> Diagnostic {
     Diagnostic {
         file: file.to_owned(),
         line: position.line,
@@ -116,10 +77,7 @@ fn diagnostic(
 
 /// The first backquoted word after `prefix`, as serde writes field names.
 fn quoted_after<'m>(message: &'m str, prefix: &str) -> Option<&'m str> {
-    let rest = message
-        .strip_prefix(prefix)?
-        .trim_start()
-        .strip_prefix('`')?;
+    let rest = message.strip_prefix(prefix)?.trim_start().strip_prefix('`')?;
     rest.split_once('`').map(|(word, _)| word)
 }
 
@@ -150,31 +108,16 @@ fn unknown_key_hint(field: &str, valid: &[&str]) -> String {
 /// Replaces Rust type names in serde's "expected u16" with words and adds a hint.
 fn explain_type(message: &str) -> (String, Option<String>) {
     const TYPES: [(&str, &str, &str); 4] = [
-        (
-            "u16",
-            "a whole number",
-            "write a whole number from 0 to 65535, without quotes",
-        ),
-        (
-            "u32",
-            "a whole number",
-            "write a whole number from 0 to 4294967295, without quotes",
-        ),
-        (
-            "a boolean",
-            "a boolean",
-            "write true or false, without quotes",
-        ),
+        ("u16", "a whole number", "write a whole number from 0 to 65535, without quotes"),
+        ("u32", "a whole number", "write a whole number from 0 to 4294967295, without quotes"),
+        ("a boolean", "a boolean", "write true or false, without quotes"),
         ("a sequence", "a list", "write a list, e.g. [\"a\", \"b\"]"),
     ];
     let Some((before, expected)) = message.rsplit_once("expected ") else {
         return (message.to_owned(), None);
     };
     match TYPES.iter().find(|(name, _, _)| *name == expected) {
-        Some((_, words, hint)) => (
-            format!("{before}expected {words}"),
-            Some((*hint).to_owned()),
-        ),
+        Some((_, words, hint)) => (format!("{before}expected {words}"), Some((*hint).to_owned())),
         None => (message.to_owned(), None),
     }
 }

@@ -45,10 +45,7 @@ pub enum ConfigError {
         source: io::Error,
     },
     #[error("{}", DisplayDiagnostics { path, diagnostics })]
-    Invalid {
-        path: PathBuf,
-        diagnostics: Vec<Diagnostic>,
-    },
+    Invalid { path: PathBuf, diagnostics: Vec<Diagnostic> },
 }
 
 impl ConfigError {
@@ -82,11 +79,7 @@ impl fmt::Display for DisplayDiagnostics<'_> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let count = self.diagnostics.len();
         let noun = if count == 1 { "problem" } else { "problems" };
-        write!(
-            f,
-            "invalid config file {} ({count} {noun}):",
-            self.path.display()
-        )?;
+        write!(f, "invalid config file {} ({count} {noun}):", self.path.display())?;
         for diagnostic in self.diagnostics {
             write!(f, "\n{diagnostic}")?;
         }
@@ -100,11 +93,7 @@ pub enum LookupError {
     #[error("no environment named {name:?}")]
     UnknownEnvironment { name: String, known: Vec<String> },
     #[error("environment {environment:?} has no VM named {name:?}")]
-    UnknownVm {
-        environment: String,
-        name: String,
-        known: Vec<String>,
-    },
+    UnknownVm { environment: String, name: String, known: Vec<String> },
     #[error("no standby named {name:?}")]
     UnknownStandby { name: String, known: Vec<String> },
 }
@@ -143,10 +132,7 @@ mod tests {
     fn invalid_lists_every_diagnostic_with_its_hint() {
         let error = ConfigError::Invalid {
             path: PathBuf::from("envclone.toml"),
-            diagnostics: vec![
-                diagnostic(Some("define [environments.prod] or use one of: demo")),
-                diagnostic(None),
-            ],
+            diagnostics: vec![diagnostic(Some("define [environments.prod] or use one of: demo")), diagnostic(None)],
         };
         let expected = "\
 invalid config file envclone.toml (2 problems):
@@ -168,18 +154,9 @@ envclone.toml:14:15: schedules.nightly.environment: no environment named \"prod\
 
     #[test]
     fn lookup_hint_lists_known_names() {
-        let error = LookupError::UnknownEnvironment {
-            name: "prod".into(),
-            known: vec!["demo".into(), "qa".into()],
-        };
-        assert_eq!(
-            error.hint().as_deref(),
-            Some("known environments: demo, qa")
-        );
-        let none = LookupError::UnknownStandby {
-            name: "x".into(),
-            known: vec![],
-        };
+        let error = LookupError::UnknownEnvironment { name: "prod".into(), known: vec!["demo".into(), "qa".into()] };
+        assert_eq!(error.hint().as_deref(), Some("known environments: demo, qa"));
+        let none = LookupError::UnknownStandby { name: "x".into(), known: vec![] };
         assert_eq!(none.hint().as_deref(), Some("no standbys are configured"));
     }
 }

@@ -72,11 +72,7 @@ struct DisplayKey<'a>(&'a str);
 
 impl fmt::Display for DisplayKey<'_> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let bare = !self.0.is_empty()
-            && self
-                .0
-                .chars()
-                .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-');
+        let bare = !self.0.is_empty() && self.0.chars().all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-');
         if bare {
             f.write_str(self.0)
         } else {
@@ -114,20 +110,13 @@ impl<'a> Locator<'a> {
     /// Never fails: text that `toml_edit` cannot parse yields a locator that
     /// still converts offsets to positions but knows no keys.
     pub fn new(text: &'a str) -> Self {
-        let line_starts = std::iter::once(0)
-            .chain(text.match_indices('\n').map(|(offset, _)| offset + 1))
-            .collect();
+        let line_starts = std::iter::once(0).chain(text.match_indices('\n').map(|(offset, _)| offset + 1)).collect();
         let mut entries = Vec::new();
         let document = ImDocument::parse(text);
         if let Ok(document) = &document {
             collect_table(document.as_table(), &KeyPath::root(), &mut entries);
         }
-        Self {
-            text,
-            line_starts,
-            entries,
-            is_toml: document.is_ok(),
-        }
+        Self { text, line_starts, entries, is_toml: document.is_ok() }
     }
 
     /// Whether the text is valid TOML syntax; if not, no key is known.
@@ -143,10 +132,7 @@ impl<'a> Locator<'a> {
             Some(prefix) => prefix.chars().count() + 1,
             None => offset - line_start + 1,
         };
-        Position {
-            line: line_index + 1,
-            column,
-        }
+        Position { line: line_index + 1, column }
     }
 
     /// Where `path` is written: its value for plain values, its header for
@@ -176,9 +162,7 @@ impl<'a> Locator<'a> {
         let outermost_exact = self
             .entries
             .iter()
-            .filter(|entry| {
-                entry.key_span.as_ref() == Some(span) || entry.value_span.as_ref() == Some(span)
-            })
+            .filter(|entry| entry.key_span.as_ref() == Some(span) || entry.value_span.as_ref() == Some(span))
             .min_by_key(|entry| entry.path.0.len());
         let deepest_containing = || {
             self.entries
@@ -191,10 +175,7 @@ impl<'a> Locator<'a> {
                 })
                 .max_by_key(|entry| entry.path.0.len())
         };
-        outermost_exact
-            .or_else(deepest_containing)
-            .map(|entry| entry.path.clone())
-            .unwrap_or_default()
+        outermost_exact.or_else(deepest_containing).map(|entry| entry.path.clone()).unwrap_or_default()
     }
 }
 
@@ -206,28 +187,15 @@ fn collect_table(table: &Table, parent: &KeyPath, entries: &mut Vec<Entry>) {
     }
 }
 
-fn collect_item(
-    item: &Item,
-    path: KeyPath,
-    key_span: Option<Range<usize>>,
-    entries: &mut Vec<Entry>,
-) {
-    entries.push(Entry {
-        path: path.clone(),
-        key_span,
-        value_span: item.span(),
-    });
+fn collect_item(item: &Item, path: KeyPath, key_span: Option<Range<usize>>, entries: &mut Vec<Entry>) {
+    entries.push(Entry { path: path.clone(), key_span, value_span: item.span() });
     match item {
         Item::Table(table) => collect_table(table, &path, entries),
         Item::Value(value) => collect_value(value, &path, entries),
         Item::ArrayOfTables(tables) => {
             for (index, table) in tables.iter().enumerate() {
                 let element = path.index(index);
-                entries.push(Entry {
-                    path: element.clone(),
-                    key_span: None,
-                    value_span: table.span(),
-                });
+                entries.push(Entry { path: element.clone(), key_span: None, value_span: table.span() });
                 collect_table(table, &element, entries);
             }
         }
@@ -241,22 +209,14 @@ fn collect_value(value: &Value, path: &KeyPath, entries: &mut Vec<Entry>) {
             for (key, value) in table.iter() {
                 let child = path.key(key);
                 let key_span = table.key(key).and_then(|key| key.span());
-                entries.push(Entry {
-                    path: child.clone(),
-                    key_span,
-                    value_span: value.span(),
-                });
+                entries.push(Entry { path: child.clone(), key_span, value_span: value.span() });
                 collect_value(value, &child, entries);
             }
         }
         Value::Array(array) => {
             for (index, value) in array.iter().enumerate() {
                 let child = path.index(index);
-                entries.push(Entry {
-                    path: child.clone(),
-                    key_span: None,
-                    value_span: value.span(),
-                });
+                entries.push(Entry { path: child.clone(), key_span: None, value_span: value.span() });
                 collect_value(value, &child, entries);
             }
         }
@@ -290,71 +250,29 @@ agent = { address = \"10.0.0.1\", port = 22 }
     #[test]
     fn key_path_display_quotes_keys_with_dots() {
         let path = path(&["environments", "demo", "rewrite", "map", "db.prod"]);
-        assert_eq!(
-            path.to_string(),
-            r#"environments.demo.rewrite.map."db.prod""#
-        );
-        assert_eq!(
-            KeyPath::root().key("networks").index(1).to_string(),
-            "networks[1]"
-        );
+        assert_eq!(path.to_string(), r#"environments.demo.rewrite.map."db.prod""#);
+        assert_eq!(KeyPath::root().key("networks").index(1).to_string(), "networks[1]");
     }
 
     #[test]
     fn positions_point_at_values_and_table_headers() {
         let locator = Locator::new(TEXT);
         let ssh_key = locator.position_of_path(&path(&["controller", "ssh_key"]));
-        assert_eq!(
-            ssh_key,
-            Position {
-                line: 2,
-                column: 11
-            }
-        );
+        assert_eq!(ssh_key, Position { line: 2, column: 11 });
         let web = locator.position_of_path(&path(&["environments", "demo", "vms", "web"]));
         assert_eq!(web, Position { line: 7, column: 1 });
-        let port = locator.position_of_path(&path(&[
-            "environments",
-            "demo",
-            "vms",
-            "web",
-            "agent",
-            "port",
-        ]));
-        assert_eq!(
-            port,
-            Position {
-                line: 9,
-                column: 40
-            }
-        );
-        let second_network =
-            locator.position_of_path(&path(&["environments", "demo", "networks"]).index(1));
-        assert_eq!(
-            second_network,
-            Position {
-                line: 5,
-                column: 18
-            }
-        );
+        let port = locator.position_of_path(&path(&["environments", "demo", "vms", "web", "agent", "port"]));
+        assert_eq!(port, Position { line: 9, column: 40 });
+        let second_network = locator.position_of_path(&path(&["environments", "demo", "networks"]).index(1));
+        assert_eq!(second_network, Position { line: 5, column: 18 });
     }
 
     #[test]
     fn absent_paths_fall_back_to_their_parent() {
         let locator = Locator::new(TEXT);
-        let defaulted = locator.position_of_path(&path(&[
-            "environments",
-            "demo",
-            "vms",
-            "web",
-            "agent",
-            "user",
-        ]));
+        let defaulted = locator.position_of_path(&path(&["environments", "demo", "vms", "web", "agent", "user"]));
         assert_eq!(defaulted, Position { line: 9, column: 9 });
-        assert_eq!(
-            locator.position_of_path(&path(&["schedules", "x"])),
-            Position::START
-        );
+        assert_eq!(locator.position_of_path(&path(&["schedules", "x"])), Position::START);
     }
 
     #[test]
@@ -362,26 +280,14 @@ agent = { address = \"10.0.0.1\", port = 22 }
         let locator = Locator::new(TEXT);
         let offset = TEXT.find("\"db.prod\"").unwrap();
         let found = locator.path_at_span(&(offset..offset + 9));
-        assert_eq!(
-            found,
-            path(&["environments", "demo", "rewrite", "map", "db.prod"])
-        );
+        assert_eq!(found, path(&["environments", "demo", "rewrite", "map", "db.prod"]));
     }
 
     #[test]
     fn offsets_count_characters_not_bytes() {
         let locator = Locator::new("a = \"é\"\nb = 1\n");
-        assert_eq!(
-            locator.position_of_offset(9),
-            Position { line: 2, column: 1 }
-        );
-        assert_eq!(
-            locator.position_of_offset(7),
-            Position { line: 1, column: 7 }
-        );
-        assert_eq!(
-            locator.position_of_offset(999),
-            Position { line: 3, column: 1 }
-        );
+        assert_eq!(locator.position_of_offset(9), Position { line: 2, column: 1 });
+        assert_eq!(locator.position_of_offset(7), Position { line: 1, column: 7 });
+        assert_eq!(locator.position_of_offset(999), Position { line: 3, column: 1 });
     }
 }

@@ -4,12 +4,10 @@ use super::{Config, Environment, LookupError, Standby, Vm};
 
 impl Config {
     pub fn environment(&self, name: &str) -> Result<&Environment, LookupError> {
-        self.environments
-            .get(name)
-            .ok_or_else(|| LookupError::UnknownEnvironment {
-                name: name.to_owned(),
-                known: self.environments.keys().cloned().collect(),
-            })
+        self.environments.get(name).ok_or_else(|| LookupError::UnknownEnvironment {
+            name: name.to_owned(),
+            known: self.environments.keys().cloned().collect(),
+        })
     }
 
     pub fn vm(&self, environment: &str, name: &str) -> Result<(&Environment, &Vm), LookupError> {
@@ -23,11 +21,9 @@ impl Config {
     }
 
     pub fn standby(&self, name: &str) -> Result<&Standby, LookupError> {
-        self.standbys
-            .get(name)
-            .ok_or_else(|| LookupError::UnknownStandby {
-                name: name.to_owned(),
-                known: self.standbys.keys().cloned().collect(),
-            })
+        self.standbys.get(name).ok_or_else(|| LookupError::UnknownStandby {
+            name: name.to_owned(),
+            known: self.standbys.keys().cloned().collect(),
+        })
     }
 }

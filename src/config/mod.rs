@@ -297,12 +297,7 @@ impl Default for Environment {
 impl AgentEndpoint {
     /// An endpoint on the default port and user.
     pub fn new(address: impl Into<String>) -> Self {
-        Self {
-            address: address.into(),
-            port: Self::default_port(),
-            user: Self::default_user(),
-            netns: None,
-        }
+        Self { address: address.into(), port: Self::default_port(), user: Self::default_user(), netns: None }
     }
 
     fn default_port() -> u16 {
@@ -322,11 +317,7 @@ impl Rewrite {
 
 impl Default for Rewrite {
     fn default() -> Self {
-        Self {
-            files: Vec::new(),
-            roots: Self::default_roots(),
-            map: BTreeMap::new(),
-        }
+        Self { files: Vec::new(), roots: Self::default_roots(), map: BTreeMap::new() }
     }
 }
 
@@ -356,10 +347,7 @@ pub fn load(path: &Path) -> Result<Config, ConfigError> {
 }
 
 pub fn load_with(path: &Path, options: &ValidateOptions) -> Result<Config, ConfigError> {
-    let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
-        path: path.to_owned(),
-        source,
-    })?;
+    let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read { path: path.to_owned(), source })?;
     parse_with(&text, path, options)
 }
 
@@ -369,17 +357,10 @@ pub fn parse(text: &str, path: &Path) -> Result<Config, ConfigError> {
 }
 
 /// Like [`parse`], reporting every semantic problem at once rather than the first.
-pub fn parse_with(
-    text: &str,
-    path: &Path,
-    options: &ValidateOptions,
-) -> Result<Config, ConfigError> {
-    let invalid = |diagnostics| ConfigError::Invalid {
-        path: path.to_owned(),
-        diagnostics,
-    };
-    let config: Config = toml::from_str(text)
-        .map_err(|error| invalid(vec![diagnose::from_toml_error(&error, text, path)]))?;
+pub fn parse_with(text: &str, path: &Path, options: &ValidateOptions) -> Result<Config, ConfigError> {
+    let invalid = |diagnostics| ConfigError::Invalid { path: path.to_owned(), diagnostics };
+    let config: Config =
+        toml::from_str(text).map_err(|error| invalid(vec![diagnose::from_toml_error(&error, text, path)]))?;
     let problems = validate::validate(&config, options);
     if problems.is_empty() {
         Ok(config)
@@ -428,7 +409,10 @@ agent = { address = "10.0.0.2" }
 
     #[test]
     fn storage_is_taken_as_given_and_round_trips() {
-        let text = BASE.replace("[environments.demo.vms.web]", "[environments.demo]\nstorage = \"/srv/snap\"\n\n[environments.demo.vms.web]");
+        let text = BASE.replace(
+            "[environments.demo.vms.web]",
+            "[environments.demo]\nstorage = \"/srv/snap\"\n\n[environments.demo.vms.web]",
+        );
         let config = parse_unchecked(&text).unwrap();
         assert_eq!(config.environments["demo"].storage_dir(&config.controller, "demo"), Path::new("/srv/snap"));
         assert_eq!(parse_unchecked(&to_toml(&config)).unwrap(), config);
@@ -436,7 +420,10 @@ agent = { address = "10.0.0.2" }
 
     #[test]
     fn relative_storage_is_rejected() {
-        let text = BASE.replace("[environments.demo.vms.web]", "[environments.demo]\nstorage = \"snap\"\n\n[environments.demo.vms.web]");
+        let text = BASE.replace(
+            "[environments.demo.vms.web]",
+            "[environments.demo]\nstorage = \"snap\"\n\n[environments.demo.vms.web]",
+        );
         let error = parse_unchecked(&text).unwrap_err();
         let keys: Vec<String> = error.diagnostics().iter().map(|d| d.key.clone()).collect();
         assert_eq!(keys, ["environments.demo.storage"]);

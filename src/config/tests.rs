@@ -49,11 +49,7 @@ fn parse_unchecked(text: &str) -> Result<Config, ConfigError> {
 /// (key, line) of every diagnostic, in the order reported.
 fn located(text: &str) -> Vec<(String, usize)> {
     let error = parse_unchecked(text).unwrap_err();
-    error
-        .diagnostics()
-        .iter()
-        .map(|d| (d.key.clone(), d.line))
-        .collect()
+    error.diagnostics().iter().map(|d| (d.key.clone(), d.line)).collect()
 }
 
 fn with_demo(extra: &str) -> String {
@@ -65,39 +61,20 @@ fn full_config_parses_with_defaults_filled_in() {
     let config = parse_unchecked(FULL).unwrap();
     assert_eq!(config.controller.libvirt_uri, "qemu:///system");
     assert_eq!(config.controller.state_dir, Path::new("/var/lib/envclone"));
-    assert_eq!(
-        config.controller.connect_timeout.get(),
-        Duration::from_secs(10)
-    );
-    assert_eq!(
-        config.controller.command_timeout.get(),
-        Duration::from_secs(60)
-    );
+    assert_eq!(config.controller.connect_timeout.get(), Duration::from_secs(10));
+    assert_eq!(config.controller.command_timeout.get(), Duration::from_secs(60));
     assert_eq!(config.controller.min_free_space, HumanSize::from_gib(20));
     let demo = config.environment("demo").unwrap();
     assert_eq!(demo.quiesce, QuiescePolicy::BestEffort);
     assert_eq!(demo.freeze_timeout, HumanDuration::from_secs(5));
     assert_eq!(demo.hook_timeout, HumanDuration::from_secs(30));
     let (_, web) = config.vm("demo", "web").unwrap();
-    assert_eq!(
-        web.agent,
-        AgentEndpoint {
-            netns: Some("envclone-lab".into()),
-            ..AgentEndpoint::new("10.77.1.11")
-        }
-    );
+    assert_eq!(web.agent, AgentEndpoint { netns: Some("envclone-lab".into()), ..AgentEndpoint::new("10.77.1.11") });
     let rewrite = demo.rewrite.as_ref().unwrap();
     assert_eq!(rewrite.roots, ["/etc"]);
     let nightly = &config.schedules["nightly"];
     assert!(!nightly.memory);
-    assert_eq!(
-        nightly.retention,
-        Retention {
-            last: Some(7),
-            daily: Some(30),
-            ..Retention::default()
-        }
-    );
+    assert_eq!(nightly.retention, Retention { last: Some(7), daily: Some(30), ..Retention::default() });
     let standby = config.standby("demo-dr").unwrap();
     assert!(standby.autorestore);
     assert_eq!(standby.network, StandbyNetwork::Readdress);
@@ -108,9 +85,7 @@ fn full_config_parses_with_defaults_filled_in() {
 fn optional_sections_default_to_empty() {
     let text = "[controller]\nssh_key = \"/k\"\nknown_hosts = \"/h\"\n";
     let config = parse_unchecked(text).unwrap();
-    assert!(
-        config.environments.is_empty() && config.schedules.is_empty() && config.standbys.is_empty()
-    );
+    assert!(config.environments.is_empty() && config.schedules.is_empty() && config.standbys.is_empty());
     assert_eq!(config.lab, None);
 }
 
@@ -124,23 +99,10 @@ fn to_toml_round_trips_exactly() {
 #[test]
 fn built_config_round_trips_exactly() {
     let mut vms = BTreeMap::new();
-    vms.insert(
-        "a".to_owned(),
-        Vm {
-            domain: "lab-a".into(),
-            agent: AgentEndpoint::new("10.0.0.2"),
-        },
-    );
-    let environment = Environment {
-        vms,
-        freeze_timeout: Duration::from_millis(1500).into(),
-        ..Environment::default()
-    };
+    vms.insert("a".to_owned(), Vm { domain: "lab-a".into(), agent: AgentEndpoint::new("10.0.0.2") });
+    let environment = Environment { vms, freeze_timeout: Duration::from_millis(1500).into(), ..Environment::default() };
     let config = Config {
-        controller: Controller {
-            min_free_space: HumanSize::from_bytes(1536),
-            ..Controller::new("/k", "/h")
-        },
+        controller: Controller { min_free_space: HumanSize::from_bytes(1536), ..Controller::new("/k", "/h") },
         environments: BTreeMap::from([("lab".to_owned(), environment)]),
         schedules: BTreeMap::new(),
         standbys: BTreeMap::new(),
@@ -153,13 +115,7 @@ fn built_config_round_trips_exactly() {
 fn lookup_of_unknown_environment_lists_known_ones() {
     let config = parse_unchecked(FULL).unwrap();
     let error = config.environment("prod").unwrap_err();
-    assert_eq!(
-        error,
-        LookupError::UnknownEnvironment {
-            name: "prod".into(),
-            known: vec!["demo".into()]
-        }
-    );
+    assert_eq!(error, LookupError::UnknownEnvironment { name: "prod".into(), known: vec!["demo".into()] });
 }
 
 #[test]
@@ -172,10 +128,7 @@ fn lookup_of_unknown_vm_lists_the_environments_vms() {
         known: vec!["db".into(), "web".into()],
     };
     assert_eq!(error, expected);
-    assert!(matches!(
-        config.vm("prod", "web"),
-        Err(LookupError::UnknownEnvironment { .. })
-    ));
+    assert!(matches!(config.vm("prod", "web"), Err(LookupError::UnknownEnvironment { .. })));
 }
 
 #[test]
@@ -195,12 +148,7 @@ storage = "relative/dir"
     let keys: Vec<&str> = located.iter().map(|(key, _)| key.as_str()).collect();
     assert_eq!(
         keys,
-        [
-            "schedules.hourly.environment",
-            "schedules.hourly.every",
-            "standbys.lost.primary",
-            "standbys.lost.storage"
-        ]
+        ["schedules.hourly.environment", "schedules.hourly.every", "standbys.lost.primary", "standbys.lost.storage"]
     );
 }
 
@@ -212,29 +160,16 @@ fn schedule_without_cron_or_every_points_at_its_table() {
 
 #[test]
 fn invalid_names_are_rejected() {
-    let text = FULL
-        .replace(
-            "[environments.demo.vms.db]",
-            "[environments.demo.vms.\"d b\"]",
-        )
-        .replace("envclone-lab", "../x");
+    let text =
+        FULL.replace("[environments.demo.vms.db]", "[environments.demo.vms.\"d b\"]").replace("envclone-lab", "../x");
     let keys: Vec<String> = located(&text).into_iter().map(|(key, _)| key).collect();
-    assert_eq!(
-        keys,
-        [
-            "environments.demo.vms.web.agent.netns",
-            "environments.demo.vms.\"d b\""
-        ]
-    );
+    assert_eq!(keys, ["environments.demo.vms.web.agent.netns", "environments.demo.vms.\"d b\""]);
 }
 
 #[test]
 fn empty_domain_is_rejected() {
     let text = FULL.replace("domain = \"demo-db\"", "domain = \"\"");
-    assert_eq!(
-        located(&text),
-        [("environments.demo.vms.db.domain".to_owned(), 16)]
-    );
+    assert_eq!(located(&text), [("environments.demo.vms.db.domain".to_owned(), 16)]);
 }
 
 #[test]
@@ -243,45 +178,28 @@ fn same_domain_twice_in_one_environment_reports_both_vms() {
     let located = located(&text);
     assert_eq!(
         located,
-        [
-            ("environments.demo.vms.web.domain".to_owned(), 12),
-            ("environments.demo.vms.db.domain".to_owned(), 16)
-        ]
+        [("environments.demo.vms.web.domain".to_owned(), 12), ("environments.demo.vms.db.domain".to_owned(), 16)]
     );
 }
 
 #[test]
 fn zero_timeouts_are_rejected() {
     let text = FULL.replace("quiesce = \"best-effort\"", "freeze_timeout = \"0s\"");
-    assert_eq!(
-        located(&text),
-        [("environments.demo.freeze_timeout".to_owned(), 9)]
-    );
+    assert_eq!(located(&text), [("environments.demo.freeze_timeout".to_owned(), 9)]);
 }
 
 #[test]
 fn rewrite_files_must_stay_inside_roots() {
-    let text = FULL.replace(
-        "files = [\"/etc/demo/*.env\"]",
-        "files = [\"/etc/ok\", \"/srv/app.env\", \"/etc/../root/x\"]",
-    );
+    let text =
+        FULL.replace("files = [\"/etc/demo/*.env\"]", "files = [\"/etc/ok\", \"/srv/app.env\", \"/etc/../root/x\"]");
     let keys: Vec<String> = located(&text).into_iter().map(|(key, _)| key).collect();
-    assert_eq!(
-        keys,
-        [
-            "environments.demo.rewrite.files[1]",
-            "environments.demo.rewrite.files[2]"
-        ]
-    );
+    assert_eq!(keys, ["environments.demo.rewrite.files[1]", "environments.demo.rewrite.files[2]"]);
 }
 
 #[test]
 fn rewrite_map_with_empty_key_is_rejected() {
     let text = FULL.replace("\"db.prod.example\" =", "\"\" =");
-    assert_eq!(
-        located(&text),
-        [("environments.demo.rewrite.map.\"\"".to_owned(), 22)]
-    );
+    assert_eq!(located(&text), [("environments.demo.rewrite.map.\"\"".to_owned(), 22)]);
 }
 
 #[test]
@@ -295,64 +213,38 @@ fn missing_key_files_are_reported_with_their_path() {
         dir.path().join("known_hosts").display().to_string()
     );
     let error = parse(&text, Path::new("envclone.toml")).unwrap_err();
-    let [diagnostic] = error.diagnostics() else {
-        panic!("expected one diagnostic: {error}")
-    };
-    assert_eq!(
-        (diagnostic.key.as_str(), diagnostic.line),
-        ("controller.known_hosts", 3)
-    );
+    let [diagnostic] = error.diagnostics() else { panic!("expected one diagnostic: {error}") };
+    assert_eq!((diagnostic.key.as_str(), diagnostic.line), ("controller.known_hosts", 3));
     assert!(diagnostic.message.contains("known_hosts"));
 }
 
 #[test]
 fn syntax_errors_have_a_position_but_no_key() {
     let error = parse_unchecked("[controller]\nssh_key = \n").unwrap_err();
-    let [diagnostic] = error.diagnostics() else {
-        panic!("expected one diagnostic: {error}")
-    };
+    let [diagnostic] = error.diagnostics() else { panic!("expected one diagnostic: {error}") };
     assert_eq!((diagnostic.key.as_str(), diagnostic.line), ("", 2));
 }
 
 #[test]
 fn missing_controller_section_is_named() {
     let error = parse_unchecked("").unwrap_err();
-    let [diagnostic] = error.diagnostics() else {
-        panic!("expected one diagnostic: {error}")
-    };
-    assert_eq!(
-        (diagnostic.key.as_str(), diagnostic.line),
-        ("controller", 1)
-    );
-    assert_eq!(
-        diagnostic.hint.as_deref(),
-        Some("add the [controller] section")
-    );
+    let [diagnostic] = error.diagnostics() else { panic!("expected one diagnostic: {error}") };
+    assert_eq!((diagnostic.key.as_str(), diagnostic.line), ("controller", 1));
+    assert_eq!(diagnostic.hint.as_deref(), Some("add the [controller] section"));
 }
 
 #[test]
 fn unknown_key_suggests_the_closest_valid_one() {
     let text = FULL.replace("port = 2222", "prot = 2222");
     let error = parse_unchecked(&text).unwrap_err();
-    let [diagnostic] = error.diagnostics() else {
-        panic!("expected one diagnostic: {error}")
-    };
-    assert_eq!(
-        (diagnostic.key.as_str(), diagnostic.line),
-        ("environments.demo.vms.db.agent.prot", 17)
-    );
-    assert!(diagnostic
-        .hint
-        .as_deref()
-        .unwrap()
-        .starts_with("did you mean `port`?"));
+    let [diagnostic] = error.diagnostics() else { panic!("expected one diagnostic: {error}") };
+    assert_eq!((diagnostic.key.as_str(), diagnostic.line), ("environments.demo.vms.db.agent.prot", 17));
+    assert!(diagnostic.hint.as_deref().unwrap().starts_with("did you mean `port`?"));
 }
 
 #[test]
 fn read_error_names_the_file() {
     let error = load(Path::new("/nonexistent/envclone.toml")).unwrap_err();
-    assert!(
-        matches!(&error, ConfigError::Read { path, .. } if path == Path::new("/nonexistent/envclone.toml"))
-    );
+    assert!(matches!(&error, ConfigError::Read { path, .. } if path == Path::new("/nonexistent/envclone.toml")));
     assert!(error.hint().is_some());
 }

@@ -60,11 +60,7 @@ impl FromStr for HumanDuration {
     type Err = UnitError;
 
     fn from_str(text: &str) -> Result<Self, Self::Err> {
-        humantime::parse_duration(text.trim())
-            .map(Self)
-            .map_err(|_| UnitError::Duration {
-                text: text.to_owned(),
-            })
+        humantime::parse_duration(text.trim()).map(Self).map_err(|_| UnitError::Duration { text: text.to_owned() })
     }
 }
 
@@ -103,9 +99,7 @@ impl FromStr for HumanSize {
     type Err = UnitError;
 
     fn from_str(text: &str) -> Result<Self, Self::Err> {
-        let error = || UnitError::Size {
-            text: text.to_owned(),
-        };
+        let error = || UnitError::Size { text: text.to_owned() };
         let trimmed = text.trim();
         // bytesize reads "GiB" as zero bytes and saturates on overflow; a config
         // value that silently becomes 0 or u64::MAX is a typo, not a size.
@@ -141,10 +135,7 @@ impl fmt::Display for HumanSize {
             (1_000, "kB"),
         ];
         let bytes = self.bytes();
-        let unit = BINARY
-            .iter()
-            .chain(DECIMAL.iter())
-            .find(|(factor, _)| bytes != 0 && bytes % factor == 0);
+        let unit = BINARY.iter().chain(DECIMAL.iter()).find(|(factor, _)| bytes != 0 && bytes % factor == 0);
         match unit {
             Some((factor, name)) => write!(f, "{}{name}", bytes / factor),
             None => write!(f, "{bytes}B"),
@@ -185,10 +176,7 @@ struct FromStrVisitor<T> {
 
 impl<T> FromStrVisitor<T> {
     fn new(expecting: &'static str) -> Self {
-        Self {
-            expecting,
-            target: std::marker::PhantomData,
-        }
+        Self { expecting, target: std::marker::PhantomData }
     }
 }
 
@@ -213,13 +201,7 @@ mod tests {
 
     #[test]
     fn duration_parses_human_units() {
-        let cases = [
-            ("30s", 30),
-            ("5m", 300),
-            ("1h 30m", 5400),
-            ("2days", 172_800),
-            ("0s", 0),
-        ];
+        let cases = [("30s", 30), ("5m", 300), ("1h 30m", 5400), ("2days", 172_800), ("0s", 0)];
         for (text, secs) in cases {
             let parsed: HumanDuration = text.parse().unwrap();
             assert_eq!(parsed, HumanDuration::from_secs(secs), "{text}");
@@ -245,11 +227,7 @@ mod tests {
         let odd = Duration::new(3_723, 4_005_006);
         for duration in [Duration::ZERO, Duration::from_millis(1500), odd] {
             let text = HumanDuration(duration).to_string();
-            assert_eq!(
-                text.parse::<HumanDuration>().unwrap().get(),
-                duration,
-                "{text}"
-            );
+            assert_eq!(text.parse::<HumanDuration>().unwrap().get(), duration, "{text}");
         }
     }
 

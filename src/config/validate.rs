@@ -11,8 +11,7 @@ use std::path::{Component, Path};
 use super::cron::CronExpr;
 use super::locate::KeyPath;
 use super::{
-    AgentEndpoint, Config, Controller, Environment, HumanDuration, Rewrite, Schedule, Standby,
-    ValidateOptions, Vm,
+    AgentEndpoint, Config, Controller, Environment, HumanDuration, Rewrite, Schedule, Standby, ValidateOptions, Vm,
 };
 
 /// A semantic problem, located by key path only.
@@ -47,32 +46,19 @@ struct Checker {
 
 impl Checker {
     fn report(&mut self, path: KeyPath, message: String, hint: impl Into<Option<String>>) {
-        self.problems.push(Problem {
-            path,
-            message,
-            hint: hint.into(),
-        });
+        self.problems.push(Problem { path, message, hint: hint.into() });
     }
 
     fn controller(&mut self, controller: &Controller, path: &KeyPath, options: &ValidateOptions) {
         if controller.libvirt_uri.trim().is_empty() {
-            self.report(
-                path.key("libvirt_uri"),
-                "libvirt URI is empty".into(),
-                hint("use \"qemu:///system\""),
-            );
+            self.report(path.key("libvirt_uri"), "libvirt URI is empty".into(), hint("use \"qemu:///system\""));
         }
         self.absolute_path(&controller.state_dir, &path.key("state_dir"));
-        let ssh_key_hint = format!(
-            "create one with `ssh-keygen -t ed25519 -N '' -f {}`",
-            controller.ssh_key.display()
-        );
-        let known_hosts_hint =
-            "collect the agents' host keys with `ssh-keyscan ADDRESS >> FILE`".to_owned();
-        for (field, file, fix) in [
-            ("ssh_key", &controller.ssh_key, ssh_key_hint),
-            ("known_hosts", &controller.known_hosts, known_hosts_hint),
-        ] {
+        let ssh_key_hint = format!("create one with `ssh-keygen -t ed25519 -N '' -f {}`", controller.ssh_key.display());
+        let known_hosts_hint = "collect the agents' host keys with `ssh-keyscan ADDRESS >> FILE`".to_owned();
+        for (field, file, fix) in
+            [("ssh_key", &controller.ssh_key, ssh_key_hint), ("known_hosts", &controller.known_hosts, known_hosts_hint)]
+        {
             let path = path.key(field);
             if self.absolute_path(file, &path) && options.check_files {
                 self.existing_file(file, path, fix);
@@ -85,9 +71,7 @@ impl Checker {
     fn environment(&mut self, name: &str, environment: &Environment, path: &KeyPath) {
         self.name(name, "environment name", path);
         if environment.vms.is_empty() {
-            let fix = format!(
-                "add a VM under [environments.{name}.vms.NAME] with `domain` and an `agent` table"
-            );
+            let fix = format!("add a VM under [environments.{name}.vms.NAME] with `domain` and an `agent` table");
             self.report(path.clone(), "environment has no VMs".into(), fix);
         }
         for (index, network) in environment.networks.iter().enumerate() {
@@ -128,11 +112,7 @@ impl Checker {
             );
         }
         if agent.user.trim().is_empty() {
-            self.report(
-                path.key("user"),
-                "user is empty".into(),
-                hint("leave `user` out to log in as root"),
-            );
+            self.report(path.key("user"), "user is empty".into(), hint("leave `user` out to log in as root"));
         }
         if let Some(netns) = &agent.netns {
             self.name(netns, "network namespace name", &path.key("netns"));
@@ -150,25 +130,13 @@ impl Checker {
                 continue;
             }
             if !roots.iter().any(|root| Path::new(file).starts_with(root)) {
-                let fix = format!(
-                    "add its directory to `roots` (now: {})",
-                    rewrite.roots.join(", ")
-                );
-                self.report(
-                    file_path,
-                    format!("{file} is outside the allowed roots"),
-                    fix,
-                );
+                let fix = format!("add its directory to `roots` (now: {})", rewrite.roots.join(", "));
+                self.report(file_path, format!("{file} is outside the allowed roots"), fix);
             }
         }
         if rewrite.map.contains_key("") {
-            let fix =
-                "give the old value to replace, e.g. \"db.prod.example\" = \"db.clone.example\"";
-            self.report(
-                path.key("map").key(""),
-                "empty value to replace".into(),
-                hint(fix),
-            );
+            let fix = "give the old value to replace, e.g. \"db.prod.example\" = \"db.clone.example\"";
+            self.report(path.key("map").key(""), "empty value to replace".into(), hint(fix));
         }
     }
 
@@ -178,30 +146,16 @@ impl Checker {
         let mut owners: BTreeMap<&str, Vec<KeyPath>> = BTreeMap::new();
         for (env_name, environment) in &config.environments {
             for (vm_name, vm) in &environment.vms {
-                let path = KeyPath::root()
-                    .key("environments")
-                    .key(env_name)
-                    .key("vms")
-                    .key(vm_name);
+                let path = KeyPath::root().key("environments").key(env_name).key("vms").key(vm_name);
                 owners.entry(&vm.domain).or_default().push(path);
             }
         }
         for (domain, paths) in owners.into_iter().filter(|(_, paths)| paths.len() > 1) {
             for path in &paths {
-                let others: Vec<String> = paths
-                    .iter()
-                    .filter(|other| *other != path)
-                    .map(ToString::to_string)
-                    .collect();
-                let fix = format!(
-                    "give each VM its own domain; also used by {}",
-                    others.join(", ")
-                );
-                self.report(
-                    path.key("domain"),
-                    format!("libvirt domain {domain:?} is used by more than one VM"),
-                    fix,
-                );
+                let others: Vec<String> =
+                    paths.iter().filter(|other| *other != path).map(ToString::to_string).collect();
+                let fix = format!("give each VM its own domain; also used by {}", others.join(", "));
+                self.report(path.key("domain"), format!("libvirt domain {domain:?} is used by more than one VM"), fix);
             }
         }
     }
@@ -223,11 +177,7 @@ impl Checker {
             (Some(cron), None) => {
                 if let Err(error) = CronExpr::parse(cron) {
                     let fix = "five fields: minute hour day-of-month month day-of-week, e.g. \"0 2 * * *\"";
-                    self.report(
-                        path.key("cron"),
-                        format!("invalid cron expression {cron:?}: {error}"),
-                        hint(fix),
-                    );
+                    self.report(path.key("cron"), format!("invalid cron expression {cron:?}: {error}"), hint(fix));
                 }
             }
             (None, Some(every)) => self.positive(every, &path.key("every")),
@@ -248,10 +198,7 @@ impl Checker {
         let fix = if known.is_empty() {
             format!("define [environments.{name}]")
         } else {
-            format!(
-                "define [environments.{name}] or use one of: {}",
-                known.join(", ")
-            )
+            format!("define [environments.{name}] or use one of: {}", known.join(", "))
         };
         self.report(path.clone(), format!("no environment named {name:?}"), fix);
     }
@@ -259,9 +206,7 @@ impl Checker {
     /// Names end up in libvirt object names, file names and command lines,
     /// so they are kept to characters that need no quoting anywhere.
     fn name(&mut self, name: &str, what: &str, path: &KeyPath) {
-        let valid_chars = name
-            .chars()
-            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '.' | '-'));
+        let valid_chars = name.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '.' | '-'));
         if name.is_empty() {
             self.report(path.clone(), format!("{what} is empty"), None);
         } else if !valid_chars || name == "." || name == ".." {
@@ -272,24 +217,15 @@ impl Checker {
 
     fn positive(&mut self, duration: HumanDuration, path: &KeyPath) {
         if duration.is_zero() {
-            self.report(
-                path.clone(),
-                "must be longer than zero".into(),
-                hint("use e.g. \"5s\""),
-            );
+            self.report(path.clone(), "must be longer than zero".into(), hint("use e.g. \"5s\""));
         }
     }
 
     fn absolute_path(&mut self, file: &Path, path: &KeyPath) -> bool {
         let absolute = file.is_absolute();
         if !absolute {
-            let fix =
-                "write the full path, starting with '/', since envclone may run from any directory";
-            self.report(
-                path.clone(),
-                format!("{} is not an absolute path", file.display()),
-                hint(fix),
-            );
+            let fix = "write the full path, starting with '/', since envclone may run from any directory";
+            self.report(path.clone(), format!("{} is not an absolute path", file.display()), hint(fix));
         }
         absolute
     }
@@ -299,15 +235,9 @@ impl Checker {
         if !self.absolute_path(file, path) {
             return false;
         }
-        let escapes = file
-            .components()
-            .any(|component| component == Component::ParentDir);
+        let escapes = file.components().any(|component| component == Component::ParentDir);
         if escapes {
-            self.report(
-                path.clone(),
-                format!("{} contains '..'", file.display()),
-                hint("write the path without '..'"),
-            );
+            self.report(path.clone(), format!("{} contains '..'", file.display()), hint("write the path without '..'"));
         }
         !escapes
     }
@@ -315,19 +245,11 @@ impl Checker {
     fn existing_file(&mut self, file: &Path, path: KeyPath, fix: String) {
         match std::fs::metadata(file) {
             Ok(metadata) if metadata.is_file() => {}
-            Ok(_) => self.report(
-                path,
-                format!("{} is not a regular file", file.display()),
-                fix,
-            ),
+            Ok(_) => self.report(path, format!("{} is not a regular file", file.display()), fix),
             Err(error) if error.kind() == io::ErrorKind::NotFound => {
                 self.report(path, format!("{} does not exist", file.display()), fix)
             }
-            Err(error) => self.report(
-                path,
-                format!("cannot access {}: {error}", file.display()),
-                None,
-            ),
+            Err(error) => self.report(path, format!("cannot access {}: {error}", file.display()), None),
         }
     }
 }

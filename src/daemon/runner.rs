@@ -340,8 +340,10 @@ mod tests {
     fn deferred_deletes_are_read_from_the_delete_report() {
         assert_eq!(deferred_reason(&json!({"deleted": true, "deferred": []})), None);
         assert_eq!(
-            deferred_reason(&json!({"deleted": false, "deferred": ["web/vda: needed by clone 'c'"], "reason": "clone 'c' uses it"}))
-                .as_deref(),
+            deferred_reason(
+                &json!({"deleted": false, "deferred": ["web/vda: needed by clone 'c'"], "reason": "clone 'c' uses it"})
+            )
+            .as_deref(),
             Some("clone 'c' uses it")
         );
         assert_eq!(deferred_reason(&json!({"deferred": ["a", "b"]})).as_deref(), Some("a; b"));

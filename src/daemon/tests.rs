@@ -154,7 +154,9 @@ impl ScheduledRunner for FakeRunner {
     fn apply_retention(&self, _env: &str, schedule: &str, policy: &Retention) -> Result<RetentionResult, RunError> {
         self.retentions.lock().unwrap().push((schedule.to_owned(), *policy));
         if self.retention_failing {
-            return Err(RunError::Catalog(Box::new(crate::catalog::CatalogError::NotFound { what: "the snapshots of delete-snapshot".into() })));
+            return Err(RunError::Catalog(Box::new(crate::catalog::CatalogError::NotFound {
+                what: "the snapshots of delete-snapshot".into(),
+            })));
         }
         Ok(self.retention.clone())
     }

@@ -36,10 +36,7 @@ pub enum LibvirtCode {
 
 impl LibvirtError {
     pub fn new(code: LibvirtCode, message: impl Into<String>) -> Self {
-        Self {
-            code,
-            message: message.into(),
-        }
+        Self { code, message: message.into() }
     }
 }
 
@@ -67,9 +64,7 @@ impl From<virt::error::Error> for LibvirtError {
         // Drivers refuse flags they don't know with INVALID_ARG and this
         // text: that is "this driver can't", not a bad argument of ours.
         let code = match code {
-            LibvirtCode::InvalidArg if message.contains("unsupported flags") => {
-                LibvirtCode::Unsupported
-            }
+            LibvirtCode::InvalidArg if message.contains("unsupported flags") => LibvirtCode::Unsupported,
             code => code,
         };
         Self { code, message }
@@ -116,60 +111,25 @@ pub enum HvError {
     #[error("cannot undefine network {name}")]
     UndefineNetwork { name: String, source: LibvirtError },
     #[error("cannot take snapshot {snapshot} of domain {domain}")]
-    Snapshot {
-        domain: String,
-        snapshot: String,
-        source: LibvirtError,
-    },
+    Snapshot { domain: String, snapshot: String, source: LibvirtError },
     #[error("cannot save memory of domain {domain} to {}", path.display())]
-    SaveMemory {
-        domain: String,
-        path: PathBuf,
-        source: LibvirtError,
-    },
+    SaveMemory { domain: String, path: PathBuf, source: LibvirtError },
     #[error("cannot restore memory from {}", path.display())]
     RestoreMemory { path: PathBuf, source: LibvirtError },
     #[error("cannot start block commit of {domain} disk {disk}")]
-    BlockCommit {
-        domain: String,
-        disk: String,
-        source: LibvirtError,
-    },
+    BlockCommit { domain: String, disk: String, source: LibvirtError },
     #[error("cannot query block job of {domain} disk {disk}")]
-    BlockJob {
-        domain: String,
-        disk: String,
-        source: LibvirtError,
-    },
+    BlockJob { domain: String, disk: String, source: LibvirtError },
     #[error("cannot pivot block job of {domain} disk {disk}")]
-    BlockJobPivot {
-        domain: String,
-        disk: String,
-        source: LibvirtError,
-    },
+    BlockJobPivot { domain: String, disk: String, source: LibvirtError },
     #[error("cannot abort block job of {domain} disk {disk}")]
-    BlockJobAbort {
-        domain: String,
-        disk: String,
-        source: LibvirtError,
-    },
+    BlockJobAbort { domain: String, disk: String, source: LibvirtError },
     #[error("cannot send QMP command to domain {domain}")]
-    QmpTransport {
-        domain: String,
-        source: LibvirtError,
-    },
+    QmpTransport { domain: String, source: LibvirtError },
     #[error("QMP {class} error from domain {domain}: {desc}")]
-    Qmp {
-        domain: String,
-        class: String,
-        desc: String,
-    },
+    Qmp { domain: String, class: String, desc: String },
     #[error("unexpected QMP reply to {command} from domain {domain}: {detail}")]
-    QmpReply {
-        domain: String,
-        command: String,
-        detail: String,
-    },
+    QmpReply { domain: String, command: String, detail: String },
     #[error("invalid {what} XML: {detail}")]
     Xml { what: &'static str, detail: String },
     #[error("{operation} is not supported by this hypervisor")]
@@ -221,21 +181,15 @@ impl HvError {
     /// opposed to failing this time.
     pub fn is_unsupported(&self) -> bool {
         matches!(self, HvError::Unsupported { .. })
-            || self
-                .libvirt()
-                .is_some_and(|e| e.code == LibvirtCode::Unsupported)
+            || self.libvirt().is_some_and(|e| e.code == LibvirtCode::Unsupported)
     }
 
     /// A next step for the user, when there is an obvious one.
     pub fn hint(&self) -> Option<String> {
         use HvError::*;
         let hint = match self {
-            Connect { .. } => {
-                "is libvirtd running? for the lab run `envclone lab up`; check controller.libvirt_uri"
-            }
-            NoSuchDomain { .. } | LookupDomain { .. } => {
-                "check `virsh list --all` and the domain key in the config"
-            }
+            Connect { .. } => "is libvirtd running? for the lab run `envclone lab up`; check controller.libvirt_uri",
+            NoSuchDomain { .. } | LookupDomain { .. } => "check `virsh list --all` and the domain key in the config",
             NoSuchNetwork { .. } | LookupNetwork { .. } => {
                 "check `virsh net-list --all` and the network key in the config"
             }

@@ -19,8 +19,8 @@ use std::sync::{Mutex, MutexGuard, PoisonError};
 use ops::State;
 
 use super::{
-    BlockCommit, BlockJobInfo, DirectBootSpec, Domain, DomainDef, DomainState, ExternalSnapshot,
-    HvError, Hypervisor, Network, NetworkDef, NetworkSpec, NicSpec,
+    BlockCommit, BlockJobInfo, DirectBootSpec, Domain, DomainDef, DomainState, ExternalSnapshot, HvError, Hypervisor,
+    Network, NetworkDef, NetworkSpec, NicSpec,
 };
 
 /// One step of the [`Hypervisor`] trait: one per method.
@@ -52,75 +52,27 @@ pub enum FakeStep {
 /// A recorded call, with its arguments.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Call {
-    Domain {
-        name: String,
-    },
+    Domain { name: String },
     DomainNames,
-    DefineDomain {
-        def: DomainDef,
-    },
-    StartDomain {
-        name: String,
-    },
-    DestroyDomain {
-        name: String,
-    },
-    UndefineDomain {
-        name: String,
-    },
-    SetAutostart {
-        name: String,
-        on: bool,
-    },
-    Network {
-        name: String,
-    },
+    DefineDomain { def: DomainDef },
+    StartDomain { name: String },
+    DestroyDomain { name: String },
+    UndefineDomain { name: String },
+    SetAutostart { name: String, on: bool },
+    Network { name: String },
     NetworkNames,
-    DefineNetwork {
-        def: NetworkDef,
-    },
-    StartNetwork {
-        name: String,
-    },
-    DestroyNetwork {
-        name: String,
-    },
-    UndefineNetwork {
-        name: String,
-    },
-    CreateSnapshot {
-        domain: String,
-        snapshot: ExternalSnapshot,
-    },
-    SaveMemory {
-        domain: String,
-        path: PathBuf,
-    },
-    RestoreMemory {
-        path: PathBuf,
-        def: Option<DomainDef>,
-    },
-    BlockCommit {
-        domain: String,
-        disk: String,
-        opts: BlockCommit,
-    },
-    BlockJob {
-        domain: String,
-        disk: String,
-    },
-    BlockJobPivot {
-        domain: String,
-        disk: String,
-    },
-    BlockJobAbort {
-        domain: String,
-        disk: String,
-    },
-    Qmp {
-        domain: String,
-        command: String,
-    },
+    DefineNetwork { def: NetworkDef },
+    StartNetwork { name: String },
+    DestroyNetwork { name: String },
+    UndefineNetwork { name: String },
+    CreateSnapshot { domain: String, snapshot: ExternalSnapshot },
+    SaveMemory { domain: String, path: PathBuf },
+    RestoreMemory { path: PathBuf, def: Option<DomainDef> },
+    BlockCommit { domain: String, disk: String, opts: BlockCommit },
+    BlockJob { domain: String, disk: String },
+    BlockJobPivot { domain: String, disk: String },
+    BlockJobAbort { domain: String, disk: String },
+    Qmp { domain: String, command: String },
 }
 
 impl Call {
@@ -177,26 +129,21 @@ impl FakeHypervisor {
             bridge: format!("br-{network}"),
             ip: Some((std::net::Ipv4Addr::new(192, 168, 50, 1), 24)),
         });
-        domains
-            .iter()
-            .fold(Self::new().with_network(net, true), |fake, name| {
-                let def = DomainDef::direct_boot(&DirectBootSpec {
-                    name: (*name).to_owned(),
-                    domain_type: "qemu".to_owned(),
-                    memory_mib: 256,
-                    vcpus: 1,
-                    kernel: PathBuf::from("/boot/vmlinuz"),
-                    initrd: Some(PathBuf::from("/boot/initrd.img")),
-                    cmdline: "console=ttyS0 root=/dev/vda".to_owned(),
-                    disks: vec![PathBuf::from(format!("/images/{name}.qcow2"))],
-                    interfaces: vec![NicSpec {
-                        network: network.to_owned(),
-                        mac: None,
-                    }],
-                    serial_log: None,
-                });
-                fake.with_domain(def, DomainState::Running)
-            })
+        domains.iter().fold(Self::new().with_network(net, true), |fake, name| {
+            let def = DomainDef::direct_boot(&DirectBootSpec {
+                name: (*name).to_owned(),
+                domain_type: "qemu".to_owned(),
+                memory_mib: 256,
+                vcpus: 1,
+                kernel: PathBuf::from("/boot/vmlinuz"),
+                initrd: Some(PathBuf::from("/boot/initrd.img")),
+                cmdline: "console=ttyS0 root=/dev/vda".to_owned(),
+                disks: vec![PathBuf::from(format!("/images/{name}.qcow2"))],
+                interfaces: vec![NicSpec { network: network.to_owned(), mac: None }],
+                serial_log: None,
+            });
+            fake.with_domain(def, DomainState::Running)
+        })
     }
 
     /// Adds a persistent domain in `state`; a missing UUID or MAC is filled
@@ -232,9 +179,7 @@ impl FakeHypervisor {
 
     /// `qmp_raw` answers `reply` to every command named `command`.
     pub fn with_qmp_reply(self, command: &str, reply: &str) -> Self {
-        self.lock()
-            .qmp_replies
-            .insert(command.to_owned(), reply.to_owned());
+        self.lock().qmp_replies.insert(command.to_owned(), reply.to_owned());
         self
     }
 
@@ -271,11 +216,7 @@ impl FakeHypervisor {
 
     /// Names of the snapshots kept in metadata for `domain`.
     pub fn snapshot_names(&self, domain: &str) -> Vec<String> {
-        self.lock()
-            .domains
-            .get(domain)
-            .map(|d| d.snapshots.clone())
-            .unwrap_or_default()
+        self.lock().domains.get(domain).map(|d| d.snapshots.clone()).unwrap_or_default()
     }
 
     /// Paths of the save images written so far (or given).
@@ -294,11 +235,7 @@ impl FakeHypervisor {
     }
 
     /// Records `call`, applies injected failures, then runs `op`.
-    fn run<T>(
-        &self,
-        call: Call,
-        op: impl FnOnce(&mut State) -> Result<T, HvError>,
-    ) -> Result<T, HvError> {
+    fn run<T>(&self, call: Call, op: impl FnOnce(&mut State) -> Result<T, HvError>) -> Result<T, HvError> {
         let mut state = self.lock();
         state.record(call)?;
         op(&mut state)
@@ -307,177 +244,94 @@ impl FakeHypervisor {
 
 impl Hypervisor for FakeHypervisor {
     fn domain(&self, name: &str) -> Result<Domain, HvError> {
-        self.run(
-            Call::Domain {
-                name: name.to_owned(),
-            },
-            |s| s.domain(name),
-        )
+        self.run(Call::Domain { name: name.to_owned() }, |s| s.domain(name))
     }
 
     fn domain_names(&self) -> Result<Vec<String>, HvError> {
-        self.run(Call::DomainNames, |s| {
-            Ok(s.domains.keys().cloned().collect())
-        })
+        self.run(Call::DomainNames, |s| Ok(s.domains.keys().cloned().collect()))
     }
 
     fn define_domain(&self, def: &DomainDef) -> Result<Domain, HvError> {
-        self.run(Call::DefineDomain { def: def.clone() }, |s| {
-            s.define_domain(def)
-        })
+        self.run(Call::DefineDomain { def: def.clone() }, |s| s.define_domain(def))
     }
 
     fn start_domain(&self, name: &str) -> Result<(), HvError> {
-        self.run(
-            Call::StartDomain {
-                name: name.to_owned(),
-            },
-            |s| s.start_domain(name),
-        )
+        self.run(Call::StartDomain { name: name.to_owned() }, |s| s.start_domain(name))
     }
 
     fn destroy_domain(&self, name: &str) -> Result<(), HvError> {
-        self.run(
-            Call::DestroyDomain {
-                name: name.to_owned(),
-            },
-            |s| s.destroy_domain(name),
-        )
+        self.run(Call::DestroyDomain { name: name.to_owned() }, |s| s.destroy_domain(name))
     }
 
     fn undefine_domain(&self, name: &str) -> Result<(), HvError> {
-        self.run(
-            Call::UndefineDomain {
-                name: name.to_owned(),
-            },
-            |s| s.undefine_domain(name),
-        )
+        self.run(Call::UndefineDomain { name: name.to_owned() }, |s| s.undefine_domain(name))
     }
 
     fn set_autostart(&self, name: &str, on: bool) -> Result<(), HvError> {
-        self.run(
-            Call::SetAutostart {
-                name: name.to_owned(),
-                on,
-            },
-            |s| s.set_autostart(name, on),
-        )
+        self.run(Call::SetAutostart { name: name.to_owned(), on }, |s| s.set_autostart(name, on))
     }
 
     fn network(&self, name: &str) -> Result<Network, HvError> {
-        self.run(
-            Call::Network {
-                name: name.to_owned(),
-            },
-            |s| s.network(name),
-        )
+        self.run(Call::Network { name: name.to_owned() }, |s| s.network(name))
     }
 
     fn network_names(&self) -> Result<Vec<String>, HvError> {
-        self.run(Call::NetworkNames, |s| {
-            Ok(s.networks.keys().cloned().collect())
-        })
+        self.run(Call::NetworkNames, |s| Ok(s.networks.keys().cloned().collect()))
     }
 
     fn define_network(&self, def: &NetworkDef) -> Result<Network, HvError> {
-        self.run(Call::DefineNetwork { def: def.clone() }, |s| {
-            s.define_network(def)
-        })
+        self.run(Call::DefineNetwork { def: def.clone() }, |s| s.define_network(def))
     }
 
     fn start_network(&self, name: &str) -> Result<(), HvError> {
-        self.run(
-            Call::StartNetwork {
-                name: name.to_owned(),
-            },
-            |s| s.start_network(name),
-        )
+        self.run(Call::StartNetwork { name: name.to_owned() }, |s| s.start_network(name))
     }
 
     fn destroy_network(&self, name: &str) -> Result<(), HvError> {
-        self.run(
-            Call::DestroyNetwork {
-                name: name.to_owned(),
-            },
-            |s| s.destroy_network(name),
-        )
+        self.run(Call::DestroyNetwork { name: name.to_owned() }, |s| s.destroy_network(name))
     }
 
     fn undefine_network(&self, name: &str) -> Result<(), HvError> {
-        self.run(
-            Call::UndefineNetwork {
-                name: name.to_owned(),
-            },
-            |s| s.undefine_network(name),
-        )
+        self.run(Call::UndefineNetwork { name: name.to_owned() }, |s| s.undefine_network(name))
     }
 
-    fn create_external_snapshot(
-        &self,
-        domain: &str,
-        snap: &ExternalSnapshot,
-    ) -> Result<(), HvError> {
-        let call = Call::CreateSnapshot {
-            domain: domain.to_owned(),
-            snapshot: snap.clone(),
-        };
+    fn create_external_snapshot(&self, domain: &str, snap: &ExternalSnapshot) -> Result<(), HvError> {
+        let call = Call::CreateSnapshot { domain: domain.to_owned(), snapshot: snap.clone() };
         self.run(call, |s| s.create_external_snapshot(domain, snap))
     }
 
     fn save_memory(&self, domain: &str, path: &Path) -> Result<(), HvError> {
-        let call = Call::SaveMemory {
-            domain: domain.to_owned(),
-            path: path.to_owned(),
-        };
+        let call = Call::SaveMemory { domain: domain.to_owned(), path: path.to_owned() };
         self.run(call, |s| s.save_memory(domain, path))
     }
 
     fn restore_memory(&self, path: &Path, def: Option<&DomainDef>) -> Result<(), HvError> {
-        let call = Call::RestoreMemory {
-            path: path.to_owned(),
-            def: def.cloned(),
-        };
+        let call = Call::RestoreMemory { path: path.to_owned(), def: def.cloned() };
         self.run(call, |s| s.restore_memory(path, def))
     }
 
     fn block_commit(&self, domain: &str, disk: &str, opts: &BlockCommit) -> Result<(), HvError> {
-        let call = Call::BlockCommit {
-            domain: domain.to_owned(),
-            disk: disk.to_owned(),
-            opts: opts.clone(),
-        };
+        let call = Call::BlockCommit { domain: domain.to_owned(), disk: disk.to_owned(), opts: opts.clone() };
         self.run(call, |s| s.block_commit(domain, disk, opts))
     }
 
     fn block_job(&self, domain: &str, disk: &str) -> Result<Option<BlockJobInfo>, HvError> {
-        let call = Call::BlockJob {
-            domain: domain.to_owned(),
-            disk: disk.to_owned(),
-        };
+        let call = Call::BlockJob { domain: domain.to_owned(), disk: disk.to_owned() };
         self.run(call, |s| s.block_job(domain, disk))
     }
 
     fn block_job_pivot(&self, domain: &str, disk: &str) -> Result<(), HvError> {
-        let call = Call::BlockJobPivot {
-            domain: domain.to_owned(),
-            disk: disk.to_owned(),
-        };
+        let call = Call::BlockJobPivot { domain: domain.to_owned(), disk: disk.to_owned() };
         self.run(call, |s| s.block_job_end(domain, disk, true))
     }
 
     fn block_job_abort(&self, domain: &str, disk: &str) -> Result<(), HvError> {
-        let call = Call::BlockJobAbort {
-            domain: domain.to_owned(),
-            disk: disk.to_owned(),
-        };
+        let call = Call::BlockJobAbort { domain: domain.to_owned(), disk: disk.to_owned() };
         self.run(call, |s| s.block_job_end(domain, disk, false))
     }
 
     fn qmp_raw(&self, domain: &str, command_json: &str) -> Result<String, HvError> {
-        let call = Call::Qmp {
-            domain: domain.to_owned(),
-            command: command_json.to_owned(),
-        };
+        let call = Call::Qmp { domain: domain.to_owned(), command: command_json.to_owned() };
         self.run(call, |s| s.qmp(domain, command_json))
     }
 }

@@ -13,8 +13,8 @@ use virt::sys;
 
 use super::xml::external_snapshot_xml;
 use super::{
-    BlockCommit, BlockJobInfo, BlockJobKind, Domain, DomainDef, DomainState, ExternalSnapshot,
-    HvError, Hypervisor, LibvirtCode, LibvirtError, Network, NetworkDef,
+    BlockCommit, BlockJobInfo, BlockJobKind, Domain, DomainDef, DomainState, ExternalSnapshot, HvError, Hypervisor,
+    LibvirtCode, LibvirtError, Network, NetworkDef,
 };
 
 /// How long `block_job_pivot` waits for libvirt to accept a ready job.
@@ -65,16 +65,10 @@ fn snapshot_flags(snap: &ExternalSnapshot) -> u32 {
             flags |= flag;
         }
     };
-    set(
-        snap.memory_file.is_none(),
-        sys::VIR_DOMAIN_SNAPSHOT_CREATE_DISK_ONLY,
-    );
+    set(snap.memory_file.is_none(), sys::VIR_DOMAIN_SNAPSHOT_CREATE_DISK_ONLY);
     set(snap.atomic, sys::VIR_DOMAIN_SNAPSHOT_CREATE_ATOMIC);
     set(snap.live, sys::VIR_DOMAIN_SNAPSHOT_CREATE_LIVE);
-    set(
-        snap.no_metadata,
-        sys::VIR_DOMAIN_SNAPSHOT_CREATE_NO_METADATA,
-    );
+    set(snap.no_metadata, sys::VIR_DOMAIN_SNAPSHOT_CREATE_NO_METADATA);
     set(snap.quiesce, sys::VIR_DOMAIN_SNAPSHOT_CREATE_QUIESCE);
     flags
 }
@@ -99,14 +93,8 @@ impl LibvirtHypervisor {
         // libvirt's default error handler prints every error to stderr; we
         // return them instead.
         virt::error::clear_error_callback();
-        let conn = Connect::open(Some(uri)).map_err(|e| HvError::Connect {
-            uri: uri.to_owned(),
-            source: lv(e),
-        })?;
-        Ok(Self {
-            conn,
-            uri: uri.to_owned(),
-        })
+        let conn = Connect::open(Some(uri)).map_err(|e| HvError::Connect { uri: uri.to_owned(), source: lv(e) })?;
+        Ok(Self { conn, uri: uri.to_owned() })
     }
 
     pub fn uri(&self) -> &str {
@@ -114,38 +102,21 @@ impl LibvirtHypervisor {
     }
 
     fn lookup(&self, name: &str) -> Result<VirtDomain, HvError> {
-        self.conn
-            .lookup_domain_by_name(name)
-            .map_err(|e| match lv(e) {
-                e if e.code == LibvirtCode::NoDomain => HvError::NoSuchDomain {
-                    name: name.to_owned(),
-                },
-                source => HvError::LookupDomain {
-                    name: name.to_owned(),
-                    source,
-                },
-            })
+        self.conn.lookup_domain_by_name(name).map_err(|e| match lv(e) {
+            e if e.code == LibvirtCode::NoDomain => HvError::NoSuchDomain { name: name.to_owned() },
+            source => HvError::LookupDomain { name: name.to_owned(), source },
+        })
     }
 
     fn lookup_network(&self, name: &str) -> Result<VirtNetwork, HvError> {
-        self.conn
-            .lookup_network_by_name(name)
-            .map_err(|e| match lv(e) {
-                e if e.code == LibvirtCode::NoNetwork => HvError::NoSuchNetwork {
-                    name: name.to_owned(),
-                },
-                source => HvError::LookupNetwork {
-                    name: name.to_owned(),
-                    source,
-                },
-            })
+        self.conn.lookup_network_by_name(name).map_err(|e| match lv(e) {
+            e if e.code == LibvirtCode::NoNetwork => HvError::NoSuchNetwork { name: name.to_owned() },
+            source => HvError::LookupNetwork { name: name.to_owned(), source },
+        })
     }
 
     fn read_domain(&self, name: &str, dom: &VirtDomain) -> Result<Domain, HvError> {
-        let err = |source| HvError::LookupDomain {
-            name: name.to_owned(),
-            source,
-        };
+        let err = |source| HvError::LookupDomain { name: name.to_owned(), source };
         let (state, _reason) = dom.state().map_err(|e| err(lv(e)))?;
         let uuid = dom.uuid_string().map_err(|e| err(lv(e)))?;
         let xml = dom.xml_desc(0).map_err(|e| err(lv(e)))?;
@@ -158,10 +129,7 @@ impl LibvirtHypervisor {
     }
 
     fn read_network(&self, name: &str, net: &VirtNetwork) -> Result<Network, HvError> {
-        let err = |source| HvError::LookupNetwork {
-            name: name.to_owned(),
-            source,
-        };
+        let err = |source| HvError::LookupNetwork { name: name.to_owned(), source };
         Ok(Network {
             name: net.name().map_err(|e| err(lv(e)))?,
             uuid: net.uuid_string().map_err(|e| err(lv(e)))?,
@@ -184,31 +152,22 @@ impl Hypervisor for LibvirtHypervisor {
 
     fn define_domain(&self, def: &DomainDef) -> Result<Domain, HvError> {
         let name = def.name();
-        let dom =
-            self.conn
-                .define_domain_xml(&def.to_xml())
-                .map_err(|e| HvError::DefineDomain {
-                    name: name.clone(),
-                    source: lv(e),
-                })?;
+        let dom = self
+            .conn
+            .define_domain_xml(&def.to_xml())
+            .map_err(|e| HvError::DefineDomain { name: name.clone(), source: lv(e) })?;
         self.read_domain(&name, &dom)
     }
 
     fn start_domain(&self, name: &str) -> Result<(), HvError> {
         let dom = self.lookup(name)?;
-        dom.create().map_err(|e| HvError::StartDomain {
-            name: name.to_owned(),
-            source: lv(e),
-        })?;
+        dom.create().map_err(|e| HvError::StartDomain { name: name.to_owned(), source: lv(e) })?;
         Ok(())
     }
 
     fn destroy_domain(&self, name: &str) -> Result<(), HvError> {
         let dom = self.lookup(name)?;
-        let err = |source| HvError::DestroyDomain {
-            name: name.to_owned(),
-            source,
-        };
+        let err = |source| HvError::DestroyDomain { name: name.to_owned(), source };
         if !dom.is_active().map_err(|e| err(lv(e)))? {
             return Ok(());
         }
@@ -222,31 +181,20 @@ impl Hypervisor for LibvirtHypervisor {
     fn undefine_domain(&self, name: &str) -> Result<(), HvError> {
         let dom = self.lookup(name)?;
         // Keep the NVRAM file: deleting data is the caller's explicit job.
-        let basic =
-            sys::VIR_DOMAIN_UNDEFINE_MANAGED_SAVE | sys::VIR_DOMAIN_UNDEFINE_SNAPSHOTS_METADATA;
-        let full = basic
-            | sys::VIR_DOMAIN_UNDEFINE_CHECKPOINTS_METADATA
-            | sys::VIR_DOMAIN_UNDEFINE_KEEP_NVRAM;
-        let err = |source| HvError::UndefineDomain {
-            name: name.to_owned(),
-            source,
-        };
+        let basic = sys::VIR_DOMAIN_UNDEFINE_MANAGED_SAVE | sys::VIR_DOMAIN_UNDEFINE_SNAPSHOTS_METADATA;
+        let full = basic | sys::VIR_DOMAIN_UNDEFINE_CHECKPOINTS_METADATA | sys::VIR_DOMAIN_UNDEFINE_KEEP_NVRAM;
+        let err = |source| HvError::UndefineDomain { name: name.to_owned(), source };
         match dom.undefine_flags(full).map_err(lv) {
             // Drivers without checkpoints or NVRAM (e.g. test://) refuse
             // those flags; for them the basic ones are the complete job.
-            Err(e) if e.code == LibvirtCode::Unsupported => {
-                dom.undefine_flags(basic).map_err(|e| err(lv(e)))
-            }
+            Err(e) if e.code == LibvirtCode::Unsupported => dom.undefine_flags(basic).map_err(|e| err(lv(e))),
             other => other.map_err(err),
         }
     }
 
     fn set_autostart(&self, name: &str, on: bool) -> Result<(), HvError> {
         let dom = self.lookup(name)?;
-        dom.set_autostart(on).map_err(|e| HvError::SetAutostart {
-            name: name.to_owned(),
-            source: lv(e),
-        })?;
+        dom.set_autostart(on).map_err(|e| HvError::SetAutostart { name: name.to_owned(), source: lv(e) })?;
         Ok(())
     }
 
@@ -262,31 +210,22 @@ impl Hypervisor for LibvirtHypervisor {
 
     fn define_network(&self, def: &NetworkDef) -> Result<Network, HvError> {
         let name = def.name();
-        let net =
-            self.conn
-                .define_network_xml(&def.to_xml())
-                .map_err(|e| HvError::DefineNetwork {
-                    name: name.clone(),
-                    source: lv(e),
-                })?;
+        let net = self
+            .conn
+            .define_network_xml(&def.to_xml())
+            .map_err(|e| HvError::DefineNetwork { name: name.clone(), source: lv(e) })?;
         self.read_network(&name, &net)
     }
 
     fn start_network(&self, name: &str) -> Result<(), HvError> {
         let net = self.lookup_network(name)?;
-        net.create().map_err(|e| HvError::StartNetwork {
-            name: name.to_owned(),
-            source: lv(e),
-        })?;
+        net.create().map_err(|e| HvError::StartNetwork { name: name.to_owned(), source: lv(e) })?;
         Ok(())
     }
 
     fn destroy_network(&self, name: &str) -> Result<(), HvError> {
         let net = self.lookup_network(name)?;
-        let err = |e| HvError::DestroyNetwork {
-            name: name.to_owned(),
-            source: lv(e),
-        };
+        let err = |e| HvError::DestroyNetwork { name: name.to_owned(), source: lv(e) };
         if net.is_active().map_err(err)? {
             net.destroy().map_err(err)?;
         }
@@ -295,38 +234,23 @@ impl Hypervisor for LibvirtHypervisor {
 
     fn undefine_network(&self, name: &str) -> Result<(), HvError> {
         let net = self.lookup_network(name)?;
-        net.undefine().map_err(|e| HvError::UndefineNetwork {
-            name: name.to_owned(),
-            source: lv(e),
-        })?;
+        net.undefine().map_err(|e| HvError::UndefineNetwork { name: name.to_owned(), source: lv(e) })?;
         Ok(())
     }
 
-    fn create_external_snapshot(
-        &self,
-        domain: &str,
-        snap: &ExternalSnapshot,
-    ) -> Result<(), HvError> {
+    fn create_external_snapshot(&self, domain: &str, snap: &ExternalSnapshot) -> Result<(), HvError> {
         let dom = self.lookup(domain)?;
         let disks = self.read_domain(domain, &dom)?.def.disks();
-        if let Some((missing, _)) = snap
-            .disks
-            .iter()
-            .find(|(t, _)| !disks.iter().any(|d| d.target == *t))
-        {
-            return Err(HvError::NoSuchDisk {
-                domain: domain.to_owned(),
-                disk: missing.clone(),
-            });
+        if let Some((missing, _)) = snap.disks.iter().find(|(t, _)| !disks.iter().any(|d| d.target == *t)) {
+            return Err(HvError::NoSuchDisk { domain: domain.to_owned(), disk: missing.clone() });
         }
         let xml = external_snapshot_xml(snap, &disks);
         tracing::debug!(domain, snapshot = %snap.name, %xml, "creating external snapshot");
-        dom.create_snapshot_xml(&xml, snapshot_flags(snap))
-            .map_err(|e| HvError::Snapshot {
-                domain: domain.to_owned(),
-                snapshot: snap.name.clone(),
-                source: lv(e),
-            })?;
+        dom.create_snapshot_xml(&xml, snapshot_flags(snap)).map_err(|e| HvError::Snapshot {
+            domain: domain.to_owned(),
+            snapshot: snap.name.clone(),
+            source: lv(e),
+        })?;
         Ok(())
     }
 
@@ -343,29 +267,15 @@ impl Hypervisor for LibvirtHypervisor {
         let xml = def.map(DomainDef::to_xml);
         self.conn
             .restore_domain_flags(&path_str(path), xml.as_deref(), 0)
-            .map_err(|e| HvError::RestoreMemory {
-                path: path.to_owned(),
-                source: lv(e),
-            })
+            .map_err(|e| HvError::RestoreMemory { path: path.to_owned(), source: lv(e) })
     }
 
     fn block_commit(&self, domain: &str, disk: &str, opts: &BlockCommit) -> Result<(), HvError> {
         let dom = self.lookup(domain)?;
         let base = opts.base.as_deref().map(path_str);
         let top = opts.top.as_deref().map(path_str);
-        raw::block_commit(
-            &dom,
-            disk,
-            base.as_deref(),
-            top.as_deref(),
-            opts.bandwidth_mib,
-            commit_flags(opts),
-        )
-        .map_err(|e| HvError::BlockCommit {
-            domain: domain.to_owned(),
-            disk: disk.to_owned(),
-            source: lv(e),
-        })
+        raw::block_commit(&dom, disk, base.as_deref(), top.as_deref(), opts.bandwidth_mib, commit_flags(opts))
+            .map_err(|e| HvError::BlockCommit { domain: domain.to_owned(), disk: disk.to_owned(), source: lv(e) })
     }
 
     fn block_job(&self, domain: &str, disk: &str) -> Result<Option<BlockJobInfo>, HvError> {
@@ -375,43 +285,22 @@ impl Hypervisor for LibvirtHypervisor {
             disk: disk.to_owned(),
             source: lv(e),
         })?;
-        Ok(info.map(|(kind, cur, end)| BlockJobInfo {
-            kind: job_kind(kind),
-            cur,
-            end,
-        }))
+        Ok(info.map(|(kind, cur, end)| BlockJobInfo { kind: job_kind(kind), cur, end }))
     }
 
     fn block_job_pivot(&self, domain: &str, disk: &str) -> Result<(), HvError> {
         let dom = self.lookup(domain)?;
-        let err = |source| HvError::BlockJobPivot {
-            domain: domain.to_owned(),
-            disk: disk.to_owned(),
-            source,
-        };
+        let err = |source| HvError::BlockJobPivot { domain: domain.to_owned(), disk: disk.to_owned(), source };
         // QEMU may report a job ready (cur == end) a moment before libvirt
         // has handled its READY event and accepts the pivot: retry briefly.
-        let pivot = || match raw::block_job_abort(&dom, disk, sys::VIR_DOMAIN_BLOCK_JOB_ABORT_PIVOT)
-            .map_err(lv)
-        {
+        let pivot = || match raw::block_job_abort(&dom, disk, sys::VIR_DOMAIN_BLOCK_JOB_ABORT_PIVOT).map_err(lv) {
             Err(e) if e.code == LibvirtCode::BlockJobNotReady => Err(e),
             done => Ok(Some(done)),
         };
-        match crate::wait::until(
-            "block job ready to pivot",
-            PIVOT_DEADLINE,
-            PIVOT_RETRY,
-            pivot,
-        ) {
+        match crate::wait::until("block job ready to pivot", PIVOT_DEADLINE, PIVOT_RETRY, pivot) {
             Ok(done) => done.map_err(err),
-            Err(crate::wait::WaitError::Timeout { last, .. }) => {
-                Err(err(last.unwrap_or_else(|| {
-                    LibvirtError::new(
-                        LibvirtCode::BlockJobNotReady,
-                        "block job not ready for pivot",
-                    )
-                })))
-            }
+            Err(crate::wait::WaitError::Timeout { last, .. }) => Err(err(last
+                .unwrap_or_else(|| LibvirtError::new(LibvirtCode::BlockJobNotReady, "block job not ready for pivot")))),
         }
     }
 
@@ -427,9 +316,6 @@ impl Hypervisor for LibvirtHypervisor {
     fn qmp_raw(&self, domain: &str, command_json: &str) -> Result<String, HvError> {
         let dom = self.lookup(domain)?;
         dom.qemu_monitor_command(command_json, 0)
-            .map_err(|e| HvError::QmpTransport {
-                domain: domain.to_owned(),
-                source: lv(e),
-            })
+            .map_err(|e| HvError::QmpTransport { domain: domain.to_owned(), source: lv(e) })
     }
 }

@@ -20,9 +20,7 @@ pub use error::{HvError, LibvirtCode, LibvirtError};
 pub use fake::{Call, FakeHypervisor, FakeStep};
 pub use ids::{random_mac, random_uuid};
 pub use libvirt::LibvirtHypervisor;
-pub use model::{
-    BlockCommit, BlockJobInfo, BlockJobKind, Domain, DomainState, ExternalSnapshot, Network,
-};
+pub use model::{BlockCommit, BlockJobInfo, BlockJobKind, Domain, DomainState, ExternalSnapshot, Network};
 pub use qmp::qmp;
 pub use xml::{DirectBootSpec, Disk, DomainDef, Interface, NetworkDef, NetworkSpec, NicSpec};
 
@@ -65,11 +63,7 @@ pub trait Hypervisor: Send + Sync + std::fmt::Debug {
     // --- snapshots and memory ---
     /// Takes an external snapshot; afterwards the listed disks write to
     /// their overlays. Disks not listed are left out.
-    fn create_external_snapshot(
-        &self,
-        domain: &str,
-        snap: &ExternalSnapshot,
-    ) -> Result<(), HvError>;
+    fn create_external_snapshot(&self, domain: &str, snap: &ExternalSnapshot) -> Result<(), HvError>;
     /// Saves memory and device state to `path` and stops the domain.
     fn save_memory(&self, domain: &str, path: &Path) -> Result<(), HvError>;
     /// Starts a domain from a save image, optionally with an edited

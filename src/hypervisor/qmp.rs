@@ -35,28 +35,14 @@ pub(crate) fn decode_reply<T: serde::de::DeserializeOwned>(
     command: &str,
     reply: &str,
 ) -> Result<T, HvError> {
-    let bad = |detail: String| HvError::QmpReply {
-        domain: domain.to_owned(),
-        command: command.to_owned(),
-        detail,
-    };
-    let mut value: Value =
-        serde_json::from_str(reply).map_err(|e| bad(format!("not JSON: {e}")))?;
+    let bad = |detail: String| HvError::QmpReply { domain: domain.to_owned(), command: command.to_owned(), detail };
+    let mut value: Value = serde_json::from_str(reply).map_err(|e| bad(format!("not JSON: {e}")))?;
     if let Some(ret) = value.get_mut("return") {
         return serde_json::from_value(ret.take()).map_err(|e| bad(e.to_string()));
     }
     if let Some(err) = value.get("error") {
-        let field = |key: &str| {
-            err.get(key)
-                .and_then(Value::as_str)
-                .unwrap_or_default()
-                .to_owned()
-        };
-        return Err(HvError::Qmp {
-            domain: domain.to_owned(),
-            class: field("class"),
-            desc: field("desc"),
-        });
+        let field = |key: &str| err.get(key).and_then(Value::as_str).unwrap_or_default().to_owned();
+        return Err(HvError::Qmp { domain: domain.to_owned(), class: field("class"), desc: field("desc") });
     }
     Err(bad("neither `return` nor `error`".to_owned()))
 }
@@ -75,7 +61,8 @@ mod tests {
 
     #[test]
     fn decode_reply_maps_qmp_error() {
-        let reply = r#"{"id":"libvirt-3","error":{"class":"CommandNotFound","desc":"The command foo has not been found"}}"#;
+        let reply =
+            r#"{"id":"libvirt-3","error":{"class":"CommandNotFound","desc":"The command foo has not been found"}}"#;
         let err = decode_reply::<qapi::Empty>("web", "foo", reply).unwrap_err();
         assert!(matches!(err, HvError::Qmp { ref class, .. } if class == "CommandNotFound"));
     }

@@ -27,7 +27,8 @@ const BIND_MOUNTS: &[(&str, &str)] = &[
 /// by several labs, and per-lab chown/restore of a shared backing file by
 /// two libvirtds that do not know each other would race. Production hosts
 /// keep their own libvirt settings; this file is only the lab's.
-const QEMU_CONF: &str = "user = \"root\"\ngroup = \"root\"\ndynamic_ownership = 0\nremember_owner = 0\nsecurity_driver = \"none\"\n";
+const QEMU_CONF: &str =
+    "user = \"root\"\ngroup = \"root\"\ndynamic_ownership = 0\nremember_owner = 0\nsecurity_driver = \"none\"\n";
 
 pub fn is_running(paths: &LabPaths) -> bool {
     live_pid(&paths.libvirtd_pid(), "libvirtd").is_some() && UnixStream::connect(paths.libvirt_socket()).is_ok()
@@ -41,7 +42,8 @@ pub fn start(paths: &LabPaths, netns: &str) -> Result<(), LabError> {
     stop(paths)?;
     write_config(paths)?;
     let script = start_script(paths)?;
-    let log = std::fs::File::create(paths.daemon_log()).map_err(|source| LabError::io("create", &paths.daemon_log(), source))?;
+    let log = std::fs::File::create(paths.daemon_log())
+        .map_err(|source| LabError::io("create", &paths.daemon_log(), source))?;
     let log_err = log.try_clone().map_err(|source| LabError::io("open", &paths.daemon_log(), source))?;
     host::run_command(
         Command::new("ip")
@@ -50,9 +52,12 @@ pub fn start(paths: &LabPaths, netns: &str) -> Result<(), LabError> {
             .stderr(log_err),
     )?;
     let socket = paths.libvirt_socket();
-    wait::until("the lab's libvirtd to accept connections", Duration::from_secs(30), Duration::from_millis(100), || {
-        UnixStream::connect(&socket).map(Some)
-    })
+    wait::until(
+        "the lab's libvirtd to accept connections",
+        Duration::from_secs(30),
+        Duration::from_millis(100),
+        || UnixStream::connect(&socket).map(Some),
+    )
     .map_err(|e| LabError::DaemonStart { log: paths.daemon_log(), detail: e.to_string() })?;
     Ok(())
 }
@@ -108,11 +113,7 @@ fn write_config(paths: &LabPaths) -> Result<(), LabError> {
         let dir = base.join(dir);
         std::fs::create_dir_all(&dir).map_err(|source| LabError::io("create", &dir, source))?;
     }
-    for (file, text) in [
-        ("etc/qemu.conf", QEMU_CONF),
-        ("etc/libvirtd.conf", ""),
-        ("etc/virtlogd.conf", ""),
-    ] {
+    for (file, text) in [("etc/qemu.conf", QEMU_CONF), ("etc/libvirtd.conf", ""), ("etc/virtlogd.conf", "")] {
         let path = base.join(file);
         std::fs::write(&path, text).map_err(|source| LabError::io("write", &path, source))?;
     }
@@ -137,7 +138,8 @@ fn start_script(paths: &LabPaths) -> Result<String, LabError> {
 /// Single-quotes a path for `sh`. Lab paths come from our own settings;
 /// one with a quote in it is refused rather than escaped.
 fn quote(path: &Path) -> Result<String, LabError> {
-    let text = path.to_str().filter(|t| !t.contains('\'')).ok_or_else(|| LabError::BadPath { path: path.to_path_buf() })?;
+    let text =
+        path.to_str().filter(|t| !t.contains('\'')).ok_or_else(|| LabError::BadPath { path: path.to_path_buf() })?;
     Ok(format!("'{text}'"))
 }
 

@@ -76,13 +76,14 @@ impl LabError {
                 Some("the lab needs root (network namespaces, bind mounts)".into())
             }
             LabError::NoKernel => Some("install linux-image-amd64 (`scripts/install-deps.sh`)".into()),
-            LabError::AgentBinaryNotFound { .. } => Some(
-                "build the static agent: `scripts/build.sh`, or pass --agent-bin / ENVCLONE_AGENT_BIN".into(),
-            ),
-            LabError::Hypervisor { source, .. } => source.hint(),
-            LabError::AgentTimeout { console_log, .. } => {
-                Some(format!("the guest's boot log is in {}; `envclone lab status` shows what runs", console_log.display()))
+            LabError::AgentBinaryNotFound { .. } => {
+                Some("build the static agent: `scripts/build.sh`, or pass --agent-bin / ENVCLONE_AGENT_BIN".into())
             }
+            LabError::Hypervisor { source, .. } => source.hint(),
+            LabError::AgentTimeout { console_log, .. } => Some(format!(
+                "the guest's boot log is in {}; `envclone lab status` shows what runs",
+                console_log.display()
+            )),
             LabError::Io { .. }
             | LabError::BadName { .. }
             | LabError::ProcessWontDie { .. }

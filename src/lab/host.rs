@@ -50,9 +50,7 @@ pub fn run(program: &str, args: &[&str]) -> Result<String, LabError> {
 pub fn run_command(command: &mut Command) -> Result<String, LabError> {
     let described = describe(command);
     tracing::debug!(command = %described, "running");
-    let output = command
-        .output()
-        .map_err(|source| LabError::Spawn { command: described.clone(), source })?;
+    let output = command.output().map_err(|source| LabError::Spawn { command: described.clone(), source })?;
     if output.status.success() {
         Ok(String::from_utf8_lossy(&output.stdout).into_owned())
     } else {

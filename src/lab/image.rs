@@ -70,14 +70,28 @@ pub fn overlay(base: &Path, target: &Path) -> Result<(), LabError> {
 }
 
 fn stage_root(root: &Path, agent_binary: &Path) -> Result<(), LabError> {
-    for dir in ["proc", "sys", "dev", "run", "tmp", "mnt", "var/log", "etc/dropbear", "etc/demo", "srv/db", "usr/local/bin", "root/.ssh"] {
+    for dir in [
+        "proc",
+        "sys",
+        "dev",
+        "run",
+        "tmp",
+        "mnt",
+        "var/log",
+        "etc/dropbear",
+        "etc/demo",
+        "srv/db",
+        "usr/local/bin",
+        "root/.ssh",
+    ] {
         let dir = root.join(dir);
         fs::create_dir_all(&dir).map_err(|source| LabError::io("create", &dir, source))?;
     }
     for (dir, mode) in [("root", 0o700), ("root/.ssh", 0o700), ("tmp", 0o1777)] {
         set_mode(&root.join(dir), mode)?;
     }
-    let busybox = host::find_tool("busybox").ok_or_else(|| LabError::MissingTools { missing: vec!["busybox (busybox-static)".into()] })?;
+    let busybox = host::find_tool("busybox")
+        .ok_or_else(|| LabError::MissingTools { missing: vec!["busybox (busybox-static)".into()] })?;
     install_binary(root, &busybox, "bin/busybox")?;
     for applet in host::run(&lossy(&busybox), &["--list"])?.lines() {
         let link = root.join("bin").join(applet);
@@ -85,10 +99,12 @@ fn stage_root(root: &Path, agent_binary: &Path) -> Result<(), LabError> {
             std::os::unix::fs::symlink("busybox", &link).map_err(|source| LabError::io("link", &link, source))?;
         }
     }
-    let dropbear = host::find_tool("dropbear").ok_or_else(|| LabError::MissingTools { missing: vec!["dropbear (dropbear-bin)".into()] })?;
+    let dropbear = host::find_tool("dropbear")
+        .ok_or_else(|| LabError::MissingTools { missing: vec!["dropbear (dropbear-bin)".into()] })?;
     install_binary(root, &dropbear, "usr/sbin/dropbear")?;
     // The agent's `reset-identity --ssh-host-keys` makes new host keys with it.
-    let dropbearkey = host::find_tool("dropbearkey").ok_or_else(|| LabError::MissingTools { missing: vec!["dropbearkey (dropbear-bin)".into()] })?;
+    let dropbearkey = host::find_tool("dropbearkey")
+        .ok_or_else(|| LabError::MissingTools { missing: vec!["dropbearkey (dropbear-bin)".into()] })?;
     install_binary(root, &dropbearkey, "usr/bin/dropbearkey")?;
     install_binary(root, agent_binary, "usr/bin/envclone-agent")?;
     let files = [
@@ -183,7 +199,10 @@ fn set_mode(path: &Path, mode: u32) -> Result<(), LabError> {
 }
 
 fn tempdir_in(parent: &Path, prefix: &str) -> Result<tempfile::TempDir, LabError> {
-    tempfile::Builder::new().prefix(&format!(".{prefix}-")).tempdir_in(parent).map_err(|source| LabError::io("create a staging directory in", parent, source))
+    tempfile::Builder::new()
+        .prefix(&format!(".{prefix}-"))
+        .tempdir_in(parent)
+        .map_err(|source| LabError::io("create a staging directory in", parent, source))
 }
 
 fn temp_file_in(parent: &Path, suffix: &str) -> Result<tempfile::TempPath, LabError> {

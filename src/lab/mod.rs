@@ -125,11 +125,7 @@ impl Lab {
 
     /// Shell lines that point later commands at this lab.
     pub fn env_exports(&self) -> String {
-        format!(
-            "export ENVCLONE_CONFIG={}\nexport ENVCLONE_LAB={}\n",
-            self.paths.config().display(),
-            self.name
-        )
+        format!("export ENVCLONE_CONFIG={}\nexport ENVCLONE_LAB={}\n", self.paths.config().display(), self.name)
     }
 
     /// Only one `lab up` or `lab down` at a time changes the labs of one
@@ -153,7 +149,12 @@ impl Lab {
         let _lock = self.lock()?;
         host::check_tools()?;
         let kernel = find_kernel()?;
-        for dir in [self.paths.root.clone(), self.paths.images(), self.paths.state(), self.paths.console_log("x").with_file_name("")] {
+        for dir in [
+            self.paths.root.clone(),
+            self.paths.images(),
+            self.paths.state(),
+            self.paths.console_log("x").with_file_name(""),
+        ] {
             fs::create_dir_all(&dir).map_err(|source| LabError::io("create", &dir, source))?;
         }
         let netns = self.netns();
@@ -166,10 +167,15 @@ impl Lab {
         let client_key = keys::ensure_client_key(&self.paths.client_key())?;
         let mut host_keys = Vec::new();
         for vm in &VMS {
-            host_keys.push(keys::ensure_dropbear_key(&self.paths.keys().join("hosts").join(format!("{}.dropbear", vm.name)))?);
+            host_keys.push(keys::ensure_dropbear_key(
+                &self.paths.keys().join("hosts").join(format!("{}.dropbear", vm.name)),
+            )?);
         }
-        let entries: Vec<(String, u16, &str)> =
-            VMS.iter().zip(&host_keys).map(|(vm, key)| (vm.address.to_string(), 22, key.public_line.as_str())).collect();
+        let entries: Vec<(String, u16, &str)> = VMS
+            .iter()
+            .zip(&host_keys)
+            .map(|(vm, key)| (vm.address.to_string(), 22, key.public_line.as_str()))
+            .collect();
         let entries: Vec<(&str, u16, &str)> = entries.iter().map(|(a, p, k)| (a.as_str(), *p, *k)).collect();
         write(&self.paths.known_hosts(), keys::known_hosts(&entries).as_bytes())?;
 
@@ -363,14 +369,16 @@ impl Lab {
             report.dir_removed = Some(self.paths.root.clone());
         }
         if purge_cache && self.paths.cache.exists() {
-            fs::remove_dir_all(&self.paths.cache).map_err(|source| LabError::io("remove", &self.paths.cache, source))?;
+            fs::remove_dir_all(&self.paths.cache)
+                .map_err(|source| LabError::io("remove", &self.paths.cache, source))?;
             report.cache_removed = Some(self.paths.cache.clone());
         }
         Ok(report)
     }
 
     fn connect(&self) -> Result<LibvirtHypervisor, LabError> {
-        LibvirtHypervisor::connect(&self.paths.libvirt_uri()).map_err(LabError::hypervisor("connect to the lab's libvirtd"))
+        LibvirtHypervisor::connect(&self.paths.libvirt_uri())
+            .map_err(LabError::hypervisor("connect to the lab's libvirtd"))
     }
 }
 
@@ -443,11 +451,7 @@ pub fn find_agent_binary_near(explicit: Option<&Path>, controller: &Path) -> Res
         }
         candidates.push(PathBuf::from("/usr/lib/envclone/envclone-agent"));
     }
-    candidates
-        .iter()
-        .find(|path| path.is_file())
-        .cloned()
-        .ok_or(LabError::AgentBinaryNotFound { searched: candidates })
+    candidates.iter().find(|path| path.is_file()).cloned().ok_or(LabError::AgentBinaryNotFound { searched: candidates })
 }
 
 #[cfg(test)]
@@ -486,6 +490,8 @@ mod tests {
     #[test]
     fn agent_binary_not_found_lists_where_it_looked() {
         let err = find_agent_binary(Some(Path::new("/nonexistent/agent"))).unwrap_err();
-        assert!(matches!(err, LabError::AgentBinaryNotFound { ref searched } if searched == &[PathBuf::from("/nonexistent/agent")]));
+        assert!(
+            matches!(err, LabError::AgentBinaryNotFound { ref searched } if searched == &[PathBuf::from("/nonexistent/agent")])
+        );
     }
 }

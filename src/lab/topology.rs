@@ -57,7 +57,11 @@ impl LabVm {
             GuestFile::new("/etc/hosts", hosts_file(), 0o644),
             GuestFile::new("/etc/dropbear/dropbear_ed25519_host_key", host_key.to_vec(), 0o600),
             GuestFile::new("/root/.ssh/authorized_keys", format!("{authorized_key}\n"), 0o600),
-            GuestFile::new("/etc/machine-id", format!("{}\n", crate::hypervisor::random_uuid().replace('-', "")), 0o444),
+            GuestFile::new(
+                "/etc/machine-id",
+                format!("{}\n", crate::hypervisor::random_uuid().replace('-', "")),
+                0o444,
+            ),
         ];
         match self.role {
             Role::Web => {
@@ -72,7 +76,13 @@ impl LabVm {
         files
     }
 
-    pub fn domain_def(&self, domain_type: DomainType, boot: &KernelFiles, disks: Vec<std::path::PathBuf>, console_log: &Path) -> DomainDef {
+    pub fn domain_def(
+        &self,
+        domain_type: DomainType,
+        boot: &KernelFiles,
+        disks: Vec<std::path::PathBuf>,
+        console_log: &Path,
+    ) -> DomainDef {
         DomainDef::direct_boot(&DirectBootSpec {
             name: self.domain(),
             domain_type: domain_type.to_string(),
@@ -106,7 +116,11 @@ fn hosts_file() -> String {
 }
 
 pub fn network_def() -> NetworkDef {
-    NetworkDef::isolated(&NetworkSpec { name: NETWORK.to_string(), bridge: BRIDGE.to_string(), ip: Some((GATEWAY, PREFIX)) })
+    NetworkDef::isolated(&NetworkSpec {
+        name: NETWORK.to_string(),
+        bridge: BRIDGE.to_string(),
+        ip: Some((GATEWAY, PREFIX)),
+    })
 }
 
 /// The host's Debian kernel and initrd, which every lab guest boots.

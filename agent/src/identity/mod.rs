@@ -12,7 +12,6 @@ mod set_clock;
 mod system;
 mod validate;
 
-
 use envclone_agent::{AgentError, ExitStatus, ReaddressReport, ResetIdentityReport, SetClockReport};
 
 pub use error::IdentityError;

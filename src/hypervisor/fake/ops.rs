@@ -7,8 +7,7 @@ use std::path::PathBuf;
 use super::storage::Job;
 use super::{Call, FakeStep};
 use crate::hypervisor::{
-    random_mac, random_uuid, Domain, DomainDef, DomainState, HvError, LibvirtCode, LibvirtError,
-    Network, NetworkDef,
+    random_mac, random_uuid, Domain, DomainDef, DomainState, HvError, LibvirtCode, LibvirtError, Network, NetworkDef,
 };
 
 #[derive(Debug)]
@@ -48,25 +47,18 @@ pub(super) fn lv(code: LibvirtCode, message: impl Into<String>) -> LibvirtError 
 }
 
 pub(super) fn not_running(name: &str) -> LibvirtError {
-    lv(
-        LibvirtCode::OperationInvalid,
-        format!("domain '{name}' is not running"),
-    )
+    lv(LibvirtCode::OperationInvalid, format!("domain '{name}' is not running"))
 }
 
 /// The network part of `addr/prefix`, for subnet clash checks.
 fn subnet((addr, prefix): (IpAddr, u8)) -> (IpAddr, u8) {
     match addr {
         IpAddr::V4(v4) => {
-            let mask = u32::MAX
-                .checked_shl(32 - u32::from(prefix.min(32)))
-                .unwrap_or(0);
+            let mask = u32::MAX.checked_shl(32 - u32::from(prefix.min(32))).unwrap_or(0);
             (IpAddr::from((u32::from(v4) & mask).to_be_bytes()), prefix)
         }
         IpAddr::V6(v6) => {
-            let mask = u128::MAX
-                .checked_shl(128 - u32::from(prefix.min(128)))
-                .unwrap_or(0);
+            let mask = u128::MAX.checked_shl(128 - u32::from(prefix.min(128))).unwrap_or(0);
             (IpAddr::from((u128::from(v6) & mask).to_be_bytes()), prefix)
         }
     }
@@ -79,10 +71,7 @@ impl State {
         let n = self.counts.entry(step).or_default();
         *n += 1;
         let n = *n;
-        let fails = self
-            .failures
-            .iter()
-            .any(|&(s, nth)| s == step && nth.map_or(true, |k| k == n));
+        let fails = self.failures.iter().any(|&(s, nth)| s == step && nth.map_or(true, |k| k == n));
         if fails {
             return Err(HvError::Injected { step });
         }
@@ -90,25 +79,15 @@ impl State {
     }
 
     pub fn dom(&self, name: &str) -> Result<&FakeDomain, HvError> {
-        self.domains.get(name).ok_or_else(|| HvError::NoSuchDomain {
-            name: name.to_owned(),
-        })
+        self.domains.get(name).ok_or_else(|| HvError::NoSuchDomain { name: name.to_owned() })
     }
 
     pub fn dom_mut(&mut self, name: &str) -> Result<&mut FakeDomain, HvError> {
-        self.domains
-            .get_mut(name)
-            .ok_or_else(|| HvError::NoSuchDomain {
-                name: name.to_owned(),
-            })
+        self.domains.get_mut(name).ok_or_else(|| HvError::NoSuchDomain { name: name.to_owned() })
     }
 
     fn net_mut(&mut self, name: &str) -> Result<&mut FakeNetwork, HvError> {
-        self.networks
-            .get_mut(name)
-            .ok_or_else(|| HvError::NoSuchNetwork {
-                name: name.to_owned(),
-            })
+        self.networks.get_mut(name).ok_or_else(|| HvError::NoSuchNetwork { name: name.to_owned() })
     }
 
     /// Fills in a UUID and MACs where missing, as libvirt's parser does.
@@ -122,13 +101,7 @@ impl State {
                 let _ = def.set_interface_mac(index, &random_mac());
             }
         }
-        let fake = FakeDomain {
-            def,
-            state,
-            persistent,
-            autostart: false,
-            snapshots: Vec::new(),
-        };
+        let fake = FakeDomain { def, state, persistent, autostart: false, snapshots: Vec::new() };
         self.domains.insert(fake.def.name(), fake);
     }
 
@@ -139,24 +112,12 @@ impl State {
         if def.bridge().is_none() {
             def.set_bridge(&format!("virbr{}", self.networks.len() + 1));
         }
-        self.networks.insert(
-            def.name(),
-            FakeNetwork {
-                def,
-                active,
-                persistent: true,
-            },
-        );
+        self.networks.insert(def.name(), FakeNetwork { def, active, persistent: true });
     }
 
     pub fn domain(&self, name: &str) -> Result<Domain, HvError> {
         let d = self.dom(name)?;
-        Ok(Domain {
-            name: name.to_owned(),
-            uuid: d.def.uuid().unwrap_or_default(),
-            state: d.state,
-            def: d.def.clone(),
-        })
+        Ok(Domain { name: name.to_owned(), uuid: d.def.uuid().unwrap_or_default(), state: d.state, def: d.def.clone() })
     }
 
     pub fn define_domain(&mut self, def: &DomainDef) -> Result<Domain, HvError> {
@@ -168,21 +129,14 @@ impl State {
         if let Some(existing) = self.domains.get(&name) {
             let uuid = existing.def.uuid().unwrap_or_default();
             if def.uuid().as_deref() != Some(uuid.as_str()) {
-                return Err(fail(format!(
-                    "domain '{name}' already exists with uuid {uuid}"
-                )));
+                return Err(fail(format!("domain '{name}' already exists with uuid {uuid}")));
             }
         }
         if let Some(uuid) = def.uuid() {
-            if let Some(other) = self
-                .domains
-                .values()
-                .find(|d| d.def.uuid() == Some(uuid.clone()) && d.def.name() != name)
+            if let Some(other) =
+                self.domains.values().find(|d| d.def.uuid() == Some(uuid.clone()) && d.def.name() != name)
             {
-                return Err(fail(format!(
-                    "domain '{}' is already defined with uuid {uuid}",
-                    other.def.name()
-                )));
+                return Err(fail(format!("domain '{}' is already defined with uuid {uuid}", other.def.name())));
             }
         }
         match self.domains.get_mut(&name) {
@@ -196,31 +150,17 @@ impl State {
     }
 
     pub fn start_domain(&mut self, name: &str) -> Result<(), HvError> {
-        let err = |source| HvError::StartDomain {
-            name: name.to_owned(),
-            source,
-        };
+        let err = |source| HvError::StartDomain { name: name.to_owned(), source };
         let d = self.dom(name)?;
         if d.state.is_active() {
-            return Err(err(lv(
-                LibvirtCode::OperationInvalid,
-                "domain is already running",
-            )));
+            return Err(err(lv(LibvirtCode::OperationInvalid, "domain is already running")));
         }
         for iface in d.def.interfaces() {
             let Some(net) = iface.network else { continue };
             match self.networks.get(&net) {
-                None => {
-                    return Err(err(lv(
-                        LibvirtCode::NoNetwork,
-                        format!("no network with matching name '{net}'"),
-                    )))
-                }
+                None => return Err(err(lv(LibvirtCode::NoNetwork, format!("no network with matching name '{net}'")))),
                 Some(n) if !n.active => {
-                    return Err(err(lv(
-                        LibvirtCode::OperationInvalid,
-                        format!("network '{net}' is not active"),
-                    )))
+                    return Err(err(lv(LibvirtCode::OperationInvalid, format!("network '{net}' is not active"))))
                 }
                 Some(_) => {}
             }
@@ -260,26 +200,15 @@ impl State {
     pub fn set_autostart(&mut self, name: &str, on: bool) -> Result<(), HvError> {
         let d = self.dom_mut(name)?;
         if !d.persistent {
-            let source = lv(
-                LibvirtCode::OperationInvalid,
-                "cannot set autostart for transient domain",
-            );
-            return Err(HvError::SetAutostart {
-                name: name.to_owned(),
-                source,
-            });
+            let source = lv(LibvirtCode::OperationInvalid, "cannot set autostart for transient domain");
+            return Err(HvError::SetAutostart { name: name.to_owned(), source });
         }
         d.autostart = on;
         Ok(())
     }
 
     pub fn network(&self, name: &str) -> Result<Network, HvError> {
-        let n = self
-            .networks
-            .get(name)
-            .ok_or_else(|| HvError::NoSuchNetwork {
-                name: name.to_owned(),
-            })?;
+        let n = self.networks.get(name).ok_or_else(|| HvError::NoSuchNetwork { name: name.to_owned() })?;
         Ok(Network {
             name: name.to_owned(),
             uuid: n.def.uuid().unwrap_or_default(),
@@ -290,10 +219,7 @@ impl State {
 
     pub fn define_network(&mut self, def: &NetworkDef) -> Result<Network, HvError> {
         let name = def.name();
-        let fail = |code, message: String| HvError::DefineNetwork {
-            name: name.clone(),
-            source: lv(code, message),
-        };
+        let fail = |code, message: String| HvError::DefineNetwork { name: name.clone(), source: lv(code, message) };
         if let Some(existing) = self.networks.get(&name) {
             let uuid = existing.def.uuid().unwrap_or_default();
             if def.uuid().as_deref() != Some(uuid.as_str()) {
@@ -309,10 +235,7 @@ impl State {
                 .values()
                 .any(|n| n.def.name() != name && n.def.bridge().as_deref() == Some(bridge.as_str()))
             {
-                return Err(fail(
-                    LibvirtCode::Other(1),
-                    format!("bridge name '{bridge}' already in use."),
-                ));
+                return Err(fail(LibvirtCode::Other(1), format!("bridge name '{bridge}' already in use.")));
             }
         }
         match self.networks.get_mut(&name) {
@@ -323,28 +246,16 @@ impl State {
     }
 
     pub fn start_network(&mut self, name: &str) -> Result<(), HvError> {
-        let err = |code, message: String| HvError::StartNetwork {
-            name: name.to_owned(),
-            source: lv(code, message),
-        };
+        let err = |code, message: String| HvError::StartNetwork { name: name.to_owned(), source: lv(code, message) };
         let n = self.net_mut(name)?;
         if n.active {
-            return Err(err(
-                LibvirtCode::OperationInvalid,
-                "network is already active".to_owned(),
-            ));
+            return Err(err(LibvirtCode::OperationInvalid, "network is already active".to_owned()));
         }
         if let Some(mine) = n.def.ip().map(subnet) {
-            let clash = self
-                .networks
-                .values()
-                .find(|o| o.active && o.def.ip().map(subnet) == Some(mine));
+            let clash = self.networks.values().find(|o| o.active && o.def.ip().map(subnet) == Some(mine));
             if let Some(other) = clash {
                 let bridge = other.def.bridge().unwrap_or_default();
-                return Err(err(
-                    LibvirtCode::Other(1),
-                    format!("Network is already in use by interface {bridge}"),
-                ));
+                return Err(err(LibvirtCode::Other(1), format!("Network is already in use by interface {bridge}")));
             }
         }
         self.net_mut(name)?.active = true;
@@ -374,20 +285,13 @@ impl State {
     /// other command gets QEMU's `CommandNotFound`.
     pub fn qmp(&mut self, domain: &str, command_json: &str) -> Result<String, HvError> {
         if !self.dom(domain)?.state.is_active() {
-            return Err(HvError::QmpTransport {
-                domain: domain.to_owned(),
-                source: not_running(domain),
-            });
+            return Err(HvError::QmpTransport { domain: domain.to_owned(), source: not_running(domain) });
         }
         let request: serde_json::Value = match serde_json::from_str(command_json) {
             Ok(v) => v,
             Err(e) => return Ok(qmp_error("GenericError", &format!("JSON parse error, {e}"))),
         };
-        let command = request
-            .get("execute")
-            .and_then(|c| c.as_str())
-            .unwrap_or_default()
-            .to_owned();
+        let command = request.get("execute").and_then(|c| c.as_str()).unwrap_or_default().to_owned();
         if let Some(reply) = self.qmp_replies.get(&command) {
             return Ok(reply.clone());
         }
@@ -396,8 +300,7 @@ impl State {
             "query-status" => {
                 let running = d.state == DomainState::Running;
                 let status = if running { "running" } else { "paused" };
-                serde_json::json!({ "return": { "status": status, "running": running } })
-                    .to_string()
+                serde_json::json!({ "return": { "status": status, "running": running } }).to_string()
             }
             "stop" => {
                 d.state = DomainState::Paused;
@@ -407,10 +310,7 @@ impl State {
                 d.state = DomainState::Running;
                 r#"{"return": {}}"#.to_owned()
             }
-            other => qmp_error(
-                "CommandNotFound",
-                &format!("The command {other} has not been found"),
-            ),
+            other => qmp_error("CommandNotFound", &format!("The command {other} has not been found")),
         };
         Ok(reply)
     }

@@ -4,8 +4,7 @@ use std::path::{Path, PathBuf};
 
 use super::ops::{lv, not_running, State};
 use crate::hypervisor::{
-    BlockCommit, BlockJobInfo, BlockJobKind, DomainDef, DomainState, ExternalSnapshot, HvError,
-    LibvirtCode,
+    BlockCommit, BlockJobInfo, BlockJobKind, DomainDef, DomainState, ExternalSnapshot, HvError, LibvirtCode,
 };
 
 /// A block job in progress on one disk.
@@ -30,11 +29,7 @@ fn set_chain(def: &mut DomainDef, disk: &str, chain: &[PathBuf]) -> Result<(), H
 }
 
 impl State {
-    pub fn create_external_snapshot(
-        &mut self,
-        domain: &str,
-        snap: &ExternalSnapshot,
-    ) -> Result<(), HvError> {
+    pub fn create_external_snapshot(&mut self, domain: &str, snap: &ExternalSnapshot) -> Result<(), HvError> {
         let err = |code, message: String| HvError::Snapshot {
             domain: domain.to_owned(),
             snapshot: snap.name.clone(),
@@ -46,20 +41,13 @@ impl State {
             let disk = disks
                 .iter()
                 .find(|disk| disk.target == *target)
-                .ok_or_else(|| HvError::NoSuchDisk {
-                    domain: domain.to_owned(),
-                    disk: target.clone(),
-                })?;
+                .ok_or_else(|| HvError::NoSuchDisk { domain: domain.to_owned(), disk: target.clone() })?;
             if disk.readonly || disk.device != "disk" {
-                let message =
-                    format!("external snapshot of read-only disk '{target}' is not supported");
+                let message = format!("external snapshot of read-only disk '{target}' is not supported");
                 return Err(err(LibvirtCode::Unsupported, message));
             }
             if disk.source.as_ref() == Some(overlay) {
-                return Err(err(
-                    LibvirtCode::OperationInvalid,
-                    format!("overlay of '{target}' is its current image"),
-                ));
+                return Err(err(LibvirtCode::OperationInvalid, format!("overlay of '{target}' is its current image")));
             }
         }
         let active = d.state.is_active();
@@ -74,16 +62,10 @@ impl State {
             return Err(err(LibvirtCode::Unsupported, message.into()));
         }
         if snap.disks.is_empty() && snap.memory_file.is_none() {
-            return Err(err(
-                LibvirtCode::InvalidArg,
-                "disk-only snapshots require at least one disk".into(),
-            ));
+            return Err(err(LibvirtCode::InvalidArg, "disk-only snapshots require at least one disk".into()));
         }
         if !snap.no_metadata && d.snapshots.contains(&snap.name) {
-            return Err(err(
-                LibvirtCode::OperationInvalid,
-                format!("snapshot '{}' already exists", snap.name),
-            ));
+            return Err(err(LibvirtCode::OperationInvalid, format!("snapshot '{}' already exists", snap.name)));
         }
         // The memory image embeds the definition from before the switch.
         if let Some(memory) = &snap.memory_file {
@@ -92,11 +74,7 @@ impl State {
         let d = self.dom_mut(domain)?;
         for (target, overlay) in &snap.disks {
             let disk = disks.iter().find(|disk| disk.target == *target);
-            let old: Vec<PathBuf> = disk
-                .into_iter()
-                .flat_map(|d| d.source.iter().chain(&d.backing))
-                .cloned()
-                .collect();
+            let old: Vec<PathBuf> = disk.into_iter().flat_map(|d| d.source.iter().chain(&d.backing)).cloned().collect();
             let chain: Vec<PathBuf> = std::iter::once(overlay.clone()).chain(old).collect();
             set_chain(&mut d.def, target, &chain)?;
         }
@@ -110,11 +88,7 @@ impl State {
         let d = self.dom(domain)?;
         if !d.state.is_active() {
             let source = not_running(domain);
-            return Err(HvError::SaveMemory {
-                domain: domain.to_owned(),
-                path: path.to_owned(),
-                source,
-            });
+            return Err(HvError::SaveMemory { domain: domain.to_owned(), path: path.to_owned(), source });
         }
         self.saved.insert(path.to_owned(), d.def.clone());
         self.stop(domain);
@@ -122,18 +96,9 @@ impl State {
     }
 
     pub fn restore_memory(&mut self, path: &Path, def: Option<&DomainDef>) -> Result<(), HvError> {
-        let err = |code, message: String| HvError::RestoreMemory {
-            path: path.to_owned(),
-            source: lv(code, message),
-        };
+        let err = |code, message: String| HvError::RestoreMemory { path: path.to_owned(), source: lv(code, message) };
         let image = self.saved.get(path).cloned().ok_or_else(|| {
-            err(
-                LibvirtCode::System,
-                format!(
-                    "cannot open '{}': No such file or directory",
-                    path.display()
-                ),
-            )
+            err(LibvirtCode::System, format!("cannot open '{}': No such file or directory", path.display()))
         })?;
         let def = def.cloned().unwrap_or_else(|| image.clone());
         let (name, uuid) = (def.name(), def.uuid().unwrap_or_default());
@@ -145,36 +110,24 @@ impl State {
             ));
         }
         if name != image.name() {
-            let message = format!(
-                "Target domain name '{name}' does not match source '{}'",
-                image.name()
-            );
+            let message = format!("Target domain name '{name}' does not match source '{}'", image.name());
             return Err(err(LibvirtCode::InvalidArg, message));
         }
         match self.domains.get_mut(&name) {
-            Some(d) if d.state.is_active() => Err(err(
-                LibvirtCode::OperationInvalid,
-                format!("domain '{name}' is already active"),
-            )),
-            Some(d) if d.def.uuid().unwrap_or_default() != uuid => Err(err(
-                LibvirtCode::OperationFailed,
-                format!("domain '{name}' already exists with another uuid"),
-            )),
+            Some(d) if d.state.is_active() => {
+                Err(err(LibvirtCode::OperationInvalid, format!("domain '{name}' is already active")))
+            }
+            Some(d) if d.def.uuid().unwrap_or_default() != uuid => {
+                Err(err(LibvirtCode::OperationFailed, format!("domain '{name}' already exists with another uuid")))
+            }
             Some(d) => {
                 d.def = def;
                 d.state = DomainState::Running;
                 Ok(())
             }
             None => {
-                if let Some(other) = self
-                    .domains
-                    .values()
-                    .find(|d| d.def.uuid().unwrap_or_default() == uuid)
-                {
-                    let message = format!(
-                        "domain '{}' is already defined with uuid {uuid}",
-                        other.def.name()
-                    );
+                if let Some(other) = self.domains.values().find(|d| d.def.uuid().unwrap_or_default() == uuid) {
+                    let message = format!("domain '{}' is already defined with uuid {uuid}", other.def.name());
                     return Err(err(LibvirtCode::OperationFailed, message));
                 }
                 self.insert_domain(def, DomainState::Running, false);
@@ -183,12 +136,7 @@ impl State {
         }
     }
 
-    pub fn block_commit(
-        &mut self,
-        domain: &str,
-        disk: &str,
-        opts: &BlockCommit,
-    ) -> Result<(), HvError> {
+    pub fn block_commit(&mut self, domain: &str, disk: &str, opts: &BlockCommit) -> Result<(), HvError> {
         let err = |code, message: String| HvError::BlockCommit {
             domain: domain.to_owned(),
             disk: disk.to_owned(),
@@ -196,10 +144,8 @@ impl State {
         };
         let d = self.dom(domain)?;
         let current = d.def.disks().into_iter().find(|x| x.target == disk);
-        let current = current.ok_or_else(|| HvError::NoSuchDisk {
-            domain: domain.to_owned(),
-            disk: disk.to_owned(),
-        })?;
+        let current =
+            current.ok_or_else(|| HvError::NoSuchDisk { domain: domain.to_owned(), disk: disk.to_owned() })?;
         if !d.state.is_active() {
             return Err(HvError::BlockCommit {
                 domain: domain.to_owned(),
@@ -209,21 +155,12 @@ impl State {
         }
         let key = (domain.to_owned(), disk.to_owned());
         if self.jobs.contains_key(&key) {
-            return Err(err(
-                LibvirtCode::OperationInvalid,
-                format!("disk '{disk}' already in active block job"),
-            ));
+            return Err(err(LibvirtCode::OperationInvalid, format!("disk '{disk}' already in active block job")));
         }
         let chain: Vec<PathBuf> = current.source.into_iter().chain(current.backing).collect();
         let find = |p: &Path| {
             chain.iter().position(|c| c == p).ok_or_else(|| {
-                err(
-                    LibvirtCode::InvalidArg,
-                    format!(
-                        "could not find image '{}' in chain of '{disk}'",
-                        p.display()
-                    ),
-                )
+                err(LibvirtCode::InvalidArg, format!("could not find image '{}' in chain of '{disk}'", p.display()))
             })
         };
         let top = opts.top.as_deref().map(find).transpose()?.unwrap_or(0);
@@ -233,16 +170,10 @@ impl State {
             None => chain.len().saturating_sub(1),
         };
         if base <= top || base >= chain.len() {
-            return Err(err(
-                LibvirtCode::InvalidArg,
-                format!("top of '{disk}' has no backing file to commit into"),
-            ));
+            return Err(err(LibvirtCode::InvalidArg, format!("top of '{disk}' has no backing file to commit into")));
         }
         if opts.shallow && base != top + 1 {
-            return Err(err(
-                LibvirtCode::InvalidArg,
-                "shallow commit needs the base right below the top".into(),
-            ));
+            return Err(err(LibvirtCode::InvalidArg, "shallow commit needs the base right below the top".into()));
         }
         if (top == 0) != opts.active {
             let message = if opts.active {
@@ -254,37 +185,19 @@ impl State {
         }
         let mut after = chain;
         after.drain(top..base);
-        let kind = if opts.active {
-            BlockJobKind::ActiveCommit
-        } else {
-            BlockJobKind::Commit
-        };
+        let kind = if opts.active { BlockJobKind::ActiveCommit } else { BlockJobKind::Commit };
         if kind == BlockJobKind::Commit {
             set_chain(&mut self.dom_mut(domain)?.def, disk, &after)?;
         }
-        self.jobs.insert(
-            key,
-            Job {
-                kind,
-                polls_left: self.job_polls,
-                after,
-            },
-        );
+        self.jobs.insert(key, Job { kind, polls_left: self.job_polls, after });
         Ok(())
     }
 
     pub fn block_job(&mut self, domain: &str, disk: &str) -> Result<Option<BlockJobInfo>, HvError> {
-        let err = |source| HvError::BlockJob {
-            domain: domain.to_owned(),
-            disk: disk.to_owned(),
-            source,
-        };
+        let err = |source| HvError::BlockJob { domain: domain.to_owned(), disk: disk.to_owned(), source };
         let d = self.dom(domain)?;
         if !d.def.disks().iter().any(|x| x.target == disk) {
-            return Err(err(lv(
-                LibvirtCode::InvalidArg,
-                format!("disk '{disk}' not found in domain"),
-            )));
+            return Err(err(lv(LibvirtCode::InvalidArg, format!("disk '{disk}' not found in domain"))));
         }
         if !d.state.is_active() {
             return Err(err(not_running(domain)));
@@ -295,21 +208,13 @@ impl State {
         };
         if job.polls_left > 0 {
             job.polls_left -= 1;
-            return Ok(Some(BlockJobInfo {
-                kind: job.kind,
-                cur: JOB_END / 2,
-                end: JOB_END,
-            }));
+            return Ok(Some(BlockJobInfo { kind: job.kind, cur: JOB_END / 2, end: JOB_END }));
         }
         if job.kind == BlockJobKind::Commit {
             self.jobs.remove(&key);
             return Ok(None);
         }
-        Ok(Some(BlockJobInfo {
-            kind: job.kind,
-            cur: JOB_END,
-            end: JOB_END,
-        }))
+        Ok(Some(BlockJobInfo { kind: job.kind, cur: JOB_END, end: JOB_END }))
     }
 
     /// Pivots (`pivot`) or aborts the job on `disk`.
@@ -317,39 +222,22 @@ impl State {
         let err = |code, message: String| {
             let (domain, disk, source) = (domain.to_owned(), disk.to_owned(), lv(code, message));
             if pivot {
-                HvError::BlockJobPivot {
-                    domain,
-                    disk,
-                    source,
-                }
+                HvError::BlockJobPivot { domain, disk, source }
             } else {
-                HvError::BlockJobAbort {
-                    domain,
-                    disk,
-                    source,
-                }
+                HvError::BlockJobAbort { domain, disk, source }
             }
         };
         self.dom(domain)?;
         let key = (domain.to_owned(), disk.to_owned());
         let job = self.jobs.get(&key).cloned().ok_or_else(|| {
-            err(
-                LibvirtCode::OperationInvalid,
-                format!("disk '{disk}' does not have an active block job"),
-            )
+            err(LibvirtCode::OperationInvalid, format!("disk '{disk}' does not have an active block job"))
         })?;
         if pivot {
             if !matches!(job.kind, BlockJobKind::ActiveCommit | BlockJobKind::Copy) {
-                return Err(err(
-                    LibvirtCode::OperationInvalid,
-                    format!("block job of '{disk}' cannot be pivoted"),
-                ));
+                return Err(err(LibvirtCode::OperationInvalid, format!("block job of '{disk}' cannot be pivoted")));
             }
             if job.polls_left > 0 {
-                return Err(err(
-                    LibvirtCode::OperationInvalid,
-                    format!("block job '{disk}' not ready for pivot yet"),
-                ));
+                return Err(err(LibvirtCode::OperationInvalid, format!("block job '{disk}' not ready for pivot yet")));
             }
             set_chain(&mut self.dom_mut(domain)?.def, disk, &job.after)?;
         }

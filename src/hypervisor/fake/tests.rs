@@ -47,13 +47,8 @@ fn calls_are_recorded_in_order_with_arguments() {
         fake.calls(),
         [
             Call::DestroyDomain { name: "web".into() },
-            Call::Domain {
-                name: "nope".into()
-            },
-            Call::SetAutostart {
-                name: "db".into(),
-                on: true
-            },
+            Call::Domain { name: "nope".into() },
+            Call::SetAutostart { name: "db".into(), on: true },
         ]
     );
     assert_eq!(fake.autostart("db"), Some(true));
@@ -67,31 +62,17 @@ fn failing_at_fails_every_call_of_that_step_and_records_it() {
     let first = fake.create_external_snapshot("web", &snap("s1", "/o/1.qcow2", None));
     let second = fake.create_external_snapshot("web", &snap("s2", "/o/2.qcow2", None));
 
-    assert!(matches!(
-        first,
-        Err(HvError::Injected {
-            step: FakeStep::CreateSnapshot
-        })
-    ));
+    assert!(matches!(first, Err(HvError::Injected { step: FakeStep::CreateSnapshot })));
     assert!(matches!(second, Err(HvError::Injected { .. })));
-    assert_eq!(
-        fake.steps(),
-        [FakeStep::CreateSnapshot, FakeStep::CreateSnapshot]
-    );
-    assert_eq!(
-        vda(&fake, "web").source,
-        Some(PathBuf::from("/images/web.qcow2"))
-    );
+    assert_eq!(fake.steps(), [FakeStep::CreateSnapshot, FakeStep::CreateSnapshot]);
+    assert_eq!(vda(&fake, "web").source, Some(PathBuf::from("/images/web.qcow2")));
 }
 
 #[test]
 fn fail_at_call_fails_only_the_nth_call() {
     let fake = env().fail_at_call(FakeStep::DestroyDomain, 2);
 
-    let results: Vec<bool> = ["web", "db", "web"]
-        .iter()
-        .map(|d| fake.destroy_domain(d).is_ok())
-        .collect();
+    let results: Vec<bool> = ["web", "db", "web"].iter().map(|d| fake.destroy_domain(d).is_ok()).collect();
 
     assert_eq!(results, [true, false, true]);
     assert_eq!(fake.peek_domain("db").unwrap().state, DomainState::Running);
@@ -100,22 +81,10 @@ fn fail_at_call_fails_only_the_nth_call() {
 #[test]
 fn unknown_names_give_no_such_errors() {
     let fake = env();
-    assert!(matches!(
-        fake.domain("nope"),
-        Err(HvError::NoSuchDomain { .. })
-    ));
-    assert!(matches!(
-        fake.start_domain("nope"),
-        Err(HvError::NoSuchDomain { .. })
-    ));
-    assert!(matches!(
-        fake.network("nope"),
-        Err(HvError::NoSuchNetwork { .. })
-    ));
-    assert!(matches!(
-        fake.undefine_network("nope"),
-        Err(HvError::NoSuchNetwork { .. })
-    ));
+    assert!(matches!(fake.domain("nope"), Err(HvError::NoSuchDomain { .. })));
+    assert!(matches!(fake.start_domain("nope"), Err(HvError::NoSuchDomain { .. })));
+    assert!(matches!(fake.network("nope"), Err(HvError::NoSuchNetwork { .. })));
+    assert!(matches!(fake.undefine_network("nope"), Err(HvError::NoSuchNetwork { .. })));
 }
 
 #[test]
@@ -129,10 +98,7 @@ fn define_assigns_uuid_and_macs_like_libvirt() {
 
     assert_eq!(clone.state, DomainState::ShutOff);
     assert_ne!(clone.uuid, fake.peek_domain("web").unwrap().uuid);
-    assert!(clone.def.interfaces()[0]
-        .mac
-        .as_deref()
-        .is_some_and(|m| m.starts_with("52:54:00:")));
+    assert!(clone.def.interfaces()[0].mac.as_deref().is_some_and(|m| m.starts_with("52:54:00:")));
 }
 
 #[test]
@@ -145,13 +111,7 @@ fn define_refuses_existing_name_with_other_uuid() {
 
     assert!(matches!(
         err,
-        HvError::DefineDomain {
-            source: LibvirtError {
-                code: LibvirtCode::OperationFailed,
-                ..
-            },
-            ..
-        }
+        HvError::DefineDomain { source: LibvirtError { code: LibvirtCode::OperationFailed, .. }, .. }
     ));
 }
 
@@ -187,13 +147,7 @@ fn start_refuses_inactive_network() {
 
     assert!(matches!(
         err,
-        HvError::StartDomain {
-            source: LibvirtError {
-                code: LibvirtCode::OperationInvalid,
-                ..
-            },
-            ..
-        }
+        HvError::StartDomain { source: LibvirtError { code: LibvirtCode::OperationInvalid, .. }, .. }
     ));
 }
 
@@ -243,10 +197,7 @@ fn undefine_running_domain_leaves_it_transient_until_destroyed() {
     let fake = env();
     fake.undefine_domain("web").unwrap();
     assert_eq!(fake.peek_domain("web").unwrap().state, DomainState::Running);
-    assert!(matches!(
-        fake.set_autostart("web", true),
-        Err(HvError::SetAutostart { .. })
-    ));
+    assert!(matches!(fake.set_autostart("web", true), Err(HvError::SetAutostart { .. })));
 
     fake.destroy_domain("web").unwrap();
 
@@ -257,25 +208,14 @@ fn undefine_running_domain_leaves_it_transient_until_destroyed() {
 fn external_snapshot_switches_disks_to_overlays() {
     let fake = env();
 
-    fake.create_external_snapshot("web", &snap("s1", "/o/web-1.qcow2", None))
-        .unwrap();
-    fake.create_external_snapshot("web", &snap("s2", "/o/web-2.qcow2", None))
-        .unwrap();
+    fake.create_external_snapshot("web", &snap("s1", "/o/web-1.qcow2", None)).unwrap();
+    fake.create_external_snapshot("web", &snap("s2", "/o/web-2.qcow2", None)).unwrap();
 
     let disk = vda(&fake, "web");
     assert_eq!(disk.source, Some(PathBuf::from("/o/web-2.qcow2")));
-    assert_eq!(
-        disk.backing,
-        [
-            PathBuf::from("/o/web-1.qcow2"),
-            PathBuf::from("/images/web.qcow2")
-        ]
-    );
+    assert_eq!(disk.backing, [PathBuf::from("/o/web-1.qcow2"), PathBuf::from("/images/web.qcow2")]);
     assert_eq!(fake.snapshot_names("web"), ["s1", "s2"]);
-    assert_eq!(
-        vda(&fake, "db").source,
-        Some(PathBuf::from("/images/db.qcow2"))
-    );
+    assert_eq!(vda(&fake, "db").source, Some(PathBuf::from("/images/db.qcow2")));
 }
 
 #[test]
@@ -294,17 +234,13 @@ fn external_snapshot_refuses_unknown_disk() {
     let fake = env();
     let mut s = snap("s1", "/o/x.qcow2", None);
     s.disks[0].0 = "vdz".into();
-    assert!(matches!(
-        fake.create_external_snapshot("web", &s),
-        Err(HvError::NoSuchDisk { .. })
-    ));
+    assert!(matches!(fake.create_external_snapshot("web", &s), Err(HvError::NoSuchDisk { .. })));
 }
 
 #[test]
 fn memory_snapshot_image_holds_the_pre_snapshot_definition() {
     let fake = env();
-    fake.create_external_snapshot("web", &snap("s1", "/o/web-1.qcow2", Some("/o/web.mem")))
-        .unwrap();
+    fake.create_external_snapshot("web", &snap("s1", "/o/web-1.qcow2", Some("/o/web.mem"))).unwrap();
     fake.destroy_domain("web").unwrap();
     let mut clone = fake.peek_domain("web").unwrap().def;
     clone.set_name("web-clone");
@@ -314,18 +250,9 @@ fn memory_snapshot_image_holds_the_pre_snapshot_definition() {
 
     assert!(matches!(
         refused,
-        Err(HvError::RestoreMemory {
-            source: LibvirtError {
-                code: LibvirtCode::InvalidArg,
-                ..
-            },
-            ..
-        })
+        Err(HvError::RestoreMemory { source: LibvirtError { code: LibvirtCode::InvalidArg, .. }, .. })
     ));
-    assert_eq!(
-        vda(&fake, "web").source,
-        Some(PathBuf::from("/images/web.qcow2"))
-    );
+    assert_eq!(vda(&fake, "web").source, Some(PathBuf::from("/images/web.qcow2")));
     assert_eq!(fake.peek_domain("web").unwrap().state, DomainState::Running);
 }
 
@@ -336,21 +263,12 @@ fn save_stops_domain_and_restore_runs_it_again() {
 
     fake.save_memory("db", image).unwrap();
     assert_eq!(fake.peek_domain("db").unwrap().state, DomainState::ShutOff);
-    assert!(matches!(
-        fake.save_memory("db", image),
-        Err(HvError::SaveMemory { .. })
-    ));
+    assert!(matches!(fake.save_memory("db", image), Err(HvError::SaveMemory { .. })));
     fake.restore_memory(image, None).unwrap();
 
     assert_eq!(fake.peek_domain("db").unwrap().state, DomainState::Running);
-    assert!(matches!(
-        fake.restore_memory(image, None),
-        Err(HvError::RestoreMemory { .. })
-    ));
-    assert!(matches!(
-        fake.restore_memory(Path::new("/o/none"), None),
-        Err(HvError::RestoreMemory { .. })
-    ));
+    assert!(matches!(fake.restore_memory(image, None), Err(HvError::RestoreMemory { .. })));
+    assert!(matches!(fake.restore_memory(Path::new("/o/none"), None), Err(HvError::RestoreMemory { .. })));
 }
 
 #[test]
@@ -367,12 +285,8 @@ fn restore_of_undefined_domain_is_transient() {
 #[test]
 fn active_commit_then_pivot_returns_disk_to_base() {
     let fake = env().with_block_job_polls(1);
-    fake.create_external_snapshot("web", &snap("s1", "/o/web-1.qcow2", None))
-        .unwrap();
-    let commit = BlockCommit {
-        active: true,
-        ..BlockCommit::default()
-    };
+    fake.create_external_snapshot("web", &snap("s1", "/o/web-1.qcow2", None)).unwrap();
+    let commit = BlockCommit { active: true, ..BlockCommit::default() };
 
     fake.block_commit("web", "vda", &commit).unwrap();
     let early_pivot = fake.block_job_pivot("web", "vda");
@@ -393,56 +307,28 @@ fn active_commit_then_pivot_returns_disk_to_base() {
 #[test]
 fn abort_of_active_commit_keeps_the_overlay() {
     let fake = env();
-    fake.create_external_snapshot("web", &snap("s1", "/o/web-1.qcow2", None))
-        .unwrap();
-    fake.block_commit(
-        "web",
-        "vda",
-        &BlockCommit {
-            active: true,
-            ..BlockCommit::default()
-        },
-    )
-    .unwrap();
+    fake.create_external_snapshot("web", &snap("s1", "/o/web-1.qcow2", None)).unwrap();
+    fake.block_commit("web", "vda", &BlockCommit { active: true, ..BlockCommit::default() }).unwrap();
 
     fake.block_job_abort("web", "vda").unwrap();
 
-    assert_eq!(
-        vda(&fake, "web").source,
-        Some(PathBuf::from("/o/web-1.qcow2"))
-    );
-    assert!(matches!(
-        fake.block_job_abort("web", "vda"),
-        Err(HvError::BlockJobAbort { .. })
-    ));
+    assert_eq!(vda(&fake, "web").source, Some(PathBuf::from("/o/web-1.qcow2")));
+    assert!(matches!(fake.block_job_abort("web", "vda"), Err(HvError::BlockJobAbort { .. })));
 }
 
 #[test]
 fn block_commit_refuses_disk_without_backing_file() {
     let fake = env();
-    let err = fake.block_commit(
-        "web",
-        "vda",
-        &BlockCommit {
-            active: true,
-            ..BlockCommit::default()
-        },
-    );
+    let err = fake.block_commit("web", "vda", &BlockCommit { active: true, ..BlockCommit::default() });
     assert!(matches!(err, Err(HvError::BlockCommit { .. })));
 }
 
 #[test]
 fn inner_commit_merges_a_middle_layer() {
     let fake = env();
-    fake.create_external_snapshot("web", &snap("s1", "/o/web-1.qcow2", None))
-        .unwrap();
-    fake.create_external_snapshot("web", &snap("s2", "/o/web-2.qcow2", None))
-        .unwrap();
-    let commit = BlockCommit {
-        top: Some("/o/web-1.qcow2".into()),
-        shallow: true,
-        ..BlockCommit::default()
-    };
+    fake.create_external_snapshot("web", &snap("s1", "/o/web-1.qcow2", None)).unwrap();
+    fake.create_external_snapshot("web", &snap("s2", "/o/web-2.qcow2", None)).unwrap();
+    let commit = BlockCommit { top: Some("/o/web-1.qcow2".into()), shallow: true, ..BlockCommit::default() };
 
     fake.block_commit("web", "vda", &commit).unwrap();
 
@@ -473,13 +359,8 @@ fn qmp_scripted_reply_and_stopped_domain() {
     let info = qmp(&fake, "web", qapi::qmp::query_migrate {}).unwrap();
     fake.destroy_domain("db").unwrap();
 
-    let stopped = fake
-        .qmp_raw("db", r#"{"execute":"query-status"}"#)
-        .unwrap_err();
+    let stopped = fake.qmp_raw("db", r#"{"execute":"query-status"}"#).unwrap_err();
 
-    assert!(matches!(
-        info.status,
-        Some(qapi::qmp::MigrationStatus::completed)
-    ));
+    assert!(matches!(info.status, Some(qapi::qmp::MigrationStatus::completed)));
     assert!(matches!(stopped, HvError::QmpTransport { .. }));
 }

@@ -62,15 +62,9 @@ pub(super) fn block_commit(
 /// `virDomainGetBlockJobInfo`: `(type, cur, end)`, or `None` without a job.
 pub(super) fn block_job_info(dom: &Domain, disk: &str) -> Result<Option<(i32, u64, u64)>, Error> {
     let disk = cstring(disk)?;
-    let mut info = sys::virDomainBlockJobInfo {
-        type_: 0,
-        bandwidth: 0,
-        cur: 0,
-        end: 0,
-    };
+    let mut info = sys::virDomainBlockJobInfo { type_: 0, bandwidth: 0, cur: 0, end: 0 };
     // SAFETY: as in `save`; `info` is a valid, writable struct for the call.
-    let rc =
-        check(unsafe { sys::virDomainGetBlockJobInfo(dom.as_ptr(), disk.as_ptr(), &mut info, 0) })?;
+    let rc = check(unsafe { sys::virDomainGetBlockJobInfo(dom.as_ptr(), disk.as_ptr(), &mut info, 0) })?;
     Ok((rc == 1).then_some((info.type_, info.cur, info.end)))
 }
 

@@ -41,10 +41,7 @@ pub struct Interface {
 /// The path a `<source>` (or a `<backingStore>`'s `<source>`) points at.
 fn source_path(parent: &Element) -> Option<PathBuf> {
     let source = parent.get_child("source")?;
-    attr(source, "file")
-        .or_else(|| attr(source, "dev"))
-        .or_else(|| attr(source, "name"))
-        .map(PathBuf::from)
+    attr(source, "file").or_else(|| attr(source, "dev")).or_else(|| attr(source, "name")).map(PathBuf::from)
 }
 
 fn backing_chain(disk: &Element) -> Vec<PathBuf> {
@@ -69,10 +66,7 @@ pub(crate) fn read_disk(disk: &Element) -> Option<Disk> {
         target: disk_target(disk)?.to_owned(),
         device: attr(disk, "device").unwrap_or("disk").to_owned(),
         source: source_path(disk),
-        format: disk
-            .get_child("driver")
-            .and_then(|d| attr(d, "type"))
-            .map(str::to_owned),
+        format: disk.get_child("driver").and_then(|d| attr(d, "type")).map(str::to_owned),
         backing: backing_chain(disk),
         readonly: disk.get_child("readonly").is_some(),
     })
@@ -102,10 +96,7 @@ pub(crate) fn set_backing_chain(disk: &mut Element, chain: &[PathBuf]) {
     for path in chain.iter().rev() {
         let mut outer = element("backingStore", &[("type", "file")]);
         push(&mut outer, element("format", &[("type", "qcow2")]));
-        push(
-            &mut outer,
-            element("source", &[("file", &path.to_string_lossy())]),
-        );
+        push(&mut outer, element("source", &[("file", &path.to_string_lossy())]));
         push(&mut outer, store);
         store = outer;
     }
@@ -116,16 +107,10 @@ pub(crate) fn read_interface(iface: &Element) -> Interface {
     let source = iface.get_child("source");
     let source_attr = |key| source.and_then(|s| attr(s, key)).map(str::to_owned);
     Interface {
-        mac: iface
-            .get_child("mac")
-            .and_then(|m| attr(m, "address"))
-            .map(str::to_owned),
+        mac: iface.get_child("mac").and_then(|m| attr(m, "address")).map(str::to_owned),
         network: source_attr("network"),
         bridge: source_attr("bridge"),
-        model: iface
-            .get_child("model")
-            .and_then(|m| attr(m, "type"))
-            .map(str::to_owned),
+        model: iface.get_child("model").and_then(|m| attr(m, "type")).map(str::to_owned),
         link_up: iface.get_child("link").and_then(|l| attr(l, "state")) != Some("down"),
     }
 }
@@ -144,25 +129,15 @@ pub(crate) fn set_interface_network(iface: &mut Element, network: &str) {
 }
 
 pub(crate) fn set_interface_link(iface: &mut Element, up: bool) {
-    set_attr(
-        child_or_insert(iface, "link"),
-        "state",
-        if up { "up" } else { "down" },
-    );
+    set_attr(child_or_insert(iface, "link"), "state", if up { "up" } else { "down" });
 }
 
 /// `<disk type='file' device='disk'>` for a virtio qcow2 image.
 pub(crate) fn new_virtio_disk(path: &str, target: &str) -> Element {
     let mut disk = element("disk", &[("type", "file"), ("device", "disk")]);
-    push(
-        &mut disk,
-        element("driver", &[("name", "qemu"), ("type", "qcow2")]),
-    );
+    push(&mut disk, element("driver", &[("name", "qemu"), ("type", "qcow2")]));
     push(&mut disk, element("source", &[("file", path)]));
-    push(
-        &mut disk,
-        element("target", &[("dev", target), ("bus", "virtio")]),
-    );
+    push(&mut disk, element("target", &[("dev", target), ("bus", "virtio")]));
     disk
 }
 

@@ -49,10 +49,7 @@ fn virtio_target(index: usize) -> String {
 fn os(spec: &DirectBootSpec) -> Element {
     let mut os = Element::new("os");
     push(&mut os, text_element("type", "hvm"));
-    push(
-        &mut os,
-        text_element("kernel", &spec.kernel.to_string_lossy()),
-    );
+    push(&mut os, text_element("kernel", &spec.kernel.to_string_lossy()));
     if let Some(initrd) = &spec.initrd {
         push(&mut os, text_element("initrd", &initrd.to_string_lossy()));
     }
@@ -63,21 +60,12 @@ fn os(spec: &DirectBootSpec) -> Element {
 fn serial_and_console(devices: &mut Element, log: &str) {
     // `append`: a restored or restarted guest adds to the log, not wipes it.
     let mut serial = element("serial", &[("type", "file")]);
-    push(
-        &mut serial,
-        element("source", &[("path", log), ("append", "on")]),
-    );
+    push(&mut serial, element("source", &[("path", log), ("append", "on")]));
     push(&mut serial, element("target", &[("port", "0")]));
     push(devices, serial);
     let mut console = element("console", &[("type", "file")]);
-    push(
-        &mut console,
-        element("source", &[("path", log), ("append", "on")]),
-    );
-    push(
-        &mut console,
-        element("target", &[("type", "serial"), ("port", "0")]),
-    );
+    push(&mut console, element("source", &[("path", log), ("append", "on")]));
+    push(&mut console, element("target", &[("type", "serial"), ("port", "0")]));
     push(devices, console);
 }
 
@@ -88,9 +76,7 @@ impl DomainDef {
         let mut root = element("domain", &[("type", &spec.domain_type)]);
         push(&mut root, text_element("name", &spec.name));
         let mut memory = text_element("memory", &spec.memory_mib.to_string());
-        memory
-            .attributes
-            .insert("unit".to_owned(), "MiB".to_owned());
+        memory.attributes.insert("unit".to_owned(), "MiB".to_owned());
         push(&mut root, memory);
         push(&mut root, text_element("vcpu", &spec.vcpus.to_string()));
         push(&mut root, os(spec));
@@ -103,16 +89,10 @@ impl DomainDef {
 
         let mut devices = Element::new("devices");
         for (index, disk) in spec.disks.iter().enumerate() {
-            push(
-                &mut devices,
-                new_virtio_disk(&disk.to_string_lossy(), &virtio_target(index)),
-            );
+            push(&mut devices, new_virtio_disk(&disk.to_string_lossy(), &virtio_target(index)));
         }
         for nic in &spec.interfaces {
-            push(
-                &mut devices,
-                new_network_interface(&nic.network, nic.mac.as_deref()),
-            );
+            push(&mut devices, new_network_interface(&nic.network, nic.mac.as_deref()));
         }
         if let Some(log) = &spec.serial_log {
             serial_and_console(&mut devices, &log.to_string_lossy());

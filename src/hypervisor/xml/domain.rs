@@ -19,10 +19,7 @@ impl DomainDef {
         let root = super::parse_root(xml, "domain", "domain")?;
         let def = Self { root };
         if def.name().is_empty() {
-            return Err(HvError::Xml {
-                what: "domain",
-                detail: "no <name>".to_owned(),
-            });
+            return Err(HvError::Xml { what: "domain", detail: "no <name>".to_owned() });
         }
         Ok(def)
     }
@@ -58,46 +55,25 @@ impl DomainDef {
     }
 
     pub fn disks(&self) -> Vec<Disk> {
-        self.devices()
-            .map(|d| {
-                devices::disk_elements(d)
-                    .filter_map(devices::read_disk)
-                    .collect()
-            })
-            .unwrap_or_default()
+        self.devices().map(|d| devices::disk_elements(d).filter_map(devices::read_disk).collect()).unwrap_or_default()
     }
 
     /// Points the disk with guest target `target` (e.g. `vda`) at `path`.
     /// Drops the reported backing chain: it described the old image.
-    pub fn set_disk_source(
-        &mut self,
-        target: &str,
-        path: &Path,
-        format: &str,
-    ) -> Result<(), HvError> {
+    pub fn set_disk_source(&mut self, target: &str, path: &Path, format: &str) -> Result<(), HvError> {
         devices::set_disk_source(self.disk_mut(target)?, &path.to_string_lossy(), format);
         Ok(())
     }
 
     /// Records `chain` (top first) as the disk's reported backing chain, as
     /// libvirt's live XML would show it (used by the fake).
-    pub(crate) fn set_disk_backing(
-        &mut self,
-        target: &str,
-        chain: &[PathBuf],
-    ) -> Result<(), HvError> {
+    pub(crate) fn set_disk_backing(&mut self, target: &str, chain: &[PathBuf]) -> Result<(), HvError> {
         devices::set_backing_chain(self.disk_mut(target)?, chain);
         Ok(())
     }
 
     pub fn interfaces(&self) -> Vec<Interface> {
-        self.devices()
-            .map(|d| {
-                children(d, "interface")
-                    .map(devices::read_interface)
-                    .collect()
-            })
-            .unwrap_or_default()
+        self.devices().map(|d| children(d, "interface").map(devices::read_interface).collect()).unwrap_or_default()
     }
 
     pub fn set_interface_mac(&mut self, index: usize, mac: &str) -> Result<(), HvError> {
@@ -118,17 +94,8 @@ impl DomainDef {
     /// The UEFI variable store (`<os><nvram>`), if the domain has one.
     pub fn nvram(&self) -> Option<PathBuf> {
         let nvram = self.root.get_child("os")?.get_child("nvram")?;
-        let text = nvram
-            .get_text()
-            .map(|t| t.trim().to_owned())
-            .filter(|t| !t.is_empty());
-        text.or_else(|| {
-            nvram
-                .get_child("source")
-                .and_then(|s| attr(s, "file"))
-                .map(str::to_owned)
-        })
-        .map(PathBuf::from)
+        let text = nvram.get_text().map(|t| t.trim().to_owned()).filter(|t| !t.is_empty());
+        text.or_else(|| nvram.get_child("source").and_then(|s| attr(s, "file")).map(str::to_owned)).map(PathBuf::from)
     }
 
     /// Sets the UEFI variable store path, keeping the `template` attribute.
@@ -160,22 +127,14 @@ impl DomainDef {
     fn disk_mut(&mut self, target: &str) -> Result<&mut Element, HvError> {
         let name = self.name();
         self.devices_mut()
-            .and_then(|d| {
-                children_mut(d, "disk").find(|disk| devices::disk_target(disk) == Some(target))
-            })
-            .ok_or_else(|| HvError::NoSuchDisk {
-                domain: name,
-                disk: target.to_owned(),
-            })
+            .and_then(|d| children_mut(d, "disk").find(|disk| devices::disk_target(disk) == Some(target)))
+            .ok_or_else(|| HvError::NoSuchDisk { domain: name, disk: target.to_owned() })
     }
 
     fn interface_mut(&mut self, index: usize) -> Result<&mut Element, HvError> {
         let name = self.name();
         self.devices_mut()
             .and_then(|d| children_mut(d, "interface").nth(index))
-            .ok_or(HvError::NoSuchInterface {
-                domain: name,
-                index,
-            })
+            .ok_or(HvError::NoSuchInterface { domain: name, index })
     }
 }

@@ -23,15 +23,9 @@ use super::HvError;
 
 /// Parses `xml` and checks that its root element is `root`.
 pub(crate) fn parse_root(xml: &str, root: &str, what: &'static str) -> Result<Element, HvError> {
-    let el = Element::parse(xml.as_bytes()).map_err(|e| HvError::Xml {
-        what,
-        detail: e.to_string(),
-    })?;
+    let el = Element::parse(xml.as_bytes()).map_err(|e| HvError::Xml { what, detail: e.to_string() })?;
     if el.name != root {
-        return Err(HvError::Xml {
-            what,
-            detail: format!("root element is <{}>, expected <{root}>", el.name),
-        });
+        return Err(HvError::Xml { what, detail: format!("root element is <{}>, expected <{root}>", el.name) });
     }
     Ok(el)
 }
@@ -39,10 +33,7 @@ pub(crate) fn parse_root(xml: &str, root: &str, what: &'static str) -> Result<El
 /// Serializes without an XML declaration, indented like libvirt does.
 pub(crate) fn write(el: &Element) -> String {
     let mut out = Vec::new();
-    let config = EmitterConfig::new()
-        .write_document_declaration(false)
-        .perform_indent(true)
-        .indent_string("  ");
+    let config = EmitterConfig::new().write_document_declaration(false).perform_indent(true).indent_string("  ");
     // Writing into a Vec can't fail on I/O; the emitter only fails on
     // malformed trees, which the typed edits never build.
     if let Err(e) = el.write_with_config(&mut out, config) {
@@ -60,27 +51,16 @@ pub(crate) fn set_attr(el: &mut Element, key: &str, value: &str) {
 }
 
 pub(crate) fn children<'a>(el: &'a Element, name: &'a str) -> impl Iterator<Item = &'a Element> {
-    el.children
-        .iter()
-        .filter_map(XMLNode::as_element)
-        .filter(move |c| c.name == name)
+    el.children.iter().filter_map(XMLNode::as_element).filter(move |c| c.name == name)
 }
 
-pub(crate) fn children_mut<'a>(
-    el: &'a mut Element,
-    name: &'a str,
-) -> impl Iterator<Item = &'a mut Element> {
-    el.children
-        .iter_mut()
-        .filter_map(XMLNode::as_mut_element)
-        .filter(move |c| c.name == name)
+pub(crate) fn children_mut<'a>(el: &'a mut Element, name: &'a str) -> impl Iterator<Item = &'a mut Element> {
+    el.children.iter_mut().filter_map(XMLNode::as_mut_element).filter(move |c| c.name == name)
 }
 
 /// The text of child `name`, trimmed.
 pub(crate) fn child_text(el: &Element, name: &str) -> Option<String> {
-    el.get_child(name)
-        .and_then(|c| c.get_text())
-        .map(|t| t.trim().to_owned())
+    el.get_child(name).and_then(|c| c.get_text()).map(|t| t.trim().to_owned())
 }
 
 /// The child `name`, appended when missing.
@@ -98,8 +78,7 @@ pub(crate) fn set_text(el: &mut Element, text: &str) {
 
 /// Removes every child element named `name`.
 pub(crate) fn remove_children(el: &mut Element, name: &str) {
-    el.children
-        .retain(|c| c.as_element().map_or(true, |e| e.name != name));
+    el.children.retain(|c| c.as_element().map_or(true, |e| e.name != name));
 }
 
 /// Builds `<name a1='v1' ...>` with the given attributes.

@@ -4,10 +4,7 @@ use std::net::{IpAddr, Ipv4Addr};
 
 use xmltree::Element;
 
-use super::{
-    attr, child_or_insert, child_text, element, push, remove_children, set_attr, set_text,
-    text_element,
-};
+use super::{attr, child_or_insert, child_text, element, push, remove_children, set_attr, set_text, text_element};
 use crate::hypervisor::HvError;
 
 /// A libvirt network definition. Unknown elements round-trip untouched.
@@ -38,10 +35,7 @@ impl NetworkDef {
         let root = super::parse_root(xml, "network", "network")?;
         let def = Self { root };
         if def.name().is_empty() {
-            return Err(HvError::Xml {
-                what: "network",
-                detail: "no <name>".to_owned(),
-            });
+            return Err(HvError::Xml { what: "network", detail: "no <name>".to_owned() });
         }
         Ok(def)
     }
@@ -49,20 +43,11 @@ impl NetworkDef {
     pub fn isolated(spec: &NetworkSpec) -> NetworkDef {
         let mut root = Element::new("network");
         push(&mut root, text_element("name", &spec.name));
-        push(
-            &mut root,
-            element(
-                "bridge",
-                &[("name", &spec.bridge), ("stp", "on"), ("delay", "0")],
-            ),
-        );
+        push(&mut root, element("bridge", &[("name", &spec.bridge), ("stp", "on"), ("delay", "0")]));
         if let Some((address, prefix)) = spec.ip {
             let address = address.to_string();
             let prefix = prefix.to_string();
-            push(
-                &mut root,
-                element("ip", &[("address", &address), ("prefix", &prefix)]),
-            );
+            push(&mut root, element("ip", &[("address", &address), ("prefix", &prefix)]));
         }
         NetworkDef { root }
     }
@@ -93,10 +78,7 @@ impl NetworkDef {
 
     /// The bridge device name (`<bridge name>`), if set.
     pub fn bridge(&self) -> Option<String> {
-        self.root
-            .get_child("bridge")
-            .and_then(|b| attr(b, "name"))
-            .map(str::to_owned)
+        self.root.get_child("bridge").and_then(|b| attr(b, "name")).map(str::to_owned)
     }
 
     pub fn set_bridge(&mut self, bridge: &str) {

@@ -13,10 +13,7 @@ pub(crate) fn external_snapshot_xml(snap: &ExternalSnapshot, domain_disks: &[Dis
     let mut root = Element::new("domainsnapshot");
     push(&mut root, text_element("name", &snap.name));
     let memory = match &snap.memory_file {
-        Some(file) => element(
-            "memory",
-            &[("snapshot", "external"), ("file", &file.to_string_lossy())],
-        ),
+        Some(file) => element("memory", &[("snapshot", "external"), ("file", &file.to_string_lossy())]),
         None => element("memory", &[("snapshot", "no")]),
     };
     push(&mut root, memory);
@@ -25,15 +22,9 @@ pub(crate) fn external_snapshot_xml(snap: &ExternalSnapshot, domain_disks: &[Dis
         let overlay = snap.disks.iter().find(|(target, _)| *target == disk.target);
         let el = match overlay {
             Some((target, path)) => {
-                let mut el = element(
-                    "disk",
-                    &[("name", target), ("snapshot", "external"), ("type", "file")],
-                );
+                let mut el = element("disk", &[("name", target), ("snapshot", "external"), ("type", "file")]);
                 push(&mut el, element("driver", &[("type", "qcow2")]));
-                push(
-                    &mut el,
-                    element("source", &[("file", &path.to_string_lossy())]),
-                );
+                push(&mut el, element("source", &[("file", &path.to_string_lossy())]));
                 el
             }
             None => element("disk", &[("name", &disk.target), ("snapshot", "no")]),

@@ -47,35 +47,19 @@ fn domain_fixture_round_trips_through_to_xml() {
 #[test]
 fn domain_keeps_unknown_and_namespaced_elements() {
     let xml = domain().to_xml();
-    for needle in [
-        "qemu:commandline",
-        "ICH9-LPC.disable_s3=1",
-        "libosinfo:os",
-        "seclabel",
-        "<rng",
-        "guest_agent",
-    ] {
+    for needle in ["qemu:commandline", "ICH9-LPC.disable_s3=1", "libosinfo:os", "seclabel", "<rng", "guest_agent"] {
         assert!(xml.contains(needle), "{needle} lost in:\n{xml}");
     }
-    assert!(
-        xml.contains("xmlns:qemu=\"http://libvirt.org/schemas/domain/qemu/1.0\""),
-        "{xml}"
-    );
+    assert!(xml.contains("xmlns:qemu=\"http://libvirt.org/schemas/domain/qemu/1.0\""), "{xml}");
 }
 
 #[test]
 fn domain_reads_identity_and_type() {
     let def = domain();
     assert_eq!(def.name(), "web01");
-    assert_eq!(
-        def.uuid().as_deref(),
-        Some("5f1d7c3e-2b8a-4e6f-9c1d-0a7b3e5f9d21")
-    );
+    assert_eq!(def.uuid().as_deref(), Some("5f1d7c3e-2b8a-4e6f-9c1d-0a7b3e5f9d21"));
     assert_eq!(def.domain_type(), "kvm");
-    assert_eq!(
-        def.nvram(),
-        Some(PathBuf::from("/var/lib/libvirt/qemu/nvram/web01_VARS.fd"))
-    );
+    assert_eq!(def.nvram(), Some(PathBuf::from("/var/lib/libvirt/qemu/nvram/web01_VARS.fd")));
 }
 
 #[test]
@@ -134,20 +118,8 @@ fn set_name_and_uuid_change_only_those() {
     def.set_uuid("11111111-2222-4333-8444-555555555555");
     assert_eq!(def.name(), "web01-clone");
     let (removed, added) = changed_lines(&before.to_xml(), &def.to_xml());
-    assert_eq!(
-        removed,
-        [
-            "<name>web01</name>",
-            "<uuid>5f1d7c3e-2b8a-4e6f-9c1d-0a7b3e5f9d21</uuid>"
-        ]
-    );
-    assert_eq!(
-        added,
-        [
-            "<name>web01-clone</name>",
-            "<uuid>11111111-2222-4333-8444-555555555555</uuid>"
-        ]
-    );
+    assert_eq!(removed, ["<name>web01</name>", "<uuid>5f1d7c3e-2b8a-4e6f-9c1d-0a7b3e5f9d21</uuid>"]);
+    assert_eq!(added, ["<name>web01-clone</name>", "<uuid>11111111-2222-4333-8444-555555555555</uuid>"]);
 }
 
 #[test]
@@ -160,17 +132,12 @@ fn set_disk_source_replaces_source_and_drops_chain() {
     assert!(disks[0].backing.is_empty());
     assert_eq!(disks[1], domain().disks()[1]);
     let (_, added) = changed_lines(&domain().to_xml(), &def.to_xml());
-    assert_eq!(
-        added,
-        ["<source file=\"/var/lib/envclone/clone1/web01-vda.qcow2\" />"]
-    );
+    assert_eq!(added, ["<source file=\"/var/lib/envclone/clone1/web01-vda.qcow2\" />"]);
 }
 
 #[test]
 fn set_disk_source_refuses_unknown_target() {
-    let err = domain()
-        .set_disk_source("vdz", Path::new("/x.qcow2"), "qcow2")
-        .unwrap_err();
+    let err = domain().set_disk_source("vdz", Path::new("/x.qcow2"), "qcow2").unwrap_err();
     assert!(matches!(err, HvError::NoSuchDisk { ref disk, .. } if disk == "vdz"));
 }
 
@@ -194,11 +161,7 @@ fn interface_edits_change_only_that_interface() {
     let (removed, _) = changed_lines(&before.to_xml(), &def.to_xml());
     assert_eq!(
         removed,
-        [
-            "<interface type=\"bridge\">",
-            "<mac address=\"52:54:00:3a:7c:11\" />",
-            "<source bridge=\"br-mgmt\" />"
-        ]
+        ["<interface type=\"bridge\">", "<mac address=\"52:54:00:3a:7c:11\" />", "<source bridge=\"br-mgmt\" />"]
     );
 }
 
@@ -212,13 +175,8 @@ fn interface_edit_refuses_unknown_index() {
 fn set_nvram_keeps_template() {
     let mut def = domain();
     def.set_nvram(Path::new("/var/lib/envclone/clone1/web01_VARS.fd"));
-    assert_eq!(
-        def.nvram(),
-        Some(PathBuf::from("/var/lib/envclone/clone1/web01_VARS.fd"))
-    );
-    assert!(def
-        .to_xml()
-        .contains("template=\"/usr/share/OVMF/OVMF_VARS_4M.fd\""));
+    assert_eq!(def.nvram(), Some(PathBuf::from("/var/lib/envclone/clone1/web01_VARS.fd")));
+    assert!(def.to_xml().contains("template=\"/usr/share/OVMF/OVMF_VARS_4M.fd\""));
 }
 
 #[test]
@@ -236,18 +194,9 @@ fn strip_for_new_identity_removes_uuid_and_macs_only() {
 
 #[test]
 fn domain_parse_refuses_other_documents() {
-    assert!(matches!(
-        DomainDef::parse(NETWORK),
-        Err(HvError::Xml { what: "domain", .. })
-    ));
-    assert!(matches!(
-        DomainDef::parse("<domain"),
-        Err(HvError::Xml { .. })
-    ));
-    assert!(matches!(
-        DomainDef::parse("<domain type='kvm'/>"),
-        Err(HvError::Xml { .. })
-    ));
+    assert!(matches!(DomainDef::parse(NETWORK), Err(HvError::Xml { what: "domain", .. })));
+    assert!(matches!(DomainDef::parse("<domain"), Err(HvError::Xml { .. })));
+    assert!(matches!(DomainDef::parse("<domain type='kvm'/>"), Err(HvError::Xml { .. })));
 }
 
 #[test]
@@ -262,14 +211,8 @@ fn direct_boot_builds_a_parsable_lab_guest() {
         cmdline: "console=ttyS0 root=/dev/vda ip=10.10.0.11".into(),
         disks: vec!["/lab/a-root.qcow2".into(), "/lab/a-data.qcow2".into()],
         interfaces: vec![
-            NicSpec {
-                network: "labnet".into(),
-                mac: Some("52:54:00:aa:00:01".into()),
-            },
-            NicSpec {
-                network: "labnet2".into(),
-                mac: None,
-            },
+            NicSpec { network: "labnet".into(), mac: Some("52:54:00:aa:00:01".into()) },
+            NicSpec { network: "labnet2".into(), mac: None },
         ],
         serial_log: Some("/lab/a-console.log".into()),
     };
@@ -277,67 +220,33 @@ fn direct_boot_builds_a_parsable_lab_guest() {
     assert_eq!(def.name(), "lab-a");
     assert_eq!(def.domain_type(), "qemu");
     assert_eq!(def.uuid(), None);
-    let targets: Vec<_> = def
-        .disks()
-        .into_iter()
-        .map(|d| (d.target, d.source, d.format))
-        .collect();
+    let targets: Vec<_> = def.disks().into_iter().map(|d| (d.target, d.source, d.format)).collect();
     assert_eq!(
         targets,
         [
-            (
-                "vda".to_owned(),
-                Some(PathBuf::from("/lab/a-root.qcow2")),
-                Some("qcow2".to_owned())
-            ),
-            (
-                "vdb".to_owned(),
-                Some(PathBuf::from("/lab/a-data.qcow2")),
-                Some("qcow2".to_owned())
-            ),
+            ("vda".to_owned(), Some(PathBuf::from("/lab/a-root.qcow2")), Some("qcow2".to_owned())),
+            ("vdb".to_owned(), Some(PathBuf::from("/lab/a-data.qcow2")), Some("qcow2".to_owned())),
         ]
     );
-    let nets: Vec<_> = def
-        .interfaces()
-        .into_iter()
-        .map(|i| (i.network, i.mac))
-        .collect();
+    let nets: Vec<_> = def.interfaces().into_iter().map(|i| (i.network, i.mac)).collect();
     assert_eq!(
         nets,
-        [
-            (
-                Some("labnet".to_owned()),
-                Some("52:54:00:aa:00:01".to_owned())
-            ),
-            (Some("labnet2".to_owned()), None)
-        ]
+        [(Some("labnet".to_owned()), Some("52:54:00:aa:00:01".to_owned())), (Some("labnet2".to_owned()), None)]
     );
     let xml = def.to_xml();
-    assert!(
-        xml.contains("<kernel>/boot/vmlinuz-6.1.0-56-amd64</kernel>"),
-        "{xml}"
-    );
+    assert!(xml.contains("<kernel>/boot/vmlinuz-6.1.0-56-amd64</kernel>"), "{xml}");
     assert!(xml.contains("<serial type=\"file\">"), "{xml}");
-    assert!(
-        xml.contains("<source path=\"/lab/a-console.log\" append=\"on\" />"),
-        "{xml}"
-    );
+    assert!(xml.contains("<source path=\"/lab/a-console.log\" append=\"on\" />"), "{xml}");
 }
 
 #[test]
 fn network_fixture_reads_and_round_trips() {
     let net = NetworkDef::parse(NETWORK).unwrap();
     assert_eq!(net.name(), "envnet");
-    assert_eq!(
-        net.uuid().as_deref(),
-        Some("0b6a2f4e-7c1d-4e9a-8f35-2d6c9b1a7e03")
-    );
+    assert_eq!(net.uuid().as_deref(), Some("0b6a2f4e-7c1d-4e9a-8f35-2d6c9b1a7e03"));
     assert_eq!(net.bridge().as_deref(), Some("virbr1"));
     assert_eq!(net.forward_mode().as_deref(), Some("nat"));
-    assert_eq!(
-        net.ip(),
-        Some((IpAddr::V4(Ipv4Addr::new(192, 168, 122, 1)), 24))
-    );
+    assert_eq!(net.ip(), Some((IpAddr::V4(Ipv4Addr::new(192, 168, 122, 1)), 24)));
     assert_eq!(NetworkDef::parse(&net.to_xml()).unwrap(), net);
 }
 
@@ -353,31 +262,19 @@ fn network_copy_edits_change_only_those() {
     assert_eq!((net.uuid(), net.ip()), (None, None));
     assert_eq!(net.bridge().as_deref(), Some("br-c1"));
     let xml = net.to_xml();
-    assert!(
-        xml.contains("<bridge name=\"br-c1\" stp=\"on\" delay=\"0\" />"),
-        "{xml}"
-    );
-    assert!(
-        xml.contains("<domain name=\"envnet.lab\" localOnly=\"yes\" />"),
-        "{xml}"
-    );
+    assert!(xml.contains("<bridge name=\"br-c1\" stp=\"on\" delay=\"0\" />"), "{xml}");
+    assert!(xml.contains("<domain name=\"envnet.lab\" localOnly=\"yes\" />"), "{xml}");
     assert!(!xml.contains("dhcp") && !xml.contains("<mac"), "{xml}");
     assert_eq!(net.forward_mode().as_deref(), Some("nat"));
 }
 
 #[test]
 fn isolated_network_has_no_forward_and_no_dhcp() {
-    let spec = NetworkSpec {
-        name: "labnet".into(),
-        bridge: "br-lab".into(),
-        ip: Some((Ipv4Addr::new(10, 10, 0, 1), 24)),
-    };
+    let spec =
+        NetworkSpec { name: "labnet".into(), bridge: "br-lab".into(), ip: Some((Ipv4Addr::new(10, 10, 0, 1), 24)) };
     let net = NetworkDef::parse(&NetworkDef::isolated(&spec).to_xml()).unwrap();
     assert_eq!(net.forward_mode(), None);
-    assert_eq!(
-        net.ip(),
-        Some((IpAddr::V4(Ipv4Addr::new(10, 10, 0, 1)), 24))
-    );
+    assert_eq!(net.ip(), Some((IpAddr::V4(Ipv4Addr::new(10, 10, 0, 1)), 24)));
     assert_eq!(net.bridge().as_deref(), Some("br-lab"));
     assert!(!net.to_xml().contains("dhcp"));
     let bare = NetworkDef::isolated(&NetworkSpec { ip: None, ..spec });
@@ -396,21 +293,9 @@ fn snapshot_xml_names_every_disk() {
         live: true,
     };
     let xml = external_snapshot_xml(&snap, &domain().disks());
-    assert!(
-        xml.contains("<memory snapshot=\"external\" file=\"/o/mem\" />"),
-        "{xml}"
-    );
-    assert!(
-        xml.contains("<disk name=\"vda\" snapshot=\"external\" type=\"file\">"),
-        "{xml}"
-    );
+    assert!(xml.contains("<memory snapshot=\"external\" file=\"/o/mem\" />"), "{xml}");
+    assert!(xml.contains("<disk name=\"vda\" snapshot=\"external\" type=\"file\">"), "{xml}");
     assert!(xml.contains("<source file=\"/o/vda.qcow2\" />"), "{xml}");
-    assert!(
-        xml.contains("<disk name=\"vdb\" snapshot=\"no\" />"),
-        "{xml}"
-    );
-    assert!(
-        xml.contains("<disk name=\"sda\" snapshot=\"no\" />"),
-        "{xml}"
-    );
+    assert!(xml.contains("<disk name=\"vdb\" snapshot=\"no\" />"), "{xml}");
+    assert!(xml.contains("<disk name=\"sda\" snapshot=\"no\" />"), "{xml}");
 }
