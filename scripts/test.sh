@@ -5,6 +5,9 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 scripts/build.sh
+if cargo fmt --version >/dev/null 2>&1; then
+    cargo fmt --all -- --check
+fi
 cargo clippy --workspace --all-targets -- -D warnings
 cargo test --workspace --no-fail-fast 2>&1 | tee target/test-output.txt
 # A suite that ran nothing is a broken suite, not a green one.
