@@ -185,7 +185,7 @@ fn envclone(lab: &LabUnderTest, args: &[&str], crashpoint: Option<&str>) -> Outp
     let mut command = Command::new(env!("CARGO_BIN_EXE_envclone"));
     command
         .args(args)
-        .env("ENVCLONE_LAB", lab.name)
+        .env("ENVCLONE_LAB", &lab.name)
         .env("ENVCLONE_LABS_DIR", lab.dir().parent().unwrap())
         .env("ENVCLONE_CONFIG", lab.config_path())
         .env_remove("ENVCLONE_LIBVIRT_URI")

@@ -10,7 +10,7 @@ pub enum LabError {
     Busy { labs_dir: PathBuf },
     #[error("missing host tools: {}", missing.join(", "))]
     MissingTools { missing: Vec<String> },
-    #[error("invalid lab name {name:?}: use 1 to 20 lowercase letters, digits or '-'")]
+    #[error("invalid lab name {name:?}: use 1 to 32 lowercase letters, digits or '-'")]
     BadName { name: String },
     #[error("cannot run `{command}`")]
     Spawn {

@@ -103,7 +103,7 @@ pub struct DownReport {
 impl Lab {
     pub fn new(name: &str, labs_dir: &Path, cache_dir: &Path) -> Result<Lab, LabError> {
         let valid = !name.is_empty()
-            && name.len() <= 20
+            && name.len() <= 32
             && name.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-');
         if !valid {
             return Err(LabError::BadName { name: name.to_string() });
@@ -462,7 +462,7 @@ mod tests {
     fn lab_names_are_short_lowercase_words() {
         let dirs = (Path::new("/l"), Path::new("/c"));
         assert!(Lab::new("e2e-1", dirs.0, dirs.1).is_ok());
-        for bad in ["", "UPPER", "has space", "a/b", "much-too-long-for-a-netns-name"] {
+        for bad in ["", "UPPER", "has space", "a/b", "much-too-long-for-a-lab-and-its-netns-name"] {
             assert!(matches!(Lab::new(bad, dirs.0, dirs.1), Err(LabError::BadName { .. })), "{bad:?}");
         }
     }

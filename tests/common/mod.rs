@@ -13,18 +13,21 @@ use std::path::PathBuf;
 use std::process::{Command, Output};
 
 pub struct LabUnderTest {
-    pub name: &'static str,
+    /// `<base>-<pid>`: two runs of the suite at once (a developer's and
+    /// CI's, say) never share a namespace or a bridge.
+    pub name: String,
     labs_dir: tempfile::TempDir,
 }
 
 impl LabUnderTest {
     /// A lab that is not up yet.
-    pub fn new(name: &'static str) -> Self {
+    pub fn new(base: &str) -> Self {
+        let name = format!("{base}-{}", std::process::id());
         LabUnderTest { name, labs_dir: tempfile::tempdir().expect("temporary labs dir") }
     }
 
     /// A lab that is up, with both agents answering.
-    pub fn up(name: &'static str) -> Self {
+    pub fn up(name: &str) -> Self {
         let lab = LabUnderTest::new(name);
         lab.json(&["lab", "up", "--json"]);
         lab
@@ -34,7 +37,7 @@ impl LabUnderTest {
     pub fn envclone(&self, args: &[&str]) -> Output {
         Command::new(env!("CARGO_BIN_EXE_envclone"))
             .args(args)
-            .env("ENVCLONE_LAB", self.name)
+            .env("ENVCLONE_LAB", &self.name)
             .env("ENVCLONE_LABS_DIR", self.labs_dir.path())
             .env("ENVCLONE_CONFIG", self.config_path())
             .env_remove("ENVCLONE_LIBVIRT_URI")
@@ -50,7 +53,7 @@ impl LabUnderTest {
     }
 
     pub fn dir(&self) -> PathBuf {
-        self.labs_dir.path().join(self.name)
+        self.labs_dir.path().join(&self.name)
     }
 
     pub fn config_path(&self) -> PathBuf {
