@@ -11,7 +11,9 @@ use crate::cli::{GlobalArgs, RecoverArgs};
 use crate::exit::ExitCode;
 use crate::hypervisor::LibvirtHypervisor;
 use crate::ops::context::{Event, OpContext, SystemClock};
-use crate::ops::recover::{self, CheckStatus, Outcome, RecoverReport, RecoverRequest, SshAgents, UndoStatus};
+use crate::ops::recover::{
+    self, CheckStatus, Outcome, RecoverReport, RecoverRequest, RerunOutcome, SshAgents, UndoStatus,
+};
 use crate::{Error, Result};
 
 pub fn run(global: &GlobalArgs, args: &RecoverArgs, out: &Output) -> Result<ExitCode> {
@@ -82,6 +84,22 @@ fn human(report: &RecoverReport) -> String {
                 let detail = undo.detail.as_deref().unwrap_or(&undo.action);
                 text.push_str(&format!("    {status:6} step {:>2} {}: {detail}\n", undo.seq, undo.step));
             }
+        }
+        for rerun in &env.deletes {
+            let what = match (rerun.outcome, &rerun.report) {
+                (RerunOutcome::Finished, Some(done)) => format!(
+                    "finished ({} merged, {} released, {} files removed)",
+                    done.merged.len(),
+                    done.released.len(),
+                    done.removed.len()
+                ),
+                (RerunOutcome::Deferred, Some(done)) => {
+                    format!("deferred: {}", done.reason.as_deref().unwrap_or("something needs its images"))
+                }
+                (RerunOutcome::WouldRun, _) => "would run it again".to_owned(),
+                _ => format!("FAILED: {}", rerun.error.as_deref().unwrap_or("unknown error")),
+            };
+            text.push_str(&format!("  delete of snapshot {} run again: {what}\n", rerun.snapshot));
         }
         for check in env.checks.iter().filter(|c| c.status != CheckStatus::Ok) {
             let status = match check.status {

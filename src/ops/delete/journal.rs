@@ -9,6 +9,8 @@
 //! last step removes it) or is a single catalog transaction. So rolling
 //! back a delete means: abort any job, keep the snapshot `deleted`, keep
 //! its remaining pins; running the delete again (or `prune`) finishes it.
+//! `envclone recover` rolls an interrupted delete back so, then runs it
+//! again.
 
 use chrono::{DateTime, Utc};
 

@@ -76,10 +76,30 @@
 //! commit leaves C over a partly merged P, which reads the same as before
 //! (C's clusters mask P's); a finished commit leaves C's file readable
 //! until the last step. The snapshot stays `deleted` with its remaining
-//! pins, and running the delete again (or `prune`) finishes: the plan
-//! recognises a merge that already happened (the live chain lacks C) and
-//! goes on from the catalog record. Deleting a deleted snapshot with
+//! pins, and running the delete again (or `prune`; after a crash,
+//! `envclone recover` does it) finishes: the plan recognises a merge that
+//! already happened (the live chain lacks C) and goes on from the catalog
+//! record. Deleting a deleted snapshot with
 //! nothing left is a no-op that reports it deleted.
+//!
+//! # Crash points
+//!
+//! For the tests of `envclone recover` ([`crate::ops::crashpoint`]), in the
+//! order they are reached; a point reached once per image or disk aborts
+//! at the first:
+//!
+//! | point | reached |
+//! | --- | --- |
+//! | `delete:mark-deleted` | the snapshot is `deleted`; nothing merged or removed yet |
+//! | `delete:remove-memory` | one memory image of the snapshot is removed (catalog and file) |
+//! | `delete:release` | the snapshot's pin on a base image is released |
+//! | `delete:remove-orphan` | an image nothing backed onto is removed (catalog and file) |
+//! | `delete:commit-started` | the only point inside a step: the block commit job was started and is not waited for (an active commit stays ready, never pivoted; a non-active one finishes in QEMU on its own) |
+//! | `delete:commit` | the commit is finished (active: pivoted) and verified; the catalog still records the merged image in the chain |
+//! | `delete:repoint-memory` | a memory image of a later snapshot names the image merged into |
+//! | `delete:pull` | (offline) the snapshot's image is pulled into its child and verified; not recorded yet |
+//! | `delete:record` | the merge is recorded in the catalog; the merged file is not removed yet |
+//! | `delete:remove` | the merged file is removed |
 
 mod error;
 pub mod files;
@@ -348,11 +368,13 @@ impl<'c> Run<'_, 'c> {
                 run.report.deleted = true;
                 Ok(())
             })?;
+            crate::ops::crashpoint::hit("delete", "mark-deleted");
         }
         for image in &plan.memory {
             self.step(&format!("remove memory image {}", image.path.display()), UndoAction::Nothing, |run| {
                 run.remove_image(image)
             })?;
+            crate::ops::crashpoint::hit("delete", "remove-memory");
         }
         for disk in &plan.disks {
             match disk {
@@ -363,6 +385,7 @@ impl<'c> Run<'_, 'c> {
                         run.report.released.push(image.path.clone());
                         Ok(())
                     })?;
+                    crate::ops::crashpoint::hit("delete", "release");
                 }
                 DiskStep::RemoveOrphan { image } => {
                     let name = format!("remove {} (nothing backs onto it)", image.path.display());
@@ -370,6 +393,7 @@ impl<'c> Run<'_, 'c> {
                         ctx.catalog.unpin(image.id, &plan.pin)?;
                         run.remove_image(image)
                     })?;
+                    crate::ops::crashpoint::hit("delete", "remove-orphan");
                 }
                 DiskStep::Commit(commit) => self.commit(plan, commit)?,
                 DiskStep::Pull(pull) => self.pull(plan, pull)?,
@@ -402,6 +426,7 @@ impl<'c> Run<'_, 'c> {
             }
             run.verify_commit(commit)
         })?;
+        crate::ops::crashpoint::hit("delete", "commit");
         let mut rewritten = Vec::new();
         for image in &commit.memory {
             let name = format!("point memory image {} at {}", image.display(), commit.into.path.display());
@@ -411,6 +436,7 @@ impl<'c> Run<'_, 'c> {
                 }
                 Ok(())
             })?;
+            crate::ops::crashpoint::hit("delete", "repoint-memory");
         }
         let into_size = self.files.size(&commit.into.path).unwrap_or(into_before);
         let moved = self.step(&format!("record the merge of {vm}/{disk}"), UndoAction::Nothing, |_| {
@@ -421,9 +447,11 @@ impl<'c> Run<'_, 'c> {
                 into_size,
             })?)
         })?;
+        crate::ops::crashpoint::hit("delete", "record");
         self.step(&format!("remove {}", commit.top.path.display()), UndoAction::Nothing, |run| {
             run.files.remove(&commit.top.path).map_err(|e| DeleteError::RemoveFile(Box::new(e)))
         })?;
+        crate::ops::crashpoint::hit("delete", "remove");
         self.freed += i128::from(top_size) + i128::from(into_before) - i128::from(into_size);
         self.report.removed.push(commit.top.path.clone());
         self.report.merged.push(MergeReport {
@@ -461,6 +489,7 @@ impl<'c> Run<'_, 'c> {
             ..BlockCommit::default()
         };
         hv.block_commit(domain, disk, &opts).map_err(fail)?;
+        crate::ops::crashpoint::hit("delete", "commit-started");
         let what = format!("the commit job of {}/{}", commit.vm, commit.disk);
         let waited = crate::wait::until::<_, crate::hypervisor::HvError, _>(
             &what,
@@ -572,6 +601,7 @@ impl<'c> Run<'_, 'c> {
             }
             run.verify_on_disk(vm, disk, &after)
         })?;
+        crate::ops::crashpoint::hit("delete", "pull");
         let top_size = self.files.size(&pull.top.path).unwrap_or(top_before);
         self.step(&format!("record the merge of {vm}/{disk}"), UndoAction::Nothing, |_| {
             Ok(ctx.catalog.record_pull_merge(&PullMerge {
@@ -581,9 +611,11 @@ impl<'c> Run<'_, 'c> {
                 into_size: top_size,
             })?)
         })?;
+        crate::ops::crashpoint::hit("delete", "record");
         self.step(&format!("remove {}", pull.removed.path.display()), UndoAction::Nothing, |run| {
             run.files.remove(&pull.removed.path).map_err(|e| DeleteError::RemoveFile(Box::new(e)))
         })?;
+        crate::ops::crashpoint::hit("delete", "remove");
         self.freed += i128::from(removed_size) + i128::from(top_before) - i128::from(top_size);
         self.report.removed.push(pull.removed.path.clone());
         self.report.merged.push(MergeReport {

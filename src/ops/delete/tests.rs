@@ -680,3 +680,68 @@ fn a_vm_no_longer_in_the_config_defers_merging_its_images() {
     assert!(h.commits().is_empty());
     assert_eq!(h.state(&names[1]), SnapshotState::Complete);
 }
+
+/// The agents of `envclone recover`; never needed here (quiesce is off).
+#[derive(Debug)]
+struct NoFreezes;
+
+impl crate::ops::recover::Agents for NoFreezes {
+    fn status(
+        &self,
+        _: &str,
+        _: &str,
+    ) -> Result<crate::ops::recover::FreezeState, crate::ops::recover::AgentCallError> {
+        Ok(crate::ops::recover::FreezeState::default())
+    }
+
+    fn thaw(&self, _: &str, _: &str) -> Result<Vec<String>, crate::ops::recover::AgentCallError> {
+        Ok(Vec::new())
+    }
+}
+
+#[test]
+fn recover_finishes_a_delete_that_died_after_its_pivot() {
+    use crate::ops::recover::{recover_with, Outcome, RecoverRequest, RerunOutcome};
+    let h = Harness::running();
+    let names = h.take_n(2);
+    let files = h.images();
+    let s2_image = h.image_of(&names[1], "web");
+    // What a delete of S2 left when it died right after web's active commit
+    // pivoted: its journal running, S2 deleted, web writing to S2's image,
+    // the catalog still recording the merged overlay above it.
+    let mut owner = crate::catalog::Owner::current();
+    owner.start_ticks = owner.start_ticks.map(|ticks| ticks + 1);
+    let op = h.catalog.begin_operation(OperationKind::DeleteSnapshot, ENV, &owner, at(30)).unwrap();
+    let step = crate::catalog::StepRecord::new("active commit web/vda", abort_block_job("web", "vda"));
+    h.catalog.record_step(op, &step).unwrap();
+    let id = h.catalog.snapshot_named(ENV, &names[1]).unwrap().unwrap().id;
+    h.catalog.mark_snapshot_deleted(id, at(30)).unwrap();
+    let opts = BlockCommit { active: true, base: Some(s2_image.clone()), ..Default::default() };
+    h.hv.block_commit("web", "vda", &opts).unwrap();
+    while !h.hv.block_job("web", "vda").unwrap().unwrap().is_ready() {}
+    h.hv.block_job_pivot("web", "vda").unwrap();
+    assert_eq!(h.active("web"), s2_image);
+    let s2_id = h.catalog.image_by_path(&s2_image).unwrap().unwrap().id;
+    assert_eq!(h.catalog.children_of(s2_id).unwrap().len(), 1, "the merged overlay is still recorded");
+    h.hv.clear_calls();
+
+    let request = RecoverRequest { env: Some(ENV.into()), dry_run: false };
+    let report = h.with_clock(|ctx| recover_with(ctx, &NoFreezes, &files, &request)).unwrap();
+
+    let env = &report.environments[0];
+    assert_eq!(env.operations[0].outcome, Outcome::RolledBack);
+    assert_eq!(env.deletes.len(), 1, "{env:?}");
+    assert_eq!((env.deletes[0].snapshot.as_str(), env.deletes[0].outcome), (names[1].as_str(), RerunOutcome::Finished));
+    let merged = &env.deletes[0].report.as_ref().unwrap().merged;
+    assert_eq!(merged.iter().map(|m| m.vm.as_str()).collect::<Vec<_>>(), ["db", "web"], "{merged:?}");
+    // web's merge was recorded, not redone; db's was made now.
+    assert_eq!(h.commits().into_iter().map(|(domain, _)| domain).collect::<Vec<_>>(), ["db"]);
+    assert!(report.failures().is_empty(), "{:?}", report.failures());
+    for vm in ["web", "db"] {
+        assert_eq!(h.catalog_chain(vm), h.live_chain(vm), "{vm}");
+    }
+    assert_eq!(h.active("web"), s2_image);
+    assert!(h.catalog.children_of(s2_id).unwrap().is_empty());
+    assert!(h.catalog.unfinished_deletes(ENV).unwrap().is_empty());
+    assert_eq!(h.catalog.operation(op).unwrap().state, OperationState::RolledBack);
+}

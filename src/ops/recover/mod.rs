@@ -22,6 +22,17 @@
 //!      rest go on; the operation ends `rolled-back`, or `failed` to be
 //!      retried by the next `recover`.
 //!
+//!    An interrupted **delete** is rolled back (its one undo aborts a block
+//!    job still running: the disk stays on its chain) and then finished:
+//!    its snapshot is `deleted` already, and a merge may have happened that
+//!    the catalog does not record yet (an active commit that pivoted: QEMU
+//!    writes to the snapshot's image, which the catalog still has below the
+//!    merged overlay). So every delete of the environment left unfinished
+//!    (a `deleted` snapshot that still pins images) runs again, as
+//!    `envclone delete-snapshot` would: it recognises the merges already
+//!    done, records them and does the rest (or is deferred, changing
+//!    nothing). Not when an undo failed: a job may still run.
+//!
 //!    Disk switches are never undone: a snapshot journals its external
 //!    disk snapshots with `fail-snapshot`, not with a pivot, because the
 //!    overlays are a valid chain and the guest wrote to them since; the
@@ -32,8 +43,9 @@
 //!    envclone wrote it) is refused as a whole, untouched, with a clear
 //!    error: never guessed at.
 //! 2. **Reality** (`reality.rs`), whatever the journal said: domains that
-//!    should run run, no guest is frozen, the catalog knows each disk's
-//!    live image (libvirt's live definition is the truth).
+//!    should run run (one the rollback booted again, a restore's, is waited
+//!    for until its agent answers), no guest is frozen, the catalog knows
+//!    each disk's live image (libvirt's live definition is the truth).
 //!
 //! `--dry-run` takes the same locks and reads the same things, and reports
 //! the plan without changing anything. Running `recover` twice is
@@ -63,6 +75,7 @@ use crate::catalog::{
     CatalogError, Operation, OperationId, OperationKind, OperationState, Owner, SnapshotState, Step, StepState,
     UndoAction,
 };
+use crate::ops::delete::{delete_locked, DeleteReport, DeleteSettings, ImageFiles};
 use crate::ops::restore::RECORD_STEP as RESTORE_RECORD_STEP;
 use crate::ops::snapshot::UNDO_FAIL_SNAPSHOT_NAMED;
 
@@ -104,6 +117,14 @@ impl RecoverReport {
                     ));
                 }
             }
+            for rerun in env.deletes.iter().filter(|d| d.outcome == RerunOutcome::Failed) {
+                failures.push(format!(
+                    "{}: finishing the delete of snapshot {}: {}",
+                    env.env,
+                    rerun.snapshot,
+                    rerun.error.as_deref().unwrap_or("failed")
+                ));
+            }
             for check in env.checks.iter().filter(|c| c.status.is_problem()) {
                 failures.push(format!("{}: VM '{}' {}: {}", env.env, check.vm, check.subject, check.detail));
             }
@@ -120,6 +141,7 @@ impl RecoverReport {
     pub fn nothing_to_do(&self) -> bool {
         self.environments.iter().all(|env| {
             env.operations.is_empty()
+                && env.deletes.is_empty()
                 && env.checks.iter().all(|c| matches!(c.status, CheckStatus::Ok | CheckStatus::Warning))
         })
     }
@@ -136,7 +158,33 @@ pub struct EnvReport {
     #[serde(skip)]
     pub blocked_by: Option<Busy>,
     pub operations: Vec<OperationReport>,
+    /// Deletes left unfinished, run again after an interrupted delete's rollback.
+    pub deletes: Vec<DeleteRerun>,
     pub checks: Vec<Check>,
+}
+
+/// A delete run again to finish it; see the module documentation.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct DeleteRerun {
+    pub snapshot: String,
+    pub outcome: RerunOutcome,
+    /// What the delete did (or why it was deferred).
+    pub report: Option<DeleteReport>,
+    /// Why it failed (the exit code is then 1; the next `recover` or
+    /// `prune` tries again).
+    pub error: Option<String>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum RerunOutcome {
+    /// Every image merged or released: nothing left to do.
+    Finished,
+    /// Something else needs an image: nothing changed, `prune` tries again.
+    Deferred,
+    Failed,
+    /// `--dry-run`: would run the delete again.
+    WouldRun,
 }
 
 /// One interrupted (or failed) operation.
@@ -207,6 +255,16 @@ pub fn recover(
     agents: &dyn Agents,
     request: &RecoverRequest,
 ) -> Result<RecoverReport, RecoverError> {
+    recover_with(ctx, agents, &crate::ops::delete::QemuImg, request)
+}
+
+/// [`recover`] with the image files an interrupted delete is finished with.
+pub(crate) fn recover_with(
+    ctx: &OpContext<'_>,
+    agents: &dyn Agents,
+    files: &dyn ImageFiles,
+    request: &RecoverRequest,
+) -> Result<RecoverReport, RecoverError> {
     let catalog = ctx.catalog;
     let pending_envs: BTreeSet<String> = pending(ctx)?.into_iter().map(|op| op.env).collect();
     let envs: Vec<String> = match &request.env {
@@ -235,13 +293,14 @@ pub fn recover(
                     busy: Some(busy.to_string()),
                     blocked_by,
                     operations: Vec::new(),
+                    deletes: Vec::new(),
                     checks: Vec::new(),
                 });
                 continue;
             }
             Err(e) => return Err(e.into()),
         };
-        report.environments.push(recover_env(ctx, agents, &env, request.dry_run)?);
+        report.environments.push(recover_env(ctx, agents, files, &env, request.dry_run)?);
     }
     Ok(report)
 }
@@ -266,19 +325,34 @@ fn pending(ctx: &OpContext<'_>) -> Result<Vec<Operation>, CatalogError> {
 }
 
 /// One environment, its lock held.
-fn recover_env(ctx: &OpContext<'_>, agents: &dyn Agents, env: &str, dry_run: bool) -> Result<EnvReport, RecoverError> {
+fn recover_env(
+    ctx: &OpContext<'_>,
+    agents: &dyn Agents,
+    files: &dyn ImageFiles,
+    env: &str,
+    dry_run: bool,
+) -> Result<EnvReport, RecoverError> {
     // Judged again now that the lock is held: no live owner can be working on these.
     let operations: Vec<Operation> = pending(ctx)?.into_iter().filter(|op| op.env == env).collect();
     let env_config = ctx.config.environments.get(env);
     let mut expected = Expected::default();
     let mut reports = Vec::new();
+    let undoer = Undoer::new(ctx, agents, env);
     for operation in operations {
-        let (report, steps) = recover_operation(ctx, agents, &operation, dry_run)?;
+        let (report, steps) = recover_operation(ctx, &undoer, &operation, dry_run)?;
         if report.outcome != Outcome::Refused {
             expect_from(&mut expected, &operation, &steps, env_config);
         }
         reports.push(report);
     }
+    expected.booting = undoer.started.take();
+    let interrupted_delete = reports.iter().any(|op| {
+        op.kind == OperationKind::DeleteSnapshot && matches!(op.outcome, Outcome::RolledBack | Outcome::WouldRollBack)
+    });
+    let deletes = match env_config {
+        Some(config) if interrupted_delete => finish_deletes(ctx, files, env, config, dry_run)?,
+        _ => Vec::new(),
+    };
     let checks = match env_config {
         Some(config) => reality::check_env(ctx, agents, env, config, &expected, dry_run),
         None => {
@@ -286,7 +360,47 @@ fn recover_env(ctx: &OpContext<'_>, agents: &dyn Agents, env: &str, dry_run: boo
             Vec::new()
         }
     };
-    Ok(EnvReport { env: env.to_owned(), busy: None, blocked_by: None, operations: reports, checks })
+    Ok(EnvReport { env: env.to_owned(), busy: None, blocked_by: None, operations: reports, deletes, checks })
+}
+
+/// Runs every unfinished delete of `env` (a `deleted` snapshot that still
+/// pins images) again, under the lock `recover` holds; see the module
+/// documentation.
+fn finish_deletes(
+    ctx: &OpContext<'_>,
+    files: &dyn ImageFiles,
+    env: &str,
+    config: &crate::config::Environment,
+    dry_run: bool,
+) -> Result<Vec<DeleteRerun>, RecoverError> {
+    let mut reruns = Vec::new();
+    for id in ctx.catalog.unfinished_deletes(env)? {
+        let snapshot = ctx.catalog.snapshot(id)?;
+        if snapshot.state != SnapshotState::Deleted {
+            // A complete snapshot whose delete was deferred: `prune`'s.
+            continue;
+        }
+        let name = snapshot.name.clone();
+        if dry_run {
+            reruns.push(DeleteRerun { snapshot: name, outcome: RerunOutcome::WouldRun, report: None, error: None });
+            continue;
+        }
+        let timer = ctx.begin(format!("finish the delete of snapshot {name}"));
+        let rerun = match delete_locked(ctx, files, env, config, snapshot, &DeleteSettings::default()) {
+            Ok(report) => {
+                timer.done();
+                let outcome = if report.deferred.is_empty() { RerunOutcome::Finished } else { RerunOutcome::Deferred };
+                DeleteRerun { snapshot: name, outcome, report: Some(report), error: None }
+            }
+            Err(error) => {
+                timer.failed();
+                let error = Some(crate::commands::error_chain(&error));
+                DeleteRerun { snapshot: name, outcome: RerunOutcome::Failed, report: None, error }
+            }
+        };
+        reruns.push(rerun);
+    }
+    Ok(reruns)
 }
 
 /// What an operation's journal says the environment looked like.
@@ -378,7 +492,7 @@ fn snapshot_of(ctx: &OpContext<'_>, steps: &[Step]) -> Result<Option<SnapshotSta
 
 fn recover_operation(
     ctx: &OpContext<'_>,
-    agents: &dyn Agents,
+    undoer: &Undoer<'_, '_>,
     operation: &Operation,
     dry_run: bool,
 ) -> Result<(OperationReport, Vec<Step>), RecoverError> {
@@ -465,7 +579,6 @@ fn recover_operation(
     if operation.state != OperationState::RollingBack {
         catalog.begin_rollback(operation.id, &cause)?;
     }
-    let undoer = Undoer { ctx, agents, env: &operation.env };
     let mut failures = Vec::new();
     for (step, line) in to_undo.iter().zip(report.undo.iter_mut()) {
         let timer = ctx.begin(format!("undo step {} '{}': {}", step.seq, step.name, line.action));

@@ -10,7 +10,10 @@
 //! - **Agent** (for a running domain, unless the environment never
 //!   quiesces): a guest with anything frozen is thawed (`envclone-agent
 //!   thaw`) and checked again. No live operation can hold a freeze here:
-//!   `recover` holds the environment's lock.
+//!   `recover` holds the environment's lock. A domain the rollback has just
+//!   started (a restore's VM, booted again on its previous disks) is waited
+//!   for first, up to [`BOOT_WITHIN`] (as long as a restore waits for its
+//!   guests), until its agent answers; one that does not is reported.
 //! - **Disks**: libvirt's live definition is the truth for what QEMU writes
 //!   to. When the catalog does not know a disk's live image and it lies in
 //!   the environment's snapshot storage (an overlay of an operation that
@@ -24,6 +27,7 @@
 
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
+use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 use serde::Serialize;
@@ -77,7 +81,14 @@ pub struct Expected {
     pub running: BTreeSet<String>,
     /// VMs an interrupted operation froze (or may have).
     pub thawed: BTreeSet<String>,
+    /// Domains the rollback started: their guests are booting.
+    pub booting: BTreeSet<String>,
 }
+
+/// How long a guest the rollback booted may take until its agent answers.
+pub const BOOT_WITHIN: Duration = Duration::from_secs(240);
+/// How often its agent is tried meanwhile.
+const BOOT_POLL: Duration = Duration::from_millis(500);
 
 /// Checks (and, unless `dry_run`, fixes) every VM of `env`.
 pub fn check_env(
@@ -133,7 +144,18 @@ pub fn check_env(
         checks.push(check(domain_subject, status, detail));
 
         let quiesces = env.quiesce != QuiescePolicy::Off || expected.thawed.contains(vm);
-        if running && quiesces {
+        let booting = running && expected.booting.contains(&config.domain);
+        if booting {
+            if let Err(detail) = wait_for_boot(agents, env_name, vm) {
+                checks.push(check("agent".into(), CheckStatus::Warning, detail));
+            } else if quiesces {
+                // A fresh boot holds no freeze, whatever the journal says.
+                let (status, detail) = check_agent(agents, env_name, vm, false, dry_run);
+                checks.push(check("agent".into(), status, format!("booted by the rollback; {detail}")));
+            } else {
+                checks.push(check("agent".into(), CheckStatus::Ok, "booted by the rollback; answers".into()));
+            }
+        } else if running && quiesces {
             let (status, detail) = check_agent(agents, env_name, vm, expected.thawed.contains(vm), dry_run);
             checks.push(check("agent".into(), status, detail));
         }
@@ -152,6 +174,17 @@ pub fn check_env(
         }
     }
     checks
+}
+
+/// Waits until the agent of `vm` (booting) answers; an error says it did not.
+fn wait_for_boot(agents: &dyn Agents, env: &str, vm: &str) -> Result<(), String> {
+    crate::wait::until(&format!("the agent of {vm}"), BOOT_WITHIN, BOOT_POLL, || agents.status(env, vm).map(Some))
+        .map(|_| ())
+        .map_err(|e| {
+            let crate::wait::WaitError::Timeout { waited, last, .. } = e;
+            let why = last.map(|e| format!(": {}", error_chain(&e))).unwrap_or_default();
+            format!("booted by the rollback, but its agent did not answer within {} s{why}", waited.as_secs())
+        })
 }
 
 fn check_agent(agents: &dyn Agents, env: &str, vm: &str, froze: bool, dry_run: bool) -> (CheckStatus, String) {

@@ -28,6 +28,8 @@ struct AgentsState {
     frozen: BTreeMap<String, Vec<String>>,
     unreachable: BTreeSet<String>,
     thaw_fails: BTreeSet<String>,
+    /// Status calls that still fail, per VM, before its agent answers.
+    booting: BTreeMap<String, u32>,
     log: Vec<String>,
 }
 
@@ -43,6 +45,12 @@ impl FakeAgents {
 
     fn with_failing_thaw(self, vm: &str) -> Self {
         self.state.lock().unwrap().thaw_fails.insert(vm.into());
+        self
+    }
+
+    /// `vm`'s guest is booting: its agent answers from the `calls`+1-th status call on.
+    fn booting(self, vm: &str, calls: u32) -> Self {
+        self.state.lock().unwrap().booting.insert(vm.into(), calls);
         self
     }
 
@@ -76,6 +84,10 @@ impl Agents for FakeAgents {
         let mut state = self.state.lock().unwrap();
         state.log.push(format!("status {env}/{vm}"));
         if state.unreachable.contains(vm) {
+            return Err(Self::unreachable_error());
+        }
+        if let Some(left) = state.booting.get_mut(vm).filter(|left| **left > 0) {
+            *left -= 1;
             return Err(Self::unreachable_error());
         }
         Ok(FreezeState { frozen: state.frozen.get(vm).cloned().unwrap_or_default(), in_progress: false })
@@ -640,6 +652,34 @@ fn restore_custom_undos_run_through_the_restore_handlers_newest_first() {
     assert_eq!(order, [FakeStep::DestroyDomain, FakeStep::DefineDomain, FakeStep::StartDomain]);
     let web = h.hv.peek_domain("web").unwrap();
     assert_eq!((web.state, web.def.disks()[0].source.clone()), (DomainState::Running, Some(own)));
+}
+
+#[test]
+fn restore_rolled_back_after_its_stop_boots_the_vm_and_waits_for_its_agent_instead_of_thawing_it() {
+    use crate::ops::restore::UNDO_START_DOMAIN;
+    let h = Harness::new();
+    let hv: &dyn crate::hypervisor::Hypervisor = &h.hv;
+    hv.destroy_domain("web").unwrap();
+    let op = h.dead_operation(OperationKind::Restore);
+    h.step(op, "freeze web (best effort)", UndoAction::ThawAgent { vm: "web".into() }, true);
+    let start = UndoAction::Custom { kind: UNDO_START_DOMAIN.into(), data: serde_json::json!({ "domain": "web" }) };
+    h.step(op, "stop web", start, true);
+    let agents = FakeAgents::healthy().booting("web", 2);
+
+    let report = h.recover_all(&agents);
+
+    let env = &report.environments[0];
+    let op_report = &env.operations[0];
+    assert_eq!(op_report.outcome, Outcome::RolledBack, "{op_report:?}");
+    assert_eq!(op_report.undo[0].detail.as_deref(), Some("domain web started (booting)"));
+    assert!(op_report.undo[1].detail.as_deref().unwrap().contains("a fresh boot holds no freeze"), "{op_report:?}");
+    assert_eq!(h.state("web"), DomainState::Running);
+    assert!(agents.thaws().is_empty(), "{:?}", agents.log());
+    let agent = env.checks.iter().find(|c| c.vm == "web" && c.subject == "agent").unwrap();
+    assert_eq!(agent.status, CheckStatus::Ok, "{agent:?}");
+    // Two tries while it boots, the one that answers, then the check itself.
+    assert_eq!(agents.log().iter().filter(|line| *line == "status demo/web").count(), 4, "{:?}", agents.log());
+    assert!(report.failures().is_empty(), "{:?}", report.failures());
 }
 
 #[test]

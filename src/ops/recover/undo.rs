@@ -5,6 +5,10 @@
 //!
 //! - `thaw-agent`: `envclone-agent thaw` in the VM, then its status must
 //!   show nothing frozen (a thaw that did not happen is an error, loudly).
+//!   Not for a VM whose domain this rollback has just started (a restore's
+//!   VM, booted again on its previous disks): a fresh boot holds no freeze,
+//!   and its agent cannot answer before the guest is up; the checks wait
+//!   for it (see [`Undoer::started`]).
 //! - `resume-domain`: QMP `cont` if the domain is paused; nothing otherwise.
 //! - `delete-file`: only a file nothing needs: never one a domain uses (as
 //!   its disk or anywhere in its backing chain, as libvirt reports it live),
@@ -27,6 +31,8 @@
 //! never guessed at: [`unknown_kind`] finds them before anything runs and
 //! the whole operation is left for the envclone that knows them.
 
+use std::cell::RefCell;
+use std::collections::BTreeSet;
 use std::fs;
 use std::io;
 use std::path::{Path, PathBuf};
@@ -104,6 +110,16 @@ pub struct Undoer<'a, 'c> {
     pub ctx: &'a OpContext<'c>,
     pub agents: &'a dyn Agents,
     pub env: &'a str,
+    /// Domains an undo started (they were shut off): their guests are
+    /// booting. Their `thaw-agent` undos have nothing to thaw, and the
+    /// checks wait for their agents.
+    pub started: RefCell<BTreeSet<String>>,
+}
+
+impl<'a, 'c> Undoer<'a, 'c> {
+    pub fn new(ctx: &'a OpContext<'c>, agents: &'a dyn Agents, env: &'a str) -> Self {
+        Undoer { ctx, agents, env, started: RefCell::default() }
+    }
 }
 
 impl Undoer<'_, '_> {
@@ -122,6 +138,10 @@ impl Undoer<'_, '_> {
     }
 
     fn thaw(&self, vm: &str) -> Result<Undone, String> {
+        let domain = self.ctx.config.environments.get(self.env).and_then(|env| env.vms.get(vm)).map(|v| &v.domain);
+        if domain.is_some_and(|domain| self.started.borrow().contains(domain)) {
+            return Ok(Undone::Done(format!("VM '{vm}' was booted by this rollback: a fresh boot holds no freeze")));
+        }
         let thawed = self
             .agents
             .thaw(self.env, vm)
@@ -186,7 +206,18 @@ impl Undoer<'_, '_> {
     fn custom(&self, kind: &str, data: &serde_json::Value) -> Result<Undone, String> {
         let action = || UndoAction::Custom { kind: kind.to_owned(), data: data.clone() };
         match kind {
-            UNDO_START_DOMAIN | UNDO_STOP_DOMAIN | UNDO_REDEFINE_DISKS => {
+            UNDO_START_DOMAIN => {
+                let domain = data["domain"].as_str().unwrap_or_default();
+                let was_active = self.ctx.hv.domain(domain).is_ok_and(|found| found.state.is_active());
+                let files = crate::ops::restore::QemuImg;
+                crate::ops::restore::undo_action(self.ctx.hv, self.ctx.catalog, &files, &action())?;
+                if was_active {
+                    return Ok(Undone::Done(format!("domain {domain} runs already")));
+                }
+                self.started.borrow_mut().insert(domain.to_owned());
+                Ok(Undone::Done(format!("domain {domain} started (booting)")))
+            }
+            UNDO_STOP_DOMAIN | UNDO_REDEFINE_DISKS => {
                 let files = crate::ops::restore::QemuImg;
                 crate::ops::restore::undo_action(self.ctx.hv, self.ctx.catalog, &files, &action())?;
                 Ok(Undone::Done(describe(&action())))
