@@ -66,6 +66,60 @@ pub enum Command {
     Restore(RestoreArgs),
     /// Finish or roll back interrupted operations (snapshot, restore, delete), then check the environment.
     Recover(RecoverArgs),
+    /// Clone an environment from a snapshot (a fresh one without --from) into a new, isolated environment.
+    Clone(CloneArgs),
+    /// List the clones.
+    Clones,
+    /// Remove a clone: its domains, networks, gateway namespace and the images only it uses.
+    Destroy(DestroyArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct CloneArgs {
+    /// Environment name from the config: the source.
+    pub environment: String,
+    /// The clone's name (its domains are NAME-<vm>, its networks NAME-<net>).
+    #[arg(long)]
+    pub name: String,
+    /// Snapshot to clone from; default: take a consistent snapshot now.
+    #[arg(long, value_name = "SNAP")]
+    pub from: Option<String>,
+    /// `linked`: qcow2 overlays on the snapshot's images; `full`: independent copies (allocated data only).
+    #[arg(long, value_enum, default_value_t = CloneDisks::Linked)]
+    pub disks: CloneDisks,
+    /// `boot`: cold-boot and wait for the agents; `off`: define only; `resume`: from the snapshot's memory
+    /// (a snapshot taken with --memory; without --from one is taken).
+    #[arg(long, value_enum, default_value_t = CloneStart::Boot)]
+    pub start: CloneStart,
+    /// `isolated`: copies of the source's networks with the same addresses and no route out;
+    /// `readdress` (not yet supported).
+    #[arg(long, value_enum, default_value_t = CloneNetwork::Isolated)]
+    pub network: CloneNetwork,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum CloneDisks {
+    Linked,
+    Full,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum CloneStart {
+    Resume,
+    Boot,
+    Off,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum CloneNetwork {
+    Isolated,
+    Readdress,
+}
+
+#[derive(Debug, Args)]
+pub struct DestroyArgs {
+    /// The clone's name, as `envclone clones` lists it.
+    pub name: String,
 }
 
 #[derive(Debug, Args)]
@@ -351,6 +405,22 @@ mod tests {
         assert_eq!((args.schedule.as_str(), args.run.run_timeout.as_secs()), ("nightly", 1800));
         let cli = Cli::try_parse_from(["envclone", "status", "--json"]).unwrap();
         assert!(cli.global.json && matches!(cli.command, Command::Status(StatusArgs { environment: None })));
+    }
+
+    #[test]
+    fn clone_takes_a_name_and_defaults_to_linked_boot_isolated() {
+        let cli = Cli::try_parse_from(["envclone", "clone", "demo", "--name", "c1", "--from", "s1"]).unwrap();
+        let Command::Clone(args) = cli.command else { panic!("parsed as {:?}", cli.command) };
+        assert_eq!((args.environment.as_str(), args.name.as_str(), args.from.as_deref()), ("demo", "c1", Some("s1")));
+        assert_eq!(
+            (args.disks, args.start, args.network),
+            (CloneDisks::Linked, CloneStart::Boot, CloneNetwork::Isolated)
+        );
+        let cli = Cli::try_parse_from(["envclone", "clone", "demo", "--name", "c1", "--start", "off"]).unwrap();
+        assert!(matches!(cli.command, Command::Clone(ref a) if a.start == CloneStart::Off && a.from.is_none()));
+        assert!(Cli::try_parse_from(["envclone", "clone", "demo"]).is_err());
+        assert!(matches!(Cli::try_parse_from(["envclone", "destroy", "c1"]).unwrap().command, Command::Destroy(_)));
+        assert!(matches!(Cli::try_parse_from(["envclone", "clones", "--json"]).unwrap().command, Command::Clones));
     }
 
     #[test]

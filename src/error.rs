@@ -8,6 +8,7 @@ use crate::daemon::DaemonError;
 use crate::guest::GuestError;
 use crate::hypervisor::HvError;
 use crate::lab::LabError;
+use crate::ops::clone::CloneError;
 use crate::ops::delete::DeleteError;
 use crate::ops::recover::RecoverError;
 use crate::ops::restore::RestoreError;
@@ -69,6 +70,25 @@ pub enum Error {
     /// variant names it. A deferred delete is not an error.
     #[error("delete failed")]
     Delete(#[source] Box<DeleteError>),
+    /// `envclone clone` or `envclone destroy` failed at a step; the variant names it.
+    #[error("{operation} failed")]
+    Clone {
+        operation: &'static str,
+        #[source]
+        source: Box<CloneError>,
+    },
+}
+
+impl Error {
+    /// A clone or destroy error: a busy lock and an unknown environment
+    /// keep their own variants (and exit codes).
+    pub fn clone_op(operation: &'static str) -> impl FnOnce(CloneError) -> Error {
+        move |error| match error {
+            CloneError::Lock(lock) => Error::from(lock),
+            CloneError::Lookup(lookup) => Error::Lookup(lookup),
+            other => Error::Clone { operation, source: Box::new(other) },
+        }
+    }
 }
 
 impl From<RecoverError> for Error {
@@ -184,6 +204,7 @@ impl Error {
                 "each failure says what to fix; then run `envclone recover` again (it retries what is left)".into(),
             ),
             Error::Restore(e) => e.hint(),
+            Error::Clone { source, .. } => source.hint(),
         }
     }
 }

@@ -7,6 +7,7 @@ use crate::daemon::{DaemonError, RunError};
 use crate::guest::GuestError;
 use crate::hypervisor::HvError;
 use crate::lab::LabError;
+use crate::ops::clone::CloneError;
 use crate::ops::delete::DeleteError;
 use crate::ops::restore::RestoreError;
 use crate::ops::snapshot::SnapshotError;
@@ -69,6 +70,7 @@ impl ExitCode {
             Error::Snapshot(snapshot) => ExitCode::from_snapshot_error(snapshot),
             Error::Delete(delete) => ExitCode::from_delete_error(delete),
             Error::Restore(restore) => ExitCode::from_restore_error(restore),
+            Error::Clone { source, .. } => ExitCode::from_clone_error(source),
             Error::Lab(_) | Error::CheckFailed { .. } => ExitCode::Failed,
             Error::Daemon(daemon) => daemon_code(daemon),
             Error::Recover(_) | Error::RecoverIncomplete { .. } => ExitCode::Failed,
@@ -103,6 +105,23 @@ impl ExitCode {
             }
             RestoreError::CleanupFailed { cause, .. } => ExitCode::from_restore_error(cause),
             RestoreError::Several { first, .. } => ExitCode::from_restore_error(first),
+            _ => ExitCode::Failed,
+        }
+    }
+
+    /// An unknown snapshot is "not found"; a bad name, an option not
+    /// supported yet or a destroy of a non-clone is a bad command line.
+    fn from_clone_error(error: &CloneError) -> ExitCode {
+        match error {
+            CloneError::Lookup(_) | CloneError::UnknownSnapshot { .. } => ExitCode::NotFound,
+            CloneError::Lock(crate::ops::LockError::Busy(_)) => ExitCode::Busy,
+            CloneError::BadName { .. }
+            | CloneError::Unsupported { .. }
+            | CloneError::NotAClone { .. }
+            | CloneError::NoMemoryImage { .. } => ExitCode::Usage,
+            CloneError::Snapshot { source, .. } => ExitCode::from_snapshot_error(source),
+            CloneError::AgentNotReady { source, .. } => guest_code(source),
+            CloneError::CleanupFailed { cause, .. } => ExitCode::from_clone_error(cause),
             _ => ExitCode::Failed,
         }
     }
@@ -269,6 +288,29 @@ mod tests {
         for (error, code) in cases {
             assert_eq!(ExitCode::from_error(&error), code, "{error}");
         }
+    }
+
+    #[test]
+    fn clone_errors_map_to_their_documented_codes() {
+        let unknown = CloneError::UnknownSnapshot { env: "demo".into(), name: "s9".into(), state: None, known: vec![] };
+        let start = || CloneError::Start {
+            vm: "web".into(),
+            domain: "c1-web".into(),
+            source: Box::new(HvError::NoSuchDomain { name: "c1-web".into() }),
+        };
+        let cases = [
+            (unknown, ExitCode::NotFound),
+            (CloneError::BadName { name: "C".into(), reason: "upper case".into() }, ExitCode::Usage),
+            (CloneError::Unsupported { what: "--network readdress".into() }, ExitCode::Usage),
+            (CloneError::NotAClone { name: "demo".into() }, ExitCode::Usage),
+            (start(), ExitCode::Failed),
+            (CloneError::CleanupFailed { cause: Box::new(start()), failures: vec!["x".into()] }, ExitCode::Failed),
+        ];
+        for (error, code) in cases {
+            assert_eq!(ExitCode::from_error(&Error::clone_op("clone")(error)), code);
+        }
+        let busy = CloneError::Lock(crate::ops::LockError::Busy(crate::ops::Busy { env: "demo".into(), holder: None }));
+        assert!(matches!(Error::clone_op("clone")(busy), Error::Busy(_)));
     }
 
     #[test]

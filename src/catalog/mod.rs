@@ -15,6 +15,7 @@
 //! - `journal.rs` and `operation.rs`: the operation journal and the state
 //!   machines of operations and their steps.
 //! - `schedule_runs.rs`: every run of a schedule and its counters.
+//! - `clones.rs`: clone environments and what each made.
 //!
 //! Every method takes `&self` and opens its own short transaction; writes
 //! that read first use `BEGIN IMMEDIATE` so two processes never interleave
@@ -22,6 +23,7 @@
 //! millisecond, so what is read back is the time given, truncated to the
 //! millisecond.
 
+mod clones;
 mod error;
 mod images;
 mod journal;
@@ -40,6 +42,7 @@ use chrono::{DateTime, SecondsFormat, Utc};
 use rusqlite::types::{FromSql, FromSqlError, FromSqlResult, ToSql, ToSqlOutput, ValueRef};
 use rusqlite::{Connection, Transaction, TransactionBehavior};
 
+pub use self::clones::{CloneRecord, CloneResources, ClonedDisk, ClonedNetwork};
 pub use self::error::{CatalogError, Refusal, RefusalReason};
 pub use self::merge::{CommitMerge, DeleteRequest, PullMerge};
 pub use self::model::{

@@ -161,6 +161,28 @@ pub(crate) const MIGRATIONS: &[Migration] = &[
             ALTER TABLE snapshots ADD COLUMN deleted_at TEXT;
         "#,
     },
+    Migration {
+        version: 5,
+        description: "clones: environments made from a snapshot of another",
+        // `environment` is the clone's environment as the config would
+        // describe it (JSON of `config::Environment`): its VMs, domains and
+        // agent endpoints, so `envclone ssh CLONE VM` reaches them.
+        // `resources` (JSON of `CloneResources`) is everything the clone
+        // made, which `envclone destroy` removes and nothing else.
+        sql: r#"
+            CREATE TABLE clones (
+                id           INTEGER PRIMARY KEY,
+                name         TEXT NOT NULL UNIQUE,
+                source_env   TEXT NOT NULL,
+                snapshot     TEXT NOT NULL,
+                created_at   TEXT NOT NULL,
+                disks        TEXT NOT NULL CHECK (disks IN ('linked', 'full')),
+                network      TEXT NOT NULL CHECK (network IN ('isolated', 'readdress')),
+                environment  TEXT NOT NULL,
+                resources    TEXT NOT NULL
+            );
+        "#,
+    },
 ];
 
 /// The schema version this build writes.

@@ -2,8 +2,11 @@
 //! library and a report; `main` prints errors and picks the exit code.
 
 pub mod check;
+mod clone;
+mod clones;
 mod daemon;
 mod delete_snapshot;
+mod destroy;
 mod lab;
 mod prune;
 mod recover;
@@ -37,6 +40,9 @@ pub fn run(cli: Cli) -> Result<std::process::ExitCode> {
         Command::Prune(args) => prune::run(&cli.global, &args, &out).map(ExitCode::into),
         Command::Restore(args) => restore::run(&cli.global, &args, &out).map(ExitCode::into),
         Command::Recover(args) => recover::run(&cli.global, &args, &out).map(ExitCode::into),
+        Command::Clone(args) => clone::run(&cli.global, &args, &out).map(ExitCode::into),
+        Command::Clones => clones::run(&cli.global, &out).map(ExitCode::into),
+        Command::Destroy(args) => destroy::run(&cli.global, &args, &out).map(ExitCode::into),
     }
 }
 

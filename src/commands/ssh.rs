@@ -1,5 +1,6 @@
 //! `envclone ssh ENV VM [-- CMD...]`: a shell or a command in a VM, reached
 //! the way the controller reaches it (namespace, key, verified host key).
+//! ENV is an environment of the config or a clone (from the catalog).
 
 use super::load_config;
 use crate::cli::{GlobalArgs, SshArgs};
@@ -9,7 +10,20 @@ use crate::{Error, Result};
 
 pub fn run(global: &GlobalArgs, args: &SshArgs) -> Result<std::process::ExitCode> {
     let config = load_config(global)?;
-    let (_, vm) = config.vm(&args.environment, &args.vm)?;
+    // A clone's VMs are in the catalog, not the config.
+    let env = match config.environment(&args.environment) {
+        Ok(env) => env.clone(),
+        Err(_) => {
+            let catalog = crate::catalog::Catalog::open(&config.controller.state_dir)?;
+            crate::ops::clone::resolve_environment(&config, &catalog, &args.environment)
+                .map_err(Error::clone_op("look up"))?
+        }
+    };
+    let vm = env.vms.get(&args.vm).ok_or_else(|| crate::config::LookupError::UnknownVm {
+        environment: args.environment.clone(),
+        name: args.vm.clone(),
+        known: env.vms.keys().cloned().collect(),
+    })?;
     let label = format!("{}/{}", args.environment, args.vm);
     let session = GuestSession::connect(&ssh_target(&vm.agent), &ssh_options(&config.controller))
         .map_err(Error::guest(label.clone()))?;

@@ -57,6 +57,11 @@ pub struct Controller {
     /// Operations that write disk images refuse to start below this.
     #[serde(default = "Controller::default_min_free_space")]
     pub min_free_space: HumanSize,
+    /// The named network namespace (`/run/netns/NAME`) libvirtd runs in,
+    /// where the bridges of its networks live; unset: the controller's own.
+    /// Clones attach their gateway veth to their bridges there.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub libvirt_netns: Option<String>,
 }
 
 /// A set of VMs that are snapshotted, cloned and failed over together.
@@ -239,6 +244,7 @@ impl Controller {
             connect_timeout: Self::default_connect_timeout(),
             command_timeout: Self::default_command_timeout(),
             min_free_space: Self::default_min_free_space(),
+            libvirt_netns: None,
         }
     }
 

@@ -364,6 +364,13 @@ impl Lab {
             namespace::delete(&netns)?;
             report.netns_removed = true;
         }
+        // Clones of the lab's environments left undestroyed: their gateway
+        // namespaces live outside the lab's (their veths went with it).
+        for clone_netns in self.clone_gateways() {
+            if namespace::exists(&clone_netns) {
+                namespace::delete(&clone_netns)?;
+            }
+        }
         if self.paths.root.exists() {
             fs::remove_dir_all(&self.paths.root).map_err(|source| LabError::io("remove", &self.paths.root, source))?;
             report.dir_removed = Some(self.paths.root.clone());
@@ -374,6 +381,21 @@ impl Lab {
             report.cache_removed = Some(self.paths.cache.clone());
         }
         Ok(report)
+    }
+
+    /// The gateway namespaces of the clones in the lab's catalog.
+    fn clone_gateways(&self) -> Vec<String> {
+        let state = self.paths.state();
+        if !state.join(crate::catalog::CATALOG_FILE).exists() {
+            return Vec::new();
+        }
+        match crate::catalog::Catalog::open(&state).and_then(|catalog| catalog.clones()) {
+            Ok(clones) => clones.into_iter().filter_map(|c| c.resources.gateway_netns).collect(),
+            Err(e) => {
+                tracing::warn!("lab down: cannot list the lab's clones: {e}");
+                Vec::new()
+            }
+        }
     }
 
     fn connect(&self) -> Result<LibvirtHypervisor, LabError> {

@@ -135,6 +135,8 @@ pub fn config(paths: &LabPaths, netns: &str, domain_type: DomainType) -> Config 
     let mut controller = Controller::new(paths.client_key(), paths.known_hosts());
     controller.libvirt_uri = paths.libvirt_uri();
     controller.state_dir = paths.state();
+    // The lab's libvirtd runs in the lab's namespace: its bridges live there.
+    controller.libvirt_netns = Some(netns.to_string());
     let vms = VMS
         .iter()
         .map(|vm| {

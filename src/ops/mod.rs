@@ -7,9 +7,11 @@
 //! ([`crate::catalog`]) before they run, so `envclone recover` can finish or
 //! roll back what a crash left behind.
 
+pub mod clone;
 pub mod context;
 pub mod crashpoint;
 pub mod delete;
+pub mod destroy;
 pub mod lock;
 pub mod prune;
 pub mod recover;

@@ -8,6 +8,9 @@ use super::devices::{self, Disk, Interface};
 use super::{attr, child_or_insert, child_text, children, children_mut, remove_children, set_text};
 use crate::hypervisor::HvError;
 
+/// The `<devices>` children that are character devices.
+const CHARDEVS: [&str; 4] = ["serial", "console", "parallel", "channel"];
+
 /// A libvirt domain definition. Unknown elements round-trip untouched.
 #[derive(Debug, Clone, PartialEq)]
 pub struct DomainDef {
@@ -103,6 +106,44 @@ impl DomainDef {
         let nvram = child_or_insert(child_or_insert(&mut self.root, "os"), "nvram");
         nvram.attributes.shift_remove("type");
         set_text(nvram, &path.to_string_lossy());
+    }
+
+    /// Files the domain's character devices (serial, console, parallel,
+    /// channel) write to: `<source path>` of a `type='file'` device and any
+    /// `<log file>`.
+    pub fn chardev_files(&self) -> Vec<PathBuf> {
+        let mut files = Vec::new();
+        if let Some(devices) = self.devices() {
+            for kind in CHARDEVS {
+                for dev in children(devices, kind) {
+                    if attr(dev, "type") == Some("file") {
+                        files.extend(dev.get_child("source").and_then(|s| attr(s, "path")).map(PathBuf::from));
+                    }
+                    files.extend(dev.get_child("log").and_then(|l| attr(l, "file")).map(PathBuf::from));
+                }
+            }
+        }
+        files
+    }
+
+    /// Points every file a character device writes to at `path`: a copy
+    /// of a domain must not write into (or lock) the original's log files.
+    pub fn set_chardev_files(&mut self, path: &Path) {
+        let path = path.to_string_lossy();
+        if let Some(devices) = self.devices_mut() {
+            for kind in CHARDEVS {
+                for dev in children_mut(devices, kind) {
+                    if attr(dev, "type") == Some("file") {
+                        if let Some(source) = dev.get_mut_child("source") {
+                            super::set_attr(source, "path", &path);
+                        }
+                    }
+                    if let Some(log) = dev.get_mut_child("log") {
+                        super::set_attr(log, "file", &path);
+                    }
+                }
+            }
+        }
     }
 
     /// Removes the UUID and every interface MAC so that libvirt assigns new

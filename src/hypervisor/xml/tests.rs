@@ -299,3 +299,26 @@ fn snapshot_xml_names_every_disk() {
     assert!(xml.contains("<disk name=\"vdb\" snapshot=\"no\" />"), "{xml}");
     assert!(xml.contains("<disk name=\"sda\" snapshot=\"no\" />"), "{xml}");
 }
+
+#[test]
+fn set_chardev_files_moves_the_serial_and_console_logs() {
+    let spec = DirectBootSpec {
+        name: "lab-a".into(),
+        domain_type: "qemu".into(),
+        memory_mib: 256,
+        vcpus: 1,
+        kernel: "/boot/vmlinuz".into(),
+        initrd: None,
+        cmdline: "console=ttyS0".into(),
+        disks: vec!["/lab/a-root.qcow2".into()],
+        interfaces: vec![],
+        serial_log: Some("/lab/a-console.log".into()),
+    };
+    let mut def = DomainDef::parse(&DomainDef::direct_boot(&spec).to_xml()).unwrap();
+    assert_eq!(def.chardev_files(), [PathBuf::from("/lab/a-console.log"), PathBuf::from("/lab/a-console.log")]);
+
+    def.set_chardev_files(Path::new("/clone/a-console.log"));
+
+    let def = DomainDef::parse(&def.to_xml()).unwrap();
+    assert_eq!(def.chardev_files(), [PathBuf::from("/clone/a-console.log"), PathBuf::from("/clone/a-console.log")]);
+}

@@ -1,0 +1,185 @@
+//! What a clone (and a destroy) can fail with: one variant per step, with
+//! the VM, network or file concerned. Exit codes are chosen in `crate::exit`.
+
+use std::path::PathBuf;
+
+use crate::catalog::{CatalogError, SnapshotState};
+use crate::config::LookupError;
+use crate::guest::GuestError;
+use crate::hypervisor::HvError;
+use crate::ops::restore::ImageFileError;
+use crate::ops::snapshot::SnapshotError;
+use crate::ops::LockError;
+
+use super::host_net::HostNetError;
+
+#[derive(Debug, thiserror::Error)]
+pub enum CloneError {
+    #[error(transparent)]
+    Lookup(#[from] LookupError),
+    /// Another operation holds the source or the clone, or a lock cannot be taken.
+    #[error(transparent)]
+    Lock(#[from] LockError),
+    #[error(transparent)]
+    Catalog(#[from] CatalogError),
+    /// The clone's name cannot be used (syntax, or taken).
+    #[error("cannot name a clone {name:?}: {reason}")]
+    BadName { name: String, reason: String },
+    /// `--network readdress`, or an interface not on a libvirt network.
+    #[error("{what} is not supported yet")]
+    Unsupported { what: String },
+    /// The fresh snapshot a clone without `--from` starts from.
+    #[error("snapshot of {env} to clone from")]
+    Snapshot {
+        env: String,
+        #[source]
+        source: Box<SnapshotError>,
+    },
+    #[error("{}", unknown_snapshot(env, name, *state))]
+    UnknownSnapshot { env: String, name: String, state: Option<SnapshotState>, known: Vec<String> },
+    #[error("snapshot {snapshot} holds no disk image of VM '{vm}'")]
+    SnapshotLacksVm { snapshot: String, vm: String },
+    #[error("image {} of VM '{vm}' disk {disk} is missing", path.display())]
+    ImageMissing { vm: String, disk: String, path: PathBuf },
+    #[error("inspect domain {domain} of VM '{vm}'")]
+    InspectDomain {
+        vm: String,
+        domain: String,
+        #[source]
+        source: Box<HvError>,
+    },
+    #[error("inspect network {network}")]
+    InspectNetwork {
+        network: String,
+        #[source]
+        source: Box<HvError>,
+    },
+    #[error("create folder {}", path.display())]
+    StorageDir {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("create overlay for VM '{vm}' disk {disk}")]
+    CreateOverlay {
+        vm: String,
+        disk: String,
+        #[source]
+        source: Box<ImageFileError>,
+    },
+    #[error("define network {network}")]
+    DefineNetwork {
+        network: String,
+        #[source]
+        source: Box<HvError>,
+    },
+    #[error("set up the gateway namespace {netns}")]
+    Gateway {
+        netns: String,
+        #[source]
+        source: Box<HostNetError>,
+    },
+    #[error("define domain {domain} for VM '{vm}'")]
+    DefineDomain {
+        vm: String,
+        domain: String,
+        #[source]
+        source: Box<HvError>,
+    },
+    #[error("start domain {domain} of VM '{vm}'")]
+    Start {
+        vm: String,
+        domain: String,
+        #[source]
+        source: Box<HvError>,
+    },
+    #[error("the agent of VM '{vm}' did not answer after the boot")]
+    AgentNotReady {
+        vm: String,
+        #[source]
+        source: Box<GuestError>,
+    },
+    /// `--start resume` from a snapshot without a memory image of every VM.
+    #[error("snapshot {snapshot} has no memory image{}", vm.as_ref().map(|vm| format!(" of VM '{vm}'")).unwrap_or_default())]
+    NoMemoryImage { snapshot: String, vm: Option<String> },
+    /// Reading the snapshot's memory image or writing the clone's copy of it.
+    #[error("memory image {} for VM '{vm}': {detail}", path.display())]
+    MemoryImage { vm: String, path: PathBuf, detail: String },
+    #[error("restore domain {domain} of VM '{vm}' from memory")]
+    RestoreMemory {
+        vm: String,
+        domain: String,
+        #[source]
+        source: Box<HvError>,
+    },
+    /// A clone restored from memory resumes frozen if its source was
+    /// captured frozen: a thaw that fails is a hard error.
+    #[error("THAW FAILED: VM '{vm}' of the clone may still be frozen")]
+    Thaw {
+        vm: String,
+        #[source]
+        source: Box<GuestError>,
+    },
+    #[error("set the clock of VM '{vm}'")]
+    SetClock {
+        vm: String,
+        #[source]
+        source: Box<GuestError>,
+    },
+    /// `destroy` of an environment that is not a clone.
+    #[error("{name} is not a clone; `envclone destroy` only removes clones")]
+    NotAClone { name: String },
+    #[error("remove {what} of clone {clone}: {detail}")]
+    Remove { clone: String, what: String, detail: String },
+    #[error("a worker thread panicked")]
+    Panicked,
+    /// The operation failed and its rollback left something behind.
+    #[error("{cause}; the rollback left: {}", failures.join("; "))]
+    CleanupFailed {
+        #[source]
+        cause: Box<CloneError>,
+        failures: Vec<String>,
+    },
+}
+
+fn unknown_snapshot(env: &str, name: &str, state: Option<SnapshotState>) -> String {
+    match state {
+        None => format!("environment {env} has no snapshot {name}"),
+        Some(state) => format!("snapshot {env}/{name} is {state}, not complete"),
+    }
+}
+
+impl CloneError {
+    pub fn hint(&self) -> Option<String> {
+        match self {
+            CloneError::Lookup(e) => e.hint(),
+            CloneError::Lock(e) => e.hint(),
+            CloneError::Catalog(e) => e.hint(),
+            CloneError::BadName { .. } => {
+                Some("use lower-case letters, digits and '-', at most 24, not the name of an environment".into())
+            }
+            CloneError::Unsupported { .. } => Some("this build clones with `--network isolated` only".into()),
+            CloneError::Snapshot { source, .. } => source.hint(),
+            CloneError::UnknownSnapshot { known, .. } => Some(if known.is_empty() {
+                "the environment has no complete snapshot; omit --from to take one".into()
+            } else {
+                format!("complete snapshots: {}", known.join(", "))
+            }),
+            CloneError::NoMemoryImage { .. } => {
+                Some("take a snapshot with `envclone snapshot ENV --memory`, or clone with --start boot".into())
+            }
+            CloneError::Thaw { vm, .. } => Some(format!("run `envclone ssh CLONE {vm} -- envclone-agent thaw`")),
+            CloneError::NotAClone { .. } => Some("`envclone clones` lists the clones".into()),
+            CloneError::CleanupFailed { .. } => {
+                Some("remove what is listed by hand, or `envclone destroy` the clone if it was recorded".into())
+            }
+            CloneError::InspectDomain { source, .. }
+            | CloneError::InspectNetwork { source, .. }
+            | CloneError::DefineNetwork { source, .. }
+            | CloneError::DefineDomain { source, .. }
+            | CloneError::Start { source, .. } => source.hint(),
+            CloneError::AgentNotReady { source, .. } => source.hint(),
+            _ => None,
+        }
+    }
+}

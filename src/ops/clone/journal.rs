@@ -1,0 +1,83 @@
+//! The journal of one clone or destroy: each step recorded before it runs,
+//! with its undo; a failure undoes, newest first, every step that may have
+//! acted (see [`crate::catalog::Catalog::undo_plan`]).
+
+use chrono::{DateTime, Utc};
+
+use crate::catalog::{Catalog, CatalogError, OperationId, OperationKind, Owner, StepId, StepRecord, UndoAction};
+
+#[derive(Debug)]
+pub struct Journal<'c> {
+    catalog: &'c Catalog,
+    pub op: OperationId,
+    open: Vec<StepId>,
+}
+
+impl<'c> Journal<'c> {
+    pub fn begin(
+        catalog: &'c Catalog,
+        kind: OperationKind,
+        env: &str,
+        now: DateTime<Utc>,
+    ) -> Result<Journal<'c>, CatalogError> {
+        let op = catalog.begin_operation(kind, env, &Owner::current(), now)?;
+        Ok(Journal { catalog, op, open: Vec::new() })
+    }
+
+    pub fn record(&mut self, name: impl Into<String>, undo: UndoAction) -> Result<StepId, CatalogError> {
+        let step = self.catalog.record_step(self.op, &StepRecord::new(name, undo))?;
+        self.open.push(step);
+        Ok(step)
+    }
+
+    pub fn done(&mut self, step: StepId) -> Result<(), CatalogError> {
+        self.catalog.finish_step(step)?;
+        self.open.retain(|s| *s != step);
+        Ok(())
+    }
+
+    pub fn failed(&mut self, step: StepId, error: &str) -> Result<(), CatalogError> {
+        self.catalog.fail_step(step, error)?;
+        self.open.retain(|s| *s != step);
+        Ok(())
+    }
+
+    pub fn complete(self) -> Result<(), CatalogError> {
+        self.catalog.complete_operation(self.op)
+    }
+
+    /// Fails the open steps, then undoes every step that may have acted,
+    /// newest first; returns the undo failures (the operation then stays
+    /// `failed`).
+    pub fn roll_back(mut self, cause: &str, mut undo: impl FnMut(&UndoAction) -> Result<(), String>) -> Vec<String> {
+        let log = |what: &str, result: Result<(), CatalogError>| {
+            if let Err(e) = result {
+                tracing::error!("journal: cannot {what}: {e}");
+            }
+        };
+        for step in std::mem::take(&mut self.open) {
+            log("fail a step", self.catalog.fail_step(step, cause));
+        }
+        log("start the rollback", self.catalog.begin_rollback(self.op, cause));
+        let plan = match self.catalog.undo_plan(self.op) {
+            Ok(plan) => plan,
+            Err(e) => return vec![format!("cannot read the journal's undo plan: {e}")],
+        };
+        let mut failures = Vec::new();
+        for (step, action) in plan {
+            match undo(&action) {
+                Ok(()) => log("mark a step undone", self.catalog.mark_undone(step)),
+                Err(error) => {
+                    log("record a failed undo", self.catalog.fail_undo(step, &error));
+                    failures.push(error);
+                }
+            }
+        }
+        if failures.is_empty() {
+            log("finish the rollback", self.catalog.finish_rollback(self.op));
+        } else {
+            log("mark the operation failed", self.catalog.fail_operation(self.op, &failures.join("; ")));
+        }
+        failures
+    }
+}

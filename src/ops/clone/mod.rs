@@ -1,0 +1,911 @@
+//! `envclone clone ENV --name NEW [--from SNAP] --disks linked --start resume|boot|off --network isolated`:
+//! a new environment NEW made from a snapshot of ENV, whose VMs run next to
+//! ENV's without touching them (ENV keeps running, never restarted).
+//!
+//! ```text
+//! [Snapshot] -> Lock -> Resolve -> Overlays -> Networks -> Gateway -> Domains -> Start -> Record -> Done
+//! ```
+//!
+//! 1. **Snapshot** (without `--from`): a fresh consistent snapshot of ENV,
+//!    taken the usual way ([`crate::ops::snapshot::take`], which holds ENV's
+//!    lock while it runs).
+//! 2. **Lock**: ENV's lock (no snapshot delete, restore or prune of ENV can
+//!    move the images the clone is being built on) and NEW's.
+//! 3. **Resolve**: the snapshot is complete and has an image of every disk
+//!    of every VM; NEW is a free name (no environment, clone, domain or
+//!    network of that name).
+//! 4. **Overlays**: one qcow2 overlay per disk on the snapshot's image,
+//!    `<storage of NEW>/<vm>/<NEW>.<disk>.qcow2` (`--disks full`: a
+//!    standalone qcow2 copy there instead, only allocated data copied, that
+//!    needs nothing of the source's); a NVRAM file is copied.
+//! 5. **Networks**: each network the VMs use becomes `NEW-<net>`: an
+//!    isolated bridge (no `<forward>`, no `<ip>`, no DHCP) with a bridge
+//!    name of its own. The guests keep their addresses and host names, and
+//!    have no route out of their bridge.
+//! 6. **Gateway**: a namespace `envclone-c-<NEW>` holding, per network, a
+//!    veth with the source gateway's address (`host_net.rs`): the
+//!    controller reaches the clone's agents through it, at the source's
+//!    addresses, and nothing else does.
+//! 7. **Domains**: each VM's definition (from the source domain) with a new
+//!    name `NEW-<vm>`, a new UUID, new MACs, its interfaces on the cloned
+//!    networks (an interface on anything else is refused: it would join the
+//!    clone to production), its disks on the overlays. Edited through
+//!    [`DomainDef`]'s setters, never as text.
+//! 8. **Start**: `boot` starts every domain and waits for every agent
+//!    through the gateway; `off` leaves them defined and shut off;
+//!    `resume` restores each domain from the snapshot's memory image: the
+//!    clone's definition is made from the one saved in the image, and a
+//!    copy of the image whose XML names the clone (name, UUID, MACs,
+//!    networks, overlays; same room, so QEMU's stream does not move:
+//!    `snapshot/save_image.rs`) is restored (libvirt refuses another name
+//!    or UUID than the saved ones), then deleted; each guest is thawed (it
+//!    resumes frozen if it was captured frozen; a failed thaw is a hard
+//!    error) and its clock set (it resumes at the snapshot's time).
+//! 9. **Record**: the clone in the catalog (its environment, as the config
+//!    would describe it, and everything it made), its overlays as images
+//!    on the snapshot's images, and a pin `clone:NEW` on each of those, so
+//!    deleting the snapshot is deferred while the clone lives.
+//!
+//! Every step is journaled before it runs (operation kind `clone`, on
+//! NEW), with its undo (`undo.rs`); a failure undoes them newest first and
+//! leaves nothing behind. `envclone destroy NEW` (`crate::ops::destroy`)
+//! removes a recorded clone.
+
+mod error;
+pub mod full_copy;
+pub mod host_net;
+mod journal;
+pub mod names;
+#[cfg(test)]
+mod tests;
+pub mod undo;
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use serde::Serialize;
+
+pub use self::error::CloneError;
+pub use self::full_copy::{FullCopy, QemuImgConvert};
+pub use self::host_net::{HostNet, HostNetError, IpCommand};
+pub(crate) use self::journal::Journal;
+
+use super::context::OpContext;
+use super::restore::{GuestAgents, ImageFiles};
+use super::snapshot::save_image::SavePrefix;
+use super::snapshot::{snapshot_dependent, Quiescer, SnapshotRequest};
+use super::EnvLock;
+use crate::catalog::{
+    Catalog, CloneRecord, CloneResources, ClonedDisk, ClonedNetwork, Dependent, Image, ImageFormat, ImageKind,
+    NewImage, OperationKind, SnapshotState, UndoAction,
+};
+use crate::config::{Config, Environment, LookupError};
+use crate::hypervisor::{random_mac, random_uuid, DomainDef, HvError, NetworkDef, NetworkSpec};
+
+/// How long a booted clone's agent may take to answer.
+const BOOT_WITHIN: Duration = Duration::from_secs(240);
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum DiskMode {
+    Linked,
+    Full,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum StartMode {
+    Resume,
+    Boot,
+    Off,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum NetworkMode {
+    Isolated,
+    Readdress,
+}
+
+/// What to clone.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CloneRequest {
+    pub source: String,
+    pub name: String,
+    /// The snapshot to start from; `None`: take one now.
+    pub from: Option<String>,
+    pub disks: DiskMode,
+    pub start: StartMode,
+    pub network: NetworkMode,
+}
+
+/// What the clone works with besides the context.
+#[derive(Clone, Copy)]
+pub struct Tools<'t> {
+    /// Freezes the source's guests for the fresh snapshot (no `--from`).
+    pub quiescer: &'t dyn Quiescer,
+    /// The clone's agents, once its environment is known.
+    pub agents: &'t dyn Fn(&Environment) -> Box<dyn GuestAgents>,
+    pub files: &'t dyn ImageFiles,
+    /// `--disks full`: independent copies.
+    pub copier: &'t dyn FullCopy,
+    pub net: &'t dyn HostNet,
+}
+
+impl std::fmt::Debug for Tools<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Tools").field("files", &self.files).field("net", &self.net).finish_non_exhaustive()
+    }
+}
+
+/// Where a clone is; [`Phase::valid_transition`] says what may follow what.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Phase {
+    Lock,
+    Resolve,
+    Overlays,
+    Networks,
+    Gateway,
+    Domains,
+    Start,
+    Record,
+    Done,
+    Failed,
+}
+
+impl Phase {
+    pub const ALL: [Phase; 10] = [
+        Phase::Lock,
+        Phase::Resolve,
+        Phase::Overlays,
+        Phase::Networks,
+        Phase::Gateway,
+        Phase::Domains,
+        Phase::Start,
+        Phase::Record,
+        Phase::Done,
+        Phase::Failed,
+    ];
+
+    pub fn valid_transition(self, to: Phase) -> bool {
+        use Phase::*;
+        match (self, to) {
+            (Done | Failed, _) => false,
+            (_, Failed) => true,
+            (Lock, Resolve)
+            | (Resolve, Overlays)
+            | (Overlays, Networks)
+            | (Networks, Gateway)
+            | (Gateway, Domains)
+            | (Domains, Start)
+            | (Start, Record)
+            | (Record, Done) => true,
+            _ => false,
+        }
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Phase::Lock => "lock",
+            Phase::Resolve => "resolve",
+            Phase::Overlays => "overlays",
+            Phase::Networks => "networks",
+            Phase::Gateway => "gateway",
+            Phase::Domains => "domains",
+            Phase::Start => "start",
+            Phase::Record => "record",
+            Phase::Done => "done",
+            Phase::Failed => "failed",
+        }
+    }
+}
+
+/// What was made.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct CloneReport {
+    pub name: String,
+    pub source: String,
+    pub snapshot: String,
+    /// True when the clone took that snapshot itself (no `--from`).
+    pub snapshot_taken: bool,
+    pub disks: DiskMode,
+    pub start: StartMode,
+    pub network: NetworkMode,
+    pub duration_ms: u64,
+    pub gateway_netns: Option<String>,
+    pub vms: Vec<VmReport>,
+    pub networks: Vec<ClonedNetwork>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct VmReport {
+    pub vm: String,
+    pub source_domain: String,
+    pub domain: String,
+    pub uuid: String,
+    pub macs: Vec<String>,
+    pub address: String,
+    pub disks: Vec<ClonedDisk>,
+}
+
+/// One VM of the clone, as planned.
+#[derive(Debug, Clone)]
+struct VmPlan {
+    vm: String,
+    source_domain: String,
+    domain: String,
+    def: DomainDef,
+    /// Snapshot images by disk target.
+    images: Vec<(String, Image)>,
+    nvram: Option<(PathBuf, PathBuf)>,
+    /// `--start resume`: the snapshot's memory image, and the clone's copy
+    /// of it (its XML rewritten for the clone).
+    memory: Option<(PathBuf, PathBuf)>,
+}
+
+/// The environment named `name`: the config's, or a clone's from the
+/// catalog. How `envclone ssh` and the agent probes address clones.
+pub fn resolve_environment(config: &Config, catalog: &Catalog, name: &str) -> Result<Environment, CloneError> {
+    match config.environment(name) {
+        Ok(env) => Ok(env.clone()),
+        Err(LookupError::UnknownEnvironment { name, mut known }) => match catalog.clone_named(&name)? {
+            Some(clone) => clone_environment(&clone),
+            None => {
+                known.extend(catalog.clones()?.into_iter().map(|c| c.name));
+                Err(CloneError::Lookup(LookupError::UnknownEnvironment { name, known }))
+            }
+        },
+        Err(other) => Err(CloneError::Lookup(other)),
+    }
+}
+
+/// A recorded clone's environment.
+pub fn clone_environment(clone: &CloneRecord) -> Result<Environment, CloneError> {
+    serde_json::from_value(clone.environment.clone()).map_err(|e| {
+        CloneError::Catalog(crate::catalog::CatalogError::Corrupt {
+            what: "read a clone's environment",
+            detail: e.to_string(),
+        })
+    })
+}
+
+/// Clones `request.source`; see the module documentation.
+pub fn clone(ctx: &OpContext<'_>, request: &CloneRequest, tools: Tools<'_>) -> Result<CloneReport, CloneError> {
+    let started = Instant::now();
+    for (unsupported, what) in [(request.network == NetworkMode::Readdress, "--network readdress")] {
+        if unsupported {
+            return Err(CloneError::Unsupported { what: what.to_owned() });
+        }
+    }
+    let source = ctx.config.environment(&request.source)?;
+    names::check_name(&request.name).map_err(|reason| CloneError::BadName { name: request.name.clone(), reason })?;
+    if ctx.config.environments.contains_key(&request.name) {
+        return Err(CloneError::BadName { name: request.name.clone(), reason: "an environment has that name".into() });
+    }
+    if ctx.catalog.clone_named(&request.name)?.is_some() {
+        return Err(CloneError::BadName { name: request.name.clone(), reason: "a clone has that name".into() });
+    }
+
+    let (snapshot, snapshot_taken) = match &request.from {
+        Some(name) => (name.clone(), false),
+        None => {
+            let timer = ctx.begin(format!("snapshot {} to clone from", request.source));
+            let snap = SnapshotRequest {
+                env: request.source.clone(),
+                label: Some(format!("clone-{}", request.name)),
+                memory: request.start == StartMode::Resume,
+                quiesce: None,
+                schedule: None,
+            };
+            let report = timer
+                .finish(super::snapshot::take(ctx, &snap, tools.quiescer))
+                .map_err(|source| CloneError::Snapshot { env: request.source.clone(), source: Box::new(source) })?;
+            (report.name, true)
+        }
+    };
+
+    let state_dir = &ctx.config.controller.state_dir;
+    let _source_lock = EnvLock::acquire(state_dir, &request.source, "clone")?;
+    let _clone_lock = EnvLock::acquire(state_dir, &request.name, "clone")?;
+    let journal = Journal::begin(ctx.catalog, OperationKind::Clone, &request.name, ctx.clock.now())?;
+    let storage = ctx.config.controller.state_dir.join("images").join(&request.name);
+    let mut run = Run {
+        ctx,
+        request,
+        source,
+        snapshot,
+        tools,
+        journal: Some(journal),
+        phase: Phase::Lock,
+        plans: Vec::new(),
+        storage,
+        networks: Vec::new(),
+        disks: Vec::new(),
+        environment: None,
+        vms: Vec::new(),
+    };
+    ctx.note(format!("clone of environment '{}' from snapshot {} as '{}'", request.source, run.snapshot, request.name));
+    if let Err(error) = run.execute() {
+        return Err(run.roll_back(error));
+    }
+    run.journal.take().expect("the journal is taken once").complete()?;
+    run.enter(Phase::Done);
+    Ok(CloneReport {
+        name: request.name.clone(),
+        source: request.source.clone(),
+        snapshot: run.snapshot.clone(),
+        snapshot_taken,
+        disks: request.disks,
+        start: request.start,
+        network: request.network,
+        duration_ms: u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX),
+        gateway_netns: Some(names::gateway_netns(&request.name)),
+        vms: run.vms.clone(),
+        networks: run.networks.clone(),
+    })
+}
+
+struct Run<'r, 'c> {
+    ctx: &'r OpContext<'c>,
+    request: &'r CloneRequest,
+    source: &'r Environment,
+    snapshot: String,
+    tools: Tools<'r>,
+    journal: Option<Journal<'c>>,
+    phase: Phase,
+    plans: Vec<VmPlan>,
+    storage: PathBuf,
+    networks: Vec<ClonedNetwork>,
+    disks: Vec<ClonedDisk>,
+    environment: Option<Environment>,
+    vms: Vec<VmReport>,
+}
+
+impl<'r, 'c> Run<'r, 'c> {
+    fn enter(&mut self, to: Phase) {
+        if self.phase.valid_transition(to) {
+            self.phase = to;
+        } else {
+            tracing::error!(from = self.phase.as_str(), to = to.as_str(), "invalid clone phase transition");
+            debug_assert!(false, "invalid clone phase transition {} -> {}", self.phase.as_str(), to.as_str());
+        }
+    }
+
+    fn journal(&mut self) -> &mut Journal<'c> {
+        self.journal.as_mut().expect("the journal is only taken at the end of the run")
+    }
+
+    /// Journals `name` with its undo, runs `step`, marks it done or failed.
+    fn step<T>(
+        &mut self,
+        name: &str,
+        undo: UndoAction,
+        step: impl FnOnce(&mut Self) -> Result<T, CloneError>,
+    ) -> Result<T, CloneError> {
+        let id = self.journal().record(name, undo)?;
+        let timer = self.ctx.begin(name);
+        match step(self) {
+            Ok(value) => {
+                timer.done();
+                self.journal().done(id)?;
+                Ok(value)
+            }
+            Err(error) => {
+                timer.failed();
+                self.journal().failed(id, &crate::commands::error_chain(&error))?;
+                Err(error)
+            }
+        }
+    }
+
+    fn execute(&mut self) -> Result<(), CloneError> {
+        self.enter(Phase::Resolve);
+        self.step("resolve", UndoAction::Nothing, |run| run.resolve())?;
+
+        self.enter(Phase::Overlays);
+        self.overlays()?;
+
+        self.enter(Phase::Networks);
+        self.networks()?;
+
+        self.enter(Phase::Gateway);
+        self.gateway()?;
+
+        self.enter(Phase::Domains);
+        self.domains()?;
+
+        self.enter(Phase::Start);
+        match self.request.start {
+            StartMode::Boot => self.start()?,
+            StartMode::Resume => self.resume()?,
+            StartMode::Off => {}
+        }
+
+        self.enter(Phase::Record);
+        let forget = undo::ForgetClone {
+            clone: self.request.name.clone(),
+            overlays: self.disks.iter().map(|d| d.path.clone()).collect(),
+        };
+        let undo = UndoAction::Custom {
+            kind: undo::UNDO_FORGET_CLONE.to_owned(),
+            data: serde_json::to_value(&forget).unwrap_or_default(),
+        };
+        self.step("record the clone", undo, |run| run.record())
+    }
+
+    /// The snapshot, its image of every disk, the source domains and networks.
+    fn resolve(&mut self) -> Result<(), CloneError> {
+        let ctx = self.ctx;
+        let env = &self.request.source;
+        let snapshot = ctx.catalog.snapshot_named(env, &self.snapshot)?;
+        let snapshot = match snapshot {
+            Some(s) if s.state == SnapshotState::Complete => s,
+            other => {
+                let known = ctx
+                    .catalog
+                    .snapshots(env)?
+                    .into_iter()
+                    .filter(|s| s.state == SnapshotState::Complete)
+                    .map(|s| s.name)
+                    .collect();
+                return Err(CloneError::UnknownSnapshot {
+                    env: env.clone(),
+                    name: self.snapshot.clone(),
+                    state: other.map(|s| s.state),
+                    known,
+                });
+            }
+        };
+        let resume = self.request.start == StartMode::Resume;
+        if resume && !snapshot.memory {
+            return Err(CloneError::NoMemoryImage { snapshot: snapshot.name.clone(), vm: None });
+        }
+        let memory: BTreeMap<String, PathBuf> = ctx
+            .catalog
+            .images_of_snapshot(snapshot.id)?
+            .into_iter()
+            .filter(|image| image.kind == ImageKind::Memory)
+            .map(|image| (image.vm, image.path))
+            .collect();
+        let mut pinned: BTreeMap<String, Vec<(String, Image)>> = BTreeMap::new();
+        for image in ctx.catalog.images_needed_by(&snapshot_dependent(env, &snapshot.name))? {
+            if let Some(disk) = image.disk.clone() {
+                pinned.entry(image.vm.clone()).or_default().push((disk, image));
+            }
+        }
+        for (vm, config) in &self.source.vms {
+            let images = pinned.remove(vm).unwrap_or_default();
+            if images.is_empty() {
+                return Err(CloneError::SnapshotLacksVm { snapshot: snapshot.name.clone(), vm: vm.clone() });
+            }
+            for (disk, image) in &images {
+                if !self.tools.files.exists(&image.path) {
+                    return Err(CloneError::ImageMissing {
+                        vm: vm.clone(),
+                        disk: disk.clone(),
+                        path: image.path.clone(),
+                    });
+                }
+            }
+            let domain = names::domain(&self.request.name, vm);
+            match ctx.hv.domain(&domain) {
+                Err(HvError::NoSuchDomain { .. }) => {}
+                Ok(_) => {
+                    return Err(CloneError::BadName {
+                        name: self.request.name.clone(),
+                        reason: format!("domain {domain} exists"),
+                    })
+                }
+                Err(source) => {
+                    return Err(CloneError::InspectDomain { vm: vm.clone(), domain, source: Box::new(source) })
+                }
+            }
+            let mut def = ctx
+                .hv
+                .domain(&config.domain)
+                .map_err(|source| CloneError::InspectDomain {
+                    vm: vm.clone(),
+                    domain: config.domain.clone(),
+                    source: Box::new(source),
+                })?
+                .def;
+            let memory = if resume {
+                let image = memory.get(vm).cloned().ok_or_else(|| CloneError::NoMemoryImage {
+                    snapshot: snapshot.name.clone(),
+                    vm: Some(vm.clone()),
+                })?;
+                // The definition QEMU's state was saved with: the clone's
+                // is made from it, so that the memory restores onto it.
+                let fail = |detail: String| CloneError::MemoryImage { vm: vm.clone(), path: image.clone(), detail };
+                let prefix = SavePrefix::read(&image).map_err(|e| fail(crate::commands::error_chain(&e)))?;
+                def = DomainDef::parse(&prefix.xml).map_err(|e| fail(crate::commands::error_chain(&e)))?;
+                let copy = self.storage.join(vm).join(format!("{}.mem", self.request.name));
+                Some((image, copy))
+            } else {
+                None
+            };
+            let nvram = def.nvram().map(|from| {
+                let to = self.storage.join(vm).join(format!("{}.nvram.fd", self.request.name));
+                (from, to)
+            });
+            self.plans.push(VmPlan {
+                vm: vm.clone(),
+                source_domain: config.domain.clone(),
+                domain,
+                def,
+                images,
+                nvram,
+                memory,
+            });
+        }
+        Ok(())
+    }
+
+    fn overlays(&mut self) -> Result<(), CloneError> {
+        for plan in self.plans.clone() {
+            let dir = self.storage.join(&plan.vm);
+            std::fs::create_dir_all(&dir).map_err(|source| CloneError::StorageDir { path: dir.clone(), source })?;
+            for (disk, image) in &plan.images {
+                let overlay = names::overlay(&self.storage, &self.request.name, &plan.vm, disk);
+                let undo = UndoAction::DeleteFile { path: overlay.clone() };
+                if self.request.disks == DiskMode::Full {
+                    self.step(&format!("copy {}/{disk} in full", plan.vm), undo, |run| {
+                        run.tools.copier.copy_full(&image.path, &overlay).map_err(|source| CloneError::CreateOverlay {
+                            vm: plan.vm.clone(),
+                            disk: disk.clone(),
+                            source: Box::new(source),
+                        })
+                    })?;
+                } else {
+                    self.step(&format!("create overlay {}/{disk}", plan.vm), undo, |run| {
+                        run.tools.files.create_overlay(&overlay, &image.path, image.format).map_err(|source| {
+                            CloneError::CreateOverlay {
+                                vm: plan.vm.clone(),
+                                disk: disk.clone(),
+                                source: Box::new(source),
+                            }
+                        })
+                    })?;
+                }
+                self.disks.push(ClonedDisk {
+                    vm: plan.vm.clone(),
+                    disk: disk.clone(),
+                    path: overlay,
+                    backing: image.path.clone(),
+                });
+            }
+            if let Some((from, to)) = &plan.nvram {
+                let undo = UndoAction::DeleteFile { path: to.clone() };
+                self.step(&format!("copy the NVRAM of {}", plan.vm), undo, |_| {
+                    std::fs::copy(from, to)
+                        .map(drop)
+                        .map_err(|source| CloneError::StorageDir { path: to.clone(), source })
+                })?;
+            }
+        }
+        Ok(())
+    }
+
+    /// The networks the VMs use (and the environment lists), each copied as
+    /// an isolated bridge without a host address.
+    fn networks(&mut self) -> Result<(), CloneError> {
+        let ctx = self.ctx;
+        let mut sources: Vec<String> = self.source.networks.clone();
+        for plan in &self.plans {
+            for (index, iface) in plan.def.interfaces().iter().enumerate() {
+                match &iface.network {
+                    Some(network) if !sources.contains(network) => sources.push(network.clone()),
+                    Some(_) => {}
+                    None => {
+                        return Err(CloneError::Unsupported {
+                            what: format!(
+                                "interface {index} of {} (not on a libvirt network: it would reach production)",
+                                plan.source_domain
+                            ),
+                        })
+                    }
+                }
+            }
+        }
+        for source in sources {
+            let def = ctx
+                .hv
+                .network(&source)
+                .map_err(|e| CloneError::InspectNetwork { network: source.clone(), source: Box::new(e) })?
+                .def;
+            let name = names::network(&self.request.name, &source);
+            let bridge = names::bridge(&self.request.name, &source);
+            let gateway = def.ip().map(|(address, prefix)| format!("{address}/{prefix}"));
+            let undo = UndoAction::Custom {
+                kind: undo::UNDO_REMOVE_NETWORK.to_owned(),
+                data: serde_json::json!({ "network": name }),
+            };
+            self.step(&format!("create network {name} (isolated copy of {source})"), undo, |run| {
+                let isolated =
+                    NetworkDef::isolated(&NetworkSpec { name: name.clone(), bridge: bridge.clone(), ip: None });
+                let fail = |e: HvError| CloneError::DefineNetwork { network: name.clone(), source: Box::new(e) };
+                run.ctx.hv.define_network(&isolated).map_err(fail)?;
+                run.ctx.hv.start_network(&name).map_err(fail)
+            })?;
+            self.networks.push(ClonedNetwork { source, name, bridge, veth: None, gateway });
+        }
+        Ok(())
+    }
+
+    /// The gateway namespace and one veth per network with a gateway address.
+    fn gateway(&mut self) -> Result<(), CloneError> {
+        let netns = names::gateway_netns(&self.request.name);
+        let libvirt_netns = self.ctx.config.controller.libvirt_netns.clone();
+        let fail = |netns: &str| {
+            let netns = netns.to_owned();
+            move |e: HostNetError| CloneError::Gateway { netns, source: Box::new(e) }
+        };
+        let undo = UndoAction::Custom {
+            kind: undo::UNDO_REMOVE_NETNS.to_owned(),
+            data: serde_json::json!({ "netns": netns }),
+        };
+        self.step(&format!("create the gateway namespace {netns}"), undo, |run| {
+            run.tools.net.add_netns(&netns).map_err(fail(&netns))
+        })?;
+        for index in 0..self.networks.len() {
+            let network = self.networks[index].clone();
+            let Some(address) = network.gateway.clone() else { continue };
+            let (veth, peer) = names::veth_pair(&self.request.name, &network.source);
+            let link = undo::LinkRef { netns: libvirt_netns.clone(), link: veth.clone() };
+            let undo = UndoAction::Custom {
+                kind: undo::UNDO_REMOVE_LINK.to_owned(),
+                data: serde_json::to_value(&link).unwrap_or_default(),
+            };
+            self.step(&format!("gateway {address} on {}", network.name), undo, |run| {
+                run.tools
+                    .net
+                    .add_gateway(libvirt_netns.as_deref(), &network.bridge, &veth, &netns, &peer, &address)
+                    .map_err(fail(&netns))
+            })?;
+            self.networks[index].veth = Some(veth);
+        }
+        Ok(())
+    }
+
+    fn domains(&mut self) -> Result<(), CloneError> {
+        let networks: BTreeMap<String, String> =
+            self.networks.iter().map(|n| (n.source.clone(), n.name.clone())).collect();
+        let netns = names::gateway_netns(&self.request.name);
+        let mut environment = self.source.clone();
+        environment.description = Some(format!("clone of {} at snapshot {}", self.request.source, self.snapshot));
+        environment.networks = self.networks.iter().map(|n| n.name.clone()).collect();
+        environment.storage = Some(self.storage.clone());
+        environment.retention = None;
+        for plan in self.plans.clone() {
+            let fail = |e: HvError| CloneError::DefineDomain {
+                vm: plan.vm.clone(),
+                domain: plan.domain.clone(),
+                source: Box::new(e),
+            };
+            let mut def = plan.def.clone();
+            def.set_name(&plan.domain);
+            def.strip_for_new_identity();
+            let uuid = random_uuid();
+            def.set_uuid(&uuid);
+            let mut macs = Vec::new();
+            for (index, iface) in plan.def.interfaces().iter().enumerate() {
+                let mac = random_mac();
+                def.set_interface_mac(index, &mac).map_err(fail)?;
+                if let Some(network) = iface.network.as_ref().and_then(|n| networks.get(n)) {
+                    def.set_interface_network(index, network).map_err(fail)?;
+                }
+                macs.push(mac);
+            }
+            for (disk, _) in &plan.images {
+                let overlay = names::overlay(&self.storage, &self.request.name, &plan.vm, disk);
+                def.set_disk_source(disk, &overlay, ImageFormat::Qcow2.as_str()).map_err(fail)?;
+            }
+            if let Some((_, to)) = &plan.nvram {
+                def.set_nvram(to);
+            }
+            if !def.chardev_files().is_empty() {
+                // Its own console log: the source's is in use (and locked) by the source.
+                let log = self.storage.join(&plan.vm).join(format!("{}.console.log", self.request.name));
+                def.set_chardev_files(&log);
+                let undo = UndoAction::DeleteFile { path: log.clone() };
+                self.step(&format!("console log of {} in {}", plan.domain, log.display()), undo, |_| Ok(()))?;
+            }
+            let undo = UndoAction::UndefineDomain { name: plan.domain.clone() };
+            self.step(&format!("define {} for {}", plan.domain, plan.vm), undo, |run| {
+                run.ctx.hv.define_domain(&def).map(drop).map_err(fail)
+            })?;
+            if let Some((image, copy)) = &plan.memory {
+                let undo = UndoAction::DeleteFile { path: copy.clone() };
+                self.step(&format!("memory image of {} for {}", plan.vm, plan.domain), undo, |_| {
+                    write_memory_copy(&plan.vm, image, copy, &def)
+                })?;
+            }
+            let vm = environment.vms.get_mut(&plan.vm).expect("plans come from the environment's VMs");
+            vm.domain = plan.domain.clone();
+            vm.agent.netns = Some(netns.clone());
+            self.vms.push(VmReport {
+                vm: plan.vm.clone(),
+                source_domain: plan.source_domain.clone(),
+                domain: plan.domain.clone(),
+                uuid,
+                macs,
+                address: vm.agent.address.clone(),
+                disks: self.disks.iter().filter(|d| d.vm == plan.vm).cloned().collect(),
+            });
+        }
+        self.environment = Some(environment);
+        Ok(())
+    }
+
+    /// Restores every domain from its memory image, then thaws each guest
+    /// and sets its clock through the gateway.
+    fn resume(&mut self) -> Result<(), CloneError> {
+        for plan in self.plans.clone() {
+            let Some((_, copy)) = &plan.memory else { continue };
+            self.step(&format!("restore {} from memory", plan.domain), UndoAction::Nothing, |run| {
+                run.ctx.hv.restore_memory(copy, None).map_err(|source| CloneError::RestoreMemory {
+                    vm: plan.vm.clone(),
+                    domain: plan.domain.clone(),
+                    source: Box::new(source),
+                })?;
+                // The copy served its purpose; the snapshot keeps the original.
+                if let Err(e) = run.tools.files.remove(copy) {
+                    run.ctx.note(format!("cannot remove {}: {e}", copy.display()));
+                }
+                Ok(())
+            })?;
+        }
+        let environment = self.environment.clone().expect("domains come before the start");
+        let agents = (self.tools.agents)(&environment);
+        for plan in self.plans.clone() {
+            let vm = plan.vm.clone();
+            self.step(&format!("thaw {vm} and set its clock"), UndoAction::Nothing, |_| {
+                agents
+                    .thaw(&vm, BOOT_WITHIN)
+                    .map_err(|source| CloneError::Thaw { vm: vm.clone(), source: Box::new(source) })?;
+                agents
+                    .set_clock(&vm)
+                    .map(drop)
+                    .map_err(|source| CloneError::SetClock { vm: vm.clone(), source: Box::new(source) })
+            })?;
+        }
+        Ok(())
+    }
+
+    /// Boots every domain, then waits for every agent through the gateway.
+    fn start(&mut self) -> Result<(), CloneError> {
+        for plan in self.plans.clone() {
+            self.step(&format!("start {}", plan.domain), UndoAction::Nothing, |run| {
+                run.ctx.hv.start_domain(&plan.domain).map_err(|source| CloneError::Start {
+                    vm: plan.vm.clone(),
+                    domain: plan.domain.clone(),
+                    source: Box::new(source),
+                })
+            })?;
+        }
+        let environment = self.environment.clone().expect("domains come before the start");
+        let agents = (self.tools.agents)(&environment);
+        let vms: Vec<String> = self.plans.iter().map(|p| p.vm.clone()).collect();
+        self.step("wait for the clone's agents", UndoAction::Nothing, |_| {
+            let results: Vec<Result<(), CloneError>> = std::thread::scope(|scope| {
+                let agents = &agents;
+                let handles: Vec<_> = vms
+                    .iter()
+                    .map(|vm| {
+                        scope.spawn(move || {
+                            agents.wait_ready(vm, BOOT_WITHIN).map_err(|source| CloneError::AgentNotReady {
+                                vm: vm.clone(),
+                                source: Box::new(source),
+                            })
+                        })
+                    })
+                    .collect();
+                handles.into_iter().map(|h| h.join().unwrap_or(Err(CloneError::Panicked))).collect()
+            });
+            results.into_iter().collect()
+        })
+    }
+
+    /// The catalog: overlays, pins, the clone.
+    fn record(&mut self) -> Result<(), CloneError> {
+        let ctx = self.ctx;
+        let now = ctx.clock.now();
+        let dependent = Dependent::clone_named(&self.request.name);
+        for plan in &self.plans {
+            for (disk, image) in &plan.images {
+                let overlay = names::overlay(&self.storage, &self.request.name, &plan.vm, disk);
+                let linked = self.request.disks == DiskMode::Linked;
+                ctx.catalog.add_image(&NewImage {
+                    path: overlay.clone(),
+                    vm: plan.vm.clone(),
+                    disk: Some(disk.clone()),
+                    kind: if linked { ImageKind::Overlay } else { ImageKind::FullCopy },
+                    format: ImageFormat::Qcow2,
+                    size_bytes: self.tools.files.size(&overlay).unwrap_or(0),
+                    backing: linked.then_some(image.id),
+                    snapshot: None,
+                    created_at: now,
+                })?;
+                // A full copy needs nothing of the source's.
+                if linked {
+                    ctx.catalog.pin(image.id, &dependent)?;
+                }
+            }
+        }
+        let environment = self.environment.as_ref().expect("domains come before the record");
+        ctx.catalog.add_clone(&CloneRecord {
+            name: self.request.name.clone(),
+            source_env: self.request.source.clone(),
+            snapshot: self.snapshot.clone(),
+            created_at: now,
+            disks: match self.request.disks {
+                DiskMode::Linked => "linked".into(),
+                DiskMode::Full => "full".into(),
+            },
+            network: "isolated".into(),
+            environment: serde_json::to_value(environment).map_err(|e| {
+                CloneError::Catalog(crate::catalog::CatalogError::Corrupt {
+                    what: "record a clone's environment",
+                    detail: e.to_string(),
+                })
+            })?,
+            resources: CloneResources {
+                domains: self.plans.iter().map(|p| p.domain.clone()).collect(),
+                networks: self.networks.clone(),
+                gateway_netns: Some(names::gateway_netns(&self.request.name)),
+                disks: self.disks.clone(),
+                storage: self.storage.clone(),
+            },
+        })?;
+        Ok(())
+    }
+
+    fn roll_back(&mut self, error: CloneError) -> CloneError {
+        self.enter(Phase::Failed);
+        let ctx = self.ctx;
+        let tools = self.tools;
+        let cause = crate::commands::error_chain(&error);
+        let failures = match self.journal.take() {
+            Some(journal) => journal
+                .roll_back(&cause, |action| undo::undo_action(ctx.hv, ctx.catalog, tools.files, tools.net, action)),
+            None => Vec::new(),
+        };
+        remove_empty_dirs(&self.storage);
+        if failures.is_empty() {
+            error
+        } else {
+            CloneError::CleanupFailed { cause: Box::new(error), failures }
+        }
+    }
+}
+
+/// Writes `copy`: the save image `image` with `def` as its domain XML (same
+/// room, so the QEMU stream that follows does not move), then the stream.
+fn write_memory_copy(vm: &str, image: &Path, copy: &Path, def: &DomainDef) -> Result<(), CloneError> {
+    use std::io::{Seek, SeekFrom, Write};
+    let fail = |detail: String| CloneError::MemoryImage { vm: vm.to_owned(), path: copy.to_owned(), detail };
+    let prefix = SavePrefix::read(image).map_err(|e| fail(crate::commands::error_chain(&e)))?;
+    let rewritten = prefix.with_xml(&def.to_xml()).map_err(|e| fail(e.to_string()))?;
+    let bytes = rewritten.encode().map_err(|e| fail(e.to_string()))?;
+    let mut from = std::fs::File::open(image).map_err(|e| fail(format!("cannot open {}: {e}", image.display())))?;
+    from.seek(SeekFrom::Start(prefix.stream_offset())).map_err(|e| fail(e.to_string()))?;
+    let mut to = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .open(copy)
+        .map_err(|e| fail(format!("cannot create it: {e}")))?;
+    to.write_all(&bytes).map_err(|e| fail(e.to_string()))?;
+    std::io::copy(&mut from, &mut to).map_err(|e| fail(e.to_string()))?;
+    to.sync_all().map_err(|e| fail(e.to_string()))
+}
+
+/// Removes the clone's storage folder if nothing is left in it.
+pub(crate) fn remove_empty_dirs(storage: &std::path::Path) {
+    if let Ok(entries) = std::fs::read_dir(storage) {
+        for entry in entries.flatten() {
+            let _ = std::fs::remove_dir(entry.path());
+        }
+    }
+    let _ = std::fs::remove_dir(storage);
+}

@@ -1,0 +1,371 @@
+//! The clone and the destroy on `FakeHypervisor`, fake image files, a fake
+//! `ip` and fake agents: what is defined, recorded and pinned, and that a
+//! failure or a destroy leaves nothing behind.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::sync::Mutex;
+use std::time::Duration;
+
+use chrono::{DateTime, TimeZone, Utc};
+
+use super::*;
+use crate::catalog::{OperationState, StepState};
+use crate::config::{AgentEndpoint, Config, Controller, HumanSize, Vm};
+use crate::guest::GuestError;
+use crate::hypervisor::{FakeHypervisor, FakeStep, Hypervisor};
+use crate::ops::context::{Event, FixedClock};
+use crate::ops::restore::ImageFileError;
+use crate::ops::snapshot::{FreezeInfo, FrozenGuest, ThawInfo};
+
+fn at(minute: u32) -> DateTime<Utc> {
+    Utc.with_ymd_and_hms(2024, 5, 1, 2, minute, 0).unwrap()
+}
+
+#[derive(Debug, Default)]
+struct FakeQuiescer;
+
+struct Frozen;
+
+impl FrozenGuest for Frozen {
+    fn thaw(self: Box<Self>) -> Result<ThawInfo, GuestError> {
+        Ok(ThawInfo { frozen: Duration::ZERO, by_lease_timeout: false })
+    }
+}
+
+impl Quiescer for FakeQuiescer {
+    fn prepare(&self, _vm: &str) -> Result<(), GuestError> {
+        Ok(())
+    }
+
+    fn freeze(&self, _vm: &str) -> Result<(Box<dyn FrozenGuest>, FreezeInfo), GuestError> {
+        Ok((Box::new(Frozen), FreezeInfo { freezing: Duration::ZERO }))
+    }
+
+    fn recover(&self, _vm: &str) -> Result<(), GuestError> {
+        Ok(())
+    }
+}
+
+#[derive(Debug, Default)]
+struct ReadyAgents;
+
+impl GuestAgents for ReadyAgents {
+    fn wait_ready(&self, _vm: &str, _within: Duration) -> Result<(), GuestError> {
+        Ok(())
+    }
+
+    fn thaw(&self, _vm: &str, _within: Duration) -> Result<(), GuestError> {
+        Ok(())
+    }
+
+    fn set_clock(&self, _vm: &str) -> Result<i64, GuestError> {
+        Ok(0)
+    }
+}
+
+/// Image files in memory: every path exists but removed ones.
+#[derive(Debug, Default)]
+struct FakeFiles {
+    created: Mutex<BTreeMap<PathBuf, PathBuf>>,
+    removed: Mutex<Vec<PathBuf>>,
+}
+
+/// A full copy in memory: created, with no backing file.
+impl FullCopy for FakeFiles {
+    fn copy_full(&self, _image: &Path, copy: &Path) -> Result<(), ImageFileError> {
+        self.created.lock().unwrap().insert(copy.to_owned(), PathBuf::new());
+        Ok(())
+    }
+}
+
+impl ImageFiles for FakeFiles {
+    fn exists(&self, path: &Path) -> bool {
+        !self.removed.lock().unwrap().contains(&path.to_owned())
+    }
+
+    fn create_overlay(&self, overlay: &Path, backing: &Path, _format: ImageFormat) -> Result<(), ImageFileError> {
+        self.created.lock().unwrap().insert(overlay.to_owned(), backing.to_owned());
+        Ok(())
+    }
+
+    fn remove(&self, path: &Path) -> std::io::Result<()> {
+        self.created.lock().unwrap().remove(path);
+        self.removed.lock().unwrap().push(path.to_owned());
+        Ok(())
+    }
+
+    fn size(&self, _path: &Path) -> Option<u64> {
+        Some(1)
+    }
+}
+
+/// `ip` in memory: the namespaces and links that exist.
+#[derive(Debug, Default)]
+struct FakeNet {
+    netns: Mutex<Vec<String>>,
+    /// (link, bridge, address)
+    links: Mutex<Vec<(String, String, String)>>,
+}
+
+impl HostNet for FakeNet {
+    fn add_netns(&self, netns: &str) -> Result<(), HostNetError> {
+        self.netns.lock().unwrap().push(netns.to_owned());
+        Ok(())
+    }
+
+    fn delete_netns(&self, netns: &str) -> Result<(), HostNetError> {
+        self.netns.lock().unwrap().retain(|n| n != netns);
+        Ok(())
+    }
+
+    fn add_gateway(
+        &self,
+        _libvirt_netns: Option<&str>,
+        bridge: &str,
+        veth: &str,
+        _netns: &str,
+        _peer: &str,
+        address: &str,
+    ) -> Result<(), HostNetError> {
+        self.links.lock().unwrap().push((veth.to_owned(), bridge.to_owned(), address.to_owned()));
+        Ok(())
+    }
+
+    fn delete_link(&self, _netns: Option<&str>, link: &str) -> Result<(), HostNetError> {
+        self.links.lock().unwrap().retain(|(l, _, _)| l != link);
+        Ok(())
+    }
+}
+
+/// An environment `demo` of VMs `web` and `db` on network `net`, with one
+/// snapshot `snap` taken through `envclone snapshot`'s own code.
+struct Harness {
+    _dir: tempfile::TempDir,
+    config: Config,
+    catalog: Catalog,
+    hv: FakeHypervisor,
+    files: FakeFiles,
+    net: FakeNet,
+    events: Mutex<Vec<Event>>,
+    snapshot: String,
+}
+
+impl Harness {
+    fn new(hv: FakeHypervisor) -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        let mut controller = Controller::new("/k", "/h");
+        controller.state_dir = dir.path().join("state");
+        controller.min_free_space = HumanSize::from_bytes(1);
+        let vms = ["web", "db"]
+            .map(|name| (name.to_owned(), Vm { domain: name.to_owned(), agent: AgentEndpoint::new("192.168.50.9") }))
+            .into();
+        let env = Environment { vms, networks: vec!["net".into()], ..Default::default() };
+        let config = Config {
+            controller,
+            environments: BTreeMap::from([("demo".to_owned(), env)]),
+            schedules: BTreeMap::new(),
+            standbys: BTreeMap::new(),
+            lab: None,
+        };
+        let catalog = Catalog::open(&config.controller.state_dir).unwrap();
+        let mut harness = Harness {
+            _dir: dir,
+            config,
+            catalog,
+            hv,
+            files: FakeFiles::default(),
+            net: FakeNet::default(),
+            events: Mutex::new(Vec::new()),
+            snapshot: String::new(),
+        };
+        let request = SnapshotRequest { env: "demo".into(), label: None, memory: false, quiesce: None, schedule: None };
+        harness.snapshot =
+            harness.with_context(|ctx| crate::ops::snapshot::take(ctx, &request, &FakeQuiescer)).unwrap().name;
+        harness.hv.clear_calls();
+        harness
+    }
+
+    fn env() -> Self {
+        Harness::new(FakeHypervisor::running_env("net", &["web", "db"]))
+    }
+
+    fn with_context<T>(&self, f: impl FnOnce(&OpContext<'_>) -> T) -> T {
+        let events = &self.events;
+        let progress = |event: &Event| events.lock().unwrap().push(event.clone());
+        let clock = FixedClock(at(30));
+        let ctx = OpContext {
+            config: &self.config,
+            hv: &self.hv,
+            catalog: &self.catalog,
+            progress: &progress,
+            clock: &clock,
+        };
+        f(&ctx)
+    }
+
+    fn clone(&self, name: &str, start: StartMode) -> Result<CloneReport, CloneError> {
+        self.clone_with(name, start, DiskMode::Linked)
+    }
+
+    fn clone_with(&self, name: &str, start: StartMode, disks: DiskMode) -> Result<CloneReport, CloneError> {
+        let request = CloneRequest {
+            source: "demo".into(),
+            name: name.into(),
+            from: Some(self.snapshot.clone()),
+            disks,
+            start,
+            network: NetworkMode::Isolated,
+        };
+        let agents = |_: &Environment| -> Box<dyn GuestAgents> { Box::new(ReadyAgents) };
+        let tools =
+            Tools { quiescer: &FakeQuiescer, agents: &agents, files: &self.files, copier: &self.files, net: &self.net };
+        self.with_context(|ctx| super::clone(ctx, &request, tools))
+    }
+
+    fn destroy(&self, name: &str) -> Result<crate::ops::destroy::DestroyReport, CloneError> {
+        self.with_context(|ctx| crate::ops::destroy::destroy(ctx, name, &self.files, &self.net))
+    }
+
+    /// Nothing of clone `name` is left: domains, networks, namespaces,
+    /// links, overlays, catalog records and pins.
+    fn assert_nothing_left_of(&self, name: &str) {
+        let prefix = format!("{name}-");
+        assert!(!self.hv.domain_names().unwrap().iter().any(|d| d.starts_with(&prefix)));
+        assert!(!self.hv.network_names().unwrap().iter().any(|n| n.starts_with(&prefix)));
+        assert!(self.net.netns.lock().unwrap().is_empty());
+        assert!(self.net.links.lock().unwrap().is_empty());
+        assert!(self.files.created.lock().unwrap().is_empty());
+        assert_eq!(self.catalog.clone_named(name).unwrap(), None);
+        assert!(self.catalog.images_needed_by(&Dependent::clone_named(name)).unwrap().is_empty());
+    }
+}
+
+#[test]
+fn phase_transitions_per_phase() {
+    use Phase::*;
+    let allowed: &[(Phase, &[Phase])] = &[
+        (Lock, &[Resolve, Failed]),
+        (Resolve, &[Overlays, Failed]),
+        (Overlays, &[Networks, Failed]),
+        (Networks, &[Gateway, Failed]),
+        (Gateway, &[Domains, Failed]),
+        (Domains, &[Start, Failed]),
+        (Start, &[Record, Failed]),
+        (Record, &[Done, Failed]),
+        (Done, &[]),
+        (Failed, &[]),
+    ];
+    assert_eq!(allowed.len(), Phase::ALL.len());
+    for (from, targets) in allowed {
+        for to in Phase::ALL {
+            assert_eq!(from.valid_transition(to), targets.contains(&to), "{} -> {}", from.as_str(), to.as_str());
+        }
+    }
+}
+
+#[test]
+fn clone_defines_new_domains_on_isolated_copies_and_pins_the_snapshot() {
+    let h = Harness::env();
+
+    let report = h.clone("c1", StartMode::Boot).unwrap();
+
+    let network = h.hv.peek_network("c1-net").expect("the isolated copy");
+    assert!(network.active);
+    assert_eq!((network.def.ip(), network.def.forward_mode()), (None, None));
+    assert_eq!(network.def.bridge(), Some(names::bridge("c1", "net")));
+    let links = h.net.links.lock().unwrap().clone();
+    assert_eq!(links, [(names::veth_pair("c1", "net").0, names::bridge("c1", "net"), "192.168.50.1/24".to_owned())]);
+    assert_eq!(*h.net.netns.lock().unwrap(), ["envclone-c-c1"]);
+    let dependent = Dependent::clone_named("c1");
+    let pinned = h.catalog.images_needed_by(&dependent).unwrap();
+    assert_eq!(pinned.len(), 2);
+    for vm in ["web", "db"] {
+        let source = h.hv.peek_domain(vm).unwrap();
+        let clone = h.hv.peek_domain(&format!("c1-{vm}")).expect("the clone's domain");
+        assert_eq!(clone.state, crate::hypervisor::DomainState::Running);
+        assert_ne!(clone.def.uuid(), source.def.uuid());
+        let iface = &clone.def.interfaces()[0];
+        assert_eq!(iface.network.as_deref(), Some("c1-net"));
+        assert_ne!(iface.mac, source.def.interfaces()[0].mac);
+        let disk = clone.def.disks().remove(0).source.unwrap();
+        assert_eq!(disk, h.config.controller.state_dir.join(format!("images/c1/{vm}/c1.vda.qcow2")));
+        let backing = h.files.created.lock().unwrap()[&disk].clone();
+        assert!(pinned.iter().any(|image| image.path == backing && image.vm == vm));
+        // The source is untouched.
+        assert_eq!(source.state, crate::hypervisor::DomainState::Running);
+    }
+    let env = resolve_environment(&h.config, &h.catalog, "c1").unwrap();
+    assert_eq!(env.vms["web"].domain, "c1-web");
+    assert_eq!(env.vms["web"].agent.netns.as_deref(), Some("envclone-c-c1"));
+    assert_eq!(env.vms["web"].agent.address, "192.168.50.9");
+    assert_eq!(report.vms.len(), 2);
+    let op = h.catalog.operations_in(OperationState::Completed).unwrap();
+    assert!(op.iter().any(|o| o.env == "c1"), "{op:?}");
+}
+
+#[test]
+fn clone_rolls_back_everything_when_a_domain_fails_to_start() {
+    let h = Harness::new(FakeHypervisor::running_env("net", &["web", "db"]).fail_at(FakeStep::StartDomain));
+
+    let error = h.clone("c1", StartMode::Boot).unwrap_err();
+
+    assert!(matches!(error, CloneError::Start { .. }), "{error:?}");
+    h.assert_nothing_left_of("c1");
+    let rolled_back = h.catalog.operations_in(OperationState::RolledBack).unwrap();
+    let op = rolled_back.iter().find(|o| o.env == "c1").expect("the clone's operation, rolled back");
+    let steps = h.catalog.steps(op.id).unwrap();
+    assert!(steps.iter().any(|s| s.state == StepState::Undone), "{steps:?}");
+}
+
+#[test]
+fn destroy_removes_what_the_clone_made_and_is_idempotent() {
+    let h = Harness::env();
+    h.clone("c1", StartMode::Off).unwrap();
+
+    let report = h.destroy("c1").unwrap();
+
+    assert!(report.existed);
+    h.assert_nothing_left_of("c1");
+    for vm in ["web", "db"] {
+        assert!(h.hv.peek_domain(vm).is_some(), "the source's {vm} stays");
+    }
+    assert!(h.hv.peek_network("net").is_some());
+    assert!(!h.destroy("c1").unwrap().existed);
+}
+
+#[test]
+fn destroy_refuses_an_environment_that_is_not_a_clone() {
+    let h = Harness::env();
+
+    let error = h.destroy("demo").unwrap_err();
+
+    assert!(matches!(error, CloneError::NotAClone { .. }), "{error:?}");
+    assert!(h.hv.peek_domain("web").is_some());
+}
+
+#[test]
+fn clone_refuses_a_taken_name_and_unsupported_modes() {
+    let h = Harness::env();
+    h.clone("c1", StartMode::Off).unwrap();
+
+    assert!(matches!(h.clone("c1", StartMode::Off), Err(CloneError::BadName { .. })));
+    assert!(matches!(h.clone("demo", StartMode::Off), Err(CloneError::BadName { .. })));
+    assert!(matches!(h.clone("c2", StartMode::Resume), Err(CloneError::NoMemoryImage { vm: None, .. })));
+    assert!(h.hv.peek_domain("c2-web").is_none());
+}
+
+#[test]
+fn a_full_clone_needs_nothing_of_the_source() {
+    let h = Harness::env();
+
+    h.clone_with("c1", StartMode::Off, DiskMode::Full).unwrap();
+
+    assert!(h.catalog.images_needed_by(&Dependent::clone_named("c1")).unwrap().is_empty());
+    let disk = h.hv.peek_domain("c1-web").unwrap().def.disks().remove(0).source.unwrap();
+    let image = h.catalog.image_by_path(&disk).unwrap().expect("the copy is recorded");
+    assert_eq!((image.kind, image.backing), (ImageKind::FullCopy, None));
+    assert_eq!(h.files.created.lock().unwrap()[&disk], PathBuf::new());
+    h.destroy("c1").unwrap();
+    h.assert_nothing_left_of("c1");
+}

@@ -1,0 +1,125 @@
+//! Removing what a clone made, one thing at a time, each idempotent (gone
+//! already is done): the undo of each clone step, and `envclone destroy`.
+
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+use super::host_net::HostNet;
+use crate::catalog::{Catalog, Dependent, UndoAction};
+use crate::commands::error_chain;
+use crate::hypervisor::{HvError, Hypervisor};
+use crate::ops::restore::ImageFiles;
+
+pub const UNDO_REMOVE_NETWORK: &str = "clone-remove-network";
+pub const UNDO_REMOVE_NETNS: &str = "clone-remove-netns";
+pub const UNDO_REMOVE_LINK: &str = "clone-remove-link";
+pub const UNDO_FORGET_CLONE: &str = "clone-forget";
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LinkRef {
+    pub netns: Option<String>,
+    pub link: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ForgetClone {
+    pub clone: String,
+    pub overlays: Vec<PathBuf>,
+}
+
+/// Undoes one step of a clone.
+pub fn undo_action(
+    hv: &dyn Hypervisor,
+    catalog: &Catalog,
+    files: &dyn ImageFiles,
+    net: &dyn HostNet,
+    action: &UndoAction,
+) -> Result<(), String> {
+    let data = |kind: &str, data: &serde_json::Value, key: &str| {
+        data[key].as_str().map(str::to_owned).ok_or_else(|| format!("bad {kind} data {data}: no {key}"))
+    };
+    match action {
+        UndoAction::Nothing => Ok(()),
+        UndoAction::DeleteFile { path } => remove_file(files, path),
+        UndoAction::UndefineDomain { name } => remove_domain(hv, name),
+        UndoAction::Custom { kind, data: value } => match kind.as_str() {
+            UNDO_REMOVE_NETWORK => remove_network(hv, &data(kind, value, "network")?),
+            UNDO_REMOVE_NETNS => {
+                let netns = data(kind, value, "netns")?;
+                net.delete_netns(&netns).map_err(|e| format!("cannot delete namespace {netns}: {}", error_chain(&e)))
+            }
+            UNDO_REMOVE_LINK => {
+                let link: LinkRef =
+                    serde_json::from_value(value.clone()).map_err(|e| format!("bad {kind} data {value}: {e}"))?;
+                net.delete_link(link.netns.as_deref(), &link.link)
+                    .map_err(|e| format!("cannot delete link {}: {}", link.link, error_chain(&e)))
+            }
+            UNDO_FORGET_CLONE => {
+                let forget: ForgetClone =
+                    serde_json::from_value(value.clone()).map_err(|e| format!("bad {kind} data {value}: {e}"))?;
+                forget_clone(catalog, &forget.clone, &forget.overlays)
+            }
+            other => Err(format!("no undo for a {other:?} step in a clone")),
+        },
+        other => Err(format!("no undo for {other:?} in a clone")),
+    }
+}
+
+pub fn remove_file(files: &dyn ImageFiles, path: &Path) -> Result<(), String> {
+    files.remove(path).map_err(|e| format!("cannot remove {}: {e}", path.display()))
+}
+
+/// Stops (if it runs) and undefines a domain.
+pub fn remove_domain(hv: &dyn Hypervisor, name: &str) -> Result<(), String> {
+    let fail = |what: &str, e: HvError| format!("cannot {what} domain {name}: {}", error_chain(&e));
+    match hv.domain(name) {
+        Err(HvError::NoSuchDomain { .. }) => return Ok(()),
+        Err(e) => return Err(fail("inspect", e)),
+        Ok(domain) if domain.state.is_active() => match hv.destroy_domain(name) {
+            Ok(()) | Err(HvError::NoSuchDomain { .. }) => {}
+            Err(e) => return Err(fail("stop", e)),
+        },
+        Ok(_) => {}
+    }
+    match hv.undefine_domain(name) {
+        Ok(()) | Err(HvError::NoSuchDomain { .. }) => Ok(()),
+        Err(e) => Err(fail("undefine", e)),
+    }
+}
+
+/// Stops (if active) and undefines a network.
+pub fn remove_network(hv: &dyn Hypervisor, name: &str) -> Result<(), String> {
+    let fail = |what: &str, e: HvError| format!("cannot {what} network {name}: {}", error_chain(&e));
+    match hv.network(name) {
+        Err(HvError::NoSuchNetwork { .. }) => return Ok(()),
+        Err(e) => return Err(fail("inspect", e)),
+        Ok(network) if network.active => match hv.destroy_network(name) {
+            Ok(()) | Err(HvError::NoSuchNetwork { .. }) => {}
+            Err(e) => return Err(fail("stop", e)),
+        },
+        Ok(_) => {}
+    }
+    match hv.undefine_network(name) {
+        Ok(()) | Err(HvError::NoSuchNetwork { .. }) => Ok(()),
+        Err(e) => Err(fail("undefine", e)),
+    }
+}
+
+/// Forgets the clone in the catalog: its pins, its overlays' records (each
+/// checked by [`Catalog::remove_image`]: refused if anything else needs
+/// it) and its row.
+pub fn forget_clone(catalog: &Catalog, clone: &str, overlays: &[PathBuf]) -> Result<(), String> {
+    let fail = |e: crate::catalog::CatalogError| format!("catalog: {}", error_chain(&e));
+    let dependent = Dependent::clone_named(clone);
+    for image in catalog.images_needed_by(&dependent).map_err(fail)? {
+        catalog.unpin(image.id, &dependent).map_err(fail)?;
+    }
+    for path in overlays {
+        if let Some(image) = catalog.image_by_path(path).map_err(fail)? {
+            catalog.remove_image(image.id).map_err(fail)?;
+        }
+    }
+    catalog.remove_clone(clone).map_err(fail)?;
+    Ok(())
+}

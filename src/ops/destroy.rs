@@ -1,0 +1,152 @@
+//! `envclone destroy NEW`: removes a clone and exactly what it made, as its
+//! catalog record lists it: its domains (stopped first), its networks, its
+//! gateway namespace (and with it the veths), its own images, then its
+//! record and its pins on the source's images. Nothing else: an
+//! environment that is not a clone is refused, an image is deleted only if
+//! [`Catalog::remove_image`] agrees that nothing else needs it, and the
+//! source's images are never touched. Destroying a clone that is gone is
+//! a no-op.
+//!
+//! Every step is journaled (operation kind `delete-clone`) and idempotent,
+//! so running `destroy` again finishes whatever an earlier run left.
+//!
+//! [`Catalog::remove_image`]: crate::catalog::Catalog::remove_image
+
+use std::path::PathBuf;
+use std::time::Instant;
+
+use serde::Serialize;
+
+use super::clone::{self, undo, CloneError, HostNet, Journal};
+use super::context::OpContext;
+use super::restore::ImageFiles;
+use super::EnvLock;
+use crate::catalog::{CloneRecord, OperationKind, UndoAction};
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct DestroyReport {
+    pub name: String,
+    /// False when there was no such clone (nothing done).
+    pub existed: bool,
+    pub source: Option<String>,
+    pub domains: Vec<String>,
+    pub networks: Vec<String>,
+    pub gateway_netns: Option<String>,
+    /// The clone's own images, deleted.
+    pub deleted: Vec<PathBuf>,
+    pub duration_ms: u64,
+}
+
+/// Destroys the clone `name`; see the module documentation.
+pub fn destroy(
+    ctx: &OpContext<'_>,
+    name: &str,
+    files: &dyn ImageFiles,
+    net: &dyn HostNet,
+) -> Result<DestroyReport, CloneError> {
+    let started = Instant::now();
+    if ctx.config.environments.contains_key(name) {
+        return Err(CloneError::NotAClone { name: name.to_owned() });
+    }
+    let _lock = EnvLock::acquire(&ctx.config.controller.state_dir, name, "destroy")?;
+    let Some(record) = ctx.catalog.clone_named(name)? else {
+        return Ok(DestroyReport {
+            name: name.to_owned(),
+            existed: false,
+            source: None,
+            domains: Vec::new(),
+            networks: Vec::new(),
+            gateway_netns: None,
+            deleted: Vec::new(),
+            duration_ms: 0,
+        });
+    };
+    let mut journal = Journal::begin(ctx.catalog, OperationKind::DeleteClone, name, ctx.clock.now())?;
+    match remove_all(ctx, &record, files, net, &mut journal) {
+        Ok(()) => {
+            journal.complete()?;
+        }
+        Err(error) => {
+            // Nothing to undo (removals are not put back); the journal says
+            // where it stopped, and `destroy` again finishes.
+            let cause = crate::commands::error_chain(&error);
+            journal.roll_back(&cause, |_| Ok(()));
+            return Err(error);
+        }
+    }
+    Ok(DestroyReport {
+        name: name.to_owned(),
+        existed: true,
+        source: Some(record.source_env.clone()),
+        domains: record.resources.domains.clone(),
+        networks: record.resources.networks.iter().map(|n| n.name.clone()).collect(),
+        gateway_netns: record.resources.gateway_netns.clone(),
+        deleted: record.resources.disks.iter().map(|d| d.path.clone()).collect(),
+        duration_ms: u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX),
+    })
+}
+
+fn remove_all(
+    ctx: &OpContext<'_>,
+    record: &CloneRecord,
+    files: &dyn ImageFiles,
+    net: &dyn HostNet,
+    journal: &mut Journal<'_>,
+) -> Result<(), CloneError> {
+    let name = &record.name;
+    let resources = &record.resources;
+    let mut step = |what: String, action: &dyn Fn() -> Result<(), String>| -> Result<(), CloneError> {
+        let id = journal.record(&what, UndoAction::Nothing)?;
+        let timer = ctx.begin(&what);
+        match action() {
+            Ok(()) => {
+                timer.done();
+                journal.done(id)?;
+                Ok(())
+            }
+            Err(detail) => {
+                timer.failed();
+                journal.failed(id, &detail)?;
+                Err(CloneError::Remove { clone: name.clone(), what, detail })
+            }
+        }
+    };
+    for domain in &resources.domains {
+        step(format!("remove domain {domain}"), &|| undo::remove_domain(ctx.hv, domain))?;
+    }
+    if let Some(netns) = &resources.gateway_netns {
+        step(format!("remove the gateway namespace {netns}"), &|| {
+            for network in &resources.networks {
+                if let Some(veth) = &network.veth {
+                    net.delete_link(ctx.config.controller.libvirt_netns.as_deref(), veth)
+                        .map_err(|e| format!("cannot delete link {veth}: {}", crate::commands::error_chain(&e)))?;
+                }
+            }
+            net.delete_netns(netns).map_err(|e| crate::commands::error_chain(&e))
+        })?;
+    }
+    for network in &resources.networks {
+        step(format!("remove network {}", network.name), &|| undo::remove_network(ctx.hv, &network.name))?;
+    }
+    // The record first (with the checks, in the catalog), then the files:
+    // a crash in between leaves orphan files, never records of files gone.
+    let overlays: Vec<PathBuf> = resources.disks.iter().map(|d| d.path.clone()).collect();
+    step(format!("forget clone {name} and unpin the source's images"), &|| {
+        undo::forget_clone(ctx.catalog, name, &overlays)
+    })?;
+    for disk in &resources.disks {
+        step(format!("delete {}", disk.path.display()), &|| undo::remove_file(files, &disk.path))?;
+    }
+    for domain_dir in resources.disks.iter().filter_map(|d| d.path.parent()) {
+        for entry in std::fs::read_dir(domain_dir).into_iter().flatten().flatten() {
+            // The NVRAM copies, console logs and memory image copies the clone made.
+            let file = entry.file_name().to_string_lossy().into_owned();
+            if [".nvram.fd", ".console.log", ".mem"].iter().any(|suffix| file == format!("{name}{suffix}")) {
+                let path = entry.path();
+                step(format!("delete {}", path.display()), &|| undo::remove_file(files, &path))?;
+            }
+        }
+    }
+    clone::remove_empty_dirs(&resources.storage);
+    Ok(())
+}
