@@ -23,7 +23,7 @@ fn main() -> std::process::ExitCode {
 fn report_error(error: &envclone::Error, code: ExitCode, json: bool) {
     let chain = envclone::commands::error_chain(error);
     let hint = error.hint();
-    if json {
+    if json && !envclone::commands::report_printed() {
         let value = serde_json::json!({
             "error": { "message": chain, "hint": hint, "exit_code": code.code() }
         });

@@ -56,6 +56,15 @@ pub fn load_config(global: &crate::cli::GlobalArgs) -> Result<Config> {
     Ok(config)
 }
 
+/// Set once a command has printed its report: an error after it (a check
+/// that found problems, a recover with failed undos) then goes to stderr
+/// only, so `--json` stdout stays one JSON document.
+static REPORTED: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+pub fn report_printed() -> bool {
+    REPORTED.load(std::sync::atomic::Ordering::Relaxed)
+}
+
 /// Prints a report as JSON (`--json`) or as text for people.
 #[derive(Debug, Clone, Copy)]
 pub struct Output {
@@ -64,6 +73,7 @@ pub struct Output {
 
 impl Output {
     pub fn report<T: Serialize>(&self, value: &T, human: impl FnOnce(&T) -> String) {
+        REPORTED.store(true, std::sync::atomic::Ordering::Relaxed);
         if self.json {
             match serde_json::to_string_pretty(value) {
                 Ok(text) => println!("{text}"),

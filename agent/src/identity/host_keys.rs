@@ -179,7 +179,9 @@ pub fn regenerate_openssh(dir: &Path) -> Result<Vec<HostKey>, IdentityError> {
     })();
     if result.is_err() {
         for (original, target) in moved.iter().rev() {
-            let _ = fs::rename(target, original);
+            // A key that cannot go back stays in `aside`, which is then kept:
+            // deleting it would leave the guest without any host key.
+            fs::rename(target, original).map_err(write_err(original))?;
         }
     }
     // Old private keys must not linger; a failure here is reported.

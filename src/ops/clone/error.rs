@@ -134,12 +134,8 @@ pub enum CloneError {
     #[error("a worker thread panicked")]
     Panicked,
     /// The operation failed and its rollback left something behind.
-    #[error("{cause}; the rollback left: {}", failures.join("; "))]
-    CleanupFailed {
-        #[source]
-        cause: Box<CloneError>,
-        failures: Vec<String>,
-    },
+    #[error("{}; the rollback left: {}", crate::commands::error_chain(cause.as_ref()), failures.join("; "))]
+    CleanupFailed { cause: Box<CloneError>, failures: Vec<String> },
 }
 
 fn unknown_snapshot(env: &str, name: &str, state: Option<SnapshotState>) -> String {

@@ -607,6 +607,26 @@ fn undefine_domain_stops_and_removes_the_domain_the_step_defined() {
 }
 
 #[test]
+fn an_interrupted_clone_is_rolled_back_through_the_clone_handlers() {
+    use crate::hypervisor::{NetworkDef, NetworkSpec};
+    use crate::ops::clone::undo::UNDO_REMOVE_NETWORK;
+    let h = Harness::new();
+    let hv: &dyn crate::hypervisor::Hypervisor = &h.hv;
+    let spec = NetworkSpec { name: "c1-net".into(), bridge: "ecc1".into(), ip: None };
+    hv.define_network(&NetworkDef::isolated(&spec)).unwrap();
+    hv.start_network("c1-net").unwrap();
+    let op = h.dead_operation(OperationKind::Clone);
+    let undo =
+        UndoAction::Custom { kind: UNDO_REMOVE_NETWORK.into(), data: serde_json::json!({ "network": "c1-net" }) };
+    h.step(op, "copy network net as c1-net", undo, true);
+
+    let report = h.recover_all(&FakeAgents::healthy());
+
+    assert_eq!(report.environments[0].operations[0].outcome, Outcome::RolledBack);
+    assert!(h.hv.peek_network("c1-net").is_none());
+}
+
+#[test]
 fn undo_plan_descriptions_name_what_they_touch() {
     assert_eq!(describe(&UndoAction::ThawAgent { vm: "db".into() }), "thaw VM 'db' (envclone-agent thaw)");
     assert_eq!(

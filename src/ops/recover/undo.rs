@@ -40,6 +40,7 @@ use std::path::{Path, PathBuf};
 use crate::catalog::{CatalogError, ImageFormat, SnapshotId, SnapshotState, UndoAction};
 use crate::commands::error_chain;
 use crate::hypervisor::{DomainState, HvError, Hypervisor};
+use crate::ops::clone::undo::{UNDO_FORGET_CLONE, UNDO_REMOVE_LINK, UNDO_REMOVE_NETNS, UNDO_REMOVE_NETWORK};
 use crate::ops::context::OpContext;
 use crate::ops::delete::UNDO_ABORT_BLOCK_JOB;
 use crate::ops::restore::{UNDO_REDEFINE_DISKS, UNDO_START_DOMAIN, UNDO_STOP_DOMAIN};
@@ -49,8 +50,17 @@ use super::agents::Agents;
 
 /// The custom undo kinds this build executes. A kind added by another
 /// operation gets its handler in [`Undoer::custom`] and its name here.
-pub const KNOWN_CUSTOM_KINDS: &[&str] =
-    &[UNDO_FAIL_SNAPSHOT_NAMED, UNDO_START_DOMAIN, UNDO_STOP_DOMAIN, UNDO_REDEFINE_DISKS, UNDO_ABORT_BLOCK_JOB];
+pub const KNOWN_CUSTOM_KINDS: &[&str] = &[
+    UNDO_FAIL_SNAPSHOT_NAMED,
+    UNDO_START_DOMAIN,
+    UNDO_STOP_DOMAIN,
+    UNDO_REDEFINE_DISKS,
+    UNDO_ABORT_BLOCK_JOB,
+    UNDO_REMOVE_NETWORK,
+    UNDO_REMOVE_NETNS,
+    UNDO_REMOVE_LINK,
+    UNDO_FORGET_CLONE,
+];
 
 /// The custom kind of `action` if this build does not know it.
 pub fn unknown_kind(action: &UndoAction) -> Option<&str> {
@@ -91,6 +101,18 @@ pub fn describe(action: &UndoAction) -> String {
             data["domain"].as_str().unwrap_or("?"),
             data["disk"].as_str().unwrap_or("?")
         ),
+        UndoAction::Custom { kind, data } if kind == UNDO_REMOVE_NETWORK => {
+            format!("remove the clone's network {}", data["network"].as_str().unwrap_or("?"))
+        }
+        UndoAction::Custom { kind, data } if kind == UNDO_REMOVE_NETNS => {
+            format!("remove the clone's gateway namespace {}", data["netns"].as_str().unwrap_or("?"))
+        }
+        UndoAction::Custom { kind, data } if kind == UNDO_REMOVE_LINK => {
+            format!("remove the clone's gateway link {}", data["link"].as_str().unwrap_or("?"))
+        }
+        UndoAction::Custom { kind, data } if kind == UNDO_FORGET_CLONE => {
+            format!("forget clone {} and its overlays", data["clone"].as_str().unwrap_or("?"))
+        }
         UndoAction::Custom { kind, .. } => format!("'{kind}' (unknown to this envclone)"),
     }
 }
@@ -224,6 +246,11 @@ impl Undoer<'_, '_> {
             }
             UNDO_ABORT_BLOCK_JOB => {
                 crate::ops::delete::undo(self.ctx.hv, &action())?;
+                Ok(Undone::Done(describe(&action())))
+            }
+            UNDO_REMOVE_NETWORK | UNDO_REMOVE_NETNS | UNDO_REMOVE_LINK | UNDO_FORGET_CLONE => {
+                let (files, net) = (crate::ops::restore::QemuImg, crate::ops::clone::IpCommand);
+                crate::ops::clone::undo::undo_action(self.ctx.hv, self.ctx.catalog, &files, &net, &action())?;
                 Ok(Undone::Done(describe(&action())))
             }
             UNDO_FAIL_SNAPSHOT_NAMED => {

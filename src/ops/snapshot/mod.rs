@@ -407,7 +407,12 @@ impl<'r, 'c> Run<'r, 'c> {
                     })
                 })
                 .collect();
-            handles.into_iter().filter_map(|handle| handle.join().ok()).collect()
+            // A panic here is a bug: carried on, never a VM silently dropped
+            // from the snapshot's consistency record. No guest is frozen yet.
+            handles
+                .into_iter()
+                .map(|handle| handle.join().unwrap_or_else(|panic| std::panic::resume_unwind(panic)))
+                .collect()
         });
         for (vm, result) in results {
             match result {
