@@ -64,7 +64,7 @@ pub enum Command {
     Prune(PruneArgs),
     /// Put an environment back, in place, to a snapshot (the state it replaces is kept as an undo snapshot).
     Restore(RestoreArgs),
-    /// Finish or roll back interrupted operations (snapshot, restore, delete), then check the environment.
+    /// Finish or roll back interrupted operations (snapshot, restore, delete, clone), then check the environment.
     Recover(RecoverArgs),
     /// Clone an environment from a snapshot (a fresh one without --from) into a new, isolated environment.
     Clone(CloneArgs),

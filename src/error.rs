@@ -208,3 +208,16 @@ impl Error {
         }
     }
 }
+
+/// "outer: inner: innermost": the one place an error chain is flattened
+/// into a line (messages, JSON reports, journal entries).
+pub fn chain(error: &dyn std::error::Error) -> String {
+    let mut text = error.to_string();
+    let mut source = error.source();
+    while let Some(inner) = source {
+        text.push_str(": ");
+        text.push_str(&inner.to_string());
+        source = inner.source();
+    }
+    text
+}

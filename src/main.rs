@@ -21,7 +21,7 @@ fn main() -> std::process::ExitCode {
 }
 
 fn report_error(error: &envclone::Error, code: ExitCode, json: bool) {
-    let chain = envclone::commands::error_chain(error);
+    let chain = envclone::error::chain(error);
     let hint = error.hint();
     if json && !envclone::commands::report_printed() {
         let value = serde_json::json!({

@@ -37,7 +37,7 @@ impl LiveCheck {
     fn from_result(subject: String, result: Result<String>) -> LiveCheck {
         match result {
             Ok(detail) => LiveCheck { subject, ok: true, detail, hint: None },
-            Err(e) => LiveCheck { subject, ok: false, detail: error_chain(&e), hint: e.hint() },
+            Err(e) => LiveCheck { subject, ok: false, detail: crate::error::chain(&e), hint: e.hint() },
         }
     }
 }
@@ -130,18 +130,6 @@ fn human(report: &CheckReport) -> String {
         if let Some(hint) = &check.hint {
             text.push_str(&format!("     hint: {hint}\n"));
         }
-    }
-    text
-}
-
-/// "outer: inner: innermost", the one place an error chain is flattened.
-pub fn error_chain(error: &dyn std::error::Error) -> String {
-    let mut text = error.to_string();
-    let mut source = error.source();
-    while let Some(inner) = source {
-        text.push_str(": ");
-        text.push_str(&inner.to_string());
-        source = inner.source();
     }
     text
 }

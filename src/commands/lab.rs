@@ -41,9 +41,7 @@ fn up(args: &LabUpArgs, out: &Output) -> Result<ExitCode> {
         agent_binary: find_agent_binary(args.agent_bin.as_deref())?,
         boot_timeout: args.boot_timeout,
     };
-    if !out.json {
-        eprintln!("bringing up lab '{}' ({domain_type} guests)", lab.name());
-    }
+    out.progress(&format!("bringing up lab '{}' ({domain_type} guests)", lab.name()));
     let report = lab.up(&options, &|line| out.progress(line))?;
     out.report(&report, human_up);
     Ok(ExitCode::Ok)

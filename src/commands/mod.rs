@@ -19,14 +19,14 @@ mod status;
 
 use crate::cli::{Cli, Command};
 use crate::config::Config;
+pub use crate::error::chain as error_chain;
 use crate::exit::ExitCode;
 use crate::Result;
-pub use check::error_chain;
 use serde::Serialize;
 
 /// What a command printed and how the process should exit.
 pub fn run(cli: Cli) -> Result<std::process::ExitCode> {
-    let out = Output { json: cli.global.json };
+    let out = Output { json: cli.global.json, quiet: cli.global.quiet };
     match cli.command {
         Command::Check(args) => check::run(&cli.global, &args, &out).map(ExitCode::into),
         Command::Ssh(args) => ssh::run(&cli.global, &args),
@@ -69,6 +69,8 @@ pub fn report_printed() -> bool {
 #[derive(Debug, Clone, Copy)]
 pub struct Output {
     pub json: bool,
+    /// `-q`: only errors on stderr, so no progress either.
+    pub quiet: bool,
 }
 
 impl Output {
@@ -87,7 +89,7 @@ impl Output {
     /// A progress line on stderr; silent under --json so stdout stays one
     /// JSON document and stderr stays for errors.
     pub fn progress(&self, line: &str) {
-        if !self.json {
+        if !self.json && !self.quiet {
             eprintln!("  .. {line}");
         }
     }

@@ -93,7 +93,7 @@ pub fn begin(catalog: &Mutex<Catalog>, request: &RunRequest, owner: &Owner) -> R
                 ),
             };
             let mut report = report(request, skipped, RunState::SkippedOverlap, request.started_at);
-            report.error = Some(crate::commands::error_chain(&error));
+            report.error = Some(crate::error::chain(&error));
             Began::Skipped(Box::new(Executed { report, error: Some(error) }))
         }
     })
@@ -116,7 +116,7 @@ pub fn carry_out(
             let (tally, retention, retention_error) = match retention {
                 Ok(retention) => (retention.tally(), Some(retention), None),
                 Err(error) => {
-                    let text = crate::commands::error_chain(&error);
+                    let text = crate::error::chain(&error);
                     (RetentionTally { deleted: 0, deferred: 0, error: Some(text.clone()) }, None, Some(text))
                 }
             };
@@ -128,7 +128,7 @@ pub fn carry_out(
             (end, Executed { report, error: None })
         }
         Err(error) => {
-            let text = crate::commands::error_chain(&error);
+            let text = crate::error::chain(&error);
             let (end, state) = if error.is_busy() {
                 (RunEnd::SkippedOverlap { reason: text.clone() }, RunState::SkippedOverlap)
             } else {

@@ -152,11 +152,10 @@ async fn reload_config(scheduler: &mut Scheduler, reload: Reload) {
             tracing::info!("configuration reloaded: {} schedules", config.schedules.len());
             scheduler.set_schedules(config.schedules);
         }
-        Ok(Err(error)) => tracing::error!(
-            "configuration reload failed, the previous schedules stay: {}",
-            crate::commands::error_chain(&error)
-        ),
-        Err(error) => tracing::error!("configuration reload failed: {}", crate::commands::error_chain(&error)),
+        Ok(Err(error)) => {
+            tracing::error!("configuration reload failed, the previous schedules stay: {}", crate::error::chain(&error))
+        }
+        Err(error) => tracing::error!("configuration reload failed: {}", crate::error::chain(&error)),
     }
 }
 
@@ -253,7 +252,7 @@ pub fn run_forever(
             }
         };
         for error in &errors {
-            tracing::error!("{}", crate::commands::error_chain(error));
+            tracing::error!("{}", crate::error::chain(error));
         }
         match errors.into_iter().next() {
             Some(error) => Err(error),

@@ -95,9 +95,9 @@ pub fn apply(
             Ok(DeleteOutcome::Deferred { reason }) => {
                 result.deferred.push(DeferredDelete { snapshot: snapshot.name.clone(), reason })
             }
-            Err(error) => result
-                .failed
-                .push(FailedDelete { snapshot: snapshot.name.clone(), error: crate::commands::error_chain(&error) }),
+            Err(error) => {
+                result.failed.push(FailedDelete { snapshot: snapshot.name.clone(), error: crate::error::chain(&error) })
+            }
         }
     }
     Ok(result)

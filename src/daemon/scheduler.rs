@@ -195,7 +195,7 @@ impl Scheduler {
             Ok(planned) => planned,
             Err(error) => {
                 self.bookkeeping_error("plan the due runs", &error);
-                report.errors.push(crate::commands::error_chain(&error));
+                report.errors.push(crate::error::chain(&error));
                 return report;
             }
         };
@@ -264,7 +264,7 @@ impl Scheduler {
                     "schedule '{}': cannot record how run {} ended: {}",
                     done.schedule,
                     done.run,
-                    crate::commands::error_chain(&error)
+                    crate::error::chain(&error)
                 );
                 self.stats.errors += 1;
                 return;
@@ -342,7 +342,7 @@ impl Scheduler {
     }
 
     fn bookkeeping_error(&mut self, what: &str, error: &dyn std::error::Error) {
-        tracing::error!("cannot {what}: {}", crate::commands::error_chain(error));
+        tracing::error!("cannot {what}: {}", crate::error::chain(error));
         self.stats.errors += 1;
     }
 }
@@ -366,10 +366,8 @@ fn plan(
 ) -> Vec<Planned> {
     let mut planned = Vec::with_capacity(schedules.len());
     for (name, schedule) in schedules {
-        let error = |error: &dyn std::error::Error| Planned::Error {
-            name: name.clone(),
-            error: crate::commands::error_chain(error),
-        };
+        let error =
+            |error: &dyn std::error::Error| Planned::Error { name: name.clone(), error: crate::error::chain(error) };
         let waits_from = if schedule.cron.is_some() { first_seen.get(name).copied() } else { None };
         let last = match execute::lock(catalog).last_run(name) {
             Ok(last) => last.map(|run| run.started_at).or(waits_from),

@@ -3,7 +3,7 @@
 //! each of its schedules with the next and last run and the counters.
 //!
 //! The report types are `#[non_exhaustive]` and serialized field by field,
-//! so later issues add sections (standbys, clones) without breaking
+//! so later issues add sections (clones, standbys) without breaking
 //! readers of the JSON.
 
 use chrono::{DateTime, Utc};

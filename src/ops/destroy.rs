@@ -69,7 +69,7 @@ pub fn destroy(
         Err(error) => {
             // Nothing to undo (removals are not put back); the journal says
             // where it stopped, and `destroy` again finishes.
-            let cause = crate::commands::error_chain(&error);
+            let cause = crate::error::chain(&error);
             journal.roll_back(&cause, |_| Ok(()));
             return Err(error);
         }
@@ -119,10 +119,10 @@ fn remove_all(
             for network in &resources.networks {
                 if let Some(veth) = &network.veth {
                     net.delete_link(ctx.config.controller.libvirt_netns.as_deref(), veth)
-                        .map_err(|e| format!("cannot delete link {veth}: {}", crate::commands::error_chain(&e)))?;
+                        .map_err(|e| format!("cannot delete link {veth}: {}", crate::error::chain(&e)))?;
                 }
             }
-            net.delete_netns(netns).map_err(|e| crate::commands::error_chain(&e))
+            net.delete_netns(netns).map_err(|e| crate::error::chain(&e))
         })?;
     }
     for network in &resources.networks {

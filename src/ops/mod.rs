@@ -1,5 +1,5 @@
-//! Multi-step operations on whole environments (snapshot, restore, clone,
-//! failover...), one file per operation as they land.
+//! Multi-step operations on whole environments (snapshot, restore, delete,
+//! clone, destroy, recover), one folder or file per operation.
 //!
 //! Every operation owns its environment for its whole run through an
 //! [`EnvLock`]: a second caller is refused with a typed [`Busy`] (exit code

@@ -180,9 +180,7 @@ pub fn prune(
                     candidate.would_defer = preview.deferred;
                     candidate.would_remove = preview.would_remove;
                 }
-                Err(error) => {
-                    report.failed.push(Failed { snapshot: name, error: crate::commands::error_chain(&error) })
-                }
+                Err(error) => report.failed.push(Failed { snapshot: name, error: crate::error::chain(&error) }),
             }
             report.candidates.push(candidate);
             continue;
@@ -197,7 +195,7 @@ pub fn prune(
                 report.freed_bytes = report.freed_bytes.saturating_add(done.freed_bytes);
                 report.deletes.push(done);
             }
-            Err(error) => report.failed.push(Failed { snapshot: name, error: crate::commands::error_chain(&error) }),
+            Err(error) => report.failed.push(Failed { snapshot: name, error: crate::error::chain(&error) }),
         }
     }
     Ok(report)

@@ -134,7 +134,7 @@ pub enum CloneError {
     #[error("a worker thread panicked")]
     Panicked,
     /// The operation failed and its rollback left something behind.
-    #[error("{}; the rollback left: {}", crate::commands::error_chain(cause.as_ref()), failures.join("; "))]
+    #[error("{}; the rollback left: {}", crate::error::chain(cause.as_ref()), failures.join("; "))]
     CleanupFailed { cause: Box<CloneError>, failures: Vec<String> },
 }
 

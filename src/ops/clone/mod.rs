@@ -1,4 +1,4 @@
-//! `envclone clone ENV --name NEW [--from SNAP] --disks linked --start resume|boot|off --network isolated`:
+//! `envclone clone ENV --name NEW [--from SNAP] --disks linked|full --start resume|boot|off --network isolated`:
 //! a new environment NEW made from a snapshot of ENV, whose VMs run next to
 //! ENV's without touching them (ENV keeps running, never restarted).
 //!
@@ -393,7 +393,7 @@ impl<'r, 'c> Run<'r, 'c> {
             }
             Err(error) => {
                 timer.failed();
-                self.journal().failed(id, &crate::commands::error_chain(&error))?;
+                self.journal().failed(id, &crate::error::chain(&error))?;
                 Err(error)
             }
         }
@@ -518,8 +518,8 @@ impl<'r, 'c> Run<'r, 'c> {
                 // The definition QEMU's state was saved with: the clone's
                 // is made from it, so that the memory restores onto it.
                 let fail = |detail: String| CloneError::MemoryImage { vm: vm.clone(), path: image.clone(), detail };
-                let prefix = SavePrefix::read(&image).map_err(|e| fail(crate::commands::error_chain(&e)))?;
-                def = DomainDef::parse(&prefix.xml).map_err(|e| fail(crate::commands::error_chain(&e)))?;
+                let prefix = SavePrefix::read(&image).map_err(|e| fail(crate::error::chain(&e)))?;
+                def = DomainDef::parse(&prefix.xml).map_err(|e| fail(crate::error::chain(&e)))?;
                 let copy = self.storage.join(vm).join(format!("{}.mem", self.request.name));
                 Some((image, copy))
             } else {
@@ -865,7 +865,7 @@ impl<'r, 'c> Run<'r, 'c> {
         self.enter(Phase::Failed);
         let ctx = self.ctx;
         let tools = self.tools;
-        let cause = crate::commands::error_chain(&error);
+        let cause = crate::error::chain(&error);
         let failures = match self.journal.take() {
             Some(journal) => journal
                 .roll_back(&cause, |action| undo::undo_action(ctx.hv, ctx.catalog, tools.files, tools.net, action)),
@@ -885,7 +885,7 @@ impl<'r, 'c> Run<'r, 'c> {
 fn write_memory_copy(vm: &str, image: &Path, copy: &Path, def: &DomainDef) -> Result<(), CloneError> {
     use std::io::{Seek, SeekFrom, Write};
     let fail = |detail: String| CloneError::MemoryImage { vm: vm.to_owned(), path: copy.to_owned(), detail };
-    let prefix = SavePrefix::read(image).map_err(|e| fail(crate::commands::error_chain(&e)))?;
+    let prefix = SavePrefix::read(image).map_err(|e| fail(crate::error::chain(&e)))?;
     let rewritten = prefix.with_xml(&def.to_xml()).map_err(|e| fail(e.to_string()))?;
     let bytes = rewritten.encode().map_err(|e| fail(e.to_string()))?;
     let mut from = std::fs::File::open(image).map_err(|e| fail(format!("cannot open {}: {e}", image.display())))?;

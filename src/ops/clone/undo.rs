@@ -7,7 +7,7 @@ use serde::{Deserialize, Serialize};
 
 use super::host_net::HostNet;
 use crate::catalog::{Catalog, Dependent, UndoAction};
-use crate::commands::error_chain;
+use crate::error::chain as error_chain;
 use crate::hypervisor::{HvError, Hypervisor};
 use crate::ops::restore::ImageFiles;
 

@@ -84,7 +84,7 @@ pub enum DeleteError {
     Catalog(#[from] CatalogError),
     /// The delete failed after the snapshot was marked deleted, and undoing
     /// its last step failed too.
-    #[error("{}; AND cleaning up failed: {}", crate::commands::error_chain(cause.as_ref()), failures.join("; "))]
+    #[error("{}; AND cleaning up failed: {}", crate::error::chain(cause.as_ref()), failures.join("; "))]
     CleanupFailed { cause: Box<DeleteError>, failures: Vec<String> },
 }
 

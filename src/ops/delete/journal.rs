@@ -39,7 +39,7 @@ pub fn undo(hv: &dyn Hypervisor, action: &UndoAction) -> Result<(), String> {
             let (Some(domain), Some(disk)) = (data["domain"].as_str(), data["disk"].as_str()) else {
                 return Err(format!("{UNDO_ABORT_BLOCK_JOB} without a domain and a disk: {data}"));
             };
-            let chain = |e: &dyn std::error::Error| crate::commands::error_chain(e);
+            let chain = |e: &dyn std::error::Error| crate::error::chain(e);
             match hv.domain(domain) {
                 Ok(d) if d.state.is_active() => {}
                 // No QEMU, no job.

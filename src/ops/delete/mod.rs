@@ -303,7 +303,7 @@ pub fn delete_locked(
             Ok(report)
         }
         Err(error) => {
-            let cause = crate::commands::error_chain(&error);
+            let cause = crate::error::chain(&error);
             let failures = match run.journal.take() {
                 Some(journal) => journal.roll_back(ctx.hv, &cause),
                 None => Vec::new(),
@@ -352,7 +352,7 @@ impl<'c> Run<'_, 'c> {
             }
             Err(error) => {
                 timer.failed();
-                let text = crate::commands::error_chain(&error);
+                let text = crate::error::chain(&error);
                 self.journal.as_mut().expect("journal").failed(id, &text)?;
                 Err(error)
             }

@@ -1,5 +1,5 @@
 //! `envclone recover [ENV]`: finishes or rolls back what an interrupted
-//! operation (snapshot, restore, delete...) left half done, then checks
+//! operation (snapshot, restore, delete, clone) left half done, then checks
 //! the environment as it really is.
 //!
 //! For each environment (the one named, or every one the config or the
@@ -394,7 +394,7 @@ fn finish_deletes(
             }
             Err(error) => {
                 timer.failed();
-                let error = Some(crate::commands::error_chain(&error));
+                let error = Some(crate::error::chain(&error));
                 DeleteRerun { snapshot: name, outcome: RerunOutcome::Failed, report: None, error }
             }
         };

@@ -33,8 +33,8 @@ use chrono::{DateTime, Utc};
 use serde::Serialize;
 
 use crate::catalog::{Catalog, CatalogError, ImageFormat, ImageId, ImageKind, NewImage};
-use crate::commands::error_chain;
 use crate::config::{Environment, QuiescePolicy};
+use crate::error::chain as error_chain;
 use crate::hypervisor::{Disk, DomainState};
 use crate::ops::context::OpContext;
 

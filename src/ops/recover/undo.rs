@@ -38,7 +38,7 @@ use std::io;
 use std::path::{Path, PathBuf};
 
 use crate::catalog::{CatalogError, ImageFormat, SnapshotId, SnapshotState, UndoAction};
-use crate::commands::error_chain;
+use crate::error::chain as error_chain;
 use crate::hypervisor::{DomainState, HvError, Hypervisor};
 use crate::ops::clone::undo::{UNDO_FORGET_CLONE, UNDO_REMOVE_LINK, UNDO_REMOVE_NETNS, UNDO_REMOVE_NETWORK};
 use crate::ops::context::OpContext;

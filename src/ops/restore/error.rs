@@ -118,10 +118,10 @@ pub enum RestoreError {
     #[error("a worker thread of the restore panicked")]
     Panicked,
     /// Steps run in parallel failed for more than one VM.
-    #[error("{}; also: {}", crate::commands::error_chain(first.as_ref()), others.join("; "))]
+    #[error("{}; also: {}", crate::error::chain(first.as_ref()), others.join("; "))]
     Several { first: Box<RestoreError>, others: Vec<String> },
     /// The restore failed, and undoing what it did did not finish either.
-    #[error("{}; AND cleaning up failed: {}", crate::commands::error_chain(cause.as_ref()), failures.join("; "))]
+    #[error("{}; AND cleaning up failed: {}", crate::error::chain(cause.as_ref()), failures.join("; "))]
     CleanupFailed { cause: Box<RestoreError>, failures: Vec<String> },
 }
 

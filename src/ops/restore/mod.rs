@@ -274,7 +274,7 @@ impl<'r, 'c> Run<'r, 'c> {
             }
             Err(error) => {
                 timer.failed();
-                self.journal().failed(id, &crate::commands::error_chain(&error))?;
+                self.journal().failed(id, &crate::error::chain(&error))?;
                 Err(error)
             }
         }
@@ -288,7 +288,7 @@ impl<'r, 'c> Run<'r, 'c> {
             match result {
                 Ok(()) => self.journal().done(step)?,
                 Err(error) => {
-                    self.journal().failed(step, &crate::commands::error_chain(&error))?;
+                    self.journal().failed(step, &crate::error::chain(&error))?;
                     errors.push(error);
                 }
             }
@@ -443,7 +443,7 @@ impl<'r, 'c> Run<'r, 'c> {
                         frozen_at.insert(vm, at);
                     }
                     Err(error) => {
-                        let reason = format!("not frozen: {}", crate::commands::error_chain(&error));
+                        let reason = format!("not frozen: {}", crate::error::chain(&error));
                         ctx.note(format!("{vm}: the undo snapshot will be crash-consistent ({reason})"));
                         self.undo_consistency.insert(vm, (Consistency::CrashConsistent, Some(reason)));
                     }
@@ -709,7 +709,7 @@ impl<'r, 'c> Run<'r, 'c> {
         let step = match self.journal().record("discard the previous overlays", UndoAction::Nothing) {
             Ok(step) => step,
             Err(e) => {
-                let reason = format!("not deleted: the journal failed: {}", crate::commands::error_chain(&e));
+                let reason = format!("not deleted: the journal failed: {}", crate::error::chain(&e));
                 self.kept.extend(previous.into_iter().map(|path| KeptImage { path, reason: reason.clone() }));
                 return;
             }
@@ -724,7 +724,7 @@ impl<'r, 'c> Run<'r, 'c> {
                     continue;
                 }
                 Err(e) => {
-                    self.kept.push(KeptImage { path, reason: crate::commands::error_chain(&e) });
+                    self.kept.push(KeptImage { path, reason: crate::error::chain(&e) });
                     continue;
                 }
             };
@@ -744,7 +744,7 @@ impl<'r, 'c> Run<'r, 'c> {
                     let reasons: Vec<String> = refusal.reasons.iter().map(ToString::to_string).collect();
                     self.kept.push(KeptImage { path, reason: reasons.join("; ") });
                 }
-                Err(e) => self.kept.push(KeptImage { path, reason: crate::commands::error_chain(&e) }),
+                Err(e) => self.kept.push(KeptImage { path, reason: crate::error::chain(&e) }),
             }
         }
         timer.done();
@@ -806,13 +806,13 @@ impl<'r, 'c> Run<'r, 'c> {
                 if let Err(again) = retried {
                     failures.push(format!(
                         "VM '{vm}': THAW FAILED, still frozen: {} (and `envclone-agent thaw`: {})",
-                        crate::commands::error_chain(&e),
-                        crate::commands::error_chain(&again)
+                        crate::error::chain(&e),
+                        crate::error::chain(&again)
                     ));
                 }
             }
         }
-        let cause = crate::commands::error_chain(&error);
+        let cause = crate::error::chain(&error);
         if let Some(journal) = self.journal.take() {
             let tools = self.tools;
             failures.extend(journal.roll_back(&cause, |action| undo_action(ctx.hv, ctx.catalog, tools.files, action)));
@@ -856,7 +856,7 @@ fn combine(mut errors: Vec<RestoreError>) -> RestoreError {
     } else {
         RestoreError::Several {
             first: Box::new(first),
-            others: errors.iter().map(|e| crate::commands::error_chain(e)).collect(),
+            others: errors.iter().map(|e| crate::error::chain(e)).collect(),
         }
     }
 }

@@ -218,7 +218,7 @@ pub fn saved_definition(vm: &str, path: &Path) -> Result<DomainDef, RestoreError
         vm: vm.to_owned(),
         domain: String::new(),
         path: path.to_owned(),
-        detail: format!("its domain XML does not parse: {}", crate::commands::error_chain(&e)),
+        detail: format!("its domain XML does not parse: {}", crate::error::chain(&e)),
     })
 }
 

@@ -10,7 +10,7 @@
 use std::path::Path;
 
 use crate::catalog::{Catalog, SnapshotId, SnapshotState, UndoAction};
-use crate::commands::error_chain;
+use crate::error::chain as error_chain;
 use crate::hypervisor::Hypervisor;
 use crate::ops::snapshot::UNDO_FAIL_SNAPSHOT_NAMED;
 

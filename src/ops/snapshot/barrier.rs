@@ -327,7 +327,7 @@ fn handle_event(
         }
         WorkerEvent::FreezeFailed { vm, error } => {
             let entry = outcome.vms.entry(vm.clone()).or_default();
-            entry.freeze = Some(Err(crate::commands::error_chain(&error)));
+            entry.freeze = Some(Err(crate::error::chain(&error)));
             // After an abort, a late failure is only worth its reason.
             (settings.freeze_failure_aborts && freezing)
                 .then_some(SnapshotError::Freeze { vm, source: Box::new(error) })
@@ -342,7 +342,7 @@ fn handle_event(
                 }
                 Err(error) => {
                     window.thawed(&vm, at, None);
-                    entry.thaw = Some(Err(crate::commands::error_chain(&error)));
+                    entry.thaw = Some(Err(crate::error::chain(&error)));
                     Some(SnapshotError::Thaw { vm, source: Box::new(error) })
                 }
             }
@@ -353,9 +353,8 @@ fn handle_event(
 fn record_snapshot(outcome: &mut BarrierOutcome, done: SnapshotDone) -> Option<SnapshotError> {
     let entry = outcome.vms.entry(done.vm.clone()).or_default();
     let SnapshotDone { vm, domain, disks, memory } = done;
-    entry.disks = disks.as_ref().map(|result| result.as_ref().map(|_| ()).map_err(|e| crate::commands::error_chain(e)));
-    entry.memory_point =
-        memory.as_ref().map(|result| result.as_ref().map(|_| ()).map_err(|e| crate::commands::error_chain(e)));
+    entry.disks = disks.as_ref().map(|result| result.as_ref().map(|_| ()).map_err(|e| crate::error::chain(e)));
+    entry.memory_point = memory.as_ref().map(|result| result.as_ref().map(|_| ()).map_err(|e| crate::error::chain(e)));
     match (disks, memory) {
         (Some(Err(source)), memory) => {
             if let Some(Err(error)) = memory {

@@ -100,7 +100,7 @@ pub enum SnapshotError {
     #[error("catalog")]
     Catalog(#[from] CatalogError),
     /// The snapshot failed, and undoing what it did did not finish either.
-    #[error("{}; AND cleaning up failed: {}", crate::commands::error_chain(cause.as_ref()), failures.join("; "))]
+    #[error("{}; AND cleaning up failed: {}", crate::error::chain(cause.as_ref()), failures.join("; "))]
     CleanupFailed { cause: Box<SnapshotError>, failures: Vec<String> },
 }
 

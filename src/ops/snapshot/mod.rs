@@ -237,7 +237,7 @@ impl<'r, 'c> Run<'r, 'c> {
             }
             Err(error) => {
                 timer.failed();
-                let text = crate::commands::error_chain(&error);
+                let text = crate::error::chain(&error);
                 self.journal().failed(id, &text)?;
                 Err(error)
             }
@@ -423,7 +423,7 @@ impl<'r, 'c> Run<'r, 'c> {
                     return Err(SnapshotError::AgentNotReady { vm, source: Box::new(source) });
                 }
                 Err(source) => {
-                    let reason = format!("agent not ready: {}", crate::commands::error_chain(&source));
+                    let reason = format!("agent not ready: {}", crate::error::chain(&source));
                     self.ctx.note(format!("{vm}: crash-consistent ({reason})"));
                     self.fallbacks.insert(vm, reason);
                 }
@@ -566,7 +566,7 @@ impl<'r, 'c> Run<'r, 'c> {
         // Guests paused for a memory point run again; half-written memory images go.
         for (vm, capture) in std::mem::take(&mut self.captures) {
             for failure in capture.abort(hv) {
-                failures.push(format!("VM '{vm}': {}", crate::commands::error_chain(&failure)));
+                failures.push(format!("VM '{vm}': {}", crate::error::chain(&failure)));
             }
         }
         // Chains that changed are recorded whatever else failed.
@@ -578,7 +578,7 @@ impl<'r, 'c> Run<'r, 'c> {
                 }
             }
         }
-        let cause = crate::commands::error_chain(&error);
+        let cause = crate::error::chain(&error);
         let thawed: BTreeMap<String, bool> = self
             .barrier
             .as_ref()
@@ -616,7 +616,7 @@ impl<'r, 'c> Run<'r, 'c> {
                 }
                 self.quiescer
                     .recover(vm)
-                    .map_err(|e| format!("VM '{vm}': THAW FAILED, still frozen: {}", crate::commands::error_chain(&e)))
+                    .map_err(|e| format!("VM '{vm}': THAW FAILED, still frozen: {}", crate::error::chain(&e)))
             }
             UndoAction::ResumeDomain { domain } => resume_if_paused(ctx.hv, domain),
             UndoAction::FailSnapshot { snapshot } => record::fail_snapshot(ctx.catalog, *snapshot)
@@ -660,9 +660,9 @@ fn resume_if_paused(hv: &dyn Hypervisor, domain: &str) -> Result<(), String> {
     match hv.domain(domain) {
         Ok(d) if d.state == DomainState::Paused => crate::hypervisor::qmp(hv, domain, qapi::qmp::cont {})
             .map(|_| ())
-            .map_err(|e| format!("domain {domain} stays PAUSED: {}", crate::commands::error_chain(&e))),
+            .map_err(|e| format!("domain {domain} stays PAUSED: {}", crate::error::chain(&e))),
         Ok(_) => Ok(()),
-        Err(e) => Err(format!("cannot check whether domain {domain} is paused: {}", crate::commands::error_chain(&e))),
+        Err(e) => Err(format!("cannot check whether domain {domain} is paused: {}", crate::error::chain(&e))),
     }
 }
 
@@ -674,7 +674,7 @@ fn combine(mut failures: Vec<SnapshotError>) -> SnapshotError {
     } else {
         SnapshotError::CleanupFailed {
             cause: Box::new(first),
-            failures: failures.iter().map(|e| crate::commands::error_chain(e)).collect(),
+            failures: failures.iter().map(|e| crate::error::chain(e)).collect(),
         }
     }
 }

@@ -419,7 +419,7 @@ fn failing_pre_freeze_hook_under_required_thaws_the_others_and_names_the_hook() 
     let error = h.take(&request(), &agents, at(0)).unwrap_err();
 
     assert!(matches!(&error, SnapshotError::Freeze { vm, .. } if vm == "db"), "{error:?}");
-    assert!(crate::commands::error_chain(&error).contains("pre-freeze hook 10-db exited with status 3"), "{error}");
+    assert!(crate::error::chain(&error).contains("pre-freeze hook 10-db exited with status 3"), "{error}");
     assert_eq!(crate::exit::ExitCode::from_error(&error.into()), crate::exit::ExitCode::Failed);
     assert!(h.snapshot_calls().is_empty());
     assert!(agents.frozen().is_empty());
@@ -438,7 +438,7 @@ fn a_guest_slower_to_freeze_than_the_limit_aborts_with_everything_thawed() {
     let SnapshotError::FreezeLimit { limit, window, .. } = &error else { panic!("{error:?}") };
     assert_eq!(*limit, Duration::from_millis(200));
     assert!(*window >= Duration::from_millis(200), "{window:?}");
-    assert!(crate::commands::error_chain(&error).contains("hard limit of 200 ms"));
+    assert!(crate::error::chain(&error).contains("hard limit of 200 ms"));
     assert!(h.snapshot_calls().is_empty(), "no disk touched");
     assert!(agents.frozen().is_empty(), "the late freeze was thawed too: {:?}", agents.events());
     assert_eq!(h.catalog.snapshot_named("demo", "20240501T020000Z").unwrap().unwrap().state, SnapshotState::Failed);
@@ -517,7 +517,7 @@ fn memory_capture_that_fails_resumes_the_guest_and_fails_the_snapshot() {
     let error = h.take(&request, &agents, at(0)).unwrap_err();
 
     assert!(matches!(&error, SnapshotError::Memory { .. } | SnapshotError::CleanupFailed { .. }), "{error:?}");
-    assert!(crate::commands::error_chain(&error).contains("Failed to connect"), "{error}");
+    assert!(crate::error::chain(&error).contains("Failed to connect"), "{error}");
     for domain in ["web", "db"] {
         assert_eq!(h.hv.peek_domain(domain).unwrap().state, crate::hypervisor::DomainState::Running);
         assert!(!h.storage().join(domain).join("20240501T020000Z.mem").exists());
