@@ -54,7 +54,6 @@
 mod error;
 pub mod full_copy;
 pub mod host_net;
-mod journal;
 pub mod names;
 #[cfg(test)]
 mod tests;
@@ -69,7 +68,7 @@ use serde::Serialize;
 pub use self::error::CloneError;
 pub use self::full_copy::{FullCopy, QemuImgConvert};
 pub use self::host_net::{HostNet, HostNetError, IpCommand};
-pub(crate) use self::journal::Journal;
+pub(crate) use crate::ops::journal::Journal;
 
 use super::context::OpContext;
 use super::restore::{GuestAgents, ImageFiles};

@@ -12,9 +12,7 @@
 //! `envclone recover` rolls an interrupted delete back so, then runs it
 //! again.
 
-use chrono::{DateTime, Utc};
-
-use crate::catalog::{Catalog, CatalogError, OperationId, OperationKind, Owner, StepId, StepRecord, UndoAction};
+use crate::catalog::UndoAction;
 use crate::hypervisor::Hypervisor;
 
 /// The kind of [`UndoAction::Custom`] recorded before a block commit:
@@ -55,77 +53,5 @@ pub fn undo(hv: &dyn Hypervisor, action: &UndoAction) -> Result<(), String> {
             }
         }
         other => Err(format!("no undo for {other:?} in a delete")),
-    }
-}
-
-/// The journaled operation of one delete.
-#[derive(Debug)]
-pub(super) struct Journal<'c> {
-    catalog: &'c Catalog,
-    pub op: OperationId,
-    /// Recorded and neither done nor failed yet.
-    open: Vec<StepId>,
-}
-
-impl<'c> Journal<'c> {
-    pub fn begin(catalog: &'c Catalog, env: &str, now: DateTime<Utc>) -> Result<Journal<'c>, CatalogError> {
-        let op = catalog.begin_operation(OperationKind::DeleteSnapshot, env, &Owner::current(), now)?;
-        Ok(Journal { catalog, op, open: Vec::new() })
-    }
-
-    pub fn record(&mut self, name: impl Into<String>, undo: UndoAction) -> Result<StepId, CatalogError> {
-        let step = self.catalog.record_step(self.op, &StepRecord::new(name, undo))?;
-        self.open.push(step);
-        Ok(step)
-    }
-
-    pub fn done(&mut self, step: StepId) -> Result<(), CatalogError> {
-        self.catalog.finish_step(step)?;
-        self.open.retain(|s| *s != step);
-        Ok(())
-    }
-
-    pub fn failed(&mut self, step: StepId, error: &str) -> Result<(), CatalogError> {
-        self.catalog.fail_step(step, error)?;
-        self.open.retain(|s| *s != step);
-        Ok(())
-    }
-
-    pub fn complete(self) -> Result<(), CatalogError> {
-        self.catalog.complete_operation(self.op)
-    }
-
-    /// Undoes every step that may have acted, newest first, with [`undo`];
-    /// returns the undo failures (the operation then ends `failed`).
-    pub fn roll_back(mut self, hv: &dyn Hypervisor, cause: &str) -> Vec<String> {
-        let note = |what: &str, result: Result<(), CatalogError>| {
-            if let Err(e) = result {
-                tracing::error!("journal: cannot {what}: {e}");
-            }
-        };
-        for step in std::mem::take(&mut self.open) {
-            note("fail a step", self.catalog.fail_step(step, cause));
-        }
-        note("start the rollback", self.catalog.begin_rollback(self.op, cause));
-        let plan = match self.catalog.undo_plan(self.op) {
-            Ok(plan) => plan,
-            Err(e) => return vec![format!("cannot read the journal's undo plan: {e}")],
-        };
-        let mut failures = Vec::new();
-        for (step, action) in plan {
-            match undo(hv, &action) {
-                Ok(()) => note("mark a step undone", self.catalog.mark_undone(step)),
-                Err(error) => {
-                    note("record a failed undo", self.catalog.fail_undo(step, &error));
-                    failures.push(error);
-                }
-            }
-        }
-        if failures.is_empty() {
-            note("finish the rollback", self.catalog.finish_rollback(self.op));
-        } else {
-            note("mark the operation failed", self.catalog.fail_operation(self.op, &failures.join("; ")));
-        }
-        failures
     }
 }

@@ -118,13 +118,14 @@ pub use self::error::DeleteError;
 pub use self::files::{FileError, ImageFiles, QemuImg};
 pub use self::journal::{abort_block_job, undo, UNDO_ABORT_BLOCK_JOB};
 
-use self::journal::Journal;
 use self::plan::{CommitStep, DiskStep, Plan, PullStep};
 use super::context::OpContext;
 use super::EnvLock;
+use crate::catalog::OperationKind;
 use crate::catalog::{CommitMerge, Image, PullMerge, Snapshot, SnapshotState, UndoAction};
 use crate::config::Environment;
 use crate::hypervisor::BlockCommit;
+use crate::ops::journal::Journal;
 
 /// How long merges may take and how often their jobs are polled.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -292,7 +293,7 @@ pub fn delete_locked(
         report.duration_ms = millis(started.elapsed());
         return Ok(report);
     }
-    let journal = Journal::begin(ctx.catalog, env_name, ctx.clock.now())?;
+    let journal = Journal::begin(ctx.catalog, OperationKind::DeleteSnapshot, env_name, ctx.clock.now())?;
     let mut run = Run { ctx, files, settings, journal: Some(journal), report, freed: 0 };
     match run.execute(&plan) {
         Ok(()) => {
@@ -305,7 +306,7 @@ pub fn delete_locked(
         Err(error) => {
             let cause = crate::error::chain(&error);
             let failures = match run.journal.take() {
-                Some(journal) => journal.roll_back(ctx.hv, &cause),
+                Some(journal) => journal.roll_back(&cause, |action| undo(ctx.hv, action)),
                 None => Vec::new(),
             };
             if failures.is_empty() {

@@ -82,16 +82,18 @@ pub use self::resolve::{DiskPlan, VmPlan};
 pub use self::steps::{Phase, UNDO_REDEFINE_DISKS, UNDO_START_DOMAIN, UNDO_STOP_DOMAIN};
 pub use self::undo::{undo_action, RECORD_STEP};
 
-use self::steps::{DiskSource, DiskSources, DomainRef, Journal};
+use self::steps::{DiskSource, DiskSources, DomainRef};
 use super::context::OpContext;
 use super::snapshot::{snapshot_dependent, FreezeInfo, FrozenGuest, Quiescer, UNDO_FAIL_SNAPSHOT_NAMED};
 use super::EnvLock;
+use crate::catalog::OperationKind;
 use crate::catalog::{
     Consistency, ImageFormat, ImageKind, NewImage, NewSnapshot, RestoreRecord, Snapshot, SnapshotId, StepId,
     UndoAction, UndoSnapshotRecord, VmConsistency,
 };
 use crate::config::{Environment, QuiescePolicy};
 use crate::hypervisor::{DomainDef, HvError};
+use crate::ops::journal::Journal;
 
 /// How long a booted guest's agent may take to answer.
 const BOOT_WITHIN: Duration = Duration::from_secs(240);
@@ -192,7 +194,7 @@ pub fn restore(ctx: &OpContext<'_>, request: &RestoreRequest, tools: Tools<'_>) 
     let started = Instant::now();
     let env = ctx.config.environment(&request.env)?;
     let _lock = EnvLock::acquire(&ctx.config.controller.state_dir, &request.env, "restore")?;
-    let journal = Journal::begin(ctx.catalog, &request.env, ctx.clock.now())?;
+    let journal = Journal::begin(ctx.catalog, OperationKind::Restore, &request.env, ctx.clock.now())?;
     let mut run = Run {
         ctx,
         request,

@@ -45,14 +45,15 @@ pub use self::record::{list, snapshot_dependent, SnapshotSummary, VmSummary};
 pub use self::steps::{Phase, UNDO_FAIL_SNAPSHOT_NAMED};
 
 use self::barrier::{BarrierOutcome, BarrierSettings, BarrierVm};
-use self::steps::Journal;
 use super::context::OpContext;
 use super::EnvLock;
+use crate::catalog::OperationKind;
 use crate::catalog::{Consistency, NewSnapshot, SnapshotId, SnapshotState, StepId, UndoAction, VmConsistency};
 use crate::config::{Environment, QuiescePolicy};
 use crate::guest::endpoint::{ssh_options, ssh_target};
 use crate::guest::FreezeRequest;
 use crate::hypervisor::{DomainState, Hypervisor};
+use crate::ops::journal::Journal;
 
 /// Bound on the disk snapshots when no guest is frozen.
 const UNFROZEN_SNAPSHOT_WAIT: Duration = Duration::from_secs(120);
@@ -143,7 +144,7 @@ pub fn take(
     let started = Instant::now();
     let env = ctx.config.environment(&request.env)?;
     let _lock = EnvLock::acquire(&ctx.config.controller.state_dir, &request.env, "snapshot")?;
-    let journal = Journal::begin(ctx.catalog, &request.env, ctx.clock.now())?;
+    let journal = Journal::begin(ctx.catalog, OperationKind::Snapshot, &request.env, ctx.clock.now())?;
     let mut run = Run {
         ctx,
         request,

@@ -1,6 +1,7 @@
-//! The journal of one clone or destroy: each step recorded before it runs,
-//! with its undo; a failure undoes, newest first, every step that may have
-//! acted (see [`crate::catalog::Catalog::undo_plan`]).
+//! The journal of one operation (snapshot, restore, delete, clone,
+//! destroy): each step recorded before it runs, with its undo; a failure
+//! undoes, newest first, every step that may have acted (see
+//! [`crate::catalog::Catalog::undo_plan`]).
 
 use chrono::{DateTime, Utc};
 
