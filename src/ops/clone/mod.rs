@@ -208,6 +208,10 @@ pub struct CloneReport {
     pub snapshot: String,
     /// True when the clone took that snapshot itself (no `--from`).
     pub snapshot_taken: bool,
+    /// What the clone cost the source: how long its guests stayed frozen
+    /// for the snapshot this clone took (`None` with `--from`, or when
+    /// nothing was frozen).
+    pub source_freeze_window_ms: Option<u64>,
     pub disks: DiskMode,
     pub start: StartMode,
     pub network: NetworkMode,
@@ -286,8 +290,8 @@ pub fn clone(ctx: &OpContext<'_>, request: &CloneRequest, tools: Tools<'_>) -> R
         return Err(CloneError::BadName { name: request.name.clone(), reason: "a clone has that name".into() });
     }
 
-    let (snapshot, snapshot_taken) = match &request.from {
-        Some(name) => (name.clone(), false),
+    let (snapshot, snapshot_taken, source_freeze_window_ms) = match &request.from {
+        Some(name) => (name.clone(), false, None),
         None => {
             let timer = ctx.begin(format!("snapshot {} to clone from", request.source));
             let snap = SnapshotRequest {
@@ -300,7 +304,7 @@ pub fn clone(ctx: &OpContext<'_>, request: &CloneRequest, tools: Tools<'_>) -> R
             let report = timer
                 .finish(super::snapshot::take(ctx, &snap, tools.quiescer))
                 .map_err(|source| CloneError::Snapshot { env: request.source.clone(), source: Box::new(source) })?;
-            (report.name, true)
+            (report.name, true, report.freeze_window_ms)
         }
     };
 
@@ -335,6 +339,7 @@ pub fn clone(ctx: &OpContext<'_>, request: &CloneRequest, tools: Tools<'_>) -> R
         source: request.source.clone(),
         snapshot: run.snapshot.clone(),
         snapshot_taken,
+        source_freeze_window_ms,
         disks: request.disks,
         start: request.start,
         network: request.network,
