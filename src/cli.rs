@@ -214,6 +214,9 @@ pub struct CheckArgs {
     /// over SSH with its host key verified.
     #[arg(long)]
     pub live: bool,
+    /// With --live: only this environment (of the config, or a clone).
+    #[arg(requires = "live")]
+    pub environment: Option<String>,
 }
 
 #[derive(Debug, Args)]

@@ -118,9 +118,11 @@ impl ExitCode {
             CloneError::BadName { .. }
             | CloneError::Unsupported { .. }
             | CloneError::NotAClone { .. }
-            | CloneError::NoMemoryImage { .. } => ExitCode::Usage,
+            | CloneError::NoMemoryImage { .. }
+            | CloneError::ReaddressNotConfigured { .. }
+            | CloneError::AddressPlan { .. } => ExitCode::Usage,
             CloneError::Snapshot { source, .. } => ExitCode::from_snapshot_error(source),
-            CloneError::AgentNotReady { source, .. } => guest_code(source),
+            CloneError::AgentNotReady { source, .. } | CloneError::Agent { source, .. } => guest_code(source),
             CloneError::CleanupFailed { cause, .. } => ExitCode::from_clone_error(cause),
             _ => ExitCode::Failed,
         }

@@ -216,6 +216,7 @@ fn second_rewrite_changes_nothing(agent: &AgentClient, session: &GuestSession) {
 fn scan_finds_only_the_line_left_on_purpose(agent: &AgentClient) {
     let old = ScanRequest {
         needles: vec!["10.77.1.12".into(), "db".into(), "db.prod.example".into()],
+        subnets: Vec::new(),
         roots: ROOTS.map(String::from).to_vec(),
         files: None,
         exclude: Vec::new(),

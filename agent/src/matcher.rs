@@ -65,6 +65,8 @@ pub enum MatcherError {
     InvalidValue { key: String, value: String },
     #[error("`{first}` and `{second}` are the same address or name")]
     DuplicateKey { first: String, second: String },
+    #[error("`{subnet}` is not an IPv4 subnet such as 10.77.1.0/24")]
+    InvalidSubnet { subnet: String },
     #[error("`{key}` is mapped to itself")]
     MapsToItself { key: String },
     #[error("the replacement `{value}` for `{key}` names `{names}`, which the plan rewrites too: a second run would change it again")]
@@ -251,24 +253,30 @@ impl Matcher {
 
     /// Every match with its line and column: what `scan` reports.
     pub fn find_lines(&self, text: &[u8]) -> Vec<LineMatch> {
-        let mut out = Vec::new();
-        let mut line = 1;
-        let mut line_start = 0;
-        let mut counted_to = 0;
-        for m in self.find_iter(text) {
-            for (offset, &b) in text[counted_to..m.start].iter().enumerate() {
-                if b == b'\n' {
-                    line += 1;
-                    line_start = counted_to + offset + 1;
-                }
-            }
-            counted_to = m.start;
-            let line_end = text[m.start..].iter().position(|&b| b == b'\n').map_or(text.len(), |p| m.start + p);
-            let line_end = if line_end > line_start && text[line_end - 1] == b'\r' { line_end - 1 } else { line_end };
-            out.push(LineMatch { line, column: m.start - line_start + 1, line_start, line_end, needle: m.needle });
-        }
-        out
+        locate_lines(text, self.find_iter(text).map(|m| (m.start, m.needle)))
     }
+}
+
+/// Line, column and line span of each `(start, needle)`, which come in
+/// ascending order of `start`.
+fn locate_lines(text: &[u8], matches: impl Iterator<Item = (usize, usize)>) -> Vec<LineMatch> {
+    let mut out = Vec::new();
+    let mut line = 1;
+    let mut line_start = 0;
+    let mut counted_to = 0;
+    for (start, needle) in matches {
+        for (offset, &b) in text[counted_to..start].iter().enumerate() {
+            if b == b'\n' {
+                line += 1;
+                line_start = counted_to + offset + 1;
+            }
+        }
+        counted_to = start;
+        let line_end = text[start..].iter().position(|&b| b == b'\n').map_or(text.len(), |p| start + p);
+        let line_end = if line_end > line_start && text[line_end - 1] == b'\r' { line_end - 1 } else { line_end };
+        out.push(LineMatch { line, column: start - line_start + 1, line_start, line_end, needle });
+    }
+    out
 }
 
 /// Iterator of [`Matcher::find_iter`].
@@ -484,6 +492,8 @@ struct Replaced {
     /// The spelling of the key it replaced.
     original: String,
 }
+
+pub mod subnets;
 
 #[cfg(test)]
 mod tests;

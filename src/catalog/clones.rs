@@ -45,6 +45,10 @@ pub struct CloneResources {
     pub disks: Vec<ClonedDisk>,
     /// The folder its images live in.
     pub storage: PathBuf,
+    /// Lines it added to the controller's known_hosts (a readdressed
+    /// clone's guests answer at new addresses, with the keys they had).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub known_hosts: Vec<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

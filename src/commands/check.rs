@@ -1,9 +1,11 @@
-//! `envclone check [--live]`: is the configuration usable, and (live) does
-//! what it names exist and answer?
+//! `envclone check [--live [ENV]]`: is the configuration usable, and (live)
+//! does what it names exist and answer? `--live ENV` checks one environment
+//! only: one of the config's, or a clone (from the catalog, its VMs reached
+//! through its gateway namespace).
 
 use super::{load_config, Output};
 use crate::cli::{CheckArgs, GlobalArgs};
-use crate::config::Config;
+use crate::config::{Config, Environment};
 use crate::exit::ExitCode;
 use crate::guest::endpoint::{ssh_options, ssh_target};
 use crate::guest::{AgentClient, GuestSession};
@@ -53,7 +55,11 @@ pub fn run(global: &GlobalArgs, args: &CheckArgs, out: &Output) -> Result<ExitCo
         live: Vec::new(),
     };
     if args.live {
-        report.live = live_checks(&config);
+        let environments: Vec<(String, Environment)> = match &args.environment {
+            Some(name) => vec![(name.clone(), live_environment(&config, name)?)],
+            None => config.environments.iter().map(|(name, env)| (name.clone(), env.clone())).collect(),
+        };
+        report.live = live_checks(&config, &environments);
     }
     out.report(&report, human);
     let failed = report.live.iter().filter(|check| !check.ok).count();
@@ -63,9 +69,18 @@ pub fn run(global: &GlobalArgs, args: &CheckArgs, out: &Output) -> Result<ExitCo
     Ok(ExitCode::Ok)
 }
 
+/// The environment `name`: the config's, or a clone's from the catalog.
+fn live_environment(config: &Config, name: &str) -> Result<Environment> {
+    if let Ok(env) = config.environment(name) {
+        return Ok(env.clone());
+    }
+    let catalog = crate::catalog::Catalog::open(&config.controller.state_dir)?;
+    crate::ops::clone::resolve_environment(config, &catalog, name).map_err(Error::clone_op("look up"))
+}
+
 /// libvirt first (domains, networks), then every agent in parallel: each
 /// SSH login costs a fraction of a second and they do not depend on each other.
-fn live_checks(config: &Config) -> Vec<LiveCheck> {
+fn live_checks(config: &Config, environments: &[(String, Environment)]) -> Vec<LiveCheck> {
     let uri = &config.controller.libvirt_uri;
     let hv = match LibvirtHypervisor::connect(uri) {
         Ok(hv) => hv,
@@ -76,7 +91,7 @@ fn live_checks(config: &Config) -> Vec<LiveCheck> {
     };
     let mut checks =
         vec![LiveCheck { subject: format!("libvirt {uri}"), ok: true, detail: "connected".into(), hint: None }];
-    for (env_name, env) in &config.environments {
+    for (env_name, env) in environments {
         for network in &env.networks {
             let result = hv
                 .network(network)
@@ -94,8 +109,7 @@ fn live_checks(config: &Config) -> Vec<LiveCheck> {
     }
     let options = ssh_options(&config.controller);
     let agents = std::thread::scope(|scope| {
-        let handles: Vec<_> = config
-            .environments
+        let handles: Vec<_> = environments
             .iter()
             .flat_map(|(env_name, env)| env.vms.iter().map(move |(vm_name, vm)| (env_name, vm_name, vm)))
             .map(|(env_name, vm_name, vm)| {

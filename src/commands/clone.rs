@@ -9,10 +9,10 @@ use crate::config::Environment;
 use crate::exit::ExitCode;
 use crate::hypervisor::LibvirtHypervisor;
 use crate::ops::clone::{
-    self, CloneReport, CloneRequest, DiskMode, IpCommand, NetworkMode, QemuImgConvert, StartMode, Tools,
+    self, CloneAgents, CloneReport, CloneRequest, DiskMode, IpCommand, NetworkMode, QemuImgConvert, StartMode, Tools,
 };
 use crate::ops::context::{Event, OpContext, SystemClock};
-use crate::ops::restore::{GuestAgents, QemuImg, SshAgents};
+use crate::ops::restore::{QemuImg, SshAgents};
 use crate::ops::snapshot;
 use crate::{Error, Result};
 
@@ -44,36 +44,43 @@ pub fn run(global: &GlobalArgs, args: &CloneArgs, out: &Output) -> Result<ExitCo
     };
     let quiescer = snapshot::agent_quiescer(&ctx, env);
     let controller = config.controller.clone();
-    let agents = move |env: &Environment| -> Box<dyn GuestAgents> { Box::new(SshAgents::new(&controller, env)) };
+    let agents = move |env: &Environment| -> Box<dyn CloneAgents> { Box::new(SshAgents::new(&controller, env)) };
     let tools =
         Tools { quiescer: &quiescer, agents: &agents, files: &QemuImg, copier: &QemuImgConvert, net: &IpCommand };
     let report = clone::clone(&ctx, &request, tools).map_err(Error::clone_op("clone"))?;
-    out.report(&report, human);
+    let libvirt_netns = config.controller.libvirt_netns.clone();
+    out.report(&report, |report| human(report, libvirt_netns.as_deref()));
     Ok(ExitCode::Ok)
 }
 
-fn human(report: &CloneReport) -> String {
+/// The report, then how to reach the clone: through its gateway namespace
+/// (isolated), or at its own addresses from where libvirtd's bridges are
+/// (`libvirt_netns`, the host's namespace when unset: readdressed).
+fn human(report: &CloneReport, libvirt_netns: Option<&str>) -> String {
+    let name = &report.name;
     let taken = if report.snapshot_taken { " (taken now)" } else { "" };
     let mut text = format!(
-        "clone {} of {} from snapshot {}{taken} made in {:.1} s ({:?} disks, {:?} networks, start {:?})\n",
-        report.name,
+        "clone {name} of {} from snapshot {}{taken}: {} disks, {} networks, start {}\n",
         report.source,
         report.snapshot,
-        report.duration_ms as f64 / 1000.0,
-        report.disks,
-        report.network,
-        report.start,
-    )
-    .to_lowercase();
-    if let Some(netns) = &report.gateway_netns {
-        text.push_str(&format!("  gateway namespace: {netns} (`envclone ssh {} VM` goes through it)\n", report.name));
-    }
+        kebab(&report.disks),
+        kebab(&report.network),
+        kebab(&report.start),
+    );
+    // What it cost: the source's freeze window (its one interruption) and the clone's time.
+    let freeze = match (report.snapshot_taken, report.source_freeze_window_ms) {
+        (true, Some(ms)) => format!("{} frozen {ms} ms for the snapshot, then ran on", report.source),
+        (true, None) => format!("{} not frozen (nothing to quiesce)", report.source),
+        (false, _) => format!("{} not touched (an existing snapshot)", report.source),
+    };
+    text.push_str(&format!("  cost: {freeze}; clone made in {}\n", seconds(report.duration_ms)));
     for network in &report.networks {
         text.push_str(&format!(
-            "  network {} -> {} (bridge {}, isolated{})\n",
+            "  network {} -> {} (bridge {}, {}{})\n",
             network.source,
             network.name,
             network.bridge,
+            if report.network == NetworkMode::Isolated { "isolated" } else { "its own subnet" },
             network.gateway.as_ref().map(|g| format!(", gateway {g}")).unwrap_or_default()
         ));
     }
@@ -84,5 +91,32 @@ fn human(report: &CloneReport) -> String {
             text.push_str(&format!("  {:width$}    {} -> {}\n", "", disk.disk, disk.path.display()));
         }
     }
+    if report.start == StartMode::Off {
+        let domains: Vec<&str> = report.vms.iter().map(|vm| vm.domain.as_str()).collect();
+        text.push_str(&format!("its domains are defined and shut off: {}\n", domains.join(", ")));
+    }
+    let (how, prefix) = match (&report.gateway_netns, libvirt_netns) {
+        (Some(netns), _) => (format!("only through its gateway namespace {netns}"), format!("ip netns exec {netns} ")),
+        (None, Some(netns)) => (format!("from libvirtd's namespace {netns}"), format!("ip netns exec {netns} ")),
+        (None, None) => ("from this host".to_owned(), String::new()),
+    };
+    text.push_str(&format!("reach it ({how}):\n"));
+    for vm in &report.vms {
+        text.push_str(&format!("  envclone ssh {name} {:width$}   # {} at {}\n", vm.vm, vm.vm, vm.address));
+    }
+    // A service of the VM named `web` if there is one, else of the first.
+    if let Some(vm) = report.vms.iter().find(|vm| vm.vm == "web").or(report.vms.first()) {
+        text.push_str(&format!("  {prefix}curl http://{}/\n", vm.address));
+    }
+    text.push_str(&format!("remove it: envclone destroy {name}\n"));
     text
+}
+
+fn seconds(ms: u64) -> String {
+    format!("{:.1} s", ms as f64 / 1000.0)
+}
+
+/// The mode as the command line spells it.
+fn kebab(mode: &impl serde::Serialize) -> String {
+    serde_json::to_value(mode).ok().and_then(|v| v.as_str().map(str::to_owned)).unwrap_or_default()
 }

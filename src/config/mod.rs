@@ -87,6 +87,9 @@ pub struct Environment {
     pub vms: BTreeMap<String, Vm>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub rewrite: Option<Rewrite>,
+    /// Where `clone --network readdress` takes the clone's addresses from.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub readdress: Option<Readdress>,
     /// Directory for the snapshots' overlays and memory images (one
     /// subdirectory per VM); `<state_dir>/images/<environment>` if unset.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -134,6 +137,34 @@ pub struct Rewrite {
     /// Extra old -> new replacements beyond the derived address changes.
     #[serde(default)]
     pub map: BTreeMap<String, String>,
+}
+
+/// New addresses and names for clones made with `--network readdress`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Readdress {
+    /// IPv4 block the clones' networks are carved from: each source network
+    /// gets a free subnet of its own prefix length in it, and each guest
+    /// keeps its host part (10.77.1.12/24 may become 10.90.3.12/24).
+    pub pool: ipnet::Ipv4Net,
+    /// The clone's host name for each VM: `{clone}` and `{vm}` are replaced.
+    #[serde(default = "Readdress::default_hostname")]
+    pub hostname: String,
+}
+
+impl Readdress {
+    pub fn new(pool: ipnet::Ipv4Net) -> Self {
+        Readdress { pool, hostname: Self::default_hostname() }
+    }
+
+    fn default_hostname() -> String {
+        "{clone}-{vm}".to_owned()
+    }
+
+    /// The host name of `vm` in the clone `clone`.
+    pub fn hostname_for(&self, clone: &str, vm: &str) -> String {
+        self.hostname.replace("{clone}", clone).replace("{vm}", vm)
+    }
 }
 
 /// A recurring snapshot of one environment.
@@ -294,6 +325,7 @@ impl Default for Environment {
             hook_timeout: Self::default_hook_timeout(),
             vms: BTreeMap::new(),
             rewrite: None,
+            readdress: None,
             storage: None,
             retention: None,
         }

@@ -11,7 +11,8 @@ use std::path::{Component, Path};
 use super::cron::CronExpr;
 use super::locate::KeyPath;
 use super::{
-    AgentEndpoint, Config, Controller, Environment, HumanDuration, Rewrite, Schedule, Standby, ValidateOptions, Vm,
+    AgentEndpoint, Config, Controller, Environment, HumanDuration, Readdress, Rewrite, Schedule, Standby,
+    ValidateOptions, Vm,
 };
 
 /// A semantic problem, located by key path only.
@@ -87,6 +88,36 @@ impl Checker {
         }
         if let Some(storage) = &environment.storage {
             self.absolute_path(storage, &path.key("storage"));
+        }
+        if let Some(readdress) = &environment.readdress {
+            self.readdress(readdress, &path.key("readdress"));
+        }
+    }
+
+    fn readdress(&mut self, readdress: &Readdress, path: &KeyPath) {
+        // A pattern must stay a valid host name whatever the clone and VM
+        // are called (both are names of letters, digits and '-').
+        let sample = readdress.hostname_for("c", "vm");
+        let placeholders_only = readdress.hostname.contains("{vm}")
+            && sample.split('.').all(|label| {
+                !label.is_empty()
+                    && label.len() <= 63
+                    && label.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')
+                    && !label.starts_with('-')
+            });
+        if !placeholders_only {
+            self.report(
+                path.key("hostname"),
+                format!("invalid host name pattern {:?}", readdress.hostname),
+                hint("use letters, digits, '-', '.' and the placeholders {clone} and {vm} ({vm} is required, so that the VMs differ), e.g. \"{clone}-{vm}\""),
+            );
+        }
+        if readdress.pool.prefix_len() > 30 {
+            self.report(
+                path.key("pool"),
+                format!("pool {} is too small for a network", readdress.pool),
+                hint("give a block at least as large as the source networks, e.g. \"10.90.0.0/16\""),
+            );
         }
     }
 

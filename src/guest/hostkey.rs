@@ -67,6 +67,54 @@ pub fn verify(session: &Session, target: &str, host: &str, port: u16, known_host
     }
 }
 
+/// Adds `lines` to the known_hosts file at `path` (created if missing),
+/// each once. The file is replaced atomically with its mode kept, so a
+/// concurrent login never reads half a file.
+pub fn trust(path: &Path, lines: &[String]) -> std::io::Result<()> {
+    edit_known_hosts(path, |existing| {
+        for line in lines {
+            if !existing.iter().any(|l| l == line) {
+                existing.push(line.clone());
+            }
+        }
+    })
+}
+
+/// Removes exactly `lines` from the known_hosts file at `path`; a missing
+/// file or line is no error.
+pub fn distrust(path: &Path, lines: &[String]) -> std::io::Result<()> {
+    if !path.exists() {
+        return Ok(());
+    }
+    edit_known_hosts(path, |existing| existing.retain(|l| !lines.contains(l)))
+}
+
+fn edit_known_hosts(path: &Path, change: impl FnOnce(&mut Vec<String>)) -> std::io::Result<()> {
+    use std::io::Write;
+    use std::os::unix::fs::PermissionsExt;
+    let text = match std::fs::read_to_string(path) {
+        Ok(text) => text,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => String::new(),
+        Err(e) => return Err(e),
+    };
+    let mut lines: Vec<String> = text.lines().map(str::to_owned).collect();
+    let before = lines.clone();
+    change(&mut lines);
+    if lines == before {
+        return Ok(());
+    }
+    let dir = path.parent().unwrap_or(Path::new("."));
+    let mut file = tempfile::NamedTempFile::new_in(dir)?;
+    let mode = std::fs::metadata(path).map(|m| m.permissions().mode()).unwrap_or(0o644);
+    for line in &lines {
+        writeln!(file, "{line}")?;
+    }
+    file.as_file().sync_all()?;
+    file.as_file().set_permissions(std::fs::Permissions::from_mode(mode))?;
+    file.persist(path).map_err(|e| e.error)?;
+    Ok(())
+}
+
 /// Standard padded base64 (RFC 4648), the encoding of known_hosts keys.
 fn base64(bytes: &[u8]) -> String {
     const ALPHABET: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
@@ -87,6 +135,25 @@ fn base64(bytes: &[u8]) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn trust_and_distrust_touch_only_their_own_lines() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("known_hosts");
+        std::fs::write(&path, "10.77.1.11 ssh-ed25519 AAAA\n").unwrap();
+        let ours = vec!["10.90.0.11 ssh-ed25519 AAAA".to_owned()];
+
+        trust(&path, &ours).unwrap();
+        trust(&path, &ours).unwrap();
+        assert_eq!(
+            std::fs::read_to_string(&path).unwrap(),
+            "10.77.1.11 ssh-ed25519 AAAA\n10.90.0.11 ssh-ed25519 AAAA\n"
+        );
+
+        distrust(&path, &ours).unwrap();
+        assert_eq!(std::fs::read_to_string(&path).unwrap(), "10.77.1.11 ssh-ed25519 AAAA\n");
+        distrust(&dir.path().join("missing"), &ours).unwrap();
+    }
 
     /// An ed25519 public key and what `ssh-keygen -l` and `dropbearkey -y`
     /// print for it.

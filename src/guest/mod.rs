@@ -11,7 +11,7 @@
 mod agent;
 pub mod endpoint;
 mod error;
-mod hostkey;
+pub mod hostkey;
 mod interactive;
 pub mod lease;
 pub mod netns;

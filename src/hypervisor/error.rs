@@ -112,6 +112,8 @@ pub enum HvError {
     UndefineNetwork { name: String, source: LibvirtError },
     #[error("cannot take snapshot {snapshot} of domain {domain}")]
     Snapshot { domain: String, snapshot: String, source: LibvirtError },
+    #[error("cannot move the interface {mac} of domain {domain} to network {network}")]
+    MoveInterface { domain: String, mac: String, network: String, source: LibvirtError },
     #[error("cannot save memory of domain {domain} to {}", path.display())]
     SaveMemory { domain: String, path: PathBuf, source: LibvirtError },
     #[error("cannot restore memory from {}", path.display())]
@@ -158,6 +160,7 @@ impl HvError {
             | DestroyNetwork { source, .. }
             | UndefineNetwork { source, .. }
             | Snapshot { source, .. }
+            | MoveInterface { source, .. }
             | SaveMemory { source, .. }
             | RestoreMemory { source, .. }
             | BlockCommit { source, .. }

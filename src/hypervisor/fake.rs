@@ -33,6 +33,7 @@ pub enum FakeStep {
     DestroyDomain,
     UndefineDomain,
     SetAutostart,
+    MoveInterface,
     Network,
     NetworkNames,
     DefineNetwork,
@@ -59,6 +60,7 @@ pub enum Call {
     DestroyDomain { name: String },
     UndefineDomain { name: String },
     SetAutostart { name: String, on: bool },
+    MoveInterface { domain: String, mac: String, network: String },
     Network { name: String },
     NetworkNames,
     DefineNetwork { def: NetworkDef },
@@ -85,6 +87,7 @@ impl Call {
             Call::DestroyDomain { .. } => FakeStep::DestroyDomain,
             Call::UndefineDomain { .. } => FakeStep::UndefineDomain,
             Call::SetAutostart { .. } => FakeStep::SetAutostart,
+            Call::MoveInterface { .. } => FakeStep::MoveInterface,
             Call::Network { .. } => FakeStep::Network,
             Call::NetworkNames => FakeStep::NetworkNames,
             Call::DefineNetwork { .. } => FakeStep::DefineNetwork,
@@ -269,6 +272,11 @@ impl Hypervisor for FakeHypervisor {
 
     fn set_autostart(&self, name: &str, on: bool) -> Result<(), HvError> {
         self.run(Call::SetAutostart { name: name.to_owned(), on }, |s| s.set_autostart(name, on))
+    }
+
+    fn move_interface(&self, domain: &str, mac: &str, network: &str) -> Result<(), HvError> {
+        let call = Call::MoveInterface { domain: domain.to_owned(), mac: mac.to_owned(), network: network.to_owned() };
+        self.run(call, |s| s.move_interface(domain, mac, network))
     }
 
     fn network(&self, name: &str) -> Result<Network, HvError> {

@@ -198,6 +198,35 @@ impl Hypervisor for LibvirtHypervisor {
         Ok(())
     }
 
+    fn move_interface(&self, domain: &str, mac: &str, network: &str) -> Result<(), HvError> {
+        let dom = self.lookup(domain)?;
+        let err = |source| HvError::MoveInterface {
+            domain: domain.to_owned(),
+            mac: mac.to_owned(),
+            network: network.to_owned(),
+            source,
+        };
+        let active = dom.is_active().map_err(|e| err(lv(e)))?;
+        // The running guest and the persistent definition each get the
+        // interface as they hold it: the live one carries the tap's name and
+        // alias, which a config update must not see.
+        let mut targets = vec![(sys::VIR_DOMAIN_XML_INACTIVE, sys::VIR_DOMAIN_AFFECT_CONFIG)];
+        if active {
+            targets.insert(0, (0, sys::VIR_DOMAIN_AFFECT_LIVE));
+        }
+        for (xml_flags, affect) in targets {
+            let def = DomainDef::parse(&dom.xml_desc(xml_flags).map_err(|e| err(lv(e)))?)?;
+            let index = def.interface_index(mac).ok_or_else(|| {
+                err(LibvirtError::new(LibvirtCode::OperationInvalid, format!("no interface with MAC {mac}")))
+            })?;
+            let mut moved = def.clone();
+            moved.set_interface_network(index, network)?;
+            moved.set_interface_link(index, true)?;
+            dom.update_device_flags(&moved.interface_xml(index)?, affect).map_err(|e| err(lv(e)))?;
+        }
+        Ok(())
+    }
+
     fn network(&self, name: &str) -> Result<Network, HvError> {
         self.read_network(name, &self.lookup_network(name)?)
     }

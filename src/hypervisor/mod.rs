@@ -49,6 +49,10 @@ pub trait Hypervisor: Send + Sync + std::fmt::Debug {
     /// domain keeps running as a transient one.
     fn undefine_domain(&self, name: &str) -> Result<(), HvError>;
     fn set_autostart(&self, name: &str, on: bool) -> Result<(), HvError>;
+    /// Moves the domain's interface with MAC `mac` onto the libvirt network
+    /// `network` with its link up: in the running guest (the NIC stays, only
+    /// its tap moves to the other bridge) and in the persistent definition.
+    fn move_interface(&self, domain: &str, mac: &str, network: &str) -> Result<(), HvError>;
 
     // --- networks ---
     fn network(&self, name: &str) -> Result<Network, HvError>;

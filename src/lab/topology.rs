@@ -4,7 +4,7 @@
 
 use super::image::GuestFile;
 use super::paths::LabPaths;
-use crate::config::{AgentEndpoint, Config, Controller, DomainType, Environment, LabSettings, Rewrite, Vm};
+use crate::config::{AgentEndpoint, Config, Controller, DomainType, Environment, LabSettings, Readdress, Rewrite, Vm};
 use crate::hypervisor::{DirectBootSpec, DomainDef, NetworkDef, NetworkSpec, NicSpec};
 use std::collections::BTreeMap;
 use std::net::Ipv4Addr;
@@ -154,6 +154,8 @@ pub fn config(paths: &LabPaths, netns: &str, domain_type: DomainType) -> Config 
             roots: vec!["/etc".to_string(), "/srv".to_string()],
             map: BTreeMap::new(),
         }),
+        // Clones made with `--network readdress` get subnets from here.
+        readdress: Some(Readdress::new(ipnet::Ipv4Net::new(Ipv4Addr::new(10, 90, 0, 0), 16).expect("a valid prefix"))),
         ..Environment::default()
     };
     Config {

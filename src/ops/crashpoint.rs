@@ -21,6 +21,13 @@
 //! | `snapshot:memory-point` | (`--memory`) a VM was paused for its memory point, its disks not switched yet |
 //! | `snapshot:disk-snapshot` | every VM's disks switched to their overlays; guests still frozen |
 //! | `snapshot:thaw` | the barrier is over (guests thawed, its steps closed in the journal); before the memory streams and the record |
+//!
+//! `envclone clone` has one point after each of its journaled steps, named
+//! after the step: `clone:STEP` aborts right after STEP is marked done,
+//! e.g. `clone:define c1-web for web` (that domain is defined),
+//! `clone:start c1-web` (it was started; the agents not waited for),
+//! `clone:wait for the clone's agents` (everything runs; not recorded).
+//! The steps are the progress lines `envclone clone` prints.
 
 use std::sync::OnceLock;
 

@@ -128,6 +128,12 @@ fn remove_all(
     for network in &resources.networks {
         step(format!("remove network {}", network.name), &|| undo::remove_network(ctx.hv, &network.name))?;
     }
+    if !resources.known_hosts.is_empty() {
+        let known_hosts = &ctx.config.controller.known_hosts;
+        step(format!("remove the clone's host keys from {}", known_hosts.display()), &|| {
+            undo::distrust_host_keys(known_hosts, &resources.known_hosts)
+        })?;
+    }
     // The record first (with the checks, in the catalog), then the files:
     // a crash in between leaves orphan files, never records of files gone.
     let overlays: Vec<PathBuf> = resources.disks.iter().map(|d| d.path.clone()).collect();

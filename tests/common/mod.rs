@@ -5,6 +5,8 @@
 //! static agent the guests run.
 #![allow(dead_code)] // each test binary uses a different part
 
+pub mod traffic;
+
 use envclone::config::Config;
 use envclone::guest::endpoint::{ssh_options, ssh_target};
 use envclone::guest::GuestSession;

@@ -104,6 +104,11 @@ pub enum SkipReason {
 pub struct ScanRequest {
     /// Addresses and host names to look for, as whole tokens.
     pub needles: Vec<String>,
+    /// IPv4 subnets (`10.77.1.0/24`): any address inside one is a finding
+    /// too, whether or not a needle names it. A finding's `needle` is then
+    /// the subnet.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub subnets: Vec<String>,
     /// Absolute directories to walk (symlinks are not followed).
     pub roots: Vec<String>,
     /// Look only at these paths or globs (which must lie in `roots`)

@@ -7,7 +7,8 @@
 use super::error::RewriteError;
 use super::paths::{self, Resolved, Roots};
 use super::text::{self, Text};
-use envclone_agent::matcher::Matcher;
+use envclone_agent::matcher::subnets::SubnetMatcher;
+use envclone_agent::matcher::{Matcher, MatcherError};
 use envclone_agent::{Finding, ScanReport, ScanRequest, ScanSkip, ScanSkipReason, SkipReason, MAX_FILE_BYTES};
 use nix::sys::statfs;
 use std::collections::HashSet;
@@ -39,7 +40,13 @@ pub struct Settings {
 }
 
 pub fn scan(request: &ScanRequest, settings: &Settings) -> Result<ScanReport, RewriteError> {
-    let matcher = Matcher::new(&request.needles).map_err(|source| RewriteError::BadNeedles { source })?;
+    let bad = |source| RewriteError::BadNeedles { source };
+    if request.needles.is_empty() && request.subnets.is_empty() {
+        return Err(bad(MatcherError::NoNeedles));
+    }
+    let matcher = (!request.needles.is_empty()).then(|| Matcher::new(&request.needles)).transpose().map_err(bad)?;
+    let subnets =
+        (!request.subnets.is_empty()).then(|| SubnetMatcher::new(&request.subnets)).transpose().map_err(bad)?;
     let roots = Roots::new(&request.roots)?;
     let mut exclude = Vec::new();
     for pattern in &request.exclude {
@@ -49,7 +56,8 @@ pub fn scan(request: &ScanRequest, settings: &Settings) -> Result<ScanReport, Re
     }
     let backup_base = settings.backup_base.canonicalize().unwrap_or_else(|_| settings.backup_base.clone());
     let mut scanner = Scanner {
-        matcher: &matcher,
+        matcher: matcher.as_ref(),
+        subnets: subnets.as_ref(),
         exclude,
         backup_base,
         seen: HashSet::new(),
@@ -80,11 +88,17 @@ pub fn scan(request: &ScanRequest, settings: &Settings) -> Result<ScanReport, Re
     }
     let mut report = scanner.report;
     report.findings.sort_by(|a, b| (&a.path, a.line, a.column).cmp(&(&b.path, b.line, b.column)));
+    // An address both named and inside a subnet is one finding (the
+    // needle's: the sort is stable and needles come first).
+    report
+        .findings
+        .dedup_by(|later, first| (&later.path, later.line, later.column) == (&first.path, first.line, first.column));
     Ok(report)
 }
 
 struct Scanner<'a> {
-    matcher: &'a Matcher,
+    matcher: Option<&'a Matcher>,
+    subnets: Option<&'a SubnetMatcher>,
     exclude: Vec<glob::Pattern>,
     backup_base: PathBuf,
     /// (device, inode) of everything visited, so overlapping roots and
@@ -161,18 +175,22 @@ impl Scanner<'_> {
             return;
         }
         self.report.files_scanned += 1;
-        for m in self.matcher.find_lines(&bytes) {
-            if self.report.findings.len() >= ScanReport::MAX_FINDINGS {
-                self.report.truncated = true;
-                return;
+        let named = self.matcher.map(|m| (m.find_lines(&bytes), m.needles().to_vec()));
+        let in_subnets = self.subnets.map(|m| (m.find_lines(&bytes), m.subnets()));
+        for (matches, needles) in named.into_iter().chain(in_subnets) {
+            for m in matches {
+                if self.report.findings.len() >= ScanReport::MAX_FINDINGS {
+                    self.report.truncated = true;
+                    return;
+                }
+                self.report.findings.push(Finding {
+                    path: path.display().to_string(),
+                    line: m.line as u64,
+                    column: m.column as u64,
+                    needle: needles[m.needle].clone(),
+                    text: excerpt(&bytes[m.line_start..m.line_end]),
+                });
             }
-            self.report.findings.push(Finding {
-                path: path.display().to_string(),
-                line: m.line as u64,
-                column: m.column as u64,
-                needle: self.matcher.needles()[m.needle].clone(),
-                text: excerpt(&bytes[m.line_start..m.line_end]),
-            });
         }
     }
 }
@@ -219,6 +237,7 @@ mod tests {
         fn request(&self, needles: &[&str], roots: &[&str]) -> ScanRequest {
             ScanRequest {
                 needles: needles.iter().map(|s| s.to_string()).collect(),
+                subnets: Vec::new(),
                 roots: roots.iter().map(|r| self.p(r)).collect(),
                 files: None,
                 exclude: Vec::new(),
@@ -264,6 +283,40 @@ mod tests {
         );
         assert_eq!(report.files_scanned, 4);
         assert!(!report.truncated);
+    }
+
+    #[test]
+    fn scan_finds_any_address_of_a_subnet_once_even_when_also_named() {
+        let tree = Tree::new(&[
+            (
+                "etc/demo/app.env",
+                b"DATABASE_URL=postgres://demo@10.90.1.12:5432/demo
+CACHE=10.77.1.50:11211
+",
+            ),
+            (
+                "etc/hosts",
+                b"10.77.1.12 db
+10.770.1.5 typo
+",
+            ),
+        ]);
+        let mut request = tree.request(&["10.77.1.12"], &["etc"]);
+        request.subnets = vec!["10.77.1.0/24".into()];
+        let report = scan(&request, &tree.settings()).unwrap();
+        assert_eq!(
+            tree.findings(&report),
+            [
+                row("etc/demo/app.env", 2, "10.77.1.0/24", "CACHE=10.77.1.50:11211"),
+                row("etc/hosts", 1, "10.77.1.12", "10.77.1.12 db"),
+            ]
+        );
+
+        request.needles.clear();
+        let report = scan(&request, &tree.settings()).unwrap();
+        assert_eq!(report.findings.len(), 2, "{report:?}");
+        request.subnets.clear();
+        assert!(scan(&request, &tree.settings()).is_err(), "nothing to look for");
     }
 
     #[test]
@@ -330,8 +383,13 @@ mod tests {
     #[test]
     fn scan_leaves_out_pseudo_filesystems() {
         // /proc is a pseudo filesystem on every Linux this runs on.
-        let request =
-            ScanRequest { needles: vec!["db".into()], roots: vec!["/proc".into()], files: None, exclude: Vec::new() };
+        let request = ScanRequest {
+            needles: vec!["db".into()],
+            subnets: Vec::new(),
+            roots: vec!["/proc".into()],
+            files: None,
+            exclude: Vec::new(),
+        };
         let report = scan(&request, &Settings { backup_base: "/nonexistent".into() }).unwrap();
         assert_eq!(report.files_scanned, 0);
         assert!(

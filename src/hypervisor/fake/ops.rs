@@ -207,6 +207,28 @@ impl State {
         Ok(())
     }
 
+    pub fn move_interface(&mut self, domain: &str, mac: &str, network: &str) -> Result<(), HvError> {
+        let err = |source| HvError::MoveInterface {
+            domain: domain.to_owned(),
+            mac: mac.to_owned(),
+            network: network.to_owned(),
+            source,
+        };
+        match self.networks.get(network) {
+            None => return Err(err(lv(LibvirtCode::NoNetwork, format!("no network with matching name '{network}'")))),
+            Some(n) if !n.active => {
+                return Err(err(lv(LibvirtCode::OperationInvalid, format!("network '{network}' is not active"))))
+            }
+            Some(_) => {}
+        }
+        let d = self.dom_mut(domain)?;
+        let index = d.def.interface_index(mac).ok_or_else(|| {
+            err(lv(LibvirtCode::OperationInvalid, format!("no interface with MAC {mac} in domain {domain}")))
+        })?;
+        d.def.set_interface_network(index, network)?;
+        d.def.set_interface_link(index, true)
+    }
+
     pub fn network(&self, name: &str) -> Result<Network, HvError> {
         let n = self.networks.get(name).ok_or_else(|| HvError::NoSuchNetwork { name: name.to_owned() })?;
         Ok(Network {

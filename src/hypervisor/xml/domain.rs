@@ -89,6 +89,20 @@ impl DomainDef {
         Ok(())
     }
 
+    /// The index of the interface with MAC `mac` (compared ignoring case).
+    pub fn interface_index(&self, mac: &str) -> Option<usize> {
+        self.interfaces().iter().position(|i| i.mac.as_deref().is_some_and(|m| m.eq_ignore_ascii_case(mac)))
+    }
+
+    /// The `<interface>` element alone, as libvirt's device calls take it.
+    pub fn interface_xml(&self, index: usize) -> Result<String, HvError> {
+        let name = self.name();
+        self.devices()
+            .and_then(|d| children(d, "interface").nth(index))
+            .map(super::write)
+            .ok_or(HvError::NoSuchInterface { domain: name, index })
+    }
+
     pub fn set_interface_link(&mut self, index: usize, up: bool) -> Result<(), HvError> {
         devices::set_interface_link(self.interface_mut(index)?, up);
         Ok(())

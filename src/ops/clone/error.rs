@@ -126,6 +126,38 @@ pub enum CloneError {
         #[source]
         source: Box<GuestError>,
     },
+    /// `--network readdress` without the config it needs.
+    #[error("environment {env} has no [environments.{env}.{missing}] section, which --network readdress needs")]
+    ReaddressNotConfigured { env: String, missing: &'static str },
+    /// The clone's addresses cannot be planned.
+    #[error("cannot plan the clone's addresses: {detail}")]
+    AddressPlan { detail: String },
+    /// An agent call of the readdress or identity steps.
+    #[error("{step} in VM '{vm}'")]
+    Agent {
+        vm: String,
+        step: &'static str,
+        #[source]
+        source: Box<GuestError>,
+    },
+    /// After the rewrite, a configured file still names a source address:
+    /// the clone would talk to production, so its link never goes up.
+    #[error("{}", remaining(vm, findings))]
+    SourceAddressesRemain { vm: String, findings: Vec<envclone_agent::Finding> },
+    #[error("move the interface {mac} of {domain} (VM '{vm}') onto its network")]
+    MoveInterface {
+        vm: String,
+        domain: String,
+        mac: String,
+        #[source]
+        source: Box<HvError>,
+    },
+    #[error("update {}", path.display())]
+    KnownHosts {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
     /// `destroy` of an environment that is not a clone.
     #[error("{name} is not a clone; `envclone destroy` only removes clones")]
     NotAClone { name: String },
@@ -136,6 +168,17 @@ pub enum CloneError {
     /// The operation failed and its rollback left something behind.
     #[error("{}; the rollback left: {}", crate::error::chain(cause.as_ref()), failures.join("; "))]
     CleanupFailed { cause: Box<CloneError>, failures: Vec<String> },
+}
+
+fn remaining(vm: &str, findings: &[envclone_agent::Finding]) -> String {
+    let mut text = format!("VM '{vm}' still names source addresses after the rewrite; its link stays down:");
+    for finding in findings.iter().take(20) {
+        text.push_str(&format!("\n  {}:{}: {} ({})", finding.path, finding.line, finding.text, finding.needle));
+    }
+    if findings.len() > 20 {
+        text.push_str(&format!("\n  ... and {} more", findings.len() - 20));
+    }
+    text
 }
 
 fn unknown_snapshot(env: &str, name: &str, state: Option<SnapshotState>) -> String {
@@ -154,7 +197,22 @@ impl CloneError {
             CloneError::BadName { .. } => {
                 Some("use lower-case letters, digits and '-', at most 24, not the name of an environment".into())
             }
-            CloneError::Unsupported { .. } => Some("this build clones with `--network isolated` only".into()),
+            CloneError::Unsupported { .. } => Some("clone with `--network isolated`, which needs none of this".into()),
+            CloneError::ReaddressNotConfigured { env, missing: "readdress" } => Some(format!(
+                "add [environments.{env}.readdress] with `pool = \"10.90.0.0/16\"` (a block no production network uses)"
+            )),
+            CloneError::ReaddressNotConfigured { env, .. } => Some(format!(
+                "add [environments.{env}.rewrite] with the `files` that hold connection strings (e.g. /etc/app/*.env)"
+            )),
+            CloneError::AddressPlan { .. } => {
+                Some("give [readdress] pool a larger block, or clone with --network isolated".into())
+            }
+            CloneError::SourceAddressesRemain { .. } => Some(
+                "map each listed value in [rewrite] map, or add its file to [rewrite] files; nothing of the clone was kept"
+                    .into(),
+            ),
+            CloneError::Agent { source, .. } => source.hint(),
+            CloneError::MoveInterface { source, .. } => source.hint(),
             CloneError::Snapshot { source, .. } => source.hint(),
             CloneError::UnknownSnapshot { known, .. } => Some(if known.is_empty() {
                 "the environment has no complete snapshot; omit --from to take one".into()

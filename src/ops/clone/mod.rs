@@ -3,7 +3,7 @@
 //! ENV's without touching them (ENV keeps running, never restarted).
 //!
 //! ```text
-//! [Snapshot] -> Lock -> Resolve -> Overlays -> Networks -> Gateway -> Domains -> Start -> Record -> Done
+//! [Snapshot] -> Lock -> Resolve -> Overlays -> Networks -> Gateway -> Domains -> Start -> Identity -> Record -> Done
 //! ```
 //!
 //! 1. **Snapshot** (without `--from`): a fresh consistent snapshot of ENV,
@@ -41,10 +41,23 @@
 //!    or UUID than the saved ones), then deleted; each guest is thawed (it
 //!    resumes frozen if it was captured frozen; a failed thaw is a hard
 //!    error) and its clock set (it resumes at the snapshot's time).
-//! 9. **Record**: the clone in the catalog (its environment, as the config
-//!    would describe it, and everything it made), its overlays as images
-//!    on the snapshot's images, and a pin `clone:NEW` on each of those, so
-//!    deleting the snapshot is deferred while the clone lives.
+//! 9. **Identity** (a clone that runs): each guest gets a new machine-id.
+//!    With `--network readdress` the VMs so far sit in the quarantine (the
+//!    isolated copies above, named `NEW-q-<net>`, reached only through the
+//!    gateway namespace), and their own networks `NEW-<net>` (a free subnet
+//!    of the environment's `[readdress] pool`, a host address, no forward)
+//!    are defined but empty. Each agent rewrites the configured files with
+//!    the map of every source address and host name to the clone's
+//!    (`readdress.rs`), then `scan`s them for any address of the source's
+//!    subnets: one left (a production host no map could know) stops the
+//!    clone before any link goes up, the file named, and everything is
+//!    rolled back. Only when every VM is clean is each guest re-addressed
+//!    and its interface moved onto its own network ("link up"), its agent
+//!    awaited at the new address, and the quarantine removed.
+//! 10. **Record**: the clone in the catalog (its environment, as the config
+//!     would describe it, and everything it made), its overlays as images
+//!     on the snapshot's images, and a pin `clone:NEW` on each of those, so
+//!     deleting the snapshot is deferred while the clone lives.
 //!
 //! Every step is journaled before it runs (operation kind `clone`, on
 //! NEW), with its undo (`undo.rs`); a failure undoes them newest first and
@@ -55,6 +68,7 @@ mod error;
 pub mod full_copy;
 pub mod host_net;
 pub mod names;
+pub mod readdress;
 #[cfg(test)]
 mod tests;
 pub mod undo;
@@ -68,10 +82,11 @@ use serde::Serialize;
 pub use self::error::CloneError;
 pub use self::full_copy::{FullCopy, QemuImgConvert};
 pub use self::host_net::{HostNet, HostNetError, IpCommand};
+pub use self::readdress::CloneAgents;
 pub(crate) use crate::ops::journal::Journal;
 
 use super::context::OpContext;
-use super::restore::{GuestAgents, ImageFiles};
+use super::restore::ImageFiles;
 use super::snapshot::save_image::SavePrefix;
 use super::snapshot::{snapshot_dependent, Quiescer, SnapshotRequest};
 use super::EnvLock;
@@ -125,7 +140,7 @@ pub struct Tools<'t> {
     /// Freezes the source's guests for the fresh snapshot (no `--from`).
     pub quiescer: &'t dyn Quiescer,
     /// The clone's agents, once its environment is known.
-    pub agents: &'t dyn Fn(&Environment) -> Box<dyn GuestAgents>,
+    pub agents: &'t dyn Fn(&Environment) -> Box<dyn CloneAgents>,
     pub files: &'t dyn ImageFiles,
     /// `--disks full`: independent copies.
     pub copier: &'t dyn FullCopy,
@@ -148,13 +163,14 @@ pub enum Phase {
     Gateway,
     Domains,
     Start,
+    Identity,
     Record,
     Done,
     Failed,
 }
 
 impl Phase {
-    pub const ALL: [Phase; 10] = [
+    pub const ALL: [Phase; 11] = [
         Phase::Lock,
         Phase::Resolve,
         Phase::Overlays,
@@ -162,6 +178,7 @@ impl Phase {
         Phase::Gateway,
         Phase::Domains,
         Phase::Start,
+        Phase::Identity,
         Phase::Record,
         Phase::Done,
         Phase::Failed,
@@ -178,7 +195,8 @@ impl Phase {
             | (Networks, Gateway)
             | (Gateway, Domains)
             | (Domains, Start)
-            | (Start, Record)
+            | (Start, Identity)
+            | (Identity, Record)
             | (Record, Done) => true,
             _ => false,
         }
@@ -193,6 +211,7 @@ impl Phase {
             Phase::Gateway => "gateway",
             Phase::Domains => "domains",
             Phase::Start => "start",
+            Phase::Identity => "identity",
             Phase::Record => "record",
             Phase::Done => "done",
             Phase::Failed => "failed",
@@ -216,9 +235,14 @@ pub struct CloneReport {
     pub start: StartMode,
     pub network: NetworkMode,
     pub duration_ms: u64,
+    /// Where the controller reaches an isolated clone from; none for a
+    /// readdressed one, which its own networks' host addresses reach.
     pub gateway_netns: Option<String>,
     pub vms: Vec<VmReport>,
     pub networks: Vec<ClonedNetwork>,
+    /// `--network readdress`: the subnets and addresses the clone got.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub addresses: Option<readdress::AddressPlan>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
@@ -228,8 +252,18 @@ pub struct VmReport {
     pub domain: String,
     pub uuid: String,
     pub macs: Vec<String>,
+    /// Where its agent answers (the source's address in an isolated clone).
     pub address: String,
     pub disks: Vec<ClonedDisk>,
+    /// The new /etc/machine-id; none for a clone left off.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub machine_id: Option<String>,
+    /// `--network readdress`: the host name the guest has now.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub hostname: Option<String>,
+    /// `--network readdress`: replacements made in the configured files.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub replacements: Option<u64>,
 }
 
 /// One VM of the clone, as planned.
@@ -276,12 +310,15 @@ pub fn clone_environment(clone: &CloneRecord) -> Result<Environment, CloneError>
 /// Clones `request.source`; see the module documentation.
 pub fn clone(ctx: &OpContext<'_>, request: &CloneRequest, tools: Tools<'_>) -> Result<CloneReport, CloneError> {
     let started = Instant::now();
-    for (unsupported, what) in [(request.network == NetworkMode::Readdress, "--network readdress")] {
-        if unsupported {
-            return Err(CloneError::Unsupported { what: what.to_owned() });
+    let source = ctx.config.environment(&request.source)?;
+    if request.network == NetworkMode::Readdress {
+        check_readdress_config(&request.source, source)?;
+        if request.start == StartMode::Off {
+            return Err(CloneError::Unsupported {
+                what: "--network readdress with --start off (the agents readdress a running guest)".into(),
+            });
         }
     }
-    let source = ctx.config.environment(&request.source)?;
     names::check_name(&request.name).map_err(|reason| CloneError::BadName { name: request.name.clone(), reason })?;
     if ctx.config.environments.contains_key(&request.name) {
         return Err(CloneError::BadName { name: request.name.clone(), reason: "an environment has that name".into() });
@@ -327,6 +364,11 @@ pub fn clone(ctx: &OpContext<'_>, request: &CloneRequest, tools: Tools<'_>) -> R
         disks: Vec::new(),
         environment: None,
         vms: Vec::new(),
+        addresses: None,
+        own_networks: Vec::new(),
+        gateway_removed: false,
+        agents: None,
+        known_hosts: Vec::new(),
     };
     ctx.note(format!("clone of environment '{}' from snapshot {} as '{}'", request.source, run.snapshot, request.name));
     if let Err(error) = run.execute() {
@@ -344,10 +386,23 @@ pub fn clone(ctx: &OpContext<'_>, request: &CloneRequest, tools: Tools<'_>) -> R
         start: request.start,
         network: request.network,
         duration_ms: u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX),
-        gateway_netns: Some(names::gateway_netns(&request.name)),
+        gateway_netns: (!run.gateway_removed).then(|| names::gateway_netns(&request.name)),
         vms: run.vms.clone(),
-        networks: run.networks.clone(),
+        networks: run.recorded_networks(),
+        addresses: run.addresses.clone(),
     })
+}
+
+/// `--network readdress` needs a pool to take addresses from and the files
+/// that hold connection strings: without them nothing could be checked.
+fn check_readdress_config(env: &str, source: &Environment) -> Result<(), CloneError> {
+    if source.readdress.is_none() {
+        return Err(CloneError::ReaddressNotConfigured { env: env.to_owned(), missing: "readdress" });
+    }
+    if !source.rewrite.as_ref().is_some_and(|r| !r.files.is_empty()) {
+        return Err(CloneError::ReaddressNotConfigured { env: env.to_owned(), missing: "rewrite" });
+    }
+    Ok(())
 }
 
 struct Run<'r, 'c> {
@@ -364,6 +419,21 @@ struct Run<'r, 'c> {
     disks: Vec<ClonedDisk>,
     environment: Option<Environment>,
     vms: Vec<VmReport>,
+    /// `--network readdress`: the plan, and the clone's own networks (the
+    /// ones in `networks` are then the quarantine).
+    addresses: Option<readdress::AddressPlan>,
+    own_networks: Vec<ClonedNetwork>,
+    /// The quarantine and its gateway are gone (a readdressed clone).
+    gateway_removed: bool,
+    agents: Option<Box<dyn CloneAgents>>,
+    /// Lines added to the controller's known_hosts.
+    known_hosts: Vec<String>,
+}
+
+/// Maps an agent's error in `step` of `vm`.
+fn agent_error(vm: &str, step: &'static str) -> impl FnOnce(crate::guest::GuestError) -> CloneError {
+    let vm = vm.to_owned();
+    move |source| CloneError::Agent { vm, step, source: Box::new(source) }
 }
 
 impl<'r, 'c> Run<'r, 'c> {
@@ -393,6 +463,7 @@ impl<'r, 'c> Run<'r, 'c> {
             Ok(value) => {
                 timer.done();
                 self.journal().done(id)?;
+                crate::ops::crashpoint::hit("clone", name);
                 Ok(value)
             }
             Err(error) => {
@@ -424,6 +495,14 @@ impl<'r, 'c> Run<'r, 'c> {
             StartMode::Boot => self.start()?,
             StartMode::Resume => self.resume()?,
             StartMode::Off => {}
+        }
+
+        self.enter(Phase::Identity);
+        if self.request.start != StartMode::Off {
+            self.new_machine_ids()?;
+        }
+        if self.addresses.is_some() {
+            self.readdress()?;
         }
 
         self.enter(Phase::Record);
@@ -612,29 +691,124 @@ impl<'r, 'c> Run<'r, 'c> {
                 }
             }
         }
+        let readdress = self.request.network == NetworkMode::Readdress;
+        let mut source_networks = Vec::new();
         for source in sources {
             let def = ctx
                 .hv
                 .network(&source)
                 .map_err(|e| CloneError::InspectNetwork { network: source.clone(), source: Box::new(e) })?
                 .def;
-            let name = names::network(&self.request.name, &source);
-            let bridge = names::bridge(&self.request.name, &source);
-            let gateway = def.ip().map(|(address, prefix)| format!("{address}/{prefix}"));
-            let undo = UndoAction::Custom {
-                kind: undo::UNDO_REMOVE_NETWORK.to_owned(),
-                data: serde_json::json!({ "network": name }),
+            // Readdressed VMs wait in a quarantine copy until they are clean.
+            let (name, bridge) = if readdress {
+                (
+                    names::quarantine_network(&self.request.name, &source),
+                    names::quarantine_bridge(&self.request.name, &source),
+                )
+            } else {
+                (names::network(&self.request.name, &source), names::bridge(&self.request.name, &source))
             };
-            self.step(&format!("create network {name} (isolated copy of {source})"), undo, |run| {
-                let isolated =
-                    NetworkDef::isolated(&NetworkSpec { name: name.clone(), bridge: bridge.clone(), ip: None });
-                let fail = |e: HvError| CloneError::DefineNetwork { network: name.clone(), source: Box::new(e) };
-                run.ctx.hv.define_network(&isolated).map_err(fail)?;
-                run.ctx.hv.start_network(&name).map_err(fail)
-            })?;
+            let gateway = def.ip().map(|(address, prefix)| format!("{address}/{prefix}"));
+            let kind = if readdress { "quarantine" } else { "isolated copy" };
+            self.create_network(&name, &bridge, None, &format!("{kind} of {source}"))?;
+            source_networks.push(readdress::SourceNetwork {
+                name: source.clone(),
+                gateway: match def.ip() {
+                    Some((std::net::IpAddr::V4(address), prefix)) => Some((address, prefix)),
+                    _ => None,
+                },
+            });
             self.networks.push(ClonedNetwork { source, name, bridge, veth: None, gateway });
         }
+        if readdress {
+            let plan = self.plan_addresses(&source_networks)?;
+            for network in &plan.networks {
+                let name = names::network(&self.request.name, &network.source_network);
+                let bridge = names::bridge(&self.request.name, &network.source_network);
+                let ip = Some((network.gateway, network.subnet.prefix_len()));
+                self.create_network(&name, &bridge, ip, &format!("{} for {}", network.subnet, network.source_network))?;
+                self.own_networks.push(ClonedNetwork {
+                    source: network.source_network.clone(),
+                    name,
+                    bridge,
+                    veth: None,
+                    gateway: Some(format!("{}/{}", network.gateway, network.subnet.prefix_len())),
+                });
+            }
+            self.addresses = Some(plan);
+        }
         Ok(())
+    }
+
+    /// Defines and starts one of the clone's networks: a bridge that
+    /// forwards nowhere, with a host address or without.
+    fn create_network(
+        &mut self,
+        name: &str,
+        bridge: &str,
+        ip: Option<(std::net::Ipv4Addr, u8)>,
+        what: &str,
+    ) -> Result<(), CloneError> {
+        let undo = UndoAction::Custom {
+            kind: undo::UNDO_REMOVE_NETWORK.to_owned(),
+            data: serde_json::json!({ "network": name }),
+        };
+        self.step(&format!("create network {name} ({what})"), undo, |run| {
+            let def = NetworkDef::isolated(&NetworkSpec { name: name.to_owned(), bridge: bridge.to_owned(), ip });
+            let fail = |e: HvError| CloneError::DefineNetwork { network: name.to_owned(), source: Box::new(e) };
+            run.ctx.hv.define_network(&def).map_err(fail)?;
+            run.ctx.hv.start_network(name).map_err(fail)
+        })
+    }
+
+    /// The clone's subnets and addresses, clear of every subnet libvirt has.
+    fn plan_addresses(&mut self, networks: &[readdress::SourceNetwork]) -> Result<readdress::AddressPlan, CloneError> {
+        let config = self.source.readdress.clone().expect("checked before the run");
+        let mut vms = Vec::new();
+        for plan in &self.plans {
+            let interfaces = plan.def.interfaces();
+            let [iface] = interfaces.as_slice() else {
+                return Err(CloneError::Unsupported {
+                    what: format!(
+                        "--network readdress of VM '{}' with {} interfaces (one per VM is readdressed)",
+                        plan.vm,
+                        interfaces.len()
+                    ),
+                });
+            };
+            vms.push(readdress::SourceVm {
+                vm: plan.vm.clone(),
+                network: iface.network.clone().unwrap_or_default(),
+                address: self.source.vms[&plan.vm].agent.address.clone(),
+            });
+        }
+        let hv = self.ctx.hv;
+        let mut taken = Vec::new();
+        let names =
+            hv.network_names().map_err(|e| CloneError::InspectNetwork { network: "*".into(), source: Box::new(e) })?;
+        for name in names {
+            let network = hv
+                .network(&name)
+                .map_err(|e| CloneError::InspectNetwork { network: name.clone(), source: Box::new(e) })?;
+            if let Some((std::net::IpAddr::V4(address), prefix)) = network.def.ip() {
+                if let Ok(subnet) = ipnet::Ipv4Net::new(address, prefix) {
+                    taken.push(subnet.trunc());
+                }
+            }
+        }
+        let clone = self.request.name.clone();
+        self.step("plan the clone's addresses", UndoAction::Nothing, |_| {
+            readdress::plan(config.pool, networks, &vms, &taken, |vm| config.hostname_for(&clone, vm))
+        })
+    }
+
+    /// The networks the clone keeps: its own when readdressed, else the copies.
+    fn recorded_networks(&self) -> Vec<ClonedNetwork> {
+        if self.addresses.is_some() {
+            self.own_networks.clone()
+        } else {
+            self.networks.clone()
+        }
     }
 
     /// The gateway namespace and one veth per network with a gateway address.
@@ -736,6 +910,9 @@ impl<'r, 'c> Run<'r, 'c> {
                 macs,
                 address: vm.agent.address.clone(),
                 disks: self.disks.iter().filter(|d| d.vm == plan.vm).cloned().collect(),
+                machine_id: None,
+                hostname: None,
+                replacements: None,
             });
         }
         self.environment = Some(environment);
@@ -760,11 +937,10 @@ impl<'r, 'c> Run<'r, 'c> {
                 Ok(())
             })?;
         }
-        let environment = self.environment.clone().expect("domains come before the start");
-        let agents = (self.tools.agents)(&environment);
         for plan in self.plans.clone() {
             let vm = plan.vm.clone();
-            self.step(&format!("thaw {vm} and set its clock"), UndoAction::Nothing, |_| {
+            self.step(&format!("thaw {vm} and set its clock"), UndoAction::Nothing, |run| {
+                let agents = run.agents();
                 agents
                     .thaw(&vm, BOOT_WITHIN)
                     .map_err(|source| CloneError::Thaw { vm: vm.clone(), source: Box::new(source) })?;
@@ -788,12 +964,15 @@ impl<'r, 'c> Run<'r, 'c> {
                 })
             })?;
         }
-        let environment = self.environment.clone().expect("domains come before the start");
-        let agents = (self.tools.agents)(&environment);
+        self.wait_for_agents("wait for the clone's agents")
+    }
+
+    /// Waits for every VM's agent, in parallel.
+    fn wait_for_agents(&mut self, what: &str) -> Result<(), CloneError> {
         let vms: Vec<String> = self.plans.iter().map(|p| p.vm.clone()).collect();
-        self.step("wait for the clone's agents", UndoAction::Nothing, |_| {
+        self.step(what, UndoAction::Nothing, |run| {
+            let agents = run.agents();
             let results: Vec<Result<(), CloneError>> = std::thread::scope(|scope| {
-                let agents = &agents;
                 let handles: Vec<_> = vms
                     .iter()
                     .map(|vm| {
@@ -809,6 +988,166 @@ impl<'r, 'c> Run<'r, 'c> {
             });
             results.into_iter().collect()
         })
+    }
+
+    /// The clone's agents as its environment stands now (logins are kept).
+    fn agents(&mut self) -> &dyn CloneAgents {
+        if self.agents.is_none() {
+            let environment = self.environment.as_ref().expect("domains come before the agents");
+            self.agents = Some((self.tools.agents)(environment));
+        }
+        self.agents.as_deref().expect("just set")
+    }
+
+    /// A new /etc/machine-id in every guest: two machines with one id
+    /// confuse DHCP, journald and anything that keys on it.
+    fn new_machine_ids(&mut self) -> Result<(), CloneError> {
+        for index in 0..self.vms.len() {
+            let vm = self.vms[index].vm.clone();
+            let report = self.step(&format!("new machine-id for {vm}"), UndoAction::Nothing, |run| {
+                run.agents().reset_identity(&vm, false).map_err(agent_error(&vm, "give the guest a new machine-id"))
+            })?;
+            self.vms[index].machine_id = Some(report.machine_id);
+        }
+        Ok(())
+    }
+
+    /// `--network readdress`, from the quarantine: rewrite, scan (stop if
+    /// any source address is left), readdress, link up, wait, and remove
+    /// the quarantine.
+    fn readdress(&mut self) -> Result<(), CloneError> {
+        let plan = self.addresses.clone().expect("planned in the networks phase");
+        let rewrite = self.source.rewrite.clone().expect("checked before the run");
+        let vms: Vec<String> = self.vms.iter().map(|v| v.vm.clone()).collect();
+
+        let mut hostnames = BTreeMap::new();
+        for vm in &vms {
+            let hostname = self.step(&format!("ask {vm} for its host name"), UndoAction::Nothing, |run| {
+                run.agents().hostname(vm).map_err(agent_error(vm, "ask the host name"))
+            })?;
+            hostnames.insert(vm.clone(), hostname);
+        }
+        let map = plan.rewrite_map(&hostnames, &rewrite.map);
+        let rewrite_plan = envclone_agent::RewritePlan {
+            map: map.clone(),
+            files: rewrite.files.clone(),
+            roots: rewrite.roots.clone(),
+            backup_suffix: None,
+        };
+        let scan = envclone_agent::ScanRequest {
+            needles: map.keys().cloned().collect(),
+            subnets: plan.source_subnets(),
+            roots: rewrite.roots.clone(),
+            files: Some(rewrite.files.clone()),
+            exclude: Vec::new(),
+        };
+        // Every VM is rewritten and found clean before any link goes up.
+        let mut host_keys = BTreeMap::new();
+        for (index, vm) in vms.iter().enumerate() {
+            let key = self.step(&format!("read {vm}'s host key"), UndoAction::Nothing, |run| {
+                run.agents().host_key(vm).map_err(agent_error(vm, "read the host key"))
+            })?;
+            host_keys.insert(vm.clone(), key);
+            let report = self.step(&format!("rewrite connection strings in {vm}"), UndoAction::Nothing, |run| {
+                run.agents().rewrite(vm, &rewrite_plan).map_err(agent_error(vm, "rewrite connection strings"))
+            })?;
+            self.vms[index].replacements = Some(report.replacements);
+            self.step(&format!("scan {vm} for source addresses"), UndoAction::Nothing, |run| {
+                let report = run.agents().scan(vm, &scan).map_err(agent_error(vm, "scan for source addresses"))?;
+                if report.findings.is_empty() {
+                    Ok(())
+                } else {
+                    Err(CloneError::SourceAddressesRemain { vm: vm.clone(), findings: report.findings })
+                }
+            })?;
+        }
+
+        let libvirt_netns = self.ctx.config.controller.libvirt_netns.clone();
+        let mut environment = self.environment.clone().expect("domains come before the identity");
+        for (index, vm) in vms.iter().enumerate() {
+            let addresses = plan.vm(vm).expect("the plan has every VM").clone();
+            let network = plan.network(&addresses.source_network).expect("the plan has every network").clone();
+            let mac = self.vms[index].macs[0].clone();
+            // A guest resumed from memory still has its source's MAC: QEMU's
+            // saved device state carries it, whatever the new XML says.
+            let guest_mac = match self.request.start {
+                StartMode::Resume => self.plans[index].def.interfaces()[0].mac.clone().unwrap_or_else(|| mac.clone()),
+                _ => mac.clone(),
+            };
+            let what = format!(
+                "readdress {vm}: {} -> {} ({})",
+                addresses.source_address, addresses.address, addresses.hostname
+            );
+            self.step(&what, UndoAction::Nothing, |run| {
+                run.agents()
+                    .readdress(vm, &guest_mac, &addresses.address, network.gateway, &addresses.hostname)
+                    .map_err(agent_error(vm, "readdress the guest"))
+            })?;
+            // The guest keeps its host key: trust it at the new address.
+            let port = self.source.vms[vm].agent.port;
+            let host_name = crate::guest::hostkey::known_hosts_name(&addresses.address.addr().to_string(), port);
+            let line = crate::guest::hostkey::known_hosts_entry(&host_name, &host_keys[vm]);
+            let known_hosts = self.ctx.config.controller.known_hosts.clone();
+            let undo = UndoAction::Custom {
+                kind: undo::UNDO_DISTRUST_HOST_KEYS.to_owned(),
+                data: serde_json::to_value(undo::HostKeys {
+                    known_hosts: known_hosts.clone(),
+                    lines: vec![line.clone()],
+                })
+                .unwrap_or_default(),
+            };
+            self.step(&format!("trust {vm}'s host key at {host_name}"), undo, |_| {
+                crate::guest::hostkey::trust(&known_hosts, std::slice::from_ref(&line))
+                    .map_err(|source| CloneError::KnownHosts { path: known_hosts.clone(), source })
+            })?;
+            self.known_hosts.push(line);
+            let domain = self.vms[index].domain.clone();
+            let own = names::network(&self.request.name, &addresses.source_network);
+            self.step(&format!("link up: {domain} onto {own}"), UndoAction::Nothing, |run| {
+                run.ctx.hv.move_interface(&domain, &mac, &own).map_err(|source| CloneError::MoveInterface {
+                    vm: vm.clone(),
+                    domain: domain.clone(),
+                    mac: mac.clone(),
+                    source: Box::new(source),
+                })
+            })?;
+            let endpoint = &mut environment.vms.get_mut(vm).expect("the environment has every VM").agent;
+            endpoint.address = addresses.address.addr().to_string();
+            endpoint.netns = libvirt_netns.clone();
+            self.vms[index].address = endpoint.address.clone();
+            self.vms[index].hostname = Some(addresses.hostname.clone());
+        }
+        environment.networks = self.own_networks.iter().map(|n| n.name.clone()).collect();
+        self.environment = Some(environment);
+        self.agents = None;
+        self.wait_for_agents("wait for the clone's agents at their new addresses")?;
+
+        for network in self.networks.clone() {
+            if let Some(veth) = &network.veth {
+                self.step(&format!("remove the gateway link {veth}"), UndoAction::Nothing, |run| {
+                    run.tools.net.delete_link(libvirt_netns.as_deref(), veth).map_err(|e| CloneError::Gateway {
+                        netns: names::gateway_netns(&run.request.name),
+                        source: Box::new(e),
+                    })
+                })?;
+            }
+            self.step(&format!("remove the quarantine network {}", network.name), UndoAction::Nothing, |_| {
+                undo::remove_network(self.ctx.hv, &network.name).map_err(|detail| CloneError::Remove {
+                    clone: self.request.name.clone(),
+                    what: network.name.clone(),
+                    detail,
+                })
+            })?;
+        }
+        let netns = names::gateway_netns(&self.request.name);
+        self.step(&format!("remove the gateway namespace {netns}"), UndoAction::Nothing, |run| {
+            run.tools
+                .net
+                .delete_netns(&netns)
+                .map_err(|e| CloneError::Gateway { netns: netns.clone(), source: Box::new(e) })
+        })?;
+        self.gateway_removed = true;
+        Ok(())
     }
 
     /// The catalog: overlays, pins, the clone.
@@ -847,7 +1186,10 @@ impl<'r, 'c> Run<'r, 'c> {
                 DiskMode::Linked => "linked".into(),
                 DiskMode::Full => "full".into(),
             },
-            network: "isolated".into(),
+            network: match self.request.network {
+                NetworkMode::Isolated => "isolated".into(),
+                NetworkMode::Readdress => "readdress".into(),
+            },
             environment: serde_json::to_value(environment).map_err(|e| {
                 CloneError::Catalog(crate::catalog::CatalogError::Corrupt {
                     what: "record a clone's environment",
@@ -856,10 +1198,11 @@ impl<'r, 'c> Run<'r, 'c> {
             })?,
             resources: CloneResources {
                 domains: self.plans.iter().map(|p| p.domain.clone()).collect(),
-                networks: self.networks.clone(),
-                gateway_netns: Some(names::gateway_netns(&self.request.name)),
+                networks: self.recorded_networks(),
+                gateway_netns: (!self.gateway_removed).then(|| names::gateway_netns(&self.request.name)),
                 disks: self.disks.clone(),
                 storage: self.storage.clone(),
+                known_hosts: self.known_hosts.clone(),
             },
         })?;
         Ok(())

@@ -32,6 +32,18 @@ pub fn network(clone: &str, network: &str) -> String {
     format!("{clone}-{network}")
 }
 
+/// The quarantine a readdressed clone's VMs wait in: a copy of the source
+/// network `network` with the source's addressing, reachable only from the
+/// gateway namespace.
+pub fn quarantine_network(clone: &str, network: &str) -> String {
+    format!("{clone}-q-{network}")
+}
+
+/// The quarantine network's bridge (`ecq` + 8 hex digits).
+pub fn quarantine_bridge(clone: &str, network: &str) -> String {
+    format!("ecq{}", short_hash(clone, network))
+}
+
 /// The namespace the clone's gateway lives in.
 pub fn gateway_netns(clone: &str) -> String {
     format!("envclone-c-{clone}")

@@ -15,7 +15,7 @@ use crate::config::{AgentEndpoint, Config, Controller, HumanSize, Vm};
 use crate::guest::GuestError;
 use crate::hypervisor::{FakeHypervisor, FakeStep, Hypervisor};
 use crate::ops::context::{Event, FixedClock};
-use crate::ops::restore::ImageFileError;
+use crate::ops::restore::{GuestAgents, ImageFileError};
 use crate::ops::snapshot::{FreezeInfo, FrozenGuest, ThawInfo};
 
 fn at(minute: u32) -> DateTime<Utc> {
@@ -47,11 +47,26 @@ impl Quiescer for FakeQuiescer {
     }
 }
 
-#[derive(Debug, Default)]
-struct ReadyAgents;
+/// Agents that answer everything; they log what they were asked (`vm:
+/// call`) into the shared log, and `scan` finds what `findings` says.
+#[derive(Debug, Default, Clone)]
+struct ReadyAgents {
+    log: std::sync::Arc<Mutex<Vec<String>>>,
+    findings: Vec<envclone_agent::Finding>,
+    /// Where the agents are reached, from the environment they were made for.
+    endpoints: BTreeMap<String, String>,
+}
+
+impl ReadyAgents {
+    fn note(&self, vm: &str, call: &str) {
+        let at = self.endpoints.get(vm).cloned().unwrap_or_default();
+        self.log.lock().unwrap().push(format!("{vm}@{at}: {call}"));
+    }
+}
 
 impl GuestAgents for ReadyAgents {
-    fn wait_ready(&self, _vm: &str, _within: Duration) -> Result<(), GuestError> {
+    fn wait_ready(&self, vm: &str, _within: Duration) -> Result<(), GuestError> {
+        self.note(vm, "wait");
         Ok(())
     }
 
@@ -61,6 +76,78 @@ impl GuestAgents for ReadyAgents {
 
     fn set_clock(&self, _vm: &str) -> Result<i64, GuestError> {
         Ok(0)
+    }
+}
+
+impl CloneAgents for ReadyAgents {
+    fn host_key(&self, _vm: &str) -> Result<Vec<u8>, GuestError> {
+        Ok(b"\0\0\0\x0bssh-ed25519\0\0\0\x01k".to_vec())
+    }
+
+    fn hostname(&self, vm: &str) -> Result<String, GuestError> {
+        Ok(vm.to_owned())
+    }
+
+    fn rewrite(
+        &self,
+        vm: &str,
+        plan: &envclone_agent::RewritePlan,
+    ) -> Result<envclone_agent::RewriteReport, GuestError> {
+        let map: Vec<String> = plan.map.iter().map(|(k, v)| format!("{k}={v}")).collect();
+        self.note(vm, &format!("rewrite {}", map.join(",")));
+        Ok(envclone_agent::RewriteReport { dry_run: false, backup_dir: None, files: Vec::new(), replacements: 3 })
+    }
+
+    fn scan(&self, vm: &str, request: &envclone_agent::ScanRequest) -> Result<envclone_agent::ScanReport, GuestError> {
+        self.note(vm, &format!("scan {}", request.subnets.join(",")));
+        Ok(envclone_agent::ScanReport {
+            findings: if vm == "web" { self.findings.clone() } else { Vec::new() },
+            truncated: false,
+            files_scanned: 2,
+            binary_files: 0,
+            skipped: Vec::new(),
+            missing_roots: Vec::new(),
+        })
+    }
+
+    fn readdress(
+        &self,
+        vm: &str,
+        _mac: &str,
+        address: &ipnet::Ipv4Net,
+        gateway: std::net::Ipv4Addr,
+        hostname: &str,
+    ) -> Result<envclone_agent::ReaddressReport, GuestError> {
+        self.note(vm, &format!("readdress {address} via {gateway} as {hostname}"));
+        Ok(readdress_report(address, hostname))
+    }
+
+    fn reset_identity(&self, vm: &str, _host_keys: bool) -> Result<envclone_agent::ResetIdentityReport, GuestError> {
+        self.note(vm, "reset-identity");
+        Ok(envclone_agent::ResetIdentityReport {
+            previous_machine_id: None,
+            machine_id: format!("{:0>32}", vm.len()),
+            dbus_machine_id_updated: false,
+            host_keys: Vec::new(),
+            ssh_servers: Vec::new(),
+        })
+    }
+}
+
+fn readdress_report(address: &ipnet::Ipv4Net, hostname: &str) -> envclone_agent::ReaddressReport {
+    envclone_agent::ReaddressReport {
+        interface: "eth0".into(),
+        mac: "52:54:00:00:00:01".into(),
+        address: address.to_string(),
+        address_added: true,
+        removed: Vec::new(),
+        removal_deferred: Vec::new(),
+        removal_delay_ms: 0,
+        gateway: None,
+        hostname: Some(envclone_agent::HostnameChange { previous: "x".into(), new: hostname.into() }),
+        hosts_file_changed: false,
+        persisted: false,
+        not_persisted_reason: None,
     }
 }
 
@@ -157,10 +244,22 @@ impl Harness {
         let mut controller = Controller::new("/k", "/h");
         controller.state_dir = dir.path().join("state");
         controller.min_free_space = HumanSize::from_bytes(1);
-        let vms = ["web", "db"]
-            .map(|name| (name.to_owned(), Vm { domain: name.to_owned(), agent: AgentEndpoint::new("192.168.50.9") }))
+        let vms = [("web", "192.168.50.11"), ("db", "192.168.50.12")]
+            .map(|(name, address)| {
+                (name.to_owned(), Vm { domain: name.to_owned(), agent: AgentEndpoint::new(address) })
+            })
             .into();
-        let env = Environment { vms, networks: vec!["net".into()], ..Default::default() };
+        let env = Environment {
+            vms,
+            networks: vec!["net".into()],
+            rewrite: Some(crate::config::Rewrite {
+                files: vec!["/etc/app/*.env".into()],
+                roots: vec!["/etc".into()],
+                map: BTreeMap::new(),
+            }),
+            readdress: Some(crate::config::Readdress::new("10.90.0.0/16".parse().unwrap())),
+            ..Default::default()
+        };
         let config = Config {
             controller,
             environments: BTreeMap::from([("demo".to_owned(), env)]),
@@ -209,15 +308,35 @@ impl Harness {
     }
 
     fn clone_with(&self, name: &str, start: StartMode, disks: DiskMode) -> Result<CloneReport, CloneError> {
+        self.clone_as(name, start, disks, NetworkMode::Isolated, &ReadyAgents::default())
+    }
+
+    fn clone_as(
+        &self,
+        name: &str,
+        start: StartMode,
+        disks: DiskMode,
+        network: NetworkMode,
+        agents: &ReadyAgents,
+    ) -> Result<CloneReport, CloneError> {
         let request = CloneRequest {
             source: "demo".into(),
             name: name.into(),
             from: Some(self.snapshot.clone()),
             disks,
             start,
-            network: NetworkMode::Isolated,
+            network,
         };
-        let agents = |_: &Environment| -> Box<dyn GuestAgents> { Box::new(ReadyAgents) };
+        let agents = |env: &Environment| -> Box<dyn CloneAgents> {
+            let endpoints = env
+                .vms
+                .iter()
+                .map(|(vm, c)| {
+                    (vm.clone(), format!("{}/{}", c.agent.address, c.agent.netns.clone().unwrap_or_default()))
+                })
+                .collect();
+            Box::new(ReadyAgents { endpoints, ..agents.clone() })
+        };
         let tools =
             Tools { quiescer: &FakeQuiescer, agents: &agents, files: &self.files, copier: &self.files, net: &self.net };
         self.with_context(|ctx| super::clone(ctx, &request, tools))
@@ -251,7 +370,8 @@ fn phase_transitions_per_phase() {
         (Networks, &[Gateway, Failed]),
         (Gateway, &[Domains, Failed]),
         (Domains, &[Start, Failed]),
-        (Start, &[Record, Failed]),
+        (Start, &[Identity, Failed]),
+        (Identity, &[Record, Failed]),
         (Record, &[Done, Failed]),
         (Done, &[]),
         (Failed, &[]),
@@ -298,7 +418,7 @@ fn clone_defines_new_domains_on_isolated_copies_and_pins_the_snapshot() {
     let env = resolve_environment(&h.config, &h.catalog, "c1").unwrap();
     assert_eq!(env.vms["web"].domain, "c1-web");
     assert_eq!(env.vms["web"].agent.netns.as_deref(), Some("envclone-c-c1"));
-    assert_eq!(env.vms["web"].agent.address, "192.168.50.9");
+    assert_eq!(env.vms["web"].agent.address, "192.168.50.11");
     assert_eq!(report.vms.len(), 2);
     let op = h.catalog.operations_in(OperationState::Completed).unwrap();
     assert!(op.iter().any(|o| o.env == "c1"), "{op:?}");
@@ -368,4 +488,85 @@ fn a_full_clone_needs_nothing_of_the_source() {
     assert_eq!(h.files.created.lock().unwrap()[&disk], PathBuf::new());
     h.destroy("c1").unwrap();
     h.assert_nothing_left_of("c1");
+}
+
+#[test]
+fn readdress_rewrites_and_scans_every_vm_before_any_link_goes_up() {
+    let h = Harness::env();
+    let agents = ReadyAgents::default();
+
+    let report = h.clone_as("c2", StartMode::Boot, DiskMode::Linked, NetworkMode::Readdress, &agents).unwrap();
+
+    let log = agents.log.lock().unwrap().clone();
+    let last_scan = log.iter().rposition(|l| l.contains(": scan")).unwrap();
+    let first_readdress = log.iter().position(|l| l.contains(": readdress")).unwrap();
+    assert!(last_scan < first_readdress, "{log:#?}");
+    assert!(log.iter().any(|l| l.starts_with("web@192.168.50.11/envclone-c-c2: rewrite ")), "{log:#?}");
+    assert!(log.iter().any(|l| l.contains("192.168.50.12=10.90.0.12") && l.contains("web=c2-web")), "{log:#?}");
+    assert!(log.iter().any(|l| l.ends_with("scan 192.168.50.0/24")), "{log:#?}");
+    assert!(log.contains(&"db@192.168.50.12/envclone-c-c2: readdress 10.90.0.12/24 via 10.90.0.1 as c2-db".to_owned()));
+    // After the link is up the agents answer at their new addresses.
+    assert_eq!(log.last().unwrap(), "web@10.90.0.11/: wait", "{log:#?}");
+    let moves: Vec<_> =
+        h.hv.calls().into_iter().filter(|c| matches!(c, crate::hypervisor::Call::MoveInterface { .. })).collect();
+    assert_eq!(moves.len(), 2, "{moves:?}");
+    let web = h.hv.peek_domain("c2-web").unwrap();
+    assert_eq!(web.def.interfaces()[0].network.as_deref(), Some("c2-net"));
+    assert!(web.def.interfaces()[0].link_up);
+    // The quarantine and its gateway are gone; the clone's own network stays.
+    assert_eq!(
+        h.hv.network_names().unwrap().into_iter().filter(|n| n.starts_with("c2-")).collect::<Vec<_>>(),
+        ["c2-net"]
+    );
+    assert_eq!(h.hv.network("c2-net").unwrap().def.ip().unwrap().0.to_string(), "10.90.0.1");
+    assert!(h.net.netns.lock().unwrap().is_empty());
+    assert_eq!(report.gateway_netns, None);
+    let addresses: BTreeMap<&str, &str> = report.vms.iter().map(|v| (v.vm.as_str(), v.address.as_str())).collect();
+    assert_eq!(addresses, BTreeMap::from([("db", "10.90.0.12"), ("web", "10.90.0.11")]));
+    assert!(report.vms.iter().all(|v| v.machine_id.is_some()));
+    let record = h.catalog.clone_named("c2").unwrap().unwrap();
+    assert_eq!(record.network, "readdress");
+    assert_eq!(record.resources.gateway_netns, None);
+    let env = clone_environment(&record).unwrap();
+    assert_eq!(env.vms["db"].agent.address, "10.90.0.12");
+    assert_eq!(env.networks, ["c2-net"]);
+
+    h.destroy("c2").unwrap();
+    h.assert_nothing_left_of("c2");
+}
+
+#[test]
+fn a_source_address_left_in_a_file_stops_the_clone_before_any_link_goes_up() {
+    let h = Harness::env();
+    let finding = envclone_agent::Finding {
+        path: "/etc/app/cache.env".into(),
+        line: 3,
+        column: 7,
+        needle: "192.168.50.0/24".into(),
+        text: "CACHE=192.168.50.77:11211".into(),
+    };
+    let agents = ReadyAgents { findings: vec![finding], ..Default::default() };
+
+    let error = h.clone_as("c2", StartMode::Boot, DiskMode::Linked, NetworkMode::Readdress, &agents).unwrap_err();
+
+    assert!(matches!(error, CloneError::SourceAddressesRemain { ref vm, .. } if vm == "web"), "{error:?}");
+    assert!(error.to_string().contains("/etc/app/cache.env:3: CACHE=192.168.50.77:11211"), "{error}");
+    let log = agents.log.lock().unwrap().clone();
+    assert!(!log.iter().any(|l| l.contains("readdress")), "{log:#?}");
+    assert!(!h.hv.calls().iter().any(|c| matches!(c, crate::hypervisor::Call::MoveInterface { .. })));
+    h.assert_nothing_left_of("c2");
+}
+
+#[test]
+fn readdress_needs_its_config_and_a_running_clone() {
+    let mut h = Harness::env();
+    let agents = ReadyAgents::default();
+    let off = h.clone_as("c2", StartMode::Off, DiskMode::Linked, NetworkMode::Readdress, &agents);
+    assert!(matches!(off, Err(CloneError::Unsupported { .. })), "{off:?}");
+
+    h.config.environments.get_mut("demo").unwrap().readdress = None;
+    let error = h.clone_as("c2", StartMode::Boot, DiskMode::Linked, NetworkMode::Readdress, &agents).unwrap_err();
+    assert!(matches!(error, CloneError::ReaddressNotConfigured { missing: "readdress", .. }), "{error:?}");
+    assert!(error.hint().unwrap().contains("pool"));
+    h.assert_nothing_left_of("c2");
 }

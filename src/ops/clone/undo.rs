@@ -15,6 +15,14 @@ pub const UNDO_REMOVE_NETWORK: &str = "clone-remove-network";
 pub const UNDO_REMOVE_NETNS: &str = "clone-remove-netns";
 pub const UNDO_REMOVE_LINK: &str = "clone-remove-link";
 pub const UNDO_FORGET_CLONE: &str = "clone-forget";
+pub const UNDO_DISTRUST_HOST_KEYS: &str = "clone-distrust-host-keys";
+
+/// known_hosts lines a clone added.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HostKeys {
+    pub known_hosts: PathBuf,
+    pub lines: Vec<String>,
+}
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct LinkRef {
@@ -55,6 +63,11 @@ pub fn undo_action(
                 net.delete_link(link.netns.as_deref(), &link.link)
                     .map_err(|e| format!("cannot delete link {}: {}", link.link, error_chain(&e)))
             }
+            UNDO_DISTRUST_HOST_KEYS => {
+                let keys: HostKeys =
+                    serde_json::from_value(value.clone()).map_err(|e| format!("bad {kind} data {value}: {e}"))?;
+                distrust_host_keys(&keys.known_hosts, &keys.lines)
+            }
             UNDO_FORGET_CLONE => {
                 let forget: ForgetClone =
                     serde_json::from_value(value.clone()).map_err(|e| format!("bad {kind} data {value}: {e}"))?;
@@ -64,6 +77,11 @@ pub fn undo_action(
         },
         other => Err(format!("no undo for {other:?} in a clone")),
     }
+}
+
+pub fn distrust_host_keys(known_hosts: &Path, lines: &[String]) -> Result<(), String> {
+    crate::guest::hostkey::distrust(known_hosts, lines)
+        .map_err(|e| format!("cannot remove the clone's lines from {}: {e}", known_hosts.display()))
 }
 
 pub fn remove_file(files: &dyn ImageFiles, path: &Path) -> Result<(), String> {

@@ -627,6 +627,29 @@ fn an_interrupted_clone_is_rolled_back_through_the_clone_handlers() {
 }
 
 #[test]
+fn a_rolled_back_clone_leaves_no_storage_folder_behind() {
+    let h = Harness::new();
+    let storage = h.config.controller.state_dir.join("images/c1");
+    let overlay = storage.join("web/c1.vda.qcow2");
+    std::fs::create_dir_all(overlay.parent().unwrap()).unwrap();
+    std::fs::write(&overlay, b"overlay").unwrap();
+    let source_folder = h.storage().join("db");
+    std::fs::create_dir_all(&source_folder).unwrap();
+    let mut owner = Owner::current();
+    owner.start_ticks = owner.start_ticks.map(|ticks| ticks + 1);
+    let started = Utc.with_ymd_and_hms(2024, 5, 1, 2, 0, 0).unwrap();
+    let op = h.catalog.begin_operation(OperationKind::Clone, "c1", &owner, started).unwrap();
+    h.step(op, "create overlay web/vda", UndoAction::DeleteFile { path: overlay.clone() }, true);
+
+    let report = h.recover_all(&FakeAgents::healthy());
+
+    let clone = report.environments.iter().find(|env| env.env == "c1").unwrap();
+    assert_eq!(clone.operations[0].outcome, Outcome::RolledBack, "{clone:?}");
+    assert!(!storage.exists(), "{} is left", storage.display());
+    assert!(source_folder.is_dir(), "the source's folders stay, even empty");
+}
+
+#[test]
 fn undo_plan_descriptions_name_what_they_touch() {
     assert_eq!(describe(&UndoAction::ThawAgent { vm: "db".into() }), "thaw VM 'db' (envclone-agent thaw)");
     assert_eq!(

@@ -61,6 +61,29 @@ impl SshAgents {
         })
     }
 
+    /// Runs `call` once on the kept session to `vm` or a new login; keeps
+    /// the session when the call succeeds.
+    pub(crate) fn with_session<T>(
+        &self,
+        vm: &str,
+        call: impl FnOnce(&GuestSession) -> Result<T, GuestError>,
+    ) -> Result<T, GuestError> {
+        let target = self.target(vm)?;
+        let kept = self.sessions.lock().unwrap_or_else(PoisonError::into_inner).remove(vm);
+        let session = match kept {
+            Some(session) => session,
+            None => GuestSession::connect(target, &self.options)?,
+        };
+        let value = call(&session)?;
+        self.sessions.lock().unwrap_or_else(PoisonError::into_inner).insert(vm.to_owned(), session);
+        Ok(value)
+    }
+
+    /// Drops the kept session to `vm`: the next call logs in again.
+    pub(crate) fn forget_session(&self, vm: &str) {
+        self.sessions.lock().unwrap_or_else(PoisonError::into_inner).remove(vm);
+    }
+
     /// Runs `call` on a session to `vm` (the kept one, or a new login),
     /// again and again until it succeeds or `within` has passed; returns
     /// the last error then.
@@ -72,16 +95,7 @@ impl SshAgents {
         call: impl Fn(&GuestSession) -> Result<T, GuestError>,
     ) -> Result<T, GuestError> {
         let target = self.target(vm)?;
-        let outcome = crate::wait::until(what, within, RETRY, || {
-            let kept = self.sessions.lock().unwrap_or_else(PoisonError::into_inner).remove(vm);
-            let session = match kept {
-                Some(session) => session,
-                None => GuestSession::connect(target, &self.options)?,
-            };
-            let value = call(&session)?;
-            self.sessions.lock().unwrap_or_else(PoisonError::into_inner).insert(vm.to_owned(), session);
-            Ok(Some(value))
-        });
+        let outcome = crate::wait::until(what, within, RETRY, || self.with_session(vm, &call).map(Some));
         outcome.map_err(|crate::wait::WaitError::Timeout { last, waited, .. }| {
             last.unwrap_or_else(|| GuestError::CommandTimeout {
                 target: target.to_string(),
