@@ -92,9 +92,13 @@ pub struct CloneArgs {
     #[arg(long, value_enum, default_value_t = CloneStart::Boot)]
     pub start: CloneStart,
     /// `isolated`: copies of the source's networks with the same addresses and no route out;
-    /// `readdress` (not yet supported).
+    /// `readdress`: a new subnet from the environment's [readdress] pool, connection strings rewritten and
+    /// checked before the link goes up.
     #[arg(long, value_enum, default_value_t = CloneNetwork::Isolated)]
     pub network: CloneNetwork,
+    /// Give every guest new SSH host keys (known_hosts is updated; `destroy` removes the entries).
+    #[arg(long)]
+    pub new_host_keys: bool,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]

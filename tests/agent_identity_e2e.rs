@@ -209,7 +209,13 @@ fn readdress_moves_db_to_a_new_address_and_name(lab: &LabUnderTest, scratch: &Pa
     std::fs::write(&known_hosts, format!("{} {db_key}\n", known_hosts_name(DB_MOVED, 22))).unwrap();
     let config = lab.config();
     let options = SshOptions { known_hosts, ..ssh_options(&config.controller) };
-    let moved = SshTarget { host: DB_MOVED.into(), port: 22, user: "root".into(), netns: Some(lab.netns()) };
+    let moved = SshTarget {
+        host: DB_MOVED.into(),
+        port: 22,
+        user: "root".into(),
+        netns: Some(lab.netns()),
+        host_key_alias: None,
+    };
     let session =
         envclone::wait::until("db at its new address", Duration::from_secs(30), Duration::from_millis(500), || {
             GuestSession::connect(&moved, &options).map(Some)

@@ -38,7 +38,21 @@ fn readdress_end_to_end() {
 fn a_readdressed_clone_talks_to_its_own_db_under_new_names(lab: &LabUnderTest) {
     run(&lab.session("db"), "echo 'readdress-e2e: at the snapshot' >> /srv/db/records; sync");
 
-    let report = lab.json(&["clone", "demo", "--name", "r1", "--network", "readdress", "--start", "resume", "--json"]);
+    let known_hosts = lab.config().controller.known_hosts;
+    let source_key = key_of(&std::fs::read_to_string(&known_hosts).unwrap(), "10.77.1.11");
+
+    let report = lab.json(&[
+        "clone",
+        "demo",
+        "--name",
+        "r1",
+        "--network",
+        "readdress",
+        "--start",
+        "resume",
+        "--new-host-keys",
+        "--json",
+    ]);
 
     eprintln!("readdress clone: {} ms", report["duration_ms"]);
     assert_eq!(report["network"], "readdress", "{report:#}");
@@ -83,13 +97,48 @@ fn a_readdressed_clone_talks_to_its_own_db_under_new_names(lab: &LabUnderTest) {
         assert_eq!(def.interfaces()[0].network.as_deref(), Some("r1-demo-net"));
     }
     assert!(!Path::new("/run/netns/envclone-c-r1").exists());
+    // New host keys, trusted at the new addresses (every login above was verified against them).
+    let known = std::fs::read_to_string(&known_hosts).unwrap();
+    assert_ne!(key_of(&known, WEB), source_key, "{known}");
+    assert_eq!(known.lines().filter(|l| l.starts_with(&format!("{WEB} "))).count(), 1, "{known}");
 
-    let known_hosts = lab.config().controller.known_hosts;
+    let snapshot = report["snapshot"].as_str().unwrap().to_owned();
+    an_isolated_clone_with_new_host_keys_is_trusted_under_an_alias(lab, &snapshot, &source_key);
+
     let destroy = lab.envclone(&["destroy", "r1"]);
     assert!(destroy.status.success(), "{}", String::from_utf8_lossy(&destroy.stderr));
     assert!(hv.network_names().unwrap().iter().all(|n| !n.starts_with("r1-")));
     let known = std::fs::read_to_string(known_hosts).unwrap();
     assert!(!known.contains(WEB) && !known.contains(DB), "the clone's known_hosts lines go with it: {known}");
+}
+
+fn an_isolated_clone_with_new_host_keys_is_trusted_under_an_alias(
+    lab: &LabUnderTest,
+    snapshot: &str,
+    source_key: &str,
+) {
+    let known_hosts = lab.config().controller.known_hosts;
+    lab.json(&["clone", "demo", "--name", "k1", "--from", snapshot, "--start", "resume", "--new-host-keys", "--json"]);
+
+    let known = std::fs::read_to_string(&known_hosts).unwrap();
+    let alias_key = key_of(&known, "k1-web");
+    assert_ne!(alias_key, source_key, "{known}");
+    // The clone at the source's address, with its own key; the source as before.
+    assert_eq!(ssh(lab, "k1", "web", "hostname").trim(), "web");
+    assert_eq!(key_of(&known, "10.77.1.11"), source_key);
+    assert_eq!(lab.sh("web", "hostname").trim(), "web");
+
+    let destroy = lab.envclone(&["destroy", "k1"]);
+    assert!(destroy.status.success(), "{}", String::from_utf8_lossy(&destroy.stderr));
+    assert!(!std::fs::read_to_string(&known_hosts).unwrap().contains("k1-web"));
+}
+
+/// The key (type and base64) known_hosts lists for `host`.
+fn key_of(known_hosts: &str, host: &str) -> String {
+    known_hosts
+        .lines()
+        .find_map(|l| l.strip_prefix(&format!("{host} ")).map(str::to_owned))
+        .unwrap_or_else(|| panic!("no known_hosts line for {host}: {known_hosts}"))
 }
 
 fn an_unmapped_source_address_stops_the_clone_before_the_link_goes_up(lab: &LabUnderTest) {

@@ -104,7 +104,13 @@ impl Lab {
     }
 
     fn target(&self) -> SshTarget {
-        SshTarget { host: "127.0.0.1".into(), port: 2222, user: "root".into(), netns: Some(self.netns.clone()) }
+        SshTarget {
+            host: "127.0.0.1".into(),
+            port: 2222,
+            user: "root".into(),
+            netns: Some(self.netns.clone()),
+            host_key_alias: None,
+        }
     }
 
     /// Options trusting the server's real host key.

@@ -41,6 +41,7 @@ pub fn run(global: &GlobalArgs, args: &CloneArgs, out: &Output) -> Result<ExitCo
             CloneNetwork::Isolated => NetworkMode::Isolated,
             CloneNetwork::Readdress => NetworkMode::Readdress,
         },
+        new_host_keys: args.new_host_keys,
     };
     let quiescer = snapshot::agent_quiescer(&ctx, env);
     let controller = config.controller.clone();

@@ -122,6 +122,11 @@ pub struct AgentEndpoint {
     /// networks such as the lab's.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub netns: Option<String>,
+    /// The name the guest's host key is listed under in known_hosts instead
+    /// of `address`: a clone with host keys of its own answers at its
+    /// source's address, where known_hosts holds the source's key.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub host_key_alias: Option<String>,
 }
 
 /// How a clone's connection strings are rewritten inside its guests.
@@ -335,7 +340,13 @@ impl Default for Environment {
 impl AgentEndpoint {
     /// An endpoint on the default port and user.
     pub fn new(address: impl Into<String>) -> Self {
-        Self { address: address.into(), port: Self::default_port(), user: Self::default_user(), netns: None }
+        Self {
+            address: address.into(),
+            port: Self::default_port(),
+            user: Self::default_user(),
+            netns: None,
+            host_key_alias: None,
+        }
     }
 
     fn default_port() -> u16 {

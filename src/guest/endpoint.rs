@@ -5,7 +5,13 @@ use super::{SshOptions, SshTarget};
 use crate::config::{AgentEndpoint, Controller};
 
 pub fn ssh_target(agent: &AgentEndpoint) -> SshTarget {
-    SshTarget { host: agent.address.clone(), port: agent.port, user: agent.user.clone(), netns: agent.netns.clone() }
+    SshTarget {
+        host: agent.address.clone(),
+        port: agent.port,
+        user: agent.user.clone(),
+        netns: agent.netns.clone(),
+        host_key_alias: agent.host_key_alias.clone(),
+    }
 }
 
 pub fn ssh_options(controller: &Controller) -> SshOptions {

@@ -19,6 +19,8 @@ pub struct SshTarget {
     pub user: String,
     /// Network namespace (under /run/netns) the guest is reachable from.
     pub netns: Option<String>,
+    /// The name its host key is listed under in known_hosts, when not `host`.
+    pub host_key_alias: Option<String>,
 }
 
 impl fmt::Display for SshTarget {
@@ -103,7 +105,8 @@ impl GuestSession {
         session.set_timeout(millis(opts.connect_timeout));
         session.handshake().map_err(|source| GuestError::Handshake { target: label.clone(), source })?;
 
-        hostkey::verify(&session, &label, &target.host, target.port, &opts.known_hosts)?;
+        let key_name = target.host_key_alias.as_deref().unwrap_or(&target.host);
+        hostkey::verify(&session, &label, key_name, target.port, &opts.known_hosts)?;
 
         session.userauth_pubkey_file(&target.user, None, &opts.key, None).map_err(|source| GuestError::Auth {
             target: label.clone(),
@@ -308,7 +311,13 @@ mod tests {
     use super::*;
 
     fn target(host: &str, netns: Option<&str>) -> SshTarget {
-        SshTarget { host: host.into(), port: 2222, user: "root".into(), netns: netns.map(Into::into) }
+        SshTarget {
+            host: host.into(),
+            port: 2222,
+            user: "root".into(),
+            netns: netns.map(Into::into),
+            host_key_alias: None,
+        }
     }
 
     #[test]

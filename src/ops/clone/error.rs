@@ -152,6 +152,8 @@ pub enum CloneError {
         #[source]
         source: Box<HvError>,
     },
+    #[error("VM '{vm}' made new host keys but does not serve them: {detail}")]
+    HostKeysNotServed { vm: String, detail: String },
     #[error("update {}", path.display())]
     KnownHosts {
         path: PathBuf,

@@ -132,6 +132,8 @@ pub struct CloneRequest {
     pub disks: DiskMode,
     pub start: StartMode,
     pub network: NetworkMode,
+    /// New SSH host keys in every guest (known_hosts updated).
+    pub new_host_keys: bool,
 }
 
 /// What the clone works with besides the context.
@@ -311,6 +313,11 @@ pub fn clone_environment(clone: &CloneRecord) -> Result<Environment, CloneError>
 pub fn clone(ctx: &OpContext<'_>, request: &CloneRequest, tools: Tools<'_>) -> Result<CloneReport, CloneError> {
     let started = Instant::now();
     let source = ctx.config.environment(&request.source)?;
+    if request.new_host_keys && request.start == StartMode::Off {
+        return Err(CloneError::Unsupported {
+            what: "--new-host-keys with --start off (the agents make the keys in a running guest)".into(),
+        });
+    }
     if request.network == NetworkMode::Readdress {
         check_readdress_config(&request.source, source)?;
         if request.start == StartMode::Off {
@@ -503,6 +510,9 @@ impl<'r, 'c> Run<'r, 'c> {
         }
         if self.addresses.is_some() {
             self.readdress()?;
+        }
+        if self.request.new_host_keys {
+            self.new_host_keys()?;
         }
 
         self.enter(Phase::Record);
@@ -1010,6 +1020,57 @@ impl<'r, 'c> Run<'r, 'c> {
             self.vms[index].machine_id = Some(report.machine_id);
         }
         Ok(())
+    }
+
+    /// `--new-host-keys`: each guest makes new keys and its SSH server
+    /// serves them; known_hosts trusts them under the guest's clone-side
+    /// name (its new address, or for an isolated clone, which answers at
+    /// the source's address, an alias naming the clone's domain), and the
+    /// agents are reached again with the new keys before going on.
+    fn new_host_keys(&mut self) -> Result<(), CloneError> {
+        let known_hosts = self.ctx.config.controller.known_hosts.clone();
+        let isolated = self.addresses.is_none();
+        let mut environment = self.environment.clone().expect("domains come before the identity");
+        for index in 0..self.vms.len() {
+            let vm = self.vms[index].vm.clone();
+            let report = self.step(&format!("new SSH host keys for {vm}"), UndoAction::Nothing, |run| {
+                let report =
+                    run.agents().reset_identity(&vm, true).map_err(agent_error(&vm, "give the guest new host keys"))?;
+                match report.ssh_servers.iter().find(|s| !s.serves_new_keys) {
+                    None => Ok(report),
+                    Some(server) => Err(CloneError::HostKeysNotServed {
+                        vm: vm.clone(),
+                        detail: server.note.clone().unwrap_or_else(|| format!("{:?} was not restarted", server.server)),
+                    }),
+                }
+            })?;
+            self.vms[index].machine_id = Some(report.machine_id.clone());
+            let endpoint = &mut environment.vms.get_mut(&vm).expect("the environment has every VM").agent;
+            let name = if isolated { self.vms[index].domain.clone() } else { endpoint.address.clone() };
+            let host_name = crate::guest::hostkey::known_hosts_name(&name, endpoint.port);
+            let lines: Vec<String> = report.host_keys.iter().map(|k| format!("{host_name} {}", k.public_key)).collect();
+            // The lines trusting the source's key at this name go.
+            let stale: Vec<String> =
+                self.known_hosts.iter().filter(|l| l.split(' ').next() == Some(host_name.as_str())).cloned().collect();
+            let undo = UndoAction::Custom {
+                kind: undo::UNDO_DISTRUST_HOST_KEYS.to_owned(),
+                data: serde_json::to_value(undo::HostKeys { known_hosts: known_hosts.clone(), lines: lines.clone() })
+                    .unwrap_or_default(),
+            };
+            self.step(&format!("trust {vm}'s new host keys as {host_name}"), undo, |_| {
+                let fail = |source| CloneError::KnownHosts { path: known_hosts.clone(), source };
+                crate::guest::hostkey::distrust(&known_hosts, &stale).map_err(fail)?;
+                crate::guest::hostkey::trust(&known_hosts, &lines).map_err(fail)
+            })?;
+            self.known_hosts.retain(|l| !stale.contains(l));
+            self.known_hosts.extend(lines);
+            if isolated {
+                endpoint.host_key_alias = Some(name);
+            }
+        }
+        self.environment = Some(environment);
+        self.agents = None;
+        self.wait_for_agents("wait for the clone's agents with their new host keys")
     }
 
     /// `--network readdress`, from the quarantine: rewrite, scan (stop if

@@ -122,14 +122,33 @@ impl CloneAgents for ReadyAgents {
         Ok(readdress_report(address, hostname))
     }
 
-    fn reset_identity(&self, vm: &str, _host_keys: bool) -> Result<envclone_agent::ResetIdentityReport, GuestError> {
-        self.note(vm, "reset-identity");
+    fn reset_identity(&self, vm: &str, host_keys: bool) -> Result<envclone_agent::ResetIdentityReport, GuestError> {
+        self.note(vm, if host_keys { "reset-identity --ssh-host-keys" } else { "reset-identity" });
+        let server = envclone_agent::SshServer::Dropbear;
         Ok(envclone_agent::ResetIdentityReport {
             previous_machine_id: None,
             machine_id: format!("{:0>32}", vm.len()),
             dbus_machine_id_updated: false,
-            host_keys: Vec::new(),
-            ssh_servers: Vec::new(),
+            host_keys: if host_keys {
+                vec![envclone_agent::HostKey {
+                    server,
+                    path: "/etc/dropbear/dropbear_ed25519_host_key".into(),
+                    public_key: format!("ssh-ed25519 NEW{vm}"),
+                }]
+            } else {
+                Vec::new()
+            },
+            ssh_servers: if host_keys {
+                vec![envclone_agent::SshServerReload {
+                    server,
+                    previous_pid: 1,
+                    pid: Some(2),
+                    serves_new_keys: true,
+                    note: None,
+                }]
+            } else {
+                Vec::new()
+            },
         })
     }
 }
@@ -241,7 +260,7 @@ struct Harness {
 impl Harness {
     fn new(hv: FakeHypervisor) -> Self {
         let dir = tempfile::tempdir().unwrap();
-        let mut controller = Controller::new("/k", "/h");
+        let mut controller = Controller::new("/k", dir.path().join("known_hosts"));
         controller.state_dir = dir.path().join("state");
         controller.min_free_space = HumanSize::from_bytes(1);
         let vms = [("web", "192.168.50.11"), ("db", "192.168.50.12")]
@@ -319,6 +338,18 @@ impl Harness {
         network: NetworkMode,
         agents: &ReadyAgents,
     ) -> Result<CloneReport, CloneError> {
+        self.clone_request(name, start, disks, network, false, agents)
+    }
+
+    fn clone_request(
+        &self,
+        name: &str,
+        start: StartMode,
+        disks: DiskMode,
+        network: NetworkMode,
+        new_host_keys: bool,
+        agents: &ReadyAgents,
+    ) -> Result<CloneReport, CloneError> {
         let request = CloneRequest {
             source: "demo".into(),
             name: name.into(),
@@ -326,6 +357,7 @@ impl Harness {
             disks,
             start,
             network,
+            new_host_keys,
         };
         let agents = |env: &Environment| -> Box<dyn CloneAgents> {
             let endpoints = env
@@ -569,4 +601,32 @@ fn readdress_needs_its_config_and_a_running_clone() {
     assert!(matches!(error, CloneError::ReaddressNotConfigured { missing: "readdress", .. }), "{error:?}");
     assert!(error.hint().unwrap().contains("pool"));
     h.assert_nothing_left_of("c2");
+}
+
+#[test]
+fn new_host_keys_are_trusted_under_the_clone_side_name_and_forgotten_on_destroy() {
+    let h = Harness::env();
+    let known_hosts = h.config.controller.known_hosts.clone();
+    std::fs::write(&known_hosts, "192.168.50.11 ssh-ed25519 SOURCE\n").unwrap();
+    let agents = ReadyAgents::default();
+
+    h.clone_request("c1", StartMode::Boot, DiskMode::Linked, NetworkMode::Isolated, true, &agents).unwrap();
+    h.clone_request("c2", StartMode::Boot, DiskMode::Linked, NetworkMode::Readdress, true, &agents).unwrap();
+
+    let text = std::fs::read_to_string(&known_hosts).unwrap();
+    // Isolated: an alias, since the address is the source's.
+    assert!(text.contains("c1-web ssh-ed25519 NEWweb\n"), "{text}");
+    // Readdressed: the new address, and no line with the key it had before.
+    assert!(text.contains("10.90.0.11 ssh-ed25519 NEWweb\n"), "{text}");
+    assert_eq!(text.matches("10.90.0.11 ").count(), 1, "{text}");
+    let env = resolve_environment(&h.config, &h.catalog, "c1").unwrap();
+    assert_eq!(env.vms["web"].agent.host_key_alias.as_deref(), Some("c1-web"));
+    // Reached again with the new keys before the clone is recorded.
+    let log = agents.log.lock().unwrap().clone();
+    let keys = log.iter().rposition(|l| l.starts_with("web@10.90.0.11/: reset-identity --ssh-host-keys")).unwrap();
+    assert!(log[keys..].iter().any(|l| l.starts_with("web@10.90.0.11/: wait")), "{log:#?}");
+
+    h.destroy("c1").unwrap();
+    h.destroy("c2").unwrap();
+    assert_eq!(std::fs::read_to_string(&known_hosts).unwrap(), "192.168.50.11 ssh-ed25519 SOURCE\n");
 }
