@@ -118,6 +118,7 @@ impl ExitCode {
             CloneError::BadName { .. }
             | CloneError::Unsupported { .. }
             | CloneError::NotAClone { .. }
+            | CloneError::InUse { .. }
             | CloneError::NoMemoryImage { .. }
             | CloneError::ReaddressNotConfigured { .. }
             | CloneError::AddressPlan { .. } => ExitCode::Usage,

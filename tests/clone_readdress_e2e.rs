@@ -128,9 +128,36 @@ fn an_isolated_clone_with_new_host_keys_is_trusted_under_an_alias(
     assert_eq!(key_of(&known, "10.77.1.11"), source_key);
     assert_eq!(lab.sh("web", "hostname").trim(), "web");
 
+    a_clone_of_a_clone_runs_and_keeps_its_source_clone_alive(lab);
+
     let destroy = lab.envclone(&["destroy", "k1"]);
     assert!(destroy.status.success(), "{}", String::from_utf8_lossy(&destroy.stderr));
     assert!(!std::fs::read_to_string(&known_hosts).unwrap().contains("k1-web"));
+    // With it went the snapshot it took for k2, and every file it made.
+    let storage = lab.config().controller.state_dir.join("images").join("k1");
+    assert!(!storage.exists(), "{}", storage.display());
+}
+
+fn a_clone_of_a_clone_runs_and_keeps_its_source_clone_alive(lab: &LabUnderTest) {
+    ssh(lab, "k1", "db", "echo 'readdress-e2e: k1 only' >> /srv/db/records; sync");
+
+    let report = lab.json(&["clone", "k1", "--name", "k2", "--start", "resume", "--json"]);
+
+    assert_eq!(report["source"], "k1");
+    let page = stdout(
+        &std::process::Command::new("ip")
+            .args(["netns", "exec", "envclone-c-k2", "curl", "-sS", "--max-time", "10", "http://10.77.1.11/"])
+            .output()
+            .unwrap(),
+    );
+    assert!(page.contains("k1 only"), "{page}");
+    let refused = lab.envclone(&["destroy", "k1"]);
+    assert_eq!(refused.status.code(), Some(2), "{}", String::from_utf8_lossy(&refused.stderr));
+    assert!(String::from_utf8_lossy(&refused.stderr).contains("clone k2"));
+    assert_eq!(ssh(lab, "k1", "web", "hostname").trim(), "web", "a refused destroy removes nothing");
+
+    let destroy = lab.envclone(&["destroy", "k2"]);
+    assert!(destroy.status.success(), "{}", String::from_utf8_lossy(&destroy.stderr));
 }
 
 /// The key (type and base64) known_hosts lists for `host`.

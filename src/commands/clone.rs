@@ -2,7 +2,7 @@
 //! snapshot of ENV. The work is in [`crate::ops::clone`]; this file wires
 //! libvirt, the catalog, the agents, qemu-img and `ip`, and prints the report.
 
-use super::{load_config, Output};
+use super::{load_config_with_clones, Output};
 use crate::catalog::Catalog;
 use crate::cli::{CloneArgs, CloneDisks, CloneNetwork, CloneStart, GlobalArgs};
 use crate::config::Environment;
@@ -17,7 +17,7 @@ use crate::ops::snapshot;
 use crate::{Error, Result};
 
 pub fn run(global: &GlobalArgs, args: &CloneArgs, out: &Output) -> Result<ExitCode> {
-    let config = load_config(global)?;
+    let config = load_config_with_clones(global)?;
     let env = config.environment(&args.environment)?;
     let uri = &config.controller.libvirt_uri;
     let hv = LibvirtHypervisor::connect(uri).map_err(Error::hypervisor(format!("connect to libvirt at {uri}")))?;

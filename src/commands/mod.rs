@@ -56,6 +56,23 @@ pub fn load_config(global: &crate::cli::GlobalArgs) -> Result<Config> {
     Ok(config)
 }
 
+/// The config with every recorded clone added as an environment (names of
+/// the config win): snapshots, restores, deletes, prunes, recoveries and
+/// clones of a clone then work as for any environment.
+pub fn load_config_with_clones(global: &crate::cli::GlobalArgs) -> Result<Config> {
+    let mut config = load_config(global)?;
+    let catalog = crate::catalog::Catalog::open(&config.controller.state_dir)?;
+    for clone in catalog.clones()? {
+        if config.environments.contains_key(&clone.name) {
+            continue;
+        }
+        let environment =
+            crate::ops::clone::clone_environment(&clone).map_err(crate::Error::clone_op("read the clones"))?;
+        config.environments.insert(clone.name.clone(), environment);
+    }
+    Ok(config)
+}
+
 /// Set once a command has printed its report: an error after it (a check
 /// that found problems, a recover with failed undos) then goes to stderr
 /// only, so `--json` stdout stays one JSON document.

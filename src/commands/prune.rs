@@ -4,7 +4,7 @@
 //! failures; a delete that fails makes the exit code 1 after the others
 //! ran. The work is in [`crate::ops::prune`].
 
-use super::{load_config, Output};
+use super::{load_config_with_clones, Output};
 use crate::catalog::Catalog;
 use crate::cli::{GlobalArgs, PruneArgs};
 use crate::exit::ExitCode;
@@ -15,7 +15,7 @@ use crate::ops::prune::{self, PruneReport, PruneRequest};
 use crate::{Error, Result};
 
 pub fn run(global: &GlobalArgs, args: &PruneArgs, out: &Output) -> Result<ExitCode> {
-    let config = load_config(global)?;
+    let config = load_config_with_clones(global)?;
     config.environment(&args.environment)?;
     let uri = &config.controller.libvirt_uri;
     let hv = LibvirtHypervisor::connect(uri).map_err(Error::hypervisor(format!("connect to libvirt at {uri}")))?;

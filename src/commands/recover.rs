@@ -5,7 +5,7 @@
 //! recovered (or there was nothing to do), 1 when an undo or a check
 //! failed (each listed), 3 when an environment with work left is busy.
 
-use super::{load_config, Output};
+use super::{load_config_with_clones, Output};
 use crate::catalog::Catalog;
 use crate::cli::{GlobalArgs, RecoverArgs};
 use crate::exit::ExitCode;
@@ -17,7 +17,7 @@ use crate::ops::recover::{
 use crate::{Error, Result};
 
 pub fn run(global: &GlobalArgs, args: &RecoverArgs, out: &Output) -> Result<ExitCode> {
-    let config = load_config(global)?;
+    let config = load_config_with_clones(global)?;
     let uri = &config.controller.libvirt_uri;
     let hv = LibvirtHypervisor::connect(uri).map_err(Error::hypervisor(format!("connect to libvirt at {uri}")))?;
     let catalog = Catalog::open(&config.controller.state_dir)?;

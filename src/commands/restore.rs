@@ -3,7 +3,7 @@
 //! this file wires libvirt, the catalog, the agents, qemu-img and the
 //! progress lines, and prints the report.
 
-use super::{load_config, Output};
+use super::{load_config_with_clones, Output};
 use crate::catalog::Catalog;
 use crate::cli::{GlobalArgs, RestoreArgs};
 use crate::exit::ExitCode;
@@ -14,7 +14,7 @@ use crate::ops::snapshot;
 use crate::{Error, Result};
 
 pub fn run(global: &GlobalArgs, args: &RestoreArgs, out: &Output) -> Result<ExitCode> {
-    let config = load_config(global)?;
+    let config = load_config_with_clones(global)?;
     let env = config.environment(&args.environment)?;
     let uri = &config.controller.libvirt_uri;
     let hv = LibvirtHypervisor::connect(uri).map_err(Error::hypervisor(format!("connect to libvirt at {uri}")))?;

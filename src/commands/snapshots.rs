@@ -4,7 +4,7 @@
 
 use chrono::Utc;
 
-use super::{load_config, Output};
+use super::{load_config_with_clones, Output};
 use crate::catalog::Catalog;
 use crate::cli::{GlobalArgs, SnapshotsArgs};
 use crate::exit::ExitCode;
@@ -12,7 +12,7 @@ use crate::ops::snapshot::{self, SnapshotSummary};
 use crate::Result;
 
 pub fn run(global: &GlobalArgs, args: &SnapshotsArgs, out: &Output) -> Result<ExitCode> {
-    let config = load_config(global)?;
+    let config = load_config_with_clones(global)?;
     let catalog = Catalog::open(&config.controller.state_dir)?;
     // An environment removed from the config still lists what it left.
     if catalog.environment(&args.environment)?.is_none() {

@@ -1,7 +1,9 @@
 //! `envclone destroy NEW`: removes a clone and exactly what it made, as its
 //! catalog record lists it: its domains (stopped first), its networks, its
 //! gateway namespace (and with it the veths), its own images, then its
-//! record and its pins on the source's images. Nothing else: an
+//! record and its pins on the source's images, and the clone's own
+//! snapshots with every image they made (a clone is an environment like
+//! any other: it can be snapshotted and cloned). Nothing else: an
 //! environment that is not a clone is refused, an image is deleted only if
 //! [`Catalog::remove_image`] agrees that nothing else needs it, and the
 //! source's images are never touched. Destroying a clone that is gone is
@@ -21,7 +23,7 @@ use super::clone::{self, undo, CloneError, HostNet, Journal};
 use super::context::OpContext;
 use super::restore::ImageFiles;
 use super::EnvLock;
-use crate::catalog::{CloneRecord, OperationKind, UndoAction};
+use crate::catalog::{Catalog, CloneRecord, Dependent, DependentKind, Image, ImageKind, OperationKind, UndoAction};
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct DestroyReport {
@@ -61,8 +63,11 @@ pub fn destroy(
             duration_ms: 0,
         });
     };
+    // Checked before anything is removed: a clone of this clone (or a
+    // standby) built on one of its snapshots keeps it alive.
+    let own = own_snapshot_images(ctx.catalog, &record)?;
     let mut journal = Journal::begin(ctx.catalog, OperationKind::DeleteClone, name, ctx.clock.now())?;
-    match remove_all(ctx, &record, files, net, &mut journal) {
+    match remove_all(ctx, &record, &own, files, net, &mut journal) {
         Ok(()) => {
             journal.complete()?;
         }
@@ -86,9 +91,54 @@ pub fn destroy(
     })
 }
 
+/// The images the clone's own snapshots made, newest first (the overlays
+/// below its disks, and memory images), refusing when anything but the
+/// clone and its own snapshots needs one of them or its disks.
+fn own_snapshot_images(catalog: &Catalog, record: &CloneRecord) -> Result<Vec<Image>, CloneError> {
+    let mut below = Vec::new();
+    let mut roots = Vec::new();
+    for disk in &record.resources.disks {
+        if let Some(image) = catalog.image_by_path(&disk.path)? {
+            roots.push(image);
+        }
+    }
+    // Breadth first, so children come after their parents; reversed below.
+    let mut queue = roots.clone();
+    while let Some(image) = queue.pop() {
+        for child in catalog.children_of(image.id)? {
+            below.push(child.clone());
+            queue.insert(0, child);
+        }
+    }
+    for snapshot in catalog.snapshots(&record.name)? {
+        for image in catalog.images_of_snapshot(snapshot.id)? {
+            if image.kind == ImageKind::Memory {
+                below.push(image);
+            }
+        }
+    }
+    let own_snapshot = format!("{}/", record.name);
+    for image in roots.iter().chain(&below) {
+        for dependent in catalog.dependents_of(image.id)? {
+            let ours = dependent == Dependent::clone_named(&record.name)
+                || (dependent.kind == DependentKind::Snapshot && dependent.name.starts_with(&own_snapshot));
+            if !ours {
+                return Err(CloneError::InUse {
+                    clone: record.name.clone(),
+                    image: image.path.clone(),
+                    by: format!("{} {}", dependent.kind.as_str(), dependent.name),
+                });
+            }
+        }
+    }
+    below.reverse();
+    Ok(below)
+}
+
 fn remove_all(
     ctx: &OpContext<'_>,
     record: &CloneRecord,
+    own: &[Image],
     files: &dyn ImageFiles,
     net: &dyn HostNet,
     journal: &mut Journal<'_>,
@@ -132,6 +182,29 @@ fn remove_all(
         let known_hosts = &ctx.config.controller.known_hosts;
         step(format!("remove the clone's host keys from {}", known_hosts.display()), &|| {
             undo::distrust_host_keys(known_hosts, &resources.known_hosts)
+        })?;
+    }
+    // The clone's own snapshots: their pins, their records, their images
+    // (newest first, each record before its file).
+    for snapshot in ctx.catalog.snapshots(name)? {
+        step(format!("forget the clone's snapshot {}", snapshot.name), &|| {
+            let fail = |e: crate::catalog::CatalogError| crate::error::chain(&e);
+            let dependent = super::snapshot::snapshot_dependent(name, &snapshot.name);
+            for image in ctx.catalog.images_needed_by(&dependent).map_err(fail)? {
+                ctx.catalog.unpin(image.id, &dependent).map_err(fail)?;
+            }
+            if ctx.catalog.deleted_at(snapshot.id).map_err(fail)?.is_none() {
+                ctx.catalog.mark_snapshot_deleted(snapshot.id, ctx.clock.now()).map_err(fail)?;
+            }
+            Ok(())
+        })?;
+    }
+    for image in own {
+        step(format!("delete {}", image.path.display()), &|| {
+            if ctx.catalog.image_by_path(&image.path).map_err(|e| crate::error::chain(&e))?.is_some() {
+                ctx.catalog.remove_image(image.id).map_err(|e| crate::error::chain(&e))?;
+            }
+            undo::remove_file(files, &image.path)
         })?;
     }
     // The record first (with the checks, in the catalog), then the files:

@@ -152,6 +152,9 @@ pub enum CloneError {
         #[source]
         source: Box<HvError>,
     },
+    /// `destroy` of a clone whose snapshot another clone or standby uses.
+    #[error("clone {clone} cannot go: {by} uses its image {}", image.display())]
+    InUse { clone: String, image: PathBuf, by: String },
     #[error("VM '{vm}' made new host keys but does not serve them: {detail}")]
     HostKeysNotServed { vm: String, detail: String },
     #[error("update {}", path.display())]
@@ -226,6 +229,7 @@ impl CloneError {
             }
             CloneError::Thaw { vm, .. } => Some(format!("run `envclone ssh CLONE {vm} -- envclone-agent thaw`")),
             CloneError::NotAClone { .. } => Some("`envclone clones` lists the clones".into()),
+            CloneError::InUse { .. } => Some("destroy the clone (or standby) built on it first; nothing was removed".into()),
             CloneError::CleanupFailed { .. } => {
                 Some("remove what is listed by hand, or `envclone destroy` the clone if it was recorded".into())
             }

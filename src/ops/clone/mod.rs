@@ -718,16 +718,17 @@ impl<'r, 'c> Run<'r, 'c> {
             } else {
                 (names::network(&self.request.name, &source), names::bridge(&self.request.name, &source))
             };
-            let gateway = def.ip().map(|(address, prefix)| format!("{address}/{prefix}"));
+            // An isolated clone's network has no host address: the gateway
+            // its own clone recorded stands in for it (a clone of a clone).
+            let ip = match def.ip() {
+                Some((std::net::IpAddr::V4(address), prefix)) => Some((address, prefix)),
+                Some(_) => None,
+                None => self.recorded_gateway(&source)?,
+            };
+            let gateway = ip.map(|(address, prefix)| format!("{address}/{prefix}"));
             let kind = if readdress { "quarantine" } else { "isolated copy" };
             self.create_network(&name, &bridge, None, &format!("{kind} of {source}"))?;
-            source_networks.push(readdress::SourceNetwork {
-                name: source.clone(),
-                gateway: match def.ip() {
-                    Some((std::net::IpAddr::V4(address), prefix)) => Some((address, prefix)),
-                    _ => None,
-                },
-            });
+            source_networks.push(readdress::SourceNetwork { name: source.clone(), gateway: ip });
             self.networks.push(ClonedNetwork { source, name, bridge, veth: None, gateway });
         }
         if readdress {
@@ -748,6 +749,17 @@ impl<'r, 'c> Run<'r, 'c> {
             self.addresses = Some(plan);
         }
         Ok(())
+    }
+
+    /// The gateway address a clone recorded for its network `network`.
+    fn recorded_gateway(&self, network: &str) -> Result<Option<(std::net::Ipv4Addr, u8)>, CloneError> {
+        for clone in self.ctx.catalog.clones()? {
+            let recorded = clone.resources.networks.iter().find(|n| n.name == network);
+            if let Some(gateway) = recorded.and_then(|n| n.gateway.as_deref()) {
+                return Ok(gateway.parse::<ipnet::Ipv4Net>().ok().map(|net| (net.addr(), net.prefix_len())));
+            }
+        }
+        Ok(None)
     }
 
     /// Defines and starts one of the clone's networks: a bridge that

@@ -630,3 +630,46 @@ fn new_host_keys_are_trusted_under_the_clone_side_name_and_forgotten_on_destroy(
     h.destroy("c2").unwrap();
     assert_eq!(std::fs::read_to_string(&known_hosts).unwrap(), "192.168.50.11 ssh-ed25519 SOURCE\n");
 }
+
+#[test]
+fn a_clone_of_a_clone_keeps_its_source_clone_alive_until_it_goes() {
+    let mut h = Harness::env();
+    h.clone("c1", StartMode::Boot).unwrap();
+    // What `load_config_with_clones` does for the commands.
+    let c1 = resolve_environment(&h.config, &h.catalog, "c1").unwrap();
+    h.config.environments.insert("c1".into(), c1);
+    let request = SnapshotRequest { env: "c1".into(), label: None, memory: false, quiesce: None, schedule: None };
+    let snap = h.with_context(|ctx| crate::ops::snapshot::take(ctx, &request, &FakeQuiescer)).unwrap().name;
+    let agents = ReadyAgents::default();
+    let request = CloneRequest {
+        source: "c1".into(),
+        name: "c2".into(),
+        from: Some(snap.clone()),
+        disks: DiskMode::Linked,
+        start: StartMode::Boot,
+        network: NetworkMode::Isolated,
+        new_host_keys: false,
+    };
+    let make = |env: &Environment| -> Box<dyn CloneAgents> {
+        let _ = env;
+        Box::new(agents.clone())
+    };
+    let tools = Tools { quiescer: &FakeQuiescer, agents: &make, files: &h.files, copier: &h.files, net: &h.net };
+    let report = h.with_context(|ctx| super::clone(ctx, &request, tools)).unwrap();
+    // c2 reaches its guests through a gateway with the address c1 recorded.
+    assert_eq!(report.networks[0].gateway.as_deref(), Some("192.168.50.1/24"));
+    h.config.environments.remove("c1");
+
+    let error = h.destroy("c1").unwrap_err();
+    assert!(matches!(error, CloneError::InUse { ref by, .. } if by == "clone c2"), "{error:?}");
+    assert!(h.hv.peek_domain("c1-web").is_some(), "a refused destroy removes nothing");
+
+    h.destroy("c2").unwrap();
+    h.destroy("c1").unwrap();
+    h.assert_nothing_left_of("c2");
+    h.assert_nothing_left_of("c1");
+    // c1's snapshot made overlays of its own: gone with it.
+    let removed = h.files.removed.lock().unwrap().clone();
+    assert!(removed.iter().any(|p| p.to_string_lossy().contains(&snap)), "{removed:?}");
+    assert!(h.catalog.snapshots("c1").unwrap().iter().all(|s| s.state == crate::catalog::SnapshotState::Deleted));
+}
