@@ -130,7 +130,7 @@ fn the_same_name_clones_afterwards(lab: &LabUnderTest, snapshot: &str) {
 /// done, and leaves nothing of it; a second `recover` finds nothing to do.
 fn recover_rolls_the_clone_back(lab: &LabUnderTest) {
     let started = Instant::now();
-    let output = envclone(lab, &["recover", "--json"], None);
+    let output = lab.envclone(&["recover", "--json"]);
     assert_eq!(output.status.code(), Some(0), "{}{}", stdout(&output), stderr(&output));
     let report: Value = serde_json::from_slice(&output.stdout).unwrap();
 
@@ -147,7 +147,7 @@ fn recover_rolls_the_clone_back(lab: &LabUnderTest) {
     assert_eq!(operations[0]["outcome"], "rolled-back", "{env:#}");
     assert!(operations[0]["undo"].as_array().unwrap().iter().all(|u| u["status"] == "done"), "{env:#}");
     assert_eq!(leftovers(lab), Leftovers::default());
-    let again = envclone(lab, &["recover"], None);
+    let again = lab.envclone(&["recover"]);
     assert_eq!(again.status.code(), Some(0), "{}", stderr(&again));
     assert!(stdout(&again).contains("nothing to recover"), "{}", stdout(&again));
     wait_for_page(&lab.netns(), "clone-recover-e2e: in the source");
@@ -211,25 +211,10 @@ fn files_under(dir: &Path) -> Vec<PathBuf> {
 /// Runs `envclone ARGS` armed to crash at `point` (`operation:step`); asserts it did.
 fn crash(lab: &LabUnderTest, args: &[&str], point: &str) {
     let started = Instant::now();
-    let output = envclone(lab, args, Some(point));
+    let output = lab.envclone_crashing_at(args, point);
     assert_eq!(output.status.signal(), Some(libc::SIGABRT), "not killed at {point}: {}", stderr(&output));
     assert!(stderr(&output).contains(&format!("crash point {point} reached")), "{}", stderr(&output));
     eprintln!("envclone {} killed at {point} after {} ms", args.join(" "), started.elapsed().as_millis());
-}
-
-fn envclone(lab: &LabUnderTest, args: &[&str], crashpoint: Option<&str>) -> Output {
-    let mut command = Command::new(env!("CARGO_BIN_EXE_envclone"));
-    command
-        .args(args)
-        .env("ENVCLONE_LAB", &lab.name)
-        .env("ENVCLONE_LABS_DIR", lab.dir().parent().unwrap())
-        .env("ENVCLONE_CONFIG", lab.config_path())
-        .env_remove("ENVCLONE_LIBVIRT_URI")
-        .env_remove(envclone::ops::crashpoint::VARIABLE);
-    if let Some(point) = crashpoint {
-        command.env(envclone::ops::crashpoint::VARIABLE, point);
-    }
-    command.output().expect("run envclone")
 }
 
 fn hypervisor(lab: &LabUnderTest) -> LibvirtHypervisor {

@@ -392,7 +392,7 @@ fn crash_snapshot(lab: &LabUnderTest, point: &str, args: &[&str]) {
 /// Runs `envclone ARGS` armed to crash at `point` (`operation:step`); asserts it did.
 fn crash(lab: &LabUnderTest, args: &[&str], point: &str) {
     let started = Instant::now();
-    let output = envclone(lab, args, Some(point));
+    let output = lab.envclone_crashing_at(args, point);
     assert_eq!(output.status.signal(), Some(libc::SIGABRT), "not killed at {point}: {}", stderr(&output));
     assert!(stderr(&output).contains(&format!("crash point {point} reached")), "{}", stderr(&output));
     eprintln!("envclone {} killed at {point} after {} ms", args.join(" "), started.elapsed().as_millis());
@@ -400,7 +400,7 @@ fn crash(lab: &LabUnderTest, args: &[&str], point: &str) {
 
 /// `envclone recover demo --json ARGS`: exit 0 and its report.
 fn recover(lab: &LabUnderTest, args: &[&str]) -> Value {
-    let output = envclone(lab, &[&["recover", "demo", "--json"], args].concat(), None);
+    let output = lab.envclone(&[&["recover", "demo", "--json"], args].concat());
     assert_eq!(output.status.code(), Some(0), "recover {args:?}: {}{}", stdout(&output), stderr(&output));
     let report: Value = serde_json::from_slice(&output.stdout).expect("JSON on stdout");
     eprintln!("recover {args:?}: {}", serde_json::to_string(&report).unwrap());
@@ -409,25 +409,10 @@ fn recover(lab: &LabUnderTest, args: &[&str]) -> Value {
 
 /// A second `recover` (all environments, human output) finds nothing to do.
 fn assert_nothing_left(lab: &LabUnderTest) {
-    let output = envclone(lab, &["recover"], None);
+    let output = lab.envclone(&["recover"]);
     assert_eq!(output.status.code(), Some(0), "{}", stderr(&output));
     assert!(stdout(&output).contains("nothing to recover"), "{}", stdout(&output));
     assert!(Catalog::open(&lab.config().controller.state_dir).unwrap().interrupted_operations().unwrap().is_empty());
-}
-
-fn envclone(lab: &LabUnderTest, args: &[&str], crashpoint: Option<&str>) -> Output {
-    let mut command = Command::new(env!("CARGO_BIN_EXE_envclone"));
-    command
-        .args(args)
-        .env("ENVCLONE_LAB", &lab.name)
-        .env("ENVCLONE_LABS_DIR", lab.dir().parent().unwrap())
-        .env("ENVCLONE_CONFIG", lab.config_path())
-        .env_remove("ENVCLONE_LIBVIRT_URI")
-        .env_remove(envclone::ops::crashpoint::VARIABLE);
-    if let Some(point) = crashpoint {
-        command.env(envclone::ops::crashpoint::VARIABLE, point);
-    }
-    command.output().expect("run envclone")
 }
 
 fn only_operation(report: &Value) -> &Value {

@@ -37,14 +37,25 @@ impl LabUnderTest {
 
     /// Runs the real `envclone` binary against this lab.
     pub fn envclone(&self, args: &[&str]) -> Output {
-        Command::new(env!("CARGO_BIN_EXE_envclone"))
+        self.command(args).output().expect("run envclone")
+    }
+
+    /// Runs `envclone` so that it aborts at the crash point `point`
+    /// (`op:step`, see `envclone::ops::crashpoint`).
+    pub fn envclone_crashing_at(&self, args: &[&str], point: &str) -> Output {
+        self.command(args).env(envclone::ops::crashpoint::VARIABLE, point).output().expect("run envclone")
+    }
+
+    fn command(&self, args: &[&str]) -> Command {
+        let mut command = Command::new(env!("CARGO_BIN_EXE_envclone"));
+        command
             .args(args)
             .env("ENVCLONE_LAB", &self.name)
             .env("ENVCLONE_LABS_DIR", self.labs_dir.path())
             .env("ENVCLONE_CONFIG", self.config_path())
             .env_remove("ENVCLONE_LIBVIRT_URI")
-            .output()
-            .expect("run envclone")
+            .env_remove(envclone::ops::crashpoint::VARIABLE);
+        command
     }
 
     /// Runs `envclone` with `--json` among `args`, asserts success, parses stdout.
