@@ -108,24 +108,18 @@ fn live_checks(config: &Config, environments: &[(String, Environment)]) -> Vec<L
         }
     }
     let options = ssh_options(&config.controller);
-    let agents = std::thread::scope(|scope| {
-        let handles: Vec<_> = environments
-            .iter()
-            .flat_map(|(env_name, env)| env.vms.iter().map(move |(vm_name, vm)| (env_name, vm_name, vm)))
-            .map(|(env_name, vm_name, vm)| {
-                let options = &options;
-                scope.spawn(move || {
-                    let result = GuestSession::connect(&ssh_target(&vm.agent), options)
-                        .and_then(|session| AgentClient::new(&session).status())
-                        .map(|status| format!("envclone-agent answers as {} at {}", status.hostname, vm.agent.address))
-                        .map_err(Error::guest(format!("{env_name}/{vm_name}")));
-                    LiveCheck::from_result(format!("agent {env_name}/{vm_name}"), result)
-                })
-            })
-            .collect();
-        handles.into_iter().map(|h| h.join().expect("agent check thread panicked")).collect::<Vec<_>>()
+    let vms: Vec<_> = environments
+        .iter()
+        .flat_map(|(env_name, env)| env.vms.iter().map(move |(vm_name, vm)| (env_name, vm_name, vm)))
+        .collect();
+    let agents = crate::ops::parallel::each(&vms, |(env_name, vm_name, vm)| {
+        let result = GuestSession::connect(&ssh_target(&vm.agent), &options)
+            .and_then(|session| AgentClient::new(&session).status())
+            .map(|status| format!("envclone-agent answers as {} at {}", status.hostname, vm.agent.address))
+            .map_err(Error::guest(format!("{env_name}/{vm_name}")));
+        LiveCheck::from_result(format!("agent {env_name}/{vm_name}"), result)
     });
-    checks.extend(agents);
+    checks.extend(agents.into_iter().map(|check| check.expect("agent check thread panicked")));
     checks
 }
 

@@ -14,6 +14,7 @@ pub mod delete;
 pub mod destroy;
 pub mod journal;
 pub mod lock;
+pub mod parallel;
 pub mod prune;
 pub mod recover;
 pub mod restore;

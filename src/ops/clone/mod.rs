@@ -994,21 +994,12 @@ impl<'r, 'c> Run<'r, 'c> {
         let vms: Vec<String> = self.plans.iter().map(|p| p.vm.clone()).collect();
         self.step(what, UndoAction::Nothing, |run| {
             let agents = run.agents();
-            let results: Vec<Result<(), CloneError>> = std::thread::scope(|scope| {
-                let handles: Vec<_> = vms
-                    .iter()
-                    .map(|vm| {
-                        scope.spawn(move || {
-                            agents.wait_ready(vm, BOOT_WITHIN).map_err(|source| CloneError::AgentNotReady {
-                                vm: vm.clone(),
-                                source: Box::new(source),
-                            })
-                        })
-                    })
-                    .collect();
-                handles.into_iter().map(|h| h.join().unwrap_or(Err(CloneError::Panicked))).collect()
+            let results = super::parallel::each(&vms, |vm| {
+                agents
+                    .wait_ready(vm, BOOT_WITHIN)
+                    .map_err(|source| CloneError::AgentNotReady { vm: vm.clone(), source: Box::new(source) })
             });
-            results.into_iter().collect()
+            results.into_iter().try_for_each(|result| result.unwrap_or(Err(CloneError::Panicked)))
         })
     }
 

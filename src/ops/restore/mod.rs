@@ -416,20 +416,12 @@ impl<'r, 'c> Run<'r, 'c> {
             }
             let timer = ctx.begin(format!("freeze {} guests (best effort)", active.len()));
             let quiescer = self.tools.quiescer;
-            let results = std::thread::scope(|scope| {
-                let handles: Vec<_> = active
-                    .iter()
-                    .map(|plan| {
-                        scope.spawn(move || {
-                            let frozen = quiescer.prepare(&plan.vm).and_then(|()| quiescer.freeze(&plan.vm));
-                            // The agent's lease runs from its first FIFREEZE, before its answer.
-                            let at = |info: FreezeInfo| Instant::now().checked_sub(info.freezing);
-                            let frozen = frozen.map(|(guest, info)| (guest, at(info).unwrap_or_else(Instant::now)));
-                            (plan.vm.clone(), frozen)
-                        })
-                    })
-                    .collect();
-                handles.into_iter().map(|h| h.join()).collect::<Vec<_>>()
+            let results = super::parallel::each(&active, |plan| {
+                let frozen = quiescer.prepare(&plan.vm).and_then(|()| quiescer.freeze(&plan.vm));
+                // The agent's lease runs from its first FIFREEZE, before its answer.
+                let at = |info: FreezeInfo| Instant::now().checked_sub(info.freezing);
+                let frozen = frozen.map(|(guest, info)| (guest, at(info).unwrap_or_else(Instant::now)));
+                (plan.vm.clone(), frozen)
             });
             timer.done();
             for (step, result) in steps.into_iter().zip(results) {
@@ -465,21 +457,13 @@ impl<'r, 'c> Run<'r, 'c> {
         }
         let timer = ctx.begin(format!("stop {} VMs", active.len()));
         let hv = ctx.hv;
-        let results: Vec<Result<Instant, RestoreError>> = std::thread::scope(|scope| {
-            let handles: Vec<_> = active
-                .iter()
-                .map(|plan| {
-                    scope.spawn(move || {
-                        hv.destroy_domain(&plan.domain).map(|()| Instant::now()).map_err(|source| RestoreError::Stop {
-                            vm: plan.vm.clone(),
-                            domain: plan.domain.clone(),
-                            source: Box::new(source),
-                        })
-                    })
-                })
-                .collect();
-            handles.into_iter().map(join).collect()
-        });
+        let results: Vec<Result<Instant, RestoreError>> = joined(super::parallel::each(&active, |plan| {
+            hv.destroy_domain(&plan.domain).map(|()| Instant::now()).map_err(|source| RestoreError::Stop {
+                vm: plan.vm.clone(),
+                domain: plan.domain.clone(),
+                source: Box::new(source),
+            })
+        }));
         let mut closed = Vec::new();
         for ((plan, step), result) in active.iter().zip(steps).zip(results) {
             if let Ok(stopped_at) = &result {
@@ -573,23 +557,15 @@ impl<'r, 'c> Run<'r, 'c> {
         }
         let timer = ctx.begin(format!("start {} VMs{}", self.plans.len(), if memory { " from memory" } else { "" }));
         let hv = ctx.hv;
-        let results: Vec<Result<(), RestoreError>> = std::thread::scope(|scope| {
-            let handles: Vec<_> = self
-                .plans
-                .iter()
-                .map(|plan| {
-                    scope.spawn(move || match &plan.memory_image {
-                        Some(image) if memory => start_from_memory(hv, plan, image),
-                        _ => hv.start_domain(&plan.domain).map_err(|source| RestoreError::Start {
-                            vm: plan.vm.clone(),
-                            domain: plan.domain.clone(),
-                            source: Box::new(source),
-                        }),
-                    })
-                })
-                .collect();
-            handles.into_iter().map(join).collect()
-        });
+        let results: Vec<Result<(), RestoreError>> =
+            joined(super::parallel::each(&self.plans, |plan| match &plan.memory_image {
+                Some(image) if memory => start_from_memory(hv, plan, image),
+                _ => hv.start_domain(&plan.domain).map_err(|source| RestoreError::Start {
+                    vm: plan.vm.clone(),
+                    domain: plan.domain.clone(),
+                    source: Box::new(source),
+                }),
+            }));
         let results: Vec<_> = steps.into_iter().zip(results).collect();
         let started = timer.finish(self.close_steps(results));
         started?;
@@ -605,34 +581,23 @@ impl<'r, 'c> Run<'r, 'c> {
         }
         let timer = ctx.begin(if memory { "thaw and set the clocks" } else { "wait for the agents" });
         let agents = self.tools.agents;
-        let results: Vec<Result<Option<i64>, RestoreError>> = std::thread::scope(|scope| {
-            let handles: Vec<_> = self
-                .plans
-                .iter()
-                .map(|plan| {
-                    let vm = plan.vm.as_str();
-                    scope.spawn(move || {
-                        if memory {
-                            agents
-                                .thaw(vm, THAW_WITHIN)
-                                .map_err(|source| RestoreError::Thaw { vm: vm.to_owned(), source: Box::new(source) })?;
-                            let step = agents.set_clock(vm).map_err(|source| RestoreError::SetClock {
-                                vm: vm.to_owned(),
-                                source: Box::new(source),
-                            })?;
-                            Ok(Some(step))
-                        } else {
-                            agents.wait_ready(vm, BOOT_WITHIN).map_err(|source| RestoreError::AgentNotReady {
-                                vm: vm.to_owned(),
-                                source: Box::new(source),
-                            })?;
-                            Ok(None)
-                        }
-                    })
-                })
-                .collect();
-            handles.into_iter().map(join).collect()
-        });
+        let results: Vec<Result<Option<i64>, RestoreError>> = joined(super::parallel::each(&self.plans, |plan| {
+            let vm = plan.vm.as_str();
+            if memory {
+                agents
+                    .thaw(vm, THAW_WITHIN)
+                    .map_err(|source| RestoreError::Thaw { vm: vm.to_owned(), source: Box::new(source) })?;
+                let step = agents
+                    .set_clock(vm)
+                    .map_err(|source| RestoreError::SetClock { vm: vm.to_owned(), source: Box::new(source) })?;
+                Ok(Some(step))
+            } else {
+                agents
+                    .wait_ready(vm, BOOT_WITHIN)
+                    .map_err(|source| RestoreError::AgentNotReady { vm: vm.to_owned(), source: Box::new(source) })?;
+                Ok(None)
+            }
+        }));
         let mut closed = Vec::new();
         for ((plan, step), result) in self.plans.clone().iter().zip(steps).zip(results) {
             closed.push((
@@ -846,8 +811,9 @@ fn start_from_memory(
 }
 
 /// A worker thread's result; a panic becomes an error.
-fn join<T>(handle: std::thread::ScopedJoinHandle<'_, Result<T, RestoreError>>) -> Result<T, RestoreError> {
-    handle.join().unwrap_or(Err(RestoreError::Panicked))
+/// A panicked worker is a failed step: the restore rolls back.
+fn joined<T>(results: Vec<std::thread::Result<Result<T, RestoreError>>>) -> Vec<Result<T, RestoreError>> {
+    results.into_iter().map(|result| result.unwrap_or(Err(RestoreError::Panicked))).collect()
 }
 
 /// One error for several VMs: the first, with the others' messages.

@@ -396,25 +396,14 @@ impl<'r, 'c> Run<'r, 'c> {
             return Ok(());
         }
         let quiescer = self.quiescer;
-        let results: Vec<(String, Result<(), crate::guest::GuestError>)> = std::thread::scope(|scope| {
-            let handles: Vec<_> = self
-                .plans
-                .iter()
-                .map(|plan| {
-                    let vm = plan.vm.clone();
-                    scope.spawn(move || {
-                        let result = quiescer.prepare(&vm);
-                        (vm, result)
-                    })
-                })
-                .collect();
-            // A panic here is a bug: carried on, never a VM silently dropped
-            // from the snapshot's consistency record. No guest is frozen yet.
-            handles
+        let results: Vec<(String, Result<(), crate::guest::GuestError>)> =
+            super::parallel::each(&self.plans, |plan| (plan.vm.clone(), quiescer.prepare(&plan.vm)))
                 .into_iter()
-                .map(|handle| handle.join().unwrap_or_else(|panic| std::panic::resume_unwind(panic)))
-                .collect()
-        });
+                // A panic here is a bug: carried on, never a VM silently
+                // dropped from the snapshot's consistency record. No guest
+                // is frozen yet.
+                .map(|result| result.unwrap_or_else(|panic| std::panic::resume_unwind(panic)))
+                .collect();
         for (vm, result) in results {
             match result {
                 Ok(()) => {
