@@ -11,6 +11,7 @@ packages=(
     busybox-static dropbear-bin           # the lab's guest userland and sshd
     linux-image-amd64                     # kernel + initrd the lab guests boot
     e2fsprogs iproute2 util-linux curl ca-certificates gcc libc6-dev
+    virtinst                              # virt-clone: the reference `envclone lab bench` compares clones with
 )
 
 if [ "$(id -u)" -ne 0 ]; then

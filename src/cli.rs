@@ -244,6 +244,44 @@ pub enum LabCommand {
     Status(LabArgs),
     /// Shell exports that point later commands at the lab.
     Env(LabArgs),
+    /// Measure stalls, clone times, memory capture and scale on the lab
+    /// (minutes; a Markdown table on stdout, every figure in a JSON file).
+    Bench(LabBenchArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct LabBenchArgs {
+    #[command(flatten)]
+    pub lab: LabArgs,
+    /// Also write every figure, ratio and target as JSON to FILE (the
+    /// global `--json` prints that JSON on stdout instead of the tables).
+    #[arg(long, value_name = "FILE")]
+    pub json_file: Option<PathBuf>,
+    /// Write the plot of clone time against data size (SVG) to FILE
+    /// (default: the JSON file's path with .svg, when there is one).
+    #[arg(long, value_name = "FILE")]
+    pub plot: Option<PathBuf>,
+    /// Only these families (stall, data, memory, scale); default: all.
+    #[arg(long, value_delimiter = ',', value_name = "FAMILY")]
+    pub only: Vec<String>,
+    /// Data written in a disk, GiB.
+    #[arg(long, value_delimiter = ',', default_value = "1,4,16")]
+    pub data_gib: Vec<u64>,
+    /// Guest RAM sizes, MiB.
+    #[arg(long, value_delimiter = ',', default_value = "256,1024,2048")]
+    pub ram_mib: Vec<u64>,
+    /// VMs per environment.
+    #[arg(long, value_delimiter = ',', default_value = "1,3,6")]
+    pub vms: Vec<usize>,
+    /// Keep the bench's environments afterwards (in the lab's extra/ directory).
+    #[arg(long)]
+    pub keep: bool,
+    /// Static envclone-agent for the bench's guests (default: the one `lab up` finds).
+    #[arg(long, env = "ENVCLONE_AGENT_BIN")]
+    pub agent_bin: Option<PathBuf>,
+    /// How long a guest may take to boot until its agent answers.
+    #[arg(long, default_value = "300s", value_parser = humantime::parse_duration)]
+    pub boot_timeout: std::time::Duration,
 }
 
 #[derive(Debug, Args, Clone)]

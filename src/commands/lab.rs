@@ -1,10 +1,11 @@
-//! `envclone lab up | down | status | env`.
+//! `envclone lab up | down | status | env | bench`.
 
 use super::Output;
-use crate::cli::{GlobalArgs, LabArgs, LabCommand, LabUpArgs};
+use crate::cli::{GlobalArgs, LabArgs, LabBenchArgs, LabCommand, LabUpArgs};
 use crate::config::DomainType;
 use crate::exit::ExitCode;
-use crate::lab::{find_agent_binary, DownReport, Lab, LabStatus, UpOptions, UpReport};
+use crate::lab::bench::{self, BenchError, BenchOptions, BenchReport, Family};
+use crate::lab::{find_agent_binary, DownReport, Lab, LabError, LabStatus, UpOptions, UpReport};
 use crate::Result;
 
 pub fn run(_global: &GlobalArgs, command: LabCommand, out: &Output) -> Result<ExitCode> {
@@ -24,7 +25,47 @@ pub fn run(_global: &GlobalArgs, command: LabCommand, out: &Output) -> Result<Ex
             print!("{}", open(&args)?.env_exports());
             Ok(ExitCode::Ok)
         }
+        LabCommand::Bench(args) => run_bench(&args, out),
     }
+}
+
+fn run_bench(args: &LabBenchArgs, out: &Output) -> Result<ExitCode> {
+    let lab = open(&args.lab)?;
+    let families = if args.only.is_empty() {
+        Family::ALL.to_vec()
+    } else {
+        args.only
+            .iter()
+            .map(|name| Family::parse(name))
+            .collect::<Result<Vec<_>, BenchError>>()
+            .map_err(LabError::from)?
+    };
+    let options = BenchOptions {
+        families,
+        data_sizes_gib: args.data_gib.clone(),
+        ram_sizes_mib: args.ram_mib.clone(),
+        scale_sizes: args.vms.clone(),
+        agent_binary: find_agent_binary(args.agent_bin.as_deref())?,
+        envclone: std::env::current_exe().map_err(|source| LabError::io("find", "/proc/self/exe".as_ref(), source))?,
+        boot_timeout: args.boot_timeout,
+        keep: args.keep,
+    };
+    out.progress(&format!("benchmarking on lab '{}' (this takes minutes)", lab.name()));
+    let report = bench::run(&lab, &options, &|line| out.progress(line))?;
+    let json = serde_json::to_string_pretty(&report).unwrap_or_else(|e| format!("{{\"error\": \"{e}\"}}"));
+    if let Some(path) = &args.json_file {
+        std::fs::write(path, format!("{json}\n")).map_err(|source| LabError::io("write", path, source))?;
+        out.progress(&format!("figures written to {}", path.display()));
+    }
+    let plot = args.plot.clone().or_else(|| args.json_file.as_ref().map(|p| p.with_extension("svg")));
+    if let (Some(path), Some(data)) = (&plot, &report.data) {
+        let caption = format!("{}, {} cores", &report.measured_at[..10], report.machine.cores);
+        std::fs::write(path, bench::plot::clone_time_svg(data, &caption))
+            .map_err(|source| LabError::io("write", path, source))?;
+        out.progress(&format!("plot written to {}", path.display()));
+    }
+    out.report(&report, BenchReport::markdown);
+    Ok(ExitCode::Ok)
 }
 
 fn open(args: &LabArgs) -> Result<Lab> {

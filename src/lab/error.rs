@@ -53,6 +53,18 @@ pub enum LabError {
         #[source]
         source: Option<Box<GuestError>>,
     },
+    #[error("the extra environments' config {} does not load: {detail}", path.display())]
+    ExtraConfig { path: PathBuf, detail: String },
+    #[error("extra environment '{env}' is already defined in this lab")]
+    ExtraExists { env: String },
+    #[error(transparent)]
+    Bench(Box<super::bench::BenchError>),
+}
+
+impl From<super::bench::BenchError> for LabError {
+    fn from(error: super::bench::BenchError) -> Self {
+        LabError::Bench(Box::new(error))
+    }
 }
 
 impl LabError {
@@ -84,6 +96,11 @@ impl LabError {
                 "the guest's boot log is in {}; `envclone lab status` shows what runs",
                 console_log.display()
             )),
+            LabError::ExtraConfig { .. } | LabError::ExtraExists { .. } => Some(
+                "remove the lab's extra environments (`envclone lab down` then `up`, or the lab's extra/ directory)"
+                    .into(),
+            ),
+            LabError::Bench(e) => e.hint(),
             LabError::Io { .. }
             | LabError::BadName { .. }
             | LabError::ProcessWontDie { .. }

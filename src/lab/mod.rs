@@ -4,11 +4,15 @@
 //! A lab is a network namespace holding a private libvirtd (see
 //! [`daemons`]) whose guests boot the host's Debian kernel from a tiny
 //! cached root image ([`image`]); [`topology`] says what the `demo`
-//! environment is. Everything a lab makes sits under its root directory, in
+//! environment is. [`extra`] adds more environments next to it, as data
+//! (VM count, RAM, a data disk), for [`bench`], which measures envclone on
+//! them. Everything a lab makes sits under its root directory, in
 //! its namespace, or in its private libvirtd, so `down` removes exactly that.
 
+pub mod bench;
 mod daemons;
 mod error;
+pub mod extra;
 mod host;
 mod image;
 mod keys;
@@ -366,7 +370,9 @@ impl Lab {
         }
         // Clones of the lab's environments left undestroyed: their gateway
         // namespaces live outside the lab's (their veths went with it).
-        for clone_netns in self.clone_gateways() {
+        // (The extra environments' clones too: their catalog is their own.)
+        let extra_gateways = extra::ExtraLab::new(self).clone_gateways();
+        for clone_netns in self.clone_gateways().into_iter().chain(extra_gateways) {
             if namespace::exists(&clone_netns) {
                 namespace::delete(&clone_netns)?;
             }

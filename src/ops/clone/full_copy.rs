@@ -23,20 +23,44 @@ impl FullCopy for QemuImgConvert {
         if copy.exists() {
             return Err(fail("it already exists".into()));
         }
-        // -U: the snapshot's image is a backing file the running source
-        // holds open (read-only); reading it shared is safe, it never changes.
-        let output = Command::new("qemu-img")
-            .args(["convert", "-U", "-O", "qcow2"])
-            .arg(image)
-            .arg(copy)
-            .output()
-            .map_err(|e| fail(format!("cannot run qemu-img: {e}")))?;
+        // Direct I/O (-t/-T none) first: a copy of many GiB then does not
+        // evict the running VMs' pages from the host's cache, and costs far
+        // less CPU (`envclone lab bench` measured ~4x the throughput here).
+        // A filesystem without O_DIRECT (tmpfs) refuses it: copy through
+        // the cache there.
+        let direct = convert(image, copy, &["-t", "none", "-T", "none"]).map_err(&fail)?;
+        let output = match direct {
+            output if output.status.success() => return Ok(()),
+            output if refuses_direct_io(&String::from_utf8_lossy(&output.stderr)) => {
+                let _ = std::fs::remove_file(copy);
+                convert(image, copy, &[]).map_err(&fail)?
+            }
+            output => output,
+        };
         if output.status.success() {
             Ok(())
         } else {
+            let _ = std::fs::remove_file(copy);
             Err(fail(format!("qemu-img convert: {}", String::from_utf8_lossy(&output.stderr).trim())))
         }
     }
+}
+
+/// `qemu-img convert -U -O qcow2 [cache] image copy`. -U: the snapshot's
+/// image is a backing file the running source holds open (read-only);
+/// reading it shared is safe, it never changes.
+fn convert(image: &Path, copy: &Path, cache: &[&str]) -> Result<std::process::Output, String> {
+    Command::new("qemu-img")
+        .args(["convert", "-U", "-O", "qcow2"])
+        .args(cache)
+        .arg(image)
+        .arg(copy)
+        .output()
+        .map_err(|e| format!("cannot run qemu-img: {e}"))
+}
+
+fn refuses_direct_io(stderr: &str) -> bool {
+    stderr.contains("Invalid argument") || stderr.contains("O_DIRECT")
 }
 
 #[cfg(test)]
@@ -74,5 +98,19 @@ mod tests {
         assert_eq!(info["format"], "qcow2");
         assert!(info.get("backing-filename").is_none(), "{info:#}");
         assert!(QemuImgConvert.copy_full(&overlay, &copy).is_err(), "an existing copy is never overwritten");
+    }
+
+    #[test]
+    fn a_filesystem_without_direct_io_gets_a_copy_through_the_cache() {
+        let Ok(dir) = tempfile::tempdir_in("/dev/shm") else { return };
+        let base = dir.path().join("base.qcow2");
+        let copy = dir.path().join("copy.qcow2");
+        let output =
+            Command::new("qemu-img").args(["create", "-q", "-f", "qcow2"]).arg(&base).arg("1M").output().unwrap();
+        assert!(output.status.success());
+
+        QemuImgConvert.copy_full(&base, &copy).unwrap();
+
+        assert!(copy.exists());
     }
 }
