@@ -72,6 +72,42 @@ pub enum Command {
     Clones,
     /// Remove a clone: its domains, networks, gateway namespace and the images only it uses.
     Destroy(DestroyArgs),
+    /// Standby environments: independent copies of an environment kept current by autorestore.
+    #[command(subcommand)]
+    Standby(StandbyCommand),
+}
+
+#[derive(Debug, Subcommand)]
+pub enum StandbyCommand {
+    /// Make a standby of ENV: full copies of every disk on its own storage, domains defined and shut off.
+    Create(StandbyCreateArgs),
+    /// Bring a standby to its primary's newest complete snapshot now (what autorestore runs).
+    Sync(StandbyNameArgs),
+    /// The standbys: primary, restored point and lag, last transfer.
+    List,
+    /// Remove a standby: its domains, networks and disks; the primary is not touched.
+    Destroy(StandbyNameArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct StandbyCreateArgs {
+    /// Environment name from the config: the primary.
+    pub environment: String,
+    /// The standby's name (its domains are NAME-<vm>, its networks NAME-<net>).
+    #[arg(long)]
+    pub name: String,
+    /// Folder for the standby's disks; default: `[standbys.NAME] storage`, else <state_dir>/standbys/NAME.
+    #[arg(long, value_name = "DIR")]
+    pub storage: Option<PathBuf>,
+    /// Do not bring the standby to each new snapshot in the daemon (sync it by hand).
+    #[arg(long)]
+    pub no_autorestore: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct StandbyNameArgs {
+    /// The standby's name, as `envclone standby list` lists it.
+    pub name: String,
 }
 
 #[derive(Debug, Args)]

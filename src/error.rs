@@ -13,6 +13,7 @@ use crate::ops::delete::DeleteError;
 use crate::ops::recover::RecoverError;
 use crate::ops::restore::RestoreError;
 use crate::ops::snapshot::SnapshotError;
+use crate::ops::standby::StandbyError;
 use crate::ops::{Busy, LockError};
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;
@@ -77,6 +78,13 @@ pub enum Error {
         #[source]
         source: Box<CloneError>,
     },
+    /// `envclone standby ...` failed at a step; the variant names it.
+    #[error("{operation} failed")]
+    Standby {
+        operation: &'static str,
+        #[source]
+        source: Box<StandbyError>,
+    },
 }
 
 impl Error {
@@ -87,6 +95,18 @@ impl Error {
             CloneError::Lock(lock) => Error::from(lock),
             CloneError::Lookup(lookup) => Error::Lookup(lookup),
             other => Error::Clone { operation, source: Box::new(other) },
+        }
+    }
+}
+
+impl Error {
+    /// A standby error: a busy lock and an unknown environment keep their
+    /// own variants (and exit codes).
+    pub fn standby_op(operation: &'static str) -> impl FnOnce(StandbyError) -> Error {
+        move |error| match error {
+            StandbyError::Lock(lock) => Error::from(lock),
+            StandbyError::Lookup(lookup) => Error::Lookup(lookup),
+            other => Error::Standby { operation, source: Box::new(other) },
         }
     }
 }
@@ -205,6 +225,7 @@ impl Error {
             ),
             Error::Restore(e) => e.hint(),
             Error::Clone { source, .. } => source.hint(),
+            Error::Standby { source, .. } => source.hint(),
         }
     }
 }

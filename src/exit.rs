@@ -11,6 +11,7 @@ use crate::ops::clone::CloneError;
 use crate::ops::delete::DeleteError;
 use crate::ops::restore::RestoreError;
 use crate::ops::snapshot::SnapshotError;
+use crate::ops::standby::StandbyError;
 use crate::Error;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -71,6 +72,7 @@ impl ExitCode {
             Error::Delete(delete) => ExitCode::from_delete_error(delete),
             Error::Restore(restore) => ExitCode::from_restore_error(restore),
             Error::Clone { source, .. } => ExitCode::from_clone_error(source),
+            Error::Standby { source, .. } => ExitCode::from_standby_error(source),
             Error::Lab(_) | Error::CheckFailed { .. } => ExitCode::Failed,
             Error::Daemon(daemon) => daemon_code(daemon),
             Error::Recover(_) | Error::RecoverIncomplete { .. } => ExitCode::Failed,
@@ -125,6 +127,26 @@ impl ExitCode {
             CloneError::Snapshot { source, .. } => ExitCode::from_snapshot_error(source),
             CloneError::AgentNotReady { source, .. } | CloneError::Agent { source, .. } => guest_code(source),
             CloneError::CleanupFailed { cause, .. } => ExitCode::from_clone_error(cause),
+            _ => ExitCode::Failed,
+        }
+    }
+
+    /// An unknown standby, or a primary without a snapshot to bring it to,
+    /// is "not found"; a bad name or an unsupported interface is a bad
+    /// command line.
+    fn from_standby_error(error: &StandbyError) -> ExitCode {
+        match error {
+            StandbyError::Lookup(_) | StandbyError::UnknownStandby { .. } | StandbyError::NoSnapshot { .. } => {
+                ExitCode::NotFound
+            }
+            StandbyError::Lock(crate::ops::LockError::Busy(_)) => ExitCode::Busy,
+            StandbyError::BadName { .. } | StandbyError::Unsupported { .. } => ExitCode::Usage,
+            StandbyError::InspectDomain { source, .. } | StandbyError::InspectNetwork { source, .. }
+                if matches!(**source, HvError::Connect { .. }) =>
+            {
+                ExitCode::Unreachable
+            }
+            StandbyError::CleanupFailed { cause, .. } => ExitCode::from_standby_error(cause),
             _ => ExitCode::Failed,
         }
     }
@@ -395,6 +417,29 @@ mod tests {
             let error = Error::from(error);
             assert_eq!(ExitCode::from_error(&error), code, "{error}");
         }
+    }
+
+    #[test]
+    fn standby_errors_map_to_their_documented_codes() {
+        let cases = [
+            (StandbyError::UnknownStandby { name: "sb".into(), known: vec![] }, ExitCode::NotFound),
+            (StandbyError::NoSnapshot { env: "demo".into(), standby: "sb".into() }, ExitCode::NotFound),
+            (StandbyError::BadName { name: "SB".into(), reason: "upper case".into() }, ExitCode::Usage),
+            (StandbyError::StandbyRunning { standby: "sb".into(), domain: "sb-web".into() }, ExitCode::Failed),
+            (StandbyError::MergePending { standby: "sb".into(), snapshot: "s1".into() }, ExitCode::Failed),
+            (
+                StandbyError::CleanupFailed {
+                    cause: Box::new(StandbyError::NoSnapshot { env: "demo".into(), standby: "sb".into() }),
+                    failures: vec!["x".into()],
+                },
+                ExitCode::NotFound,
+            ),
+        ];
+        for (error, code) in cases {
+            assert_eq!(ExitCode::from_error(&Error::standby_op("standby sync")(error)), code);
+        }
+        let busy = StandbyError::Lock(LockError::Busy(Busy { env: "sb".into(), holder: None }));
+        assert!(matches!(Error::standby_op("standby sync")(busy), Error::Busy(_)));
     }
 
     #[test]

@@ -16,6 +16,8 @@
 //!   machines of operations and their steps.
 //! - `schedule_runs.rs`: every run of a schedule and its counters.
 //! - `clones.rs`: clone environments and what each made.
+//! - `standbys.rs`: standbys, the snapshot each disk of one was last
+//!   brought to, and their transfers.
 //!
 //! Every method takes `&self` and opens its own short transaction; writes
 //! that read first use `BEGIN IMMEDIATE` so two processes never interleave
@@ -34,6 +36,7 @@ mod restore;
 mod schedule_runs;
 mod schema;
 mod snapshots;
+mod standbys;
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -56,6 +59,9 @@ pub use self::restore::{RestoreRecord, UndoSnapshotRecord};
 pub use self::schedule_runs::{
     Begun, NewRun, RetentionTally, RunEnd, RunOrigin, RunState, ScheduleCounters, ScheduleRun, ScheduleRunId,
     RUN_HISTORY,
+};
+pub use self::standbys::{
+    NewStandbySync, StandbyDisk, StandbyDomain, StandbyRecord, StandbyResources, StandbySyncRecord, SyncedDisk,
 };
 
 /// The catalog's file name inside the state directory.

@@ -51,6 +51,9 @@ text_enum!(
         Clone => "clone",
         DeleteClone => "delete-clone",
         Failover => "failover",
+        StandbyCreate => "standby-create",
+        StandbySync => "standby-sync",
+        StandbyDestroy => "standby-destroy",
         Recover => "recover",
     }
 );

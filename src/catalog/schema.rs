@@ -183,6 +183,56 @@ pub(crate) const MIGRATIONS: &[Migration] = &[
             );
         "#,
     },
+    Migration {
+        version: 6,
+        description: "standbys: independent copies of an environment kept current",
+        // `standbys` is one row per standby: its primary, storage, whether
+        // the daemon keeps it current (`autorestore`), the snapshot it was
+        // last brought to (its restored point: `snapshot_created_at` gives
+        // the lag), `merging` (set while a sync merges copies into SB's
+        // images: SB reads like neither snapshot until it is finished) and
+        // `resources` (JSON of `StandbyResources`: its
+        // domains, the primary's MACs, its networks). `standby_disks` says,
+        // per VM disk, which snapshot image SB's copy reads like now and
+        // the SHA-256 of the last file written for it. `standby_syncs` is
+        // the history of transfers (bytes moved per sync).
+        sql: r#"
+            CREATE TABLE standbys (
+                id                   INTEGER PRIMARY KEY,
+                name                 TEXT NOT NULL UNIQUE,
+                primary_env          TEXT NOT NULL,
+                storage              TEXT NOT NULL,
+                autorestore          INTEGER NOT NULL CHECK (autorestore IN (0, 1)),
+                created_at           TEXT NOT NULL,
+                snapshot             TEXT,
+                snapshot_created_at  TEXT,
+                synced_at            TEXT,
+                merging              TEXT,
+                resources            TEXT NOT NULL
+            );
+            CREATE TABLE standby_disks (
+                standby_id       INTEGER NOT NULL REFERENCES standbys(id) ON DELETE CASCADE,
+                vm               TEXT NOT NULL,
+                disk             TEXT NOT NULL,
+                path             TEXT NOT NULL,
+                snapshot         TEXT,
+                source_image_id  INTEGER,
+                sha256           TEXT,
+                synced_at        TEXT,
+                PRIMARY KEY (standby_id, vm, disk)
+            );
+            CREATE TABLE standby_syncs (
+                id                   INTEGER PRIMARY KEY,
+                standby_id           INTEGER NOT NULL REFERENCES standbys(id) ON DELETE CASCADE,
+                snapshot             TEXT NOT NULL,
+                mode                 TEXT NOT NULL CHECK (mode IN ('full', 'incremental')),
+                bytes                INTEGER NOT NULL CHECK (bytes >= 0),
+                started_at           TEXT NOT NULL,
+                finished_at          TEXT NOT NULL
+            );
+            CREATE INDEX standby_syncs_by_standby ON standby_syncs (standby_id, id);
+        "#,
+    },
 ];
 
 /// The schema version this build writes.

@@ -79,6 +79,19 @@ fn human_once(report: &OnceReport) -> String {
     if report.missed > 0 {
         text.push_str(&format!("{} missed runs were counted (one run catches up each schedule)\n", report.missed));
     }
+    for sync in &report.standby_syncs {
+        let what = match (&sync.synced, &sync.error) {
+            (Some(synced), _) => {
+                format!("at snapshot {} ({}, {} bytes moved)", synced.snapshot, synced.mode, synced.bytes)
+            }
+            (None, Some(error)) => format!("FAILED: {error}"),
+            (None, None) => String::new(),
+        };
+        text.push_str(&format!(
+            "standby {} of {} (autorestore to {}): {what}\n",
+            sync.standby, sync.primary, sync.target
+        ));
+    }
     for error in &report.errors {
         text.push_str(&format!("error: {error}\n"));
     }

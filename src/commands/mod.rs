@@ -15,6 +15,7 @@ mod schedule;
 mod snapshot;
 mod snapshots;
 mod ssh;
+mod standby;
 mod status;
 
 use crate::cli::{Cli, Command};
@@ -43,6 +44,7 @@ pub fn run(cli: Cli) -> Result<std::process::ExitCode> {
         Command::Clone(args) => clone::run(&cli.global, &args, &out).map(ExitCode::into),
         Command::Clones => clones::run(&cli.global, &out).map(ExitCode::into),
         Command::Destroy(args) => destroy::run(&cli.global, &args, &out).map(ExitCode::into),
+        Command::Standby(command) => standby::run(&cli.global, command, &out).map(ExitCode::into),
     }
 }
 
@@ -66,8 +68,7 @@ pub fn load_config_with_clones(global: &crate::cli::GlobalArgs) -> Result<Config
         if config.environments.contains_key(&clone.name) {
             continue;
         }
-        let environment =
-            crate::ops::clone::clone_environment(&clone).map_err(crate::Error::clone_op("read the clones"))?;
+        let environment = crate::ops::clone::clone_environment(&clone).map_err(crate::Error::clone_op("read the clones"))?;
         config.environments.insert(clone.name.clone(), environment);
     }
     Ok(config)

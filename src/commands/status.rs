@@ -1,6 +1,6 @@
 //! `envclone status [ENV] [--json]`: each environment's last snapshot, its
 //! age and consistency, and each schedule's next and last run and counters
-//! (see [`crate::daemon::status`]).
+//! and each standby's restored point and lag (see [`crate::daemon::status`]).
 
 use chrono::{DateTime, Utc};
 
@@ -78,6 +78,37 @@ fn human(report: &StatusReport) -> String {
     if schedules.len() > 1 {
         text.push('\n');
         text.push_str(&table(&schedules));
+    }
+    if !report.standbys.is_empty() {
+        let mut standbys =
+            vec![row(&["STANDBY", "PRIMARY", "RESTORED POINT", "LAG", "BEHIND", "AUTORESTORE", "LAST TRANSFER"])];
+        for standby in &report.standbys {
+            let lag = &standby.lag;
+            standbys.push(vec![
+                standby.name.clone(),
+                standby.primary.clone(),
+                lag.snapshot.clone().unwrap_or_else(|| "-".into()),
+                lag.lag_seconds.map_or("-".to_owned(), human_age),
+                match (&standby.merging, &lag.behind) {
+                    (Some(merging), _) => format!("merge to {merging} interrupted"),
+                    (None, Some(newest)) => newest.clone(),
+                    (None, None) => "-".into(),
+                },
+                if standby.autorestore { "on" } else { "off" }.into(),
+                standby
+                    .last_sync
+                    .as_ref()
+                    .map_or("-".to_owned(), |s| format!("{} {}", s.mode, super::standby::bytes(s.bytes))),
+            ]);
+            if standby.merging.is_some() {
+                errors.push(format!(
+                    "{}: a sync stopped half way through its merge: run `envclone recover`",
+                    standby.name
+                ));
+            }
+        }
+        text.push('\n');
+        text.push_str(&table(&standbys));
     }
     if !errors.is_empty() {
         text.push('\n');

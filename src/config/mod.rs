@@ -212,7 +212,9 @@ pub struct Standby {
     pub primary: String,
     /// Directory holding the standby's disks.
     pub storage: PathBuf,
-    /// Start the standby automatically when the primary fails.
+    /// Keep the standby current: after each snapshot of the primary the
+    /// daemon brings it to that snapshot (`envclone standby sync`).
+    /// `standby create` takes this (and `storage`) as its defaults.
     #[serde(default = "Standby::default_autorestore")]
     pub autorestore: bool,
     #[serde(default)]

@@ -17,6 +17,13 @@
 //!   never queued.
 //! - **Failures** are recorded with their error text and counted; a failure
 //!   never stops the daemon. Retention runs after each successful snapshot.
+//! - **Autorestore**: every tick (and so right after a run ends, which
+//!   wakes the loop) each standby with autorestore whose primary has a
+//!   newer complete snapshot than the standby's restored point, manual
+//!   snapshots included, is synced by a child `envclone standby sync SB`
+//!   on a blocking thread of its own, so a slow transfer never holds the
+//!   scheduler. One sync per standby at a time; a failed one is retried
+//!   after [`SYNC_RETRY`] (or at once for a newer snapshot).
 //! - **Shutdown**: SIGTERM or SIGINT flips a `watch` channel; the loop stops
 //!   starting runs and waits up to the shutdown grace for runs in progress.
 //!   Runs still going after that are left to finish on their own and are
@@ -44,11 +51,14 @@ use tokio::time::Instant;
 
 pub use self::error::{DaemonError, RunError};
 pub use self::execute::{Executed, RunReport, RunRequest};
-pub use self::runner::{CliRunner, RunResult, ScheduledRunner};
-pub use self::scheduler::{DaemonStats, NotDue, Scheduler, TickReport};
+pub use self::runner::{CliRunner, RunResult, ScheduledRunner, StandbySynced};
+pub use self::scheduler::{DaemonStats, NotDue, Scheduler, StandbySyncOutcome, TickReport};
 use crate::catalog::{Catalog, Owner, RunOrigin};
 use crate::config::{Config, Schedule};
 use crate::ops::context::{Clock, SystemClock};
+
+/// How long after a failed autorestore sync the same snapshot is tried again.
+pub const SYNC_RETRY: Duration = Duration::from_secs(600);
 
 /// The longest the loop sleeps without looking at the clock again.
 pub const MAX_SLEEP: Duration = Duration::from_secs(60);
@@ -75,6 +85,8 @@ pub struct OnceReport {
     pub missed: u32,
     pub next: Option<DateTime<Utc>>,
     pub errors: Vec<String>,
+    /// Autorestore syncs of standbys behind their primary's newest snapshot.
+    pub standby_syncs: Vec<StandbySyncOutcome>,
 }
 
 impl OnceReport {
@@ -280,6 +292,10 @@ pub fn run_once(
         scheduler.reap_interrupted().await;
         let tick = scheduler.tick(now.unwrap_or_else(Utc::now)).await;
         drain(&mut scheduler, None).await;
+        // The snapshots just taken: their standbys follow (autorestore).
+        scheduler.autorestore(Utc::now()).await;
+        drain(&mut scheduler, None).await;
+        let standby_syncs = scheduler.take_finished_syncs();
         let mut runs = scheduler.take_finished();
         runs.sort_by(|a, b| a.schedule.cmp(&b.schedule));
         OnceReport {
@@ -289,6 +305,7 @@ pub fn run_once(
             missed: tick.missed,
             next: tick.next,
             errors: tick.errors,
+            standby_syncs,
         }
     });
     runtime.shutdown_timeout(Duration::from_secs(1));

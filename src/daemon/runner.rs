@@ -20,6 +20,9 @@
 //! - the timeout is enforceable: a hung run is terminated (SIGTERM, then
 //!   SIGKILL) and the daemon's own threads are never stuck in libvirt.
 //!
+//! Autorestore (a standby's sync after a snapshot of its primary) runs the
+//! same way, as `envclone standby sync SB --json`.
+//!
 //! The binary's path is resolved once at start-up, so a package upgrade
 //! that replaces it while the daemon runs makes the next run use the new
 //! binary instead of failing on a deleted path.
@@ -56,6 +59,20 @@ pub trait ScheduledRunner: Send + Sync + std::fmt::Debug {
     /// Deletes the snapshots of `schedule` that `policy` does not keep
     /// (see [`retention::apply`]).
     fn apply_retention(&self, env: &str, schedule: &str, policy: &Retention) -> Result<RetentionResult, RunError>;
+
+    /// Brings standby `standby` to its primary's newest complete snapshot
+    /// (autorestore); the standby being held is [`RunError::Busy`].
+    fn sync_standby(&self, standby: &str) -> Result<StandbySynced, RunError>;
+}
+
+/// What a successful autorestore sync did.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct StandbySynced {
+    /// The snapshot the standby is at now.
+    pub snapshot: String,
+    /// `full`, `incremental` or `up-to-date`.
+    pub mode: String,
+    pub bytes: u64,
 }
 
 /// What a successful scheduled snapshot produced.
@@ -145,6 +162,21 @@ impl CliRunner {
 }
 
 impl ScheduledRunner for CliRunner {
+    fn sync_standby(&self, standby: &str) -> Result<StandbySynced, RunError> {
+        // A child like every scheduled run: a slow transfer holds only its
+        // own process and the standby's lock, never the scheduler.
+        let args = ["standby", "sync", standby, "--json"];
+        let output = self.run(&args)?;
+        let report = check(&output, &args, standby)?;
+        let text = |key: &str| report.get(key).and_then(Value::as_str).map(str::to_owned);
+        Ok(StandbySynced {
+            snapshot: text("snapshot")
+                .ok_or(RunError::BadOutput { command: format!("envclone {}", args.join(" ")), what: "the snapshot" })?,
+            mode: text("mode").unwrap_or_default(),
+            bytes: report.get("bytes").and_then(Value::as_u64).unwrap_or(0),
+        })
+    }
+
     fn snapshot(&self, env: &str, schedule: &str) -> Result<RunResult, RunError> {
         // `snapshot --scheduled` records the snapshot with `schedule =
         // SCHEDULE` (retention chooses among those) and takes the schedule's

@@ -6,7 +6,7 @@
 //! Catalog reads and writes and the runs themselves happen on blocking
 //! threads (`spawn_blocking`); the async side only decides and waits.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::{Arc, Mutex};
 
 use chrono::{DateTime, Utc};
@@ -14,7 +14,7 @@ use serde::Serialize;
 use tokio::task::JoinSet;
 
 use super::execute::{self, Began, Executed, RunReport, RunRequest};
-use super::{Now, ScheduledRunner};
+use super::{Now, RunError, ScheduledRunner, StandbySynced, SYNC_RETRY};
 use crate::catalog::{Catalog, Owner, RunOrigin, RunState, ScheduleRunId};
 use crate::config::Schedule;
 use crate::schedule::due_runs;
@@ -73,6 +73,29 @@ pub struct RunDone {
     pub result: crate::Result<Executed>,
 }
 
+/// One autorestore sync, finished.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct StandbySyncOutcome {
+    pub standby: String,
+    pub primary: String,
+    /// The primary's snapshot it was started for.
+    pub target: String,
+    pub ok: bool,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub synced: Option<StandbySynced>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+}
+
+/// A sync that ended on its blocking thread.
+#[derive(Debug)]
+struct SyncDone {
+    standby: String,
+    primary: String,
+    target: String,
+    result: Result<StandbySynced, RunError>,
+}
+
 /// See the [module documentation](self).
 pub struct Scheduler {
     schedules: BTreeMap<String, Schedule>,
@@ -89,6 +112,12 @@ pub struct Scheduler {
     /// Finished runs, kept only when asked (`--once`), so a long-running
     /// daemon does not grow.
     finished: Option<Vec<RunReport>>,
+    /// Autorestore syncs in progress, one per standby at most.
+    syncs: JoinSet<SyncDone>,
+    syncing: BTreeSet<String>,
+    /// The last failed sync of each standby: its target and when.
+    sync_failed: BTreeMap<String, (String, DateTime<Utc>)>,
+    finished_syncs: Option<Vec<StandbySyncOutcome>>,
 }
 
 impl std::fmt::Debug for Scheduler {
@@ -120,12 +149,17 @@ impl Scheduler {
             first_seen: BTreeMap::new(),
             stats: DaemonStats::default(),
             finished: None,
+            syncs: JoinSet::new(),
+            syncing: BTreeSet::new(),
+            sync_failed: BTreeMap::new(),
+            finished_syncs: None,
         }
     }
 
     /// Keep every finished run's report for [`Scheduler::take_finished`].
     pub fn keep_reports(mut self) -> Scheduler {
         self.finished = Some(Vec::new());
+        self.finished_syncs = Some(Vec::new());
         self
     }
 
@@ -138,8 +172,9 @@ impl Scheduler {
         &self.stats
     }
 
+    /// Runs and autorestore syncs in progress.
     pub fn in_flight(&self) -> usize {
-        self.runs.len()
+        self.runs.len() + self.syncs.len()
     }
 
     /// Replaces the schedules (a config reload); runs in progress go on.
@@ -149,6 +184,101 @@ impl Scheduler {
 
     pub fn take_finished(&mut self) -> Vec<RunReport> {
         self.finished.as_mut().map(std::mem::take).unwrap_or_default()
+    }
+
+    pub fn take_finished_syncs(&mut self) -> Vec<StandbySyncOutcome> {
+        self.finished_syncs.as_mut().map(std::mem::take).unwrap_or_default()
+    }
+
+    /// Starts a sync of every standby with autorestore that is behind its
+    /// primary's newest complete snapshot, unless one of it runs or it
+    /// failed for that same snapshot less than [`SYNC_RETRY`] ago.
+    pub async fn autorestore(&mut self, now: DateTime<Utc>) {
+        let catalog = Arc::clone(&self.catalog);
+        let behind = tokio::task::spawn_blocking(move || -> crate::Result<Vec<(String, String, String)>> {
+            let catalog = execute::lock(&catalog);
+            let mut behind = Vec::new();
+            for standby in catalog.standbys(None)? {
+                if !standby.autorestore || standby.merging.is_some() {
+                    continue;
+                }
+                if let Some(newest) = catalog.last_snapshot(&standby.primary, None)? {
+                    if standby.snapshot.as_deref() != Some(newest.name.as_str()) {
+                        behind.push((standby.name, standby.primary, newest.name));
+                    }
+                }
+            }
+            Ok(behind)
+        })
+        .await;
+        let behind = match behind {
+            Ok(Ok(behind)) => behind,
+            Ok(Err(error)) => return self.bookkeeping_error("find the standbys to sync", &error),
+            Err(error) => return self.bookkeeping_error("find the standbys to sync", &error),
+        };
+        for (standby, primary, target) in behind {
+            if self.syncing.contains(&standby) {
+                continue;
+            }
+            let retry_later = self
+                .sync_failed
+                .get(&standby)
+                .is_some_and(|(failed, at)| *failed == target && (now - *at).to_std().unwrap_or_default() < SYNC_RETRY);
+            if retry_later {
+                continue;
+            }
+            tracing::info!("standby '{standby}': autorestore to snapshot '{target}' of '{primary}' started");
+            self.syncing.insert(standby.clone());
+            let runner = Arc::clone(&self.runner);
+            self.syncs.spawn_blocking(move || {
+                let result = runner.sync_standby(&standby);
+                SyncDone { standby, primary, target, result }
+            });
+        }
+    }
+
+    fn record_sync(&mut self, done: SyncDone) {
+        self.syncing.remove(&done.standby);
+        let outcome = match done.result {
+            Ok(synced) => {
+                tracing::info!(
+                    "standby '{}': at snapshot '{}' ({}, {} bytes moved)",
+                    done.standby,
+                    synced.snapshot,
+                    synced.mode,
+                    synced.bytes
+                );
+                self.sync_failed.remove(&done.standby);
+                StandbySyncOutcome {
+                    standby: done.standby,
+                    primary: done.primary,
+                    target: done.target,
+                    ok: true,
+                    synced: Some(synced),
+                    error: None,
+                }
+            }
+            Err(error) => {
+                let text = crate::error::chain(&error);
+                if error.is_busy() {
+                    tracing::warn!("standby '{}': autorestore skipped: {text}", done.standby);
+                } else {
+                    tracing::error!("standby '{}': autorestore failed: {text}", done.standby);
+                    self.sync_failed.insert(done.standby.clone(), (done.target.clone(), self.now()));
+                }
+                StandbySyncOutcome {
+                    standby: done.standby,
+                    primary: done.primary,
+                    target: done.target,
+                    ok: false,
+                    synced: None,
+                    error: Some(text),
+                }
+            }
+        };
+        if let Some(finished) = &mut self.finished_syncs {
+            finished.push(outcome);
+        }
     }
 
     /// Ends the runs a dead daemon left `running` (counted as failures).
@@ -240,17 +370,28 @@ impl Scheduler {
                 }
             }
         }
+        self.autorestore(now).await;
         report
     }
 
-    /// Waits for the next run to end and records it; `None` when no run is
-    /// in progress.
+    /// Waits for the next run (or autorestore sync) to end and records it;
+    /// `None` when nothing is in progress.
     pub async fn join_next(&mut self) -> Option<()> {
-        let done = self.runs.join_next().await?;
-        match done {
-            Ok(done) => self.record(done),
-            // carry_out catches panics, so only a cancelled task ends here.
-            Err(error) => self.bookkeeping_error("finish a run", &error),
+        tokio::select! {
+            Some(done) = self.runs.join_next(), if !self.runs.is_empty() => match done {
+                Ok(done) => self.record(done),
+                // carry_out catches panics, so only a cancelled task ends here.
+                Err(error) => self.bookkeeping_error("finish a run", &error),
+            },
+            Some(done) = self.syncs.join_next(), if !self.syncs.is_empty() => match done {
+                Ok(done) => self.record_sync(done),
+                Err(error) => {
+                    // A panic in the runner: the standby it ran for is unknown here.
+                    self.syncing.clear();
+                    self.bookkeeping_error("finish a standby sync", &error);
+                }
+            },
+            else => return None,
         }
         Some(())
     }

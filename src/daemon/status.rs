@@ -1,6 +1,7 @@
 //! What `envclone status` reports: for each configured environment its
 //! newest complete snapshot (name, age, consistency), how many it has, and
-//! each of its schedules with the next and last run and the counters.
+//! each of its schedules with the next and last run and the counters; and
+//! each standby with its primary, restored point and lag.
 //!
 //! The report types are `#[non_exhaustive]` and serialized field by field,
 //! so later issues add sections (clones, standbys) without breaking
@@ -21,6 +22,9 @@ use crate::schedule::due_runs;
 pub struct StatusReport {
     pub generated_at: DateTime<Utc>,
     pub environments: Vec<EnvironmentStatus>,
+    /// Each standby of the environments shown: its primary, its newest
+    /// restored point and that point's age (`lag_seconds`, the RPO now).
+    pub standbys: Vec<crate::ops::standby::StandbySummary>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
@@ -101,7 +105,8 @@ pub fn build(
             schedules,
         });
     }
-    Ok(StatusReport { generated_at: now, environments })
+    let standbys = crate::ops::standby::summaries(catalog, only, now)?;
+    Ok(StatusReport { generated_at: now, environments, standbys })
 }
 
 fn snapshot_status(snapshot: &Snapshot, now: DateTime<Utc>) -> SnapshotStatus {

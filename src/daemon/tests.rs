@@ -90,6 +90,7 @@ struct FakeRunner {
     gate: Option<Arc<Gate>>,
     retention: RetentionResult,
     retention_failing: bool,
+    standby_syncs: Mutex<Vec<String>>,
 }
 
 impl FakeRunner {
@@ -159,6 +160,11 @@ impl ScheduledRunner for FakeRunner {
             })));
         }
         Ok(self.retention.clone())
+    }
+
+    fn sync_standby(&self, standby: &str) -> Result<StandbySynced, RunError> {
+        self.standby_syncs.lock().unwrap().push(standby.to_owned());
+        Ok(StandbySynced { snapshot: "newest".into(), mode: "incremental".into(), bytes: 1 })
     }
 }
 
@@ -517,4 +523,56 @@ fn schedule_run_refuses_an_unknown_schedule() {
         "{error:?}"
     );
     assert_eq!(crate::exit::ExitCode::from_error(&error), crate::exit::ExitCode::NotFound);
+}
+
+/// A standby of `prod` (autorestore as given) and a complete snapshot `s1` of it.
+fn standby_behind(catalog: &Catalog, autorestore: bool) {
+    let snapshot = catalog
+        .create_snapshot(&crate::catalog::NewSnapshot {
+            env: "prod".into(),
+            name: "s1".into(),
+            label: None,
+            schedule: None,
+            created_at: at(1, 0),
+            memory: false,
+        })
+        .unwrap();
+    catalog.set_snapshot_state(snapshot, crate::catalog::SnapshotState::Complete).unwrap();
+    catalog
+        .add_standby(&crate::catalog::StandbyRecord {
+            name: "sb".into(),
+            primary: "prod".into(),
+            storage: "/srv/sb".into(),
+            autorestore,
+            created_at: at(1, 0),
+            snapshot: None,
+            snapshot_created_at: None,
+            synced_at: None,
+            merging: None,
+            resources: crate::catalog::StandbyResources::default(),
+            disks: Vec::new(),
+        })
+        .unwrap();
+}
+
+#[tokio::test]
+async fn a_tick_syncs_each_standby_behind_its_primary_once() {
+    let mut h = Harness::new(&[], FakeRunner::succeeding(), at(2, 0));
+    standby_behind(&h.catalog(), true);
+
+    h.tick_and_wait(at(2, 0)).await;
+
+    assert_eq!(*h.runner.standby_syncs.lock().unwrap(), ["sb"]);
+    let synced = h.scheduler.take_finished_syncs();
+    assert!(synced.len() == 1 && synced[0].ok && synced[0].target == "s1", "{synced:?}");
+}
+
+#[tokio::test]
+async fn a_standby_without_autorestore_is_left_alone() {
+    let mut h = Harness::new(&[], FakeRunner::succeeding(), at(2, 0));
+    standby_behind(&h.catalog(), false);
+
+    h.tick_and_wait(at(2, 0)).await;
+
+    assert!(h.runner.standby_syncs.lock().unwrap().is_empty());
 }

@@ -19,5 +19,6 @@ pub mod prune;
 pub mod recover;
 pub mod restore;
 pub mod snapshot;
+pub mod standby;
 
 pub use self::lock::{Busy, EnvLock, LockError, LockHolder};

@@ -45,6 +45,7 @@ use crate::ops::context::OpContext;
 use crate::ops::delete::UNDO_ABORT_BLOCK_JOB;
 use crate::ops::restore::{UNDO_REDEFINE_DISKS, UNDO_START_DOMAIN, UNDO_STOP_DOMAIN};
 use crate::ops::snapshot::UNDO_FAIL_SNAPSHOT_NAMED;
+use crate::ops::standby::undo::{UNDO_DROP_COPY, UNDO_FINISH_SYNC, UNDO_FORGET, UNDO_RESTORE_PINS};
 
 use super::agents::Agents;
 
@@ -60,6 +61,10 @@ pub const KNOWN_CUSTOM_KINDS: &[&str] = &[
     UNDO_REMOVE_NETNS,
     UNDO_REMOVE_LINK,
     UNDO_FORGET_CLONE,
+    UNDO_RESTORE_PINS,
+    UNDO_DROP_COPY,
+    UNDO_FINISH_SYNC,
+    UNDO_FORGET,
 ];
 
 /// The custom kind of `action` if this build does not know it.
@@ -112,6 +117,9 @@ pub fn describe(action: &UndoAction) -> String {
         }
         UndoAction::Custom { kind, data } if kind == UNDO_FORGET_CLONE => {
             format!("forget clone {} and its overlays", data["clone"].as_str().unwrap_or("?"))
+        }
+        UndoAction::Custom { kind, data } if crate::ops::standby::undo::KINDS.contains(&kind.as_str()) => {
+            crate::ops::standby::undo::describe(kind, data)
         }
         UndoAction::Custom { kind, .. } => format!("'{kind}' (unknown to this envclone)"),
     }
@@ -252,6 +260,10 @@ impl Undoer<'_, '_> {
                 let (files, net) = (crate::ops::restore::QemuImg, crate::ops::clone::IpCommand);
                 crate::ops::clone::undo::undo_action(self.ctx.hv, self.ctx.catalog, &files, &net, &action())?;
                 Ok(Undone::Done(describe(&action())))
+            }
+            UNDO_RESTORE_PINS | UNDO_DROP_COPY | UNDO_FINISH_SYNC | UNDO_FORGET => {
+                let transfer = crate::ops::standby::QemuImgTransfer;
+                crate::ops::standby::undo::undo_action(self.ctx, &transfer, &action()).map(Undone::Done)
             }
             UNDO_FAIL_SNAPSHOT_NAMED => {
                 let (Some(env), Some(name)) = (data["env"].as_str(), data["snapshot"].as_str()) else {

@@ -1,0 +1,189 @@
+//! `envclone standby create|sync|list|destroy`: standby environments kept
+//! current by autorestore. The work is in [`crate::ops::standby`]; this
+//! file wires libvirt, the catalog and qemu-img, and prints the reports.
+
+use chrono::Utc;
+
+use super::{load_config, Output};
+use crate::catalog::Catalog;
+use crate::cli::{GlobalArgs, StandbyCommand};
+use crate::config::Config;
+use crate::daemon::status::human_age;
+use crate::exit::ExitCode;
+use crate::hypervisor::LibvirtHypervisor;
+use crate::ops::context::{Event, OpContext, SystemClock};
+use crate::ops::standby::{
+    self, CreateReport, CreateRequest, DestroyReport, QemuImgTransfer, StandbySummary, SyncMode, SyncReport,
+};
+use crate::{Error, Result};
+
+pub fn run(global: &GlobalArgs, command: StandbyCommand, out: &Output) -> Result<ExitCode> {
+    let config = load_config(global)?;
+    let catalog = Catalog::open(&config.controller.state_dir)?;
+    if let StandbyCommand::List = command {
+        let lines = standby::summaries(&catalog, None, Utc::now())?;
+        out.report(&lines, |lines| list(lines));
+        return Ok(ExitCode::Ok);
+    }
+    let uri = &config.controller.libvirt_uri;
+    let hv = LibvirtHypervisor::connect(uri).map_err(Error::hypervisor(format!("connect to libvirt at {uri}")))?;
+    let progress = |event: &Event| out.progress(&event.to_string());
+    let ctx = OpContext { config: &config, hv: &hv, catalog: &catalog, progress: &progress, clock: &SystemClock };
+    match command {
+        StandbyCommand::Create(args) => {
+            let request = CreateRequest {
+                primary: args.environment.clone(),
+                name: args.name.clone(),
+                storage: args.storage.clone(),
+                autorestore: args.no_autorestore.then_some(false),
+            };
+            let report =
+                standby::create(&ctx, &request, &QemuImgTransfer).map_err(Error::standby_op("standby create"))?;
+            out.report(&report, created);
+        }
+        StandbyCommand::Sync(args) => {
+            let report =
+                standby::sync(&ctx, &args.name, &QemuImgTransfer).map_err(Error::standby_op("standby sync"))?;
+            out.report(&report, |report| synced(report, &config));
+        }
+        StandbyCommand::Destroy(args) => {
+            let report =
+                standby::destroy(&ctx, &args.name, &QemuImgTransfer).map_err(Error::standby_op("standby destroy"))?;
+            out.report(&report, destroyed);
+        }
+        StandbyCommand::List => unreachable!("listed above"),
+    }
+    Ok(ExitCode::Ok)
+}
+
+fn created(report: &CreateReport) -> String {
+    if !report.created {
+        return format!("standby {} of {} exists already: nothing done\n", report.standby, report.primary);
+    }
+    let mut text = format!(
+        "standby {} of {} in {} (autorestore {})\n",
+        report.standby,
+        report.primary,
+        report.storage.display(),
+        if report.autorestore { "on" } else { "off" }
+    );
+    for network in &report.networks {
+        text.push_str(&format!(
+            "  network {} -> {} (bridge {}, isolated)\n",
+            network.source, network.name, network.bridge
+        ));
+    }
+    for domain in &report.domains {
+        text.push_str(&format!(
+            "  {} -> {} (defined, shut off; takes over {} on failover)\n",
+            domain.primary_domain,
+            domain.domain,
+            domain.primary_macs.join(", ")
+        ));
+    }
+    match (&report.sync, &report.sync_skipped) {
+        (Some(sync), _) => text.push_str(&sync_lines(sync)),
+        (None, Some(why)) => text.push_str(&format!("  not synced: {why}\n")),
+        (None, None) => {}
+    }
+    text
+}
+
+fn synced(report: &SyncReport, _config: &Config) -> String {
+    if report.mode == SyncMode::UpToDate {
+        return format!(
+            "standby {} is at snapshot {} of {} already: nothing moved\n",
+            report.standby, report.snapshot, report.primary
+        );
+    }
+    sync_lines(report)
+}
+
+fn sync_lines(report: &SyncReport) -> String {
+    let mut text = format!(
+        "standby {} brought to snapshot {} of {} ({}, {} in {:.1} s; was {})\n",
+        report.standby,
+        report.snapshot,
+        report.primary,
+        report.mode.as_str(),
+        bytes(report.bytes),
+        report.duration_ms as f64 / 1000.0,
+        report.previous.as_deref().unwrap_or("empty")
+    );
+    for disk in &report.disks {
+        text.push_str(&format!(
+            "  {}/{} {} {} -> {}{}\n",
+            disk.vm,
+            disk.disk,
+            disk.mode.as_str(),
+            bytes(disk.bytes),
+            disk.path.display(),
+            disk.sha256.as_ref().map(|s| format!(" (sha256 {})", &s[..s.len().min(12)])).unwrap_or_default()
+        ));
+    }
+    text
+}
+
+fn destroyed(report: &DestroyReport) -> String {
+    if !report.existed {
+        return format!("no standby named {}: nothing to destroy\n", report.standby);
+    }
+    let mut text = format!("standby {} destroyed in {:.1} s\n", report.standby, report.duration_ms as f64 / 1000.0);
+    for domain in &report.domains {
+        text.push_str(&format!("  domain {domain} removed\n"));
+    }
+    for network in &report.networks {
+        text.push_str(&format!("  network {network} removed\n"));
+    }
+    for path in &report.deleted {
+        text.push_str(&format!("  deleted {}\n", path.display()));
+    }
+    text
+}
+
+fn list(lines: &[StandbySummary]) -> String {
+    if lines.is_empty() {
+        return "no standbys\n".to_owned();
+    }
+    lines
+        .iter()
+        .map(|s| {
+            let point = match (&s.lag.snapshot, s.lag.lag_seconds) {
+                (Some(snapshot), Some(age)) => format!("at {snapshot}, lag {}", human_age(age)),
+                _ => "not synced yet".to_owned(),
+            };
+            let behind = s.lag.behind.as_ref().map(|b| format!(", behind {b}")).unwrap_or_default();
+            let merging = s
+                .merging
+                .as_ref()
+                .map(|m| format!(", MERGE TO {m} INTERRUPTED (run envclone recover)"))
+                .unwrap_or_default();
+            let last = s
+                .last_sync
+                .as_ref()
+                .map(|l| format!("; last transfer {} {}", l.mode, bytes(l.bytes)))
+                .unwrap_or_default();
+            format!(
+                "{}  of {}: {point}{behind}{merging}; autorestore {}{last}: {}\n",
+                s.name,
+                s.primary,
+                if s.autorestore { "on" } else { "off" },
+                s.domains.join(", ")
+            )
+        })
+        .collect()
+}
+
+pub(crate) fn bytes(n: u64) -> String {
+    const UNITS: [&str; 4] = ["KiB", "MiB", "GiB", "TiB"];
+    if n < 1024 {
+        return format!("{n} B");
+    }
+    let mut value = n as f64 / 1024.0;
+    let mut unit = 0;
+    while value >= 1024.0 && unit < UNITS.len() - 1 {
+        value /= 1024.0;
+        unit += 1;
+    }
+    format!("{value:.1} {}", UNITS[unit])
+}

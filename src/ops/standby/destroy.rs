@@ -1,0 +1,141 @@
+//! `envclone standby destroy SB`: removes exactly what SB made, as its
+//! record lists it: its domains (stopped first if someone started one),
+//! its networks, its disk images and any copy a sync left, its console
+//! logs and NVRAM copies, then its record and its pins (the primary's
+//! snapshots it held are free to be deleted again). The primary is never
+//! touched. Every step is journaled (operation `standby-destroy` on SB) and
+//! idempotent: running `destroy` again finishes one that was interrupted,
+//! and destroying a standby that is gone is a no-op.
+
+use std::path::PathBuf;
+use std::time::Instant;
+
+use serde::Serialize;
+
+use super::transfer::Transfer;
+use super::StandbyError;
+use crate::catalog::{OperationKind, UndoAction};
+use crate::ops::clone::undo as clone_undo;
+use crate::ops::context::OpContext;
+use crate::ops::journal::Journal;
+use crate::ops::EnvLock;
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct DestroyReport {
+    pub standby: String,
+    /// False when there was no such standby (nothing done).
+    pub existed: bool,
+    pub primary: Option<String>,
+    pub domains: Vec<String>,
+    pub networks: Vec<String>,
+    /// Files deleted.
+    pub deleted: Vec<PathBuf>,
+    pub duration_ms: u64,
+}
+
+/// Destroys the standby `name`; see the module documentation.
+pub fn destroy(ctx: &OpContext<'_>, name: &str, transfer: &dyn Transfer) -> Result<DestroyReport, StandbyError> {
+    let started = Instant::now();
+    let _lock = EnvLock::acquire(&ctx.config.controller.state_dir, name, "standby destroy")?;
+    let mut report = DestroyReport {
+        standby: name.to_owned(),
+        existed: false,
+        primary: None,
+        domains: Vec::new(),
+        networks: Vec::new(),
+        deleted: Vec::new(),
+        duration_ms: 0,
+    };
+    let Some(record) = ctx.catalog.standby_named(name)? else {
+        ctx.note(format!("no standby named {name}: nothing to destroy"));
+        return Ok(report);
+    };
+    report.existed = true;
+    report.primary = Some(record.primary.clone());
+    let mut journal = Journal::begin(ctx.catalog, OperationKind::StandbyDestroy, name, ctx.clock.now())?;
+    let result = (|| {
+        let mut step = |what: String, action: &dyn Fn() -> Result<(), String>| -> Result<(), StandbyError> {
+            let id = journal.record(what.clone(), UndoAction::Nothing)?;
+            let timer = ctx.begin(what.clone());
+            match action() {
+                Ok(()) => {
+                    timer.done();
+                    journal.done(id)?;
+                    Ok(())
+                }
+                Err(detail) => {
+                    timer.failed();
+                    journal.failed(id, &detail)?;
+                    Err(StandbyError::Remove { standby: name.to_owned(), what, detail })
+                }
+            }
+        };
+        for domain in &record.resources.domains {
+            step(format!("remove domain {}", domain.domain), &|| clone_undo::remove_domain(ctx.hv, &domain.domain))?;
+            report.domains.push(domain.domain.clone());
+        }
+        for network in &record.resources.networks {
+            step(format!("remove network {}", network.name), &|| clone_undo::remove_network(ctx.hv, &network.name))?;
+            report.networks.push(network.name.clone());
+        }
+        let mut files: Vec<PathBuf> = Vec::new();
+        for disk in &record.disks {
+            files.push(disk.path.clone());
+            files.push(super::staged_path(&disk.path));
+        }
+        files.extend(record.resources.files.iter().cloned());
+        // Copies an interrupted sync may have left next to the images.
+        for dir in record.disks.iter().filter_map(|d| d.path.parent()) {
+            if let Ok(entries) = std::fs::read_dir(dir) {
+                for entry in entries.flatten() {
+                    let file = entry.file_name().to_string_lossy().into_owned();
+                    if file.starts_with(&format!("{name}."))
+                        && file.contains(".from-")
+                        && !files.contains(&entry.path())
+                    {
+                        files.push(entry.path());
+                    }
+                }
+            }
+        }
+        for file in files {
+            if !transfer.exists(&file) {
+                continue;
+            }
+            step(format!("delete {}", file.display()), &|| {
+                transfer.remove(&file).map_err(|e| crate::error::chain(&e))
+            })?;
+            report.deleted.push(file);
+        }
+        step("forget the standby".into(), &|| {
+            ctx.catalog.remove_standby(name).map(drop).map_err(|e| crate::error::chain(&e))
+        })?;
+        Ok(())
+    })();
+    match result {
+        Ok(()) => journal.complete()?,
+        Err(error) => {
+            let _ = journal.roll_back(&crate::error::chain(&error), |_| Ok(()));
+            return Err(error);
+        }
+    }
+    crate::ops::clone::remove_empty_dirs(&record.storage);
+    report.duration_ms = u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX);
+    Ok(report)
+}
+
+/// Undoes one step of `standby create`.
+pub(super) fn undo_create_step(ctx: &OpContext<'_>, action: &UndoAction) -> Result<(), String> {
+    match action {
+        UndoAction::Nothing => Ok(()),
+        UndoAction::DeleteFile { path } => clone_undo::remove_file(&crate::ops::restore::QemuImg, path),
+        UndoAction::UndefineDomain { name } => clone_undo::remove_domain(ctx.hv, name),
+        UndoAction::Custom { kind, data } if kind == clone_undo::UNDO_REMOVE_NETWORK => {
+            clone_undo::remove_network(ctx.hv, data["network"].as_str().unwrap_or_default())
+        }
+        UndoAction::Custom { kind, .. } if super::undo::KINDS.contains(&kind.as_str()) => {
+            super::undo::undo_action(ctx, &super::QemuImgTransfer, action).map(drop)
+        }
+        other => Err(format!("no undo for {other:?} in a standby")),
+    }
+}

@@ -1,0 +1,137 @@
+//! What a standby operation can fail with: one variant per step, with the
+//! VM, disk, network or file concerned. Exit codes are chosen in `crate::exit`.
+
+use std::path::PathBuf;
+
+use crate::catalog::CatalogError;
+use crate::config::LookupError;
+use crate::hypervisor::HvError;
+use crate::ops::LockError;
+
+use super::transfer::TransferError;
+
+#[derive(Debug, thiserror::Error)]
+pub enum StandbyError {
+    #[error(transparent)]
+    Lookup(#[from] LookupError),
+    /// Another operation holds the standby or its primary, or a lock cannot be taken.
+    #[error(transparent)]
+    Lock(#[from] LockError),
+    #[error(transparent)]
+    Catalog(#[from] CatalogError),
+    #[error("cannot name a standby {name:?}: {reason}")]
+    BadName { name: String, reason: String },
+    #[error("no standby named {name:?}")]
+    UnknownStandby { name: String, known: Vec<String> },
+    #[error("environment '{env}' has no complete snapshot to bring standby {standby} to")]
+    NoSnapshot { env: String, standby: String },
+    #[error("{what} is not supported yet")]
+    Unsupported { what: String },
+    /// A standby is synced only while its domains are shut off.
+    #[error("domain {domain} of standby {standby} runs")]
+    StandbyRunning { standby: String, domain: String },
+    /// An earlier sync stopped half way through its merge.
+    #[error("standby {standby} is half way through a sync to snapshot {snapshot}")]
+    MergePending { standby: String, snapshot: String },
+    #[error("snapshot {snapshot} holds no image of VM '{vm}' disk {disk}")]
+    SnapshotLacksDisk { snapshot: String, vm: String, disk: String },
+    #[error("image {} of VM '{vm}' disk {disk} is missing", path.display())]
+    ImageMissing { vm: String, disk: String, path: PathBuf },
+    #[error("inspect domain {domain} of VM '{vm}'")]
+    InspectDomain {
+        vm: String,
+        domain: String,
+        #[source]
+        source: Box<HvError>,
+    },
+    #[error("inspect network {network}")]
+    InspectNetwork {
+        network: String,
+        #[source]
+        source: Box<HvError>,
+    },
+    #[error("define network {network}")]
+    DefineNetwork {
+        network: String,
+        #[source]
+        source: Box<HvError>,
+    },
+    #[error("define domain {domain} for VM '{vm}'")]
+    DefineDomain {
+        vm: String,
+        domain: String,
+        #[source]
+        source: Box<HvError>,
+    },
+    #[error("create folder {}", path.display())]
+    StorageDir {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    /// Copying, verifying or merging one disk's data.
+    #[error("{step} of VM '{vm}' disk {disk}")]
+    Transfer {
+        vm: String,
+        disk: String,
+        step: &'static str,
+        #[source]
+        source: Box<TransferError>,
+    },
+    /// What was written does not match what was read.
+    #[error("verify VM '{vm}' disk {disk}: {} {detail}", path.display())]
+    Verify { vm: String, disk: String, path: PathBuf, detail: String },
+    #[error("remove {what} of standby {standby}: {detail}")]
+    Remove { standby: String, what: String, detail: String },
+    /// The step failed, and undoing the steps before it failed too.
+    #[error("{cause}; undoing it failed too: {}", failures.join("; "))]
+    CleanupFailed { cause: Box<StandbyError>, failures: Vec<String> },
+}
+
+impl StandbyError {
+    pub fn hint(&self) -> Option<String> {
+        match self {
+            StandbyError::Lookup(e) => e.hint(),
+            StandbyError::Lock(e) => e.hint(),
+            StandbyError::Catalog(e) => e.hint(),
+            StandbyError::BadName { .. } => Some(
+                "use lower-case letters, digits and '-', at most 24, not the name of an environment or clone".into(),
+            ),
+            StandbyError::UnknownStandby { known, .. } => Some(if known.is_empty() {
+                "there is no standby; make one with `envclone standby create ENV --name SB`".into()
+            } else {
+                format!("standbys: {}", known.join(", "))
+            }),
+            StandbyError::NoSnapshot { env, .. } => {
+                Some(format!("take one with `envclone snapshot {env}`, then run `envclone standby sync`"))
+            }
+            StandbyError::Unsupported { .. } => None,
+            StandbyError::StandbyRunning { domain, .. } => {
+                Some(format!("shut {domain} down (`virsh shutdown {domain}`), then sync again"))
+            }
+            StandbyError::MergePending { .. } => {
+                Some("run `envclone recover` to finish that sync, then sync again".into())
+            }
+            StandbyError::SnapshotLacksDisk { .. } | StandbyError::ImageMissing { .. } => {
+                Some("check `envclone snapshots ENV`; a newer complete snapshot may hold every disk".into())
+            }
+            StandbyError::InspectDomain { source, .. }
+            | StandbyError::InspectNetwork { source, .. }
+            | StandbyError::DefineNetwork { source, .. }
+            | StandbyError::DefineDomain { source, .. } => source.hint(),
+            StandbyError::StorageDir { .. } => Some("check the standby's --storage folder and free space".into()),
+            StandbyError::Transfer { .. } => {
+                Some("check free space on the standby's storage; nothing of the standby changed, sync again".into())
+            }
+            StandbyError::Verify { .. } => Some(
+                "the copy was removed and the standby left at its previous point; sync again (check the storage \
+                 for errors if it repeats)"
+                    .into(),
+            ),
+            StandbyError::Remove { .. } => Some("fix the cause, then run the command again".into()),
+            StandbyError::CleanupFailed { .. } => {
+                Some("run `envclone recover`: it finishes or rolls back what is left".into())
+            }
+        }
+    }
+}

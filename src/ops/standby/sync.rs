@@ -1,0 +1,569 @@
+//! `envclone standby sync SB`: brings SB to its primary's newest complete
+//! snapshot, transferring only what changed since SB's point (see the
+//! [module documentation](super) for how).
+//!
+//! ```text
+//! Lock SB -> (ENV's lock) Plan -> Pin -> (ENV's lock released) Copy -> Verify -> Merge+Record -> Done
+//! ```
+//!
+//! Steps, each journaled before it runs (operation `standby-sync` on SB):
+//! `pin the images the sync reads` (undo: the pins SB is recorded at);
+//! per disk `copy VM/DISK in full` or `copy VM/DISK overlay N` (undo:
+//! drop the copy) and `verify` (`qemu-img compare` against the snapshot's
+//! chain, or SHA-256 of the copy against the source's); `merge into SB's
+//! images and record` (undo: finish it, see `undo.rs`).
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::time::Instant;
+
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+
+use super::transfer::Transfer;
+use super::{undo, StandbyError};
+use crate::catalog::{
+    Dependent, Image, ImageFormat, ImageId, ImageKind, NewStandbySync, OperationKind, Snapshot, StandbyRecord,
+    SyncedDisk, UndoAction,
+};
+use crate::hypervisor::HvError;
+use crate::ops::context::OpContext;
+use crate::ops::journal::Journal;
+use crate::ops::snapshot::snapshot_dependent;
+use crate::ops::EnvLock;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum SyncMode {
+    /// SB was at the newest snapshot already: nothing moved.
+    UpToDate,
+    /// What the snapshot reads, copied flattened.
+    Full,
+    /// Only the overlays written since SB's point, merged into SB's images.
+    Incremental,
+}
+
+impl SyncMode {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            SyncMode::UpToDate => "up-to-date",
+            SyncMode::Full => "full",
+            SyncMode::Incremental => "incremental",
+        }
+    }
+}
+
+/// What a sync did; also what `--json` prints.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct SyncReport {
+    pub standby: String,
+    pub primary: String,
+    /// The snapshot SB is at now.
+    pub snapshot: String,
+    /// The snapshot SB was at before; none before its first sync.
+    pub previous: Option<String>,
+    /// `full` if any disk was copied in full, else `incremental`, or `up-to-date`.
+    pub mode: SyncMode,
+    /// Bytes written into SB's storage by this sync.
+    pub bytes: u64,
+    pub duration_ms: u64,
+    pub disks: Vec<DiskReport>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct DiskReport {
+    pub vm: String,
+    pub disk: String,
+    pub mode: SyncMode,
+    /// SB's image.
+    pub path: PathBuf,
+    pub bytes: u64,
+    /// The primary's images copied (oldest first), or the snapshot's image for a full copy.
+    pub sources: Vec<PathBuf>,
+    /// SHA-256 of the last file written for this disk.
+    pub sha256: Option<String>,
+}
+
+/// One copied overlay.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct OverlayCopy {
+    pub source: PathBuf,
+    pub copy: PathBuf,
+    pub sha256: String,
+    pub bytes: u64,
+}
+
+/// What the merge step does for one disk: journaled with it, so that
+/// `recover` can finish it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DiskPlan {
+    pub vm: String,
+    pub disk: String,
+    /// SB's image.
+    pub target: PathBuf,
+    /// The snapshot's image of this disk: SB's point afterwards.
+    pub source_image: ImageId,
+    pub source_path: PathBuf,
+    pub mode: SyncMode,
+    /// Full: the staged copy, renamed over `target`.
+    pub staged: Option<PathBuf>,
+    /// Incremental: the copies, oldest first, merged in that order.
+    pub overlays: Vec<OverlayCopy>,
+    pub bytes: u64,
+    pub sha256: Option<String>,
+}
+
+/// The merge step's journaled data (`standby-finish-sync`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FinishPlan {
+    pub standby: String,
+    pub snapshot: String,
+    pub snapshot_created_at: DateTime<Utc>,
+    pub started_at: DateTime<Utc>,
+    pub mode: SyncMode,
+    pub bytes: u64,
+    pub disks: Vec<DiskPlan>,
+}
+
+/// Brings `standby` to its primary's newest complete snapshot.
+pub fn sync(ctx: &OpContext<'_>, standby: &str, transfer: &dyn Transfer) -> Result<SyncReport, StandbyError> {
+    let started = Instant::now();
+    let started_at = ctx.clock.now();
+    let state_dir = &ctx.config.controller.state_dir;
+    let _lock = EnvLock::acquire(state_dir, standby, "standby sync")?;
+    let record = match ctx.catalog.standby_named(standby)? {
+        Some(record) => record,
+        None => {
+            let known = ctx.catalog.standbys(None)?.into_iter().map(|s| s.name).collect();
+            return Err(StandbyError::UnknownStandby { name: standby.to_owned(), known });
+        }
+    };
+    if let Some(snapshot) = &record.merging {
+        return Err(StandbyError::MergePending { standby: standby.to_owned(), snapshot: snapshot.clone() });
+    }
+    check_shut_off(ctx, &record)?;
+
+    // Under ENV's lock: no delete is half way through the images read.
+    let primary_lock = super::acquire_waiting(
+        state_dir,
+        &record.primary,
+        &format!("standby sync of {standby} (pinning)"),
+        super::PRIMARY_LOCK_WAIT,
+    )?;
+    let snapshot = ctx
+        .catalog
+        .last_snapshot(&record.primary, None)?
+        .ok_or_else(|| StandbyError::NoSnapshot { env: record.primary.clone(), standby: standby.to_owned() })?;
+    let (mut disks, reads) = plan(ctx, transfer, &record, &snapshot)?;
+    let report = |disks: &[DiskPlan], mode, bytes| SyncReport {
+        standby: standby.to_owned(),
+        primary: record.primary.clone(),
+        snapshot: snapshot.name.clone(),
+        previous: record.snapshot.clone(),
+        mode,
+        bytes,
+        duration_ms: u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX),
+        disks: disks.iter().map(disk_report).collect(),
+    };
+    if record.snapshot.as_deref() == Some(snapshot.name.as_str()) && disks.iter().all(|d| d.mode == SyncMode::UpToDate)
+    {
+        ctx.note(format!("standby {standby} is at snapshot {} already: nothing to do", snapshot.name));
+        return Ok(report(&disks, SyncMode::UpToDate, 0));
+    }
+    ctx.note(format!(
+        "standby {standby}: from {} to snapshot {} of {}",
+        record.snapshot.as_deref().unwrap_or("nothing"),
+        snapshot.name,
+        record.primary
+    ));
+    let journal = Journal::begin(ctx.catalog, OperationKind::StandbySync, standby, ctx.clock.now())?;
+    let mut run = Run { ctx, journal: Some(journal), transfer, standby };
+    let result = (|| {
+        let dependent = Dependent::standby_named(standby);
+        run.step("pin the images the sync reads", undo::restore_pins(standby), |run| {
+            for image in &reads {
+                run.ctx.catalog.pin(*image, &dependent)?;
+            }
+            Ok(())
+        })?;
+        drop(primary_lock);
+        run.copy(&mut disks, &snapshot)?;
+        let mode = if disks.iter().any(|d| d.mode == SyncMode::Full) { SyncMode::Full } else { SyncMode::Incremental };
+        let plan = FinishPlan {
+            standby: standby.to_owned(),
+            snapshot: snapshot.name.clone(),
+            snapshot_created_at: snapshot.created_at,
+            started_at,
+            mode,
+            bytes: disks.iter().map(|d| d.bytes).sum(),
+            disks: disks.clone(),
+        };
+        let undo_finish = UndoAction::Custom {
+            kind: undo::UNDO_FINISH_SYNC.to_owned(),
+            data: serde_json::to_value(&plan).unwrap_or_default(),
+        };
+        run.step("merge into the standby's images and record", undo_finish, |run| {
+            finish(run.ctx, run.transfer, &plan)
+        })?;
+        Ok(plan)
+    })();
+    match result {
+        Ok(plan) => {
+            run.journal.take().expect("the journal is taken once").complete()?;
+            Ok(report(&plan.disks, plan.mode, plan.bytes))
+        }
+        Err(error) => Err(run.roll_back(error)),
+    }
+}
+
+/// The domains of a standby must be shut off while its images change.
+fn check_shut_off(ctx: &OpContext<'_>, record: &StandbyRecord) -> Result<(), StandbyError> {
+    for domain in &record.resources.domains {
+        match ctx.hv.domain(&domain.domain) {
+            Ok(found) if found.state.is_active() => {
+                return Err(StandbyError::StandbyRunning {
+                    standby: record.name.clone(),
+                    domain: domain.domain.clone(),
+                })
+            }
+            Ok(_) | Err(HvError::NoSuchDomain { .. }) => {}
+            Err(source) => {
+                return Err(StandbyError::InspectDomain {
+                    vm: domain.vm.clone(),
+                    domain: domain.domain.clone(),
+                    source: Box::new(source),
+                })
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Per disk: up to date, incremental (the overlays above SB's point) or
+/// full; and every image the sync reads.
+fn plan(
+    ctx: &OpContext<'_>,
+    transfer: &dyn Transfer,
+    record: &StandbyRecord,
+    snapshot: &Snapshot,
+) -> Result<(Vec<DiskPlan>, Vec<ImageId>), StandbyError> {
+    let catalog = ctx.catalog;
+    let mut images: BTreeMap<(String, String), Image> = BTreeMap::new();
+    for image in catalog.images_needed_by(&snapshot_dependent(&record.primary, &snapshot.name))? {
+        if let Some(disk) = image.disk.clone() {
+            if image.kind != ImageKind::Memory {
+                images.insert((image.vm.clone(), disk), image);
+            }
+        }
+    }
+    let mut plans = Vec::new();
+    let mut reads = Vec::new();
+    for disk in &record.disks {
+        let Some(top) = images.get(&(disk.vm.clone(), disk.disk.clone())) else {
+            return Err(StandbyError::SnapshotLacksDisk {
+                snapshot: snapshot.name.clone(),
+                vm: disk.vm.clone(),
+                disk: disk.disk.clone(),
+            });
+        };
+        if !transfer.exists(&top.path) {
+            return Err(StandbyError::ImageMissing {
+                vm: disk.vm.clone(),
+                disk: disk.disk.clone(),
+                path: top.path.clone(),
+            });
+        }
+        let chain = catalog.chain(top.id)?;
+        let position = disk.source_image.and_then(|id| chain.iter().position(|image| image.id == id));
+        let have_target = transfer.exists(&disk.path);
+        let mut plan = DiskPlan {
+            vm: disk.vm.clone(),
+            disk: disk.disk.clone(),
+            target: disk.path.clone(),
+            source_image: top.id,
+            source_path: top.path.clone(),
+            mode: SyncMode::Full,
+            staged: None,
+            overlays: Vec::new(),
+            bytes: 0,
+            sha256: disk.sha256.clone(),
+        };
+        match position {
+            Some(0) if have_target => {
+                plan.mode = SyncMode::UpToDate;
+            }
+            Some(k)
+                if have_target
+                    && chain[..k].iter().all(|i| i.kind == ImageKind::Overlay && i.format == ImageFormat::Qcow2) =>
+            {
+                plan.mode = SyncMode::Incremental;
+                for image in chain[..k].iter().rev() {
+                    reads.push(image.id);
+                    plan.overlays.push(OverlayCopy {
+                        source: image.path.clone(),
+                        copy: super::overlay_copy_path(&record.storage, &record.name, &disk.vm, &disk.disk, image.id.0),
+                        sha256: String::new(),
+                        bytes: 0,
+                    });
+                }
+            }
+            _ => {
+                reads.extend(chain.iter().map(|image| image.id));
+                plan.staged = Some(super::staged_path(&disk.path));
+            }
+        }
+        plans.push(plan);
+    }
+    Ok((plans, reads))
+}
+
+fn disk_report(plan: &DiskPlan) -> DiskReport {
+    DiskReport {
+        vm: plan.vm.clone(),
+        disk: plan.disk.clone(),
+        mode: plan.mode,
+        path: plan.target.clone(),
+        bytes: plan.bytes,
+        sources: match plan.mode {
+            SyncMode::Full => vec![plan.source_path.clone()],
+            _ => plan.overlays.iter().map(|o| o.source.clone()).collect(),
+        },
+        sha256: plan.sha256.clone(),
+    }
+}
+
+struct Run<'r, 'c> {
+    ctx: &'r OpContext<'c>,
+    journal: Option<Journal<'c>>,
+    transfer: &'r dyn Transfer,
+    standby: &'r str,
+}
+
+impl Run<'_, '_> {
+    /// Journals `name` with its undo, runs `step`, marks it done or failed.
+    fn step<T>(
+        &mut self,
+        name: &str,
+        undo: UndoAction,
+        step: impl FnOnce(&mut Self) -> Result<T, StandbyError>,
+    ) -> Result<T, StandbyError> {
+        let journal = self.journal.as_mut().expect("the journal is only taken at the end of the run");
+        let id = journal.record(name, undo)?;
+        let timer = self.ctx.begin(name);
+        match step(self) {
+            Ok(value) => {
+                timer.done();
+                self.journal.as_mut().expect("still running").done(id)?;
+                Ok(value)
+            }
+            Err(error) => {
+                timer.failed();
+                self.journal.as_mut().expect("still running").failed(id, &crate::error::chain(&error))?;
+                Err(error)
+            }
+        }
+    }
+
+    /// Copies and verifies every disk that is not up to date.
+    fn copy(&mut self, disks: &mut [DiskPlan], snapshot: &Snapshot) -> Result<(), StandbyError> {
+        let mut first = true;
+        for plan in disks.iter_mut() {
+            if plan.mode == SyncMode::UpToDate {
+                continue;
+            }
+            let dir = plan.target.parent().map(PathBuf::from).unwrap_or_default();
+            std::fs::create_dir_all(&dir).map_err(|source| StandbyError::StorageDir { path: dir.clone(), source })?;
+            let (vm, disk) = (plan.vm.clone(), plan.disk.clone());
+            let transfer_error = |step: &'static str| {
+                let (vm, disk) = (vm.clone(), disk.clone());
+                move |source| StandbyError::Transfer { vm, disk, step, source: Box::new(source) }
+            };
+            if let Some(staged) = plan.staged.clone() {
+                let source = plan.source_path.clone();
+                let name = format!("copy {vm}/{disk} in full (snapshot {})", snapshot.name);
+                let bytes = self.step(&name, undo::drop_copy(self.standby, &staged), |run| {
+                    // Left by an interrupted sync that was rolled back: garbage.
+                    run.transfer.remove(&staged).map_err(transfer_error("remove a stale copy"))?;
+                    run.transfer.copy_full(&source, &staged).map_err(transfer_error("copy in full"))
+                })?;
+                hit_once(&mut first, "copy");
+                let sha256 = self.step(&format!("verify {vm}/{disk}"), UndoAction::Nothing, |run| {
+                    let same = run.transfer.same_content(&source, &staged).map_err(transfer_error("compare"))?;
+                    if !same {
+                        return Err(StandbyError::Verify {
+                            vm: vm.clone(),
+                            disk: disk.clone(),
+                            path: staged.clone(),
+                            detail: format!("does not read like {}", source.display()),
+                        });
+                    }
+                    run.transfer.sha256(&staged).map_err(transfer_error("checksum"))
+                })?;
+                plan.bytes = bytes;
+                plan.sha256 = Some(sha256);
+                continue;
+            }
+            for index in 0..plan.overlays.len() {
+                let overlay = plan.overlays[index].clone();
+                let name = format!("copy {vm}/{disk} overlay {}", overlay.source.display());
+                let copied = self.step(&name, undo::drop_copy(self.standby, &overlay.copy), |run| {
+                    run.transfer.remove(&overlay.copy).map_err(transfer_error("remove a stale copy"))?;
+                    run.transfer.copy_file(&overlay.source, &overlay.copy).map_err(transfer_error("copy an overlay"))
+                })?;
+                hit_once(&mut first, "copy");
+                self.step(
+                    &format!("verify {vm}/{disk} copy {}", overlay.copy.display()),
+                    UndoAction::Nothing,
+                    |run| {
+                        let written = run.transfer.sha256(&overlay.copy).map_err(transfer_error("checksum"))?;
+                        if written == copied.sha256 {
+                            Ok(())
+                        } else {
+                            Err(StandbyError::Verify {
+                                vm: vm.clone(),
+                                disk: disk.clone(),
+                                path: overlay.copy.clone(),
+                                detail: format!("has SHA-256 {written}, its source {}", copied.sha256),
+                            })
+                        }
+                    },
+                )?;
+                plan.overlays[index].sha256 = copied.sha256.clone();
+                plan.overlays[index].bytes = copied.bytes;
+                plan.bytes += copied.bytes;
+                plan.sha256 = Some(copied.sha256);
+            }
+        }
+        crate::ops::crashpoint::hit("standby-sync", "verify");
+        Ok(())
+    }
+
+    fn roll_back(&mut self, error: StandbyError) -> StandbyError {
+        let (ctx, transfer) = (self.ctx, self.transfer);
+        let cause = crate::error::chain(&error);
+        let failures = match self.journal.take() {
+            Some(journal) => journal.roll_back(&cause, |action| undo::undo_action(ctx, transfer, action).map(drop)),
+            None => Vec::new(),
+        };
+        if failures.is_empty() {
+            error
+        } else {
+            StandbyError::CleanupFailed { cause: Box::new(error), failures }
+        }
+    }
+}
+
+fn hit_once(first: &mut bool, point: &str) {
+    if std::mem::take(first) {
+        crate::ops::crashpoint::hit("standby-sync", point);
+    }
+}
+
+/// Merges (or installs) every disk's verified copies into SB's images,
+/// records SB at the plan's snapshot (pins moved) and removes the copies.
+/// Idempotent: what `recover` runs to finish an interrupted merge.
+pub(crate) fn finish(ctx: &OpContext<'_>, transfer: &dyn Transfer, plan: &FinishPlan) -> Result<(), StandbyError> {
+    let catalog = ctx.catalog;
+    let Some(record) = catalog.standby_named(&plan.standby)? else {
+        ctx.note(format!("standby {} is gone: nothing to finish", plan.standby));
+        return Ok(());
+    };
+    let recorded = record.merging.is_none()
+        && record.snapshot.as_deref() == Some(plan.snapshot.as_str())
+        && plan.disks.iter().all(|d| {
+            record.disks.iter().any(|r| r.vm == d.vm && r.disk == d.disk && r.source_image == Some(d.source_image))
+        });
+    if !recorded {
+        // Checked once more before anything is merged; not when resuming an
+        // interrupted merge: merging rewrites a copy's header (its backing
+        // file), and its content was verified before the merge began.
+        let resuming = record.merging.as_deref() == Some(plan.snapshot.as_str());
+        if !resuming {
+            for disk in &plan.disks {
+                for overlay in &disk.overlays {
+                    let written = transfer.sha256(&overlay.copy).map_err(|source| StandbyError::Transfer {
+                        vm: disk.vm.clone(),
+                        disk: disk.disk.clone(),
+                        step: "checksum before the merge",
+                        source: Box::new(source),
+                    })?;
+                    if written != overlay.sha256 {
+                        return Err(StandbyError::Verify {
+                            vm: disk.vm.clone(),
+                            disk: disk.disk.clone(),
+                            path: overlay.copy.clone(),
+                            detail: format!("has SHA-256 {written} before the merge, {} when copied", overlay.sha256),
+                        });
+                    }
+                }
+            }
+        }
+        catalog.begin_standby_merge(&plan.standby, &plan.snapshot)?;
+        let mut first = true;
+        for disk in &plan.disks {
+            let transfer_error = |step: &'static str| {
+                let (vm, name) = (disk.vm.clone(), disk.disk.clone());
+                move |source| StandbyError::Transfer { vm, disk: name, step, source: Box::new(source) }
+            };
+            if let Some(staged) = &disk.staged {
+                if transfer.exists(staged) {
+                    transfer.install(staged, &disk.target).map_err(transfer_error("install the full copy"))?;
+                } else if !transfer.exists(&disk.target) {
+                    return Err(StandbyError::Verify {
+                        vm: disk.vm.clone(),
+                        disk: disk.disk.clone(),
+                        path: staged.clone(),
+                        detail: "is gone and was never installed".into(),
+                    });
+                }
+            }
+            for overlay in &disk.overlays {
+                if !transfer.exists(&overlay.copy) {
+                    return Err(StandbyError::Verify {
+                        vm: disk.vm.clone(),
+                        disk: disk.disk.clone(),
+                        path: overlay.copy.clone(),
+                        detail: "is gone before its merge finished: sync the standby in full".into(),
+                    });
+                }
+                transfer.merge(&overlay.copy, &disk.target).map_err(transfer_error("merge"))?;
+            }
+            if disk.mode != SyncMode::UpToDate {
+                hit_once(&mut first, "merge");
+            }
+        }
+        let disks = plan
+            .disks
+            .iter()
+            .map(|d| SyncedDisk {
+                vm: d.vm.clone(),
+                disk: d.disk.clone(),
+                source_image: d.source_image,
+                sha256: d.sha256.clone().unwrap_or_default(),
+            })
+            .collect();
+        catalog.record_standby_sync(
+            &plan.standby,
+            &NewStandbySync {
+                snapshot: plan.snapshot.clone(),
+                snapshot_created_at: plan.snapshot_created_at,
+                mode: match plan.mode {
+                    SyncMode::Full => "full".into(),
+                    _ => "incremental".into(),
+                },
+                bytes: plan.bytes,
+                started_at: plan.started_at,
+                finished_at: ctx.clock.now(),
+                disks,
+            },
+        )?;
+    }
+    for disk in &plan.disks {
+        for copy in disk.overlays.iter().map(|o| &o.copy).chain(disk.staged.iter()) {
+            if let Err(e) = transfer.remove(copy) {
+                ctx.note(format!("cannot remove {}: {}", copy.display(), crate::error::chain(&e)));
+            }
+        }
+    }
+    Ok(())
+}

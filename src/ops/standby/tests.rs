@@ -1,0 +1,425 @@
+//! Standbys on `FakeHypervisor` and an in-memory [`Transfer`]: what is
+//! defined, copied, merged, recorded and pinned; that a sync twice is a
+//! no-op, a copy that does not verify leaves the standby as it was, and a
+//! destroy leaves nothing.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::sync::Mutex;
+use std::time::Duration;
+
+use chrono::{DateTime, TimeZone, Utc};
+
+use super::transfer::{Copied, TransferError};
+use super::*;
+use crate::catalog::{Catalog, Dependent, OperationState};
+use crate::config::{AgentEndpoint, Config, Controller, Environment, HumanSize, Vm};
+use crate::guest::GuestError;
+use crate::hypervisor::{DomainState, FakeHypervisor, HvError, Hypervisor};
+use crate::ops::context::{Event, FixedClock, OpContext};
+use crate::ops::snapshot::{FreezeInfo, FrozenGuest, Quiescer, SnapshotRequest, ThawInfo};
+
+fn at(minute: u32) -> DateTime<Utc> {
+    Utc.with_ymd_and_hms(2024, 5, 1, 2, minute, 0).unwrap()
+}
+
+#[derive(Debug, Default)]
+struct FakeQuiescer;
+
+struct Frozen;
+
+impl FrozenGuest for Frozen {
+    fn thaw(self: Box<Self>) -> Result<ThawInfo, GuestError> {
+        Ok(ThawInfo { frozen: Duration::ZERO, by_lease_timeout: false })
+    }
+}
+
+impl Quiescer for FakeQuiescer {
+    fn prepare(&self, _vm: &str) -> Result<(), GuestError> {
+        Ok(())
+    }
+
+    fn freeze(&self, _vm: &str) -> Result<(Box<dyn FrozenGuest>, FreezeInfo), GuestError> {
+        Ok((Box::new(Frozen), FreezeInfo { freezing: Duration::ZERO }))
+    }
+
+    fn recover(&self, _vm: &str) -> Result<(), GuestError> {
+        Ok(())
+    }
+}
+
+/// Files in memory: the standby's (under `root`) hold a description of
+/// what was written into them; the primary's always exist.
+#[derive(Debug, Default)]
+struct FakeTransfer {
+    root: PathBuf,
+    files: Mutex<BTreeMap<PathBuf, String>>,
+    /// Copies read back with another checksum than their source's.
+    corrupting: bool,
+}
+
+impl FakeTransfer {
+    fn content(&self, path: &Path) -> Option<String> {
+        self.files.lock().unwrap().get(path).cloned()
+    }
+
+    fn standby_files(&self) -> Vec<PathBuf> {
+        self.files.lock().unwrap().keys().cloned().collect()
+    }
+}
+
+fn checksum(text: &str) -> String {
+    format!("{:064x}", text.len())
+}
+
+impl Transfer for FakeTransfer {
+    fn copy_full(&self, image: &Path, copy: &Path) -> Result<u64, TransferError> {
+        self.files.lock().unwrap().insert(copy.to_owned(), format!("full({})", image.display()));
+        Ok(1000)
+    }
+
+    fn same_content(&self, _a: &Path, _b: &Path) -> Result<bool, TransferError> {
+        Ok(!self.corrupting)
+    }
+
+    fn copy_file(&self, from: &Path, to: &Path) -> Result<Copied, TransferError> {
+        let text = format!("copy({})", from.display());
+        self.files.lock().unwrap().insert(to.to_owned(), text.clone());
+        Ok(Copied { bytes: 10, sha256: checksum(&text) })
+    }
+
+    fn sha256(&self, path: &Path) -> Result<String, TransferError> {
+        let text = self.content(path).unwrap_or_default();
+        Ok(if self.corrupting { checksum(&format!("{text}!")) } else { checksum(&text) })
+    }
+
+    fn merge(&self, overlay: &Path, into: &Path) -> Result<(), TransferError> {
+        let mut files = self.files.lock().unwrap();
+        let overlay = files.get(overlay).cloned().unwrap_or_default();
+        let target = files.entry(into.to_owned()).or_default();
+        target.push('+');
+        target.push_str(&overlay);
+        Ok(())
+    }
+
+    fn install(&self, from: &Path, to: &Path) -> Result<(), TransferError> {
+        let mut files = self.files.lock().unwrap();
+        let content = files.remove(from).unwrap_or_default();
+        files.insert(to.to_owned(), content);
+        Ok(())
+    }
+
+    fn exists(&self, path: &Path) -> bool {
+        !path.starts_with(&self.root) || self.files.lock().unwrap().contains_key(path)
+    }
+
+    fn remove(&self, path: &Path) -> Result<(), TransferError> {
+        self.files.lock().unwrap().remove(path);
+        Ok(())
+    }
+}
+
+/// An environment `demo` of VMs `web` and `db` on network `net`, running.
+struct Harness {
+    _dir: tempfile::TempDir,
+    storage: PathBuf,
+    config: Config,
+    catalog: Catalog,
+    hv: FakeHypervisor,
+    events: Mutex<Vec<Event>>,
+}
+
+impl Harness {
+    fn new() -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        let mut controller = Controller::new("/k", dir.path().join("known_hosts"));
+        controller.state_dir = dir.path().join("state");
+        controller.min_free_space = HumanSize::from_bytes(1);
+        let vms = [("web", "192.168.50.11"), ("db", "192.168.50.12")]
+            .map(|(name, address)| {
+                (name.to_owned(), Vm { domain: name.to_owned(), agent: AgentEndpoint::new(address) })
+            })
+            .into();
+        let env = Environment { vms, networks: vec!["net".into()], ..Default::default() };
+        let config = Config {
+            controller,
+            environments: BTreeMap::from([("demo".to_owned(), env)]),
+            schedules: BTreeMap::new(),
+            standbys: BTreeMap::new(),
+            lab: None,
+        };
+        let catalog = Catalog::open(&config.controller.state_dir).unwrap();
+        Harness {
+            storage: dir.path().join("standby"),
+            _dir: dir,
+            config,
+            catalog,
+            hv: FakeHypervisor::running_env("net", &["web", "db"]),
+            events: Mutex::new(Vec::new()),
+        }
+    }
+
+    fn with_context<T>(&self, f: impl FnOnce(&OpContext<'_>) -> T) -> T {
+        let events = &self.events;
+        let progress = |event: &Event| events.lock().unwrap().push(event.clone());
+        let clock = FixedClock(at(30));
+        let ctx = OpContext {
+            config: &self.config,
+            hv: &self.hv,
+            catalog: &self.catalog,
+            progress: &progress,
+            clock: &clock,
+        };
+        f(&ctx)
+    }
+
+    /// A fresh in-memory transfer rooted at the standby's storage.
+    fn transfer(&self) -> FakeTransfer {
+        FakeTransfer { root: self.storage.clone(), ..FakeTransfer::default() }
+    }
+
+    fn image(&self, vm: &str) -> PathBuf {
+        image_path(&self.storage, "sb", vm, "vda")
+    }
+
+    fn snapshot(&self) -> String {
+        let request = SnapshotRequest { env: "demo".into(), label: None, memory: false, quiesce: None, schedule: None };
+        self.with_context(|ctx| crate::ops::snapshot::take(ctx, &request, &FakeQuiescer)).unwrap().name
+    }
+
+    fn create(&self, transfer: &FakeTransfer) -> Result<CreateReport, StandbyError> {
+        let request = CreateRequest {
+            primary: "demo".into(),
+            name: "sb".into(),
+            storage: Some(self.storage.clone()),
+            autorestore: None,
+        };
+        self.with_context(|ctx| create(ctx, &request, transfer))
+    }
+
+    fn sync(&self, transfer: &FakeTransfer) -> Result<SyncReport, StandbyError> {
+        self.with_context(|ctx| sync(ctx, "sb", transfer))
+    }
+
+    /// The images the standby pins, by path.
+    fn pinned(&self) -> Vec<PathBuf> {
+        self.catalog.images_needed_by(&Dependent::standby_named("sb")).unwrap().into_iter().map(|i| i.path).collect()
+    }
+
+    /// The images snapshot `name` pins, by path.
+    fn images_of(&self, name: &str) -> Vec<PathBuf> {
+        let pin = crate::ops::snapshot::snapshot_dependent("demo", name);
+        self.catalog.images_needed_by(&pin).unwrap().into_iter().map(|i| i.path).collect()
+    }
+}
+
+#[test]
+fn create_defines_shut_off_domains_on_isolated_networks_and_keeps_the_primarys_macs() {
+    let h = Harness::new();
+    let transfer = h.transfer();
+
+    let report = h.create(&transfer).unwrap();
+
+    assert!(report.created && report.sync.is_none() && report.sync_skipped.is_some(), "{report:#?}");
+    for domain in &report.domains {
+        let found = h.hv.peek_domain(&domain.domain).unwrap();
+        assert_eq!(found.state, DomainState::ShutOff, "{domain:?}");
+        let primary = h.hv.peek_domain(&domain.primary_domain).unwrap();
+        assert_ne!(found.uuid, primary.uuid);
+        let iface = &found.def.interfaces()[0];
+        assert_eq!(iface.network.as_deref(), Some("sb-net"));
+        assert_eq!(domain.primary_macs, [primary.def.interfaces()[0].mac.clone().unwrap()]);
+        assert_ne!(iface.mac, primary.def.interfaces()[0].mac);
+        let disk = &found.def.disks()[0];
+        assert_eq!(disk.source.as_deref(), Some(h.image(&domain.vm).as_path()));
+    }
+    let network = h.hv.peek_network("sb-net").unwrap();
+    assert_eq!(network.def.ip(), None);
+    assert!(network.active);
+    let again = h.create(&transfer).unwrap();
+    assert!(!again.created);
+}
+
+#[test]
+fn create_refuses_a_name_taken_by_an_environment() {
+    let h = Harness::new();
+    let request = CreateRequest { primary: "demo".into(), name: "demo".into(), storage: None, autorestore: None };
+
+    let error = h.with_context(|ctx| create(ctx, &request, &h.transfer())).unwrap_err();
+
+    assert!(matches!(error, StandbyError::BadName { .. }), "{error:?}");
+    assert!(h.catalog.standbys(None).unwrap().is_empty());
+}
+
+#[test]
+fn the_first_sync_copies_in_full_and_the_next_only_the_new_overlay() {
+    let h = Harness::new();
+    let transfer = h.transfer();
+    let s1 = h.snapshot();
+
+    let created = h.create(&transfer).unwrap();
+    let first = created.sync.unwrap();
+
+    assert_eq!(first.mode, SyncMode::Full);
+    assert_eq!(first.bytes, 2000);
+    assert_eq!(first.snapshot, s1);
+    let db = h.image("db");
+    assert_eq!(transfer.content(&db).unwrap(), "full(/images/db.qcow2)");
+    assert_eq!(h.pinned(), h.images_of(&s1));
+
+    let s2 = h.snapshot();
+    let second = h.sync(&transfer).unwrap();
+
+    assert_eq!(second.mode, SyncMode::Incremental);
+    assert_eq!((second.previous.as_deref(), second.snapshot.as_str()), (Some(s1.as_str()), s2.as_str()));
+    assert_eq!(second.bytes, 20, "one overlay of each of the two disks");
+    let overlay = &h.images_of(&s2).into_iter().find(|p| p.to_string_lossy().contains("db")).unwrap();
+    assert_eq!(transfer.content(&db).unwrap(), format!("full(/images/db.qcow2)+copy({})", overlay.display()));
+    assert_eq!(h.pinned(), h.images_of(&s2), "the pins moved to the new point");
+    assert_eq!(transfer.standby_files().len(), 2, "only the two images are left: {:?}", transfer.standby_files());
+    let record = h.catalog.standby_named("sb").unwrap().unwrap();
+    assert_eq!(record.snapshot.as_deref(), Some(s2.as_str()));
+    assert!(record.disks.iter().all(|d| d.sha256.as_deref().is_some_and(|s| s.len() == 64)));
+    assert_eq!(h.catalog.standby_syncs("sb", 5).unwrap().iter().map(|s| s.bytes).collect::<Vec<_>>(), [20, 2000]);
+}
+
+#[test]
+fn a_second_sync_is_a_no_op() {
+    let h = Harness::new();
+    let transfer = h.transfer();
+    h.snapshot();
+    h.create(&transfer).unwrap();
+    let before = h.catalog.standby_syncs("sb", 5).unwrap();
+
+    let again = h.sync(&transfer).unwrap();
+
+    assert_eq!((again.mode, again.bytes), (SyncMode::UpToDate, 0));
+    assert_eq!(h.catalog.standby_syncs("sb", 5).unwrap(), before);
+}
+
+#[test]
+fn a_copy_that_does_not_verify_leaves_the_standby_as_it_was() {
+    let h = Harness::new();
+    let s1 = h.snapshot();
+    h.create(&h.transfer()).unwrap();
+    h.snapshot();
+    let corrupting = FakeTransfer { corrupting: true, ..h.transfer() };
+
+    let error = h.sync(&corrupting).unwrap_err();
+
+    assert!(matches!(error, StandbyError::Verify { .. }), "{error:?}");
+    assert!(corrupting.standby_files().is_empty(), "the copies are gone: {:?}", corrupting.standby_files());
+    let record = h.catalog.standby_named("sb").unwrap().unwrap();
+    assert_eq!(record.snapshot.as_deref(), Some(s1.as_str()));
+    assert_eq!(record.merging, None);
+    assert_eq!(h.pinned(), h.images_of(&s1), "the sync's extra pins were released");
+    let operations = h.catalog.operations_in(OperationState::RolledBack).unwrap();
+    assert!(operations.iter().any(|op| op.kind == crate::catalog::OperationKind::StandbySync));
+}
+
+#[test]
+fn sync_refuses_a_standby_whose_domain_runs() {
+    let h = Harness::new();
+    h.snapshot();
+    h.create(&h.transfer()).unwrap();
+    h.hv.start_domain("sb-web").unwrap();
+
+    let error = h.sync(&h.transfer()).unwrap_err();
+
+    assert!(matches!(error, StandbyError::StandbyRunning { ref domain, .. } if domain == "sb-web"), "{error:?}");
+}
+
+#[test]
+fn sync_of_an_unknown_standby_names_the_known_ones() {
+    let h = Harness::new();
+
+    let error = h.with_context(|ctx| sync(ctx, "nope", &h.transfer())).unwrap_err();
+
+    assert!(matches!(error, StandbyError::UnknownStandby { .. }), "{error:?}");
+}
+
+#[test]
+fn destroy_removes_everything_and_is_idempotent() {
+    let h = Harness::new();
+    let transfer = h.transfer();
+    let s1 = h.snapshot();
+    h.create(&transfer).unwrap();
+
+    let report = h.with_context(|ctx| destroy(ctx, "sb", &transfer)).unwrap();
+
+    assert!(report.existed);
+    assert_eq!(report.domains.len(), 2);
+    for domain in ["sb-web", "sb-db"] {
+        assert!(matches!(h.hv.domain(domain), Err(HvError::NoSuchDomain { .. })));
+    }
+    assert!(matches!(h.hv.network("sb-net"), Err(HvError::NoSuchNetwork { .. })));
+    assert!(transfer.standby_files().is_empty(), "{:?}", transfer.standby_files());
+    assert!(h.catalog.standby_named("sb").unwrap().is_none());
+    assert!(h.pinned().is_empty());
+    assert!(!h.images_of(&s1).is_empty(), "the primary's snapshot is untouched");
+    let again = h.with_context(|ctx| destroy(ctx, "sb", &transfer)).unwrap();
+    assert!(!again.existed);
+}
+
+#[test]
+fn the_undo_of_an_interrupted_merge_finishes_it() {
+    let h = Harness::new();
+    let transfer = h.transfer();
+    h.snapshot();
+    h.create(&transfer).unwrap();
+    let s2 = h.snapshot();
+    // What a sync killed in its merge leaves: its copies and plan, `merging` set.
+    let overlay = h.images_of(&s2).into_iter().find(|p| p.to_string_lossy().contains("db")).unwrap();
+    let record = h.catalog.standby_named("sb").unwrap().unwrap();
+    let mut disks = Vec::new();
+    for disk in &record.disks {
+        let image = h
+            .catalog
+            .images_needed_by(&crate::ops::snapshot::snapshot_dependent("demo", &s2))
+            .unwrap()
+            .into_iter()
+            .find(|i| i.vm == disk.vm)
+            .unwrap();
+        let copy = overlay_copy_path(&record.storage, "sb", &disk.vm, &disk.disk, image.id.0);
+        let copied = transfer.copy_file(&image.path, &copy).unwrap();
+        disks.push(sync::DiskPlan {
+            vm: disk.vm.clone(),
+            disk: disk.disk.clone(),
+            target: disk.path.clone(),
+            source_image: image.id,
+            source_path: image.path.clone(),
+            mode: SyncMode::Incremental,
+            staged: None,
+            overlays: vec![sync::OverlayCopy { source: image.path, copy, sha256: copied.sha256.clone(), bytes: 10 }],
+            bytes: 10,
+            sha256: Some(copied.sha256),
+        });
+    }
+    let plan = sync::FinishPlan {
+        standby: "sb".into(),
+        snapshot: s2.clone(),
+        snapshot_created_at: at(30),
+        started_at: at(30),
+        mode: SyncMode::Incremental,
+        bytes: 20,
+        disks,
+    };
+    h.catalog.begin_standby_merge("sb", &s2).unwrap();
+    let finish = crate::catalog::UndoAction::Custom {
+        kind: undo::UNDO_FINISH_SYNC.into(),
+        data: serde_json::to_value(&plan).unwrap(),
+    };
+    let drop = undo::drop_copy("sb", &plan.disks[0].overlays[0].copy);
+
+    let kept = h.with_context(|ctx| undo::undo_action(ctx, &transfer, &drop)).unwrap();
+    assert!(kept.contains("kept"), "{kept}");
+    h.with_context(|ctx| undo::undo_action(ctx, &transfer, &finish)).unwrap();
+    h.with_context(|ctx| undo::undo_action(ctx, &transfer, &finish)).unwrap();
+
+    let record = h.catalog.standby_named("sb").unwrap().unwrap();
+    assert_eq!((record.snapshot.as_deref(), record.merging.as_deref()), (Some(s2.as_str()), None));
+    let db = h.image("db");
+    assert_eq!(transfer.content(&db).unwrap(), format!("full(/images/db.qcow2)+copy({})", overlay.display()));
+    assert_eq!(transfer.standby_files().len(), 2, "{:?}", transfer.standby_files());
+    assert_eq!(h.pinned(), h.images_of(&s2));
+}
