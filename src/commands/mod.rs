@@ -68,7 +68,8 @@ pub fn load_config_with_clones(global: &crate::cli::GlobalArgs) -> Result<Config
         if config.environments.contains_key(&clone.name) {
             continue;
         }
-        let environment = crate::ops::clone::clone_environment(&clone).map_err(crate::Error::clone_op("read the clones"))?;
+        let environment =
+            crate::ops::clone::clone_environment(&clone).map_err(crate::Error::clone_op("read the clones"))?;
         config.environments.insert(clone.name.clone(), environment);
     }
     Ok(config)
