@@ -1081,6 +1081,15 @@ impl<'r, 'c> Run<'r, 'c> {
     /// the quarantine.
     fn readdress(&mut self) -> Result<(), CloneError> {
         let plan = self.addresses.clone().expect("planned in the networks phase");
+        let host_keys = self.rewrite_and_scan(&plan)?;
+        self.readdress_and_link_up(&plan, &host_keys)?;
+        self.wait_for_agents("wait for the clone's agents at their new addresses")?;
+        self.remove_quarantine()
+    }
+
+    /// Every VM's connection strings rewritten and found clean, before any
+    /// link goes up; returns each guest's host key, read in the quarantine.
+    fn rewrite_and_scan(&mut self, plan: &readdress::AddressPlan) -> Result<BTreeMap<String, Vec<u8>>, CloneError> {
         let rewrite = self.source.rewrite.clone().expect("checked before the run");
         let vms: Vec<String> = self.vms.iter().map(|v| v.vm.clone()).collect();
 
@@ -1125,7 +1134,18 @@ impl<'r, 'c> Run<'r, 'c> {
                 }
             })?;
         }
+        Ok(host_keys)
+    }
 
+    /// Each guest re-addressed, its host key trusted at its new address,
+    /// its interface moved onto the clone's own network; the environment
+    /// then names the new addresses.
+    fn readdress_and_link_up(
+        &mut self,
+        plan: &readdress::AddressPlan,
+        host_keys: &BTreeMap<String, Vec<u8>>,
+    ) -> Result<(), CloneError> {
+        let vms: Vec<String> = self.vms.iter().map(|v| v.vm.clone()).collect();
         let libvirt_netns = self.ctx.config.controller.libvirt_netns.clone();
         let mut environment = self.environment.clone().expect("domains come before the identity");
         for (index, vm) in vms.iter().enumerate() {
@@ -1184,8 +1204,12 @@ impl<'r, 'c> Run<'r, 'c> {
         environment.networks = self.own_networks.iter().map(|n| n.name.clone()).collect();
         self.environment = Some(environment);
         self.agents = None;
-        self.wait_for_agents("wait for the clone's agents at their new addresses")?;
+        Ok(())
+    }
 
+    /// The quarantine networks, their gateway links and namespace.
+    fn remove_quarantine(&mut self) -> Result<(), CloneError> {
+        let libvirt_netns = self.ctx.config.controller.libvirt_netns.clone();
         for network in self.networks.clone() {
             if let Some(veth) = &network.veth {
                 self.step(&format!("remove the gateway link {veth}"), UndoAction::Nothing, |run| {
