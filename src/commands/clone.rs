@@ -22,7 +22,7 @@ pub fn run(global: &GlobalArgs, args: &CloneArgs, out: &Output) -> Result<ExitCo
     let uri = &config.controller.libvirt_uri;
     let hv = LibvirtHypervisor::connect(uri).map_err(Error::hypervisor(format!("connect to libvirt at {uri}")))?;
     let catalog = Catalog::open(&config.controller.state_dir)?;
-    let progress = |event: &Event| out.progress(&event.to_string());
+    let progress = |event: &Event| out.event(event);
     let ctx = OpContext { config: &config, hv: &hv, catalog: &catalog, progress: &progress, clock: &SystemClock };
     let request = CloneRequest {
         source: args.environment.clone(),
@@ -75,6 +75,16 @@ fn human(report: &CloneReport, libvirt_netns: Option<&str>) -> String {
         (false, _) => format!("{} not touched (an existing snapshot)", report.source),
     };
     text.push_str(&format!("  cost: {freeze}; clone made in {}\n", seconds(report.duration_ms)));
+    for copy in &report.full_copies {
+        text.push_str(&format!(
+            "  copied {}/{} in full: {} in {} ({} MiB/s)\n",
+            copy.vm,
+            copy.disk,
+            bytesize::ByteSize::b(copy.bytes).display().iec(),
+            seconds(copy.duration_ms),
+            copy.mib_per_second
+        ));
+    }
     for network in &report.networks {
         text.push_str(&format!(
             "  network {} -> {} (bridge {}, {}{})\n",

@@ -112,4 +112,45 @@ impl Output {
             eprintln!("  .. {line}");
         }
     }
+
+    /// An operation's event: a line per step begun or ended, and a bar for
+    /// a long step's progress when stderr is a terminal (a log or a pipe
+    /// gets the lines only).
+    pub fn event(&self, event: &crate::ops::context::Event) {
+        use crate::ops::context::Event;
+        use std::io::IsTerminal;
+        if self.json || self.quiet {
+            return;
+        }
+        let mut bar = PROGRESS_BAR.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        match event {
+            Event::Progress { step, permille } => {
+                if !std::io::stderr().is_terminal() {
+                    return;
+                }
+                let bar = bar.get_or_insert_with(|| {
+                    let bar = indicatif::ProgressBar::new(1000);
+                    bar.set_style(
+                        indicatif::ProgressStyle::with_template(
+                            "  .. {msg} [{bar:30}] {percent}% ({elapsed}, eta {eta})",
+                        )
+                        .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar())
+                        .progress_chars("=> "),
+                    );
+                    bar
+                });
+                bar.set_message(step.clone());
+                bar.set_position(u64::from(*permille));
+            }
+            other => {
+                if let Some(bar) = bar.take() {
+                    bar.finish_and_clear();
+                }
+                eprintln!("  .. {other}");
+            }
+        }
+    }
 }
+
+/// The one progress bar on stderr, while a long step runs.
+static PROGRESS_BAR: std::sync::Mutex<Option<indicatif::ProgressBar>> = std::sync::Mutex::new(None);

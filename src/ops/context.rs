@@ -48,9 +48,22 @@ impl Clock for FixedClock {
 /// assert these instead of sleeping.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Event {
-    Begin { step: String },
-    End { step: String, took: Duration, ok: bool },
-    Note { text: String },
+    Begin {
+        step: String,
+    },
+    End {
+        step: String,
+        took: Duration,
+        ok: bool,
+    },
+    Note {
+        text: String,
+    },
+    /// How far a long step is, in thousandths (a full disk copy).
+    Progress {
+        step: String,
+        permille: u16,
+    },
 }
 
 impl fmt::Display for Event {
@@ -60,6 +73,7 @@ impl fmt::Display for Event {
             Event::End { step, took, ok: true } => write!(f, "{step}: done in {} ms", took.as_millis()),
             Event::End { step, took, ok: false } => write!(f, "{step}: FAILED after {} ms", took.as_millis()),
             Event::Note { text } => f.write_str(text),
+            Event::Progress { step, permille } => write!(f, "{step}: {}.{}%", permille / 10, permille % 10),
         }
     }
 }

@@ -245,6 +245,33 @@ pub struct CloneReport {
     /// `--network readdress`: the subnets and addresses the clone got.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub addresses: Option<readdress::AddressPlan>,
+    /// `--disks full`: what each copy moved and how fast.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub full_copies: Vec<FullCopyReport>,
+}
+
+/// One disk copied in full.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct FullCopyReport {
+    pub vm: String,
+    pub disk: String,
+    /// The copy's size: the allocated data, with qcow2's metadata.
+    pub bytes: u64,
+    pub duration_ms: u64,
+    pub mib_per_second: f64,
+}
+
+impl FullCopyReport {
+    fn new(vm: &str, disk: &str, bytes: u64, took: Duration) -> Self {
+        let seconds = took.as_secs_f64().max(0.001);
+        FullCopyReport {
+            vm: vm.to_owned(),
+            disk: disk.to_owned(),
+            bytes,
+            duration_ms: u64::try_from(took.as_millis()).unwrap_or(u64::MAX),
+            mib_per_second: (bytes as f64 / (1024.0 * 1024.0) / seconds * 10.0).round() / 10.0,
+        }
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
@@ -376,6 +403,7 @@ pub fn clone(ctx: &OpContext<'_>, request: &CloneRequest, tools: Tools<'_>) -> R
         gateway_removed: false,
         agents: None,
         known_hosts: Vec::new(),
+        full_copies: Vec::new(),
     };
     ctx.note(format!("clone of environment '{}' from snapshot {} as '{}'", request.source, run.snapshot, request.name));
     if let Err(error) = run.execute() {
@@ -397,6 +425,7 @@ pub fn clone(ctx: &OpContext<'_>, request: &CloneRequest, tools: Tools<'_>) -> R
         vms: run.vms.clone(),
         networks: run.recorded_networks(),
         addresses: run.addresses.clone(),
+        full_copies: run.full_copies.clone(),
     })
 }
 
@@ -435,6 +464,7 @@ struct Run<'r, 'c> {
     agents: Option<Box<dyn CloneAgents>>,
     /// Lines added to the controller's known_hosts.
     known_hosts: Vec<String>,
+    full_copies: Vec<FullCopyReport>,
 }
 
 /// Maps an agent's error in `step` of `vm`.
@@ -643,13 +673,21 @@ impl<'r, 'c> Run<'r, 'c> {
                 let overlay = names::overlay(&self.storage, &self.request.name, &plan.vm, disk);
                 let undo = UndoAction::DeleteFile { path: overlay.clone() };
                 if self.request.disks == DiskMode::Full {
-                    self.step(&format!("copy {}/{disk} in full", plan.vm), undo, |run| {
-                        run.tools.copier.copy_full(&image.path, &overlay).map_err(|source| CloneError::CreateOverlay {
-                            vm: plan.vm.clone(),
-                            disk: disk.clone(),
-                            source: Box::new(source),
+                    let step = format!("copy {}/{disk} in full", plan.vm);
+                    let started = Instant::now();
+                    let bytes = self.step(&step, undo, |run| {
+                        let progress = run.ctx.progress;
+                        let report =
+                            |permille| progress(&super::context::Event::Progress { step: step.clone(), permille });
+                        run.tools.copier.copy_full(&image.path, &overlay, &report).map_err(|source| {
+                            CloneError::CreateOverlay {
+                                vm: plan.vm.clone(),
+                                disk: disk.clone(),
+                                source: Box::new(source),
+                            }
                         })
                     })?;
+                    self.full_copies.push(FullCopyReport::new(&plan.vm, disk, bytes, started.elapsed()));
                 } else {
                     self.step(&format!("create overlay {}/{disk}", plan.vm), undo, |run| {
                         run.tools.files.create_overlay(&overlay, &image.path, image.format).map_err(|source| {

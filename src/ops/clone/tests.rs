@@ -179,9 +179,11 @@ struct FakeFiles {
 
 /// A full copy in memory: created, with no backing file.
 impl FullCopy for FakeFiles {
-    fn copy_full(&self, _image: &Path, copy: &Path) -> Result<(), ImageFileError> {
+    fn copy_full(&self, _image: &Path, copy: &Path, progress: &(dyn Fn(u16) + Sync)) -> Result<u64, ImageFileError> {
         self.created.lock().unwrap().insert(copy.to_owned(), PathBuf::new());
-        Ok(())
+        progress(500);
+        progress(1000);
+        Ok(1 << 20)
     }
 }
 
@@ -511,9 +513,13 @@ fn clone_refuses_a_taken_name_and_unsupported_modes() {
 fn a_full_clone_needs_nothing_of_the_source() {
     let h = Harness::env();
 
-    h.clone_with("c1", StartMode::Off, DiskMode::Full).unwrap();
+    let report = h.clone_with("c1", StartMode::Off, DiskMode::Full).unwrap();
 
     assert!(h.catalog.images_needed_by(&Dependent::clone_named("c1")).unwrap().is_empty());
+    // Each copy reports its progress, its size and its rate.
+    assert_eq!(report.full_copies.iter().map(|c| c.bytes).collect::<Vec<_>>(), [1 << 20, 1 << 20]);
+    let done = Event::Progress { step: "copy web/vda in full".into(), permille: 1000 };
+    assert!(h.events.lock().unwrap().contains(&done), "{:?}", h.events.lock().unwrap());
     let disk = h.hv.peek_domain("c1-web").unwrap().def.disks().remove(0).source.unwrap();
     let image = h.catalog.image_by_path(&disk).unwrap().expect("the copy is recorded");
     assert_eq!((image.kind, image.backing), (ImageKind::FullCopy, None));

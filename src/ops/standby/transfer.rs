@@ -74,12 +74,9 @@ impl Transfer for QemuImgTransfer {
         if copy.exists() {
             return Err(TransferError::Exists { path: copy.to_owned() });
         }
-        // -U: the primary's image is a backing file its running QEMU holds
-        // open read-only; it never changes, so reading it shared is safe.
-        qemu_img(
-            "convert",
-            copy,
-            &["convert".as_ref(), "-U".as_ref(), "-O".as_ref(), "qcow2".as_ref(), image.as_ref(), copy.as_ref()],
+        // The clone's full copy: flattened, allocated data only, direct I/O.
+        crate::ops::clone::FullCopy::copy_full(&crate::ops::clone::QemuImgConvert, image, copy, &|_| {}).map_err(
+            |e| TransferError::QemuImg { what: "convert", path: copy.to_owned(), detail: crate::error::chain(&e) },
         )?;
         sync_file(copy)?;
         std::fs::metadata(copy).map(|m| m.len()).map_err(|source| TransferError::Io {
