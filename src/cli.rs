@@ -75,6 +75,26 @@ pub enum Command {
     /// Standby environments: independent copies of an environment kept current by autorestore.
     #[command(subcommand)]
     Standby(StandbyCommand),
+    /// Fail ENV over to its standby (--planned); with --test, a DR drill that leaves ENV untouched (--test --end ends it).
+    Failover(FailoverArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct FailoverArgs {
+    /// Environment name from the config: the primary.
+    pub environment: String,
+    /// A DR drill: the standby starts from its newest restored point on a throwaway overlay, in its isolated networks, while ENV runs untouched.
+    #[arg(long)]
+    pub test: bool,
+    /// With --test: end the drill (the standby stops, shut off on its disks as they were).
+    #[arg(long, requires = "test")]
+    pub end: bool,
+    /// The primary is healthy: a final snapshot is brought into the standby, the primary is fenced, the standby takes over its MACs and networks.
+    #[arg(long, conflicts_with = "test")]
+    pub planned: bool,
+    /// The standby to use, when ENV has more than one.
+    #[arg(long, value_name = "SB")]
+    pub standby: Option<String>,
 }
 
 #[derive(Debug, Subcommand)]

@@ -10,6 +10,7 @@ use crate::hypervisor::HvError;
 use crate::lab::LabError;
 use crate::ops::clone::CloneError;
 use crate::ops::delete::DeleteError;
+use crate::ops::failover::FailoverError;
 use crate::ops::recover::RecoverError;
 use crate::ops::restore::RestoreError;
 use crate::ops::snapshot::SnapshotError;
@@ -85,6 +86,13 @@ pub enum Error {
         #[source]
         source: Box<StandbyError>,
     },
+    /// `envclone failover ...` failed at a step; the variant names it.
+    #[error("{operation} failed")]
+    Failover {
+        operation: &'static str,
+        #[source]
+        source: Box<FailoverError>,
+    },
 }
 
 impl Error {
@@ -107,6 +115,18 @@ impl Error {
             StandbyError::Lock(lock) => Error::from(lock),
             StandbyError::Lookup(lookup) => Error::Lookup(lookup),
             other => Error::Standby { operation, source: Box::new(other) },
+        }
+    }
+}
+
+impl Error {
+    /// A failover error: a busy lock and an unknown environment keep their
+    /// own variants (and exit codes).
+    pub fn failover_op(operation: &'static str) -> impl FnOnce(FailoverError) -> Error {
+        move |error| match error {
+            FailoverError::Lock(lock) => Error::from(lock),
+            FailoverError::Lookup(lookup) => Error::Lookup(lookup),
+            other => Error::Failover { operation, source: Box::new(other) },
         }
     }
 }
@@ -226,6 +246,7 @@ impl Error {
             Error::Restore(e) => e.hint(),
             Error::Clone { source, .. } => source.hint(),
             Error::Standby { source, .. } => source.hint(),
+            Error::Failover { source, .. } => source.hint(),
         }
     }
 }

@@ -9,6 +9,7 @@ use crate::hypervisor::HvError;
 use crate::lab::LabError;
 use crate::ops::clone::CloneError;
 use crate::ops::delete::DeleteError;
+use crate::ops::failover::FailoverError;
 use crate::ops::restore::RestoreError;
 use crate::ops::snapshot::SnapshotError;
 use crate::ops::standby::StandbyError;
@@ -73,6 +74,7 @@ impl ExitCode {
             Error::Restore(restore) => ExitCode::from_restore_error(restore),
             Error::Clone { source, .. } => ExitCode::from_clone_error(source),
             Error::Standby { source, .. } => ExitCode::from_standby_error(source),
+            Error::Failover { source, .. } => ExitCode::from_failover_error(source),
             Error::Lab(_) | Error::CheckFailed { .. } => ExitCode::Failed,
             Error::Daemon(daemon) => daemon_code(daemon),
             Error::Recover(_) | Error::RecoverIncomplete { .. } => ExitCode::Failed,
@@ -127,6 +129,31 @@ impl ExitCode {
             CloneError::Snapshot { source, .. } => ExitCode::from_snapshot_error(source),
             CloneError::AgentNotReady { source, .. } | CloneError::Agent { source, .. } => guest_code(source),
             CloneError::CleanupFailed { cause, .. } => ExitCode::from_clone_error(cause),
+            _ => ExitCode::Failed,
+        }
+    }
+
+    /// No standby (or not the one named) is "not found"; several standbys
+    /// without `--standby`, or a mode not built yet, a bad command line.
+    fn from_failover_error(error: &FailoverError) -> ExitCode {
+        match error {
+            FailoverError::Lookup(_)
+            | FailoverError::NoStandby { .. }
+            | FailoverError::UnknownStandby { .. }
+            | FailoverError::NotSynced { .. } => ExitCode::NotFound,
+            FailoverError::Lock(crate::ops::LockError::Busy(_)) => ExitCode::Busy,
+            FailoverError::SeveralStandbys { .. } | FailoverError::Unsupported { .. } => ExitCode::Usage,
+            FailoverError::AgentNotReady { source, .. } if guest_code(source) == ExitCode::Unreachable => {
+                ExitCode::Unreachable
+            }
+            FailoverError::InspectDomain { source, .. }
+            | FailoverError::InspectNetwork { source, .. }
+            | FailoverError::Start { source, .. }
+                if matches!(**source, HvError::Connect { .. }) =>
+            {
+                ExitCode::Unreachable
+            }
+            FailoverError::CleanupFailed { cause, .. } => ExitCode::from_failover_error(cause),
             _ => ExitCode::Failed,
         }
     }
@@ -417,6 +444,29 @@ mod tests {
             let error = Error::from(error);
             assert_eq!(ExitCode::from_error(&error), code, "{error}");
         }
+    }
+
+    #[test]
+    fn failover_errors_map_to_their_documented_codes() {
+        let cases = [
+            (FailoverError::NoStandby { env: "demo".into() }, ExitCode::NotFound),
+            (FailoverError::NotSynced { standby: "sb".into() }, ExitCode::NotFound),
+            (FailoverError::SeveralStandbys { env: "demo".into(), standbys: vec![] }, ExitCode::Usage),
+            (FailoverError::Unsupported { what: "planned failover".into() }, ExitCode::Usage),
+            (FailoverError::StandbyRunning { standby: "sb".into(), domain: "sb-web".into() }, ExitCode::Failed),
+            (
+                FailoverError::CleanupFailed {
+                    cause: Box::new(FailoverError::NoStandby { env: "demo".into() }),
+                    failures: vec!["x".into()],
+                },
+                ExitCode::NotFound,
+            ),
+        ];
+        for (error, code) in cases {
+            assert_eq!(ExitCode::from_error(&Error::failover_op("failover")(error)), code);
+        }
+        let busy = FailoverError::Lock(LockError::Busy(Busy { env: "sb".into(), holder: None }));
+        assert!(matches!(Error::failover_op("failover")(busy), Error::Busy(_)));
     }
 
     #[test]

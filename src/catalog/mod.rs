@@ -27,6 +27,7 @@
 
 mod clones;
 mod error;
+mod failovers;
 mod images;
 mod journal;
 mod merge;
@@ -47,6 +48,7 @@ use rusqlite::{Connection, Transaction, TransactionBehavior};
 
 pub use self::clones::{CloneRecord, CloneResources, ClonedDisk, ClonedNetwork};
 pub use self::error::{CatalogError, Refusal, RefusalReason};
+pub use self::failovers::{FailoverRecord, NewFailover};
 pub use self::merge::{CommitMerge, DeleteRequest, PullMerge};
 pub use self::model::{
     Consistency, Dependent, DependentKind, EnvId, Environment, Image, ImageFormat, ImageId, ImageKind, NewImage,

@@ -233,6 +233,36 @@ pub(crate) const MIGRATIONS: &[Migration] = &[
             CREATE INDEX standby_syncs_by_standby ON standby_syncs (standby_id, id);
         "#,
     },
+    Migration {
+        version: 7,
+        description: "failovers: DR drills and role switches of a standby",
+        // One row per failover of `env` to its standby `standby`: `mode`
+        // `test` (a DR drill: the standby runs on a throwaway overlay in
+        // its isolated networks, the primary untouched), `planned` or
+        // `unplanned`; `epoch` numbers the role switches (none for a drill);
+        // `state` is `running` while a drill runs (or a switch is under
+        // way), `active` for the switch in force, `ended` afterwards.
+        // `environment` (JSON of `config::Environment`) says how to reach
+        // the standby's VMs while it runs, `resources` (JSON) what the
+        // failover made, which ending it removes, and `report` the JSON
+        // report it printed.
+        sql: r#"
+            CREATE TABLE failovers (
+                id           INTEGER PRIMARY KEY,
+                env          TEXT NOT NULL,
+                standby      TEXT NOT NULL,
+                mode         TEXT NOT NULL CHECK (mode IN ('test', 'planned', 'unplanned')),
+                epoch        INTEGER CHECK (epoch IS NULL OR epoch > 0),
+                state        TEXT NOT NULL CHECK (state IN ('running', 'active', 'ended')),
+                started_at   TEXT NOT NULL,
+                finished_at  TEXT,
+                environment  TEXT NOT NULL,
+                resources    TEXT NOT NULL,
+                report       TEXT NOT NULL
+            );
+            CREATE INDEX failovers_by_standby ON failovers (standby, state);
+        "#,
+    },
 ];
 
 /// The schema version this build writes.

@@ -7,6 +7,7 @@ mod clones;
 mod daemon;
 mod delete_snapshot;
 mod destroy;
+mod failover;
 mod lab;
 mod prune;
 mod recover;
@@ -45,6 +46,7 @@ pub fn run(cli: Cli) -> Result<std::process::ExitCode> {
         Command::Clones => clones::run(&cli.global, &out).map(ExitCode::into),
         Command::Destroy(args) => destroy::run(&cli.global, &args, &out).map(ExitCode::into),
         Command::Standby(command) => standby::run(&cli.global, command, &out).map(ExitCode::into),
+        Command::Failover(args) => failover::run(&cli.global, &args, &out).map(ExitCode::into),
     }
 }
 

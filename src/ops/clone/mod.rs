@@ -317,10 +317,14 @@ pub fn resolve_environment(config: &Config, catalog: &Catalog, name: &str) -> Re
         Ok(env) => Ok(env.clone()),
         Err(LookupError::UnknownEnvironment { name, mut known }) => match catalog.clone_named(&name)? {
             Some(clone) => clone_environment(&clone),
-            None => {
-                known.extend(catalog.clones()?.into_iter().map(|c| c.name));
-                Err(CloneError::Lookup(LookupError::UnknownEnvironment { name, known }))
-            }
+            // A standby in a DR drill: reached through the drill's gateway.
+            None => match crate::ops::failover::drill_environment(catalog, &name)? {
+                Some(drill) => Ok(drill),
+                None => {
+                    known.extend(catalog.clones()?.into_iter().map(|c| c.name));
+                    Err(CloneError::Lookup(LookupError::UnknownEnvironment { name, known }))
+                }
+            },
         },
         Err(other) => Err(CloneError::Lookup(other)),
     }

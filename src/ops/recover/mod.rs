@@ -468,6 +468,14 @@ fn decide(ctx: &OpContext<'_>, operation: &Operation, steps: &[Step]) -> Result<
         return Ok(Decision::Complete);
     }
     if operation.state == OperationState::Running
+        && operation.kind == OperationKind::Failover
+        && steps.iter().any(|s| crate::ops::failover::is_record_step(&s.name) && s.state == StepState::Done)
+    {
+        // Recorded: the drill runs, or the standby serves (a switch is
+        // never rolled back from there; `--test --end` ends a drill).
+        return Ok(Decision::Complete);
+    }
+    if operation.state == OperationState::Running
         && operation.kind == OperationKind::Snapshot
         && steps.iter().all(|s| matches!(s.state, StepState::Running | StepState::Done))
         && snapshot_of(ctx, steps)?.is_some_and(|state| state == SnapshotState::Complete)

@@ -1,0 +1,197 @@
+//! Failovers of an environment to its standby: DR drills (`envclone
+//! failover ENV --test`) and, later, role switches with their epoch.
+//!
+//! A row is written by the last journaled step of the failover that makes
+//! it (so a crash before leaves no row, and `envclone recover` rolls the
+//! steps back) and ended by `--end`. While a drill runs its row says how
+//! to reach the standby's VMs (`environment`: `envclone ssh SB VM` goes
+//! through the drill's gateway namespace) and what the drill made
+//! (`resources`), which ending it removes and nothing else.
+
+use chrono::{DateTime, Utc};
+use rusqlite::{params, OptionalExtension, Row};
+use serde::Serialize;
+
+use super::{Catalog, CatalogError, Timestamp};
+
+const COLUMNS: &str = "id, env, standby, mode, epoch, state, started_at, finished_at, environment, resources, report";
+
+/// One failover (a drill, for now).
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct FailoverRecord {
+    pub id: i64,
+    /// The primary.
+    pub env: String,
+    pub standby: String,
+    /// `test`, `planned` or `unplanned`.
+    pub mode: String,
+    /// The role switch's number; none for a drill.
+    pub epoch: Option<i64>,
+    /// `running` (a drill under way), `active` (the switch in force) or `ended`.
+    pub state: String,
+    pub started_at: DateTime<Utc>,
+    pub finished_at: Option<DateTime<Utc>>,
+    /// How to reach the standby's VMs (JSON of `config::Environment`).
+    pub environment: serde_json::Value,
+    /// What the failover made (JSON, its owner's type).
+    pub resources: serde_json::Value,
+    /// The report it printed.
+    pub report: serde_json::Value,
+}
+
+/// What [`Catalog::add_failover`] records.
+#[derive(Debug, Clone, PartialEq)]
+pub struct NewFailover {
+    pub env: String,
+    pub standby: String,
+    pub mode: String,
+    pub epoch: Option<i64>,
+    pub state: String,
+    pub started_at: DateTime<Utc>,
+    pub environment: serde_json::Value,
+    pub resources: serde_json::Value,
+    pub report: serde_json::Value,
+}
+
+impl Catalog {
+    /// Records a failover; refused while another of the standby is not ended.
+    pub fn add_failover(&self, failover: &NewFailover) -> Result<i64, CatalogError> {
+        let what = "record a failover";
+        let tx = self.write(what)?;
+        let open: Option<i64> = tx
+            .query_row("SELECT id FROM failovers WHERE standby = ?1 AND state <> 'ended'", [&failover.standby], |r| {
+                r.get(0)
+            })
+            .optional()
+            .map_err(CatalogError::query(what))?;
+        if let Some(id) = open {
+            return Err(CatalogError::Corrupt {
+                what,
+                detail: format!("failover {id} of standby {} is not ended", failover.standby),
+            });
+        }
+        tx.execute(
+            &format!("INSERT INTO failovers ({COLUMNS}) VALUES (NULL, ?1, ?2, ?3, ?4, ?5, ?6, NULL, ?7, ?8, ?9)"),
+            params![
+                failover.env,
+                failover.standby,
+                failover.mode,
+                failover.epoch,
+                failover.state,
+                Timestamp(failover.started_at),
+                failover.environment.to_string(),
+                failover.resources.to_string(),
+                failover.report.to_string(),
+            ],
+        )
+        .map_err(CatalogError::insert(what, format!("failover of {} to {}", failover.env, failover.standby)))?;
+        let id = tx.last_insert_rowid();
+        tx.commit().map_err(CatalogError::query(what))?;
+        Ok(id)
+    }
+
+    /// The standby's failover that is not ended, if any.
+    pub fn open_failover(&self, standby: &str) -> Result<Option<FailoverRecord>, CatalogError> {
+        self.conn
+            .query_row(
+                &format!("SELECT {COLUMNS} FROM failovers WHERE standby = ?1 AND state <> 'ended' ORDER BY id DESC"),
+                [standby],
+                failover_row,
+            )
+            .optional()
+            .map_err(CatalogError::query("look up a standby's failover"))
+    }
+
+    /// Every failover of `env`'s standbys (of all, when none), newest first.
+    pub fn failovers(&self, env: Option<&str>) -> Result<Vec<FailoverRecord>, CatalogError> {
+        let what = "list the failovers";
+        let mut statement = self
+            .conn
+            .prepare(&format!("SELECT {COLUMNS} FROM failovers WHERE ?1 IS NULL OR env = ?1 ORDER BY id DESC"))
+            .map_err(CatalogError::query(what))?;
+        let rows = statement.query_map([env], failover_row).map_err(CatalogError::query(what))?;
+        rows.collect::<Result<_, _>>().map_err(CatalogError::query(what))
+    }
+
+    /// Ends the standby's open failover; false if there was none.
+    pub fn end_failover(&self, standby: &str, at: DateTime<Utc>) -> Result<bool, CatalogError> {
+        let changed = self
+            .conn
+            .execute(
+                "UPDATE failovers SET state = 'ended', finished_at = ?1 WHERE standby = ?2 AND state <> 'ended'",
+                params![Timestamp(at), standby],
+            )
+            .map_err(CatalogError::query("end a failover"))?;
+        Ok(changed > 0)
+    }
+
+    /// Forgets the standby's open failover (the undo of recording it); false if there was none.
+    pub fn forget_open_failover(&self, standby: &str) -> Result<bool, CatalogError> {
+        let changed = self
+            .conn
+            .execute("DELETE FROM failovers WHERE standby = ?1 AND state <> 'ended'", [standby])
+            .map_err(CatalogError::query("forget a failover"))?;
+        Ok(changed > 0)
+    }
+}
+
+fn failover_row(row: &Row<'_>) -> rusqlite::Result<FailoverRecord> {
+    let json = |index: usize| -> rusqlite::Result<serde_json::Value> {
+        let text: String = row.get(index)?;
+        serde_json::from_str(&text)
+            .map_err(|e| rusqlite::Error::FromSqlConversionFailure(index, rusqlite::types::Type::Text, Box::new(e)))
+    };
+    Ok(FailoverRecord {
+        id: row.get(0)?,
+        env: row.get(1)?,
+        standby: row.get(2)?,
+        mode: row.get(3)?,
+        epoch: row.get(4)?,
+        state: row.get(5)?,
+        started_at: row.get::<_, Timestamp>(6)?.0,
+        finished_at: row.get::<_, Option<Timestamp>>(7)?.map(|t| t.0),
+        environment: json(8)?,
+        resources: json(9)?,
+        report: json(10)?,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use chrono::TimeZone;
+
+    fn drill(standby: &str) -> NewFailover {
+        NewFailover {
+            env: "demo".into(),
+            standby: standby.into(),
+            mode: "test".into(),
+            epoch: None,
+            state: "running".into(),
+            started_at: Utc.with_ymd_and_hms(2024, 5, 1, 2, 0, 0).unwrap(),
+            environment: serde_json::json!({}),
+            resources: serde_json::json!({ "netns": "envclone-c-sb" }),
+            report: serde_json::json!({}),
+        }
+    }
+
+    #[test]
+    fn one_open_failover_per_standby_until_it_is_ended() {
+        let dir = tempfile::tempdir().unwrap();
+        let catalog = Catalog::open(dir.path()).unwrap();
+        catalog.add_failover(&drill("sb")).unwrap();
+
+        assert!(catalog.add_failover(&drill("sb")).is_err());
+        let open = catalog.open_failover("sb").unwrap().unwrap();
+        assert_eq!((open.mode.as_str(), open.state.as_str()), ("test", "running"));
+        assert_eq!(open.resources["netns"], "envclone-c-sb");
+        assert!(catalog.end_failover("sb", Utc::now()).unwrap());
+
+        assert!(catalog.open_failover("sb").unwrap().is_none());
+        assert!(!catalog.end_failover("sb", Utc::now()).unwrap());
+        assert_eq!(catalog.failovers(Some("demo")).unwrap()[0].state, "ended");
+        catalog.add_failover(&drill("sb")).unwrap();
+        assert!(catalog.forget_open_failover("sb").unwrap());
+        assert_eq!(catalog.failovers(None).unwrap().len(), 1);
+    }
+}

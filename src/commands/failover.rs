@@ -1,0 +1,129 @@
+//! `envclone failover ENV --test [--end]`: a DR drill of ENV's standby.
+//! The work is in [`crate::ops::failover`]; this file wires libvirt, the
+//! catalog, qemu-img, `ip` and the agents, and prints the report.
+
+use super::{load_config, Output};
+use crate::catalog::Catalog;
+use crate::cli::{FailoverArgs, GlobalArgs};
+use crate::config::Environment;
+use crate::exit::ExitCode;
+use crate::hypervisor::LibvirtHypervisor;
+use crate::ops::clone::IpCommand;
+use crate::ops::context::{Event, OpContext, SystemClock};
+use crate::ops::failover::{
+    self, DrillAction, DrillReport, DrillRequest, FailoverError, StepTime, SwitchAction, SwitchReport, Tools,
+};
+use crate::ops::restore::{GuestAgents, QemuImg, SshAgents};
+use crate::ops::standby::QemuImgTransfer;
+use crate::{Error, Result};
+
+pub fn run(global: &GlobalArgs, args: &FailoverArgs, out: &Output) -> Result<ExitCode> {
+    let config = load_config(global)?;
+    if !args.test && !args.planned {
+        return Err(Error::failover_op("failover")(FailoverError::Unsupported {
+            what: "unplanned failover (--test and --planned are built)".into(),
+        }));
+    }
+    let primary = config.environment(&args.environment)?.clone();
+    let catalog = Catalog::open(&config.controller.state_dir)?;
+    let uri = &config.controller.libvirt_uri;
+    let hv = LibvirtHypervisor::connect(uri).map_err(Error::hypervisor(format!("connect to libvirt at {uri}")))?;
+    let progress = |event: &Event| out.progress(&event.to_string());
+    let ctx = OpContext { config: &config, hv: &hv, catalog: &catalog, progress: &progress, clock: &SystemClock };
+    let controller = config.controller.clone();
+    let agents = move |env: &Environment| -> Box<dyn GuestAgents> { Box::new(SshAgents::new(&controller, env)) };
+    let quiescer = crate::ops::snapshot::agent_quiescer(&ctx, &primary);
+    let tools =
+        Tools { files: &QemuImg, net: &IpCommand, agents: &agents, quiescer: &quiescer, transfer: &QemuImgTransfer };
+    let request = DrillRequest { env: args.environment.clone(), standby: args.standby.clone() };
+    if args.planned {
+        let report = failover::planned(&ctx, &request, tools).map_err(Error::failover_op("failover --planned"))?;
+        out.report(&report, switched);
+        return Ok(ExitCode::Ok);
+    }
+    let report = if args.end {
+        failover::end_drill(&ctx, &request, tools).map_err(Error::failover_op("failover --test --end"))?
+    } else {
+        failover::start_drill(&ctx, &request, tools).map_err(Error::failover_op("failover --test"))?
+    };
+    out.report(&report, human);
+    Ok(ExitCode::Ok)
+}
+
+fn human(report: &DrillReport) -> String {
+    let (env, sb) = (&report.env, &report.standby);
+    let mut text = match report.action {
+        DrillAction::NotRunning => return format!("no drill of {env} on standby {sb} runs: nothing to end\n"),
+        DrillAction::Started | DrillAction::AlreadyRunning => {
+            let already = if report.action == DrillAction::AlreadyRunning { " (it ran already)" } else { "" };
+            format!(
+                "DR drill of {env}{already}: standby {sb} runs from snapshot {} in its isolated networks; {env} \
+                 untouched\n  RPO {} s (the age of the restored point), RTO {:.1} s (until every agent answered)\n",
+                report.snapshot.as_deref().unwrap_or("?"),
+                report.rpo_seconds.map(|s| s.to_string()).unwrap_or_else(|| "?".into()),
+                report.rto_ms.unwrap_or(0) as f64 / 1000.0
+            )
+        }
+        DrillAction::Ended => {
+            format!("DR drill of {env} ended: standby {sb} is shut off on its own disks, as before the drill\n")
+        }
+    };
+    text.push_str(&steps(&report.steps));
+    if report.action != DrillAction::Ended {
+        if let Some(netns) = &report.gateway_netns {
+            text.push_str(&format!("reach it (only through its gateway namespace {netns}):\n"));
+            for vm in &report.vms {
+                text.push_str(&format!("  envclone ssh {sb} {}    # {} at {}\n", vm.vm, vm.domain, vm.address));
+            }
+        }
+        text.push_str(&format!("end it: envclone failover {env} --test --end\n"));
+    }
+    text
+}
+
+fn steps(steps: &[StepTime]) -> String {
+    steps
+        .iter()
+        .map(|step| {
+            format!(
+                "  +{:>6.1} s  {:<56} {:>6} ms{}\n",
+                step.at_ms as f64 / 1000.0,
+                step.name,
+                step.took_ms,
+                if step.ok { "" } else { "  FAILED" }
+            )
+        })
+        .collect()
+}
+
+fn switched(report: &SwitchReport) -> String {
+    let (env, sb) = (&report.env, &report.standby);
+    let mut text = match report.action {
+        SwitchAction::AlreadyFailedOver => {
+            format!("{env} failed over to standby {sb} already (epoch {}): nothing done\n", report.epoch)
+        }
+        SwitchAction::FailedOver => format!(
+            "{env} failed over to standby {sb} (planned, epoch {}): {sb} serves at {env}'s addresses, {} fenced\n  \
+             RPO {} s (final snapshot {}; {env} ran on {} ms after it before it was fenced), RTO {:.1} s\n",
+            report.epoch,
+            report.fenced.join(", "),
+            report.rpo_seconds,
+            report.snapshot,
+            report.unprotected_ms,
+            report.rto_ms as f64 / 1000.0
+        ),
+    };
+    if report.action == SwitchAction::FailedOver {
+        text.push_str(&steps(&report.steps));
+        for vm in &report.vms {
+            text.push_str(&format!(
+                "  {} -> {} at {} ({})\n",
+                vm.primary_domain,
+                vm.domain,
+                vm.address,
+                vm.macs.join(", ")
+            ));
+        }
+    }
+    text
+}

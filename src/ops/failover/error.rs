@@ -1,0 +1,171 @@
+//! What a failover can fail with: one variant per step, with the standby,
+//! VM, domain or file concerned. Exit codes are chosen in `crate::exit`.
+
+use crate::catalog::CatalogError;
+use crate::config::LookupError;
+use crate::guest::GuestError;
+use crate::hypervisor::HvError;
+use crate::ops::clone::HostNetError;
+use crate::ops::restore::ImageFileError;
+use crate::ops::LockError;
+
+#[derive(Debug, thiserror::Error)]
+pub enum FailoverError {
+    #[error(transparent)]
+    Lookup(#[from] LookupError),
+    /// Another operation holds the standby, or a lock cannot be taken.
+    #[error(transparent)]
+    Lock(#[from] LockError),
+    #[error(transparent)]
+    Catalog(#[from] CatalogError),
+    #[error("environment '{env}' has no standby")]
+    NoStandby { env: String },
+    #[error("environment '{env}' has several standbys ({}): say which", standbys.join(", "))]
+    SeveralStandbys { env: String, standbys: Vec<String> },
+    #[error("environment '{env}' has no standby named {standby:?}")]
+    UnknownStandby { env: String, standby: String, known: Vec<String> },
+    #[error("standby {standby} was never synced: it holds no restored point to start from")]
+    NotSynced { standby: String },
+    #[error("standby {standby} is half way through a sync to snapshot {snapshot}")]
+    MergePending { standby: String, snapshot: String },
+    /// A drill starts only a standby whose domains are all shut off.
+    #[error("domain {domain} of standby {standby} runs")]
+    StandbyRunning { standby: String, domain: String },
+    #[error("a DR drill of environment '{env}' runs on standby {standby}")]
+    DrillRunning { env: String, standby: String },
+    /// A planned failover needs a healthy primary.
+    #[error("domain {domain} of environment '{env}' does not run")]
+    PrimaryDown { env: String, domain: String },
+    #[error("final snapshot of environment '{env}'")]
+    FinalSnapshot {
+        env: String,
+        #[source]
+        source: Box<crate::ops::snapshot::SnapshotError>,
+    },
+    #[error("fence domain {domain}")]
+    Fence {
+        domain: String,
+        #[source]
+        source: Box<HvError>,
+    },
+    #[error("bring standby {standby} to the final snapshot")]
+    Sync {
+        standby: String,
+        #[source]
+        source: Box<crate::ops::standby::StandbyError>,
+    },
+    #[error("standby {standby} was brought to snapshot {found}, not to the final snapshot {snapshot}")]
+    SyncedElsewhere { standby: String, snapshot: String, found: String },
+    #[error("{what} is not supported yet")]
+    Unsupported { what: String },
+    #[error("inspect domain {domain}")]
+    InspectDomain {
+        domain: String,
+        #[source]
+        source: Box<HvError>,
+    },
+    #[error("inspect network {network}")]
+    InspectNetwork {
+        network: String,
+        #[source]
+        source: Box<HvError>,
+    },
+    #[error("create the drill overlay of VM '{vm}' disk {disk}")]
+    Overlay {
+        vm: String,
+        disk: String,
+        #[source]
+        source: Box<ImageFileError>,
+    },
+    #[error("point domain {domain} at other disks")]
+    Redefine {
+        domain: String,
+        #[source]
+        source: Box<HvError>,
+    },
+    #[error("gateway namespace {netns}")]
+    Gateway {
+        netns: String,
+        #[source]
+        source: Box<HostNetError>,
+    },
+    #[error("start domain {domain}")]
+    Start {
+        domain: String,
+        #[source]
+        source: Box<HvError>,
+    },
+    #[error("stop domain {domain}")]
+    Stop {
+        domain: String,
+        #[source]
+        source: Box<HvError>,
+    },
+    #[error("the agent of VM '{vm}' of the standby did not answer")]
+    AgentNotReady {
+        vm: String,
+        #[source]
+        source: Box<GuestError>,
+    },
+    #[error("remove {what}: {detail}")]
+    Remove { what: String, detail: String },
+    #[error("a worker thread panicked")]
+    Panicked,
+    /// The step failed, and undoing the steps before it failed too.
+    #[error("{cause}; undoing it failed too: {}", failures.join("; "))]
+    CleanupFailed { cause: Box<FailoverError>, failures: Vec<String> },
+}
+
+impl FailoverError {
+    pub fn hint(&self) -> Option<String> {
+        match self {
+            FailoverError::Lookup(e) => e.hint(),
+            FailoverError::Lock(e) => e.hint(),
+            FailoverError::Catalog(e) => e.hint(),
+            FailoverError::NoStandby { env } => {
+                Some(format!("make one with `envclone standby create {env} --name SB`, then sync it"))
+            }
+            FailoverError::SeveralStandbys { .. } => Some("name one with --standby SB".into()),
+            FailoverError::UnknownStandby { known, .. } => Some(format!("its standbys: {}", known.join(", "))),
+            FailoverError::NotSynced { standby } => {
+                Some(format!("take a snapshot of its primary, then run `envclone standby sync {standby}`"))
+            }
+            FailoverError::MergePending { .. } => Some("run `envclone recover` to finish that sync first".into()),
+            FailoverError::StandbyRunning { domain, .. } => Some(format!(
+                "a drill already runs? `envclone failover ENV --test --end` ends it; otherwise shut {domain} down"
+            )),
+            FailoverError::Unsupported { .. } => None,
+            FailoverError::DrillRunning { env, .. } => {
+                Some(format!("end it first: `envclone failover {env} --test --end`"))
+            }
+            FailoverError::PrimaryDown { .. } => Some(
+                "a planned failover needs the primary running (unplanned failover is not built yet); start it, or \
+                 run `envclone failover ENV --test` to check the standby"
+                    .into(),
+            ),
+            FailoverError::FinalSnapshot { source, .. } => source.hint(),
+            FailoverError::Fence { source, .. } => source.hint(),
+            FailoverError::Sync { source, .. } => source.hint(),
+            FailoverError::SyncedElsewhere { .. } => Some(
+                "a newer snapshot of the primary appeared during the failover; it was rolled back: run it again".into(),
+            ),
+            FailoverError::InspectDomain { source, .. }
+            | FailoverError::InspectNetwork { source, .. }
+            | FailoverError::Redefine { source, .. }
+            | FailoverError::Start { source, .. }
+            | FailoverError::Stop { source, .. } => source.hint(),
+            FailoverError::Overlay { .. } => Some("check free space on the standby's storage".into()),
+            FailoverError::Gateway { .. } => {
+                Some("check `ip netns list` and controller.libvirt_netns in the config".into())
+            }
+            FailoverError::AgentNotReady { vm, .. } => Some(format!(
+                "the drill was rolled back; look at the console log of the standby's {vm} next to its disks"
+            )),
+            FailoverError::Remove { .. } => Some("fix the cause, then run the command again".into()),
+            FailoverError::Panicked => None,
+            FailoverError::CleanupFailed { .. } => {
+                Some("run `envclone recover`: it finishes or rolls back what is left".into())
+            }
+        }
+    }
+}

@@ -1,0 +1,305 @@
+//! `envclone failover ENV --planned`: the primary is healthy; the standby
+//! SB takes over with everything the primary had.
+//!
+//! 1. **Final snapshot** of ENV (app-consistent, the usual way: its own
+//!    journal and ENV's lock), labelled `failover-final`.
+//! 2. **Fence** (operation `failover` on ENV from here on, each step
+//!    journaled before it runs): each primary domain is stopped (hard: its
+//!    disks hold the final snapshot, and nothing written after it is
+//!    carried over, see `unprotected_ms`) and its autostart disabled, so a
+//!    host reboot cannot bring it back (undo: `failover-unfence`).
+//! 3. **Sync**: SB is brought to the final snapshot (`standby sync`'s own
+//!    journal; its point must then be the final snapshot).
+//! 4. **Take over**: each SB domain, shut off, is redefined with the
+//!    primary's MACs, interface by interface, and its interfaces on the
+//!    primary's networks (undo: `failover-redefine`, its own identity
+//!    back), then started (undo: stop it).
+//! 5. **Wait** for SB's agents at the primary's addresses (the primary's
+//!    agent endpoints), then **record** the switch: a `failovers` row, mode
+//!    `planned`, state `active`, with the next epoch of ENV (undo: forget it).
+//!
+//! The RTO reported is the time from the command's start until every
+//! agent of SB answered; the RPO is 0 (SB holds the final snapshot), and
+//! `unprotected_ms` says how long ENV ran on after that snapshot's thaw
+//! before its last domain was fenced (writes in that window are not
+//! carried over; a planned failover is run with the application quiet).
+//!
+//! Running it again once the switch is recorded does nothing (exit 0) and
+//! says at which epoch ENV failed over.
+
+use std::time::Instant;
+
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+
+use super::drill::{millis, pick_standby, wait_for_agents, DrillRequest, Run, StepTime};
+use super::{undo, FailoverError, Tools};
+use crate::catalog::{NewFailover, UndoAction};
+use crate::hypervisor::HvError;
+use crate::ops::context::OpContext;
+use crate::ops::restore::steps::DomainRef;
+use crate::ops::restore::UNDO_STOP_DOMAIN;
+use crate::ops::snapshot::SnapshotRequest;
+use crate::ops::EnvLock;
+
+/// What the command did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum SwitchAction {
+    FailedOver,
+    /// ENV had failed over to SB already: nothing done.
+    AlreadyFailedOver,
+}
+
+/// One VM of SB after the takeover.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TakeoverVm {
+    pub vm: String,
+    pub domain: String,
+    /// The primary's domain, fenced.
+    pub primary_domain: String,
+    /// The primary's MACs it now has, interface by interface.
+    pub macs: Vec<String>,
+    /// The primary's networks it is now on.
+    pub networks: Vec<String>,
+    /// The primary's address its agent answers at.
+    pub address: String,
+}
+
+/// The JSON report for runbooks (`--json`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SwitchReport {
+    pub env: String,
+    pub standby: String,
+    /// `planned`.
+    pub mode: String,
+    pub action: SwitchAction,
+    /// The role switch's number for ENV (1 for its first failover).
+    pub epoch: i64,
+    /// The final snapshot SB was brought to.
+    pub snapshot: String,
+    pub rpo_seconds: i64,
+    /// How long ENV ran on after the final snapshot's thaw until its last
+    /// domain was fenced.
+    pub unprotected_ms: u64,
+    /// From the command's start until every agent of SB answered.
+    pub rto_ms: u64,
+    pub fenced: Vec<String>,
+    pub vms: Vec<TakeoverVm>,
+    pub started_at: DateTime<Utc>,
+    pub steps: Vec<StepTime>,
+    pub duration_ms: u64,
+}
+
+fn corrupt(what: &'static str) -> impl FnOnce(serde_json::Error) -> FailoverError {
+    move |e| FailoverError::Catalog(crate::catalog::CatalogError::Corrupt { what, detail: e.to_string() })
+}
+
+/// Fails ENV over to its standby, planned; see the module documentation.
+pub fn planned(ctx: &OpContext<'_>, request: &DrillRequest, tools: Tools<'_>) -> Result<SwitchReport, FailoverError> {
+    let started = Instant::now();
+    let started_at = ctx.clock.now();
+    let standby = pick_standby(ctx, request)?;
+    let primary = ctx.config.environment(&request.env)?.clone();
+    if let Some(open) = ctx.catalog.open_failover(&standby.name)? {
+        if open.mode == "test" {
+            return Err(FailoverError::DrillRunning { env: request.env.clone(), standby: standby.name.clone() });
+        }
+        let mut report: SwitchReport =
+            serde_json::from_value(open.report).map_err(corrupt("read a failover's report"))?;
+        ctx.note(format!(
+            "{} failed over to standby {} already (epoch {}): nothing to do",
+            request.env, standby.name, report.epoch
+        ));
+        report.action = SwitchAction::AlreadyFailedOver;
+        return Ok(report);
+    }
+    for vm in primary.vms.values() {
+        let found = ctx
+            .hv
+            .domain(&vm.domain)
+            .map_err(|source| FailoverError::InspectDomain { domain: vm.domain.clone(), source: Box::new(source) })?;
+        if !found.state.is_active() {
+            return Err(FailoverError::PrimaryDown { env: request.env.clone(), domain: vm.domain.clone() });
+        }
+    }
+
+    ctx.note(format!("planned failover of {} to standby {}", request.env, standby.name));
+    let timer = ctx.begin(format!("final snapshot of {}", request.env));
+    let snap = SnapshotRequest {
+        env: request.env.clone(),
+        label: Some("failover-final".into()),
+        memory: false,
+        quiesce: None,
+        schedule: None,
+    };
+    let begun = Instant::now();
+    let taken = crate::ops::snapshot::take(ctx, &snap, tools.quiescer);
+    let final_step = StepTime {
+        name: format!("final snapshot of {}", request.env),
+        at_ms: millis(begun - started),
+        took_ms: millis(begun.elapsed()),
+        ok: taken.is_ok(),
+    };
+    let snapshot = timer
+        .finish(taken)
+        .map_err(|e| FailoverError::FinalSnapshot { env: request.env.clone(), source: Box::new(e) })?;
+    let thawed = Instant::now();
+
+    let mut run = Run::new(ctx, tools, &request.env, started)?;
+    run.steps.push(final_step);
+    let result = switch(&mut run, &standby, &primary, &snapshot.name, thawed);
+    let (vms, fenced, unprotected, rto) = match result {
+        Ok(done) => done,
+        Err(error) => return Err(run.roll_back(error)),
+    };
+    let epoch = ctx.catalog.failovers(Some(&request.env))?.iter().filter_map(|f| f.epoch).max().unwrap_or(0) + 1;
+    let mut report = SwitchReport {
+        env: request.env.clone(),
+        standby: standby.name.clone(),
+        mode: "planned".into(),
+        action: SwitchAction::FailedOver,
+        epoch,
+        snapshot: snapshot.name.clone(),
+        rpo_seconds: 0,
+        unprotected_ms: millis(unprotected),
+        rto_ms: millis(rto),
+        fenced,
+        vms,
+        started_at,
+        steps: Vec::new(),
+        duration_ms: 0,
+    };
+    let mut environment = primary.clone();
+    for vm in &report.vms {
+        if let Some(config) = environment.vms.get_mut(&vm.vm) {
+            config.domain = vm.domain.clone();
+        }
+    }
+    let recorded = run.step(
+        &format!("record epoch {epoch}: {} serves {}", standby.name, request.env),
+        undo::forget_open(&standby.name),
+        |run| {
+            let mut stored = report.clone();
+            stored.steps = run.steps.clone();
+            stored.duration_ms = millis(run.started.elapsed());
+            Ok(run.ctx.catalog.add_failover(&NewFailover {
+                env: report.env.clone(),
+                standby: report.standby.clone(),
+                mode: "planned".into(),
+                epoch: Some(epoch),
+                state: "active".into(),
+                started_at,
+                environment: serde_json::to_value(&environment).unwrap_or_default(),
+                resources: serde_json::json!({ "fenced": stored.fenced }),
+                report: serde_json::to_value(&stored).unwrap_or_default(),
+            })?)
+        },
+    );
+    if let Err(error) = recorded {
+        return Err(run.roll_back(error));
+    }
+    run.complete()?;
+    report.steps = run.steps;
+    report.duration_ms = millis(started.elapsed());
+    Ok(report)
+}
+
+/// Steps 2 to 5 (before the record); returns SB's VMs, the fenced
+/// domains, the unprotected window and the RTO.
+fn switch(
+    run: &mut Run<'_, '_>,
+    standby: &crate::catalog::StandbyRecord,
+    primary: &crate::config::Environment,
+    snapshot: &str,
+    thawed: Instant,
+) -> Result<(Vec<TakeoverVm>, Vec<String>, std::time::Duration, std::time::Duration), FailoverError> {
+    let ctx = run.ctx;
+    let state_dir = &ctx.config.controller.state_dir;
+    let mut fenced = Vec::new();
+    {
+        let _primary_lock = EnvLock::acquire(state_dir, &standby.primary, "failover (fence)")?;
+        for vm in primary.vms.values() {
+            let domain = vm.domain.clone();
+            run.step(&format!("fence {domain}: stop it, autostart off"), undo::unfence(&domain), |run| {
+                let fail = |e: HvError| FailoverError::Fence { domain: domain.clone(), source: Box::new(e) };
+                run.ctx.hv.destroy_domain(&domain).map_err(fail)?;
+                run.ctx.hv.set_autostart(&domain, false).map_err(fail)
+            })?;
+            fenced.push(domain);
+        }
+    }
+    let unprotected = thawed.elapsed();
+
+    let name = standby.name.clone();
+    let synced = run.step(&format!("bring {name} to the final snapshot {snapshot}"), UndoAction::Nothing, |run| {
+        crate::ops::standby::sync(run.ctx, &name, run.tools.transfer)
+            .map_err(|e| FailoverError::Sync { standby: name.clone(), source: Box::new(e) })
+    })?;
+    if synced.snapshot != snapshot {
+        return Err(FailoverError::SyncedElsewhere {
+            standby: name.clone(),
+            snapshot: snapshot.to_owned(),
+            found: synced.snapshot,
+        });
+    }
+
+    let _standby_lock = EnvLock::acquire(state_dir, &name, "failover (take over)")?;
+    let networks: std::collections::BTreeMap<String, String> =
+        standby.resources.networks.iter().map(|n| (n.name.clone(), n.source.clone())).collect();
+    let mut vms = Vec::new();
+    for domain in &standby.resources.domains {
+        let current = ctx.hv.domain(&domain.domain).map_err(|source| FailoverError::InspectDomain {
+            domain: domain.domain.clone(),
+            source: Box::new(source),
+        })?;
+        let redefine = |e: HvError| FailoverError::Redefine { domain: domain.domain.clone(), source: Box::new(e) };
+        let mut def = current.def.clone();
+        let mut on = Vec::new();
+        for (index, iface) in current.def.interfaces().iter().enumerate() {
+            if let Some(mac) = domain.primary_macs.get(index).filter(|m| !m.is_empty()) {
+                def.set_interface_mac(index, mac).map_err(redefine)?;
+            }
+            let network = iface.network.as_ref().and_then(|n| networks.get(n)).cloned();
+            if let Some(network) = network {
+                def.set_interface_network(index, &network).map_err(redefine)?;
+                on.push(network);
+            }
+        }
+        let what = format!(
+            "take over {}'s identity on {}: {}",
+            domain.primary_domain,
+            domain.domain,
+            domain.primary_macs.join(", ")
+        );
+        run.step(&what, undo::redefine(&current.def), |run| {
+            run.ctx.hv.define_domain(&def).map(drop).map_err(redefine)
+        })?;
+        let address = primary.vms.get(&domain.vm).map(|v| v.agent.address.clone()).unwrap_or_default();
+        vms.push(TakeoverVm {
+            vm: domain.vm.clone(),
+            domain: domain.domain.clone(),
+            primary_domain: domain.primary_domain.clone(),
+            macs: domain.primary_macs.clone(),
+            networks: on,
+            address,
+        });
+    }
+    for vm in &vms {
+        run.step(&format!("start {}", vm.domain), DomainRef::undo(UNDO_STOP_DOMAIN, &vm.domain), |run| {
+            run.ctx
+                .hv
+                .start_domain(&vm.domain)
+                .map_err(|e| FailoverError::Start { domain: vm.domain.clone(), source: Box::new(e) })
+        })?;
+    }
+    let mut environment = primary.clone();
+    for vm in &vms {
+        if let Some(config) = environment.vms.get_mut(&vm.vm) {
+            config.domain = vm.domain.clone();
+        }
+    }
+    wait_for_agents(run, &format!("wait for {name}'s agents at {}'s addresses", standby.primary), &environment)?;
+    let rto = run.started.elapsed();
+    Ok((vms, fenced, unprotected, rto))
+}

@@ -1,0 +1,116 @@
+//! The undo of each journaled failover step, each idempotent (gone
+//! already is done), run newest first by a failing failover and by
+//! `envclone recover`.
+//!
+//! The steps reuse undo kinds that exist already (delete-file, restore's
+//! `restore-redefine-disks` and `restore-stop-domain`, the clone's
+//! `clone-remove-link` and `clone-remove-netns`); their own kinds:
+//!
+//! - `failover-forget`: the standby's failover that is not ended (a drill
+//!   running, a switch in force) is forgotten in the catalog (its
+//!   `failovers` row);
+//! - `failover-unfence`: a primary domain the failover fenced is started
+//!   again unless it runs (its autostart stays off: the hypervisor adapter
+//!   cannot read what it was; set it again by hand if it was on);
+//! - `failover-redefine`: a standby domain whose identity (MACs, networks)
+//!   the failover switched to the primary's is defined again as it was
+//!   (the domain must be shut off: the undo of its start stops it first).
+
+use crate::catalog::UndoAction;
+use crate::error::chain as error_chain;
+use crate::ops::clone::HostNet;
+use crate::ops::context::OpContext;
+use crate::ops::restore::ImageFiles;
+
+pub const UNDO_FORGET: &str = "failover-forget";
+pub const UNDO_UNFENCE: &str = "failover-unfence";
+pub const UNDO_REDEFINE: &str = "failover-redefine";
+
+/// Every custom kind this module owns.
+pub const KINDS: &[&str] = &[UNDO_FORGET, UNDO_UNFENCE, UNDO_REDEFINE];
+
+pub fn forget_open(standby: &str) -> UndoAction {
+    UndoAction::Custom { kind: UNDO_FORGET.into(), data: serde_json::json!({ "standby": standby }) }
+}
+
+pub fn unfence(domain: &str) -> UndoAction {
+    UndoAction::Custom { kind: UNDO_UNFENCE.into(), data: serde_json::json!({ "domain": domain }) }
+}
+
+/// Defines `def` again (the standby domain as it was before the takeover).
+pub fn redefine(def: &crate::hypervisor::DomainDef) -> UndoAction {
+    UndoAction::Custom {
+        kind: UNDO_REDEFINE.into(),
+        data: serde_json::json!({ "domain": def.name(), "xml": def.to_xml() }),
+    }
+}
+
+/// What undoing `kind` does, for `recover`'s plan and report.
+pub fn describe(kind: &str, data: &serde_json::Value) -> String {
+    match kind {
+        UNDO_FORGET => {
+            format!("forget the open failover of standby {}", data["standby"].as_str().unwrap_or("?"))
+        }
+        UNDO_UNFENCE => {
+            format!("start the fenced domain {} again unless it runs", data["domain"].as_str().unwrap_or("?"))
+        }
+        UNDO_REDEFINE => format!(
+            "give domain {} back its own identity (MACs, networks) as a standby",
+            data["domain"].as_str().unwrap_or("?")
+        ),
+        other => format!("'{other}'"),
+    }
+}
+
+/// Undoes this module's own kinds; an error says what is left.
+pub fn undo_own(ctx: &OpContext<'_>, kind: &str, data: &serde_json::Value) -> Result<String, String> {
+    match kind {
+        UNDO_FORGET => {
+            let standby = data["standby"].as_str().ok_or_else(|| format!("bad {kind} data {data}: no standby"))?;
+            ctx.catalog.forget_open_failover(standby).map_err(|e| format!("catalog: {}", error_chain(&e)))?;
+            Ok(describe(kind, data))
+        }
+        UNDO_UNFENCE => {
+            let domain = data["domain"].as_str().ok_or_else(|| format!("bad {kind} data {data}: no domain"))?;
+            let found =
+                ctx.hv.domain(domain).map_err(|e| format!("cannot look up domain {domain}: {}", error_chain(&e)))?;
+            if found.state.is_active() {
+                return Ok(format!("domain {domain} runs already"));
+            }
+            ctx.hv.start_domain(domain).map_err(|e| format!("cannot start domain {domain}: {}", error_chain(&e)))?;
+            Ok(format!("domain {domain} started again (its autostart stays off)"))
+        }
+        UNDO_REDEFINE => {
+            let domain = data["domain"].as_str().ok_or_else(|| format!("bad {kind} data {data}: no domain"))?;
+            let xml = data["xml"].as_str().ok_or_else(|| format!("bad {kind} data {data}: no xml"))?;
+            let def = crate::hypervisor::DomainDef::parse(xml).map_err(|e| error_chain(&e))?;
+            let found =
+                ctx.hv.domain(domain).map_err(|e| format!("cannot look up domain {domain}: {}", error_chain(&e)))?;
+            if found.state.is_active() {
+                return Err(format!("domain {domain} runs; stop it, then run `envclone recover` again"));
+            }
+            ctx.hv.define_domain(&def).map_err(|e| format!("cannot redefine domain {domain}: {}", error_chain(&e)))?;
+            Ok(describe(kind, data))
+        }
+        other => Err(format!("no undo for a {other:?} step of a failover")),
+    }
+}
+
+/// Undoes one step of a failover (the kinds it borrows included).
+pub fn undo_action(
+    ctx: &OpContext<'_>,
+    files: &dyn ImageFiles,
+    net: &dyn HostNet,
+    action: &UndoAction,
+) -> Result<(), String> {
+    match action {
+        UndoAction::Custom { kind, data } if KINDS.contains(&kind.as_str()) => undo_own(ctx, kind, data).map(drop),
+        UndoAction::Custom { kind, .. }
+            if [crate::ops::restore::UNDO_STOP_DOMAIN, crate::ops::restore::UNDO_REDEFINE_DISKS]
+                .contains(&kind.as_str()) =>
+        {
+            crate::ops::restore::undo_action(ctx.hv, ctx.catalog, files, action)
+        }
+        other => crate::ops::clone::undo::undo_action(ctx.hv, ctx.catalog, files, net, other),
+    }
+}
