@@ -39,6 +39,7 @@ fn freeze_lease_end_to_end() {
     second_freeze_is_refused_and_thaw_recovers_a_killed_holder(&lab);
     thaw_ends_a_live_lease(&lab);
     hooks_run_around_a_freeze_and_a_failing_hook_freezes_nothing(&lab);
+    barrier_arms_with_hooks_run_and_nothing_frozen_then_freezes_at_the_go(&lab);
 }
 
 /// Scenarios 1 and 6: a write started in another (pre-opened) session while
@@ -222,6 +223,42 @@ fn hooks_run_around_a_freeze_and_a_failing_hook_freezes_nothing(lab: &LabUnderTe
     assert_eq!(run(&setup, "cat /run/hook-10-ok.log"), "freeze\nthaw\n");
 
     run(&setup, "rm -rf /etc/envclone/hooks.d /run/hook-10-ok.log");
+}
+
+/// Scenario 7 (the two-phase freeze a group snapshot uses): armed, the
+/// hooks ran and a write to the root still goes through; at the go the
+/// root is frozen; an armed lease dropped before its go unwinds the hooks
+/// and freezes nothing.
+fn barrier_arms_with_hooks_run_and_nothing_frozen_then_freezes_at_the_go(lab: &LabUnderTest) {
+    let setup = lab.session(VM);
+    run(
+        &setup,
+        r#"mkdir -p /etc/envclone/hooks.d && rm -f /run/hook-10-ok.log &&
+           printf '#!/bin/sh\necho "$1" >> /run/hook-10-ok.log\n' > /etc/envclone/hooks.d/10-ok &&
+           chmod +x /etc/envclone/hooks.d/10-ok"#,
+    );
+
+    let (armed, ready) = FreezeLease::arm(lab.session(VM), &FreezeRequest::default()).expect("arm");
+    assert_eq!(hook_names(&ready.hooks), ["10-ok"]);
+    assert_eq!(run(&setup, "cat /run/hook-10-ok.log"), "freeze\n");
+    assert!(status(&setup).frozen.is_empty(), "armed is not frozen");
+    run(&setup, "echo armed > /root/armed && sync");
+
+    let (lease, frozen) = armed.freeze().expect("freeze at the go");
+    assert_eq!(frozen.pid, ready.pid);
+    assert_eq!(status(&setup).frozen, ["/"]);
+    let report = lease.thaw().expect("thaw");
+    assert_eq!(report.thawed, ["/"]);
+    assert_eq!(run(&setup, "cat /run/hook-10-ok.log"), "freeze\nthaw\n");
+
+    run(&setup, "rm -f /run/hook-10-ok.log");
+    let (armed, _) = FreezeLease::arm(lab.session(VM), &FreezeRequest::default()).expect("arm again");
+    drop(armed);
+    wait_for_holder_to_end(&setup);
+    assert_nothing_frozen(&setup);
+    assert_eq!(run(&setup, "cat /run/hook-10-ok.log"), "freeze\nthaw\n", "the dropped arm unwound its hook");
+
+    run(&setup, "rm -rf /etc/envclone/hooks.d /run/hook-10-ok.log /root/armed");
 }
 
 fn hook_names(runs: &[envclone_agent::freeze::HookRun]) -> Vec<&str> {

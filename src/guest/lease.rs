@@ -5,7 +5,13 @@
 //! FreezeLease::start(session, &request)  -> first line: Frozen
 //!     ... snapshot ...
 //! lease.thaw()                           -> writes `thaw`, EOF; second line: FreezeReport
+//!
+//! FreezeLease::arm(session, &request)    -> first line: Armed (hooks run, synced)
+//! armed.freeze()                         -> writes `freeze`; next line: Frozen
 //! ```
+//!
+//! Arming every guest of an environment before any freezes is what keeps
+//! the group's freeze window short (see `ops::snapshot::barrier`).
 //!
 //! The lease lives on the channel: dropping a [`FreezeLease`] without
 //! [`FreezeLease::thaw`] closes it and the agent thaws at once (EOF), as it
@@ -22,7 +28,7 @@ use std::io::{self, Read, Write};
 use std::net::Shutdown;
 use std::time::{Duration, Instant};
 
-use envclone_agent::freeze::{FreezeReport, Frozen};
+use envclone_agent::freeze::{Armed, FreezeReport, Frozen};
 use ssh2::Channel;
 
 use super::agent::{parse_answer, AGENT_PROGRAM};
@@ -57,6 +63,9 @@ pub struct FreezeRequest {
     pub report_within: Duration,
     /// The agent program in the guest.
     pub program: String,
+    /// `--barrier`: set by [`FreezeLease::arm`], cleared by
+    /// [`FreezeLease::start`].
+    pub barrier: bool,
 }
 
 impl Default for FreezeRequest {
@@ -70,6 +79,7 @@ impl Default for FreezeRequest {
             ready_within: Duration::from_secs(120),
             report_within: Duration::from_secs(120),
             program: AGENT_PROGRAM.to_string(),
+            barrier: false,
         }
     }
 }
@@ -92,6 +102,9 @@ impl FreezeRequest {
         }
         for mount in &self.exclude {
             args.extend(["--exclude".to_string(), mount.clone()]);
+        }
+        if self.barrier {
+            args.push("--barrier".into());
         }
         args
     }
@@ -125,6 +138,25 @@ impl FreezeLease {
     /// error nothing stays frozen: the agent either refused, or thaws when
     /// the channel closes, which dropping the session here does.
     pub fn start(session: GuestSession, request: &FreezeRequest) -> Result<(FreezeLease, Frozen), GuestError> {
+        let mut lease = FreezeLease::open(session, &FreezeRequest { barrier: false, ..request.clone() })?;
+        let frozen = lease.first_line::<Frozen>(request.ready_within, "the first line (frozen)")?;
+        lease.held(frozen.pid, &frozen);
+        Ok((lease, frozen))
+    }
+
+    /// Starts `envclone-agent freeze --barrier` and waits (up to
+    /// `request.ready_within`) until it reports its hooks run and its
+    /// filesystems synced: nothing is frozen before [`ArmedLease::freeze`].
+    /// Dropping the armed lease cancels it (the agent unwinds its hooks).
+    pub fn arm(session: GuestSession, request: &FreezeRequest) -> Result<(ArmedLease, Armed), GuestError> {
+        let mut lease = FreezeLease::open(session, &FreezeRequest { barrier: true, ..request.clone() })?;
+        let armed = lease.first_line::<Armed>(request.ready_within, "the first line (armed)")?;
+        lease.pid = armed.pid;
+        tracing::debug!(target = %lease.session.target(), pid = armed.pid, sync_ms = armed.sync_ms, "guest armed");
+        Ok((ArmedLease { lease, freeze_within: request.ready_within }, armed))
+    }
+
+    fn open(session: GuestSession, request: &FreezeRequest) -> Result<FreezeLease, GuestError> {
         let args = request.args();
         if let Some(arg) = args.iter().find(|a| a.contains('\0')) {
             return Err(GuestError::ArgumentHasNul { arg: arg.clone() });
@@ -132,33 +164,41 @@ impl FreezeLease {
         let arg_refs: Vec<&str> = args.iter().map(String::as_str).collect();
         let command = command_line(&request.program, &arg_refs);
         let channel = session.open_channel(&command)?;
-        let mut lease = FreezeLease {
+        Ok(FreezeLease {
             session,
             channel: Some(channel),
             command,
             pending: Vec::new(),
             pid: 0,
             report_within: request.report_within,
-        };
+        })
+    }
 
-        let deadline = Instant::now() + request.ready_within;
-        let Some(line) = lease.read_line(deadline, request.ready_within)? else {
-            return Err(lease.ended_early("the first line (frozen)"));
+    /// The next line, read as a `T` answer while the agent still runs.
+    fn first_line<T: serde::de::DeserializeOwned>(
+        &mut self,
+        within: Duration,
+        expected: &'static str,
+    ) -> Result<T, GuestError> {
+        let deadline = Instant::now() + within;
+        let Some(line) = self.read_line(deadline, within)? else {
+            return Err(self.ended_early(expected));
         };
         // The agent is still running, so there is no exit status yet: a
         // success line is taken as it is; anything else is read again with
         // the real status once the agent has exited.
-        match parse_answer::<Frozen>(lease.session.target(), &lease.command, &line_output(0, &line, &[])) {
-            Ok(frozen) => {
-                lease.pid = frozen.pid;
-                tracing::info!(target = %lease.session.target(), pid = frozen.pid, mounts = frozen.mounts.len(), "guest frozen");
-                Ok((lease, frozen))
-            }
+        match parse_answer::<T>(self.session.target(), &self.command, &line_output(0, &line, &[])) {
+            Ok(answer) => Ok(answer),
             Err(_) => {
-                let (status, stderr) = lease.finish();
-                Err(failure::<Frozen>(lease.session.target(), &lease.command, status, &line, &stderr))
+                let (status, stderr) = self.finish();
+                Err(failure::<T>(self.session.target(), &self.command, status, &line, &stderr))
             }
         }
+    }
+
+    fn held(&mut self, pid: u32, frozen: &Frozen) {
+        self.pid = pid;
+        tracing::info!(target = %self.session.target(), pid, mounts = frozen.mounts.len(), "guest frozen");
     }
 
     /// Ends the lease: `thaw` on stdin, then EOF, then the final report,
@@ -290,6 +330,36 @@ impl Drop for FreezeLease {
             self.session.session().set_blocking(true);
             self.session.release(channel);
         }
+    }
+}
+
+/// A `--barrier` freeze whose agent ran its hooks, synced, and waits for
+/// the go: see [`FreezeLease::arm`].
+#[derive(Debug)]
+pub struct ArmedLease {
+    lease: FreezeLease,
+    freeze_within: Duration,
+}
+
+impl ArmedLease {
+    /// The go: `freeze` on stdin, then the [`Frozen`] line (FIFREEZE only:
+    /// the hooks and the sync are behind).
+    pub fn freeze(mut self) -> Result<(FreezeLease, Frozen), GuestError> {
+        let lease = &mut self.lease;
+        if let Some(channel) = lease.channel.as_mut() {
+            lease.session.session().set_timeout(millis(self.freeze_within));
+            // No flush(): see `thaw`.
+            if let Err(source) = channel.write_all(b"freeze\n") {
+                return Err(GuestError::ChannelIo {
+                    target: lease.session.target().to_string(),
+                    command: lease.command.clone(),
+                    source,
+                });
+            }
+        }
+        let frozen = lease.first_line::<Frozen>(self.freeze_within, "the frozen line after the go")?;
+        lease.held(frozen.pid, &frozen);
+        Ok((self.lease, frozen))
     }
 }
 

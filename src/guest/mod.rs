@@ -21,6 +21,6 @@ mod ssh;
 pub use agent::{parse_answer, AgentClient, AGENT_PROGRAM};
 pub use error::GuestError;
 pub use hostkey::{fingerprint, known_hosts_entry, known_hosts_name};
-pub use lease::{FreezeLease, FreezeRequest};
+pub use lease::{ArmedLease, FreezeLease, FreezeRequest};
 pub use quote::{command_line, shell_quote};
 pub use ssh::{ExecOutput, GuestSession, SshOptions, SshTarget};

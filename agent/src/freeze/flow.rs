@@ -4,15 +4,18 @@
 //! Steps, each recorded in the state file before the next one:
 //! 1. hooks with `freeze`, in name order; a failure (or the lease ending)
 //!    gives the hooks already run `thaw`, in reverse, and stops;
-//! 2. FIFREEZE in plan order; a failure thaws what was frozen, in reverse,
+//! 2. sync(2), so that FIFREEZE finds little left to write and the freeze
+//!    window stays short; with a barrier, the `armed` line, then wait for
+//!    the go (`freeze` on stdin) — anything else unwinds the hooks;
+//! 3. FIFREEZE in plan order; a failure thaws what was frozen, in reverse,
 //!    then unwinds the hooks, and stops;
-//! 3. the first JSON line ([`Frozen`]), then hold the lease;
-//! 4. FITHAW in reverse freeze order, at once;
-//! 5. hooks with `thaw`, in reverse name order.
+//! 4. the [`Frozen`] line, then hold the lease;
+//! 5. FITHAW in reverse freeze order, at once;
+//! 6. hooks with `thaw`, in reverse name order.
 
 use std::time::{Duration, Instant};
 
-use envclone_agent::freeze::{FreezeReport, Frozen, FrozenMount, HookAction, HookRun};
+use envclone_agent::freeze::{Armed, FreezeReport, Frozen, FrozenMount, HookAction, HookRun};
 use nix::errno::Errno;
 
 use super::fsfreeze::Thawed;
@@ -29,7 +32,13 @@ pub trait Host {
     fn record(&mut self, state: &State) -> Result<(), StateError>;
     /// Whether the lease ended already (stdin closed, `thaw`, a signal).
     fn lease_ended(&mut self) -> Option<LeaseEnd>;
-    /// Prints the first line.
+    /// Writes dirty data back (sync(2)).
+    fn sync(&mut self);
+    /// Prints the `armed` line of a barrier freeze.
+    fn armed(&mut self, event: &Armed);
+    /// Waits for the barrier's go; what ended the lease instead otherwise.
+    fn await_go(&mut self, deadline: Instant) -> Result<(), LeaseEnd>;
+    /// Prints the `frozen` line.
     fn frozen(&mut self, event: &Frozen);
     /// Waits until the lease ends or `deadline` passes.
     fn hold(&mut self, deadline: Instant) -> LeaseEnd;
@@ -41,6 +50,11 @@ pub struct Plan {
     /// In freeze order.
     pub mounts: Vec<MountEntry>,
     pub lease_timeout: Duration,
+    /// Arm, then wait for the go before freezing (`--barrier`).
+    pub barrier: bool,
+    /// How long an armed freeze waits for its go: the controller arms
+    /// every guest first, each running its own hooks.
+    pub go_within: Duration,
 }
 
 /// Runs the whole lease. `state` is already recorded (phase `hooks`).
@@ -64,6 +78,20 @@ pub fn run(host: &mut impl Host, plan: &Plan, mut state: State) -> Result<Freeze
     if let Some(end) = host.lease_ended() {
         let unwound = unwind_hooks(host, &mut state);
         return Err(FreezeError::Cancelled { why: describe(&end), unwound });
+    }
+    let syncing = Instant::now();
+    host.sync();
+    if plan.barrier {
+        host.armed(&Armed {
+            pid: state.pid,
+            hooks: hook_runs.clone(),
+            took_ms: millis(started.elapsed()),
+            sync_ms: millis(syncing.elapsed()),
+        });
+        if let Err(end) = host.await_go(Instant::now() + plan.go_within) {
+            let unwound = unwind_hooks(host, &mut state);
+            return Err(FreezeError::Cancelled { why: describe(&end), unwound });
+        }
     }
 
     let first_freeze = Instant::now();
@@ -194,6 +222,9 @@ mod tests {
         ended_before_freeze: Option<LeaseEnd>,
         lease_end: Option<LeaseEnd>,
         frozen_events: Vec<Frozen>,
+        armed_events: Vec<Armed>,
+        /// What the barrier's wait for the go returns.
+        go: Option<Result<(), LeaseEnd>>,
     }
 
     impl FakeHost {
@@ -263,6 +294,20 @@ mod tests {
             self.ended_before_freeze.clone()
         }
 
+        fn sync(&mut self) {
+            self.steps.push("sync".into());
+        }
+
+        fn armed(&mut self, event: &Armed) {
+            self.steps.push("armed".into());
+            self.armed_events.push(event.clone());
+        }
+
+        fn await_go(&mut self, _deadline: Instant) -> Result<(), LeaseEnd> {
+            self.steps.push("await go".into());
+            self.go.clone().expect("the scenario never arms")
+        }
+
         fn frozen(&mut self, event: &Frozen) {
             self.steps.push("frozen".into());
             self.frozen_events.push(event.clone());
@@ -292,6 +337,8 @@ mod tests {
             hooks: vec!["10-app".into(), "20-db".into()],
             mounts: vec![mount("/var"), mount("/")],
             lease_timeout: Duration::from_secs(30),
+            barrier: false,
+            go_within: Duration::from_secs(60),
         }
     }
 
@@ -308,6 +355,7 @@ mod tests {
             [
                 "hook 10-app freeze",
                 "hook 20-db freeze",
+                "sync",
                 "freeze /var",
                 "freeze /",
                 "frozen",
@@ -359,6 +407,7 @@ mod tests {
             [
                 "hook 10-app freeze",
                 "hook 20-db freeze",
+                "sync",
                 "freeze /var",
                 "freeze /",
                 "thaw /var",
@@ -404,6 +453,40 @@ mod tests {
         let mut host = FakeHost { already_thawed: Some("/".into()), ..FakeHost::ending_with(ThawReason::Signal) };
         let report = run(&mut host, &plan(), state()).unwrap();
         assert_eq!((report.thawed, report.already_thawed), (vec!["/var".to_string()], vec!["/".to_string()]));
+    }
+
+    #[test]
+    fn barrier_arms_after_hooks_and_sync_and_freezes_on_the_go() {
+        let mut host = FakeHost { go: Some(Ok(())), ..FakeHost::ending_with(ThawReason::StdinThaw) };
+        let plan = Plan { barrier: true, ..plan() };
+        run(&mut host, &plan, state()).unwrap();
+        assert_eq!(
+            host.steps[..7],
+            ["hook 10-app freeze", "hook 20-db freeze", "sync", "armed", "await go", "freeze /var", "freeze /"]
+        );
+        assert_eq!(host.armed_events[0].hooks.len(), 2);
+    }
+
+    #[test]
+    fn barrier_cancelled_before_the_go_unwinds_the_hooks_and_freezes_nothing() {
+        let end = LeaseEnd { reason: ThawReason::Eof, signal: None };
+        let mut host = FakeHost { go: Some(Err(end)), ..FakeHost::default() };
+        let plan = Plan { barrier: true, ..plan() };
+        let err = run(&mut host, &plan, state()).unwrap_err();
+        assert_eq!(
+            host.steps,
+            [
+                "hook 10-app freeze",
+                "hook 20-db freeze",
+                "sync",
+                "armed",
+                "await go",
+                "hook 20-db thaw",
+                "hook 10-app thaw"
+            ]
+        );
+        assert!(matches!(&err, FreezeError::Cancelled { why, unwound } if why == "stdin closed" && unwound.len() == 2));
+        assert!(!host.records.last().unwrap().left_work());
     }
 
     #[test]

@@ -1,7 +1,8 @@
 //! The lease: while frozen, the agent waits on stdin (the SSH channel that
 //! started it), on termination signals (through a signalfd) and on the lease
 //! deadline, whichever comes first. One poll(2) over two descriptors: no
-//! handler runs in signal context and nothing is written anywhere.
+//! handler runs in signal context and nothing is written anywhere. Before a
+//! `--barrier` freeze, the same watch waits for the line `freeze`.
 
 use std::os::fd::{AsRawFd, RawFd};
 use std::time::Instant;
@@ -35,6 +36,8 @@ pub struct Lease {
     line: Vec<u8>,
     /// Sticky: once stdin ended, the lease is over whenever asked.
     ended: Option<LeaseEnd>,
+    /// The line `freeze` arrived (the go of a `--barrier` freeze).
+    go: bool,
 }
 
 impl Lease {
@@ -48,7 +51,7 @@ impl Lease {
         }
         mask.thread_block()?;
         let signals = SignalFd::with_flags(&mask, SfdFlags::SFD_NONBLOCK | SfdFlags::SFD_CLOEXEC)?;
-        Ok(Lease { input, signals, line: Vec::new(), ended: None })
+        Ok(Lease { input, signals, line: Vec::new(), ended: None, go: false })
     }
 
     /// Whether the lease ended already, without waiting.
@@ -67,6 +70,24 @@ impl Lease {
             let timeout = i32::try_from(left.as_millis() + 1).unwrap_or(i32::MAX);
             if let Some(end) = self.poll(timeout) {
                 return end;
+            }
+        }
+    }
+
+    /// Waits for the line `freeze` (the barrier's go); anything that would
+    /// end a lease, or `deadline` passing, is returned instead.
+    pub fn await_go(&mut self, deadline: Instant) -> Result<(), LeaseEnd> {
+        loop {
+            if self.go {
+                return Ok(());
+            }
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                return Err(LeaseEnd::because(ThawReason::LeaseTimeout));
+            }
+            let timeout = i32::try_from(left.as_millis() + 1).unwrap_or(i32::MAX);
+            if let Some(end) = self.poll(timeout) {
+                return Err(end);
             }
         }
     }
@@ -120,9 +141,14 @@ impl Lease {
                     if is_thaw(&line) {
                         return self.end(LeaseEnd::because(ThawReason::StdinThaw));
                     }
+                    if line.trim_ascii() == b"freeze" {
+                        // The caller's loop sees it once this read is done.
+                        self.go = true;
+                        continue;
+                    }
                     if !line.trim_ascii().is_empty() {
                         note!(
-                            "ignoring {:?} on stdin (only `thaw` is understood)",
+                            "ignoring {:?} on stdin (only `freeze` and `thaw` are understood)",
                             String::from_utf8_lossy(line.trim_ascii())
                         );
                     }
@@ -166,6 +192,27 @@ mod tests {
         assert_eq!(lease.hold(Instant::now() + Duration::from_secs(10)).reason, ThawReason::StdinThaw);
         // Sticky: asking again gives the same answer.
         assert_eq!(lease.check().unwrap().reason, ThawReason::StdinThaw);
+    }
+
+    #[test]
+    fn freeze_line_is_the_go_and_thaw_before_it_cancels() {
+        let (read, mut write) = pipe();
+        let mut lease = Lease::new(read.as_raw_fd()).unwrap();
+        write.write_all(b"freeze\n").unwrap();
+        assert_eq!(lease.await_go(Instant::now() + Duration::from_secs(10)), Ok(()));
+        // The go does not end the lease that follows it.
+        assert_eq!(lease.check(), None);
+
+        let (read, mut write) = pipe();
+        let mut lease = Lease::new(read.as_raw_fd()).unwrap();
+        write.write_all(b"thaw\n").unwrap();
+        let end = lease.await_go(Instant::now() + Duration::from_secs(10)).unwrap_err();
+        assert_eq!(end.reason, ThawReason::StdinThaw);
+
+        let (read, _write) = pipe();
+        let mut lease = Lease::new(read.as_raw_fd()).unwrap();
+        let end = lease.await_go(Instant::now() + Duration::from_millis(30)).unwrap_err();
+        assert_eq!(end.reason, ThawReason::LeaseTimeout);
     }
 
     #[test]

@@ -35,7 +35,7 @@ use std::os::fd::OwnedFd;
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
-use envclone_agent::freeze::{FreezeReport, Frozen, HookAction, HookRun, ThawReport};
+use envclone_agent::freeze::{Armed, FreezeReport, Frozen, HookAction, HookRun, ThawReport};
 use envclone_agent::{AgentError, Envelope, ExitStatus};
 use nix::errno::Errno;
 use nix::sys::signal::{kill, Signal};
@@ -108,7 +108,14 @@ fn hold_freeze(args: &FreezeArgs) -> Result<FreezeReport, FreezeError> {
     let hook_timeout_ms = u64::try_from(options.hook_timeout.as_millis()).unwrap_or(u64::MAX);
     let state = claim(&dir, &options.hooks_dir, hook_timeout_ms)?;
 
-    let plan = flow::Plan { hooks, mounts: selection.freeze, lease_timeout: options.lease_timeout };
+    let plan = flow::Plan {
+        hooks,
+        mounts: selection.freeze,
+        lease_timeout: options.lease_timeout,
+        barrier: options.barrier,
+        // The other guests' hooks, then the freeze limit.
+        go_within: options.hook_timeout + options.lease_timeout,
+    };
     let mut host = RealHost {
         dir: dir.clone(),
         lease,
@@ -196,6 +203,18 @@ impl flow::Host for RealHost {
 
     fn lease_ended(&mut self) -> Option<LeaseEnd> {
         self.lease.check()
+    }
+
+    fn sync(&mut self) {
+        nix::unistd::sync();
+    }
+
+    fn armed(&mut self, event: &Armed) {
+        emit_line(&Envelope::ok(event.clone()));
+    }
+
+    fn await_go(&mut self, deadline: Instant) -> Result<(), LeaseEnd> {
+        self.lease.await_go(deadline)
     }
 
     fn frozen(&mut self, event: &Frozen) {

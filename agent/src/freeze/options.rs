@@ -24,6 +24,10 @@ order; the hooks run with `thaw` in reverse name order; the second line says why
   \"ok\":{\"reason\":\"stdin-thaw|eof|lease-timeout|signal\",\"frozen_ms\":..,\"thawed\":[..],..}
 with exit status 1 when a post-thaw hook failed (`hook_failures` names it).
 
+With --barrier, an `armed` line comes first, once the hooks ran and the filesystems are synced:
+  \"ok\":{\"pid\":..,\"hooks\":[..],\"took_ms\":..,\"sync_ms\":..}
+and the freeze waits for the line `freeze` on stdin (anything that would end a lease cancels it).
+
 A failed freeze prints one error envelope instead and leaves nothing frozen; its kind is \
 `hook-failed` (a pre-freeze hook failed or timed out; hooks already run got `thaw`), \
 `freeze-failed`, `already-frozen` (exit 3), `bad-argument` (exit 2) or `cancelled` (stdin \
@@ -54,6 +58,11 @@ pub struct FreezeArgs {
     /// Never freeze this mount point (repeatable); ignored when not mounted.
     #[arg(long = "exclude", value_name = "MOUNT")]
     pub exclude: Vec<String>,
+    /// Two-phase freeze: run the hooks and sync, print an `armed` line,
+    /// and freeze only when `freeze` arrives on stdin (within the hook
+    /// timeout plus the lease timeout; else the hooks are unwound).
+    #[arg(long)]
+    pub barrier: bool,
 }
 
 /// Validated [`FreezeArgs`].
@@ -64,6 +73,7 @@ pub struct Options {
     pub hooks_dir: PathBuf,
     pub include: Vec<String>,
     pub exclude: Vec<String>,
+    pub barrier: bool,
 }
 
 impl Options {
@@ -78,7 +88,14 @@ impl Options {
         if let Some(both) = include.iter().find(|m| exclude.contains(m)) {
             return Err(bad("--include", format!("{both} is also excluded")));
         }
-        Ok(Options { lease_timeout, hook_timeout, hooks_dir: args.hooks_dir.clone(), include, exclude })
+        Ok(Options {
+            lease_timeout,
+            hook_timeout,
+            hooks_dir: args.hooks_dir.clone(),
+            include,
+            exclude,
+            barrier: args.barrier,
+        })
     }
 }
 
@@ -148,6 +165,7 @@ mod tests {
             hooks_dir: DEFAULT_HOOKS_DIR.into(),
             include: vec![],
             exclude: vec![],
+            barrier: false,
         }
     }
 

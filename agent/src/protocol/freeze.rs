@@ -11,6 +11,15 @@
 //!    post-thaw hook failed (`hook_failures` names them; the filesystems are
 //!    thawed all the same).
 //!
+//! With `--barrier`, one more line comes first: `Envelope<`[`Armed`]`>`,
+//! once the pre-freeze hooks ran and the filesystems are synced; the agent
+//! then waits for the line `freeze` on stdin before it freezes (and prints
+//! line 1). That is how a controller freezes several guests at one moment:
+//! it arms them all, then sends `freeze` to each, so no guest sits frozen
+//! while another still runs its hooks. `thaw`, EOF, a signal or the lease
+//! timeout while armed unwind the hooks and freeze nothing (kind
+//! [`error_kind::CANCELLED`]).
+//!
 //! Between the two lines the freeze is a lease on the channel that started
 //! it: the line `thaw` on stdin, EOF or a lost connection, a SIGTERM, SIGHUP,
 //! SIGINT or SIGQUIT, or the lease timeout each thaw at once.
@@ -55,7 +64,23 @@ pub mod error_kind {
     pub const THAW_HOOK_FAILED: &str = "thaw-hook-failed";
 }
 
-/// First line of `freeze`: everything selected is frozen now.
+/// First line of `freeze --barrier`: the pre-freeze hooks ran and the
+/// filesystems are synced (so that FIFREEZE has little left to write);
+/// nothing is frozen until `freeze` arrives on stdin.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Armed {
+    /// The agent process that will hold the lease.
+    pub pid: u32,
+    /// Pre-freeze hooks, in the order they ran (all succeeded).
+    pub hooks: Vec<HookRun>,
+    /// Milliseconds from the start of the command until armed.
+    pub took_ms: u64,
+    /// Milliseconds the sync took.
+    pub sync_ms: u64,
+}
+
+/// First line of `freeze` (the second with `--barrier`): everything
+/// selected is frozen now.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Frozen {
     /// The agent process holding the lease (what `kill` would name).

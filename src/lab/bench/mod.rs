@@ -91,6 +91,7 @@ struct Bench<'a> {
     netns: String,
     progress: &'a dyn Fn(&str),
     started: Instant,
+    keep: bool,
 }
 
 /// The tools a bench runs beyond the lab's own, with their Debian packages.
@@ -127,6 +128,7 @@ pub fn run(lab: &Lab, options: &BenchOptions, progress: &dyn Fn(&str)) -> Result
         netns: lab.netns(),
         progress,
         started,
+        keep: options.keep,
     };
     let mut report = BenchReport {
         measured_at: chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
@@ -208,9 +210,46 @@ impl Bench<'_> {
         measure: impl FnOnce() -> Result<T, BenchError>,
     ) -> Result<T, BenchError> {
         let result = self.add(envs).and_then(|()| measure());
+        if self.keep {
+            return result;
+        }
         let removed = self.remove(envs);
         let value = result?;
         removed?;
+        Ok(value)
+    }
+
+    /// Runs `measure` with the domains of `others` paused, so that their
+    /// idle TCG guests (timer interrupts, each a slice of one of a few
+    /// cores) do not add noise to what is measured; resumes them whatever
+    /// `measure` returns.
+    fn with_paused<T>(
+        &self,
+        others: &[&ExtraEnv],
+        measure: impl FnOnce() -> Result<T, BenchError>,
+    ) -> Result<T, BenchError> {
+        let domains: Vec<String> =
+            others.iter().flat_map(|env| env.vms.iter().map(|vm| env.domain(&vm.name))).collect();
+        let mut paused = Vec::new();
+        let mut result = Ok(());
+        for domain in &domains {
+            match self.tools.virsh("pause the other environments", &["suspend", domain]) {
+                Ok(_) => paused.push(domain),
+                Err(e) => {
+                    result = Err(e);
+                    break;
+                }
+            }
+        }
+        let measured = result.and_then(|()| measure());
+        let mut resumed = Ok(());
+        for domain in paused {
+            if let Err(e) = self.tools.virsh("resume the other environments", &["resume", domain]) {
+                resumed = resumed.and(Err(e));
+            }
+        }
+        let value = measured?;
+        resumed?;
         Ok(value)
     }
 

@@ -84,13 +84,17 @@ pub struct DataPoint {
     pub linked_reported_ms: Option<f64>,
     /// Bytes the linked clone's data-disk overlay takes on disk.
     pub linked_overlay_bytes: u64,
+    /// The median of `full_runs_ms`, and that run's reported `duration_ms`.
     pub full_ms: f64,
     pub full_reported_ms: Option<f64>,
+    pub full_runs_ms: Vec<f64>,
     /// `virt-clone` of the shut-off VM (the copies only; its shutdown and
     /// boot are in the stall family).
     pub virt_clone_ms: f64,
     /// `qemu-img convert -t none -T none` of the same snapshot images.
+    /// The median of `convert_runs_ms`.
     pub convert_ms: f64,
+    pub convert_runs_ms: Vec<f64>,
     /// Data bytes per second (MiB/s) of the full clone and of the reference copy.
     pub full_mib_s: f64,
     pub convert_mib_s: f64,
@@ -318,7 +322,7 @@ impl BenchReport {
             md.push('\n');
         }
         if let Some(data) = &self.data {
-            md.push_str("**Clone time against data size** (data written from the host with `qemu-io -t none -c 'write -P 0x5a ...'` before the VM first boots; clones from a snapshot, `--start off`):\n\n");
+            md.push_str("**Clone time against data size** (data written from the host with `qemu-io -t none -c 'write -P 0x5a ...'` before the VM first boots; clones from a snapshot, `--start off`; envclone full and qemu-img convert: the median of alternating pairs, the runs in the JSON):\n\n");
             md.push_str("| data | envclone linked | linked overlay | envclone full | virt-clone (VM off) | qemu-img convert -t none -T none | full / convert throughput | linked / smallest |\n");
             md.push_str("| ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |\n");
             for p in &data.points {

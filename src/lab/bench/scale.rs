@@ -1,6 +1,7 @@
 //! Scale: environments of 1, 3 and 6 VMs (256 MiB, db service each), all
-//! booted at once, then one after the other: five `envclone snapshot`
-//! (the group freeze window is their median: one TCG sample is noisy),
+//! booted at once, then one after the other, the others paused meanwhile:
+//! seven `envclone snapshot` (the group freeze window is their median: one
+//! TCG sample is noisy),
 //! and one `envclone clone --disks linked --start off` without `--from`,
 //! so its time includes the consistent snapshot it takes.
 
@@ -11,12 +12,13 @@ use super::{Bench, BenchError};
 use crate::lab::extra::ExtraEnv;
 use crate::lab::topology::GUEST_MEMORY_MIB;
 
-const SNAPSHOTS: usize = 5;
+const SNAPSHOTS: usize = 7;
 
 pub(super) fn run(bench: &Bench<'_>, sizes: &[usize], notes: &mut Vec<String>) -> Result<ScaleFamily, BenchError> {
     notes.push(format!(
-        "Scale: all environments run at once ({} VMs of {GUEST_MEMORY_MIB} MiB), so each is measured next to \
-         the others' idle guests; freeze window: median of {SNAPSHOTS} snapshots.",
+        "Scale: all environments boot at once ({} VMs of {GUEST_MEMORY_MIB} MiB); while one is measured the \
+         others are paused (`virsh suspend`: idle TCG guests still take slices of the 2 cores); freeze window: \
+         median of {SNAPSHOTS} snapshots.",
         sizes.iter().sum::<usize>()
     ));
     let envs: Vec<ExtraEnv> = sizes
@@ -24,8 +26,14 @@ pub(super) fn run(bench: &Bench<'_>, sizes: &[usize], notes: &mut Vec<String>) -
         .enumerate()
         .map(|(index, &count)| ExtraEnv::uniform(&format!("bscale{count}"), 30 + index as u8, count, GUEST_MEMORY_MIB))
         .collect();
-    let mut points: Vec<ScalePoint> =
-        bench.with_envs(&envs, || envs.iter().map(|env| measure(bench, env)).collect())?;
+    let mut points: Vec<ScalePoint> = bench.with_envs(&envs, || {
+        envs.iter()
+            .map(|env| {
+                let others: Vec<&ExtraEnv> = envs.iter().filter(|other| other.name != env.name).collect();
+                bench.with_paused(&others, || measure(bench, env))
+            })
+            .collect()
+    })?;
     let one = points.iter().find(|p| p.vms == 1).or(points.first()).map(|p| (p.freeze_window_ms, p.linked_clone_ms));
     if let Some((freeze, clone)) = one {
         for point in &mut points {

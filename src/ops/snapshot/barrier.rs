@@ -4,8 +4,9 @@
 //! under a hard limit.
 //!
 //! ```text
-//! coordinator ─┬─ worker web: freeze ──> Frozen ........ wait ........ thaw ──> Thawed
-//!              ├─ worker db:  freeze ──> Frozen ........ wait ........ thaw ──> Thawed
+//! coordinator ─┬─ worker web: arm ──> Armed .. go: freeze ──> Frozen .... wait .... thaw ──> Thawed
+//!              ├─ worker db:  arm ─────> Armed go: freeze ──> Frozen .... wait .... thaw ──> Thawed
+//!              │        (all armed: hooks run and synced, nothing frozen yet; then the go)
 //!              │        (all frozen, or a failure, or the limit)
 //!              ├─ snapshot web: [pause] external snapshot [memory point]
 //!              ├─ snapshot db:  [pause] external snapshot [memory point]
@@ -13,9 +14,14 @@
 //!              └─ thaw order to every worker; collect their reports
 //! ```
 //!
-//! Freezes and thaws run on one worker thread per VM (ssh2 and libvirt
-//! calls block); each worker owns its freeze and thaws it when told or when
-//! the coordinator goes away, so a guest is never left frozen by an early
+//! Two phases, like a barrier should: every guest is first armed (its
+//! pre-freeze hooks run and its filesystems synced, nothing frozen), and
+//! only when all are armed does each get the go and freeze. So no guest
+//! sits frozen while another still starts its agent or runs its hooks: on
+//! a busy host that skew was most of a group's window. Arming, freezes and
+//! thaws run on one worker thread per VM (ssh2 and libvirt calls block);
+//! each worker owns its freeze and thaws it when told or when the
+//! coordinator goes away, so a guest is never left frozen by an early
 //! return. The window is measured from the agents' own figures: a guest
 //! froze at (answer received - time its FIFREEZEs took) and stayed frozen
 //! for the `frozen_ms` its thaw reports. Nothing here writes to the catalog:
@@ -97,9 +103,27 @@ pub struct BarrierOutcome {
 }
 
 enum WorkerEvent {
-    Frozen { vm: String, at: Instant, info: FreezeInfo },
-    FreezeFailed { vm: String, error: GuestError },
-    Thawed { vm: String, at: Instant, result: Result<ThawInfo, GuestError> },
+    Armed {
+        vm: String,
+    },
+    /// Armed, then told to stand down before the go: nothing was frozen.
+    Cancelled {
+        vm: String,
+    },
+    Frozen {
+        vm: String,
+        at: Instant,
+        info: FreezeInfo,
+    },
+    FreezeFailed {
+        vm: String,
+        error: GuestError,
+    },
+    Thawed {
+        vm: String,
+        at: Instant,
+        result: Result<ThawInfo, GuestError>,
+    },
 }
 
 struct SnapshotDone {
@@ -168,19 +192,65 @@ pub fn run(
 
     std::thread::scope(|scope| {
         let (events_tx, events) = mpsc::channel::<WorkerEvent>();
-        let mut thaw_orders = BTreeMap::new();
+        let mut orders = BTreeMap::new();
         for vm in vms.iter().filter(|vm| vm.freeze) {
-            let (order, orders) = mpsc::channel::<()>();
-            thaw_orders.insert(vm.plan.vm.clone(), order);
+            let (order, orders_rx) = mpsc::channel::<Order>();
+            orders.insert(vm.plan.vm.clone(), order);
             let events_tx = events_tx.clone();
             let name = vm.plan.vm.clone();
-            scope.spawn(move || freeze_worker(quiescer, name, orders, events_tx));
+            scope.spawn(move || freeze_worker(quiescer, name, orders_rx, events_tx));
         }
         drop(events_tx);
 
-        // Freeze: every guest answers, one fails, or the limit passes.
+        // Arm: every guest runs its hooks and syncs, one fails, or the
+        // guests take longer than their hooks may.
         let mut aborted = false;
-        let mut waiting: BTreeSet<String> = thaw_orders.keys().cloned().collect();
+        let mut waiting: BTreeSet<String> = orders.keys().cloned().collect();
+        let arming = (!waiting.is_empty())
+            .then(|| StepTimer::start(progress, format!("arm {} guests (pre-freeze hooks, sync)", waiting.len())));
+        let arm_deadline = Instant::now() + settings.freeze_wait;
+        while !waiting.is_empty() {
+            match events.recv_timeout(arm_deadline.saturating_duration_since(Instant::now())) {
+                Ok(WorkerEvent::Armed { vm }) => {
+                    waiting.remove(&vm);
+                }
+                Ok(event) => {
+                    waiting.remove(event_vm(&event));
+                    if let Some(failure) = handle_event(&mut outcome, &mut window, event, settings, true) {
+                        outcome.failures.push(failure);
+                        aborted = true;
+                        break;
+                    }
+                }
+                Err(RecvTimeoutError::Timeout) => {
+                    outcome.failures.push(SnapshotError::ArmTimeout {
+                        waited: settings.freeze_wait,
+                        vms: waiting.iter().cloned().collect(),
+                    });
+                    aborted = true;
+                    break;
+                }
+                Err(RecvTimeoutError::Disconnected) => break,
+            }
+        }
+        if let Some(timer) = arming {
+            if aborted {
+                timer.failed();
+            } else {
+                timer.done();
+            }
+        }
+
+        // Freeze: the go to every armed guest; every guest answers, one
+        // fails, or the limit passes.
+        let mut waiting: BTreeSet<String> = BTreeSet::new();
+        if !aborted {
+            for (vm, order) in &orders {
+                if outcome.vms.get(vm).is_some_and(|v| v.freeze.is_none()) && order.send(Order::Freeze).is_ok() {
+                    waiting.insert(vm.clone());
+                }
+            }
+        }
         let freezing =
             (!waiting.is_empty()).then(|| StepTimer::start(progress, format!("freeze {} guests", waiting.len())));
         while !waiting.is_empty() {
@@ -264,12 +334,13 @@ pub fn run(
         }
         drop(done_tx);
 
-        // Thaw everything: workers not frozen yet thaw as soon as they are.
-        let thawing = (!thaw_orders.is_empty()).then(|| StepTimer::start(progress, "thaw"));
-        for order in thaw_orders.values() {
-            let _ = order.send(());
+        // Thaw everything: workers not frozen yet thaw as soon as they are;
+        // armed ones that never got the go stand down.
+        let thawing = (!orders.is_empty()).then(|| StepTimer::start(progress, "thaw"));
+        for order in orders.values() {
+            let _ = order.send(Order::Thaw);
         }
-        drop(thaw_orders);
+        drop(orders);
         for event in events.iter() {
             if let Some(failure) = handle_event(&mut outcome, &mut window, event, settings, false) {
                 outcome.failures.push(failure);
@@ -307,7 +378,11 @@ pub fn run(
 
 fn event_vm(event: &WorkerEvent) -> &str {
     match event {
-        WorkerEvent::Frozen { vm, .. } | WorkerEvent::FreezeFailed { vm, .. } | WorkerEvent::Thawed { vm, .. } => vm,
+        WorkerEvent::Armed { vm }
+        | WorkerEvent::Cancelled { vm }
+        | WorkerEvent::Frozen { vm, .. }
+        | WorkerEvent::FreezeFailed { vm, .. }
+        | WorkerEvent::Thawed { vm, .. } => vm,
     }
 }
 
@@ -320,6 +395,12 @@ fn handle_event(
     freezing: bool,
 ) -> Option<SnapshotError> {
     match event {
+        WorkerEvent::Armed { .. } => None,
+        WorkerEvent::Cancelled { vm } => {
+            outcome.vms.entry(vm).or_default().freeze =
+                Some(Err("armed, then stood down before the go: not frozen".into()));
+            None
+        }
         WorkerEvent::Frozen { vm, at, info } => {
             window.frozen(&vm, at, info);
             outcome.vms.entry(vm).or_default().freeze = Some(Ok(()));
@@ -367,10 +448,40 @@ fn record_snapshot(outcome: &mut BarrierOutcome, done: SnapshotDone) -> Option<S
     }
 }
 
-/// Freezes one VM, reports it, waits for the order (or the coordinator's
-/// end) and thaws.
-fn freeze_worker(quiescer: &dyn Quiescer, vm: String, orders: mpsc::Receiver<()>, events: mpsc::Sender<WorkerEvent>) {
-    match quiescer.freeze(&vm) {
+/// What the coordinator tells a worker: the go, then the thaw (a thaw
+/// before the go stands an armed guest down).
+enum Order {
+    Freeze,
+    Thaw,
+}
+
+/// Arms one VM, reports it, freezes at the go, reports it, waits for the
+/// thaw order (or the coordinator's end) and thaws.
+fn freeze_worker(
+    quiescer: &dyn Quiescer,
+    vm: String,
+    orders: mpsc::Receiver<Order>,
+    events: mpsc::Sender<WorkerEvent>,
+) {
+    let armed = match quiescer.arm(&vm) {
+        Ok(armed) => armed,
+        Err(error) => {
+            let _ = events.send(WorkerEvent::FreezeFailed { vm, error });
+            return;
+        }
+    };
+    let _ = events.send(WorkerEvent::Armed { vm: vm.clone() });
+    if !matches!(orders.recv(), Ok(Order::Freeze)) {
+        // Dropping the armed guest unwinds its hooks.
+        drop(armed);
+        let _ = events.send(WorkerEvent::Cancelled { vm });
+        return;
+    }
+    let frozen = match armed {
+        Some(armed) => armed.freeze(),
+        None => quiescer.freeze(&vm),
+    };
+    match frozen {
         Err(error) => {
             let _ = events.send(WorkerEvent::FreezeFailed { vm, error });
         }

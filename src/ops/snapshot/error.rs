@@ -75,6 +75,12 @@ pub enum SnapshotError {
         limit.as_millis()
     )]
     FreezeLimit { limit: Duration, window: Duration, stage: &'static str },
+    #[error(
+        "{} did not run their pre-freeze hooks and sync within {} ms; nothing was frozen",
+        vms.join(", "),
+        waited.as_millis()
+    )]
+    ArmTimeout { waited: Duration, vms: Vec<String> },
     #[error("VM '{vm}': the agent's lease timeout thawed it before the controller did")]
     LeaseExpired { vm: String },
     #[error("VM '{vm}': cannot take the external disk snapshot of domain {domain}")]
@@ -141,6 +147,11 @@ impl SnapshotError {
                     None => base.into(),
                 }
             }
+            ArmTimeout { .. } => {
+                "check those guests' hooks (`envclone-agent freeze` runs them from /etc/envclone/hooks.d), or raise \
+                 `environments.ENV.hook_timeout`"
+                    .into()
+            }
             FreezeLimit { .. } | LeaseExpired { .. } => {
                 "raise `environments.ENV.freeze_timeout`, or find what was slow (hooks, a busy host) with -v".into()
             }
@@ -181,6 +192,7 @@ impl SnapshotError {
             | NoSpace { .. }
             | NoFreeName { .. }
             | FreezeLimit { .. }
+            | ArmTimeout { .. }
             | Catalog(_) => None,
         }
     }

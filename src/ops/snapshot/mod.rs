@@ -40,7 +40,7 @@ use serde::Serialize;
 pub use self::error::SnapshotError;
 pub use self::memory::{restore_memory_image, MemoryCapture, MemoryError, MemoryImage, RestoredDomain};
 pub use self::preflight::{DiskPlan, VmPlan};
-pub use self::quiesce::{AgentQuiescer, FreezeInfo, FrozenGuest, Quiescer, ThawInfo};
+pub use self::quiesce::{AgentQuiescer, ArmedGuest, FreezeInfo, FrozenGuest, Quiescer, ThawInfo};
 pub use self::record::{list, snapshot_dependent, SnapshotSummary, VmSummary};
 pub use self::steps::{Phase, UNDO_FAIL_SNAPSHOT_NAMED};
 

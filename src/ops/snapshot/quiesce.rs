@@ -1,6 +1,7 @@
 //! The agent side of the barrier behind a small trait, so that the barrier
 //! is unit tested without SSH: [`Quiescer`] prepares, freezes and recovers
-//! a VM; a [`FrozenGuest`] is one held freeze that thaws exactly once.
+//! a VM; an [`ArmedGuest`] is one ready to freeze at the go (hooks run,
+//! synced); a [`FrozenGuest`] is one held freeze that thaws exactly once.
 //! [`AgentQuiescer`] is the real one: `envclone-agent` over SSH, the
 //! freeze held as a [`FreezeLease`] on a session logged in beforehand.
 
@@ -8,10 +9,12 @@ use std::collections::BTreeMap;
 use std::sync::{Mutex, PoisonError};
 use std::time::Duration;
 
-use envclone_agent::freeze::ThawReason;
+use envclone_agent::freeze::{Frozen, ThawReason};
 use envclone_agent::ExitStatus;
 
-use crate::guest::{AgentClient, FreezeLease, FreezeRequest, GuestError, GuestSession, SshOptions, SshTarget};
+use crate::guest::{
+    AgentClient, ArmedLease, FreezeLease, FreezeRequest, GuestError, GuestSession, SshOptions, SshTarget,
+};
 
 /// What the freeze reported once everything was frozen.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -36,10 +39,23 @@ pub trait FrozenGuest: Send {
     fn thaw(self: Box<Self>) -> Result<ThawInfo, GuestError>;
 }
 
+/// A guest whose pre-freeze hooks ran and whose filesystems are synced,
+/// waiting for the go. Dropping it cancels: the hooks are unwound.
+pub trait ArmedGuest: Send {
+    fn freeze(self: Box<Self>) -> Result<(Box<dyn FrozenGuest>, FreezeInfo), GuestError>;
+}
+
 pub trait Quiescer: Sync {
     /// Logs in to `vm`'s agent ahead of the freeze and checks that it
     /// answers and holds no freeze: the preflight status check.
     fn prepare(&self, vm: &str) -> Result<(), GuestError>;
+    /// The first half of a two-phase freeze: the pre-freeze hooks and a
+    /// sync, nothing frozen yet. `None`: this quiescer freezes in one step,
+    /// [`Quiescer::freeze`] (then called at the go) does everything.
+    fn arm(&self, vm: &str) -> Result<Option<Box<dyn ArmedGuest>>, GuestError> {
+        let _ = vm;
+        Ok(None)
+    }
     /// Runs the pre-freeze hooks and freezes `vm`'s filesystems, on the
     /// session [`Quiescer::prepare`] opened.
     fn freeze(&self, vm: &str) -> Result<(Box<dyn FrozenGuest>, FreezeInfo), GuestError>;
@@ -62,6 +78,15 @@ impl AgentQuiescer {
     /// bound on the freeze if the controller is lost.
     pub fn new(targets: BTreeMap<String, SshTarget>, options: SshOptions, request: FreezeRequest) -> Self {
         AgentQuiescer { targets, options, request, sessions: Mutex::new(BTreeMap::new()) }
+    }
+
+    /// The session [`Quiescer::prepare`] opened, or a new one.
+    fn session(&self, vm: &str) -> Result<GuestSession, GuestError> {
+        let prepared = self.sessions.lock().unwrap_or_else(PoisonError::into_inner).remove(vm);
+        match prepared {
+            Some(session) => Ok(session),
+            None => self.connect(vm),
+        }
     }
 
     fn connect(&self, vm: &str) -> Result<GuestSession, GuestError> {
@@ -97,15 +122,24 @@ impl Quiescer for AgentQuiescer {
         Ok(())
     }
 
+    fn arm(&self, vm: &str) -> Result<Option<Box<dyn ArmedGuest>>, GuestError> {
+        let session = self.session(vm)?;
+        match FreezeLease::arm(session, &self.request) {
+            Ok((armed, _)) => Ok(Some(Box::new(ArmedLeaseGuest(armed)))),
+            // An agent older than the two-phase freeze: one step, at the go.
+            Err(GuestError::Agent { kind, message, .. })
+                if kind == envclone_agent::freeze::error_kind::BAD_ARGUMENT && message.contains("--barrier") =>
+            {
+                tracing::warn!(vm, "the agent predates `freeze --barrier`: freezing in one step (update the agent)");
+                Ok(None)
+            }
+            Err(e) => Err(e),
+        }
+    }
+
     fn freeze(&self, vm: &str) -> Result<(Box<dyn FrozenGuest>, FreezeInfo), GuestError> {
-        let prepared = self.sessions.lock().unwrap_or_else(PoisonError::into_inner).remove(vm);
-        let session = match prepared {
-            Some(session) => session,
-            None => self.connect(vm)?,
-        };
-        let (lease, frozen) = FreezeLease::start(session, &self.request)?;
-        let freezing = Duration::from_millis(frozen.mounts.iter().map(|m| m.freeze_ms).sum());
-        Ok((Box::new(LeaseGuest(lease)), FreezeInfo { freezing }))
+        let (lease, frozen) = FreezeLease::start(self.session(vm)?, &self.request)?;
+        Ok((Box::new(LeaseGuest(lease)), freeze_info(&frozen)))
     }
 
     fn recover(&self, vm: &str) -> Result<(), GuestError> {
@@ -124,6 +158,19 @@ impl Quiescer for AgentQuiescer {
                 exit: None,
             })
         }
+    }
+}
+
+fn freeze_info(frozen: &Frozen) -> FreezeInfo {
+    FreezeInfo { freezing: Duration::from_millis(frozen.mounts.iter().map(|m| m.freeze_ms).sum()) }
+}
+
+struct ArmedLeaseGuest(ArmedLease);
+
+impl ArmedGuest for ArmedLeaseGuest {
+    fn freeze(self: Box<Self>) -> Result<(Box<dyn FrozenGuest>, FreezeInfo), GuestError> {
+        let (lease, frozen) = self.0.freeze()?;
+        Ok((Box::new(LeaseGuest(lease)), freeze_info(&frozen)))
     }
 }
 

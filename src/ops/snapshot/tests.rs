@@ -37,6 +37,8 @@ struct FakeQuiescer {
     failing_hook: BTreeMap<String, String>,
     slow_freeze: BTreeMap<String, Duration>,
     failing_thaw: BTreeSet<String>,
+    /// Arms first (hooks, sync), freezes at the go, as the real agent does.
+    two_phase: bool,
 }
 
 impl FakeQuiescer {
@@ -57,6 +59,31 @@ impl FakeQuiescer {
     fn with_slow_freeze(mut self, vm: &str, delay: Duration) -> Self {
         self.slow_freeze.insert(vm.into(), delay);
         self
+    }
+
+    fn two_phase(mut self) -> Self {
+        self.two_phase = true;
+        self
+    }
+
+    /// The pre-freeze part: the slow ones are slow, the failing hook fails.
+    fn run_hooks(&self, vm: &str) -> Result<(), GuestError> {
+        if let Some(delay) = self.slow_freeze.get(vm) {
+            std::thread::sleep(*delay);
+        }
+        if let Some(hook) = self.failing_hook.get(vm) {
+            self.log.lock().unwrap().events.push(format!("hook failed {vm}"));
+            return Err(GuestError::Agent {
+                target: format!("root@{vm}:22"),
+                kind: "hook-failed".into(),
+                message: format!(
+                    "pre-freeze hook {hook} exited with status 3; its stderr ends: refused; nothing was frozen"
+                ),
+                hint: None,
+                exit: Some(envclone_agent::ExitStatus::Failed),
+            });
+        }
+        Ok(())
     }
 
     fn with_failing_thaw(mut self, vm: &str) -> Self {
@@ -86,32 +113,20 @@ impl Quiescer for FakeQuiescer {
         Ok(())
     }
 
+    fn arm(&self, vm: &str) -> Result<Option<Box<dyn ArmedGuest>>, GuestError> {
+        if !self.two_phase {
+            return Ok(None);
+        }
+        self.run_hooks(vm)?;
+        self.log.lock().unwrap().events.push(format!("arm {vm}"));
+        let frozen = FakeFrozen::new(vm, &self.log, self.failing_thaw.contains(vm));
+        Ok(Some(Box::new(FakeArmed(Some(frozen)))))
+    }
+
     fn freeze(&self, vm: &str) -> Result<(Box<dyn FrozenGuest>, FreezeInfo), GuestError> {
-        if let Some(delay) = self.slow_freeze.get(vm) {
-            std::thread::sleep(*delay);
-        }
-        if let Some(hook) = self.failing_hook.get(vm) {
-            self.log.lock().unwrap().events.push(format!("hook failed {vm}"));
-            return Err(GuestError::Agent {
-                target: format!("root@{vm}:22"),
-                kind: "hook-failed".into(),
-                message: format!(
-                    "pre-freeze hook {hook} exited with status 3; its stderr ends: refused; nothing was frozen"
-                ),
-                hint: None,
-                exit: Some(envclone_agent::ExitStatus::Failed),
-            });
-        }
-        let mut log = self.log.lock().unwrap();
-        log.events.push(format!("freeze {vm}"));
-        log.frozen.insert(vm.to_owned());
-        let guest = FakeFrozen {
-            vm: vm.to_owned(),
-            since: Instant::now(),
-            log: Arc::clone(&self.log),
-            fails: self.failing_thaw.contains(vm),
-        };
-        Ok((Box::new(guest), FreezeInfo { freezing: Duration::ZERO }))
+        self.run_hooks(vm)?;
+        let guest = FakeFrozen::new(vm, &self.log, self.failing_thaw.contains(vm));
+        Ok((Box::new(guest.freeze()), FreezeInfo { freezing: Duration::ZERO }))
     }
 
     fn recover(&self, vm: &str) -> Result<(), GuestError> {
@@ -127,6 +142,39 @@ struct FakeFrozen {
     since: Instant,
     log: Arc<Mutex<AgentLog>>,
     fails: bool,
+}
+
+impl FakeFrozen {
+    fn new(vm: &str, log: &Arc<Mutex<AgentLog>>, fails: bool) -> FakeFrozen {
+        FakeFrozen { vm: vm.to_owned(), since: Instant::now(), log: Arc::clone(log), fails }
+    }
+
+    fn freeze(mut self) -> FakeFrozen {
+        let mut log = self.log.lock().unwrap();
+        log.events.push(format!("freeze {}", self.vm));
+        log.frozen.insert(self.vm.clone());
+        drop(log);
+        self.since = Instant::now();
+        self
+    }
+}
+
+/// Armed: freezes at the go; dropped without it, stands down.
+struct FakeArmed(Option<FakeFrozen>);
+
+impl ArmedGuest for FakeArmed {
+    fn freeze(mut self: Box<Self>) -> Result<(Box<dyn FrozenGuest>, FreezeInfo), GuestError> {
+        let guest = self.0.take().expect("armed once").freeze();
+        Ok((Box::new(guest), FreezeInfo { freezing: Duration::ZERO }))
+    }
+}
+
+impl Drop for FakeArmed {
+    fn drop(&mut self) {
+        if let Some(guest) = &self.0 {
+            guest.log.lock().unwrap().events.push(format!("stand down {}", guest.vm));
+        }
+    }
 }
 
 impl FrozenGuest for FakeFrozen {
@@ -426,6 +474,39 @@ fn failing_pre_freeze_hook_under_required_thaws_the_others_and_names_the_hook() 
     assert!(agents.events().contains(&"thaw web".to_owned()), "{:?}", agents.events());
     let snapshot = h.catalog.snapshot_named("demo", "20240501T020000Z").unwrap().unwrap();
     assert_eq!(snapshot.state, SnapshotState::Failed);
+}
+
+#[test]
+fn two_phase_guests_all_arm_before_any_freezes() {
+    let h = Harness::new(FakeHypervisor::running_env("net", &["web", "db"]));
+    // db's hooks take long: web must not sit frozen meanwhile.
+    let agents = FakeQuiescer::healthy().two_phase().with_slow_freeze("db", Duration::from_millis(300));
+
+    let report = h.take(&request(), &agents, at(0)).unwrap();
+
+    let events = agents.events();
+    let last_arm = events.iter().rposition(|e| e.starts_with("arm ")).unwrap();
+    let first_freeze = events.iter().position(|e| e.starts_with("freeze ")).unwrap();
+    assert!(last_arm < first_freeze, "{events:?}");
+    assert!(report.freeze_window_ms.unwrap() < 300, "{report:?}");
+    assert!(agents.frozen().is_empty());
+}
+
+#[test]
+fn two_phase_hook_failure_stands_the_armed_guests_down_unfrozen() {
+    let h = Harness::new(FakeHypervisor::running_env("net", &["web", "db"]));
+    let agents = FakeQuiescer::healthy()
+        .two_phase()
+        .with_failing_hook("db", "10-db")
+        .with_slow_freeze("db", Duration::from_millis(50));
+
+    let error = h.take(&request(), &agents, at(0)).unwrap_err();
+
+    assert!(matches!(&error, SnapshotError::Freeze { vm, .. } if vm == "db"), "{error:?}");
+    let events = agents.events();
+    assert!(events.contains(&"stand down web".to_owned()), "{events:?}");
+    assert!(!events.iter().any(|e| e.starts_with("freeze ")), "nothing frozen: {events:?}");
+    assert!(h.snapshot_calls().is_empty());
 }
 
 #[test]
