@@ -7,6 +7,8 @@
 //!   libvirt/QEMU, its `virt` implementation and a fake for unit tests.
 //! - [`guest`]: reaching a VM over SSH (through a network namespace when
 //!   needed) and calling `envclone-agent` in it.
+//! - [`host_tool`]: host tools (qemu-img, ip) run to completion, their
+//!   failures said one way.
 //! - [`lab`]: the throwaway test lab (namespace, private libvirtd, tiny guests).
 //! - [`catalog`]: the SQLite catalog of snapshots, images and what needs
 //!   them, and the journal of multi-step operations.
@@ -26,6 +28,7 @@ pub mod daemon;
 pub mod error;
 pub mod exit;
 pub mod guest;
+pub mod host_tool;
 pub mod hypervisor;
 pub mod lab;
 pub mod ops;

@@ -189,12 +189,7 @@ fn thaw_ends_a_live_lease(lab: &LabUnderTest) {
 /// its stderr, and the hooks already run got `thaw`.
 fn hooks_run_around_a_freeze_and_a_failing_hook_freezes_nothing(lab: &LabUnderTest) {
     let setup = lab.session(VM);
-    run(
-        &setup,
-        r#"mkdir -p /etc/envclone/hooks.d && rm -f /run/hook-10-ok.log &&
-           printf '#!/bin/sh\necho "$1" >> /run/hook-10-ok.log\n' > /etc/envclone/hooks.d/10-ok &&
-           chmod +x /etc/envclone/hooks.d/10-ok"#,
-    );
+    install_logging_hook(&setup);
 
     // With a good hook: it brackets the freeze.
     let (lease, frozen) = FreezeLease::start(lab.session(VM), &FreezeRequest::default()).expect("freeze with a hook");
@@ -231,12 +226,7 @@ fn hooks_run_around_a_freeze_and_a_failing_hook_freezes_nothing(lab: &LabUnderTe
 /// and freezes nothing.
 fn barrier_arms_with_hooks_run_and_nothing_frozen_then_freezes_at_the_go(lab: &LabUnderTest) {
     let setup = lab.session(VM);
-    run(
-        &setup,
-        r#"mkdir -p /etc/envclone/hooks.d && rm -f /run/hook-10-ok.log &&
-           printf '#!/bin/sh\necho "$1" >> /run/hook-10-ok.log\n' > /etc/envclone/hooks.d/10-ok &&
-           chmod +x /etc/envclone/hooks.d/10-ok"#,
-    );
+    install_logging_hook(&setup);
 
     let (armed, ready) = FreezeLease::arm(lab.session(VM), &FreezeRequest::default()).expect("arm");
     assert_eq!(hook_names(&ready.hooks), ["10-ok"]);
@@ -259,6 +249,16 @@ fn barrier_arms_with_hooks_run_and_nothing_frozen_then_freezes_at_the_go(lab: &L
     assert_eq!(run(&setup, "cat /run/hook-10-ok.log"), "freeze\nthaw\n", "the dropped arm unwound its hook");
 
     run(&setup, "rm -rf /etc/envclone/hooks.d /run/hook-10-ok.log /root/armed");
+}
+
+/// A hook `10-ok` that logs each action it is given to /run/hook-10-ok.log.
+fn install_logging_hook(setup: &GuestSession) {
+    run(
+        setup,
+        r#"mkdir -p /etc/envclone/hooks.d && rm -f /run/hook-10-ok.log &&
+           printf '#!/bin/sh\necho "$1" >> /run/hook-10-ok.log\n' > /etc/envclone/hooks.d/10-ok &&
+           chmod +x /etc/envclone/hooks.d/10-ok"#,
+    );
 }
 
 fn hook_names(runs: &[envclone_agent::freeze::HookRun]) -> Vec<&str> {

@@ -12,14 +12,8 @@ pub enum LabError {
     MissingTools { missing: Vec<String> },
     #[error("invalid lab name {name:?}: use 1 to 32 lowercase letters, digits or '-'")]
     BadName { name: String },
-    #[error("cannot run `{command}`")]
-    Spawn {
-        command: String,
-        #[source]
-        source: std::io::Error,
-    },
-    #[error("`{command}` failed (exit {}): {stderr}", status.map_or("by signal".to_string(), |s| s.to_string()))]
-    CommandFailed { command: String, status: Option<i32>, stderr: String },
+    #[error(transparent)]
+    Tool(#[from] crate::host_tool::ToolError),
     #[error("cannot {action} {}", path.display())]
     Io {
         action: &'static str,
@@ -84,9 +78,7 @@ impl LabError {
             }
             LabError::Busy { .. } => Some("wait for it to finish, then run the command again".into()),
             LabError::DaemonStart { log, .. } => Some(format!("see {}", log.display())),
-            LabError::CommandFailed { .. } | LabError::Spawn { .. } => {
-                Some("the lab needs root (network namespaces, bind mounts)".into())
-            }
+            LabError::Tool(_) => Some("the lab needs root (network namespaces, bind mounts)".into()),
             LabError::NoKernel => Some("install linux-image-amd64 (`scripts/install-deps.sh`)".into()),
             LabError::AgentBinaryNotFound { .. } => {
                 Some("build the static agent: `scripts/build.sh`, or pass --agent-bin / ENVCLONE_AGENT_BIN".into())

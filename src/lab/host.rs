@@ -48,34 +48,7 @@ pub fn run(program: &str, args: &[&str]) -> Result<String, LabError> {
 }
 
 pub fn run_command(command: &mut Command) -> Result<String, LabError> {
-    let described = describe(command);
-    tracing::debug!(command = %described, "running");
-    let output = command.output().map_err(|source| LabError::Spawn { command: described.clone(), source })?;
-    if output.status.success() {
-        Ok(String::from_utf8_lossy(&output.stdout).into_owned())
-    } else {
-        Err(LabError::CommandFailed {
-            command: described,
-            status: output.status.code(),
-            stderr: tail(&String::from_utf8_lossy(&output.stderr), 800),
-        })
-    }
-}
-
-fn describe(command: &Command) -> String {
-    std::iter::once(command.get_program())
-        .chain(command.get_args())
-        .map(|part| part.to_string_lossy().into_owned())
-        .collect::<Vec<_>>()
-        .join(" ")
-}
-
-fn tail(text: &str, max: usize) -> String {
-    let text = text.trim();
-    let start = text.len().saturating_sub(max);
-    // Never cut inside a UTF-8 sequence.
-    let start = (start..=text.len()).find(|&i| text.is_char_boundary(i)).unwrap_or(text.len());
-    text[start..].to_string()
+    Ok(crate::host_tool::run_text(command)?)
 }
 
 /// The shared libraries a dynamically linked binary needs, as `ldd` lists
@@ -94,19 +67,6 @@ pub fn shared_libraries(binary: &Path) -> Result<Vec<std::path::PathBuf>, LabErr
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn tail_keeps_the_end_on_a_char_boundary() {
-        assert_eq!(tail("abcdef", 3), "def");
-        assert_eq!(tail("ééé", 3), "é");
-        assert_eq!(tail(" short \n", 100), "short");
-    }
-
-    #[test]
-    fn failing_command_reports_status_and_stderr() {
-        let err = run("sh", &["-c", "echo boom >&2; exit 7"]).unwrap_err();
-        assert!(matches!(err, LabError::CommandFailed { status: Some(7), ref stderr, .. } if stderr == "boom"));
-    }
 
     #[test]
     fn dynamic_binaries_list_their_libraries() {

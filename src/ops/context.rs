@@ -146,7 +146,8 @@ impl<'a> StepTimer<'a> {
         result
     }
 
-    fn end(self, ok: bool) -> Duration {
+    /// Ends the step, done or failed as `ok` says.
+    pub fn end(self, ok: bool) -> Duration {
         let took = self.started.elapsed();
         (self.progress)(&Event::End { step: self.step, took, ok });
         took

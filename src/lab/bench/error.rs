@@ -5,12 +5,11 @@ use std::path::PathBuf;
 
 #[derive(Debug, thiserror::Error)]
 pub enum BenchError {
-    #[error("{step}: cannot run `{command}`")]
-    Spawn {
+    #[error("{step}")]
+    Tool {
         step: String,
-        command: String,
         #[source]
-        source: std::io::Error,
+        source: crate::host_tool::ToolError,
     },
     #[error("{step}: `{command}` failed (exit {}): {stderr}", status.map_or("by signal".to_string(), |s| s.to_string()))]
     Command { step: String, command: String, status: Option<i32>, stderr: String },
@@ -63,7 +62,7 @@ impl BenchError {
             BenchError::Timeout { .. } => {
                 "the host may be overloaded (TCG guests, other labs); `envclone lab status` shows what runs".into()
             }
-            BenchError::Command { .. } | BenchError::Report { .. } => {
+            BenchError::Command { .. } | BenchError::Tool { .. } | BenchError::Report { .. } => {
                 "the bench leaves its environments in the lab's extra/ directory until the next run; \
                  `envclone --config <lab>/extra/envclone.toml ...` inspects them, `envclone lab down` removes all"
                     .into()

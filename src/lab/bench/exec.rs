@@ -45,7 +45,7 @@ impl Tools {
         let output = run(step, &mut command)?;
         let value = serde_json::from_str(&output.value).map_err(|e| BenchError::Report {
             step: step.to_string(),
-            command: describe(&command),
+            command: crate::host_tool::describe(&command),
             detail: e.to_string(),
         })?;
         Ok(Timed { value, started: output.started, ended: output.ended })
@@ -68,35 +68,10 @@ pub fn tool(step: &str, program: &str, args: &[&str]) -> Result<Timed<String>, B
 }
 
 fn run(step: &str, command: &mut Command) -> Result<Timed<String>, BenchError> {
-    let described = describe(command);
-    tracing::debug!(command = %described, "bench: running");
     let started = Instant::now();
-    let output = command.output().map_err(|source| BenchError::Spawn {
-        step: step.to_string(),
-        command: described.clone(),
-        source,
-    })?;
-    let ended = Instant::now();
-    if !output.status.success() {
-        let stderr = String::from_utf8_lossy(&output.stderr);
-        let stderr = stderr.trim();
-        let tail = &stderr[stderr.char_indices().rev().nth(600).map_or(0, |(i, _)| i)..];
-        return Err(BenchError::Command {
-            step: step.to_string(),
-            command: described,
-            status: output.status.code(),
-            stderr: tail.to_string(),
-        });
-    }
-    Ok(Timed { value: String::from_utf8_lossy(&output.stdout).into_owned(), started, ended })
-}
-
-fn describe(command: &Command) -> String {
-    std::iter::once(command.get_program())
-        .chain(command.get_args())
-        .map(|part| part.to_string_lossy().into_owned())
-        .collect::<Vec<_>>()
-        .join(" ")
+    let value =
+        crate::host_tool::run_text(command).map_err(|source| BenchError::Tool { step: step.to_string(), source })?;
+    Ok(Timed { value, started, ended: Instant::now() })
 }
 
 /// A string field of a JSON report.

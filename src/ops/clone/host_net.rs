@@ -13,17 +13,7 @@
 use std::process::Command;
 
 /// What a failed `ip` command said.
-#[derive(Debug, thiserror::Error)]
-pub enum HostNetError {
-    #[error("run `{command}`")]
-    Spawn {
-        command: String,
-        #[source]
-        source: std::io::Error,
-    },
-    #[error("`{command}` failed: {stderr}")]
-    Failed { command: String, stderr: String },
-}
+pub type HostNetError = crate::host_tool::ToolError;
 
 pub trait HostNet: Sync + std::fmt::Debug {
     fn add_netns(&self, netns: &str) -> Result<(), HostNetError>;
@@ -51,14 +41,7 @@ fn ip(netns: Option<&str>, args: &[&str]) -> Result<(), HostNetError> {
     if let Some(netns) = netns {
         command.args(["-n", netns]);
     }
-    command.args(args);
-    let text = format!("ip {}{}", netns.map(|n| format!("-n {n} ")).unwrap_or_default(), args.join(" "));
-    let output = command.output().map_err(|source| HostNetError::Spawn { command: text.clone(), source })?;
-    if output.status.success() {
-        Ok(())
-    } else {
-        Err(HostNetError::Failed { command: text, stderr: String::from_utf8_lossy(&output.stderr).trim().to_owned() })
-    }
+    crate::host_tool::run(command.args(args)).map(|_| ())
 }
 
 /// Whether `ip` said the thing is not there.

@@ -11,10 +11,8 @@ use crate::catalog::ImageFormat;
 
 #[derive(Debug, thiserror::Error)]
 pub enum FileError {
-    #[error("cannot run qemu-img")]
-    Spawn(#[source] std::io::Error),
-    #[error("`{command}` failed: {stderr}")]
-    QemuImg { command: String, stderr: String },
+    #[error(transparent)]
+    Tool(#[from] crate::host_tool::ToolError),
     #[error("`{command}` printed what envclone cannot read: {detail}")]
     BadOutput { command: String, detail: String },
     #[error("cannot remove {}", path.display())]
@@ -47,13 +45,7 @@ pub struct QemuImg;
 
 impl QemuImg {
     fn run(args: &[&std::ffi::OsStr]) -> Result<Vec<u8>, FileError> {
-        let command = format!("qemu-img {}", args.iter().map(|a| a.to_string_lossy()).collect::<Vec<_>>().join(" "));
-        let output = Command::new("qemu-img").args(args).output().map_err(FileError::Spawn)?;
-        if !output.status.success() {
-            let stderr = String::from_utf8_lossy(&output.stderr).trim().to_owned();
-            return Err(FileError::QemuImg { command, stderr });
-        }
-        Ok(output.stdout)
+        Ok(crate::host_tool::run(Command::new("qemu-img").args(args))?)
     }
 }
 
@@ -121,6 +113,7 @@ pub(crate) mod fake {
     use std::sync::Mutex;
 
     use super::*;
+    use crate::host_tool::ToolError;
     use crate::hypervisor::FakeHypervisor;
 
     #[derive(Debug, Default)]
@@ -194,10 +187,11 @@ pub(crate) mod fake {
             let mut next = Some(path.to_owned());
             while let Some(current) = next {
                 let Some(backing) = state.backing.get(&current) else {
-                    return Err(FileError::QemuImg {
+                    return Err(FileError::Tool(ToolError::Failed {
                         command: format!("qemu-img info {}", path.display()),
+                        status: Some(1),
                         stderr: format!("Could not open '{}': No such file or directory", current.display()),
-                    });
+                    }));
                 };
                 next = backing.clone();
                 chain.push(current);
@@ -209,7 +203,11 @@ pub(crate) mod fake {
             let mut state = self.state.lock().unwrap();
             state.calls.push(format!("pull {} onto {:?}", top.display(), backing.map(|b| b.0.to_owned())));
             if state.fail_pull {
-                return Err(FileError::QemuImg { command: "qemu-img rebase".into(), stderr: "injected".into() });
+                return Err(FileError::Tool(ToolError::Failed {
+                    command: "qemu-img rebase".into(),
+                    status: Some(1),
+                    stderr: "injected".into(),
+                }));
             }
             state.backing.insert(top.to_owned(), backing.map(|b| b.0.to_owned()));
             Ok(())

@@ -234,11 +234,7 @@ pub fn run(
             }
         }
         if let Some(timer) = arming {
-            if aborted {
-                timer.failed();
-            } else {
-                timer.done();
-            }
+            timer.end(!aborted);
         }
 
         // Freeze: the go to every armed guest; every guest answers, one
@@ -281,11 +277,7 @@ pub fn run(
             }
         }
         if let Some(timer) = freezing {
-            if aborted {
-                timer.failed();
-            } else {
-                timer.done();
-            }
+            timer.end(!aborted);
         }
         crate::ops::crashpoint::hit("snapshot", "freeze");
 
@@ -325,11 +317,7 @@ pub fn run(
                     Err(RecvTimeoutError::Disconnected) => break,
                 }
             }
-            if outcome.failures.is_empty() {
-                timer.done();
-            } else {
-                timer.failed();
-            }
+            timer.end(outcome.failures.is_empty());
             crate::ops::crashpoint::hit("snapshot", "disk-snapshot");
         }
         drop(done_tx);
@@ -347,11 +335,7 @@ pub fn run(
             }
         }
         if let Some(timer) = thawing {
-            if outcome.vms.values().all(VmBarrier::thawed) {
-                timer.done();
-            } else {
-                timer.failed();
-            }
+            timer.end(outcome.vms.values().all(VmBarrier::thawed));
         }
         // Snapshots still running when the limit passed: their outcome
         // says which chains changed.

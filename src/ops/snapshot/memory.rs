@@ -551,16 +551,9 @@ pub fn create_overlay(overlay: &Path, backing: &Path, format: &str) -> Result<()
     if let Some(dir) = overlay.parent() {
         fs::create_dir_all(dir).map_err(|e| fail(e.to_string()))?;
     }
-    let output = Command::new("qemu-img")
-        .args(["create", "-q", "-f", "qcow2", "-F", format, "-b"])
-        .arg(backing)
-        .arg(overlay)
-        .output()
-        .map_err(|e| fail(format!("cannot run qemu-img: {e}")))?;
-    if !output.status.success() {
-        return Err(fail(String::from_utf8_lossy(&output.stderr).trim().to_owned()));
-    }
-    Ok(())
+    let mut command = Command::new("qemu-img");
+    command.args(["create", "-q", "-f", "qcow2", "-F", format, "-b"]).arg(backing).arg(overlay);
+    crate::host_tool::run(&mut command).map(|_| ()).map_err(|e| fail(crate::error::chain(&e)))
 }
 
 #[cfg(test)]

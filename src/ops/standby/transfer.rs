@@ -60,13 +60,11 @@ pub trait Transfer: Sync + std::fmt::Debug {
 pub struct QemuImgTransfer;
 
 fn qemu_img(what: &'static str, path: &Path, args: &[&std::ffi::OsStr]) -> Result<String, TransferError> {
-    let fail = |detail: String| TransferError::QemuImg { what, path: path.to_owned(), detail };
-    let output = Command::new("qemu-img").args(args).output().map_err(|e| fail(format!("cannot run qemu-img: {e}")))?;
-    if output.status.success() {
-        Ok(String::from_utf8_lossy(&output.stdout).into_owned())
-    } else {
-        Err(fail(String::from_utf8_lossy(&output.stderr).trim().to_owned()))
-    }
+    crate::host_tool::run_text(Command::new("qemu-img").args(args)).map_err(|e| TransferError::QemuImg {
+        what,
+        path: path.to_owned(),
+        detail: crate::error::chain(&e),
+    })
 }
 
 impl Transfer for QemuImgTransfer {
@@ -87,17 +85,18 @@ impl Transfer for QemuImgTransfer {
     }
 
     fn same_content(&self, a: &Path, b: &Path) -> Result<bool, TransferError> {
-        let output = Command::new("qemu-img").args(["compare", "-U", "-q"]).arg(a).arg(b).output().map_err(|e| {
-            TransferError::QemuImg { what: "compare", path: b.to_owned(), detail: format!("cannot run qemu-img: {e}") }
-        })?;
+        let fail = |e: crate::host_tool::ToolError| TransferError::QemuImg {
+            what: "compare",
+            path: b.to_owned(),
+            detail: crate::error::chain(&e),
+        };
+        let mut command = Command::new("qemu-img");
+        command.args(["compare", "-U", "-q"]).arg(a).arg(b);
+        let output = crate::host_tool::output(&mut command).map_err(fail)?;
         match output.status.code() {
             Some(0) => Ok(true),
             Some(1) => Ok(false),
-            _ => Err(TransferError::QemuImg {
-                what: "compare",
-                path: b.to_owned(),
-                detail: String::from_utf8_lossy(&output.stderr).trim().to_owned(),
-            }),
+            _ => Err(fail(crate::host_tool::failed(&command, &output))),
         }
     }
 
