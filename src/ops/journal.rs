@@ -82,3 +82,49 @@ impl<'c> Journal<'c> {
         failures
     }
 }
+
+/// An operation's run whose steps are journaled: each recorded with its
+/// undo before it runs, its time reported on the progress, then marked
+/// done or failed. Implemented by each operation's `Run`, so the rule is
+/// written once.
+pub trait Journaled<'r, 'c: 'r>: Sized {
+    type Error: std::error::Error + From<CatalogError>;
+
+    fn context(&self) -> &'r crate::ops::context::OpContext<'c>;
+
+    /// The operation's journal while it runs.
+    fn journal(&mut self) -> &mut Journal<'c>;
+
+    /// The crash-point family whose point `<family>:<step name>` is hit
+    /// after each step (tests kill the operation there); `None`: no
+    /// per-step points.
+    fn crash_points(&self) -> Option<&'static str> {
+        None
+    }
+
+    /// Journals `name` with its undo, runs `step`, marks it done or failed.
+    fn step<T>(
+        &mut self,
+        name: &str,
+        undo: UndoAction,
+        step: impl FnOnce(&mut Self) -> Result<T, Self::Error>,
+    ) -> Result<T, Self::Error> {
+        let id = self.journal().record(name, undo)?;
+        let timer = self.context().begin(name);
+        match step(self) {
+            Ok(value) => {
+                timer.done();
+                self.journal().done(id)?;
+                if let Some(family) = self.crash_points() {
+                    crate::ops::crashpoint::hit(family, name);
+                }
+                Ok(value)
+            }
+            Err(error) => {
+                timer.failed();
+                self.journal().failed(id, &crate::error::chain(&error))?;
+                Err(error)
+            }
+        }
+    }
+}

@@ -96,6 +96,7 @@ use crate::catalog::{
 };
 use crate::config::{Config, Environment, LookupError};
 use crate::hypervisor::{random_mac, random_uuid, DomainDef, HvError, NetworkDef, NetworkSpec};
+use crate::ops::journal::Journaled;
 
 /// How long a booted clone's agent may take to answer.
 const BOOT_WITHIN: Duration = Duration::from_secs(240);
@@ -477,6 +478,22 @@ fn agent_error(vm: &str, step: &'static str) -> impl FnOnce(crate::guest::GuestE
     move |source| CloneError::Agent { vm, step, source: Box::new(source) }
 }
 
+impl<'r, 'c> Journaled<'r, 'c> for Run<'r, 'c> {
+    type Error = CloneError;
+
+    fn context(&self) -> &'r OpContext<'c> {
+        self.ctx
+    }
+
+    fn journal(&mut self) -> &mut Journal<'c> {
+        self.journal.as_mut().expect("the journal is only taken at the end of the run")
+    }
+
+    fn crash_points(&self) -> Option<&'static str> {
+        Some("clone")
+    }
+}
+
 impl<'r, 'c> Run<'r, 'c> {
     fn enter(&mut self, to: Phase) {
         if self.phase.valid_transition(to) {
@@ -484,34 +501,6 @@ impl<'r, 'c> Run<'r, 'c> {
         } else {
             tracing::error!(from = self.phase.as_str(), to = to.as_str(), "invalid clone phase transition");
             debug_assert!(false, "invalid clone phase transition {} -> {}", self.phase.as_str(), to.as_str());
-        }
-    }
-
-    fn journal(&mut self) -> &mut Journal<'c> {
-        self.journal.as_mut().expect("the journal is only taken at the end of the run")
-    }
-
-    /// Journals `name` with its undo, runs `step`, marks it done or failed.
-    fn step<T>(
-        &mut self,
-        name: &str,
-        undo: UndoAction,
-        step: impl FnOnce(&mut Self) -> Result<T, CloneError>,
-    ) -> Result<T, CloneError> {
-        let id = self.journal().record(name, undo)?;
-        let timer = self.ctx.begin(name);
-        match step(self) {
-            Ok(value) => {
-                timer.done();
-                self.journal().done(id)?;
-                crate::ops::crashpoint::hit("clone", name);
-                Ok(value)
-            }
-            Err(error) => {
-                timer.failed();
-                self.journal().failed(id, &crate::error::chain(&error))?;
-                Err(error)
-            }
         }
     }
 

@@ -125,7 +125,7 @@ use crate::catalog::OperationKind;
 use crate::catalog::{CommitMerge, Image, PullMerge, Snapshot, SnapshotState, UndoAction};
 use crate::config::Environment;
 use crate::hypervisor::BlockCommit;
-use crate::ops::journal::Journal;
+use crate::ops::journal::{Journal, Journaled};
 
 /// How long merges may take and how often their jobs are polled.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -334,32 +334,19 @@ struct Run<'r, 'c> {
     freed: i128,
 }
 
-impl<'c> Run<'_, 'c> {
-    /// Journals `name`, runs `step`, marks it done or failed.
-    fn step<T>(
-        &mut self,
-        name: &str,
-        undo: UndoAction,
-        step: impl FnOnce(&mut Self) -> Result<T, DeleteError>,
-    ) -> Result<T, DeleteError> {
-        let journal = self.journal.as_mut().expect("the journal is only taken at the end");
-        let id = journal.record(name, undo)?;
-        let timer = self.ctx.begin(name);
-        match step(self) {
-            Ok(value) => {
-                timer.done();
-                self.journal.as_mut().expect("journal").done(id)?;
-                Ok(value)
-            }
-            Err(error) => {
-                timer.failed();
-                let text = crate::error::chain(&error);
-                self.journal.as_mut().expect("journal").failed(id, &text)?;
-                Err(error)
-            }
-        }
+impl<'r, 'c> Journaled<'r, 'c> for Run<'r, 'c> {
+    type Error = DeleteError;
+
+    fn context(&self) -> &'r OpContext<'c> {
+        self.ctx
     }
 
+    fn journal(&mut self) -> &mut Journal<'c> {
+        self.journal.as_mut().expect("the journal is only taken at the end")
+    }
+}
+
+impl<'c> Run<'_, 'c> {
     fn execute(&mut self, plan: &Plan) -> Result<(), DeleteError> {
         let ctx = self.ctx;
         let snapshot = &plan.snapshot;

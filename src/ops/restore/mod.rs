@@ -93,7 +93,7 @@ use crate::catalog::{
 };
 use crate::config::{Environment, QuiescePolicy};
 use crate::hypervisor::{DomainDef, HvError};
-use crate::ops::journal::Journal;
+use crate::ops::journal::{Journal, Journaled};
 
 /// How long a booted guest's agent may take to answer.
 const BOOT_WITHIN: Duration = Duration::from_secs(240);
@@ -244,6 +244,18 @@ struct Run<'r, 'c> {
     started: Instant,
 }
 
+impl<'r, 'c> Journaled<'r, 'c> for Run<'r, 'c> {
+    type Error = RestoreError;
+
+    fn context(&self) -> &'r OpContext<'c> {
+        self.ctx
+    }
+
+    fn journal(&mut self) -> &mut Journal<'c> {
+        self.journal.as_mut().expect("the journal is only taken at the end of the run")
+    }
+}
+
 impl<'r, 'c> Run<'r, 'c> {
     fn enter(&mut self, to: Phase) {
         if self.phase.valid_transition(to) {
@@ -252,33 +264,6 @@ impl<'r, 'c> Run<'r, 'c> {
             // A bug in this file, not a state of the world: say so loudly.
             tracing::error!(from = self.phase.as_str(), to = to.as_str(), "invalid restore phase transition");
             debug_assert!(false, "invalid restore phase transition {} -> {}", self.phase.as_str(), to.as_str());
-        }
-    }
-
-    fn journal(&mut self) -> &mut Journal<'c> {
-        self.journal.as_mut().expect("the journal is only taken at the end of the run")
-    }
-
-    /// Journals `name`, runs `step`, marks it done or failed.
-    fn step<T>(
-        &mut self,
-        name: &str,
-        undo: UndoAction,
-        step: impl FnOnce(&mut Self) -> Result<T, RestoreError>,
-    ) -> Result<T, RestoreError> {
-        let id = self.journal().record(name, undo)?;
-        let timer = self.ctx.begin(name);
-        match step(self) {
-            Ok(value) => {
-                timer.done();
-                self.journal().done(id)?;
-                Ok(value)
-            }
-            Err(error) => {
-                timer.failed();
-                self.journal().failed(id, &crate::error::chain(&error))?;
-                Err(error)
-            }
         }
     }
 

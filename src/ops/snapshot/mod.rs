@@ -53,7 +53,7 @@ use crate::config::{Environment, QuiescePolicy};
 use crate::guest::endpoint::{ssh_options, ssh_target};
 use crate::guest::FreezeRequest;
 use crate::hypervisor::{DomainState, Hypervisor};
-use crate::ops::journal::Journal;
+use crate::ops::journal::{Journal, Journaled};
 
 /// Bound on the disk snapshots when no guest is frozen.
 const UNFROZEN_SNAPSHOT_WAIT: Duration = Duration::from_secs(120);
@@ -206,6 +206,18 @@ struct Run<'r, 'c> {
     started: Instant,
 }
 
+impl<'r, 'c> Journaled<'r, 'c> for Run<'r, 'c> {
+    type Error = SnapshotError;
+
+    fn context(&self) -> &'r OpContext<'c> {
+        self.ctx
+    }
+
+    fn journal(&mut self) -> &mut Journal<'c> {
+        self.journal.as_mut().expect("the journal is only taken at the end of the run")
+    }
+}
+
 impl<'r, 'c> Run<'r, 'c> {
     fn enter(&mut self, to: Phase) {
         if self.phase.valid_transition(to) {
@@ -214,34 +226,6 @@ impl<'r, 'c> Run<'r, 'c> {
             // A bug in this file, not a state of the world: say so loudly.
             tracing::error!(from = self.phase.as_str(), to = to.as_str(), "invalid snapshot phase transition");
             debug_assert!(false, "invalid snapshot phase transition {} -> {}", self.phase.as_str(), to.as_str());
-        }
-    }
-
-    fn journal(&mut self) -> &mut Journal<'c> {
-        self.journal.as_mut().expect("the journal is only taken at the end of the run")
-    }
-
-    /// Journals `name`, runs `step`, marks it done or failed.
-    fn step<T>(
-        &mut self,
-        name: &str,
-        undo: UndoAction,
-        step: impl FnOnce(&mut Self) -> Result<T, SnapshotError>,
-    ) -> Result<T, SnapshotError> {
-        let id = self.journal().record(name, undo)?;
-        let timer = self.ctx.begin(name);
-        match step(self) {
-            Ok(value) => {
-                timer.done();
-                self.journal().done(id)?;
-                Ok(value)
-            }
-            Err(error) => {
-                timer.failed();
-                let text = crate::error::chain(&error);
-                self.journal().failed(id, &text)?;
-                Err(error)
-            }
         }
     }
 

@@ -25,7 +25,7 @@ use crate::catalog::{
 use crate::hypervisor::{random_mac, random_uuid, DomainDef, HvError};
 use crate::ops::clone::names;
 use crate::ops::context::OpContext;
-use crate::ops::journal::Journal;
+use crate::ops::journal::{Journal, Journaled};
 use crate::ops::EnvLock;
 
 /// What to create.
@@ -148,30 +148,23 @@ struct Run<'r, 'c> {
     journal: Option<Journal<'c>>,
 }
 
-impl Run<'_, '_> {
-    fn step<T>(
-        &mut self,
-        name: &str,
-        undo: UndoAction,
-        step: impl FnOnce(&mut Self) -> Result<T, StandbyError>,
-    ) -> Result<T, StandbyError> {
-        let id = self.journal.as_mut().expect("running").record(name, undo)?;
-        let timer = self.ctx.begin(name);
-        match step(self) {
-            Ok(value) => {
-                timer.done();
-                self.journal.as_mut().expect("running").done(id)?;
-                crate::ops::crashpoint::hit("standby-create", name);
-                Ok(value)
-            }
-            Err(error) => {
-                timer.failed();
-                self.journal.as_mut().expect("running").failed(id, &crate::error::chain(&error))?;
-                Err(error)
-            }
-        }
+impl<'r, 'c> Journaled<'r, 'c> for Run<'r, 'c> {
+    type Error = StandbyError;
+
+    fn context(&self) -> &'r OpContext<'c> {
+        self.ctx
     }
 
+    fn journal(&mut self) -> &mut Journal<'c> {
+        self.journal.as_mut().expect("running")
+    }
+
+    fn crash_points(&self) -> Option<&'static str> {
+        Some("standby-create")
+    }
+}
+
+impl Run<'_, '_> {
     fn execute(
         &mut self,
         primary_name: &str,
