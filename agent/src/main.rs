@@ -4,6 +4,7 @@
 //! [`ExitStatus`]. Diagnostics go to stderr only: while
 //! filesystems are frozen the agent must not write to them.
 
+mod atomic;
 mod forced;
 mod freeze;
 mod identity;
@@ -92,6 +93,18 @@ pub fn answer<T: Serialize>(result: Result<T, (ExitStatus, AgentError)>) -> Exit
     };
     emit(&envelope);
     status
+}
+
+/// `error` and all its sources, each once: "step: cause: root cause".
+pub fn error_chain(error: &dyn std::error::Error) -> String {
+    let mut message = error.to_string();
+    let mut source = error.source();
+    while let Some(cause) = source {
+        message.push_str(": ");
+        message.push_str(&cause.to_string());
+        source = cause.source();
+    }
+    message
 }
 
 /// One JSON line on stdout, flushed at once: the controller may be waiting

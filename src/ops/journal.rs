@@ -1,7 +1,9 @@
 //! The journal of one operation (snapshot, restore, delete, clone,
 //! destroy): each step recorded before it runs, with its undo; a failure
 //! undoes, newest first, every step that may have acted (see
-//! [`crate::catalog::Catalog::undo_plan`]).
+//! [`crate::catalog::Catalog::undo_plan`]). [`Journaled`] is how an
+//! operation's run records, times and closes each step; [`PhaseMachine`]
+//! how it moves between the phases of its state machine.
 
 use chrono::{DateTime, Utc};
 
@@ -125,6 +127,31 @@ pub trait Journaled<'r, 'c: 'r>: Sized {
                 self.journal().failed(id, &crate::error::chain(&error))?;
                 Err(error)
             }
+        }
+    }
+}
+
+/// The phases of an operation's state machine: each operation says which
+/// phase may follow which; moving between them is checked one way.
+pub trait PhaseMachine: Copy + Sized {
+    /// The operation, for messages ("snapshot").
+    const OPERATION: &'static str;
+
+    /// The one place that says which phase may follow which.
+    fn valid_transition(self, to: Self) -> bool;
+
+    fn as_str(self) -> &'static str;
+
+    /// Moves to `to`. An invalid transition is a bug in the operation's
+    /// code, not a state of the world: said loudly, and fatal in debug
+    /// builds.
+    fn enter(&mut self, to: Self) {
+        if self.valid_transition(to) {
+            *self = to;
+        } else {
+            let operation = Self::OPERATION;
+            tracing::error!(operation, from = self.as_str(), to = to.as_str(), "invalid phase transition");
+            debug_assert!(false, "invalid {operation} phase transition {} -> {}", self.as_str(), to.as_str());
         }
     }
 }

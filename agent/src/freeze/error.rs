@@ -132,18 +132,6 @@ fn thaw_hooks_failed(failed: &[HookRun], thawed: &[String]) -> String {
     format!("filesystems thawed ({}), but thaw hooks failed: {}", list(thawed), runs.join("; "))
 }
 
-/// `error` and its sources, each once: "step: cause: root cause".
-fn chain(error: &dyn std::error::Error) -> String {
-    let mut message = error.to_string();
-    let mut source = error.source();
-    while let Some(cause) = source {
-        message.push_str(": ");
-        message.push_str(&cause.to_string());
-        source = cause.source();
-    }
-    message
-}
-
 impl FreezeError {
     /// Exit status, kind and hint: the one place they are chosen.
     pub fn answer(&self) -> (ExitStatus, AgentError) {
@@ -196,7 +184,7 @@ impl FreezeError {
                 (ExitStatus::Failed, error_kind::THAW_HOOK_FAILED, Some("check the hooks' services by hand".into()))
             }
         };
-        (status, AgentError { kind: kind.to_string(), message: chain(self), hint })
+        (status, AgentError { kind: kind.to_string(), message: crate::error_chain(self), hint })
     }
 }
 

@@ -55,7 +55,7 @@ pub fn freeze(args: &FreezeArgs) -> ExitStatus {
     match hold_freeze(args) {
         Ok(report) => {
             let status = if report.hook_failures.is_empty() { ExitStatus::Ok } else { ExitStatus::Failed };
-            emit_line(&Envelope::ok(report));
+            crate::emit(&Envelope::ok(report));
             status
         }
         Err(error) => crate::answer::<()>(Err(error.answer())),
@@ -210,7 +210,7 @@ impl flow::Host for RealHost {
     }
 
     fn armed(&mut self, event: &Armed) {
-        emit_line(&Envelope::ok(event.clone()));
+        crate::emit(&Envelope::ok(event.clone()));
     }
 
     fn await_go(&mut self, deadline: Instant) -> Result<(), LeaseEnd> {
@@ -218,7 +218,7 @@ impl flow::Host for RealHost {
     }
 
     fn frozen(&mut self, event: &Frozen) {
-        emit_line(&Envelope::ok(event.clone()));
+        crate::emit(&Envelope::ok(event.clone()));
     }
 
     fn hold(&mut self, deadline: Instant) -> LeaseEnd {
@@ -236,22 +236,6 @@ impl Drop for RealHost {
                 Err(e) => note!("CANNOT THAW {mount_point} while unwinding: {e}"),
             }
         }
-    }
-}
-
-/// One JSON line on stdout, flushed, like `crate::emit`, but never
-/// panicking: while frozen, or right after a lost connection, stdout and
-/// stderr may both be broken pipes.
-fn emit_line<T: serde::Serialize>(value: &T) {
-    use std::io::Write as _;
-    match serde_json::to_string(value) {
-        Ok(line) => {
-            let mut out = std::io::stdout().lock();
-            if let Err(e) = writeln!(out, "{line}").and_then(|()| out.flush()) {
-                note!("cannot write to stdout: {e}");
-            }
-        }
-        Err(e) => note!("cannot encode a line: {e}"),
     }
 }
 

@@ -50,6 +50,9 @@ pub enum IdentityError {
     #[error("cannot write {}", path.display())]
     WriteFile { path: PathBuf, source: io::Error },
 
+    #[error("cannot replace {}", path.display())]
+    ReplaceFile { path: PathBuf, source: crate::atomic::AtomicWriteError },
+
     #[error("cannot detach the deferred removal of the old addresses")]
     Detach { source: Errno },
 
@@ -107,7 +110,7 @@ impl IdentityError {
             SetSysctl { .. } => "set-sysctl",
             SetHostname { .. } | GetHostname { .. } => "hostname",
             ReadFile { .. } => "read-file",
-            WriteFile { .. } => "write-file",
+            WriteFile { .. } | ReplaceFile { .. } => "write-file",
             Detach { .. } | NotSingleThreaded { .. } => "detach",
             ReadClock { .. } | SetClock { .. } => "clock",
             Random { .. } => "random",
@@ -140,13 +143,7 @@ impl IdentityError {
 
     /// The protocol answer: kind, the whole error chain once, and a hint.
     pub fn into_answer(self) -> (ExitStatus, AgentError) {
-        let mut message = self.to_string();
-        let mut source = std::error::Error::source(&self);
-        while let Some(cause) = source {
-            message.push_str(": ");
-            message.push_str(&cause.to_string());
-            source = cause.source();
-        }
+        let message = crate::error_chain(&self);
         (self.status(), AgentError { kind: self.kind().to_string(), message, hint: self.hint() })
     }
 }

@@ -1,12 +1,11 @@
 //! The guest's programs and files, as the identity subcommands touch them.
 
-use std::fs::{self, File, OpenOptions};
-use std::io::Write;
-use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+use std::fs;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 
 use super::IdentityError;
+use crate::atomic::{self, Ownership};
 
 /// Where system tools live. PATH is not consulted: under a forced command it
 /// is whatever the SSH server chose, and the agent runs as root.
@@ -44,34 +43,23 @@ pub fn read(path: &Path) -> Result<String, IdentityError> {
 }
 
 /// Replaces `path` with `content` so that readers see the old file or the
-/// new one, never a part: a temporary file in the same directory, flushed to
-/// disk, renamed over the target, and the directory flushed. The target's
-/// mode is kept when it exists, `mode` is used when it does not.
+/// new one, never a part (see [`crate::atomic`]). The target's owner and
+/// mode are kept when it exists; a new file is the agent's (root), with
+/// `mode`.
 pub fn write_atomic(path: &Path, content: &[u8], mode: u32) -> Result<(), IdentityError> {
-    let write_err = |source| IdentityError::WriteFile { path: path.to_path_buf(), source };
-    let dir = path.parent().filter(|d| !d.as_os_str().is_empty()).unwrap_or(Path::new("."));
-    let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
-    let temporary = dir.join(format!(".{name}.envclone-{}", std::process::id()));
-    let mode = fs::metadata(path).map(|m| m.permissions().mode() & 0o7777).unwrap_or(mode);
-    let result = (|| {
-        let mut file = OpenOptions::new().write(true).create_new(true).mode(mode).open(&temporary)?;
-        file.write_all(content)?;
-        // create_new applied the umask; the mode must be exact.
-        file.set_permissions(fs::Permissions::from_mode(mode))?;
-        file.sync_all()?;
-        fs::rename(&temporary, path)?;
-        File::open(dir)?.sync_all()
-    })();
-    if result.is_err() {
-        // Best effort: the temporary file may not even exist.
-        let _ = fs::remove_file(&temporary);
-    }
-    result.map_err(write_err)
+    let owner = match fs::metadata(path) {
+        Ok(meta) => Ownership::of(&meta),
+        // SAFETY: geteuid and getegid cannot fail and touch no memory.
+        Err(_) => Ownership { uid: unsafe { libc::geteuid() }, gid: unsafe { libc::getegid() }, mode },
+    };
+    atomic::replace(path, content, owner)
+        .map_err(|source| IdentityError::ReplaceFile { path: path.to_path_buf(), source })
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::os::unix::fs::PermissionsExt;
 
     #[test]
     fn write_atomic_replaces_content_and_keeps_the_mode() {
@@ -94,7 +82,7 @@ mod tests {
     fn write_atomic_into_a_missing_directory_names_the_target() {
         let err = write_atomic(Path::new("/nonexistent-envclone/x"), b"", 0o644).unwrap_err();
         assert!(
-            matches!(err, IdentityError::WriteFile { ref path, .. } if path == Path::new("/nonexistent-envclone/x"))
+            matches!(err, IdentityError::ReplaceFile { ref path, .. } if path == Path::new("/nonexistent-envclone/x"))
         );
     }
 

@@ -35,9 +35,9 @@ pub enum RewriteError {
     #[error("`{path}` changed while being read")]
     FileReplaced { path: PathBuf },
     #[error("cannot back up `{path}` to `{backup}`")]
-    Backup { path: PathBuf, backup: PathBuf, source: super::atomic::AtomicWriteError },
+    Backup { path: PathBuf, backup: PathBuf, source: crate::atomic::AtomicWriteError },
     #[error("cannot write `{path}`")]
-    WriteFile { path: PathBuf, already_rewritten: Vec<String>, source: super::atomic::AtomicWriteError },
+    WriteFile { path: PathBuf, already_rewritten: Vec<String>, source: crate::atomic::AtomicWriteError },
 }
 
 impl RewriteError {
@@ -84,20 +84,8 @@ impl RewriteError {
 impl From<RewriteError> for (ExitStatus, AgentError) {
     fn from(error: RewriteError) -> Self {
         let (status, kind) = error.status_and_kind();
-        (status, AgentError { kind: kind.to_string(), message: chain(&error), hint: error.hint() })
+        (status, AgentError { kind: kind.to_string(), message: crate::error_chain(&error), hint: error.hint() })
     }
-}
-
-/// `error` and all its sources, each once.
-pub fn chain(error: &dyn std::error::Error) -> String {
-    let mut message = error.to_string();
-    let mut source = error.source();
-    while let Some(s) = source {
-        message.push_str(": ");
-        message.push_str(&s.to_string());
-        source = s.source();
-    }
-    message
 }
 
 #[cfg(test)]

@@ -8,7 +8,6 @@
 //! unified diff per file. `scan` reads a [`ScanRequest`] and lists every line
 //! in the roots that still names one of the needles.
 
-mod atomic;
 mod error;
 mod paths;
 mod plan;

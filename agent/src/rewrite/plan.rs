@@ -2,10 +2,10 @@
 //! before anything is written: the map, the roots and every path, so a
 //! refused path leaves every file as it was.
 
-use super::atomic::{self, Ownership};
 use super::error::RewriteError;
 use super::paths::{self, Resolved, Roots};
 use super::text::{self, Text};
+use crate::atomic::{self, Ownership};
 use envclone_agent::matcher::Rewriter;
 use envclone_agent::{FileOutcome, FileReport, RewritePlan, RewriteReport, SkipReason};
 use std::os::unix::fs::MetadataExt;

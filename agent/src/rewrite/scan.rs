@@ -168,7 +168,7 @@ impl Scanner<'_> {
             }
             // Gone or replaced by something else since it was listed.
             Ok(Text::Skipped(_)) => return,
-            Err(e) => return self.skip(path, ScanSkipReason::Unreadable, Some(super::error::chain(&e))),
+            Err(e) => return self.skip(path, ScanSkipReason::Unreadable, Some(crate::error_chain(&e))),
         };
         if text::looks_binary(&bytes) {
             self.report.binary_files += 1;

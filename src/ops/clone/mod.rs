@@ -96,7 +96,7 @@ use crate::catalog::{
 };
 use crate::config::{Config, Environment, LookupError};
 use crate::hypervisor::{random_mac, random_uuid, DomainDef, HvError, NetworkDef, NetworkSpec};
-use crate::ops::journal::Journaled;
+use crate::ops::journal::{Journaled, PhaseMachine};
 
 /// How long a booted clone's agent may take to answer.
 const BOOT_WITHIN: Duration = Duration::from_secs(240);
@@ -186,8 +186,12 @@ impl Phase {
         Phase::Done,
         Phase::Failed,
     ];
+}
 
-    pub fn valid_transition(self, to: Phase) -> bool {
+impl PhaseMachine for Phase {
+    const OPERATION: &'static str = "clone";
+
+    fn valid_transition(self, to: Phase) -> bool {
         use Phase::*;
         match (self, to) {
             (Done | Failed, _) => false,
@@ -205,7 +209,7 @@ impl Phase {
         }
     }
 
-    pub fn as_str(self) -> &'static str {
+    fn as_str(self) -> &'static str {
         match self {
             Phase::Lock => "lock",
             Phase::Resolve => "resolve",
@@ -415,7 +419,7 @@ pub fn clone(ctx: &OpContext<'_>, request: &CloneRequest, tools: Tools<'_>) -> R
         return Err(run.roll_back(error));
     }
     run.journal.take().expect("the journal is taken once").complete()?;
-    run.enter(Phase::Done);
+    run.phase.enter(Phase::Done);
     Ok(CloneReport {
         name: request.name.clone(),
         source: request.source.clone(),
@@ -495,39 +499,30 @@ impl<'r, 'c> Journaled<'r, 'c> for Run<'r, 'c> {
 }
 
 impl<'r, 'c> Run<'r, 'c> {
-    fn enter(&mut self, to: Phase) {
-        if self.phase.valid_transition(to) {
-            self.phase = to;
-        } else {
-            tracing::error!(from = self.phase.as_str(), to = to.as_str(), "invalid clone phase transition");
-            debug_assert!(false, "invalid clone phase transition {} -> {}", self.phase.as_str(), to.as_str());
-        }
-    }
-
     fn execute(&mut self) -> Result<(), CloneError> {
-        self.enter(Phase::Resolve);
+        self.phase.enter(Phase::Resolve);
         self.step("resolve", UndoAction::Nothing, |run| run.resolve())?;
 
-        self.enter(Phase::Overlays);
+        self.phase.enter(Phase::Overlays);
         self.overlays()?;
 
-        self.enter(Phase::Networks);
+        self.phase.enter(Phase::Networks);
         self.networks()?;
 
-        self.enter(Phase::Gateway);
+        self.phase.enter(Phase::Gateway);
         self.gateway()?;
 
-        self.enter(Phase::Domains);
+        self.phase.enter(Phase::Domains);
         self.domains()?;
 
-        self.enter(Phase::Start);
+        self.phase.enter(Phase::Start);
         match self.request.start {
             StartMode::Boot => self.start()?,
             StartMode::Resume => self.resume()?,
             StartMode::Off => {}
         }
 
-        self.enter(Phase::Identity);
+        self.phase.enter(Phase::Identity);
         if self.request.start != StartMode::Off {
             self.new_machine_ids()?;
         }
@@ -538,7 +533,7 @@ impl<'r, 'c> Run<'r, 'c> {
             self.new_host_keys()?;
         }
 
-        self.enter(Phase::Record);
+        self.phase.enter(Phase::Record);
         let forget = undo::ForgetClone {
             clone: self.request.name.clone(),
             overlays: self.disks.iter().map(|d| d.path.clone()).collect(),
@@ -1328,7 +1323,7 @@ impl<'r, 'c> Run<'r, 'c> {
     }
 
     fn roll_back(&mut self, error: CloneError) -> CloneError {
-        self.enter(Phase::Failed);
+        self.phase.enter(Phase::Failed);
         let ctx = self.ctx;
         let tools = self.tools;
         let cause = crate::error::chain(&error);

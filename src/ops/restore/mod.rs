@@ -93,7 +93,7 @@ use crate::catalog::{
 };
 use crate::config::{Environment, QuiescePolicy};
 use crate::hypervisor::{DomainDef, HvError};
-use crate::ops::journal::{Journal, Journaled};
+use crate::ops::journal::{Journal, Journaled, PhaseMachine};
 
 /// How long a booted guest's agent may take to answer.
 const BOOT_WITHIN: Duration = Duration::from_secs(240);
@@ -257,16 +257,6 @@ impl<'r, 'c> Journaled<'r, 'c> for Run<'r, 'c> {
 }
 
 impl<'r, 'c> Run<'r, 'c> {
-    fn enter(&mut self, to: Phase) {
-        if self.phase.valid_transition(to) {
-            self.phase = to;
-        } else {
-            // A bug in this file, not a state of the world: say so loudly.
-            tracing::error!(from = self.phase.as_str(), to = to.as_str(), "invalid restore phase transition");
-            debug_assert!(false, "invalid restore phase transition {} -> {}", self.phase.as_str(), to.as_str());
-        }
-    }
-
     /// Marks journaled steps run together from their results; returns the
     /// first error (the others as cleanup failures).
     fn close_steps(&mut self, results: Vec<(StepId, Result<(), RestoreError>)>) -> Result<(), RestoreError> {
@@ -291,7 +281,7 @@ impl<'r, 'c> Run<'r, 'c> {
     fn execute(&mut self) -> Result<(), RestoreError> {
         let ctx = self.ctx;
 
-        self.enter(Phase::Resolve);
+        self.phase.enter(Phase::Resolve);
         self.step("resolve", UndoAction::Nothing, |run| {
             let snapshot = resolve::snapshot(ctx.catalog, &run.request.env, &run.request.snapshot)?;
             run.plans = resolve::plan(
@@ -307,16 +297,16 @@ impl<'r, 'c> Run<'r, 'c> {
             Ok(())
         })?;
 
-        self.enter(Phase::Stop);
+        self.phase.enter(Phase::Stop);
         self.stop()?;
         crate::ops::crashpoint::hit("restore", "stop");
 
         if !self.request.discard {
-            self.enter(Phase::UndoSnapshot);
+            self.phase.enter(Phase::UndoSnapshot);
             self.record_undo_snapshot()?;
         }
 
-        self.enter(Phase::NewOverlays);
+        self.phase.enter(Phase::NewOverlays);
         let storage = self.env.storage_dir(&ctx.config.controller, &self.request.env);
         resolve::assign_overlays(
             ctx.catalog,
@@ -345,7 +335,7 @@ impl<'r, 'c> Run<'r, 'c> {
 
         crate::ops::crashpoint::hit("restore", "new-overlays");
 
-        self.enter(Phase::Redefine);
+        self.phase.enter(Phase::Redefine);
         for plan in self.plans.clone() {
             let previous = DiskSources {
                 domain: plan.domain.clone(),
@@ -376,11 +366,11 @@ impl<'r, 'c> Run<'r, 'c> {
 
         crate::ops::crashpoint::hit("restore", "redefine");
 
-        self.enter(Phase::Start);
+        self.phase.enter(Phase::Start);
         self.start()?;
         crate::ops::crashpoint::hit("restore", "start");
 
-        self.enter(Phase::Record);
+        self.phase.enter(Phase::Record);
         self.step(RECORD_STEP, UndoAction::Nothing, |run| run.record())?;
         crate::ops::crashpoint::hit("restore", "record");
         Ok(())
@@ -643,11 +633,11 @@ impl<'r, 'c> Run<'r, 'c> {
     /// rolls back; what fails is reported.
     fn finish(mut self) -> Result<RestoreReport, RestoreError> {
         if self.request.discard {
-            self.enter(Phase::Discard);
+            self.phase.enter(Phase::Discard);
             self.discard();
         }
         self.journal.take().expect("the journal is only taken at the end of the run").complete()?;
-        self.enter(Phase::Done);
+        self.phase.enter(Phase::Done);
         Ok(self.report())
     }
 
@@ -748,7 +738,7 @@ impl<'r, 'c> Run<'r, 'c> {
 
     /// Undoes what the run did and returns the error to report.
     fn roll_back(&mut self, error: RestoreError) -> RestoreError {
-        self.enter(Phase::Failed);
+        self.phase.enter(Phase::Failed);
         let ctx = self.ctx;
         let mut failures = Vec::new();
         // Guests still frozen (not stopped yet) thaw first.

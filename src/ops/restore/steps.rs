@@ -16,6 +16,7 @@
 //! idempotent and [`super::undo::undo_action`] runs them (so does
 //! `envclone recover`).
 
+use crate::ops::journal::PhaseMachine;
 use serde::{Deserialize, Serialize};
 
 use crate::catalog::UndoAction;
@@ -99,9 +100,12 @@ impl Phase {
         Phase::Done,
         Phase::Failed,
     ];
+}
 
-    /// The one place that says which phase may follow which.
-    pub fn valid_transition(self, to: Phase) -> bool {
+impl PhaseMachine for Phase {
+    const OPERATION: &'static str = "restore";
+
+    fn valid_transition(self, to: Phase) -> bool {
         use Phase::*;
         match (self, to) {
             (Done | Failed, _) => false,
@@ -119,7 +123,7 @@ impl Phase {
         }
     }
 
-    pub fn as_str(self) -> &'static str {
+    fn as_str(self) -> &'static str {
         match self {
             Phase::Lock => "lock",
             Phase::Resolve => "resolve",

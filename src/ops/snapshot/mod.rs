@@ -53,7 +53,7 @@ use crate::config::{Environment, QuiescePolicy};
 use crate::guest::endpoint::{ssh_options, ssh_target};
 use crate::guest::FreezeRequest;
 use crate::hypervisor::{DomainState, Hypervisor};
-use crate::ops::journal::{Journal, Journaled};
+use crate::ops::journal::{Journal, Journaled, PhaseMachine};
 
 /// Bound on the disk snapshots when no guest is frozen.
 const UNFROZEN_SNAPSHOT_WAIT: Duration = Duration::from_secs(120);
@@ -219,16 +219,6 @@ impl<'r, 'c> Journaled<'r, 'c> for Run<'r, 'c> {
 }
 
 impl<'r, 'c> Run<'r, 'c> {
-    fn enter(&mut self, to: Phase) {
-        if self.phase.valid_transition(to) {
-            self.phase = to;
-        } else {
-            // A bug in this file, not a state of the world: say so loudly.
-            tracing::error!(from = self.phase.as_str(), to = to.as_str(), "invalid snapshot phase transition");
-            debug_assert!(false, "invalid snapshot phase transition {} -> {}", self.phase.as_str(), to.as_str());
-        }
-    }
-
     fn execute(&mut self) -> Result<SnapshotReport, SnapshotError> {
         let ctx = self.ctx;
         let hv = ctx.hv;
@@ -244,7 +234,7 @@ impl<'r, 'c> Run<'r, 'c> {
         })?;
 
         // Open sessions: every agent answers (the preflight status check).
-        self.enter(Phase::OpenSessions);
+        self.phase.enter(Phase::OpenSessions);
         self.step("open agent sessions", UndoAction::Nothing, |run| run.open_sessions())?;
 
         // The snapshot's name, paths and catalog row.
@@ -288,7 +278,7 @@ impl<'r, 'c> Run<'r, 'c> {
         }
 
         // The barrier, journaled as a whole before the first freeze.
-        self.enter(Phase::Freeze);
+        self.phase.enter(Phase::Freeze);
         let barrier_steps = self.journal_barrier(snapshot)?;
         let outcome = {
             let mut captures = std::mem::take(&mut self.captures);
@@ -314,8 +304,8 @@ impl<'r, 'c> Run<'r, 'c> {
             self.captures = captures;
             outcome
         };
-        self.enter(Phase::DiskSnapshot);
-        self.enter(Phase::Thaw);
+        self.phase.enter(Phase::DiskSnapshot);
+        self.phase.enter(Phase::Thaw);
         let closed = self.close_barrier_steps(&barrier_steps, &outcome);
         if let Some(window) = outcome.window {
             ctx.note(format!(
@@ -338,7 +328,7 @@ impl<'r, 'c> Run<'r, 'c> {
 
         // Memory streams, with the guests thawed.
         if self.request.memory {
-            self.enter(Phase::Memory);
+            self.phase.enter(Phase::Memory);
             let timer = ctx.begin("memory images");
             for plan in self.plans.clone() {
                 let Some(capture) = self.captures.remove(&plan.vm) else { continue };
@@ -359,10 +349,10 @@ impl<'r, 'c> Run<'r, 'c> {
         }
 
         // Record.
-        self.enter(Phase::Record);
+        self.phase.enter(Phase::Record);
         let report = self.step("record images and consistency", UndoAction::Nothing, |run| run.record(snapshot))?;
         self.journal.take().expect("journal").complete()?;
-        self.enter(Phase::Done);
+        self.phase.enter(Phase::Done);
         Ok(report)
     }
 
@@ -533,7 +523,7 @@ impl<'r, 'c> Run<'r, 'c> {
 
     /// Undoes what the run did and returns the error to report.
     fn roll_back(&mut self, error: SnapshotError) -> SnapshotError {
-        self.enter(Phase::Failed);
+        self.phase.enter(Phase::Failed);
         let ctx = self.ctx;
         let hv = ctx.hv;
         let mut failures = Vec::new();

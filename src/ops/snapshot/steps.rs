@@ -12,6 +12,8 @@
 //! done or failed (or "not reached") from the barrier's outcome.
 //! Rolling back runs the undo actions newest first: see [`Journal::roll_back`].
 
+use crate::ops::journal::PhaseMachine;
+
 /// The kind of [`UndoAction::Custom`] recorded before the snapshot's
 /// catalog row exists: `data` is `{"env": ..., "snapshot": ...}`; undoing
 /// it marks that snapshot failed if it is still in progress.
@@ -42,9 +44,12 @@ impl Phase {
         Phase::Done,
         Phase::Failed,
     ];
+}
 
-    /// The one place that says which phase may follow which.
-    pub fn valid_transition(self, to: Phase) -> bool {
+impl PhaseMachine for Phase {
+    const OPERATION: &'static str = "snapshot";
+
+    fn valid_transition(self, to: Phase) -> bool {
         use Phase::*;
         match (self, to) {
             (Done | Failed, _) => false,
@@ -60,7 +65,7 @@ impl Phase {
         }
     }
 
-    pub fn as_str(self) -> &'static str {
+    fn as_str(self) -> &'static str {
         match self {
             Phase::Preflight => "preflight",
             Phase::OpenSessions => "open-sessions",
