@@ -75,7 +75,7 @@ pub enum Command {
     /// Standby environments: independent copies of an environment kept current by autorestore.
     #[command(subcommand)]
     Standby(StandbyCommand),
-    /// Fail ENV over to its standby (--planned); with --test, a DR drill that leaves ENV untouched (--test --end ends it).
+    /// Fail ENV over to its standby: unplanned by default (the primary is down: fenced, the standby starts from its newest restored point), --planned (a final snapshot first), or --test, a DR drill that leaves ENV untouched (--test --end ends it).
     Failover(FailoverArgs),
 }
 
@@ -95,6 +95,12 @@ pub struct FailoverArgs {
     /// The standby to use, when ENV has more than one.
     #[arg(long, value_name = "SB")]
     pub standby: Option<String>,
+    /// Unplanned failover even though every domain of ENV runs (its writes since the standby's point are lost; --planned keeps them).
+    #[arg(long, conflicts_with_all = ["test", "planned"])]
+    pub force: bool,
+    /// The libvirt URI of ENV's host, when it is not controller.libvirt_uri (unplanned failover: where to fence ENV, and where envclone keeps it fenced).
+    #[arg(long, value_name = "URI", conflicts_with_all = ["test", "planned"])]
+    pub primary_uri: Option<String>,
 }
 
 #[derive(Debug, Subcommand)]

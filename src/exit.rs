@@ -142,7 +142,9 @@ impl ExitCode {
             | FailoverError::UnknownStandby { .. }
             | FailoverError::NotSynced { .. } => ExitCode::NotFound,
             FailoverError::Lock(crate::ops::LockError::Busy(_)) => ExitCode::Busy,
-            FailoverError::SeveralStandbys { .. } | FailoverError::Unsupported { .. } => ExitCode::Usage,
+            FailoverError::SeveralStandbys { .. }
+            | FailoverError::Unsupported { .. }
+            | FailoverError::PrimaryHealthy { .. } => ExitCode::Usage,
             FailoverError::AgentNotReady { source, .. } if guest_code(source) == ExitCode::Unreachable => {
                 ExitCode::Unreachable
             }
@@ -167,7 +169,9 @@ impl ExitCode {
                 ExitCode::NotFound
             }
             StandbyError::Lock(crate::ops::LockError::Busy(_)) => ExitCode::Busy,
-            StandbyError::BadName { .. } | StandbyError::Unsupported { .. } => ExitCode::Usage,
+            StandbyError::BadName { .. } | StandbyError::Unsupported { .. } | StandbyError::ActiveSide { .. } => {
+                ExitCode::Usage
+            }
             StandbyError::InspectDomain { source, .. } | StandbyError::InspectNetwork { source, .. }
                 if matches!(**source, HvError::Connect { .. }) =>
             {
@@ -453,6 +457,7 @@ mod tests {
             (FailoverError::NotSynced { standby: "sb".into() }, ExitCode::NotFound),
             (FailoverError::SeveralStandbys { env: "demo".into(), standbys: vec![] }, ExitCode::Usage),
             (FailoverError::Unsupported { what: "planned failover".into() }, ExitCode::Usage),
+            (FailoverError::PrimaryHealthy { env: "demo".into() }, ExitCode::Usage),
             (FailoverError::StandbyRunning { standby: "sb".into(), domain: "sb-web".into() }, ExitCode::Failed),
             (
                 FailoverError::CleanupFailed {

@@ -10,13 +10,13 @@
 
 use chrono::{DateTime, Utc};
 use rusqlite::{params, OptionalExtension, Row};
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use super::{Catalog, CatalogError, Timestamp};
 
 const COLUMNS: &str = "id, env, standby, mode, epoch, state, started_at, finished_at, environment, resources, report";
 
-/// One failover (a drill, for now).
+/// One failover: a drill, or a role switch (planned or unplanned).
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct FailoverRecord {
     pub id: i64,
@@ -135,6 +135,122 @@ impl Catalog {
     }
 }
 
+/// What happened to one fenced primary domain of a role switch.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum FenceKind {
+    /// Stopped, autostart off, the epoch stamped into its metadata.
+    Fenced,
+    /// Its libvirt did not answer: nothing could be done or checked.
+    FencedUnconfirmed,
+    /// Found running while the switch is in force (an old primary came
+    /// back), and stopped again.
+    ReturnedRefenced,
+    /// Found running, and stopping it failed.
+    RefenceFailed,
+}
+
+impl FenceKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            FenceKind::Fenced => "fenced",
+            FenceKind::FencedUnconfirmed => "fenced-unconfirmed",
+            FenceKind::ReturnedRefenced => "returned-refenced",
+            FenceKind::RefenceFailed => "refence-failed",
+        }
+    }
+
+    fn parse(text: &str) -> Option<FenceKind> {
+        [FenceKind::Fenced, FenceKind::FencedUnconfirmed, FenceKind::ReturnedRefenced, FenceKind::RefenceFailed]
+            .into_iter()
+            .find(|k| k.as_str() == text)
+    }
+}
+
+/// One row of `fence_events`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct FenceEvent {
+    pub failover_id: i64,
+    pub env: String,
+    pub epoch: i64,
+    pub domain: String,
+    pub kind: FenceKind,
+    pub detail: Option<String>,
+    pub at: DateTime<Utc>,
+}
+
+impl Catalog {
+    /// Records what happened to a fenced primary domain.
+    pub fn add_fence_event(&self, event: &FenceEvent) -> Result<(), CatalogError> {
+        self.conn
+            .execute(
+                "INSERT INTO fence_events (failover_id, env, epoch, domain, kind, detail, at) \
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+                params![
+                    event.failover_id,
+                    event.env,
+                    event.epoch,
+                    event.domain,
+                    event.kind.as_str(),
+                    event.detail,
+                    Timestamp(event.at)
+                ],
+            )
+            .map_err(CatalogError::insert("record a fence event", format!("domain {}", event.domain)))?;
+        Ok(())
+    }
+
+    /// The fence events of one failover, oldest first.
+    pub fn fence_events(&self, failover_id: i64) -> Result<Vec<FenceEvent>, CatalogError> {
+        let what = "list the fence events";
+        let mut statement = self
+            .conn
+            .prepare(
+                "SELECT failover_id, env, epoch, domain, kind, detail, at FROM fence_events \
+                 WHERE failover_id = ?1 ORDER BY id",
+            )
+            .map_err(CatalogError::query(what))?;
+        let rows = statement
+            .query_map([failover_id], |row| {
+                let kind: String = row.get(4)?;
+                Ok(FenceEvent {
+                    failover_id: row.get(0)?,
+                    env: row.get(1)?,
+                    epoch: row.get(2)?,
+                    domain: row.get(3)?,
+                    kind: FenceKind::parse(&kind).unwrap_or(FenceKind::RefenceFailed),
+                    detail: row.get(5)?,
+                    at: row.get::<_, Timestamp>(6)?.0,
+                })
+            })
+            .map_err(CatalogError::query(what))?;
+        rows.collect::<Result<_, _>>().map_err(CatalogError::query(what))
+    }
+
+    /// `env`'s role switch in force (planned or unplanned, not ended), if any:
+    /// while it is, the standby is the active side of `env`.
+    pub fn active_switch(&self, env: &str) -> Result<Option<FailoverRecord>, CatalogError> {
+        self.conn
+            .query_row(
+                &format!(
+                    "SELECT {COLUMNS} FROM failovers WHERE env = ?1 AND mode <> 'test' AND state = 'active' \
+                     ORDER BY id DESC"
+                ),
+                [env],
+                failover_row,
+            )
+            .optional()
+            .map_err(CatalogError::query("look up an environment's role switch"))
+    }
+
+    /// The newest epoch of `env` (0 before its first switch).
+    pub fn last_epoch(&self, env: &str) -> Result<i64, CatalogError> {
+        self.conn
+            .query_row("SELECT COALESCE(MAX(epoch), 0) FROM failovers WHERE env = ?1", [env], |r| r.get(0))
+            .map_err(CatalogError::query("read an environment's epoch"))
+    }
+}
+
 fn failover_row(row: &Row<'_>) -> rusqlite::Result<FailoverRecord> {
     let json = |index: usize| -> rusqlite::Result<serde_json::Value> {
         let text: String = row.get(index)?;
@@ -193,5 +309,35 @@ mod tests {
         catalog.add_failover(&drill("sb")).unwrap();
         assert!(catalog.forget_open_failover("sb").unwrap());
         assert_eq!(catalog.failovers(None).unwrap().len(), 1);
+    }
+
+    #[test]
+    fn a_switch_is_the_active_side_with_its_epoch_and_fence_events_until_forgotten() {
+        let dir = tempfile::tempdir().unwrap();
+        let catalog = Catalog::open(dir.path()).unwrap();
+        catalog.add_failover(&drill("sb")).unwrap();
+        assert!(catalog.active_switch("demo").unwrap().is_none(), "a drill is no switch");
+        catalog.end_failover("sb", Utc::now()).unwrap();
+        let switch = NewFailover { mode: "unplanned".into(), epoch: Some(1), state: "active".into(), ..drill("sb") };
+        let id = catalog.add_failover(&switch).unwrap();
+        let event = FenceEvent {
+            failover_id: id,
+            env: "demo".into(),
+            epoch: 1,
+            domain: "web".into(),
+            kind: FenceKind::FencedUnconfirmed,
+            detail: Some("libvirt did not answer".into()),
+            at: Utc.with_ymd_and_hms(2024, 5, 1, 2, 1, 0).unwrap(),
+        };
+
+        catalog.add_fence_event(&event).unwrap();
+
+        let active = catalog.active_switch("demo").unwrap().unwrap();
+        assert_eq!((active.id, active.epoch), (id, Some(1)));
+        assert_eq!(catalog.last_epoch("demo").unwrap(), 1);
+        assert_eq!(catalog.fence_events(id).unwrap(), [event]);
+        assert!(catalog.forget_open_failover("sb").unwrap());
+        assert!(catalog.fence_events(id).unwrap().is_empty(), "events go with their failover");
+        assert_eq!(catalog.last_epoch("other").unwrap(), 0);
     }
 }

@@ -263,6 +263,30 @@ pub(crate) const MIGRATIONS: &[Migration] = &[
             CREATE INDEX failovers_by_standby ON failovers (standby, state);
         "#,
     },
+    Migration {
+        version: 8,
+        description: "fence events: how each primary domain of a role switch was fenced, and each return",
+        // One row per thing that happened to a fenced primary domain of a
+        // switch (`failovers` row `failover_id`, epoch `epoch`): `fenced`
+        // (stopped, autostart off, stamped), `fenced-unconfirmed` (its
+        // libvirt did not answer), `returned-refenced` (found running while
+        // the switch is in force, stopped again), `refence-failed`. A
+        // domain's fence state is its newest `fenced`/`fenced-unconfirmed`.
+        sql: r#"
+            CREATE TABLE fence_events (
+                id           INTEGER PRIMARY KEY,
+                failover_id  INTEGER NOT NULL REFERENCES failovers(id) ON DELETE CASCADE,
+                env          TEXT NOT NULL,
+                epoch        INTEGER NOT NULL CHECK (epoch > 0),
+                domain       TEXT NOT NULL,
+                kind         TEXT NOT NULL
+                             CHECK (kind IN ('fenced', 'fenced-unconfirmed', 'returned-refenced', 'refence-failed')),
+                detail       TEXT,
+                at           TEXT NOT NULL
+            );
+            CREATE INDEX fence_events_by_failover ON fence_events (failover_id, id);
+        "#,
+    },
 ];
 
 /// The schema version this build writes.

@@ -1,6 +1,8 @@
-//! `envclone failover ENV --test [--end]`: a DR drill of ENV's standby.
-//! The work is in [`crate::ops::failover`]; this file wires libvirt, the
-//! catalog, qemu-img, `ip` and the agents, and prints the report.
+//! `envclone failover ENV [--force] [--primary-uri URI]` (unplanned),
+//! `--planned`, and `--test [--end]` (a DR drill of ENV's standby). The
+//! work is in [`crate::ops::failover`]; this file wires libvirt (the
+//! primary's, with a deadline), the catalog, qemu-img, `ip` and the agents,
+//! runs the fence guard first, and prints the report.
 
 use super::{load_config, Output};
 use crate::catalog::Catalog;
@@ -11,7 +13,7 @@ use crate::hypervisor::LibvirtHypervisor;
 use crate::ops::clone::IpCommand;
 use crate::ops::context::{Event, OpContext, SystemClock};
 use crate::ops::failover::{
-    self, DrillAction, DrillReport, DrillRequest, FailoverError, StepTime, SwitchAction, SwitchReport, Tools,
+    self, DrillAction, DrillReport, DrillRequest, PrimaryHost, StepTime, SwitchAction, SwitchReport, Tools, Unplanned,
 };
 use crate::ops::restore::{GuestAgents, QemuImg, SshAgents};
 use crate::ops::standby::QemuImgTransfer;
@@ -19,13 +21,10 @@ use crate::{Error, Result};
 
 pub fn run(global: &GlobalArgs, args: &FailoverArgs, out: &Output) -> Result<ExitCode> {
     let config = load_config(global)?;
-    if !args.test && !args.planned {
-        return Err(Error::failover_op("failover")(FailoverError::Unsupported {
-            what: "unplanned failover (--test and --planned are built)".into(),
-        }));
-    }
     let primary = config.environment(&args.environment)?.clone();
     let catalog = Catalog::open(&config.controller.state_dir)?;
+    // An old primary that came back is fenced before anything else.
+    super::guard::check(&config, &catalog, Some(&args.environment), out)?;
     let uri = &config.controller.libvirt_uri;
     let hv = LibvirtHypervisor::connect(uri).map_err(Error::hypervisor(format!("connect to libvirt at {uri}")))?;
     let progress = |event: &Event| out.progress(&event.to_string());
@@ -38,6 +37,19 @@ pub fn run(global: &GlobalArgs, args: &FailoverArgs, out: &Output) -> Result<Exi
     let request = DrillRequest { env: args.environment.clone(), standby: args.standby.clone() };
     if args.planned {
         let report = failover::planned(&ctx, &request, tools).map_err(Error::failover_op("failover --planned"))?;
+        out.report(&report, switched);
+        return Ok(ExitCode::Ok);
+    }
+    if !args.test {
+        // The primary's libvirt: the controller's connection unless ENV
+        // lives on another host; one that does not answer is no reason to
+        // wait (the fence is recorded unconfirmed).
+        let elsewhere = args.primary_uri.as_deref().filter(|u| *u != uri.as_str());
+        let connection =
+            elsewhere.map(|other| super::guard::connect_within(other, super::guard::PRIMARY_CONNECT_WITHIN));
+        let host = connection.as_ref().map_or(PrimaryHost::Answers(&hv), super::guard::Connection::host);
+        let how = Unplanned { force: args.force, host, primary_uri: elsewhere };
+        let report = failover::unplanned(&ctx, &request, how, tools).map_err(Error::failover_op("failover"))?;
         out.report(&report, switched);
         return Ok(ExitCode::Ok);
     }
@@ -102,7 +114,7 @@ fn switched(report: &SwitchReport) -> String {
         SwitchAction::AlreadyFailedOver => {
             format!("{env} failed over to standby {sb} already (epoch {}): nothing done\n", report.epoch)
         }
-        SwitchAction::FailedOver => format!(
+        SwitchAction::FailedOver if report.mode == "planned" => format!(
             "{env} failed over to standby {sb} (planned, epoch {}): {sb} serves at {env}'s addresses, {} fenced\n  \
              RPO {} s (final snapshot {}; {env} ran on {} ms after it before it was fenced), RTO {:.1} s\n",
             report.epoch,
@@ -112,7 +124,29 @@ fn switched(report: &SwitchReport) -> String {
             report.unprotected_ms,
             report.rto_ms as f64 / 1000.0
         ),
+        SwitchAction::FailedOver => format!(
+            "{env} failed over to standby {sb} (unplanned, epoch {}): {sb} serves at {env}'s addresses from snapshot \
+             {}\n  RPO {} s (the age of that point: what {env} wrote after it is not carried over), RTO {:.1} s\n",
+            report.epoch,
+            report.snapshot,
+            report.rpo_seconds,
+            report.rto_ms as f64 / 1000.0
+        ),
     };
+    for fence in &report.fence {
+        let what = match fence.fence {
+            crate::catalog::FenceKind::FencedUnconfirmed => {
+                "FENCED-UNCONFIRMED (envclone fences it when its host \
+                                                             answers again)"
+            }
+            _ => "fenced: stopped, autostart off, epoch stamped",
+        };
+        text.push_str(&format!(
+            "  {} {what}{}\n",
+            fence.domain,
+            fence.detail.as_ref().map(|d| format!(" ({d})")).unwrap_or_default()
+        ));
+    }
     if report.action == SwitchAction::FailedOver {
         text.push_str(&steps(&report.steps));
         for vm in &report.vms {

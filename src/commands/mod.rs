@@ -8,6 +8,7 @@ mod daemon;
 mod delete_snapshot;
 mod destroy;
 mod failover;
+mod guard;
 mod lab;
 mod prune;
 mod recover;
@@ -73,6 +74,17 @@ pub fn load_config_with_clones(global: &crate::cli::GlobalArgs) -> Result<Config
         let environment =
             crate::ops::clone::clone_environment(&clone).map_err(crate::Error::clone_op("read the clones"))?;
         config.environments.insert(clone.name.clone(), environment);
+    }
+    // Roles switched: while a standby serves an environment, the
+    // environment's snapshots (manual, scheduled), restores and recoveries
+    // work on the standby's domains, its active side.
+    let names: Vec<String> = config.environments.keys().cloned().collect();
+    for name in names {
+        if let Some((environment, _)) =
+            crate::ops::failover::active_environment(&catalog, &name).map_err(crate::Error::from)?
+        {
+            config.environments.insert(name, environment);
+        }
     }
     Ok(config)
 }

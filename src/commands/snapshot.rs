@@ -1,5 +1,6 @@
 //! `envclone snapshot ENV [--memory] [--label L] [--quiesce POLICY] [--scheduled S]`: one
-//! consistent point in time of every VM of the environment. The work is in
+//! consistent point in time of every VM of the environment (of its active
+//! side: the standby's domains while a standby serves it). The work is in
 //! [`crate::ops::snapshot`]; this file wires libvirt, the catalog, the
 //! agents and the progress lines, and prints the report.
 
@@ -18,6 +19,15 @@ pub fn run(global: &GlobalArgs, args: &SnapshotArgs, out: &Output) -> Result<Exi
     let uri = &config.controller.libvirt_uri;
     let hv = LibvirtHypervisor::connect(uri).map_err(Error::hypervisor(format!("connect to libvirt at {uri}")))?;
     let catalog = Catalog::open(&config.controller.state_dir)?;
+    // An old primary that came back is fenced first; while a standby serves
+    // ENV, the snapshot is of the standby's domains (the config above has
+    // them as ENV's), recorded as ENV's.
+    for switch in super::guard::check(&config, &catalog, Some(&args.environment), out)? {
+        out.progress(&format!(
+            "{} is served by standby {} (epoch {}): the snapshot is of {}'s domains",
+            switch.env, switch.active, switch.epoch, switch.active
+        ));
+    }
     let progress = |event: &Event| out.progress(&event.to_string());
     let ctx = OpContext { config: &config, hv: &hv, catalog: &catalog, progress: &progress, clock: &SystemClock };
     let schedule = match &args.scheduled {

@@ -1,6 +1,9 @@
 //! `envclone status [ENV] [--json]`: each environment's last snapshot, its
 //! age and consistency, and each schedule's next and last run and counters
-//! and each standby's restored point and lag (see [`crate::daemon::status`]).
+//! and each standby's restored point and lag (see [`crate::daemon::status`]);
+//! and, for each environment a standby serves, the active side, the epoch,
+//! the primary's fence and every return of an old primary, after running
+//! the fence guard (see [`crate::ops::failover::fence`]).
 
 use chrono::{DateTime, Utc};
 
@@ -17,7 +20,11 @@ pub fn run(global: &GlobalArgs, args: &StatusArgs, out: &Output) -> Result<ExitC
         config.environment(env)?;
     }
     let catalog = Catalog::open(&config.controller.state_dir)?;
-    let report = status::build(&config, &catalog, Utc::now(), args.environment.as_deref())?;
+    // The guard first: an old primary that came back is fenced again, and
+    // the report says so.
+    let failovers = super::guard::check(&config, &catalog, args.environment.as_deref(), out)?;
+    let mut report = status::build(&config, &catalog, Utc::now(), args.environment.as_deref())?;
+    report.failovers = failovers;
     out.report(&report, human);
     Ok(ExitCode::Ok)
 }
@@ -109,6 +116,44 @@ fn human(report: &StatusReport) -> String {
         }
         text.push('\n');
         text.push_str(&table(&standbys));
+    }
+    if !report.failovers.is_empty() {
+        let mut rows =
+            vec![row(&["FAILED OVER", "ACTIVE SIDE", "EPOCH", "MODE", "SINCE", "PRIMARY DOMAINS", "RETURNS"])];
+        for switch in &report.failovers {
+            let fences: Vec<String> =
+                switch.primary.iter().map(|f| format!("{} {}", f.domain, f.fence.as_str())).collect();
+            rows.push(vec![
+                switch.env.clone(),
+                switch.active.clone(),
+                switch.epoch.to_string(),
+                switch.mode.clone(),
+                time(Some(switch.since)),
+                fences.join(", "),
+                switch.returns.len().to_string(),
+            ]);
+            if let Some(reason) = &switch.unchecked_reason {
+                errors.push(format!("{}: the old primary could not be checked: {reason}", switch.env));
+            }
+            for event in &switch.returns {
+                errors.push(format!(
+                    "!!! {}: OLD PRIMARY RETURNED: domain {} was found running at {} while {} serves epoch {}: {} \
+                     ({})",
+                    switch.env,
+                    event.domain,
+                    time(Some(event.at)),
+                    switch.active,
+                    event.epoch,
+                    match event.kind {
+                        crate::catalog::FenceKind::ReturnedRefenced => "FENCED AGAIN",
+                        _ => "FENCING IT FAILED: stop it by hand",
+                    },
+                    event.detail.as_deref().unwrap_or("")
+                ));
+            }
+        }
+        text.push('\n');
+        text.push_str(&table(&rows));
     }
     if !errors.is_empty() {
         text.push('\n');

@@ -24,6 +24,11 @@
 //!   on a blocking thread of its own, so a slow transfer never holds the
 //!   scheduler. One sync per standby at a time; a failed one is retried
 //!   after [`SYNC_RETRY`] (or at once for a newer snapshot).
+//! - **Fence guard**: while any role switch is in force (a standby serves
+//!   its primary), every tick runs the fence guard as a child `envclone
+//!   status --json` on a blocking thread of its own (one at a time): an old
+//!   primary domain found running is fenced again and the return recorded
+//!   (see `ops::failover::fence`).
 //! - **Shutdown**: SIGTERM or SIGINT flips a `watch` channel; the loop stops
 //!   starting runs and waits up to the shutdown grace for runs in progress.
 //!   Runs still going after that are left to finish on their own and are
@@ -295,6 +300,7 @@ pub fn run_once(
         // The snapshots just taken: their standbys follow (autorestore).
         scheduler.autorestore(Utc::now()).await;
         drain(&mut scheduler, None).await;
+        scheduler.finish_guard().await;
         let standby_syncs = scheduler.take_finished_syncs();
         let mut runs = scheduler.take_finished();
         runs.sort_by(|a, b| a.schedule.cmp(&b.schedule));

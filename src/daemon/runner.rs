@@ -63,6 +63,11 @@ pub trait ScheduledRunner: Send + Sync + std::fmt::Debug {
     /// Brings standby `standby` to its primary's newest complete snapshot
     /// (autorestore); the standby being held is [`RunError::Busy`].
     fn sync_standby(&self, standby: &str) -> Result<StandbySynced, RunError>;
+
+    /// Runs the fence guard over every role switch in force (see
+    /// `ops::failover::fence`); returns a line per thing it did (an old
+    /// primary fenced again, a fence confirmed), empty when all is well.
+    fn guard_fences(&self) -> Result<Vec<String>, RunError>;
 }
 
 /// What a successful autorestore sync did.
@@ -177,6 +182,14 @@ impl ScheduledRunner for CliRunner {
         })
     }
 
+    fn guard_fences(&self) -> Result<Vec<String>, RunError> {
+        // `status` runs the guard first and reports what it did per switch.
+        let args = ["status", "--json"];
+        let output = self.run(&args)?;
+        let report = check(&output, &args, "-")?;
+        Ok(guard_actions(&report))
+    }
+
     fn snapshot(&self, env: &str, schedule: &str) -> Result<RunResult, RunError> {
         // `snapshot --scheduled` records the snapshot with `schedule =
         // SCHEDULE` (retention chooses among those) and takes the schedule's
@@ -206,6 +219,26 @@ impl ScheduledRunner for CliRunner {
         drop(catalog);
         retention::apply(&snapshots, schedule, policy, Utc::now(), &mut |snapshot| self.delete(env, snapshot))
     }
+}
+
+/// What the guard did, from a `status --json` report: one line per action.
+fn guard_actions(report: &Value) -> Vec<String> {
+    let mut lines = Vec::new();
+    for switch in report.get("failovers").and_then(Value::as_array).into_iter().flatten() {
+        for action in switch.get("actions").and_then(Value::as_array).into_iter().flatten() {
+            let text = |key: &str| action.get(key).and_then(Value::as_str).unwrap_or("?").to_owned();
+            lines.push(format!(
+                "{} domain {} of {} (standby {} serves epoch {}): {}",
+                text("action"),
+                text("domain"),
+                text("env"),
+                switch.get("active").and_then(Value::as_str).unwrap_or("?"),
+                action.get("epoch").and_then(Value::as_i64).unwrap_or(0),
+                text("detail")
+            ));
+        }
+    }
+    lines
 }
 
 /// A snapshot's catalog time is truncated to the millisecond and may be
@@ -322,6 +355,18 @@ mod tests {
     }
 
     const ARGS: [&str; 5] = ["snapshot", "prod", "--scheduled", "nightly", "--json"];
+
+    #[test]
+    fn the_guards_actions_are_read_from_the_status_report() {
+        let report = serde_json::json!({ "failovers": [{ "active": "sb", "actions": [
+            { "env": "demo", "epoch": 2, "domain": "web", "action": "returned-refenced", "detail": "stopped" }
+        ]}, { "active": "sb2", "actions": [] }]});
+
+        let lines = guard_actions(&report);
+
+        assert_eq!(lines, ["returned-refenced domain web of demo (standby sb serves epoch 2): stopped"]);
+        assert!(guard_actions(&serde_json::json!({ "environments": [] })).is_empty());
+    }
 
     #[test]
     fn a_child_report_names_the_snapshot() {

@@ -118,6 +118,10 @@ pub struct Scheduler {
     /// The last failed sync of each standby: its target and when.
     sync_failed: BTreeMap<String, (String, DateTime<Utc>)>,
     finished_syncs: Option<Vec<StandbySyncOutcome>>,
+    /// The fence guard in progress (at most one), see [`Scheduler::guard_fences`].
+    guard: Option<tokio::task::JoinHandle<Result<Vec<String>, RunError>>>,
+    /// Fence guard runs started, and old primaries it fenced again.
+    pub guards_started: u64,
 }
 
 impl std::fmt::Debug for Scheduler {
@@ -153,6 +157,8 @@ impl Scheduler {
             syncing: BTreeSet::new(),
             sync_failed: BTreeMap::new(),
             finished_syncs: None,
+            guard: None,
+            guards_started: 0,
         }
     }
 
@@ -190,6 +196,56 @@ impl Scheduler {
         self.finished_syncs.as_mut().map(std::mem::take).unwrap_or_default()
     }
 
+    /// While any role switch is in force, runs the fence guard (a child
+    /// `envclone status --json`, which fences again any old primary domain
+    /// found running) on a blocking thread: at most one at a time, so a
+    /// primary host that does not answer never holds the scheduler. The
+    /// result of the previous one is logged first.
+    pub async fn guard_fences(&mut self) {
+        if let Some(handle) = self.guard.take() {
+            if !handle.is_finished() {
+                self.guard = Some(handle);
+                return;
+            }
+            self.log_guard(handle.await);
+        }
+        let catalog = Arc::clone(&self.catalog);
+        let switched = tokio::task::spawn_blocking(move || -> crate::Result<bool> {
+            let catalog = execute::lock(&catalog);
+            Ok(catalog.failovers(None)?.iter().any(|f| f.mode != "test" && f.state == "active"))
+        })
+        .await;
+        match switched {
+            Ok(Ok(false)) => {}
+            Ok(Ok(true)) => {
+                let runner = Arc::clone(&self.runner);
+                self.guards_started += 1;
+                self.guard = Some(tokio::task::spawn_blocking(move || runner.guard_fences()));
+            }
+            Ok(Err(error)) => self.bookkeeping_error("find the role switches to guard", &error),
+            Err(error) => self.bookkeeping_error("find the role switches to guard", &error),
+        }
+    }
+
+    /// Waits for the fence guard in progress, if any, and logs what it did.
+    pub async fn finish_guard(&mut self) {
+        if let Some(handle) = self.guard.take() {
+            self.log_guard(handle.await);
+        }
+    }
+
+    fn log_guard(&mut self, done: Result<Result<Vec<String>, RunError>, tokio::task::JoinError>) {
+        match done {
+            Ok(Ok(actions)) => {
+                for action in actions {
+                    tracing::error!("fence guard: {action}");
+                }
+            }
+            Ok(Err(error)) => tracing::error!("fence guard failed: {}", crate::error::chain(&error)),
+            Err(error) => self.bookkeeping_error("run the fence guard", &error),
+        }
+    }
+
     /// Starts a sync of every standby with autorestore that is behind its
     /// primary's newest complete snapshot, unless one of it runs or it
     /// failed for that same snapshot less than [`SYNC_RETRY`] ago.
@@ -200,6 +256,11 @@ impl Scheduler {
             let mut behind = Vec::new();
             for standby in catalog.standbys(None)? {
                 if !standby.autorestore || standby.merging.is_some() {
+                    continue;
+                }
+                // A drill runs on it, or it serves its primary (roles
+                // switched): its disks are not the primary's copy now.
+                if catalog.open_failover(&standby.name)?.is_some() {
                     continue;
                 }
                 if let Some(newest) = catalog.last_snapshot(&standby.primary, None)? {
@@ -371,6 +432,7 @@ impl Scheduler {
             }
         }
         self.autorestore(now).await;
+        self.guard_fences().await;
         report
     }
 

@@ -25,6 +25,11 @@ pub struct StatusReport {
     /// Each standby of the environments shown: its primary, its newest
     /// restored point and that point's age (`lag_seconds`, the RPO now).
     pub standbys: Vec<crate::ops::standby::StandbySummary>,
+    /// Each environment a standby serves now (a role switch in force): the
+    /// active side, the epoch, each primary domain's fence, every return
+    /// of an old primary and what the fence guard did in this check.
+    /// Filled by `envclone status`, which runs the guard first.
+    pub failovers: Vec<crate::ops::failover::SwitchStatus>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
@@ -106,7 +111,7 @@ pub fn build(
         });
     }
     let standbys = crate::ops::standby::summaries(catalog, only, now)?;
-    Ok(StatusReport { generated_at: now, environments, standbys })
+    Ok(StatusReport { generated_at: now, environments, standbys, failovers: Vec::new() })
 }
 
 fn snapshot_status(snapshot: &Snapshot, now: DateTime<Utc>) -> SnapshotStatus {

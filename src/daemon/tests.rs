@@ -91,6 +91,7 @@ struct FakeRunner {
     retention: RetentionResult,
     retention_failing: bool,
     standby_syncs: Mutex<Vec<String>>,
+    guards: Mutex<u64>,
 }
 
 impl FakeRunner {
@@ -165,6 +166,11 @@ impl ScheduledRunner for FakeRunner {
     fn sync_standby(&self, standby: &str) -> Result<StandbySynced, RunError> {
         self.standby_syncs.lock().unwrap().push(standby.to_owned());
         Ok(StandbySynced { snapshot: "newest".into(), mode: "incremental".into(), bytes: 1 })
+    }
+
+    fn guard_fences(&self) -> Result<Vec<String>, RunError> {
+        *self.guards.lock().unwrap() += 1;
+        Ok(vec!["returned-refenced domain web of demo".into()])
     }
 }
 
@@ -575,4 +581,47 @@ async fn a_standby_without_autorestore_is_left_alone() {
     h.tick_and_wait(at(2, 0)).await;
 
     assert!(h.runner.standby_syncs.lock().unwrap().is_empty());
+}
+
+/// A role switch of `prod` to `sb` in force (epoch 1).
+fn switched_over(catalog: &Catalog) {
+    catalog
+        .add_failover(&crate::catalog::NewFailover {
+            env: "prod".into(),
+            standby: "sb".into(),
+            mode: "unplanned".into(),
+            epoch: Some(1),
+            state: "active".into(),
+            started_at: at(1, 30),
+            environment: serde_json::json!({}),
+            resources: serde_json::json!({ "fenced": [] }),
+            report: serde_json::json!({}),
+        })
+        .unwrap();
+}
+
+#[tokio::test]
+async fn while_roles_are_switched_each_tick_runs_the_fence_guard_and_autorestore_leaves_the_standby_alone() {
+    let mut h = Harness::new(&[], FakeRunner::succeeding(), at(2, 0));
+    standby_behind(&h.catalog(), true);
+    switched_over(&h.catalog());
+
+    h.tick_and_wait(at(2, 0)).await;
+    h.scheduler.finish_guard().await;
+    h.tick_and_wait(at(2, 1)).await;
+    h.scheduler.finish_guard().await;
+
+    assert_eq!(*h.runner.guards.lock().unwrap(), 2, "one guard per tick");
+    assert_eq!(h.scheduler.guards_started, 2);
+    assert!(h.runner.standby_syncs.lock().unwrap().is_empty(), "the active side is not synced over");
+}
+
+#[tokio::test]
+async fn without_a_switch_no_fence_guard_runs() {
+    let mut h = Harness::new(&[], FakeRunner::succeeding(), at(2, 0));
+
+    h.tick_and_wait(at(2, 0)).await;
+    h.scheduler.finish_guard().await;
+
+    assert_eq!(*h.runner.guards.lock().unwrap(), 0);
 }

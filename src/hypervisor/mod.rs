@@ -22,7 +22,7 @@ pub use ids::{random_mac, random_uuid};
 pub use libvirt::LibvirtHypervisor;
 pub use model::{BlockCommit, BlockJobInfo, BlockJobKind, Domain, DomainState, ExternalSnapshot, Network};
 pub use qmp::qmp;
-pub use xml::{DirectBootSpec, Disk, DomainDef, Interface, NetworkDef, NetworkSpec, NicSpec};
+pub use xml::{DirectBootSpec, Disk, DomainDef, FenceStamp, Interface, NetworkDef, NetworkSpec, NicSpec};
 
 use std::path::Path;
 

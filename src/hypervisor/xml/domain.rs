@@ -193,3 +193,55 @@ impl DomainDef {
             .ok_or(HvError::NoSuchInterface { domain: name, index })
     }
 }
+
+/// The namespace of envclone's own `<metadata>` element in a domain.
+pub const ENVCLONE_XMLNS: &str = "https://envclone.dev/xmlns/fence/1";
+
+/// A failover's fence, stamped into a fenced primary domain's `<metadata>`
+/// (`<envclone:fence epoch='N' fenced-at='RFC 3339'/>`): whoever looks at
+/// the domain with `virsh dumpxml` sees that a newer epoch serves elsewhere.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FenceStamp {
+    pub epoch: i64,
+    pub fenced_at: String,
+}
+
+impl DomainDef {
+    /// The fence stamp in `<metadata>`, if the domain carries one.
+    pub fn fence_stamp(&self) -> Option<FenceStamp> {
+        let fence = self.fence_element()?;
+        Some(FenceStamp {
+            epoch: attr(fence, "epoch")?.parse().ok()?,
+            fenced_at: attr(fence, "fenced-at").unwrap_or_default().to_owned(),
+        })
+    }
+
+    /// Stamps (or restamps) the fence into `<metadata>`, leaving other
+    /// applications' metadata as it is.
+    pub fn set_fence_stamp(&mut self, stamp: &FenceStamp) {
+        self.clear_fence_stamp();
+        let mut fence =
+            super::element("fence", &[("epoch", &stamp.epoch.to_string()), ("fenced-at", &stamp.fenced_at)]);
+        fence.prefix = Some("envclone".to_owned());
+        fence.namespace = Some(ENVCLONE_XMLNS.to_owned());
+        let mut namespaces = xmltree::Namespace::empty();
+        namespaces.put("envclone", ENVCLONE_XMLNS);
+        fence.namespaces = Some(namespaces);
+        super::push(child_or_insert(&mut self.root, "metadata"), fence);
+    }
+
+    /// Removes the fence stamp (an unfenced domain serves again).
+    pub fn clear_fence_stamp(&mut self) {
+        if let Some(metadata) = self.root.get_mut_child("metadata") {
+            metadata.children.retain(|c| c.as_element().map_or(true, |e| !is_fence(e)));
+        }
+    }
+
+    fn fence_element(&self) -> Option<&Element> {
+        self.root.get_child("metadata")?.children.iter().filter_map(xmltree::XMLNode::as_element).find(|e| is_fence(e))
+    }
+}
+
+fn is_fence(el: &Element) -> bool {
+    el.name == "fence" && el.namespace.as_deref() == Some(ENVCLONE_XMLNS)
+}

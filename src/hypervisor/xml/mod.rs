@@ -13,7 +13,7 @@ mod snapshot;
 
 pub use devices::{Disk, Interface};
 pub use direct_boot::{DirectBootSpec, NicSpec};
-pub use domain::DomainDef;
+pub use domain::{DomainDef, FenceStamp, ENVCLONE_XMLNS};
 pub use network::{NetworkDef, NetworkSpec};
 pub(crate) use snapshot::external_snapshot_xml;
 

@@ -322,3 +322,24 @@ fn set_chardev_files_moves_the_serial_and_console_logs() {
     let def = DomainDef::parse(&def.to_xml()).unwrap();
     assert_eq!(def.chardev_files(), [PathBuf::from("/clone/a-console.log"), PathBuf::from("/clone/a-console.log")]);
 }
+
+#[test]
+fn a_fence_stamp_round_trips_and_keeps_other_metadata() {
+    let mut def = domain();
+    assert_eq!(def.fence_stamp(), None);
+    let stamp = crate::hypervisor::FenceStamp { epoch: 3, fenced_at: "2026-12-06T22:00:00Z".into() };
+
+    def.set_fence_stamp(&stamp);
+    def.set_fence_stamp(&stamp);
+    let again = DomainDef::parse(&def.to_xml()).unwrap();
+
+    assert_eq!(again.fence_stamp(), Some(stamp));
+    let xml = again.to_xml();
+    assert_eq!(xml.matches("<envclone:fence ").count(), 1, "stamped once, not twice: {xml}");
+    assert!(xml.contains("libosinfo:os"), "{xml}");
+    assert!(xml.contains(&format!("xmlns:envclone=\"{}\"", super::ENVCLONE_XMLNS)), "{xml}");
+    let mut cleared = again.clone();
+    cleared.clear_fence_stamp();
+    assert_eq!(cleared.fence_stamp(), None);
+    assert!(cleared.to_xml().contains("libosinfo:os"));
+}

@@ -36,6 +36,9 @@ pub enum FailoverError {
     /// A planned failover needs a healthy primary.
     #[error("domain {domain} of environment '{env}' does not run")]
     PrimaryDown { env: String, domain: String },
+    /// An unplanned failover of a primary whose domains all run.
+    #[error("environment '{env}' runs: every domain of it is running")]
+    PrimaryHealthy { env: String },
     #[error("final snapshot of environment '{env}'")]
     FinalSnapshot {
         env: String,
@@ -139,10 +142,14 @@ impl FailoverError {
                 Some(format!("end it first: `envclone failover {env} --test --end`"))
             }
             FailoverError::PrimaryDown { .. } => Some(
-                "a planned failover needs the primary running (unplanned failover is not built yet); start it, or \
-                 run `envclone failover ENV --test` to check the standby"
+                "a planned failover needs the primary running; with the primary down, run `envclone failover ENV` \
+                 (unplanned: the standby's newest restored point)"
                     .into(),
             ),
+            FailoverError::PrimaryHealthy { env } => Some(format!(
+                "an unplanned failover would lose what {env} wrote since the standby's point: use `envclone failover \
+                 {env} --planned` (a final snapshot first); `--force` fails over anyway"
+            )),
             FailoverError::FinalSnapshot { source, .. } => source.hint(),
             FailoverError::Fence { source, .. } => source.hint(),
             FailoverError::Sync { source, .. } => source.hint(),

@@ -2,19 +2,43 @@
 //! [`crate::ops::standby`]) takes over, or, with `--test`, proves it could
 //! (issue #6).
 //!
-//! # Done so far
+//! # Jobs (one file each)
 //!
 //! - `drill.rs`: `--test` (a DR drill: SB starts from its restored point on
 //!   a throwaway overlay, in its isolated networks, reached through a
-//!   gateway namespace; the primary untouched) and `--test --end`.
+//!   gateway namespace; the primary untouched) and `--test --end`; the
+//!   journaled, timed step runner (`Run`) every failover uses.
 //! - `planned.rs`: `--planned` (a final snapshot, the primary fenced, SB
 //!   brought to that snapshot, given the primary's MACs and networks and
-//!   started; the switch recorded with an epoch).
+//!   started); the take over and the record every role switch shares.
+//! - `unplanned.rs`: the default, for a primary that is down (a healthy one
+//!   is refused without `--force`): the primary fenced, or recorded
+//!   `fenced-unconfirmed` when its libvirt does not answer; SB takes over
+//!   from its restored point on fresh overlays (`SB.<disk>.epoch-N.qcow2`),
+//!   so SB's copy stays that point and what SB writes is kept apart.
+//! - `fence.rs`: fencing a domain (stopped, autostart off, the epoch
+//!   stamped into its libvirt metadata) and the **guard** that keeps an
+//!   old primary fenced while a switch is in force (run first by `status`,
+//!   `snapshot` and `failover`, and on every daemon tick).
+//! - `undo.rs`: the undo of each step.
 //!
-//! Not built yet: unplanned failover (the command refuses it, exit 2),
-//! keeping a returning old primary fenced by its epoch, `status` showing
-//! the active side, schedules and autorestore following the new roles,
-//! failback.
+//! # Roles and epochs
+//!
+//! A role switch (planned or unplanned) is a `failovers` row in state
+//! `active` with the next **epoch** of ENV (1 for its first). While it is
+//! in force SB is ENV's active side: [`active_environment`] is how ENV is
+//! reached then (SB's domains at ENV's addresses, snapshots on SB's
+//! storage), which the commands use in place of ENV's config for
+//! snapshots, schedules, restores and recoveries of ENV; autorestore,
+//! `standby sync SB` and `standby destroy SB` leave SB alone. The fence of
+//! each primary domain and every return of an old primary are
+//! `fence_events` rows; `status` shows them.
+//!
+//! Not built yet: failback (`envclone failback ENV`: SB snapshotted, its
+//! epoch overlays carried home and rebased onto the primary's image of
+//! SB's point, the primary started again, the next epoch recorded). The
+//! planned failover still starts SB on its own images, without epoch
+//! overlays.
 //!
 //! # Journal, crashes, idempotence
 //!
@@ -25,21 +49,29 @@
 //! done ([`is_record_step`]). The crash points are `failover:STEP`, STEP
 //! being any step's progress line (`failover:start sb-web`, `failover:record
 //! the drill`). A drill that runs is reported, not started twice; ending
-//! none is a no-op; a switch recorded is reported, not done twice.
+//! none is a no-op; a switch recorded is reported, not done twice. A fence
+//! undone (a switch rolled back) starts the primary domain again only if it
+//! ran before, and removes its stamp. The undo acts through the
+//! controller's libvirt: a primary on another host (`--primary-uri`) is
+//! unfenced by hand.
 
 mod drill;
 mod error;
+pub mod fence;
 mod planned;
 #[cfg(test)]
 mod tests;
 pub mod undo;
+mod unplanned;
 
 pub use self::drill::{
     end as end_drill, overlay_path, start as start_drill, DrillAction, DrillDisk, DrillReport, DrillRequest,
     DrillResources, DrillVm, StepTime, BOOT_WITHIN,
 };
 pub use self::error::FailoverError;
-pub use self::planned::{planned, SwitchAction, SwitchReport, TakeoverVm};
+pub use self::fence::{guard, guard_uris, FencedDomain, GuardAction, PrimaryHost, SwitchStatus};
+pub use self::planned::{epoch_overlay_path, planned, SwitchAction, SwitchReport, TakeoverVm};
+pub use self::unplanned::{unplanned, Unplanned};
 
 use crate::config::Environment;
 use crate::ops::clone::HostNet;
@@ -80,6 +112,20 @@ pub fn drill_environment(
         what: "read a drill's environment",
         detail: e.to_string(),
     })
+}
+
+/// While a role switch of `name` is in force: how to reach its active side
+/// (the standby's domains at `name`'s addresses, snapshots on the
+/// standby's storage), with the switch's row.
+pub fn active_environment(
+    catalog: &crate::catalog::Catalog,
+    name: &str,
+) -> Result<Option<(Environment, crate::catalog::FailoverRecord)>, crate::catalog::CatalogError> {
+    let Some(switch) = catalog.active_switch(name)? else { return Ok(None) };
+    let environment = serde_json::from_value(switch.environment.clone()).map_err(|e| {
+        crate::catalog::CatalogError::Corrupt { what: "read a switch's active environment", detail: e.to_string() }
+    })?;
+    Ok(Some((environment, switch)))
 }
 
 /// Whether a journaled step is a failover's last, its record: from there

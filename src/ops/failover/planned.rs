@@ -6,8 +6,9 @@
 //! 2. **Fence** (operation `failover` on ENV from here on, each step
 //!    journaled before it runs): each primary domain is stopped (hard: its
 //!    disks hold the final snapshot, and nothing written after it is
-//!    carried over, see `unprotected_ms`) and its autostart disabled, so a
-//!    host reboot cannot bring it back (undo: `failover-unfence`).
+//!    carried over, see `unprotected_ms`), its autostart disabled, so a
+//!    host reboot cannot bring it back, and the epoch stamped into its
+//!    metadata (see `fence.rs`; undo: `failover-unfence`).
 //! 3. **Sync**: SB is brought to the final snapshot (`standby sync`'s own
 //!    journal; its point must then be the final snapshot).
 //! 4. **Take over**: each SB domain, shut off, is redefined with the
@@ -33,6 +34,7 @@ use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 
 use super::drill::{millis, pick_standby, wait_for_agents, DrillRequest, Run, StepTime};
+use super::fence::FencedDomain;
 use super::{undo, FailoverError, Tools};
 use crate::catalog::{NewFailover, UndoAction};
 use crate::hypervisor::HvError;
@@ -64,6 +66,11 @@ pub struct TakeoverVm {
     pub networks: Vec<String>,
     /// The primary's address its agent answers at.
     pub address: String,
+    /// The overlays it runs on, one per disk on SB's synced copy (an
+    /// unplanned failover: everything SB writes from the switch on is in
+    /// them, SB's copy stays its restored point); none: on SB's own disks.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub overlays: Vec<std::path::PathBuf>,
 }
 
 /// The JSON report for runbooks (`--json`).
@@ -85,6 +92,14 @@ pub struct SwitchReport {
     /// From the command's start until every agent of SB answered.
     pub rto_ms: u64,
     pub fenced: Vec<String>,
+    /// How each primary domain is fenced: `fenced` (stopped, autostart off,
+    /// the epoch stamped in its metadata) or `fenced-unconfirmed` (its
+    /// libvirt did not answer).
+    #[serde(default)]
+    pub fence: Vec<FencedDomain>,
+    /// The libvirt URI of the primary's host.
+    #[serde(default)]
+    pub primary_uri: Option<String>,
     pub vms: Vec<TakeoverVm>,
     pub started_at: DateTime<Utc>,
     pub steps: Vec<StepTime>,
@@ -95,23 +110,33 @@ fn corrupt(what: &'static str) -> impl FnOnce(serde_json::Error) -> FailoverErro
     move |e| FailoverError::Catalog(crate::catalog::CatalogError::Corrupt { what, detail: e.to_string() })
 }
 
+/// The report of the switch in force for `env` (to `standby` or another of
+/// its standbys), with action `already-failed-over`; a drill of `standby`
+/// that runs is refused.
+pub(super) fn already_switched(
+    ctx: &OpContext<'_>,
+    env: &str,
+    standby: &str,
+) -> Result<Option<SwitchReport>, FailoverError> {
+    if let Some(open) = ctx.catalog.open_failover(standby)? {
+        if open.mode == "test" {
+            return Err(FailoverError::DrillRunning { env: env.to_owned(), standby: standby.to_owned() });
+        }
+    }
+    let Some(open) = ctx.catalog.active_switch(env)? else { return Ok(None) };
+    let mut report: SwitchReport = serde_json::from_value(open.report).map_err(corrupt("read a failover's report"))?;
+    ctx.note(format!("{env} failed over to standby {} already (epoch {}): nothing to do", open.standby, report.epoch));
+    report.action = SwitchAction::AlreadyFailedOver;
+    Ok(Some(report))
+}
+
 /// Fails ENV over to its standby, planned; see the module documentation.
 pub fn planned(ctx: &OpContext<'_>, request: &DrillRequest, tools: Tools<'_>) -> Result<SwitchReport, FailoverError> {
     let started = Instant::now();
     let started_at = ctx.clock.now();
     let standby = pick_standby(ctx, request)?;
     let primary = ctx.config.environment(&request.env)?.clone();
-    if let Some(open) = ctx.catalog.open_failover(&standby.name)? {
-        if open.mode == "test" {
-            return Err(FailoverError::DrillRunning { env: request.env.clone(), standby: standby.name.clone() });
-        }
-        let mut report: SwitchReport =
-            serde_json::from_value(open.report).map_err(corrupt("read a failover's report"))?;
-        ctx.note(format!(
-            "{} failed over to standby {} already (epoch {}): nothing to do",
-            request.env, standby.name, report.epoch
-        ));
-        report.action = SwitchAction::AlreadyFailedOver;
+    if let Some(report) = already_switched(ctx, &request.env, &standby.name)? {
         return Ok(report);
     }
     for vm in primary.vms.values() {
@@ -146,15 +171,19 @@ pub fn planned(ctx: &OpContext<'_>, request: &DrillRequest, tools: Tools<'_>) ->
         .map_err(|e| FailoverError::FinalSnapshot { env: request.env.clone(), source: Box::new(e) })?;
     let thawed = Instant::now();
 
+    let epoch = ctx.catalog.last_epoch(&request.env)? + 1;
     let mut run = Run::new(ctx, tools, &request.env, started)?;
     run.steps.push(final_step);
-    let result = switch(&mut run, &standby, &primary, &snapshot.name, thawed);
+    let result = switch(&mut run, &standby, &primary, &snapshot.name, thawed, epoch);
     let (vms, fenced, unprotected, rto) = match result {
         Ok(done) => done,
         Err(error) => return Err(run.roll_back(error)),
     };
-    let epoch = ctx.catalog.failovers(Some(&request.env))?.iter().filter_map(|f| f.epoch).max().unwrap_or(0) + 1;
-    let mut report = SwitchReport {
+    let fence = fenced
+        .iter()
+        .map(|d| FencedDomain { domain: d.clone(), fence: crate::catalog::FenceKind::Fenced, detail: None })
+        .collect();
+    let report = SwitchReport {
         env: request.env.clone(),
         standby: standby.name.clone(),
         mode: "planned".into(),
@@ -165,44 +194,85 @@ pub fn planned(ctx: &OpContext<'_>, request: &DrillRequest, tools: Tools<'_>) ->
         unprotected_ms: millis(unprotected),
         rto_ms: millis(rto),
         fenced,
+        fence,
+        primary_uri: None,
         vms,
         started_at,
         steps: Vec::new(),
         duration_ms: 0,
     };
-    let mut environment = primary.clone();
-    for vm in &report.vms {
-        if let Some(config) = environment.vms.get_mut(&vm.vm) {
-            config.domain = vm.domain.clone();
-        }
-    }
+    record_switch(run, &standby, &primary, report)
+}
+
+/// The switch's last step: its `failovers` row (mode, epoch, how to reach
+/// the active side, the fence) and its fence events; then the report.
+pub(super) fn record_switch(
+    mut run: Run<'_, '_>,
+    standby: &crate::catalog::StandbyRecord,
+    primary: &crate::config::Environment,
+    mut report: SwitchReport,
+) -> Result<SwitchReport, FailoverError> {
+    let epoch = report.epoch;
+    let environment = active_environment(primary, standby, &report.vms);
+    let resources =
+        super::fence::SwitchResources { fenced: report.fence.clone(), primary_uri: report.primary_uri.clone() };
+    let request_env = report.env.clone();
     let recorded = run.step(
-        &format!("record epoch {epoch}: {} serves {}", standby.name, request.env),
+        &format!("record epoch {epoch}: {} serves {request_env}", standby.name),
         undo::forget_open(&standby.name),
         |run| {
             let mut stored = report.clone();
             stored.steps = run.steps.clone();
             stored.duration_ms = millis(run.started.elapsed());
-            Ok(run.ctx.catalog.add_failover(&NewFailover {
+            let id = run.ctx.catalog.add_failover(&NewFailover {
                 env: report.env.clone(),
                 standby: report.standby.clone(),
-                mode: "planned".into(),
+                mode: report.mode.clone(),
                 epoch: Some(epoch),
                 state: "active".into(),
-                started_at,
+                started_at: report.started_at,
                 environment: serde_json::to_value(&environment).unwrap_or_default(),
-                resources: serde_json::json!({ "fenced": stored.fenced }),
+                resources: serde_json::to_value(&resources).unwrap_or_default(),
                 report: serde_json::to_value(&stored).unwrap_or_default(),
-            })?)
+            })?;
+            for fence in &report.fence {
+                run.ctx.catalog.add_fence_event(&crate::catalog::FenceEvent {
+                    failover_id: id,
+                    env: report.env.clone(),
+                    epoch,
+                    domain: fence.domain.clone(),
+                    kind: fence.fence,
+                    detail: fence.detail.clone(),
+                    at: run.ctx.clock.now(),
+                })?;
+            }
+            Ok(id)
         },
     );
     if let Err(error) = recorded {
         return Err(run.roll_back(error));
     }
     run.complete()?;
-    report.steps = run.steps;
-    report.duration_ms = millis(started.elapsed());
+    report.duration_ms = millis(run.started.elapsed());
+    report.steps = std::mem::take(&mut run.steps);
     Ok(report)
+}
+
+/// How to reach ENV while SB is its active side: ENV's VMs (their agents
+/// at ENV's addresses) in SB's domains, its snapshots on SB's storage.
+pub(super) fn active_environment(
+    primary: &crate::config::Environment,
+    standby: &crate::catalog::StandbyRecord,
+    vms: &[TakeoverVm],
+) -> crate::config::Environment {
+    let mut environment = primary.clone();
+    environment.storage = Some(standby.storage.join("active"));
+    for vm in vms {
+        if let Some(config) = environment.vms.get_mut(&vm.vm) {
+            config.domain = vm.domain.clone();
+        }
+    }
+    environment
 }
 
 /// Steps 2 to 5 (before the record); returns SB's VMs, the fenced
@@ -213,6 +283,7 @@ fn switch(
     primary: &crate::config::Environment,
     snapshot: &str,
     thawed: Instant,
+    epoch: i64,
 ) -> Result<(Vec<TakeoverVm>, Vec<String>, std::time::Duration, std::time::Duration), FailoverError> {
     let ctx = run.ctx;
     let state_dir = &ctx.config.controller.state_dir;
@@ -221,11 +292,16 @@ fn switch(
         let _primary_lock = EnvLock::acquire(state_dir, &standby.primary, "failover (fence)")?;
         for vm in primary.vms.values() {
             let domain = vm.domain.clone();
-            run.step(&format!("fence {domain}: stop it, autostart off"), undo::unfence(&domain), |run| {
-                let fail = |e: HvError| FailoverError::Fence { domain: domain.clone(), source: Box::new(e) };
-                run.ctx.hv.destroy_domain(&domain).map_err(fail)?;
-                run.ctx.hv.set_autostart(&domain, false).map_err(fail)
-            })?;
+            let stamp = super::fence::stamp(epoch, ctx.clock.now());
+            run.step(
+                &format!("fence {domain}: stop it, autostart off, epoch {epoch}"),
+                undo::unfence(&domain),
+                |run| {
+                    super::fence::fence_domain(run.ctx.hv, &domain, &stamp)
+                        .map(drop)
+                        .map_err(|e| FailoverError::Fence { domain: domain.clone(), source: Box::new(e) })
+                },
+            )?;
             fenced.push(domain);
         }
     }
@@ -244,7 +320,23 @@ fn switch(
         });
     }
 
-    let _standby_lock = EnvLock::acquire(state_dir, &name, "failover (take over)")?;
+    let vms = take_over(run, standby, primary, None)?;
+    let rto = run.started.elapsed();
+    Ok((vms, fenced, unprotected, rto))
+}
+
+/// SB takes over: each domain redefined with the primary's MACs and
+/// networks (and, given an epoch, on a fresh overlay per disk), started;
+/// then its agents awaited at the primary's addresses.
+pub(super) fn take_over(
+    run: &mut Run<'_, '_>,
+    standby: &crate::catalog::StandbyRecord,
+    primary: &crate::config::Environment,
+    overlay_epoch: Option<i64>,
+) -> Result<Vec<TakeoverVm>, FailoverError> {
+    let ctx = run.ctx;
+    let name = standby.name.clone();
+    let _standby_lock = EnvLock::acquire(&ctx.config.controller.state_dir, &name, "failover (take over)")?;
     let networks: std::collections::BTreeMap<String, String> =
         standby.resources.networks.iter().map(|n| (n.name.clone(), n.source.clone())).collect();
     let mut vms = Vec::new();
@@ -266,6 +358,31 @@ fn switch(
                 on.push(network);
             }
         }
+        let mut overlays = Vec::new();
+        for disk in standby.disks.iter().filter(|d| d.vm == domain.vm) {
+            let Some(epoch) = overlay_epoch else { break };
+            let overlay = epoch_overlay_path(standby, &domain.vm, &disk.disk, epoch);
+            run.step(
+                &format!("overlay {}/{} for epoch {epoch}", domain.vm, disk.disk),
+                UndoAction::DeleteFile { path: overlay.clone() },
+                |run| {
+                    // One left by a failover that was rolled back is stale.
+                    run.tools.files.remove(&overlay).map_err(|e| FailoverError::Remove {
+                        what: overlay.display().to_string(),
+                        detail: e.to_string(),
+                    })?;
+                    run.tools.files.create_overlay(&overlay, &disk.path, crate::catalog::ImageFormat::Qcow2).map_err(
+                        |source| FailoverError::Overlay {
+                            vm: domain.vm.clone(),
+                            disk: disk.disk.clone(),
+                            source: Box::new(source),
+                        },
+                    )
+                },
+            )?;
+            def.set_disk_source(&disk.disk, &overlay, crate::catalog::ImageFormat::Qcow2.as_str()).map_err(redefine)?;
+            overlays.push(overlay);
+        }
         let what = format!(
             "take over {}'s identity on {}: {}",
             domain.primary_domain,
@@ -283,6 +400,7 @@ fn switch(
             macs: domain.primary_macs.clone(),
             networks: on,
             address,
+            overlays,
         });
     }
     for vm in &vms {
@@ -300,6 +418,15 @@ fn switch(
         }
     }
     wait_for_agents(run, &format!("wait for {name}'s agents at {}'s addresses", standby.primary), &environment)?;
-    let rto = run.started.elapsed();
-    Ok((vms, fenced, unprotected, rto))
+    Ok(vms)
+}
+
+/// Where SB's domain runs from the switch of `epoch` on, for `disk` of `vm`.
+pub fn epoch_overlay_path(
+    standby: &crate::catalog::StandbyRecord,
+    vm: &str,
+    disk: &str,
+    epoch: i64,
+) -> std::path::PathBuf {
+    standby.storage.join(vm).join(format!("{}.{disk}.epoch-{epoch}.qcow2", standby.name))
 }

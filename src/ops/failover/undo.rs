@@ -9,8 +9,9 @@
 //! - `failover-forget`: the standby's failover that is not ended (a drill
 //!   running, a switch in force) is forgotten in the catalog (its
 //!   `failovers` row);
-//! - `failover-unfence`: a primary domain the failover fenced is started
-//!   again unless it runs (its autostart stays off: the hypervisor adapter
+//! - `failover-unfence`: a primary domain the failover fenced loses its
+//!   fence stamp and is started again unless it runs (its autostart stays
+//!   off: the hypervisor adapter
 //!   cannot read what it was; set it again by hand if it was on);
 //! - `failover-redefine`: a standby domain whose identity (MACs, networks)
 //!   the failover switched to the primary's is defined again as it was
@@ -35,6 +36,13 @@ pub fn forget_open(standby: &str) -> UndoAction {
 
 pub fn unfence(domain: &str) -> UndoAction {
     UndoAction::Custom { kind: UNDO_UNFENCE.into(), data: serde_json::json!({ "domain": domain }) }
+}
+
+/// The undo of fencing a domain that was down already: its stamp goes, it
+/// is not started (an unplanned failover rolled back leaves the primary as
+/// it found it).
+pub fn unfence_down(domain: &str) -> UndoAction {
+    UndoAction::Custom { kind: UNDO_UNFENCE.into(), data: serde_json::json!({ "domain": domain, "start": false }) }
 }
 
 /// Defines `def` again (the standby domain as it was before the takeover).
@@ -72,10 +80,26 @@ pub fn undo_own(ctx: &OpContext<'_>, kind: &str, data: &serde_json::Value) -> Re
         }
         UNDO_UNFENCE => {
             let domain = data["domain"].as_str().ok_or_else(|| format!("bad {kind} data {data}: no domain"))?;
-            let found =
-                ctx.hv.domain(domain).map_err(|e| format!("cannot look up domain {domain}: {}", error_chain(&e)))?;
+            let found = match ctx.hv.domain(domain) {
+                Ok(found) => found,
+                Err(crate::hypervisor::HvError::NoSuchDomain { .. }) => {
+                    return Ok(format!("domain {domain} is not defined here: nothing to unfence"))
+                }
+                Err(e) => return Err(format!("cannot look up domain {domain}: {}", error_chain(&e))),
+            };
             if found.state.is_active() {
                 return Ok(format!("domain {domain} runs already"));
+            }
+            if found.def.fence_stamp().is_some() {
+                // The fence is undone: its stamp would tell a lie.
+                let mut def = found.def.clone();
+                def.clear_fence_stamp();
+                ctx.hv
+                    .define_domain(&def)
+                    .map_err(|e| format!("cannot remove the fence stamp of domain {domain}: {}", error_chain(&e)))?;
+            }
+            if data["start"].as_bool() == Some(false) {
+                return Ok(format!("domain {domain} unstamped; it was down before the failover and stays so"));
             }
             ctx.hv.start_domain(domain).map_err(|e| format!("cannot start domain {domain}: {}", error_chain(&e)))?;
             Ok(format!("domain {domain} started again (its autostart stays off)"))

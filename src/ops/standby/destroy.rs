@@ -50,6 +50,7 @@ pub fn destroy(ctx: &OpContext<'_>, name: &str, transfer: &dyn Transfer) -> Resu
         ctx.note(format!("no standby named {name}: nothing to destroy"));
         return Ok(report);
     };
+    super::sync::refuse_active_side(ctx, &record)?;
     report.existed = true;
     report.primary = Some(record.primary.clone());
     let mut journal = Journal::begin(ctx.catalog, OperationKind::StandbyDestroy, name, ctx.clock.now())?;

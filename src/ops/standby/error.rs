@@ -30,6 +30,10 @@ pub enum StandbyError {
     /// A standby is synced only while its domains are shut off.
     #[error("domain {domain} of standby {standby} runs")]
     StandbyRunning { standby: String, domain: String },
+    /// The standby serves its primary (a role switch in force): its disks
+    /// are the environment's live data, not a copy to overwrite or remove.
+    #[error("standby {standby} serves environment '{env}' (epoch {epoch}): it is the active side")]
+    ActiveSide { standby: String, env: String, epoch: i64 },
     /// An earlier sync stopped half way through its merge.
     #[error("standby {standby} is half way through a sync to snapshot {snapshot}")]
     MergePending { standby: String, snapshot: String },
@@ -109,6 +113,9 @@ impl StandbyError {
             StandbyError::StandbyRunning { domain, .. } => {
                 Some(format!("shut {domain} down (`virsh shutdown {domain}`), then sync again"))
             }
+            StandbyError::ActiveSide { env, .. } => Some(format!(
+                "`envclone status {env}` shows the switch; fail back first (not built yet), or end it by hand"
+            )),
             StandbyError::MergePending { .. } => {
                 Some("run `envclone recover` to finish that sync, then sync again".into())
             }

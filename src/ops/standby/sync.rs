@@ -141,6 +141,7 @@ pub fn sync(ctx: &OpContext<'_>, standby: &str, transfer: &dyn Transfer) -> Resu
     if let Some(snapshot) = &record.merging {
         return Err(StandbyError::MergePending { standby: standby.to_owned(), snapshot: snapshot.clone() });
     }
+    refuse_active_side(ctx, &record)?;
     check_shut_off(ctx, &record)?;
 
     // Under ENV's lock: no delete is half way through the images read.
@@ -213,6 +214,19 @@ pub fn sync(ctx: &OpContext<'_>, standby: &str, transfer: &dyn Transfer) -> Resu
             Ok(report(&plan.disks, plan.mode, plan.bytes))
         }
         Err(error) => Err(run.roll_back(error)),
+    }
+}
+
+/// A standby that serves its primary is not synced (nor destroyed): its
+/// images hold the environment's live data, even with its domains stopped.
+pub(crate) fn refuse_active_side(ctx: &OpContext<'_>, record: &StandbyRecord) -> Result<(), StandbyError> {
+    match ctx.catalog.open_failover(&record.name)? {
+        Some(open) if open.mode != "test" => Err(StandbyError::ActiveSide {
+            standby: record.name.clone(),
+            env: record.primary.clone(),
+            epoch: open.epoch.unwrap_or(0),
+        }),
+        _ => Ok(()),
     }
 }
 
