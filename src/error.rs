@@ -53,6 +53,9 @@ pub enum Error {
     Snapshot(#[source] Box<SnapshotError>),
     #[error("{failed} of {total} live checks failed")]
     CheckFailed { failed: usize, total: usize },
+    /// `envclone prune`: the other deletes ran, these did not.
+    #[error("prune of '{env}': {failed} of {total} deletes failed (the first: snapshot {first})")]
+    PruneIncomplete { env: String, failed: usize, total: usize, first: String },
     #[error("{0}")]
     Usage(String),
     /// `envclone daemon` and `envclone schedule run`.
@@ -236,6 +239,10 @@ impl Error {
             Error::Lock(e) => e.hint(),
             Error::Snapshot(e) => e.hint(),
             Error::CheckFailed { .. } => Some("each failed check above says what to fix".into()),
+            Error::PruneIncomplete { env, .. } => Some(format!(
+                "each failed delete above says why; `envclone recover {env}` finishes or rolls back an interrupted \
+                 one, then `envclone prune {env}` again retries what is left"
+            )),
             Error::Usage(_) => Some("see `envclone --help`".into()),
             Error::Daemon(e) => e.hint(),
             Error::Delete(e) => e.hint(),

@@ -75,7 +75,7 @@ impl ExitCode {
             Error::Clone { source, .. } => ExitCode::from_clone_error(source),
             Error::Standby { source, .. } => ExitCode::from_standby_error(source),
             Error::Failover { source, .. } => ExitCode::from_failover_error(source),
-            Error::Lab(_) | Error::CheckFailed { .. } => ExitCode::Failed,
+            Error::Lab(_) | Error::CheckFailed { .. } | Error::PruneIncomplete { .. } => ExitCode::Failed,
             Error::Daemon(daemon) => daemon_code(daemon),
             Error::Recover(_) | Error::RecoverIncomplete { .. } => ExitCode::Failed,
         }
@@ -448,6 +448,14 @@ mod tests {
             let error = Error::from(error);
             assert_eq!(ExitCode::from_error(&error), code, "{error}");
         }
+    }
+
+    #[test]
+    fn an_incomplete_prune_fails_with_exit_1_naming_the_first_failure_and_the_way_on() {
+        let error = Error::PruneIncomplete { env: "demo".into(), failed: 1, total: 3, first: "s1".into() };
+        assert_eq!(ExitCode::from_error(&error), ExitCode::Failed);
+        assert_eq!(error.to_string(), "prune of 'demo': 1 of 3 deletes failed (the first: snapshot s1)");
+        assert!(error.hint().unwrap().contains("envclone recover demo"));
     }
 
     #[test]

@@ -1,8 +1,8 @@
 //! `envclone prune ENV [--dry-run]`: applies the schedules' (and the
 //! environment's) retention and deletes what it does not keep, through the
 //! same code as `delete-snapshot`. Deferred deletes are reported, not
-//! failures; a delete that fails makes the exit code 1 after the others
-//! ran. The work is in [`crate::ops::prune`].
+//! failures; a delete that fails is an error (exit code 1) once the others
+//! ran and the report is printed. The work is in [`crate::ops::prune`].
 
 use super::{load_config_with_clones, Output};
 use crate::catalog::Catalog;
@@ -25,11 +25,13 @@ pub fn run(global: &GlobalArgs, args: &PruneArgs, out: &Output) -> Result<ExitCo
     let request = PruneRequest { env: args.environment.clone(), dry_run: args.dry_run };
     let report = prune::prune(&ctx, &QemuImg, &request, &DeleteSettings::default())?;
     out.report(&report, human);
-    if !report.failed.is_empty() {
-        if !out.json {
-            eprintln!("error: {} of {} deletes failed", report.failed.len(), report.candidates.len());
-        }
-        return Ok(ExitCode::Failed);
+    if let Some(first) = report.failed.first() {
+        return Err(Error::PruneIncomplete {
+            env: report.env.clone(),
+            failed: report.failed.len(),
+            total: report.candidates.len(),
+            first: first.snapshot.clone(),
+        });
     }
     Ok(ExitCode::Ok)
 }
