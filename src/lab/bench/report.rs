@@ -368,7 +368,7 @@ impl BenchReport {
             md.push('\n');
         }
         if let Some(scale) = &self.scale {
-            md.push_str("**Scale** (environments of 256 MiB VMs; freeze window: median of 5 `envclone snapshot`; linked clone: `envclone clone ENV --disks linked --start off`, its own snapshot included):\n\n");
+            md.push_str(&format!("**Scale** (environments of 256 MiB VMs, the others paused; freeze window: median of {} `envclone snapshot`; linked clone: `envclone clone ENV --disks linked --start off`, its own snapshot included):\n\n", scale.points.first().map_or(0, |p| p.freeze_windows_ms.len())));
             md.push_str("| VMs | group freeze window | vs 1 VM | snapshot | linked clone | vs 1 VM |\n");
             md.push_str("| ---: | ---: | ---: | ---: | ---: | ---: |\n");
             for p in &scale.points {
