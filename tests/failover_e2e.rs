@@ -33,18 +33,15 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 use common::traffic::Client;
-use common::{run, stdout, LabUnderTest};
-use envclone::hypervisor::{DomainState, Hypervisor, LibvirtHypervisor};
+use common::{run, stdout, wait_for_web_page, web_page, LabUnderTest};
+use envclone::hypervisor::{DomainState, Hypervisor};
 use serde_json::Value;
 
 const LAB: &str = "failover";
 const SB: &str = "sb";
 const DRILL_NETNS: &str = "envclone-c-sb";
 const WEB: &str = "10.77.1.11:80";
-const WEB_URL: &str = "http://10.77.1.11/";
 const EVERY: Duration = Duration::from_millis(50);
-/// Generous: TCG guests are slow when other labs run too.
-const SLOW: Duration = Duration::from_secs(180);
 const BEFORE: &str = "failover-e2e: before the standby point";
 const AFTER: &str = "failover-e2e: after the standby point";
 const JUST_BEFORE: &str = "failover-e2e: just before the planned failover";
@@ -73,7 +70,7 @@ fn failover_drill_end_to_end() {
     );
     assert!(traffic.failures.is_empty(), "requests to the primary failed during the drill: {traffic:#?}");
     assert!(traffic.requests > 20, "{traffic:#?}");
-    assert!(page(&lab.netns()).contains(AFTER), "the primary still serves its own data");
+    assert!(web_page(&lab.netns()).contains(AFTER), "the primary still serves its own data");
     a_planned_failover_carries_every_write_over_and_a_second_does_nothing(&lab);
     println!("failover e2e done in {:.1} s", started.elapsed().as_secs_f64());
 }
@@ -87,7 +84,7 @@ fn standby_synced_with_a_record_before_and_one_after_its_point(lab: &LabUnderTes
     let created = lab.json(&["standby", "create", "demo", "--name", SB, "--json"]);
     assert_eq!(created["sync"]["mode"], "full", "{created:#}");
     run(&db, &format!("echo '{AFTER}' >> /srv/db/records; sync"));
-    wait_for_page(&lab.netns(), AFTER);
+    wait_for_web_page(&lab.netns(), AFTER);
     created["sync"]["disks"].as_array().unwrap().iter().map(|d| PathBuf::from(d["path"].as_str().unwrap())).collect()
 }
 
@@ -104,7 +101,7 @@ fn the_drill_starts_the_standby_from_its_point(lab: &LabUnderTest) -> Value {
     let steps = report["steps"].as_array().unwrap();
     assert!(steps.iter().all(|s| s["ok"] == true && s["at_ms"].is_u64() && s["took_ms"].is_u64()), "{report:#}");
     assert!(steps.iter().any(|s| s["name"] == "start sb-web"), "{report:#}");
-    let hv = hypervisor(lab);
+    let hv = lab.hypervisor();
     for vm in report["vms"].as_array().unwrap() {
         let domain = hv.domain(vm["domain"].as_str().unwrap()).unwrap();
         assert_eq!(domain.state, DomainState::Running, "{vm:#}");
@@ -117,7 +114,7 @@ fn the_drill_starts_the_standby_from_its_point(lab: &LabUnderTest) -> Value {
         assert_eq!(hv.domain(primary).unwrap().state, DomainState::Running, "{primary}");
     }
     // SB's web, through the drill's gateway, serves SB's db: its point's data.
-    let sb_page = wait_for_page(DRILL_NETNS, BEFORE);
+    let sb_page = wait_for_web_page(DRILL_NETNS, BEFORE);
     assert!(!sb_page.contains(AFTER), "the standby serves what the primary wrote after its point: {sb_page}");
     let ssh = lab.envclone(&["ssh", SB, "db", "--", "cat", "/srv/db/records"]);
     assert!(ssh.status.success(), "envclone ssh {SB} db: {}", String::from_utf8_lossy(&ssh.stderr));
@@ -136,7 +133,7 @@ fn the_drill_ends_leaving_the_standby_as_it_was(lab: &LabUnderTest, images: &[Pa
     let ended = lab.json(&["failover", "demo", "--test", "--end", "--json"]);
 
     assert_eq!(ended["action"], "ended", "{ended:#}");
-    let hv = hypervisor(lab);
+    let hv = lab.hypervisor();
     for vm in ended["vms"].as_array().unwrap() {
         let domain = hv.domain(vm["domain"].as_str().unwrap()).unwrap();
         assert_eq!(domain.state, DomainState::ShutOff, "{vm:#}");
@@ -158,14 +155,14 @@ fn the_drill_ends_leaving_the_standby_as_it_was(lab: &LabUnderTest, images: &[Pa
 fn a_drill_killed_half_way_is_rolled_back_by_recover(lab: &LabUnderTest, images: &[PathBuf], before: &[String]) {
     let crashed = lab.envclone_crashing_at(&["failover", "demo", "--test"], "failover:start sb-web");
     assert_eq!(crashed.status.code(), None, "killed at the crash point: {}", String::from_utf8_lossy(&crashed.stderr));
-    assert_eq!(hypervisor(lab).domain("sb-web").unwrap().state, DomainState::Running, "killed after the start");
+    assert_eq!(lab.hypervisor().domain("sb-web").unwrap().state, DomainState::Running, "killed after the start");
 
     let recovered = lab.json(&["recover", SB, "--json"]);
 
     let operation = &recovered["environments"][0]["operations"][0];
     assert_eq!(operation["kind"], "failover", "{recovered:#}");
     assert_eq!(operation["outcome"], "rolled-back", "{recovered:#}");
-    let hv = hypervisor(lab);
+    let hv = lab.hypervisor();
     for domain in ["sb-web", "sb-db"] {
         let found = hv.domain(domain).unwrap();
         assert_eq!(found.state, DomainState::ShutOff, "{domain}");
@@ -189,7 +186,7 @@ fn a_drill_killed_half_way_is_rolled_back_by_recover(lab: &LabUnderTest, images:
 
 fn a_planned_failover_carries_every_write_over_and_a_second_does_nothing(lab: &LabUnderTest) {
     run(&lab.session("db"), &format!("echo '{JUST_BEFORE}' >> /srv/db/records; sync"));
-    let hv = hypervisor(lab);
+    let hv = lab.hypervisor();
     let primary_macs: Vec<Option<String>> =
         ["demo-web", "demo-db"].iter().flat_map(|d| hv.domain(d).unwrap().def.interfaces()).map(|i| i.mac).collect();
 
@@ -216,7 +213,7 @@ fn a_planned_failover_carries_every_write_over_and_a_second_does_nothing(lab: &L
         assert!(found.def.interfaces().iter().all(|i| i.network.as_deref() == Some("demo-net")), "{domain}");
     }
     // The standby serves at the primary's address, with every write made before.
-    let page = wait_for_page(&lab.netns(), JUST_BEFORE);
+    let page = wait_for_web_page(&lab.netns(), JUST_BEFORE);
     assert!(page.contains(BEFORE) && page.contains(AFTER), "{page}");
 
     let again = lab.json(&["failover", "demo", "--planned", "--json"]);
@@ -247,21 +244,4 @@ fn sha256s(images: &[PathBuf]) -> Vec<String> {
             stdout(&output).split_whitespace().next().unwrap().to_owned()
         })
         .collect()
-}
-
-fn page(netns: &str) -> String {
-    let output = Command::new("ip").args(["netns", "exec", netns, "curl", "-sS", "--max-time", "10", WEB_URL]).output();
-    output.map(|o| stdout(&o)).unwrap_or_default()
-}
-
-fn wait_for_page(netns: &str, text: &str) -> String {
-    envclone::wait::until(&format!("web's page in {netns} to show {text:?}"), SLOW, Duration::from_millis(500), || {
-        let page = page(netns);
-        Ok::<_, std::io::Error>(page.contains(text).then_some(page))
-    })
-    .unwrap_or_else(|e| panic!("{e}"))
-}
-
-fn hypervisor(lab: &LabUnderTest) -> LibvirtHypervisor {
-    LibvirtHypervisor::connect(&lab.config().controller.libvirt_uri).unwrap()
 }

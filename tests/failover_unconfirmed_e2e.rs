@@ -21,15 +21,12 @@
 mod common;
 
 use std::path::{Path, PathBuf};
-use std::process::Command;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
-use common::{run, stdout, LabUnderTest};
-use envclone::hypervisor::{DomainState, Hypervisor, LibvirtHypervisor};
+use common::{run, wait_for_web_page, LabUnderTest};
+use envclone::hypervisor::{DomainState, Hypervisor};
 
 const LAB: &str = "unconfirmed";
-const WEB_URL: &str = "http://10.77.1.11/";
-const SLOW: Duration = Duration::from_secs(180);
 const BEFORE: &str = "unconfirmed-e2e: before the standby point";
 
 #[test]
@@ -39,10 +36,10 @@ fn unplanned_failover_with_the_primary_host_down_then_back() {
     run(&lab.session("db"), &format!("echo '{BEFORE}' >> /srv/db/records; sync"));
     lab.json(&["snapshot", "demo", "--json"]);
     lab.json(&["standby", "create", "demo", "--name", "sb", "--json"]);
-    let hv = hypervisor(&lab);
+    let hv = lab.hypervisor();
     // The primary's host goes down: its domains stop, autostart still on.
     for domain in ["demo-web", "demo-db"] {
-        virsh(&lab, &["autostart", domain]);
+        lab.virsh(&["autostart", domain]);
         hv.destroy_domain(domain).unwrap();
     }
     let host = tempfile::tempdir().unwrap();
@@ -64,10 +61,10 @@ fn unplanned_failover_with_the_primary_host_down_then_back() {
     assert!(fence.iter().all(|f| f["fence"] == "fenced-unconfirmed"), "{report:#}");
     assert_eq!(report["primary_uri"], primary_uri.as_str());
     for primary in ["demo-web", "demo-db"] {
-        assert!(virsh(&lab, &["dominfo", primary]).contains("Autostart:      enable"), "nothing done to {primary}");
+        assert!(lab.virsh(&["dominfo", primary]).contains("Autostart:      enable"), "nothing done to {primary}");
         assert_eq!(hv.domain(primary).unwrap().def.fence_stamp(), None);
     }
-    wait_for_page(&lab.netns(), BEFORE);
+    wait_for_web_page(&lab.netns(), BEFORE);
     let status = lab.json(&["status", "--json"]);
     let switch = &status["failovers"][0];
     assert_eq!(switch["checked"], false, "{switch:#}");
@@ -75,7 +72,7 @@ fn unplanned_failover_with_the_primary_host_down_then_back() {
 
     // The host is back, and autostart brought its web up.
     std::os::unix::fs::symlink(lab_socket(&lab), &socket).unwrap();
-    virsh(&lab, &["start", "demo-web"]);
+    lab.virsh(&["start", "demo-web"]);
     let status = lab.json(&["status", "--json"]);
 
     println!("{:#}", status["failovers"]);
@@ -97,10 +94,10 @@ fn unplanned_failover_with_the_primary_host_down_then_back() {
         let found = hv.domain(primary).unwrap();
         assert_eq!(found.state, DomainState::ShutOff, "{primary}");
         assert_eq!(found.def.fence_stamp().map(|s| s.epoch), Some(1), "{primary}");
-        assert!(virsh(&lab, &["dominfo", primary]).contains("Autostart:      disable"), "{primary}");
+        assert!(lab.virsh(&["dominfo", primary]).contains("Autostart:      disable"), "{primary}");
     }
     assert_eq!(hv.domain("sb-web").unwrap().state, DomainState::Running);
-    wait_for_page(&lab.netns(), BEFORE);
+    wait_for_web_page(&lab.netns(), BEFORE);
     println!("unconfirmed e2e done in {:.1} s", started.elapsed().as_secs_f64());
 }
 
@@ -111,28 +108,4 @@ fn lab_socket(lab: &LabUnderTest) -> PathBuf {
     let path = Path::new(path);
     assert!(path.exists(), "{}", path.display());
     path.to_owned()
-}
-
-fn virsh(lab: &LabUnderTest, args: &[&str]) -> String {
-    let uri = lab.config().controller.libvirt_uri;
-    let output = Command::new("virsh").arg("-c").arg(&uri).args(args).output().unwrap();
-    assert!(output.status.success(), "virsh {args:?}: {}", String::from_utf8_lossy(&output.stderr));
-    stdout(&output)
-}
-
-fn page(netns: &str) -> String {
-    let output = Command::new("ip").args(["netns", "exec", netns, "curl", "-sS", "--max-time", "10", WEB_URL]).output();
-    output.map(|o| stdout(&o)).unwrap_or_default()
-}
-
-fn wait_for_page(netns: &str, text: &str) -> String {
-    envclone::wait::until(&format!("web's page in {netns} to show {text:?}"), SLOW, Duration::from_millis(500), || {
-        let page = page(netns);
-        Ok::<_, std::io::Error>(page.contains(text).then_some(page))
-    })
-    .unwrap_or_else(|e| panic!("{e}"))
-}
-
-fn hypervisor(lab: &LabUnderTest) -> LibvirtHypervisor {
-    LibvirtHypervisor::connect(&lab.config().controller.libvirt_uri).unwrap()
 }

@@ -29,18 +29,14 @@
 
 mod common;
 
-use std::process::Command;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
-use common::{run, stdout, LabUnderTest};
-use envclone::hypervisor::{DomainState, Hypervisor, LibvirtHypervisor};
+use common::{run, stdout, wait_for_web_page, LabUnderTest};
+use envclone::hypervisor::{DomainState, Hypervisor};
 use serde_json::Value;
 
 const LAB: &str = "unplanned";
 const SB: &str = "sb";
-const WEB_URL: &str = "http://10.77.1.11/";
-/// Generous: TCG guests are slow when other labs run too.
-const SLOW: Duration = Duration::from_secs(180);
 const BEFORE: &str = "unplanned-e2e: before the standby point";
 const AFTER: &str = "unplanned-e2e: after the standby point";
 const ON_SB: &str = "unplanned-e2e: written on the standby after the failover";
@@ -69,9 +65,9 @@ fn standby_synced_with_a_record_before_and_one_after_its_point(lab: &LabUnderTes
     let created = lab.json(&["standby", "create", "demo", "--name", SB, "--json"]);
     assert_eq!(created["sync"]["mode"], "full", "{created:#}");
     run(&db, &format!("echo '{AFTER}' >> /srv/db/records; sync"));
-    wait_for_page(&lab.netns(), AFTER);
+    wait_for_web_page(&lab.netns(), AFTER);
     for domain in ["demo-web", "demo-db"] {
-        virsh(lab, &["autostart", domain]);
+        lab.virsh(&["autostart", domain]);
     }
 }
 
@@ -84,13 +80,13 @@ fn a_healthy_primary_is_refused(lab: &LabUnderTest) {
         "{}",
         String::from_utf8_lossy(&refused.stderr)
     );
-    let hv = hypervisor(lab);
+    let hv = lab.hypervisor();
     assert_eq!(hv.domain("demo-web").unwrap().state, DomainState::Running);
     assert_eq!(hv.domain("sb-web").unwrap().state, DomainState::ShutOff);
 }
 
 fn a_failover_killed_half_way_is_rolled_back_by_recover(lab: &LabUnderTest) {
-    let hv = hypervisor(lab);
+    let hv = lab.hypervisor();
     // The primary's web crashed; its db still runs.
     hv.destroy_domain("demo-web").unwrap();
     let sb_disks: Vec<_> = hv.domain("sb-web").unwrap().def.disks().into_iter().filter_map(|d| d.source).collect();
@@ -127,7 +123,7 @@ fn a_failover_killed_half_way_is_rolled_back_by_recover(lab: &LabUnderTest) {
 }
 
 fn the_primary_down_is_fenced_and_the_standby_serves_its_point(lab: &LabUnderTest) -> Value {
-    let hv = hypervisor(lab);
+    let hv = lab.hypervisor();
     // The primary's web is still down; its db still runs and must be fenced.
     assert_eq!(hv.domain("demo-web").unwrap().state, DomainState::ShutOff);
     let primary_macs: Vec<Option<String>> =
@@ -151,9 +147,9 @@ fn the_primary_down_is_fenced_and_the_standby_serves_its_point(lab: &LabUnderTes
         let found = hv.domain(primary).unwrap();
         assert_eq!(found.state, DomainState::ShutOff, "{primary} is fenced");
         assert_eq!(found.def.fence_stamp().map(|s| s.epoch), Some(1), "{primary} carries the epoch");
-        assert!(virsh(lab, &["dominfo", primary]).contains("Autostart:      disable"), "{primary}'s autostart");
+        assert!(lab.virsh(&["dominfo", primary]).contains("Autostart:      disable"), "{primary}'s autostart");
     }
-    assert!(virsh(lab, &["dumpxml", "demo-db"]).contains("https://envclone.dev/xmlns/fence/1"));
+    assert!(lab.virsh(&["dumpxml", "demo-db"]).contains("https://envclone.dev/xmlns/fence/1"));
     let sb_macs: Vec<Option<String>> =
         ["sb-web", "sb-db"].iter().flat_map(|d| hv.domain(d).unwrap().def.interfaces()).map(|i| i.mac).collect();
     assert_eq!(sb_macs, primary_macs, "the standby has the primary's MACs");
@@ -166,7 +162,7 @@ fn the_primary_down_is_fenced_and_the_standby_serves_its_point(lab: &LabUnderTes
         }
     }
     // The standby, at the primary's address, serves its point's data.
-    let page = wait_for_page(&lab.netns(), BEFORE);
+    let page = wait_for_web_page(&lab.netns(), BEFORE);
     assert!(!page.contains(AFTER), "the standby serves what the primary wrote after its point: {page}");
     report
 }
@@ -176,12 +172,12 @@ fn a_second_failover_does_nothing(lab: &LabUnderTest, first: &Value) {
 
     assert_eq!(again["action"], "already-failed-over", "{again:#}");
     assert_eq!((&again["epoch"], &again["rto_ms"]), (&first["epoch"], &first["rto_ms"]));
-    assert_eq!(hypervisor(lab).domain("sb-web").unwrap().state, DomainState::Running);
+    assert_eq!(lab.hypervisor().domain("sb-web").unwrap().state, DomainState::Running);
 }
 
 fn an_old_primary_started_by_hand_is_fenced_again_by_status(lab: &LabUnderTest) {
-    let hv = hypervisor(lab);
-    virsh(lab, &["start", "demo-web"]);
+    let hv = lab.hypervisor();
+    lab.virsh(&["start", "demo-web"]);
     assert_eq!(hv.domain("demo-web").unwrap().state, DomainState::Running);
 
     let status = lab.json(&["status", "--json"]);
@@ -202,8 +198,8 @@ fn an_old_primary_started_by_hand_is_fenced_again_by_status(lab: &LabUnderTest) 
 }
 
 fn an_old_primary_started_by_hand_is_fenced_again_by_a_daemon_tick(lab: &LabUnderTest) {
-    let hv = hypervisor(lab);
-    virsh(lab, &["start", "demo-db"]);
+    let hv = lab.hypervisor();
+    lab.virsh(&["start", "demo-db"]);
 
     let once = lab.envclone(&["daemon", "--once"]);
 
@@ -218,7 +214,7 @@ fn an_old_primary_started_by_hand_is_fenced_again_by_a_daemon_tick(lab: &LabUnde
 
 fn the_roles_are_switched(lab: &LabUnderTest) {
     run(&lab.session("db"), &format!("echo '{ON_SB}' >> /srv/db/records; sync"));
-    let page = wait_for_page(&lab.netns(), ON_SB);
+    let page = wait_for_web_page(&lab.netns(), ON_SB);
     assert!(!page.contains(AFTER), "{page}");
 
     let snapshot = lab.json(&["snapshot", "demo", "--json"]);
@@ -230,28 +226,4 @@ fn the_roles_are_switched(lab: &LabUnderTest) {
     let sync = lab.envclone(&["standby", "sync", SB]);
     assert_eq!(sync.status.code(), Some(2), "{}", String::from_utf8_lossy(&sync.stderr));
     assert!(String::from_utf8_lossy(&sync.stderr).contains("active side"), "{}", String::from_utf8_lossy(&sync.stderr));
-}
-
-fn virsh(lab: &LabUnderTest, args: &[&str]) -> String {
-    let uri = lab.config().controller.libvirt_uri;
-    let output = Command::new("virsh").arg("-c").arg(&uri).args(args).output().unwrap();
-    assert!(output.status.success(), "virsh {args:?}: {}", String::from_utf8_lossy(&output.stderr));
-    stdout(&output)
-}
-
-fn page(netns: &str) -> String {
-    let output = Command::new("ip").args(["netns", "exec", netns, "curl", "-sS", "--max-time", "10", WEB_URL]).output();
-    output.map(|o| stdout(&o)).unwrap_or_default()
-}
-
-fn wait_for_page(netns: &str, text: &str) -> String {
-    envclone::wait::until(&format!("web's page in {netns} to show {text:?}"), SLOW, Duration::from_millis(500), || {
-        let page = page(netns);
-        Ok::<_, std::io::Error>(page.contains(text).then_some(page))
-    })
-    .unwrap_or_else(|e| panic!("{e}"))
-}
-
-fn hypervisor(lab: &LabUnderTest) -> LibvirtHypervisor {
-    LibvirtHypervisor::connect(&lab.config().controller.libvirt_uri).unwrap()
 }

@@ -10,9 +10,17 @@ pub mod traffic;
 use envclone::config::Config;
 use envclone::guest::endpoint::{ssh_options, ssh_target};
 use envclone::guest::GuestSession;
+use envclone::hypervisor::LibvirtHypervisor;
 use serde_json::Value;
 use std::path::PathBuf;
 use std::process::{Command, Output};
+use std::time::Duration;
+
+/// The lab `demo` environment's web page, at the web VM's address.
+pub const DEMO_WEB_URL: &str = "http://10.77.1.11/";
+
+/// Generous: the lab's TCG guests are slow when other labs run too.
+const PAGE_WITHIN: Duration = Duration::from_secs(180);
 
 pub struct LabUnderTest {
     /// `<base>-<pid>`: two runs of the suite at once (a developer's and
@@ -94,6 +102,19 @@ impl LabUnderTest {
         run(&self.session(vm), command)
     }
 
+    /// `virsh -c <the lab's libvirtd> ARGS...`; asserts success, returns stdout.
+    pub fn virsh(&self, args: &[&str]) -> String {
+        let uri = self.config().controller.libvirt_uri;
+        let output = Command::new("virsh").arg("-c").arg(&uri).args(args).output().expect("run virsh");
+        assert!(output.status.success(), "virsh {args:?}: {}", String::from_utf8_lossy(&output.stderr));
+        stdout(&output)
+    }
+
+    /// The lab's libvirtd, through envclone's own adapter.
+    pub fn hypervisor(&self) -> LibvirtHypervisor {
+        LibvirtHypervisor::connect(&self.config().controller.libvirt_uri).expect("connect to the lab's libvirtd")
+    }
+
     /// HTTP GET through curl run inside the lab's namespace.
     pub fn curl(&self, url: &str) -> String {
         let output = Command::new("ip")
@@ -131,4 +152,26 @@ pub fn put(session: &GuestSession, path: &str, content: &[u8]) {
 
 pub fn stdout(output: &Output) -> String {
     String::from_utf8_lossy(&output.stdout).into_owned()
+}
+
+/// `demo`'s web page as seen from `netns` (the lab's, or a clone's or a
+/// drill's gateway namespace); empty when nothing answers.
+pub fn web_page(netns: &str) -> String {
+    let output =
+        Command::new("ip").args(["netns", "exec", netns, "curl", "-sS", "--max-time", "10", DEMO_WEB_URL]).output();
+    output.map(|o| stdout(&o)).unwrap_or_default()
+}
+
+/// Waits until `demo`'s web page seen from `netns` shows `text`; the page.
+pub fn wait_for_web_page(netns: &str, text: &str) -> String {
+    envclone::wait::until(
+        &format!("web's page in {netns} to show {text:?}"),
+        PAGE_WITHIN,
+        Duration::from_millis(500),
+        || {
+            let page = web_page(netns);
+            Ok::<_, std::io::Error>(page.contains(text).then_some(page))
+        },
+    )
+    .unwrap_or_else(|e| panic!("{e}"))
 }
