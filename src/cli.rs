@@ -77,6 +77,17 @@ pub enum Command {
     Standby(StandbyCommand),
     /// Fail ENV over to its standby: unplanned by default (the primary is down: fenced, the standby starts from its newest restored point), --planned (a final snapshot first), or --test, a DR drill that leaves ENV untouched (--test --end ends it).
     Failover(FailoverArgs),
+    /// Hand ENV back from the standby serving it: what the standby wrote is carried home and verified, ENV's domains start on it, the standby waits again with its own identity, and the next epoch is recorded.
+    Failback(FailbackArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct FailbackArgs {
+    /// Environment name from the config: the primary a standby serves.
+    pub environment: String,
+    /// The standby serving ENV (checked; it is the one its failover recorded).
+    #[arg(long, value_name = "SB")]
+    pub standby: Option<String>,
 }
 
 #[derive(Debug, Args)]

@@ -144,7 +144,10 @@ impl ExitCode {
             FailoverError::Lock(crate::ops::LockError::Busy(_)) => ExitCode::Busy,
             FailoverError::SeveralStandbys { .. }
             | FailoverError::Unsupported { .. }
-            | FailoverError::PrimaryHealthy { .. } => ExitCode::Usage,
+            | FailoverError::PrimaryHealthy { .. }
+            | FailoverError::NoSwitch { .. }
+            | FailoverError::FailbackDrillRunning { .. }
+            | FailoverError::PrimaryRunning { .. } => ExitCode::Usage,
             FailoverError::AgentNotReady { source, .. } if guest_code(source) == ExitCode::Unreachable => {
                 ExitCode::Unreachable
             }
@@ -466,6 +469,10 @@ mod tests {
             (FailoverError::SeveralStandbys { env: "demo".into(), standbys: vec![] }, ExitCode::Usage),
             (FailoverError::Unsupported { what: "planned failover".into() }, ExitCode::Usage),
             (FailoverError::PrimaryHealthy { env: "demo".into() }, ExitCode::Usage),
+            (FailoverError::NoSwitch { env: "demo".into() }, ExitCode::Usage),
+            (FailoverError::FailbackDrillRunning { env: "demo".into(), standby: "sb2".into() }, ExitCode::Usage),
+            (FailoverError::PrimaryRunning { env: "demo".into(), domain: "web".into() }, ExitCode::Usage),
+            (FailoverError::FailbackInterrupted { env: "demo".into(), epoch: 1 }, ExitCode::Failed),
             (FailoverError::StandbyRunning { standby: "sb".into(), domain: "sb-web".into() }, ExitCode::Failed),
             (
                 FailoverError::CleanupFailed {

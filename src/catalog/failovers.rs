@@ -1,5 +1,7 @@
 //! Failovers of an environment to its standby: DR drills (`envclone
-//! failover ENV --test`) and, later, role switches with their epoch.
+//! failover ENV --test`), role switches with their epoch, and failbacks
+//! (`envclone failback ENV`: a row of mode `failback` with the epoch it
+//! starts, recorded `ended` in the same transaction that ends the switch).
 //!
 //! A row is written by the last journaled step of the failover that makes
 //! it (so a crash before leaves no row, and `envclone recover` rolls the
@@ -23,11 +25,13 @@ pub struct FailoverRecord {
     /// The primary.
     pub env: String,
     pub standby: String,
-    /// `test`, `planned` or `unplanned`.
+    /// `test`, `planned`, `unplanned` or `failback`.
     pub mode: String,
-    /// The role switch's number; none for a drill.
+    /// The role switch's number (a failback's: the epoch it starts, ENV
+    /// home again); none for a drill.
     pub epoch: Option<i64>,
-    /// `running` (a drill under way), `active` (the switch in force) or `ended`.
+    /// `running` (a drill under way), `active` (the switch in force),
+    /// `failing-back` (the switch, while a failback hands ENV back) or `ended`.
     pub state: String,
     pub started_at: DateTime<Utc>,
     pub finished_at: Option<DateTime<Utc>>,
@@ -251,6 +255,95 @@ impl Catalog {
     }
 }
 
+impl Catalog {
+    /// The newest role change of `env`: a switch or a failback (drills aside).
+    pub fn last_failover(&self, env: &str) -> Result<Option<FailoverRecord>, CatalogError> {
+        self.conn
+            .query_row(
+                &format!("SELECT {COLUMNS} FROM failovers WHERE env = ?1 AND mode <> 'test' ORDER BY id DESC"),
+                [env],
+                failover_row,
+            )
+            .optional()
+            .map_err(CatalogError::query("look up an environment's last failover"))
+    }
+
+    /// `env`'s switch that is in force or failing back, if any.
+    pub fn switch_in_force(&self, env: &str) -> Result<Option<FailoverRecord>, CatalogError> {
+        self.conn
+            .query_row(
+                &format!(
+                    "SELECT {COLUMNS} FROM failovers WHERE env = ?1 AND mode IN ('planned', 'unplanned') \
+                     AND state IN ('active', 'failing-back') ORDER BY id DESC"
+                ),
+                [env],
+                failover_row,
+            )
+            .optional()
+            .map_err(CatalogError::query("look up an environment's switch in force"))
+    }
+
+    /// Moves switch `id` from state `from` to `to`; false if it was not in `from`.
+    pub fn set_switch_state(&self, id: i64, from: &str, to: &str) -> Result<bool, CatalogError> {
+        let changed = self
+            .conn
+            .execute("UPDATE failovers SET state = ?1 WHERE id = ?2 AND state = ?3", params![to, id, from])
+            .map_err(CatalogError::query("change a switch's state"))?;
+        Ok(changed > 0)
+    }
+
+    /// Ends switch `switch` and records the failback `failback` (mode
+    /// `failback`, state `ended`) in one transaction: ENV is home at the
+    /// failback's epoch. Returns the failback's row id.
+    pub fn record_failback(&self, switch: i64, failback: &NewFailover, at: DateTime<Utc>) -> Result<i64, CatalogError> {
+        let what = "record a failback";
+        let tx = self.write(what)?;
+        let changed = tx
+            .execute(
+                "UPDATE failovers SET state = 'ended', finished_at = ?1 WHERE id = ?2 AND state <> 'ended'",
+                params![Timestamp(at), switch],
+            )
+            .map_err(CatalogError::query(what))?;
+        if changed == 0 {
+            return Err(CatalogError::NotFound { what: format!("switch {switch} in force") });
+        }
+        tx.execute(
+            &format!(
+                "INSERT INTO failovers ({COLUMNS}) VALUES (NULL, ?1, ?2, 'failback', ?3, 'ended', ?4, ?5, ?6, ?7, ?8)"
+            ),
+            params![
+                failback.env,
+                failback.standby,
+                failback.epoch,
+                Timestamp(failback.started_at),
+                Timestamp(at),
+                failback.environment.to_string(),
+                failback.resources.to_string(),
+                failback.report.to_string(),
+            ],
+        )
+        .map_err(CatalogError::insert(what, format!("failback of {} from {}", failback.env, failback.standby)))?;
+        let id = tx.last_insert_rowid();
+        tx.commit().map_err(CatalogError::query(what))?;
+        Ok(id)
+    }
+
+    /// The undo of [`Catalog::record_failback`]: the failback row of `epoch`
+    /// forgotten, switch `switch` failing back again. Idempotent.
+    pub fn unrecord_failback(&self, switch: i64, env: &str, epoch: i64) -> Result<(), CatalogError> {
+        let what = "forget a failback";
+        let tx = self.write(what)?;
+        tx.execute("DELETE FROM failovers WHERE env = ?1 AND mode = 'failback' AND epoch = ?2", params![env, epoch])
+            .map_err(CatalogError::query(what))?;
+        tx.execute(
+            "UPDATE failovers SET state = 'failing-back', finished_at = NULL WHERE id = ?1 AND state = 'ended'",
+            [switch],
+        )
+        .map_err(CatalogError::query(what))?;
+        tx.commit().map_err(CatalogError::query(what))
+    }
+}
+
 fn failover_row(row: &Row<'_>) -> rusqlite::Result<FailoverRecord> {
     let json = |index: usize| -> rusqlite::Result<serde_json::Value> {
         let text: String = row.get(index)?;
@@ -339,5 +432,59 @@ mod tests {
         assert!(catalog.forget_open_failover("sb").unwrap());
         assert!(catalog.fence_events(id).unwrap().is_empty(), "events go with their failover");
         assert_eq!(catalog.last_epoch("other").unwrap(), 0);
+    }
+
+    #[test]
+    fn a_failback_ends_the_switch_with_the_next_epoch_and_its_undo_reopens_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let catalog = Catalog::open(dir.path()).unwrap();
+        let switch = NewFailover { mode: "planned".into(), epoch: Some(1), state: "active".into(), ..drill("sb") };
+        let id = catalog.add_failover(&switch).unwrap();
+        assert!(catalog.set_switch_state(id, "active", "failing-back").unwrap());
+        assert!(catalog.active_switch("demo").unwrap().is_none(), "the guard leaves a failing-back switch alone");
+        assert_eq!(catalog.switch_in_force("demo").unwrap().unwrap().id, id);
+        let failback = NewFailover { mode: "failback".into(), epoch: Some(2), state: "ended".into(), ..drill("sb") };
+
+        let back = catalog.record_failback(id, &failback, Utc::now()).unwrap();
+
+        assert!(catalog.switch_in_force("demo").unwrap().is_none());
+        assert!(catalog.open_failover("sb").unwrap().is_none());
+        let last = catalog.last_failover("demo").unwrap().unwrap();
+        assert_eq!(
+            (last.id, last.mode.as_str(), last.epoch, last.state.as_str()),
+            (back, "failback", Some(2), "ended")
+        );
+        assert_eq!(catalog.last_epoch("demo").unwrap(), 2);
+        catalog.unrecord_failback(id, "demo", 2).unwrap();
+        catalog.unrecord_failback(id, "demo", 2).unwrap();
+        assert_eq!(catalog.switch_in_force("demo").unwrap().unwrap().state, "failing-back");
+        assert_eq!(catalog.last_epoch("demo").unwrap(), 1);
+    }
+
+    #[test]
+    fn migration_9_keeps_the_failovers_and_their_fence_events() {
+        let dir = tempfile::tempdir().unwrap();
+        let old = Catalog::open_at_version(dir.path(), 8).unwrap();
+        let switch = NewFailover { mode: "unplanned".into(), epoch: Some(1), state: "active".into(), ..drill("sb") };
+        let id = old.add_failover(&switch).unwrap();
+        let event = FenceEvent {
+            failover_id: id,
+            env: "demo".into(),
+            epoch: 1,
+            domain: "web".into(),
+            kind: FenceKind::Fenced,
+            detail: None,
+            at: Utc.with_ymd_and_hms(2024, 5, 1, 2, 1, 0).unwrap(),
+        };
+        old.add_fence_event(&event).unwrap();
+        drop(old);
+
+        let catalog = Catalog::open(dir.path()).unwrap();
+
+        assert_eq!(catalog.schema_version().unwrap(), 9);
+        assert_eq!(catalog.active_switch("demo").unwrap().unwrap().id, id);
+        assert_eq!(catalog.fence_events(id).unwrap(), [event]);
+        assert!(catalog.forget_open_failover("sb").unwrap());
+        assert!(catalog.fence_events(id).unwrap().is_empty(), "the cascade survived the rebuild");
     }
 }

@@ -163,6 +163,48 @@ impl Catalog {
     }
 }
 
+/// Where an image is now, as [`Catalog::move_images`] records it.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct ImageMove {
+    pub id: ImageId,
+    pub path: PathBuf,
+    pub kind: ImageKind,
+    pub backing: Option<ImageId>,
+}
+
+impl Catalog {
+    /// Records images as moved (a failback carries the images a standby
+    /// wrote home): each one's path, kind and backing image, in one
+    /// transaction; its id, snapshot and pins stay. Returns what each was
+    /// before, which moved back is the undo.
+    pub fn move_images(&self, moves: &[ImageMove]) -> Result<Vec<ImageMove>, CatalogError> {
+        let what = "record images as moved";
+        let tx = self.write(what)?;
+        let mut before = Vec::with_capacity(moves.len());
+        for moved in moves {
+            let found = image(&tx, moved.id)?;
+            if let Some(backing) = moved.backing {
+                image(&tx, backing)?;
+            }
+            before.push(ImageMove { id: found.id, path: found.path, kind: found.kind, backing: found.backing });
+        }
+        // Two passes: a path may move onto one another image leaves.
+        for moved in moves {
+            tx.execute("UPDATE images SET path = ?1 WHERE id = ?2", params![format!("moving:{}", moved.id), moved.id])
+                .map_err(CatalogError::query(what))?;
+        }
+        for moved in moves {
+            tx.execute(
+                "UPDATE images SET path = ?1, kind = ?2, backing_image_id = ?3 WHERE id = ?4",
+                params![path_text(&moved.path)?, moved.kind, moved.backing, moved.id],
+            )
+            .map_err(CatalogError::insert(what, format!("image {}", moved.path.display())))?;
+        }
+        tx.commit().map_err(CatalogError::query(what))?;
+        Ok(before)
+    }
+}
+
 fn image(conn: &Connection, id: ImageId) -> Result<Image, CatalogError> {
     conn.query_row(&format!("SELECT {IMAGE_COLUMNS} FROM images WHERE id = ?1"), [id], image_row)
         .optional()

@@ -29,6 +29,7 @@ mod clones;
 mod error;
 mod failovers;
 mod images;
+pub use self::images::ImageMove;
 mod journal;
 mod merge;
 mod model;

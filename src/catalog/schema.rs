@@ -287,6 +287,56 @@ pub(crate) const MIGRATIONS: &[Migration] = &[
             CREATE INDEX fence_events_by_failover ON fence_events (failover_id, id);
         "#,
     },
+    Migration {
+        version: 9,
+        description: "failbacks: mode 'failback' and state 'failing-back' for failovers",
+        // SQLite cannot change a CHECK in place: both tables are rebuilt
+        // with their rows and ids. fence_events is rebuilt first and
+        // dropped first, so dropping the old failovers cascades into no
+        // fence event; the renames carry fence_events' foreign key over to
+        // the new failovers. A failback is a row of mode `failback` with
+        // the epoch it starts (ENV home again), state `ended` from birth;
+        // `failing-back` is a switch whose failback is under way (the fence
+        // guard leaves ENV's domains alone then: the failback starts them).
+        sql: r#"
+            CREATE TABLE failovers_v9 (
+                id           INTEGER PRIMARY KEY,
+                env          TEXT NOT NULL,
+                standby      TEXT NOT NULL,
+                mode         TEXT NOT NULL CHECK (mode IN ('test', 'planned', 'unplanned', 'failback')),
+                epoch        INTEGER CHECK (epoch IS NULL OR epoch > 0),
+                state        TEXT NOT NULL CHECK (state IN ('running', 'active', 'failing-back', 'ended')),
+                started_at   TEXT NOT NULL,
+                finished_at  TEXT,
+                environment  TEXT NOT NULL,
+                resources    TEXT NOT NULL,
+                report       TEXT NOT NULL
+            );
+            INSERT INTO failovers_v9 (id, env, standby, mode, epoch, state, started_at, finished_at, environment,
+                                      resources, report)
+                SELECT id, env, standby, mode, epoch, state, started_at, finished_at, environment, resources, report
+                FROM failovers;
+            CREATE TABLE fence_events_v9 (
+                id           INTEGER PRIMARY KEY,
+                failover_id  INTEGER NOT NULL REFERENCES failovers_v9(id) ON DELETE CASCADE,
+                env          TEXT NOT NULL,
+                epoch        INTEGER NOT NULL CHECK (epoch > 0),
+                domain       TEXT NOT NULL,
+                kind         TEXT NOT NULL
+                             CHECK (kind IN ('fenced', 'fenced-unconfirmed', 'returned-refenced', 'refence-failed')),
+                detail       TEXT,
+                at           TEXT NOT NULL
+            );
+            INSERT INTO fence_events_v9 (id, failover_id, env, epoch, domain, kind, detail, at)
+                SELECT id, failover_id, env, epoch, domain, kind, detail, at FROM fence_events;
+            DROP TABLE fence_events;
+            DROP TABLE failovers;
+            ALTER TABLE failovers_v9 RENAME TO failovers;
+            ALTER TABLE fence_events_v9 RENAME TO fence_events;
+            CREATE INDEX failovers_by_standby ON failovers (standby, state);
+            CREATE INDEX fence_events_by_failover ON fence_events (failover_id, id);
+        "#,
+    },
 ];
 
 /// The schema version this build writes.

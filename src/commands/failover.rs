@@ -32,8 +32,14 @@ pub fn run(global: &GlobalArgs, args: &FailoverArgs, out: &Output) -> Result<Exi
     let controller = config.controller.clone();
     let agents = move |env: &Environment| -> Box<dyn GuestAgents> { Box::new(SshAgents::new(&controller, env)) };
     let quiescer = crate::ops::snapshot::agent_quiescer(&ctx, &primary);
-    let tools =
-        Tools { files: &QemuImg, net: &IpCommand, agents: &agents, quiescer: &quiescer, transfer: &QemuImgTransfer };
+    let tools = Tools {
+        files: &QemuImg,
+        net: &IpCommand,
+        agents: &agents,
+        quiescer: &quiescer,
+        transfer: &QemuImgTransfer,
+        home: &failover::QemuImgHome,
+    };
     let request = DrillRequest { env: args.environment.clone(), standby: args.standby.clone() };
     if args.planned {
         let report = failover::planned(&ctx, &request, tools).map_err(Error::failover_op("failover --planned"))?;
@@ -93,7 +99,7 @@ fn human(report: &DrillReport) -> String {
     text
 }
 
-fn steps(steps: &[StepTime]) -> String {
+pub(super) fn steps(steps: &[StepTime]) -> String {
     steps
         .iter()
         .map(|step| {

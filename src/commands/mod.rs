@@ -7,6 +7,7 @@ mod clones;
 mod daemon;
 mod delete_snapshot;
 mod destroy;
+mod failback;
 mod failover;
 mod guard;
 mod lab;
@@ -48,6 +49,7 @@ pub fn run(cli: Cli) -> Result<std::process::ExitCode> {
         Command::Destroy(args) => destroy::run(&cli.global, &args, &out).map(ExitCode::into),
         Command::Standby(command) => standby::run(&cli.global, command, &out).map(ExitCode::into),
         Command::Failover(args) => failover::run(&cli.global, &args, &out).map(ExitCode::into),
+        Command::Failback(args) => failback::run(&cli.global, &args, &out).map(ExitCode::into),
     }
 }
 

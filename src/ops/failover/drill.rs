@@ -165,6 +165,8 @@ pub(super) struct Run<'r, 'c> {
     journal: Option<Journal<'c>>,
     pub(super) started: Instant,
     pub(super) steps: Vec<StepTime>,
+    /// The crash-point family hit after each step: `failover`, `failback`.
+    pub(super) points: &'static str,
 }
 
 impl<'r, 'c> Run<'r, 'c> {
@@ -175,7 +177,7 @@ impl<'r, 'c> Run<'r, 'c> {
         started: Instant,
     ) -> Result<Self, FailoverError> {
         let journal = Journal::begin(ctx.catalog, OperationKind::Failover, env, ctx.clock.now())?;
-        Ok(Run { ctx, tools, journal: Some(journal), started, steps: Vec::new() })
+        Ok(Run { ctx, tools, journal: Some(journal), started, steps: Vec::new(), points: "failover" })
     }
 
     fn journal(&mut self) -> &mut Journal<'c> {
@@ -203,7 +205,7 @@ impl<'r, 'c> Run<'r, 'c> {
             Ok(value) => {
                 timer.done();
                 self.journal().done(id)?;
-                crate::ops::crashpoint::hit("failover", name);
+                crate::ops::crashpoint::hit(self.points, name);
                 Ok(value)
             }
             Err(error) => {

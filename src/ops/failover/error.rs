@@ -110,6 +110,40 @@ pub enum FailoverError {
         #[source]
         source: Box<GuestError>,
     },
+    /// Failback: no standby serves the environment.
+    #[error("environment '{env}' is not failed over: no standby serves it")]
+    NoSwitch { env: String },
+    /// Failback: a drill of another standby of the environment runs.
+    #[error("a DR drill of environment '{env}' runs on standby {standby}")]
+    FailbackDrillRunning { env: String, standby: String },
+    /// Failback: a failback of the environment was interrupted.
+    #[error("a failback of environment '{env}' from epoch {epoch} was interrupted")]
+    FailbackInterrupted { env: String, epoch: i64 },
+    /// Failback: a fenced primary domain runs (it must be shut off to get its disks back).
+    #[error("domain {domain} of environment '{env}' runs while its standby serves it")]
+    PrimaryRunning { env: String, domain: String },
+    #[error("snapshot {label} of environment '{env}' on its standby")]
+    FailbackSnapshot {
+        env: String,
+        label: &'static str,
+        #[source]
+        source: Box<crate::ops::snapshot::SnapshotError>,
+    },
+    /// The standby's live image of a disk is not in the catalog.
+    #[error("VM '{vm}' disk {disk} of the standby runs on {}, which the catalog does not know", path.display())]
+    NotRecorded { vm: String, disk: String, path: std::path::PathBuf },
+    #[error("carry VM '{vm}' disk {disk} home: {step} {}", path.display())]
+    Carry {
+        vm: String,
+        disk: String,
+        step: &'static str,
+        path: std::path::PathBuf,
+        #[source]
+        source: Box<crate::ops::standby::TransferError>,
+    },
+    /// The chain carried home does not read like the standby's.
+    #[error("VM '{vm}' disk {disk}: {} does not read like the standby's {}", home.display(), standby.display())]
+    CompareFailed { vm: String, disk: String, standby: std::path::PathBuf, home: std::path::PathBuf },
     #[error("remove {what}: {detail}")]
     Remove { what: String, detail: String },
     #[error("a worker thread panicked")]
@@ -169,6 +203,28 @@ impl FailoverError {
                 "the drill was rolled back; look at the console log of the standby's {vm} next to its disks"
             )),
             FailoverError::Remove { .. } => Some("fix the cause, then run the command again".into()),
+            FailoverError::NoSwitch { env } => {
+                Some(format!("`envclone status {env}` shows who serves it; failback follows `envclone failover {env}`"))
+            }
+            FailoverError::FailbackDrillRunning { env, .. } => {
+                Some(format!("end it first: `envclone failover {env} --test --end --standby SB`"))
+            }
+            FailoverError::FailbackInterrupted { env, .. } => Some(format!(
+                "run `envclone recover {env}`: it rolls it back (the standby serves again); then run the failback again"
+            )),
+            FailoverError::PrimaryRunning { env, .. } => {
+                Some(format!("`envclone status {env}` fences it again; then run the failback again"))
+            }
+            FailoverError::FailbackSnapshot { source, .. } => source.hint(),
+            FailoverError::NotRecorded { .. } => {
+                Some("run `envclone recover ENV`: it records the image in the catalog; then the failback again".into())
+            }
+            FailoverError::Carry { .. } => {
+                Some("nothing switched: the standby serves on; check the space in the environment's storage".into())
+            }
+            FailoverError::CompareFailed { .. } => Some(
+                "nothing switched: the copies were removed and the standby serves on; run the failback again".into(),
+            ),
             FailoverError::Panicked => None,
             FailoverError::CleanupFailed { .. } => {
                 Some("run `envclone recover`: it finishes or rolls back what is left".into())

@@ -20,6 +20,11 @@
 //!   stamped into its libvirt metadata) and the **guard** that keeps an
 //!   old primary fenced while a switch is in force (run first by `status`,
 //!   `snapshot` and `failover`, and on every daemon tick).
+//! - `failback.rs`: `envclone failback ENV` (SB's changes carried home
+//!   while SB serves, SB stopped after a final snapshot, the remainder
+//!   carried, the chains compared, ENV's domains started on them, SB given
+//!   its own identity back, the next epoch recorded);
+//!   `carry.rs`: which images go home, where, and [`HomeFiles`].
 //! - `undo.rs`: the undo of each step.
 //!
 //! # Roles and epochs
@@ -34,11 +39,11 @@
 //! each primary domain and every return of an old primary are
 //! `fence_events` rows; `status` shows them.
 //!
-//! Not built yet: failback (`envclone failback ENV`: SB snapshotted, its
-//! epoch overlays carried home and rebased onto the primary's image of
-//! SB's point, the primary started again, the next epoch recorded). The
-//! planned failover still starts SB on its own images, without epoch
-//! overlays.
+//! Both kinds of switch run SB on epoch overlays over its synced copy, so
+//! what SB writes while it serves is kept apart: failback carries it home
+//! and records the next epoch as a `failback` row (ENV home; the switch
+//! `ended`). While a failback runs, its switch is `failing-back`: the
+//! guard leaves ENV's domains alone (the failback starts them).
 //!
 //! # Journal, crashes, idempotence
 //!
@@ -55,8 +60,10 @@
 //! controller's libvirt: a primary on another host (`--primary-uri`) is
 //! unfenced by hand.
 
+mod carry;
 mod drill;
 mod error;
+mod failback;
 pub mod fence;
 mod planned;
 #[cfg(test)]
@@ -64,11 +71,13 @@ mod tests;
 pub mod undo;
 mod unplanned;
 
+pub use self::carry::{CarryImage, HomeFiles, QemuImgHome};
 pub use self::drill::{
     end as end_drill, overlay_path, start as start_drill, DrillAction, DrillDisk, DrillReport, DrillRequest,
     DrillResources, DrillVm, StepTime, BOOT_WITHIN,
 };
 pub use self::error::FailoverError;
+pub use self::failback::{failback, FailbackAction, FailbackDisk, FailbackReport, FailbackVm};
 pub use self::fence::{guard, guard_uris, FencedDomain, GuardAction, PrimaryHost, SwitchStatus};
 pub use self::planned::{epoch_overlay_path, planned, SwitchAction, SwitchReport, TakeoverVm};
 pub use self::unplanned::{unplanned, Unplanned};
@@ -90,6 +99,8 @@ pub struct Tools<'t> {
     pub quiescer: &'t dyn Quiescer,
     /// Brings the standby to the final snapshot (planned).
     pub transfer: &'t dyn Transfer,
+    /// Copies, rebases and compares what failback carries home.
+    pub home: &'t dyn HomeFiles,
 }
 
 impl std::fmt::Debug for Tools<'_> {

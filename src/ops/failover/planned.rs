@@ -11,10 +11,13 @@
 //!    metadata (see `fence.rs`; undo: `failover-unfence`).
 //! 3. **Sync**: SB is brought to the final snapshot (`standby sync`'s own
 //!    journal; its point must then be the final snapshot).
-//! 4. **Take over**: each SB domain, shut off, is redefined with the
-//!    primary's MACs, interface by interface, and its interfaces on the
-//!    primary's networks (undo: `failover-redefine`, its own identity
-//!    back), then started (undo: stop it).
+//! 4. **Take over**: each disk of SB gets a fresh overlay on SB's synced
+//!    copy (`<storage>/<vm>/<SB>.<disk>.epoch-N.qcow2`, undo: delete it),
+//!    so SB's copy stays the final snapshot and what SB writes is kept
+//!    apart for failback; each SB domain, shut off, is redefined on them
+//!    with the primary's MACs, interface by interface, and its interfaces
+//!    on the primary's networks (undo: `failover-redefine`, its own
+//!    identity back), then started (undo: stop it).
 //! 5. **Wait** for SB's agents at the primary's addresses (the primary's
 //!    agent endpoints), then **record** the switch: a `failovers` row, mode
 //!    `planned`, state `active`, with the next epoch of ENV (undo: forget it).
@@ -66,9 +69,10 @@ pub struct TakeoverVm {
     pub networks: Vec<String>,
     /// The primary's address its agent answers at.
     pub address: String,
-    /// The overlays it runs on, one per disk on SB's synced copy (an
-    /// unplanned failover: everything SB writes from the switch on is in
-    /// them, SB's copy stays its restored point); none: on SB's own disks.
+    /// The overlays it runs on, one per disk on SB's synced copy:
+    /// everything SB writes from the switch on is in them (what failback
+    /// carries home), SB's copy stays its restored point; none: on SB's own
+    /// disks (a switch recorded by an older envclone).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub overlays: Vec<std::path::PathBuf>,
 }
@@ -320,7 +324,9 @@ fn switch(
         });
     }
 
-    let vms = take_over(run, standby, primary, None)?;
+    // On fresh epoch overlays, as an unplanned failover: SB's copy stays
+    // the final snapshot, and what SB writes is what a failback carries home.
+    let vms = take_over(run, standby, primary, Some(epoch))?;
     let rto = run.started.elapsed();
     Ok((vms, fenced, unprotected, rto))
 }

@@ -106,6 +106,39 @@ impl ImageFiles for FakeFiles {
     }
 }
 
+/// Failback's files in memory: each copy (to -> from), each backing set
+/// by a rebase (image -> backing), removals; compares say "identical"
+/// unless told otherwise.
+#[derive(Debug, Default)]
+struct FakeHome {
+    copies: Mutex<BTreeMap<PathBuf, PathBuf>>,
+    backings: Mutex<BTreeMap<PathBuf, PathBuf>>,
+    removed: Mutex<Vec<PathBuf>>,
+    differs: std::sync::atomic::AtomicBool,
+}
+
+impl HomeFiles for FakeHome {
+    fn copy(&self, from: &Path, to: &Path) -> Result<u64, TransferError> {
+        self.copies.lock().unwrap().insert(to.to_owned(), from.to_owned());
+        Ok(100)
+    }
+    fn rebase(&self, image: &Path, backing: &Path, _format: ImageFormat) -> Result<(), TransferError> {
+        self.backings.lock().unwrap().insert(image.to_owned(), backing.to_owned());
+        Ok(())
+    }
+    fn same_content(&self, _a: &Path, _b: &Path) -> Result<bool, TransferError> {
+        Ok(!self.differs.load(std::sync::atomic::Ordering::Relaxed))
+    }
+    fn exists(&self, path: &Path) -> bool {
+        self.copies.lock().unwrap().contains_key(path) || !self.removed.lock().unwrap().contains(&path.to_owned())
+    }
+    fn remove(&self, path: &Path) -> Result<(), TransferError> {
+        self.copies.lock().unwrap().remove(path);
+        self.removed.lock().unwrap().push(path.to_owned());
+        Ok(())
+    }
+}
+
 /// `ip` in memory: the namespaces and (link, bridge, address).
 #[derive(Debug, Default)]
 struct FakeNet {
@@ -174,6 +207,7 @@ struct Harness {
     hv: FakeHypervisor,
     files: FakeFiles,
     net: FakeNet,
+    home: FakeHome,
     events: Mutex<Vec<Event>>,
 }
 
@@ -207,6 +241,7 @@ impl Harness {
             hv,
             files: FakeFiles::default(),
             net: FakeNet::default(),
+            home: FakeHome::default(),
             events: Mutex::new(Vec::new()),
             _dir: dir,
         };
@@ -250,7 +285,14 @@ impl Harness {
     }
 
     fn tools<'t>(&'t self, agents: &'t dyn Fn(&Environment) -> Box<dyn GuestAgents>) -> Tools<'t> {
-        Tools { files: &self.files, net: &self.net, agents, quiescer: &FakeQuiescer, transfer: &FakeTransfer }
+        Tools {
+            files: &self.files,
+            net: &self.net,
+            agents,
+            quiescer: &FakeQuiescer,
+            transfer: &FakeTransfer,
+            home: &self.home,
+        }
     }
 
     fn planned(&self, answering: bool) -> Result<SwitchReport, FailoverError> {
@@ -458,7 +500,10 @@ fn planned_failover_fences_the_primary_and_the_standby_takes_over_its_macs_and_n
     assert_eq!(h.state("sb-web"), DomainState::Running);
     assert_eq!(h.macs("sb-web"), primary_macs);
     assert_eq!(h.networks("sb-web"), [Some("net".to_owned())]);
-    assert_eq!(h.disk("sb-web"), h.standby().disks.iter().find(|d| d.vm == "web").unwrap().path, "on SB's own disk");
+    let own = h.standby().disks.iter().find(|d| d.vm == "web").unwrap().path.clone();
+    let overlay = h.disk("sb-web");
+    assert!(overlay.to_string_lossy().ends_with("sb.vda.epoch-1.qcow2"), "{}", overlay.display());
+    assert_eq!(h.files.overlays.lock().unwrap()[&overlay], own, "on an epoch overlay over SB's synced copy");
     let names: Vec<&str> = report.steps.iter().map(|s| s.name.as_str()).collect();
     let position = |prefix: &str| names.iter().position(|n| n.starts_with(prefix)).unwrap();
     assert!(
@@ -496,6 +541,7 @@ fn a_planned_failover_whose_standby_does_not_answer_is_rolled_back_and_the_prima
     assert_eq!(h.state("sb-web"), DomainState::ShutOff);
     assert_eq!(h.macs("sb-web"), sb_macs, "SB has its own MACs back");
     assert_eq!(h.networks("sb-web"), [Some("sb-net".to_owned())]);
+    assert!(h.files.overlays.lock().unwrap().is_empty(), "the epoch overlays are gone: {:?}", h.files.overlays);
     assert!(h.catalog.open_failover("sb").unwrap().is_none());
 }
 
@@ -534,3 +580,7 @@ fn the_record_steps_are_what_recover_completes_from() {
 // would pass 900 lines), sharing this harness as a child module.
 #[path = "tests_switch.rs"]
 mod switch;
+
+// Failback, on the same harness.
+#[path = "tests_failback.rs"]
+mod failback;

@@ -15,7 +15,20 @@
 //!   cannot read what it was; set it again by hand if it was on);
 //! - `failover-redefine`: a standby domain whose identity (MACs, networks)
 //!   the failover switched to the primary's is defined again as it was
-//!   (the domain must be shut off: the undo of its start stops it first).
+//!   (the domain must be shut off: the undo of its start stops it first);
+//!   failback uses it too, both ways (the primary's domain back on its
+//!   fenced disks with its stamp, the standby's back in the primary's
+//!   identity).
+//!
+//! Failback's own kinds:
+//!
+//! - `failback-restart`: the standby domains the failback stopped are
+//!   started again, each unless it runs (the standby serves again);
+//! - `failback-unmark`: the switch, marked failing back, is in force again;
+//! - `failback-unmove`: the images the failback recorded at home are
+//!   recorded where they were, on the standby's storage;
+//! - `failback-unrecord`: the failback's row is forgotten and the switch
+//!   it ended is failing back again.
 
 use crate::catalog::UndoAction;
 use crate::error::chain as error_chain;
@@ -27,8 +40,40 @@ pub const UNDO_FORGET: &str = "failover-forget";
 pub const UNDO_UNFENCE: &str = "failover-unfence";
 pub const UNDO_REDEFINE: &str = "failover-redefine";
 
+pub const UNDO_RESTART: &str = "failback-restart";
+pub const UNDO_UNMARK: &str = "failback-unmark";
+pub const UNDO_UNMOVE: &str = "failback-unmove";
+pub const UNDO_UNRECORD: &str = "failback-unrecord";
+
 /// Every custom kind this module owns.
-pub const KINDS: &[&str] = &[UNDO_FORGET, UNDO_UNFENCE, UNDO_REDEFINE];
+pub const KINDS: &[&str] =
+    &[UNDO_FORGET, UNDO_UNFENCE, UNDO_REDEFINE, UNDO_RESTART, UNDO_UNMARK, UNDO_UNMOVE, UNDO_UNRECORD];
+
+/// Starts `domains` again, each unless it runs.
+pub fn restart(domains: &[String]) -> UndoAction {
+    UndoAction::Custom { kind: UNDO_RESTART.into(), data: serde_json::json!({ "domains": domains }) }
+}
+
+fn restart_domains(data: &serde_json::Value) -> Vec<String> {
+    let domains = data["domains"].as_array();
+    domains.map(|a| a.iter().filter_map(|d| d.as_str().map(str::to_owned)).collect()).unwrap_or_default()
+}
+
+pub fn unmark(switch: i64) -> UndoAction {
+    UndoAction::Custom { kind: UNDO_UNMARK.into(), data: serde_json::json!({ "switch": switch }) }
+}
+
+/// Moves the images back to `before` (what [`crate::catalog::Catalog::move_images`] returned).
+pub fn unmove(before: &[crate::catalog::ImageMove]) -> UndoAction {
+    UndoAction::Custom { kind: UNDO_UNMOVE.into(), data: serde_json::json!({ "images": before }) }
+}
+
+pub fn unrecord(switch: i64, env: &str, epoch: i64) -> UndoAction {
+    UndoAction::Custom {
+        kind: UNDO_UNRECORD.into(),
+        data: serde_json::json!({ "switch": switch, "env": env, "epoch": epoch }),
+    }
+}
 
 pub fn forget_open(standby: &str) -> UndoAction {
     UndoAction::Custom { kind: UNDO_FORGET.into(), data: serde_json::json!({ "standby": standby }) }
@@ -65,6 +110,19 @@ pub fn describe(kind: &str, data: &serde_json::Value) -> String {
         UNDO_REDEFINE => format!(
             "give domain {} back its own identity (MACs, networks) as a standby",
             data["domain"].as_str().unwrap_or("?")
+        ),
+        UNDO_RESTART => {
+            format!("start the standby's domains {} again, each unless it runs", restart_domains(data).join(", "))
+        }
+        UNDO_UNMARK => format!("put switch {} back in force", data["switch"]),
+        UNDO_UNMOVE => format!(
+            "record the {} images carried home back on the standby's storage",
+            data["images"].as_array().map_or(0, Vec::len)
+        ),
+        UNDO_UNRECORD => format!(
+            "forget the failback of {} to epoch {}, its switch failing back again",
+            data["env"].as_str().unwrap_or("?"),
+            data["epoch"]
         ),
         other => format!("'{other}'"),
     }
@@ -114,6 +172,52 @@ pub fn undo_own(ctx: &OpContext<'_>, kind: &str, data: &serde_json::Value) -> Re
                 return Err(format!("domain {domain} runs; stop it, then run `envclone recover` again"));
             }
             ctx.hv.define_domain(&def).map_err(|e| format!("cannot redefine domain {domain}: {}", error_chain(&e)))?;
+            Ok(describe(kind, data))
+        }
+        UNDO_RESTART => {
+            let domains = restart_domains(data);
+            if domains.is_empty() {
+                return Err(format!("bad {kind} data {data}: no domains"));
+            }
+            // Each domain on its own: one that cannot start must not keep the others down.
+            let mut failures = Vec::new();
+            for domain in &domains {
+                match ctx.hv.domain(domain) {
+                    Ok(found) if found.state.is_active() => {}
+                    Ok(_) => {
+                        if let Err(e) = ctx.hv.start_domain(domain) {
+                            failures.push(format!("cannot start domain {domain}: {}", error_chain(&e)));
+                        }
+                    }
+                    Err(e) => failures.push(format!("cannot look up domain {domain}: {}", error_chain(&e))),
+                }
+            }
+            if failures.is_empty() {
+                Ok(format!("domains {} run again: the standby serves", domains.join(", ")))
+            } else {
+                Err(failures.join("; "))
+            }
+        }
+        UNDO_UNMARK => {
+            let switch = data["switch"].as_i64().ok_or_else(|| format!("bad {kind} data {data}: no switch"))?;
+            ctx.catalog
+                .set_switch_state(switch, "failing-back", "active")
+                .map_err(|e| format!("catalog: {}", error_chain(&e)))?;
+            Ok(describe(kind, data))
+        }
+        UNDO_UNMOVE => {
+            let images: Vec<crate::catalog::ImageMove> =
+                serde_json::from_value(data["images"].clone()).map_err(|e| format!("bad {kind} data {data}: {e}"))?;
+            ctx.catalog.move_images(&images).map_err(|e| format!("catalog: {}", error_chain(&e)))?;
+            Ok(describe(kind, data))
+        }
+        UNDO_UNRECORD => {
+            let (Some(switch), Some(env), Some(epoch)) =
+                (data["switch"].as_i64(), data["env"].as_str(), data["epoch"].as_i64())
+            else {
+                return Err(format!("bad {kind} data {data}: switch, env and epoch expected"));
+            };
+            ctx.catalog.unrecord_failback(switch, env, epoch).map_err(|e| format!("catalog: {}", error_chain(&e)))?;
             Ok(describe(kind, data))
         }
         other => Err(format!("no undo for a {other:?} step of a failover")),

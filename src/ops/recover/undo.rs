@@ -43,7 +43,10 @@ use crate::hypervisor::{DomainState, HvError, Hypervisor};
 use crate::ops::clone::undo::{UNDO_FORGET_CLONE, UNDO_REMOVE_LINK, UNDO_REMOVE_NETNS, UNDO_REMOVE_NETWORK};
 use crate::ops::context::OpContext;
 use crate::ops::delete::UNDO_ABORT_BLOCK_JOB;
-use crate::ops::failover::undo::{UNDO_FORGET as UNDO_FAILOVER_FORGET, UNDO_REDEFINE, UNDO_UNFENCE};
+use crate::ops::failover::undo::{
+    UNDO_FORGET as UNDO_FAILOVER_FORGET, UNDO_REDEFINE, UNDO_RESTART, UNDO_UNFENCE, UNDO_UNMARK, UNDO_UNMOVE,
+    UNDO_UNRECORD,
+};
 use crate::ops::restore::{UNDO_REDEFINE_DISKS, UNDO_START_DOMAIN, UNDO_STOP_DOMAIN};
 use crate::ops::snapshot::UNDO_FAIL_SNAPSHOT_NAMED;
 use crate::ops::standby::undo::{UNDO_DROP_COPY, UNDO_FINISH_SYNC, UNDO_FORGET, UNDO_RESTORE_PINS};
@@ -69,6 +72,10 @@ pub const KNOWN_CUSTOM_KINDS: &[&str] = &[
     UNDO_FAILOVER_FORGET,
     UNDO_UNFENCE,
     UNDO_REDEFINE,
+    UNDO_RESTART,
+    UNDO_UNMARK,
+    UNDO_UNMOVE,
+    UNDO_UNRECORD,
 ];
 
 /// The custom kind of `action` if this build does not know it.
@@ -272,9 +279,8 @@ impl Undoer<'_, '_> {
                 let transfer = crate::ops::standby::QemuImgTransfer;
                 crate::ops::standby::undo::undo_action(self.ctx, &transfer, &action()).map(Undone::Done)
             }
-            UNDO_FAILOVER_FORGET | UNDO_UNFENCE | UNDO_REDEFINE => {
-                crate::ops::failover::undo::undo_own(self.ctx, kind, data).map(Undone::Done)
-            }
+            UNDO_FAILOVER_FORGET | UNDO_UNFENCE | UNDO_REDEFINE | UNDO_RESTART | UNDO_UNMARK | UNDO_UNMOVE
+            | UNDO_UNRECORD => crate::ops::failover::undo::undo_own(self.ctx, kind, data).map(Undone::Done),
             UNDO_FAIL_SNAPSHOT_NAMED => {
                 let (Some(env), Some(name)) = (data["env"].as_str(), data["snapshot"].as_str()) else {
                     return Err(format!("malformed '{kind}' undo (env and snapshot expected): {data}"));

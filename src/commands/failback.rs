@@ -1,0 +1,85 @@
+//! `envclone failback ENV [--standby SB]`: ENV back from the standby that
+//! serves it. The work is in [`crate::ops::failover::failback`]; this file
+//! wires libvirt, the catalog, qemu-img and the agents, runs the fence
+//! guard first, and prints the report.
+
+use super::{load_config, Output};
+use crate::catalog::Catalog;
+use crate::cli::{FailbackArgs, GlobalArgs};
+use crate::config::Environment;
+use crate::exit::ExitCode;
+use crate::hypervisor::LibvirtHypervisor;
+use crate::ops::clone::IpCommand;
+use crate::ops::context::{Event, OpContext, SystemClock};
+use crate::ops::failover::{self, DrillRequest, FailbackAction, FailbackReport, Tools};
+use crate::ops::restore::{GuestAgents, QemuImg, SshAgents};
+use crate::ops::standby::QemuImgTransfer;
+use crate::{Error, Result};
+
+pub fn run(global: &GlobalArgs, args: &FailbackArgs, out: &Output) -> Result<ExitCode> {
+    let config = load_config(global)?;
+    let primary = config.environment(&args.environment)?.clone();
+    let catalog = Catalog::open(&config.controller.state_dir)?;
+    // An old primary that came back is fenced before anything else.
+    super::guard::check(&config, &catalog, Some(&args.environment), out)?;
+    let uri = &config.controller.libvirt_uri;
+    let hv = LibvirtHypervisor::connect(uri).map_err(Error::hypervisor(format!("connect to libvirt at {uri}")))?;
+    let progress = |event: &Event| out.progress(&event.to_string());
+    let ctx = OpContext { config: &config, hv: &hv, catalog: &catalog, progress: &progress, clock: &SystemClock };
+    let controller = config.controller.clone();
+    let agents = move |env: &Environment| -> Box<dyn GuestAgents> { Box::new(SshAgents::new(&controller, env)) };
+    // The standby answers at the primary's addresses while it serves: the
+    // primary's agents are the ones that freeze it for the final snapshot.
+    let quiescer = crate::ops::snapshot::agent_quiescer(&ctx, &primary);
+    let tools = Tools {
+        files: &QemuImg,
+        net: &IpCommand,
+        agents: &agents,
+        quiescer: &quiescer,
+        transfer: &QemuImgTransfer,
+        home: &failover::QemuImgHome,
+    };
+    let request = DrillRequest { env: args.environment.clone(), standby: args.standby.clone() };
+    let report = failover::failback(&ctx, &request, tools).map_err(Error::failover_op("failback"))?;
+    out.report(&report, human);
+    Ok(ExitCode::Ok)
+}
+
+fn human(report: &FailbackReport) -> String {
+    let (env, sb) = (&report.env, &report.standby);
+    let mib = |bytes: u64| bytes as f64 / (1024.0 * 1024.0);
+    let mut text = match report.action {
+        FailbackAction::AlreadyHome => {
+            return format!("{env} is home, epoch {}: nothing to do (failed back from standby {sb})\n", report.epoch);
+        }
+        FailbackAction::FailedBack => format!(
+            "{env} failed back from standby {sb}: {env} serves at its addresses again, epoch {} (was {})\n  downtime \
+             {:.1} s (from {sb}'s stop until every agent of {env} answered); carried home {:.1} MiB ({:.1} MiB while \
+             {sb} served, {:.1} MiB after it stopped)\n",
+            report.epoch,
+            report.previous_epoch,
+            report.downtime_ms as f64 / 1000.0,
+            mib(report.bytes_home),
+            mib(report.bytes_while_serving),
+            mib(report.bytes_after_stop)
+        ),
+    };
+    text.push_str(&super::failover::steps(&report.steps));
+    for vm in &report.vms {
+        text.push_str(&format!(
+            "  {} at {} ({} shut off, its own identity back)\n",
+            vm.domain, vm.address, vm.standby_domain
+        ));
+        for disk in &vm.disks {
+            text.push_str(&format!("    {} -> {}\n", disk.disk, disk.home_top.display()));
+            if let Some(old) = &disk.superseded {
+                text.push_str(&format!("         kept: {} (its disk before the failback)\n", old.display()));
+            }
+        }
+    }
+    if !report.carried_snapshots.is_empty() {
+        text.push_str(&format!("  snapshots carried home: {}\n", report.carried_snapshots.join(", ")));
+    }
+    text.push_str(&format!("  autostart of {env}'s domains: {}\n", report.autostart));
+    text
+}

@@ -1,0 +1,177 @@
+//! Carrying what a standby wrote home, for failback: which images, where
+//! to, and the file operations behind [`HomeFiles`].
+//!
+//! While SB serves ENV, each disk of SB's domain runs on a chain whose
+//! lower end is SB's synced copy (ENV's snapshot P, SB's restored point,
+//! not in the catalog: a standby's copy is its own), then SB's epoch
+//! overlay, then the overlays of ENV's snapshots taken meanwhile (on
+//! `<SB storage>/active`). Every image of that chain on SB's storage but
+//! SB's copy is **carried home**: copied byte for byte into ENV's storage
+//! (`<ENV storage>/<vm>/<same file name>`), its backing file set with
+//! `qemu-img rebase -u` to the home copy of the image below it, and for
+//! the lowest (the epoch overlay) to ENV's own image of P. `-u` reads
+//! nothing and is right because SB's copy holds exactly P's content (a
+//! sync verifies that); `qemu-img compare` of the two chains checks it
+//! before anything switches. The catalog then records the very same image
+//! rows at home ([`crate::catalog::Catalog::move_images`]): their
+//! snapshots (taken while SB served) come home with them, and the epoch
+//! overlay, recorded as a `base` by the first snapshot that saw it, becomes
+//! what it is, an overlay on ENV's image of P, which its backing link then
+//! keeps (a parent is never deleted or merged away under a child).
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use serde::{Deserialize, Serialize};
+
+use super::FailoverError;
+use crate::catalog::{ImageFormat, ImageId, ImageKind, ImageMove, StandbyDisk, StandbyRecord};
+use crate::ops::context::OpContext;
+use crate::ops::standby::{QemuImgTransfer, Transfer, TransferError};
+
+/// The file operations of a failback.
+pub trait HomeFiles: Sync + std::fmt::Debug {
+    /// Copies `from` byte for byte into a new file `to` (its directory
+    /// made); returns the bytes copied.
+    fn copy(&self, from: &Path, to: &Path) -> Result<u64, TransferError>;
+    /// `image`'s backing file becomes `backing` (of `format`), reading
+    /// nothing (`qemu-img rebase -u`).
+    fn rebase(&self, image: &Path, backing: &Path, format: ImageFormat) -> Result<(), TransferError>;
+    /// Whether `a` and `b` read the same data, backing chains included.
+    fn same_content(&self, a: &Path, b: &Path) -> Result<bool, TransferError>;
+    fn exists(&self, path: &Path) -> bool;
+    /// Removes a file; one already gone is no error.
+    fn remove(&self, path: &Path) -> Result<(), TransferError>;
+}
+
+/// The real [`HomeFiles`]: this host's files and `qemu-img`.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct QemuImgHome;
+
+impl HomeFiles for QemuImgHome {
+    fn copy(&self, from: &Path, to: &Path) -> Result<u64, TransferError> {
+        if let Some(dir) = to.parent() {
+            std::fs::create_dir_all(dir).map_err(|source| TransferError::Io {
+                what: "create the directory",
+                path: dir.to_owned(),
+                source,
+            })?;
+        }
+        QemuImgTransfer.copy_file(from, to).map(|copied| copied.bytes)
+    }
+
+    fn rebase(&self, image: &Path, backing: &Path, format: ImageFormat) -> Result<(), TransferError> {
+        let mut command = Command::new("qemu-img");
+        command.args(["rebase", "-u", "-F", format.as_str(), "-b"]).arg(backing).arg(image);
+        crate::host_tool::run_text(&mut command).map(drop).map_err(|e| TransferError::QemuImg {
+            what: "rebase",
+            path: image.to_owned(),
+            detail: crate::error::chain(&e),
+        })
+    }
+
+    fn same_content(&self, a: &Path, b: &Path) -> Result<bool, TransferError> {
+        QemuImgTransfer.same_content(a, b)
+    }
+
+    fn exists(&self, path: &Path) -> bool {
+        path.exists()
+    }
+
+    fn remove(&self, path: &Path) -> Result<(), TransferError> {
+        QemuImgTransfer.remove(path)
+    }
+}
+
+/// One image of SB's chain to carry home.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CarryImage {
+    pub id: ImageId,
+    /// Where it is, on SB's storage.
+    pub from: PathBuf,
+    /// Where its copy goes, in ENV's storage.
+    pub to: PathBuf,
+    /// The copy's backing image: the home copy of the image below, or
+    /// ENV's image of P (or, below an image that is home already, that one).
+    pub backing: ImageId,
+    pub backing_path: PathBuf,
+    pub backing_format: ImageFormat,
+}
+
+impl CarryImage {
+    /// How the catalog records it once carried.
+    pub fn moved(&self) -> ImageMove {
+        ImageMove { id: self.id, path: self.to.clone(), kind: ImageKind::Overlay, backing: Some(self.backing) }
+    }
+}
+
+/// The images of `top`'s chain on SB's storage, lowest first, and where
+/// each goes in `home_dir`.
+pub(super) fn plan_disk(
+    ctx: &OpContext<'_>,
+    standby: &StandbyRecord,
+    disk: &StandbyDisk,
+    top: &Path,
+    home_dir: &Path,
+) -> Result<Vec<CarryImage>, FailoverError> {
+    let catalog = ctx.catalog;
+    let unsupported = |what: String| FailoverError::Unsupported { what };
+    let top_image = catalog.image_by_path(top)?.ok_or_else(|| FailoverError::NotRecorded {
+        vm: disk.vm.clone(),
+        disk: disk.disk.clone(),
+        path: top.to_owned(),
+    })?;
+    let chain = catalog.chain(top_image.id)?;
+    let on_standby = chain.iter().take_while(|image| image.path.starts_with(&standby.storage)).count();
+    if on_standby == 0 {
+        return Err(unsupported(format!(
+            "failback of VM '{}' disk {}: the standby runs it on {}, not on its storage",
+            disk.vm,
+            disk.disk,
+            top.display()
+        )));
+    }
+    if let Some(own) = chain[..on_standby].iter().find(|image| image.path == disk.path) {
+        // A switch an older envclone made ran SB on its own copy.
+        return Err(unsupported(format!(
+            "failback of VM '{}' disk {} running on the standby's own copy {} (no epoch overlay)",
+            disk.vm,
+            disk.disk,
+            own.path.display()
+        )));
+    }
+    let (mut backing, mut backing_path, mut backing_format) = match chain.get(on_standby) {
+        // Restored, while SB served, to a snapshot from before the switch.
+        Some(home) => (home.id, home.path.clone(), home.format),
+        None => {
+            let point = disk.source_image.ok_or_else(|| FailoverError::NotSynced { standby: standby.name.clone() })?;
+            let point = catalog.image(point)?;
+            (point.id, point.path, point.format)
+        }
+    };
+    let mut plan = Vec::with_capacity(on_standby);
+    for image in chain[..on_standby].iter().rev() {
+        let name = image.path.file_name().map(PathBuf::from).unwrap_or_else(|| PathBuf::from(image.id.to_string()));
+        let to = home_dir.join(name);
+        if let Some(other) = catalog.image_by_path(&to)? {
+            if other.id != image.id {
+                return Err(unsupported(format!(
+                    "failback of VM '{}' disk {}: {} is another image already",
+                    disk.vm,
+                    disk.disk,
+                    to.display()
+                )));
+            }
+        }
+        plan.push(CarryImage {
+            id: image.id,
+            from: image.path.clone(),
+            to: to.clone(),
+            backing,
+            backing_path: backing_path.clone(),
+            backing_format,
+        });
+        (backing, backing_path, backing_format) = (image.id, to, ImageFormat::Qcow2);
+    }
+    Ok(plan)
+}
