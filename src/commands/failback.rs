@@ -1,48 +1,21 @@
 //! `envclone failback ENV [--standby SB]`: ENV back from the standby that
-//! serves it. The work is in [`crate::ops::failover::failback`]; this file
-//! wires libvirt, the catalog, qemu-img and the agents, runs the fence
-//! guard first, and prints the report.
+//! serves it. The work is in [`crate::ops::failover::failback`]; the wiring
+//! (the fence guard first, libvirt, the catalog, qemu-img, the agents) is
+//! `failover`'s, and this file prints the report.
 
-use super::{load_config, Output};
-use crate::catalog::Catalog;
+use super::Output;
 use crate::cli::{FailbackArgs, GlobalArgs};
-use crate::config::Environment;
 use crate::exit::ExitCode;
-use crate::hypervisor::LibvirtHypervisor;
-use crate::ops::clone::IpCommand;
-use crate::ops::context::{Event, OpContext, SystemClock};
-use crate::ops::failover::{self, DrillRequest, FailbackAction, FailbackReport, Tools};
-use crate::ops::restore::{GuestAgents, QemuImg, SshAgents};
-use crate::ops::standby::QemuImgTransfer;
+use crate::ops::failover::{self, DrillRequest, FailbackAction, FailbackReport};
 use crate::{Error, Result};
 
 pub fn run(global: &GlobalArgs, args: &FailbackArgs, out: &Output) -> Result<ExitCode> {
-    let config = load_config(global)?;
-    let primary = config.environment(&args.environment)?.clone();
-    let catalog = Catalog::open(&config.controller.state_dir)?;
-    // An old primary that came back is fenced before anything else.
-    super::guard::check(&config, &catalog, Some(&args.environment), out)?;
-    let uri = &config.controller.libvirt_uri;
-    let hv = LibvirtHypervisor::connect(uri).map_err(Error::hypervisor(format!("connect to libvirt at {uri}")))?;
-    let progress = |event: &Event| out.progress(&event.to_string());
-    let ctx = OpContext { config: &config, hv: &hv, catalog: &catalog, progress: &progress, clock: &SystemClock };
-    let controller = config.controller.clone();
-    let agents = move |env: &Environment| -> Box<dyn GuestAgents> { Box::new(SshAgents::new(&controller, env)) };
-    // The standby answers at the primary's addresses while it serves: the
-    // primary's agents are the ones that freeze it for the final snapshot.
-    let quiescer = crate::ops::snapshot::agent_quiescer(&ctx, &primary);
-    let tools = Tools {
-        files: &QemuImg,
-        net: &IpCommand,
-        agents: &agents,
-        quiescer: &quiescer,
-        transfer: &QemuImgTransfer,
-        home: &failover::QemuImgHome,
-    };
-    let request = DrillRequest { env: args.environment.clone(), standby: args.standby.clone() };
-    let report = failover::failback(&ctx, &request, tools).map_err(Error::failover_op("failback"))?;
-    out.report(&report, human);
-    Ok(ExitCode::Ok)
+    super::failover::with_tools(global, &args.environment, out, |ctx, tools| {
+        let request = DrillRequest { env: args.environment.clone(), standby: args.standby.clone() };
+        let report = failover::failback(ctx, &request, tools).map_err(Error::failover_op("failback"))?;
+        out.report(&report, human);
+        Ok(ExitCode::Ok)
+    })
 }
 
 fn human(report: &FailbackReport) -> String {

@@ -20,11 +20,51 @@ use crate::ops::standby::QemuImgTransfer;
 use crate::{Error, Result};
 
 pub fn run(global: &GlobalArgs, args: &FailoverArgs, out: &Output) -> Result<ExitCode> {
+    with_tools(global, &args.environment, out, |ctx, tools| {
+        let request = DrillRequest { env: args.environment.clone(), standby: args.standby.clone() };
+        if args.planned {
+            let report = failover::planned(ctx, &request, tools).map_err(Error::failover_op("failover --planned"))?;
+            out.report(&report, switched);
+            return Ok(ExitCode::Ok);
+        }
+        if !args.test {
+            // The primary's libvirt: the controller's connection unless ENV
+            // lives on another host; one that does not answer is no reason
+            // to wait (the fence is recorded unconfirmed).
+            let uri = ctx.config.controller.libvirt_uri.as_str();
+            let elsewhere = args.primary_uri.as_deref().filter(|u| *u != uri);
+            let connection =
+                elsewhere.map(|other| super::guard::connect_within(other, super::guard::PRIMARY_CONNECT_WITHIN));
+            let host = connection.as_ref().map_or(PrimaryHost::Answers(ctx.hv), super::guard::Connection::host);
+            let how = Unplanned { force: args.force, host, primary_uri: elsewhere };
+            let report = failover::unplanned(ctx, &request, how, tools).map_err(Error::failover_op("failover"))?;
+            out.report(&report, switched);
+            return Ok(ExitCode::Ok);
+        }
+        let report = if args.end {
+            failover::end_drill(ctx, &request, tools).map_err(Error::failover_op("failover --test --end"))?
+        } else {
+            failover::start_drill(ctx, &request, tools).map_err(Error::failover_op("failover --test"))?
+        };
+        out.report(&report, human);
+        Ok(ExitCode::Ok)
+    })
+}
+
+/// What `failover` and `failback` both wire before their work: the config,
+/// the fence guard (an old primary that came back is fenced before
+/// anything else), libvirt, the catalog, qemu-img, `ip` and the agents
+/// (the primary's: the standby answers at its addresses while it serves).
+pub(super) fn with_tools<T>(
+    global: &GlobalArgs,
+    env: &str,
+    out: &Output,
+    work: impl FnOnce(&OpContext<'_>, Tools<'_>) -> Result<T>,
+) -> Result<T> {
     let config = load_config(global)?;
-    let primary = config.environment(&args.environment)?.clone();
+    let primary = config.environment(env)?.clone();
     let catalog = Catalog::open(&config.controller.state_dir)?;
-    // An old primary that came back is fenced before anything else.
-    super::guard::check(&config, &catalog, Some(&args.environment), out)?;
+    super::guard::check(&config, &catalog, Some(env), out)?;
     let uri = &config.controller.libvirt_uri;
     let hv = LibvirtHypervisor::connect(uri).map_err(Error::hypervisor(format!("connect to libvirt at {uri}")))?;
     let progress = |event: &Event| out.progress(&event.to_string());
@@ -40,32 +80,7 @@ pub fn run(global: &GlobalArgs, args: &FailoverArgs, out: &Output) -> Result<Exi
         transfer: &QemuImgTransfer,
         home: &failover::QemuImgHome,
     };
-    let request = DrillRequest { env: args.environment.clone(), standby: args.standby.clone() };
-    if args.planned {
-        let report = failover::planned(&ctx, &request, tools).map_err(Error::failover_op("failover --planned"))?;
-        out.report(&report, switched);
-        return Ok(ExitCode::Ok);
-    }
-    if !args.test {
-        // The primary's libvirt: the controller's connection unless ENV
-        // lives on another host; one that does not answer is no reason to
-        // wait (the fence is recorded unconfirmed).
-        let elsewhere = args.primary_uri.as_deref().filter(|u| *u != uri.as_str());
-        let connection =
-            elsewhere.map(|other| super::guard::connect_within(other, super::guard::PRIMARY_CONNECT_WITHIN));
-        let host = connection.as_ref().map_or(PrimaryHost::Answers(&hv), super::guard::Connection::host);
-        let how = Unplanned { force: args.force, host, primary_uri: elsewhere };
-        let report = failover::unplanned(&ctx, &request, how, tools).map_err(Error::failover_op("failover"))?;
-        out.report(&report, switched);
-        return Ok(ExitCode::Ok);
-    }
-    let report = if args.end {
-        failover::end_drill(&ctx, &request, tools).map_err(Error::failover_op("failover --test --end"))?
-    } else {
-        failover::start_drill(&ctx, &request, tools).map_err(Error::failover_op("failover --test"))?
-    };
-    out.report(&report, human);
-    Ok(ExitCode::Ok)
+    work(&ctx, tools)
 }
 
 fn human(report: &DrillReport) -> String {

@@ -149,6 +149,27 @@ pub(crate) fn pick_standby(ctx: &OpContext<'_>, request: &DrillRequest) -> Resul
     }
 }
 
+/// The restored point `standby` can start from, once it is known to hold
+/// one completely (synced, no merge pending) and to be shut off.
+pub(crate) fn ready_to_start(ctx: &OpContext<'_>, standby: &StandbyRecord) -> Result<String, FailoverError> {
+    let Some(snapshot) = standby.snapshot.clone() else {
+        return Err(FailoverError::NotSynced { standby: standby.name.clone() });
+    };
+    if let Some(merging) = &standby.merging {
+        return Err(FailoverError::MergePending { standby: standby.name.clone(), snapshot: merging.clone() });
+    }
+    for domain in &standby.resources.domains {
+        let found = ctx.hv.domain(&domain.domain).map_err(|source| FailoverError::InspectDomain {
+            domain: domain.domain.clone(),
+            source: Box::new(source),
+        })?;
+        if found.state.is_active() {
+            return Err(FailoverError::StandbyRunning { standby: standby.name.clone(), domain: domain.domain.clone() });
+        }
+    }
+    Ok(snapshot)
+}
+
 /// Where the drill's overlay of `disk` of `vm` lives.
 pub fn overlay_path(standby: &StandbyRecord, vm: &str, disk: &str) -> PathBuf {
     standby.storage.join(vm).join(format!("{}.{disk}.drill.qcow2", standby.name))
@@ -259,21 +280,7 @@ pub fn start(ctx: &OpContext<'_>, request: &DrillRequest, tools: Tools<'_>) -> R
         report.action = DrillAction::AlreadyRunning;
         return Ok(report);
     }
-    let Some(snapshot) = standby.snapshot.clone() else {
-        return Err(FailoverError::NotSynced { standby: standby.name.clone() });
-    };
-    if let Some(merging) = &standby.merging {
-        return Err(FailoverError::MergePending { standby: standby.name.clone(), snapshot: merging.clone() });
-    }
-    for domain in &standby.resources.domains {
-        let found = ctx.hv.domain(&domain.domain).map_err(|source| FailoverError::InspectDomain {
-            domain: domain.domain.clone(),
-            source: Box::new(source),
-        })?;
-        if found.state.is_active() {
-            return Err(FailoverError::StandbyRunning { standby: standby.name.clone(), domain: domain.domain.clone() });
-        }
-    }
+    let snapshot = ready_to_start(ctx, &standby)?;
 
     ctx.note(format!(
         "DR drill of {}: standby {} starts from snapshot {snapshot} in its isolated networks; {} keeps running",

@@ -32,7 +32,7 @@
 
 use std::time::Instant;
 
-use super::drill::{millis, pick_standby, DrillRequest, Run};
+use super::drill::{millis, pick_standby, ready_to_start, DrillRequest, Run};
 use super::fence::{self, FencedDomain, PrimaryHost};
 use super::planned::{already_switched, record_switch, take_over, SwitchAction, SwitchReport};
 use super::{undo, FailoverError, Tools};
@@ -69,21 +69,7 @@ pub fn unplanned(
     if let Some(report) = already_switched(ctx, &request.env, &standby.name)? {
         return Ok(report);
     }
-    let Some(snapshot) = standby.snapshot.clone() else {
-        return Err(FailoverError::NotSynced { standby: standby.name.clone() });
-    };
-    if let Some(merging) = &standby.merging {
-        return Err(FailoverError::MergePending { standby: standby.name.clone(), snapshot: merging.clone() });
-    }
-    for domain in &standby.resources.domains {
-        let found = ctx.hv.domain(&domain.domain).map_err(|source| FailoverError::InspectDomain {
-            domain: domain.domain.clone(),
-            source: Box::new(source),
-        })?;
-        if found.state.is_active() {
-            return Err(FailoverError::StandbyRunning { standby: standby.name.clone(), domain: domain.domain.clone() });
-        }
-    }
+    let snapshot = ready_to_start(ctx, &standby)?;
     let down = match primary_host {
         PrimaryHost::Answers(hv) => down_domains(hv, &primary)?,
         PrimaryHost::Unreachable { .. } => primary.vms.values().map(|vm| vm.domain.clone()).collect(),
