@@ -33,6 +33,7 @@ const LAB: &str = "failback";
 const SB: &str = "sb";
 const BEFORE: &str = "failback-e2e: written on demo before the failover";
 const ON_SB: &str = "failback-e2e: written on the standby while it served";
+const ON_SB_AGAIN: &str = "failback-e2e: written on the standby in the second switch";
 
 #[test]
 fn failback_end_to_end() {
@@ -47,6 +48,7 @@ fn failback_end_to_end() {
     the_failback_brings_demo_home_with_what_sb_wrote(&lab, &sb_macs);
     a_second_failback_does_nothing(&lab);
     the_standby_syncs_again(&lab);
+    a_manual_snapshot_on_the_failover_system_fails_back_when_configured(&lab);
     println!("failback e2e done in {:.1} s", started.elapsed().as_secs_f64());
 }
 
@@ -167,6 +169,37 @@ fn the_standby_syncs_again(lab: &LabUnderTest) {
 
     println!("sync after failback: {} {} bytes", sync["mode"], sync["bytes"]);
     assert_eq!(sync["mode"], "incremental", "{sync:#}");
+}
+
+/// `[standbys.sb] failback_on_manual_snapshot = true`: a second failover,
+/// a write on sb, then a manual snapshot of demo is taken (of sb's
+/// domains) and fails demo back, with that write.
+fn a_manual_snapshot_on_the_failover_system_fails_back_when_configured(lab: &LabUnderTest) {
+    let storage = lab.config().controller.state_dir.join("standbys").join(SB);
+    let mut config = std::fs::read_to_string(lab.config_path()).unwrap();
+    config.push_str(&format!(
+        "\n[standbys.{SB}]\nprimary = \"demo\"\nstorage = \"{}\"\nfailback_on_manual_snapshot = true\n",
+        storage.display()
+    ));
+    std::fs::write(lab.config_path(), config).unwrap();
+    let switched = lab.json(&["failover", "demo", "--planned", "--json"]);
+    assert_eq!((&switched["action"], &switched["epoch"]), (&"failed-over".into(), &3.into()), "{switched:#}");
+    run(&lab.session("db"), &format!("echo '{ON_SB_AGAIN}' >> /srv/db/records; sync"));
+
+    let both = lab.json(&["snapshot", "demo", "--label", "done-on-sb", "--json"]);
+
+    let domains: Vec<&str> =
+        both["snapshot"]["vms"].as_array().unwrap().iter().map(|vm| vm["domain"].as_str().unwrap()).collect();
+    assert!(domains.iter().all(|d| d.starts_with("sb-")), "the snapshot is of the failover system: {both:#}");
+    assert_eq!(
+        (&both["failback"]["action"], &both["failback"]["epoch"]),
+        (&"failed-back".into(), &4.into()),
+        "{both:#}"
+    );
+    assert_eq!(lab.hypervisor().domain("demo-web").unwrap().state, DomainState::Running);
+    wait_for_web_page(&lab.netns(), ON_SB_AGAIN);
+    let status = lab.json(&["status", "--json"]);
+    assert!(status["failovers"].as_array().unwrap().is_empty(), "{status:#}");
 }
 
 fn macs(hv: &LibvirtHypervisor, domains: &[&str]) -> Vec<Option<String>> {

@@ -18,7 +18,7 @@ pub fn run(global: &GlobalArgs, args: &FailbackArgs, out: &Output) -> Result<Exi
     })
 }
 
-fn human(report: &FailbackReport) -> String {
+pub(super) fn human(report: &FailbackReport) -> String {
     let (env, sb) = (&report.env, &report.standby);
     let mib = |bytes: u64| bytes as f64 / (1024.0 * 1024.0);
     let mut text = match report.action {

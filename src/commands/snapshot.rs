@@ -2,7 +2,9 @@
 //! consistent point in time of every VM of the environment (of its active
 //! side: the standby's domains while a standby serves it). The work is in
 //! [`crate::ops::snapshot`]; this file wires libvirt, the catalog, the
-//! agents and the progress lines, and prints the report.
+//! agents and the progress lines, and prints the report. A manual snapshot
+//! taken while a standby whose config sets `failback_on_manual_snapshot`
+//! serves ENV then fails ENV back (both reports in one document).
 
 use super::{load_config_with_clones, Output};
 use crate::catalog::Catalog;
@@ -10,6 +12,7 @@ use crate::cli::{GlobalArgs, SnapshotArgs};
 use crate::exit::ExitCode;
 use crate::hypervisor::LibvirtHypervisor;
 use crate::ops::context::{Event, OpContext, SystemClock};
+use crate::ops::failover::{self, DrillRequest, FailbackReport};
 use crate::ops::snapshot::{self, SnapshotReport, SnapshotRequest};
 use crate::{Error, Result};
 
@@ -22,12 +25,18 @@ pub fn run(global: &GlobalArgs, args: &SnapshotArgs, out: &Output) -> Result<Exi
     // An old primary that came back is fenced first; while a standby serves
     // ENV, the snapshot is of the standby's domains (the config above has
     // them as ENV's), recorded as ENV's.
-    for switch in super::guard::check(&config, &catalog, Some(&args.environment), out)? {
+    let switches = super::guard::check(&config, &catalog, Some(&args.environment), out)?;
+    for switch in &switches {
         out.progress(&format!(
             "{} is served by standby {} (epoch {}): the snapshot is of {}'s domains",
             switch.env, switch.active, switch.epoch, switch.active
         ));
     }
+    // A manual snapshot on the failover system can be the signal to fail
+    // back, when that standby's config says so.
+    let failback_from = switches.iter().find(|s| s.env == args.environment).map(|s| s.active.clone()).filter(|sb| {
+        args.scheduled.is_none() && config.standbys.get(sb).is_some_and(|c| c.failback_on_manual_snapshot)
+    });
     let progress = |event: &Event| out.progress(&event.to_string());
     let ctx = OpContext { config: &config, hv: &hv, catalog: &catalog, progress: &progress, clock: &SystemClock };
     let schedule = match &args.scheduled {
@@ -51,8 +60,30 @@ pub fn run(global: &GlobalArgs, args: &SnapshotArgs, out: &Output) -> Result<Exi
     };
     let quiescer = snapshot::agent_quiescer(&ctx, env);
     let report = snapshot::take(&ctx, &request, &quiescer)?;
-    out.report(&report, human);
+    let Some(standby) = failback_from else {
+        out.report(&report, human);
+        return Ok(ExitCode::Ok);
+    };
+    out.progress(&format!(
+        "snapshot {}/{} taken; standby {standby} fails back on a manual snapshot \
+         (standbys.{standby}.failback_on_manual_snapshot): failing {} back",
+        report.env, report.name, report.env
+    ));
+    let failback = super::failover::with_tools(global, &args.environment, out, |ctx, tools| {
+        let request = DrillRequest { env: args.environment.clone(), standby: Some(standby.clone()) };
+        failover::failback(ctx, &request, tools).map_err(Error::failover_op("failback triggered by the snapshot"))
+    })?;
+    out.report(&Triggered { snapshot: report, failback }, |both| {
+        human(&both.snapshot) + &super::failback::human(&both.failback)
+    });
     Ok(ExitCode::Ok)
+}
+
+/// A manual snapshot that triggered a failback: both reports, one document.
+#[derive(Debug, serde::Serialize)]
+struct Triggered {
+    snapshot: SnapshotReport,
+    failback: FailbackReport,
 }
 
 fn human(report: &SnapshotReport) -> String {

@@ -219,6 +219,11 @@ pub struct Standby {
     pub autorestore: bool,
     #[serde(default)]
     pub network: StandbyNetwork,
+    /// While this standby serves its primary (after a failover), a manual
+    /// `envclone snapshot PRIMARY` (not a scheduled one) fails back once it
+    /// is taken: the operator's "done here", as DR enclaves read it.
+    #[serde(default)]
+    pub failback_on_manual_snapshot: bool,
 }
 
 /// Settings for `envclone lab`.

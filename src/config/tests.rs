@@ -37,6 +37,7 @@ retention = { last = 7, daily = 30 }
 primary = "demo"
 storage = "/srv/standby/demo"
 network = "readdress"
+failback_on_manual_snapshot = true
 
 [lab]
 domain_type = "kvm"
@@ -76,7 +77,7 @@ fn full_config_parses_with_defaults_filled_in() {
     assert!(!nightly.memory);
     assert_eq!(nightly.retention, Retention { last: Some(7), daily: Some(30), ..Retention::default() });
     let standby = config.standby("demo-dr").unwrap();
-    assert!(standby.autorestore);
+    assert!(standby.autorestore && standby.failback_on_manual_snapshot);
     assert_eq!(standby.network, StandbyNetwork::Readdress);
     assert_eq!(config.lab.unwrap().domain_type.to_string(), "kvm");
 }
@@ -155,7 +156,7 @@ storage = "relative/dir"
 #[test]
 fn schedule_without_cron_or_every_points_at_its_table() {
     let located = located(&with_demo("\n[schedules.idle]\nenvironment = \"demo\"\n"));
-    assert_eq!(located, [("schedules.idle".to_owned(), 37)]);
+    assert_eq!(located, [("schedules.idle".to_owned(), 38)]);
 }
 
 #[test]

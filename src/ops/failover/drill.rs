@@ -170,6 +170,18 @@ pub(crate) fn ready_to_start(ctx: &OpContext<'_>, standby: &StandbyRecord) -> Re
     Ok(snapshot)
 }
 
+/// A takeover with new addresses (`[standbys.SB] network = "readdress"`)
+/// is not built: refused before anything changes, rather than taking over
+/// ENV's addresses against the config.
+pub(crate) fn refuse_readdress(ctx: &OpContext<'_>, standby: &str) -> Result<(), FailoverError> {
+    match ctx.config.standbys.get(standby) {
+        Some(config) if config.network == crate::config::StandbyNetwork::Readdress => Err(FailoverError::Unsupported {
+            what: format!("a takeover with the standby's own addresses (standbys.{standby}.network = \"readdress\")"),
+        }),
+        _ => Ok(()),
+    }
+}
+
 /// Where the drill's overlay of `disk` of `vm` lives.
 pub fn overlay_path(standby: &StandbyRecord, vm: &str, disk: &str) -> PathBuf {
     standby.storage.join(vm).join(format!("{}.{disk}.drill.qcow2", standby.name))

@@ -139,6 +139,7 @@ pub fn planned(ctx: &OpContext<'_>, request: &DrillRequest, tools: Tools<'_>) ->
     let started = Instant::now();
     let started_at = ctx.clock.now();
     let standby = pick_standby(ctx, request)?;
+    super::drill::refuse_readdress(ctx, &standby.name)?;
     let primary = ctx.config.environment(&request.env)?.clone();
     if let Some(report) = already_switched(ctx, &request.env, &standby.name)? {
         return Ok(report);

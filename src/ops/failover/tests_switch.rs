@@ -292,3 +292,30 @@ fn an_old_primary_that_cannot_be_stopped_is_reported_on_every_check_and_recorded
     }
     assert_eq!(second[0].returns.len(), 2, "one row per domain, not per check: {:?}", second[0].returns);
 }
+
+#[test]
+fn a_standby_configured_to_readdress_is_refused_before_anything_is_fenced() {
+    let mut h = Harness::new();
+    let storage = h.standby().storage;
+    h.config.standbys.insert(
+        "sb".into(),
+        crate::config::Standby {
+            primary: "demo".into(),
+            storage,
+            autorestore: true,
+            network: crate::config::StandbyNetwork::Readdress,
+            failback_on_manual_snapshot: false,
+        },
+    );
+    h.primary_down();
+
+    let error = h.unplanned(false, None, true).unwrap_err();
+
+    assert!(matches!(&error, FailoverError::Unsupported { what } if what.contains("readdress")), "{error:?}");
+    assert_eq!(
+        crate::exit::ExitCode::from_error(&crate::Error::failover_op("failover")(error)),
+        crate::exit::ExitCode::Usage
+    );
+    assert_eq!(h.hv.autostart("web"), Some(true), "nothing fenced");
+    assert!(h.catalog.active_switch("demo").unwrap().is_none());
+}

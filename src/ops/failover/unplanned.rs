@@ -32,7 +32,7 @@
 
 use std::time::Instant;
 
-use super::drill::{millis, pick_standby, ready_to_start, DrillRequest, Run};
+use super::drill::{millis, pick_standby, ready_to_start, refuse_readdress, DrillRequest, Run};
 use super::fence::{self, FencedDomain, PrimaryHost};
 use super::planned::{already_switched, record_switch, take_over, SwitchAction, SwitchReport};
 use super::{undo, FailoverError, Tools};
@@ -65,6 +65,7 @@ pub fn unplanned(
     let started = Instant::now();
     let started_at = ctx.clock.now();
     let standby = pick_standby(ctx, request)?;
+    refuse_readdress(ctx, &standby.name)?;
     let primary = ctx.config.environment(&request.env)?.clone();
     if let Some(report) = already_switched(ctx, &request.env, &standby.name)? {
         return Ok(report);
