@@ -30,6 +30,17 @@ impl DomainState {
     pub fn is_active(self) -> bool {
         matches!(self, DomainState::Running | DomainState::Paused)
     }
+
+    /// As messages say it: "is running", "found shut off".
+    pub fn name(self) -> &'static str {
+        match self {
+            DomainState::Running => "running",
+            DomainState::Paused => "paused",
+            DomainState::ShutOff => "shut off",
+            DomainState::Crashed => "crashed",
+            DomainState::Other => "in another state",
+        }
+    }
 }
 
 #[derive(Debug, Clone, PartialEq)]

@@ -149,6 +149,22 @@ pub(crate) fn pick_standby(ctx: &OpContext<'_>, request: &DrillRequest) -> Resul
     }
 }
 
+/// Starts each of `domains`, one journaled step each (undo: stop it).
+pub(super) fn start_domains<'d>(
+    run: &mut Run<'_, '_>,
+    domains: impl Iterator<Item = &'d str>,
+) -> Result<(), FailoverError> {
+    for domain in domains {
+        run.step(&format!("start {domain}"), DomainRef::undo(UNDO_STOP_DOMAIN, domain), |run| {
+            run.ctx
+                .hv
+                .start_domain(domain)
+                .map_err(|e| FailoverError::Start { domain: domain.to_owned(), source: Box::new(e) })
+        })?;
+    }
+    Ok(())
+}
+
 /// The restored point `standby` can start from, once it is known to hold
 /// one completely (synced, no merge pending) and to be shut off.
 pub(crate) fn ready_to_start(ctx: &OpContext<'_>, standby: &StandbyRecord) -> Result<String, FailoverError> {
@@ -401,15 +417,7 @@ fn drill_steps(
 
     let links = gateway(run, sb, &netns, &standby.resources.networks)?;
 
-    for vm in &vms {
-        let undo = DomainRef::undo(UNDO_STOP_DOMAIN, &vm.domain);
-        run.step(&format!("start {}", vm.domain), undo, |run| {
-            run.ctx
-                .hv
-                .start_domain(&vm.domain)
-                .map_err(|e| FailoverError::Start { domain: vm.domain.clone(), source: Box::new(e) })
-        })?;
-    }
+    start_domains(run, vms.iter().map(|vm| vm.domain.as_str()))?;
 
     let mut environment = primary.clone();
     environment.description = Some(format!("DR drill of standby {sb} of {}", standby.primary));

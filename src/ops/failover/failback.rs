@@ -72,8 +72,6 @@ use crate::catalog::{
 use crate::config::Environment;
 use crate::hypervisor::HvError;
 use crate::ops::context::OpContext;
-use crate::ops::restore::steps::DomainRef;
-use crate::ops::restore::UNDO_STOP_DOMAIN;
 use crate::ops::snapshot::SnapshotRequest;
 use crate::ops::EnvLock;
 
@@ -440,14 +438,7 @@ fn carry_and_switch(
             run.ctx.hv.define_domain(&def).map(drop).map_err(redefine)
         })?;
     }
-    for vm in &vms {
-        run.step(&format!("start {}", vm.domain), DomainRef::undo(UNDO_STOP_DOMAIN, &vm.domain), |run| {
-            run.ctx
-                .hv
-                .start_domain(&vm.domain)
-                .map_err(|e| FailoverError::Start { domain: vm.domain.clone(), source: Box::new(e) })
-        })?;
-    }
+    super::drill::start_domains(run, vms.iter().map(|vm| vm.domain.as_str()))?;
     wait_for_agents(run, &format!("wait for {env}'s agents at its addresses"), primary)?;
     let downtime = stopped.elapsed();
 

@@ -286,7 +286,7 @@ fn check_one(
                 FenceKind::ReturnedRefenced,
                 format!(
                     "found {} while {} serves epoch {epoch}; stopped, autostart off",
-                    state_name(found.state),
+                    found.state.name(),
                     record.standby
                 ),
             ),
@@ -302,15 +302,4 @@ fn check_one(
         });
     }
     None
-}
-
-fn state_name(state: crate::hypervisor::DomainState) -> &'static str {
-    use crate::hypervisor::DomainState;
-    match state {
-        DomainState::Running => "running",
-        DomainState::Paused => "paused",
-        DomainState::ShutOff => "shut off",
-        DomainState::Crashed => "crashed",
-        DomainState::Other => "in another state",
-    }
 }

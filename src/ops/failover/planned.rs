@@ -42,8 +42,6 @@ use super::{undo, FailoverError, Tools};
 use crate::catalog::{NewFailover, UndoAction};
 use crate::hypervisor::HvError;
 use crate::ops::context::OpContext;
-use crate::ops::restore::steps::DomainRef;
-use crate::ops::restore::UNDO_STOP_DOMAIN;
 use crate::ops::snapshot::SnapshotRequest;
 use crate::ops::EnvLock;
 
@@ -410,14 +408,7 @@ pub(super) fn take_over(
             overlays,
         });
     }
-    for vm in &vms {
-        run.step(&format!("start {}", vm.domain), DomainRef::undo(UNDO_STOP_DOMAIN, &vm.domain), |run| {
-            run.ctx
-                .hv
-                .start_domain(&vm.domain)
-                .map_err(|e| FailoverError::Start { domain: vm.domain.clone(), source: Box::new(e) })
-        })?;
-    }
+    super::drill::start_domains(run, vms.iter().map(|vm| vm.domain.as_str()))?;
     let mut environment = primary.clone();
     for vm in &vms {
         if let Some(config) = environment.vms.get_mut(&vm.vm) {

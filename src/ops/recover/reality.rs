@@ -39,7 +39,7 @@ use crate::hypervisor::{Disk, DomainState};
 use crate::ops::context::OpContext;
 
 use super::agents::Agents;
-use super::undo::{image_format, resume_if_paused, state_name, Undone};
+use super::undo::{image_format, resume_if_paused, Undone};
 
 /// One thing checked in the environment.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
@@ -134,12 +134,12 @@ pub fn check_env(
                 format!(
                     "{}, but it ran when the interrupted operation started: start it (`virsh start {}`) once \
                      you know why it stopped",
-                    state_name(other),
+                    other.name(),
                     config.domain
                 ),
                 false,
             ),
-            other => (CheckStatus::Warning, state_name(other).to_owned(), false),
+            other => (CheckStatus::Warning, other.name().to_owned(), false),
         };
         checks.push(check(domain_subject, status, detail));
 

@@ -319,7 +319,7 @@ pub(super) fn resume_if_paused(hv: &dyn Hypervisor, domain: &str) -> Result<Undo
         Err(e) => return Err(format!("cannot check whether domain {domain} is paused: {}", error_chain(&e))),
     };
     if state != DomainState::Paused {
-        return Ok(Undone::Done(format!("domain {domain} is not paused ({})", state_name(state))));
+        return Ok(Undone::Done(format!("domain {domain} is not paused ({})", state.name())));
     }
     crate::hypervisor::qmp(hv, domain, qapi::qmp::cont {})
         .map_err(|e| format!("domain {domain} stays PAUSED: {}", error_chain(&e)))?;
@@ -400,14 +400,4 @@ pub(super) fn image_format(path: &Path) -> io::Result<ImageFormat> {
     let mut file = fs::File::open(path)?;
     let read = file.read(&mut magic)?;
     Ok(if read == 4 && magic == *b"QFI\xfb" { ImageFormat::Qcow2 } else { ImageFormat::Raw })
-}
-
-pub(super) fn state_name(state: DomainState) -> &'static str {
-    match state {
-        DomainState::Running => "running",
-        DomainState::Paused => "paused",
-        DomainState::ShutOff => "shut off",
-        DomainState::Crashed => "crashed",
-        DomainState::Other => "in another state",
-    }
 }
