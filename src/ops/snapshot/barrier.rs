@@ -204,35 +204,20 @@ pub fn run(
 
         // Arm: every guest runs its hooks and syncs, one fails, or the
         // guests take longer than their hooks may.
-        let mut aborted = false;
         let mut waiting: BTreeSet<String> = orders.keys().cloned().collect();
         let arming = (!waiting.is_empty())
             .then(|| StepTimer::start(progress, format!("arm {} guests (pre-freeze hooks, sync)", waiting.len())));
         let arm_deadline = Instant::now() + settings.freeze_wait;
-        while !waiting.is_empty() {
-            match events.recv_timeout(arm_deadline.saturating_duration_since(Instant::now())) {
-                Ok(WorkerEvent::Armed { vm }) => {
-                    waiting.remove(&vm);
-                }
-                Ok(event) => {
-                    waiting.remove(event_vm(&event));
-                    if let Some(failure) = handle_event(&mut outcome, &mut window, event, settings, true) {
-                        outcome.failures.push(failure);
-                        aborted = true;
-                        break;
-                    }
-                }
-                Err(RecvTimeoutError::Timeout) => {
-                    outcome.failures.push(SnapshotError::ArmTimeout {
-                        waited: settings.freeze_wait,
-                        vms: waiting.iter().cloned().collect(),
-                    });
-                    aborted = true;
-                    break;
-                }
-                Err(RecvTimeoutError::Disconnected) => break,
-            }
-        }
+        let mut aborted = !collect(
+            &events,
+            &mut waiting,
+            (&mut outcome, &mut window, settings),
+            |_| arm_deadline.saturating_duration_since(Instant::now()),
+            |_, waiting| SnapshotError::ArmTimeout {
+                waited: settings.freeze_wait,
+                vms: waiting.iter().cloned().collect(),
+            },
+        );
         if let Some(timer) = arming {
             timer.end(!aborted);
         }
@@ -249,33 +234,20 @@ pub fn run(
         }
         let freezing =
             (!waiting.is_empty()).then(|| StepTimer::start(progress, format!("freeze {} guests", waiting.len())));
-        while !waiting.is_empty() {
-            let wait = match window.deadline(limit) {
+        aborted |= !collect(
+            &events,
+            &mut waiting,
+            (&mut outcome, &mut window, settings),
+            |window| match window.deadline(limit) {
                 Some(deadline) => deadline.saturating_duration_since(Instant::now()),
                 None => settings.freeze_wait,
-            };
-            match events.recv_timeout(wait) {
-                Ok(event) => {
-                    let vm = event_vm(&event).to_owned();
-                    waiting.remove(&vm);
-                    if let Some(failure) = handle_event(&mut outcome, &mut window, event, settings, true) {
-                        outcome.failures.push(failure);
-                        aborted = true;
-                        break;
-                    }
-                }
-                Err(RecvTimeoutError::Timeout) => {
-                    outcome.failures.push(SnapshotError::FreezeLimit {
-                        limit,
-                        window: window.elapsed(),
-                        stage: "waiting for every guest to freeze",
-                    });
-                    aborted = true;
-                    break;
-                }
-                Err(RecvTimeoutError::Disconnected) => break,
-            }
-        }
+            },
+            |window, _| SnapshotError::FreezeLimit {
+                limit,
+                window: window.elapsed(),
+                stage: "waiting for every guest to freeze",
+            },
+        );
         if let Some(timer) = freezing {
             timer.end(!aborted);
         }
@@ -358,6 +330,36 @@ pub fn run(
         }
     }
     outcome
+}
+
+/// Takes the workers' events until every VM in `waiting` reported (armed,
+/// frozen, or failed without aborting); false (the barrier aborts) when one
+/// failed and that aborts, or when `wait` (how long to wait now) runs out,
+/// in which case `timed_out` says what is missing.
+fn collect(
+    events: &mpsc::Receiver<WorkerEvent>,
+    waiting: &mut BTreeSet<String>,
+    (outcome, window, settings): (&mut BarrierOutcome, &mut Window, &BarrierSettings),
+    wait: impl Fn(&Window) -> Duration,
+    timed_out: impl FnOnce(&Window, &BTreeSet<String>) -> SnapshotError,
+) -> bool {
+    while !waiting.is_empty() {
+        match events.recv_timeout(wait(window)) {
+            Ok(event) => {
+                waiting.remove(event_vm(&event));
+                if let Some(failure) = handle_event(outcome, window, event, settings, true) {
+                    outcome.failures.push(failure);
+                    return false;
+                }
+            }
+            Err(RecvTimeoutError::Timeout) => {
+                outcome.failures.push(timed_out(window, waiting));
+                return false;
+            }
+            Err(RecvTimeoutError::Disconnected) => break,
+        }
+    }
+    true
 }
 
 fn event_vm(event: &WorkerEvent) -> &str {
