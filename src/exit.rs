@@ -147,6 +147,7 @@ impl ExitCode {
             | FailoverError::PrimaryHealthy { .. }
             | FailoverError::NoSwitch { .. }
             | FailoverError::FailbackDrillRunning { .. }
+            | FailoverError::ReaddressNotConfigured { .. }
             | FailoverError::PrimaryRunning { .. } => ExitCode::Usage,
             FailoverError::AgentNotReady { source, .. } if guest_code(source) == ExitCode::Unreachable => {
                 ExitCode::Unreachable

@@ -10,12 +10,12 @@ use crate::cli::{FailoverArgs, GlobalArgs};
 use crate::config::Environment;
 use crate::exit::ExitCode;
 use crate::hypervisor::LibvirtHypervisor;
-use crate::ops::clone::IpCommand;
+use crate::ops::clone::{CloneAgents, IpCommand};
 use crate::ops::context::{Event, OpContext, SystemClock};
 use crate::ops::failover::{
     self, DrillAction, DrillReport, DrillRequest, PrimaryHost, StepTime, SwitchAction, SwitchReport, Tools, Unplanned,
 };
-use crate::ops::restore::{GuestAgents, QemuImg, SshAgents};
+use crate::ops::restore::{QemuImg, SshAgents};
 use crate::ops::standby::QemuImgTransfer;
 use crate::{Error, Result};
 
@@ -70,7 +70,7 @@ pub(super) fn with_tools<T>(
     let progress = |event: &Event| out.progress(&event.to_string());
     let ctx = OpContext { config: &config, hv: &hv, catalog: &catalog, progress: &progress, clock: &SystemClock };
     let controller = config.controller.clone();
-    let agents = move |env: &Environment| -> Box<dyn GuestAgents> { Box::new(SshAgents::new(&controller, env)) };
+    let agents = move |env: &Environment| -> Box<dyn CloneAgents> { Box::new(SshAgents::new(&controller, env)) };
     let quiescer = crate::ops::snapshot::agent_quiescer(&ctx, &primary);
     let tools = Tools {
         files: &QemuImg,

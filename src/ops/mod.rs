@@ -21,5 +21,7 @@ pub mod recover;
 pub mod restore;
 pub mod snapshot;
 pub mod standby;
+#[cfg(test)]
+pub(crate) mod test_agents;
 
 pub use self::lock::{Busy, EnvLock, LockError, LockHolder};

@@ -142,7 +142,7 @@ pub enum CloneError {
     },
     /// After the rewrite, a configured file still names a source address:
     /// the clone would talk to production, so its link never goes up.
-    #[error("{}", remaining(vm, findings))]
+    #[error("{}", remaining(vm, findings, "still names source addresses after the rewrite; its link stays down"))]
     SourceAddressesRemain { vm: String, findings: Vec<envclone_agent::Finding> },
     #[error("move the interface {mac} of {domain} (VM '{vm}') onto its network")]
     MoveInterface {
@@ -175,8 +175,9 @@ pub enum CloneError {
     CleanupFailed { cause: Box<CloneError>, failures: Vec<String> },
 }
 
-fn remaining(vm: &str, findings: &[envclone_agent::Finding]) -> String {
-    let mut text = format!("VM '{vm}' still names source addresses after the rewrite; its link stays down:");
+/// What the scan found in `vm` after a rewrite, the first 20 findings listed.
+pub(crate) fn remaining(vm: &str, findings: &[envclone_agent::Finding], what: &str) -> String {
+    let mut text = format!("VM '{vm}' {what}:");
     for finding in findings.iter().take(20) {
         text.push_str(&format!("\n  {}:{}: {} ({})", finding.path, finding.line, finding.text, finding.needle));
     }

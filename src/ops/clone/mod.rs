@@ -79,6 +79,7 @@ use std::time::{Duration, Instant};
 
 use serde::Serialize;
 
+pub(crate) use self::error::remaining;
 pub use self::error::CloneError;
 pub use self::full_copy::{FullCopy, QemuImgConvert};
 pub use self::host_net::{HostNet, HostNetError, IpCommand};
@@ -797,11 +798,7 @@ impl<'r, 'c> Run<'r, 'c> {
         ip: Option<(std::net::Ipv4Addr, u8)>,
         what: &str,
     ) -> Result<(), CloneError> {
-        let undo = UndoAction::Custom {
-            kind: undo::UNDO_REMOVE_NETWORK.to_owned(),
-            data: serde_json::json!({ "network": name }),
-        };
-        self.step(&format!("create network {name} ({what})"), undo, |run| {
+        self.step(&format!("create network {name} ({what})"), undo::remove_network_undo(name), |run| {
             let def = NetworkDef::isolated(&NetworkSpec { name: name.to_owned(), bridge: bridge.to_owned(), ip });
             let fail = |e: HvError| CloneError::DefineNetwork { network: name.to_owned(), source: Box::new(e) };
             run.ctx.hv.define_network(&def).map_err(fail)?;
@@ -830,20 +827,8 @@ impl<'r, 'c> Run<'r, 'c> {
                 address: self.source.vms[&plan.vm].agent.address.clone(),
             });
         }
-        let hv = self.ctx.hv;
-        let mut taken = Vec::new();
-        let names =
-            hv.network_names().map_err(|e| CloneError::InspectNetwork { network: "*".into(), source: Box::new(e) })?;
-        for name in names {
-            let network = hv
-                .network(&name)
-                .map_err(|e| CloneError::InspectNetwork { network: name.clone(), source: Box::new(e) })?;
-            if let Some((std::net::IpAddr::V4(address), prefix)) = network.def.ip() {
-                if let Ok(subnet) = ipnet::Ipv4Net::new(address, prefix) {
-                    taken.push(subnet.trunc());
-                }
-            }
-        }
+        let taken = readdress::taken_subnets(self.ctx.hv)
+            .map_err(|(network, source)| CloneError::InspectNetwork { network, source })?;
         let clone = self.request.name.clone();
         self.step("plan the clone's addresses", UndoAction::Nothing, |_| {
             readdress::plan(config.pool, networks, &vms, &taken, |vm| config.hostname_for(&clone, vm))
@@ -1126,20 +1111,8 @@ impl<'r, 'c> Run<'r, 'c> {
             })?;
             hostnames.insert(vm.clone(), hostname);
         }
-        let map = plan.rewrite_map(&hostnames, &rewrite.map);
-        let rewrite_plan = envclone_agent::RewritePlan {
-            map: map.clone(),
-            files: rewrite.files.clone(),
-            roots: rewrite.roots.clone(),
-            backup_suffix: None,
-        };
-        let scan = envclone_agent::ScanRequest {
-            needles: map.keys().cloned().collect(),
-            subnets: plan.source_subnets(),
-            roots: rewrite.roots.clone(),
-            files: Some(rewrite.files.clone()),
-            exclude: Vec::new(),
-        };
+        let (rewrite_plan, scan) =
+            readdress::agent_requests(plan.rewrite_map(&hostnames, &rewrite.map), plan.source_subnets(), &rewrite);
         // Every VM is rewritten and found clean before any link goes up.
         let mut host_keys = BTreeMap::new();
         for (index, vm) in vms.iter().enumerate() {
@@ -1195,22 +1168,13 @@ impl<'r, 'c> Run<'r, 'c> {
             })?;
             // The guest keeps its host key: trust it at the new address.
             let port = self.source.vms[vm].agent.port;
-            let host_name = crate::guest::hostkey::known_hosts_name(&addresses.address.addr().to_string(), port);
-            let line = crate::guest::hostkey::known_hosts_entry(&host_name, &host_keys[vm]);
-            let known_hosts = self.ctx.config.controller.known_hosts.clone();
-            let undo = UndoAction::Custom {
-                kind: undo::UNDO_DISTRUST_HOST_KEYS.to_owned(),
-                data: serde_json::to_value(undo::HostKeys {
-                    known_hosts: known_hosts.clone(),
-                    lines: vec![line.clone()],
-                })
-                .unwrap_or_default(),
-            };
-            self.step(&format!("trust {vm}'s host key at {host_name}"), undo, |_| {
-                crate::guest::hostkey::trust(&known_hosts, std::slice::from_ref(&line))
+            let known_hosts = &self.ctx.config.controller.known_hosts;
+            let trusted = undo::HostKeys::at(known_hosts, &addresses.address.addr().to_string(), port, &host_keys[vm]);
+            self.step(&format!("trust {vm}'s host key at {}", addresses.address.addr()), trusted.distrust(), |_| {
+                crate::guest::hostkey::trust(known_hosts, &trusted.lines)
                     .map_err(|source| CloneError::KnownHosts { path: known_hosts.clone(), source })
             })?;
-            self.known_hosts.push(line);
+            self.known_hosts.extend(trusted.lines);
             let domain = self.vms[index].domain.clone();
             let own = names::network(&self.request.name, &addresses.source_network);
             self.step(&format!("link up: {domain} onto {own}"), UndoAction::Nothing, |run| {

@@ -44,6 +44,18 @@ pub fn quarantine_bridge(clone: &str, network: &str) -> String {
     format!("ecq{}", short_hash(clone, network))
 }
 
+/// The network a standby that took over with its own addresses serves
+/// on in place of the primary's `network` (`[standbys.SB] network =
+/// "readdress"`): its own subnet, a host address, no forward.
+pub fn served_network(standby: &str, network: &str) -> String {
+    format!("{standby}-s-{network}")
+}
+
+/// The served network's bridge (`ecs` + 8 hex digits).
+pub fn served_bridge(standby: &str, network: &str) -> String {
+    format!("ecs{}", short_hash(standby, network))
+}
+
 /// The namespace the clone's gateway lives in.
 pub fn gateway_netns(clone: &str) -> String {
     format!("envclone-c-{clone}")

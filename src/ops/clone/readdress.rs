@@ -19,6 +19,7 @@ use serde::Serialize;
 
 use super::CloneError;
 use crate::guest::{AgentClient, GuestError};
+use crate::hypervisor::{HvError, Hypervisor};
 use crate::ops::restore::{GuestAgents, SshAgents};
 
 /// One source network and the subnet the clone gets instead.
@@ -180,6 +181,41 @@ impl AddressPlan {
     pub fn network(&self, source: &str) -> Option<&NetworkAddresses> {
         self.networks.iter().find(|n| n.source_network == source)
     }
+}
+
+/// What the agents are asked with `map`: the rewrite of the configured
+/// files, and the scan that must then find none of `subnets` (and none of
+/// the old names) left in them. A readdressed clone, a standby taking over
+/// with its own addresses and its way home all ask the same.
+pub fn agent_requests(
+    map: BTreeMap<String, String>,
+    subnets: Vec<String>,
+    rewrite: &crate::config::Rewrite,
+) -> (RewritePlan, ScanRequest) {
+    let scan = ScanRequest {
+        needles: map.keys().cloned().collect(),
+        subnets,
+        roots: rewrite.roots.clone(),
+        files: Some(rewrite.files.clone()),
+        exclude: Vec::new(),
+    };
+    let plan = RewritePlan { map, files: rewrite.files.clone(), roots: rewrite.roots.clone(), backup_suffix: None };
+    (plan, scan)
+}
+
+/// Every IPv4 subnet libvirt has a host address on: what a plan must not
+/// hand out. An error names the network that could not be read.
+pub fn taken_subnets(hv: &dyn Hypervisor) -> Result<Vec<Ipv4Net>, (String, Box<HvError>)> {
+    let mut taken = Vec::new();
+    for name in hv.network_names().map_err(|e| ("*".to_owned(), Box::new(e)))? {
+        let network = hv.network(&name).map_err(|e| (name.clone(), Box::new(e)))?;
+        if let Some((std::net::IpAddr::V4(address), prefix)) = network.def.ip() {
+            if let Ok(subnet) = Ipv4Net::new(address, prefix) {
+                taken.push(subnet.trunc());
+            }
+        }
+    }
+    Ok(taken)
 }
 
 /// What a clone asks of its agents beyond a restore's.

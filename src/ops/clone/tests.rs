@@ -15,8 +15,9 @@ use crate::config::{AgentEndpoint, Config, Controller, HumanSize, Vm};
 use crate::guest::GuestError;
 use crate::hypervisor::{FakeHypervisor, FakeStep, Hypervisor};
 use crate::ops::context::{Event, FixedClock};
-use crate::ops::restore::{GuestAgents, ImageFileError};
+use crate::ops::restore::ImageFileError;
 use crate::ops::snapshot::{FreezeInfo, FrozenGuest, ThawInfo};
+use crate::ops::test_agents::ReadyAgents;
 
 fn at(minute: u32) -> DateTime<Utc> {
     Utc.with_ymd_and_hms(2024, 5, 1, 2, minute, 0).unwrap()
@@ -44,129 +45,6 @@ impl Quiescer for FakeQuiescer {
 
     fn recover(&self, _vm: &str) -> Result<(), GuestError> {
         Ok(())
-    }
-}
-
-/// Agents that answer everything; they log what they were asked (`vm:
-/// call`) into the shared log, and `scan` finds what `findings` says.
-#[derive(Debug, Default, Clone)]
-struct ReadyAgents {
-    log: std::sync::Arc<Mutex<Vec<String>>>,
-    findings: Vec<envclone_agent::Finding>,
-    /// Where the agents are reached, from the environment they were made for.
-    endpoints: BTreeMap<String, String>,
-}
-
-impl ReadyAgents {
-    fn note(&self, vm: &str, call: &str) {
-        let at = self.endpoints.get(vm).cloned().unwrap_or_default();
-        self.log.lock().unwrap().push(format!("{vm}@{at}: {call}"));
-    }
-}
-
-impl GuestAgents for ReadyAgents {
-    fn wait_ready(&self, vm: &str, _within: Duration) -> Result<(), GuestError> {
-        self.note(vm, "wait");
-        Ok(())
-    }
-
-    fn thaw(&self, _vm: &str, _within: Duration) -> Result<(), GuestError> {
-        Ok(())
-    }
-
-    fn set_clock(&self, _vm: &str) -> Result<i64, GuestError> {
-        Ok(0)
-    }
-}
-
-impl CloneAgents for ReadyAgents {
-    fn host_key(&self, _vm: &str) -> Result<Vec<u8>, GuestError> {
-        Ok(b"\0\0\0\x0bssh-ed25519\0\0\0\x01k".to_vec())
-    }
-
-    fn hostname(&self, vm: &str) -> Result<String, GuestError> {
-        Ok(vm.to_owned())
-    }
-
-    fn rewrite(
-        &self,
-        vm: &str,
-        plan: &envclone_agent::RewritePlan,
-    ) -> Result<envclone_agent::RewriteReport, GuestError> {
-        let map: Vec<String> = plan.map.iter().map(|(k, v)| format!("{k}={v}")).collect();
-        self.note(vm, &format!("rewrite {}", map.join(",")));
-        Ok(envclone_agent::RewriteReport { dry_run: false, backup_dir: None, files: Vec::new(), replacements: 3 })
-    }
-
-    fn scan(&self, vm: &str, request: &envclone_agent::ScanRequest) -> Result<envclone_agent::ScanReport, GuestError> {
-        self.note(vm, &format!("scan {}", request.subnets.join(",")));
-        Ok(envclone_agent::ScanReport {
-            findings: if vm == "web" { self.findings.clone() } else { Vec::new() },
-            truncated: false,
-            files_scanned: 2,
-            binary_files: 0,
-            skipped: Vec::new(),
-            missing_roots: Vec::new(),
-        })
-    }
-
-    fn readdress(
-        &self,
-        vm: &str,
-        _mac: &str,
-        address: &ipnet::Ipv4Net,
-        gateway: std::net::Ipv4Addr,
-        hostname: &str,
-    ) -> Result<envclone_agent::ReaddressReport, GuestError> {
-        self.note(vm, &format!("readdress {address} via {gateway} as {hostname}"));
-        Ok(readdress_report(address, hostname))
-    }
-
-    fn reset_identity(&self, vm: &str, host_keys: bool) -> Result<envclone_agent::ResetIdentityReport, GuestError> {
-        self.note(vm, if host_keys { "reset-identity --ssh-host-keys" } else { "reset-identity" });
-        let server = envclone_agent::SshServer::Dropbear;
-        Ok(envclone_agent::ResetIdentityReport {
-            previous_machine_id: None,
-            machine_id: format!("{:0>32}", vm.len()),
-            dbus_machine_id_updated: false,
-            host_keys: if host_keys {
-                vec![envclone_agent::HostKey {
-                    server,
-                    path: "/etc/dropbear/dropbear_ed25519_host_key".into(),
-                    public_key: format!("ssh-ed25519 NEW{vm}"),
-                }]
-            } else {
-                Vec::new()
-            },
-            ssh_servers: if host_keys {
-                vec![envclone_agent::SshServerReload {
-                    server,
-                    previous_pid: 1,
-                    pid: Some(2),
-                    serves_new_keys: true,
-                    note: None,
-                }]
-            } else {
-                Vec::new()
-            },
-        })
-    }
-}
-
-fn readdress_report(address: &ipnet::Ipv4Net, hostname: &str) -> envclone_agent::ReaddressReport {
-    envclone_agent::ReaddressReport {
-        interface: "eth0".into(),
-        mac: "52:54:00:00:00:01".into(),
-        address: address.to_string(),
-        address_added: true,
-        removed: Vec::new(),
-        removal_deferred: Vec::new(),
-        removal_delay_ms: 0,
-        gateway: None,
-        hostname: Some(envclone_agent::HostnameChange { previous: "x".into(), new: hostname.into() }),
-        hosts_file_changed: false,
-        persisted: false,
-        not_persisted_reason: None,
     }
 }
 

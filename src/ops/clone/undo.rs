@@ -24,6 +24,28 @@ pub struct HostKeys {
     pub lines: Vec<String>,
 }
 
+impl HostKeys {
+    /// The known_hosts line that trusts `key` at `address`:`port` in
+    /// `known_hosts`, as the one line of the undo that removes it again.
+    pub fn at(known_hosts: &Path, address: &str, port: u16, key: &[u8]) -> Self {
+        let host_name = crate::guest::hostkey::known_hosts_name(address, port);
+        let line = crate::guest::hostkey::known_hosts_entry(&host_name, key);
+        HostKeys { known_hosts: known_hosts.to_owned(), lines: vec![line] }
+    }
+
+    pub fn distrust(&self) -> UndoAction {
+        UndoAction::Custom {
+            kind: UNDO_DISTRUST_HOST_KEYS.to_owned(),
+            data: serde_json::to_value(self).unwrap_or_default(),
+        }
+    }
+}
+
+/// The undo of a network made: remove it.
+pub fn remove_network_undo(network: &str) -> UndoAction {
+    UndoAction::Custom { kind: UNDO_REMOVE_NETWORK.to_owned(), data: serde_json::json!({ "network": network }) }
+}
+
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct LinkRef {
     pub netns: Option<String>,

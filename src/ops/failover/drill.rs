@@ -186,18 +186,6 @@ pub(crate) fn ready_to_start(ctx: &OpContext<'_>, standby: &StandbyRecord) -> Re
     Ok(snapshot)
 }
 
-/// A takeover with new addresses (`[standbys.SB] network = "readdress"`)
-/// is not built: refused before anything changes, rather than taking over
-/// ENV's addresses against the config.
-pub(crate) fn refuse_readdress(ctx: &OpContext<'_>, standby: &str) -> Result<(), FailoverError> {
-    match ctx.config.standbys.get(standby) {
-        Some(config) if config.network == crate::config::StandbyNetwork::Readdress => Err(FailoverError::Unsupported {
-            what: format!("a takeover with the standby's own addresses (standbys.{standby}.network = \"readdress\")"),
-        }),
-        _ => Ok(()),
-    }
-}
-
 /// Where the drill's overlay of `disk` of `vm` lives.
 pub fn overlay_path(standby: &StandbyRecord, vm: &str, disk: &str) -> PathBuf {
     standby.storage.join(vm).join(format!("{}.{disk}.drill.qcow2", standby.name))
@@ -437,7 +425,7 @@ fn drill_steps(
 
 /// The gateway namespace and one veth per network whose primary network
 /// has an address (the address the guests know as their gateway).
-fn gateway(
+pub(super) fn gateway(
     run: &mut Run<'_, '_>,
     sb: &str,
     netns: &str,
@@ -481,6 +469,23 @@ fn gateway(
         links.push(link);
     }
     Ok(links)
+}
+
+/// The gateway's links and namespace removed (each idempotent: gone is done).
+pub(super) fn remove_gateway(
+    run: &mut Run<'_, '_>,
+    netns: &str,
+    links: &[clone_undo::LinkRef],
+) -> Result<(), FailoverError> {
+    let fail = |e| FailoverError::Gateway { netns: netns.to_owned(), source: Box::new(e) };
+    for link in links {
+        run.step(&format!("remove the gateway link {}", link.link), UndoAction::Nothing, |run| {
+            run.tools.net.delete_link(link.netns.as_deref(), &link.link).map_err(fail)
+        })?;
+    }
+    run.step(&format!("remove the gateway namespace {netns}"), UndoAction::Nothing, |run| {
+        run.tools.net.delete_netns(netns).map_err(fail)
+    })
 }
 
 /// Waits for every VM's agent of `environment`, in parallel.
@@ -577,20 +582,7 @@ fn end_steps(run: &mut Run<'_, '_>, sb: &str, resources: &DrillResources) -> Res
                 .map_err(|detail| FailoverError::Remove { what: format!("the drill disks of {}", vm.domain), detail })
         })?;
     }
-    for link in &resources.links {
-        run.step(&format!("remove the gateway link {}", link.link), UndoAction::Nothing, |run| {
-            run.tools
-                .net
-                .delete_link(link.netns.as_deref(), &link.link)
-                .map_err(|e| FailoverError::Gateway { netns: resources.netns.clone(), source: Box::new(e) })
-        })?;
-    }
-    run.step(&format!("remove the gateway namespace {}", resources.netns), UndoAction::Nothing, |run| {
-        run.tools
-            .net
-            .delete_netns(&resources.netns)
-            .map_err(|e| FailoverError::Gateway { netns: resources.netns.clone(), source: Box::new(e) })
-    })?;
+    remove_gateway(run, &resources.netns, &resources.links)?;
     for vm in &resources.vms {
         for disk in &vm.disks {
             run.step(&format!("delete drill overlay {}/{}", vm.vm, disk.target), UndoAction::Nothing, |run| {

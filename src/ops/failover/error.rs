@@ -146,6 +146,48 @@ pub enum FailoverError {
     CompareFailed { vm: String, disk: String, standby: std::path::PathBuf, home: std::path::PathBuf },
     #[error("remove {what}: {detail}")]
     Remove { what: String, detail: String },
+    /// A standby configured to take over with its own addresses, whose
+    /// primary lacks what readdressing needs.
+    #[error(
+        "standby {standby} takes over with its own addresses (network = \"readdress\"), but environment '{env}' \
+         has no [environments.{env}.{missing}] section"
+    )]
+    ReaddressNotConfigured { env: String, standby: String, missing: &'static str },
+    #[error("cannot plan the standby's own addresses: {detail}")]
+    AddressPlan { detail: String },
+    #[error("create network {network}")]
+    DefineNetwork {
+        network: String,
+        #[source]
+        source: Box<HvError>,
+    },
+    /// An agent call of the readdress steps (either way).
+    #[error("{step} in VM '{vm}'")]
+    Agent {
+        vm: String,
+        step: &'static str,
+        #[source]
+        source: Box<GuestError>,
+    },
+    /// After the rewrite, a configured file still names an address of the
+    /// other side: nothing switches while one is left.
+    #[error("{}", crate::ops::clone::remaining(vm, findings, &format!("still names {side} after the rewrite")))]
+    AddressesRemain { vm: String, side: &'static str, findings: Vec<envclone_agent::Finding> },
+    #[error("trust host keys in {}", path.display())]
+    KnownHosts {
+        path: std::path::PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("move the interface {mac} of {domain} (VM '{vm}') onto network {network}")]
+    MoveInterface {
+        vm: String,
+        domain: String,
+        mac: String,
+        network: String,
+        #[source]
+        source: Box<HvError>,
+    },
     #[error("a worker thread panicked")]
     Panicked,
     /// The step failed, and undoing the steps before it failed too.
@@ -225,6 +267,22 @@ impl FailoverError {
             FailoverError::CompareFailed { .. } => Some(
                 "nothing switched: the copies were removed and the standby serves on; run the failback again".into(),
             ),
+            FailoverError::ReaddressNotConfigured { env, missing: "readdress", .. } => Some(format!(
+                "add [environments.{env}.readdress] with `pool = \"10.90.0.0/16\"` (a block no production network \
+                 uses), or set the standby's network = \"takeover\""
+            )),
+            FailoverError::ReaddressNotConfigured { env, .. } => Some(format!(
+                "add [environments.{env}.rewrite] with the `files` that hold connection strings (e.g. /etc/app/*.env)"
+            )),
+            FailoverError::AddressPlan { .. } => Some("give [readdress] pool a larger block".into()),
+            FailoverError::DefineNetwork { source, .. } | FailoverError::MoveInterface { source, .. } => source.hint(),
+            FailoverError::Agent { source, .. } => source.hint(),
+            FailoverError::AddressesRemain { .. } => Some(
+                "map each listed value in [rewrite] map, or add its file to [rewrite] files; everything was rolled \
+                 back"
+                    .into(),
+            ),
+            FailoverError::KnownHosts { .. } => Some("check that the controller's known_hosts is writable".into()),
             FailoverError::Panicked => None,
             FailoverError::CleanupFailed { .. } => {
                 Some("run `envclone recover`: it finishes or rolls back what is left".into())

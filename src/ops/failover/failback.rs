@@ -149,6 +149,9 @@ pub struct FailbackReport {
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 struct FailbackResources {
     leftovers: Vec<PathBuf>,
+    /// The networks SB served on at its own addresses (a readdressed switch).
+    #[serde(default)]
+    networks: Vec<String>,
 }
 
 const AUTOSTART_NOTE: &str =
@@ -221,7 +224,8 @@ pub fn failback(
         duration_ms: 0,
     };
     let leftovers: Vec<PathBuf> = done.carried.iter().map(|image| image.from.clone()).collect();
-    let resources = FailbackResources { leftovers: leftovers.clone() };
+    let networks = done.readdressed.map(|r| r.networks.into_iter().map(|n| n.name).collect()).unwrap_or_default();
+    let resources = FailbackResources { leftovers: leftovers.clone(), networks };
     let recorded =
         run.step(&format!("record epoch {epoch}: {env} home"), undo::unrecord(switch.id, env, epoch), |run| {
             let mut stored = report.clone();
@@ -255,6 +259,11 @@ pub fn failback(
             report.removed.push(path.clone());
         }
     }
+    for network in &resources.networks {
+        run.step(&format!("remove {}'s network {network}", standby.name), UndoAction::Nothing, |run| {
+            remove_network(run.ctx, network)
+        })?;
+    }
     run.complete()?;
     report.steps = std::mem::take(&mut run.steps);
     report.duration_ms = millis(started.elapsed());
@@ -272,6 +281,12 @@ fn remove_leftover(ctx: &OpContext<'_>, tools: Tools<'_>, path: &std::path::Path
         .remove(path)
         .map(|()| true)
         .map_err(|e| FailoverError::Remove { what: path.display().to_string(), detail: crate::error::chain(&e) })
+}
+
+/// One of the networks SB served on at its own addresses; gone is done.
+fn remove_network(ctx: &OpContext<'_>, network: &str) -> Result<(), FailoverError> {
+    crate::ops::clone::undo::remove_network(ctx.hv, network)
+        .map_err(|detail| FailoverError::Remove { what: format!("network {network}"), detail })
 }
 
 /// No switch in force: home already (a failback recorded last), or never
@@ -296,6 +311,9 @@ fn already_home(
         if remove_leftover(ctx, tools, path)? {
             report.removed.push(path.clone());
         }
+    }
+    for network in &resources.networks {
+        remove_network(ctx, network)?;
     }
     ctx.note(format!("{env} is home, epoch {}: nothing to do", report.epoch));
     Ok(report)
@@ -343,6 +361,7 @@ struct Done {
     bytes_after_stop: u64,
     downtime: Duration,
     vms: Vec<FailbackVm>,
+    readdressed: Option<super::Readdressed>,
 }
 
 /// One disk of SB as carried so far.
@@ -440,9 +459,15 @@ fn carry_and_switch(
     }
     super::drill::start_domains(run, vms.iter().map(|vm| vm.domain.as_str()))?;
     wait_for_agents(run, &format!("wait for {env}'s agents at its addresses"), primary)?;
+    // SB served at its own addresses: ENV's guests came home with SB's
+    // host names and connection strings, and serve only once they are theirs.
+    let readdressed = switch_report(switch)?.readdressed;
+    if let Some(readdressed) = &readdressed {
+        super::readdress::give_back(run, primary, readdressed)?;
+    }
     let downtime = stopped.elapsed();
 
-    own_identity(run, standby)?;
+    own_identity(run, standby, readdressed.as_ref())?;
     Ok(Done {
         snapshots,
         carried_snapshots: carried_snapshots.into_iter().collect(),
@@ -451,6 +476,7 @@ fn carry_and_switch(
         bytes_after_stop,
         downtime,
         vms,
+        readdressed,
     })
 }
 
@@ -581,11 +607,21 @@ fn verify(
 
 /// Step 10: each SB domain back to its own MACs, isolated networks and
 /// synced copy, shut off as it waited before the switch.
-fn own_identity(run: &mut Run<'_, '_>, standby: &StandbyRecord) -> Result<(), FailoverError> {
+fn own_identity(
+    run: &mut Run<'_, '_>,
+    standby: &StandbyRecord,
+    readdressed: Option<&super::Readdressed>,
+) -> Result<(), FailoverError> {
     let ctx = run.ctx;
-    // The switch put SB's interfaces on the primary's networks: back on SB's copies.
-    let networks: BTreeMap<String, String> =
+    // The switch put SB's interfaces on the primary's networks, or on its
+    // served ones: back on SB's copies.
+    let mut networks: BTreeMap<String, String> =
         standby.resources.networks.iter().map(|n| (n.source.clone(), n.name.clone())).collect();
+    for served in readdressed.map(|r| r.networks.as_slice()).unwrap_or_default() {
+        if let Some(isolated) = networks.get(&served.source).cloned() {
+            networks.insert(served.name.clone(), isolated);
+        }
+    }
     for domain in &standby.resources.domains {
         let current = inspect(ctx, &domain.domain)?;
         let redefine = |e: HvError| FailoverError::Redefine { domain: domain.domain.clone(), source: Box::new(e) };
@@ -607,6 +643,11 @@ fn own_identity(run: &mut Run<'_, '_>, standby: &StandbyRecord) -> Result<(), Fa
         })?;
     }
     Ok(())
+}
+
+/// The report of the switch failback ends (what SB took over with).
+fn switch_report(switch: &FailoverRecord) -> Result<super::SwitchReport, FailoverError> {
+    serde_json::from_value(switch.report.clone()).map_err(corrupt("read a failover's report"))
 }
 
 fn inspect(ctx: &OpContext<'_>, domain: &str) -> Result<crate::hypervisor::Domain, FailoverError> {

@@ -66,6 +66,7 @@ mod error;
 mod failback;
 pub mod fence;
 mod planned;
+mod readdress;
 #[cfg(test)]
 mod tests;
 pub mod undo;
@@ -80,11 +81,13 @@ pub use self::error::FailoverError;
 pub use self::failback::{failback, FailbackAction, FailbackDisk, FailbackReport, FailbackVm};
 pub use self::fence::{guard, guard_uris, FencedDomain, GuardAction, PrimaryHost, SwitchStatus};
 pub use self::planned::{epoch_overlay_path, planned, SwitchAction, SwitchReport, TakeoverVm};
+pub use self::readdress::{Readdressed, ServedVm};
 pub use self::unplanned::{unplanned, Unplanned};
 
 use crate::config::Environment;
+use crate::ops::clone::CloneAgents;
 use crate::ops::clone::HostNet;
-use crate::ops::restore::{GuestAgents, ImageFiles};
+use crate::ops::restore::ImageFiles;
 use crate::ops::snapshot::Quiescer;
 use crate::ops::standby::Transfer;
 
@@ -93,8 +96,9 @@ use crate::ops::standby::Transfer;
 pub struct Tools<'t> {
     pub files: &'t dyn ImageFiles,
     pub net: &'t dyn HostNet,
-    /// The standby's agents, as its environment stands.
-    pub agents: &'t dyn Fn(&Environment) -> Box<dyn GuestAgents>,
+    /// The standby's agents, as its environment stands (and ENV's, at
+    /// failback), with what readdressing asks of them.
+    pub agents: &'t dyn Fn(&Environment) -> Box<dyn CloneAgents>,
     /// Freezes the primary's guests for the final snapshot (planned).
     pub quiescer: &'t dyn Quiescer,
     /// Brings the standby to the final snapshot (planned).

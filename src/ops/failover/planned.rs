@@ -38,8 +38,10 @@ use serde::{Deserialize, Serialize};
 
 use super::drill::{millis, pick_standby, wait_for_agents, DrillRequest, Run, StepTime};
 use super::fence::FencedDomain;
+use super::readdress::Readdressed;
 use super::{undo, FailoverError, Tools};
 use crate::catalog::{NewFailover, UndoAction};
+use crate::config::StandbyNetwork;
 use crate::hypervisor::HvError;
 use crate::ops::context::OpContext;
 use crate::ops::snapshot::SnapshotRequest;
@@ -103,6 +105,11 @@ pub struct SwitchReport {
     #[serde(default)]
     pub primary_uri: Option<String>,
     pub vms: Vec<TakeoverVm>,
+    /// A standby that took over with its own addresses (`network =
+    /// "readdress"`): its networks, addresses and the rewrite map; none
+    /// when it took over the primary's.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub readdressed: Option<Readdressed>,
     pub started_at: DateTime<Utc>,
     pub steps: Vec<StepTime>,
     pub duration_ms: u64,
@@ -137,8 +144,8 @@ pub fn planned(ctx: &OpContext<'_>, request: &DrillRequest, tools: Tools<'_>) ->
     let started = Instant::now();
     let started_at = ctx.clock.now();
     let standby = pick_standby(ctx, request)?;
-    super::drill::refuse_readdress(ctx, &standby.name)?;
     let primary = ctx.config.environment(&request.env)?.clone();
+    super::readdress::network_mode(ctx, &standby.name, &primary, &request.env)?;
     if let Some(report) = already_switched(ctx, &request.env, &standby.name)? {
         return Ok(report);
     }
@@ -178,7 +185,7 @@ pub fn planned(ctx: &OpContext<'_>, request: &DrillRequest, tools: Tools<'_>) ->
     let mut run = Run::new(ctx, tools, &request.env, started)?;
     run.steps.push(final_step);
     let result = switch(&mut run, &standby, &primary, &snapshot.name, thawed, epoch);
-    let (vms, fenced, unprotected, rto) = match result {
+    let (takeover, fenced, unprotected, rto) = match result {
         Ok(done) => done,
         Err(error) => return Err(run.roll_back(error)),
     };
@@ -199,7 +206,8 @@ pub fn planned(ctx: &OpContext<'_>, request: &DrillRequest, tools: Tools<'_>) ->
         fenced,
         fence,
         primary_uri: None,
-        vms,
+        vms: takeover.vms,
+        readdressed: takeover.readdressed,
         started_at,
         steps: Vec::new(),
         duration_ms: 0,
@@ -216,7 +224,7 @@ pub(super) fn record_switch(
     mut report: SwitchReport,
 ) -> Result<SwitchReport, FailoverError> {
     let epoch = report.epoch;
-    let environment = active_environment(primary, standby, &report.vms);
+    let environment = active_environment(primary, standby, &report, run.ctx.config.controller.libvirt_netns.as_deref());
     let resources =
         super::fence::SwitchResources { fenced: report.fence.clone(), primary_uri: report.primary_uri.clone() };
     let request_env = report.env.clone();
@@ -261,16 +269,21 @@ pub(super) fn record_switch(
     Ok(report)
 }
 
-/// How to reach ENV while SB is its active side: ENV's VMs (their agents
-/// at ENV's addresses) in SB's domains, its snapshots on SB's storage.
+/// How to reach ENV while SB is its active side: ENV's VMs in SB's
+/// domains (their agents at ENV's addresses, or at SB's own when it took
+/// over with them), its snapshots on SB's storage.
 pub(super) fn active_environment(
     primary: &crate::config::Environment,
     standby: &crate::catalog::StandbyRecord,
-    vms: &[TakeoverVm],
+    report: &SwitchReport,
+    libvirt_netns: Option<&str>,
 ) -> crate::config::Environment {
-    let mut environment = primary.clone();
+    let mut environment = match &report.readdressed {
+        Some(readdressed) => super::readdress::served_environment(primary, &report.vms, readdressed, libvirt_netns),
+        None => primary.clone(),
+    };
     environment.storage = Some(standby.storage.join("active"));
-    for vm in vms {
+    for vm in &report.vms {
         if let Some(config) = environment.vms.get_mut(&vm.vm) {
             config.domain = vm.domain.clone();
         }
@@ -278,7 +291,7 @@ pub(super) fn active_environment(
     environment
 }
 
-/// Steps 2 to 5 (before the record); returns SB's VMs, the fenced
+/// Steps 2 to 5 (before the record); returns SB's takeover, the fenced
 /// domains, the unprotected window and the RTO.
 fn switch(
     run: &mut Run<'_, '_>,
@@ -287,7 +300,7 @@ fn switch(
     snapshot: &str,
     thawed: Instant,
     epoch: i64,
-) -> Result<(Vec<TakeoverVm>, Vec<String>, std::time::Duration, std::time::Duration), FailoverError> {
+) -> Result<(Takeover, Vec<String>, std::time::Duration, std::time::Duration), FailoverError> {
     let ctx = run.ctx;
     let state_dir = &ctx.config.controller.state_dir;
     let mut fenced = Vec::new();
@@ -325,23 +338,35 @@ fn switch(
 
     // On fresh epoch overlays, as an unplanned failover: SB's copy stays
     // the final snapshot, and what SB writes is what a failback carries home.
-    let vms = take_over(run, standby, primary, Some(epoch))?;
+    let takeover = take_over(run, standby, primary, epoch)?;
     let rto = run.started.elapsed();
-    Ok((vms, fenced, unprotected, rto))
+    Ok((takeover, fenced, unprotected, rto))
 }
 
-/// SB takes over: each domain redefined with the primary's MACs and
-/// networks (and, given an epoch, on a fresh overlay per disk), started;
-/// then its agents awaited at the primary's addresses.
+/// What SB took over with.
+pub(super) struct Takeover {
+    pub vms: Vec<TakeoverVm>,
+    /// SB's own addresses, when it took over with them.
+    pub readdressed: Option<Readdressed>,
+}
+
+/// SB takes over on fresh epoch overlays: with the primary's MACs and
+/// networks (each domain redefined, started, its agents awaited at the
+/// primary's addresses), or with its own addresses (`readdress.rs`), as
+/// its config says.
 pub(super) fn take_over(
     run: &mut Run<'_, '_>,
     standby: &crate::catalog::StandbyRecord,
     primary: &crate::config::Environment,
-    overlay_epoch: Option<i64>,
-) -> Result<Vec<TakeoverVm>, FailoverError> {
+    epoch: i64,
+) -> Result<Takeover, FailoverError> {
     let ctx = run.ctx;
     let name = standby.name.clone();
     let _standby_lock = EnvLock::acquire(&ctx.config.controller.state_dir, &name, "failover (take over)")?;
+    if super::readdress::network_mode(ctx, &name, primary, &standby.primary)? == StandbyNetwork::Readdress {
+        let (vms, readdressed) = super::readdress::take_over(run, standby, primary, epoch)?;
+        return Ok(Takeover { vms, readdressed: Some(readdressed) });
+    }
     let networks: std::collections::BTreeMap<String, String> =
         standby.resources.networks.iter().map(|n| (n.name.clone(), n.source.clone())).collect();
     let mut vms = Vec::new();
@@ -363,31 +388,7 @@ pub(super) fn take_over(
                 on.push(network);
             }
         }
-        let mut overlays = Vec::new();
-        for disk in standby.disks.iter().filter(|d| d.vm == domain.vm) {
-            let Some(epoch) = overlay_epoch else { break };
-            let overlay = epoch_overlay_path(standby, &domain.vm, &disk.disk, epoch);
-            run.step(
-                &format!("overlay {}/{} for epoch {epoch}", domain.vm, disk.disk),
-                UndoAction::DeleteFile { path: overlay.clone() },
-                |run| {
-                    // One left by a failover that was rolled back is stale.
-                    run.tools.files.remove(&overlay).map_err(|e| FailoverError::Remove {
-                        what: overlay.display().to_string(),
-                        detail: e.to_string(),
-                    })?;
-                    run.tools.files.create_overlay(&overlay, &disk.path, crate::catalog::ImageFormat::Qcow2).map_err(
-                        |source| FailoverError::Overlay {
-                            vm: domain.vm.clone(),
-                            disk: disk.disk.clone(),
-                            source: Box::new(source),
-                        },
-                    )
-                },
-            )?;
-            def.set_disk_source(&disk.disk, &overlay, crate::catalog::ImageFormat::Qcow2.as_str()).map_err(redefine)?;
-            overlays.push(overlay);
-        }
+        let overlays = epoch_overlays(run, standby, domain, epoch, &mut def)?;
         let what = format!(
             "take over {}'s identity on {}: {}",
             domain.primary_domain,
@@ -416,7 +417,44 @@ pub(super) fn take_over(
         }
     }
     wait_for_agents(run, &format!("wait for {name}'s agents at {}'s addresses", standby.primary), &environment)?;
-    Ok(vms)
+    Ok(Takeover { vms, readdressed: None })
+}
+
+/// A fresh overlay per disk of `domain` on SB's synced copy for `epoch`
+/// (one a rolled-back failover left is replaced), `def` pointed at them.
+/// SB's copy stays its restored point; what SB writes is kept apart.
+pub(super) fn epoch_overlays(
+    run: &mut Run<'_, '_>,
+    standby: &crate::catalog::StandbyRecord,
+    domain: &crate::catalog::StandbyDomain,
+    epoch: i64,
+    def: &mut crate::hypervisor::DomainDef,
+) -> Result<Vec<std::path::PathBuf>, FailoverError> {
+    let mut overlays = Vec::new();
+    for disk in standby.disks.iter().filter(|d| d.vm == domain.vm) {
+        let overlay = epoch_overlay_path(standby, &domain.vm, &disk.disk, epoch);
+        run.step(
+            &format!("overlay {}/{} for epoch {epoch}", domain.vm, disk.disk),
+            UndoAction::DeleteFile { path: overlay.clone() },
+            |run| {
+                run.tools.files.remove(&overlay).map_err(|e| FailoverError::Remove {
+                    what: overlay.display().to_string(),
+                    detail: e.to_string(),
+                })?;
+                run.tools.files.create_overlay(&overlay, &disk.path, crate::catalog::ImageFormat::Qcow2).map_err(
+                    |source| FailoverError::Overlay {
+                        vm: domain.vm.clone(),
+                        disk: disk.disk.clone(),
+                        source: Box::new(source),
+                    },
+                )
+            },
+        )?;
+        def.set_disk_source(&disk.disk, &overlay, crate::catalog::ImageFormat::Qcow2.as_str())
+            .map_err(|e| FailoverError::Redefine { domain: domain.domain.clone(), source: Box::new(e) })?;
+        overlays.push(overlay);
+    }
+    Ok(overlays)
 }
 
 /// Where SB's domain runs from the switch of `epoch` on, for `disk` of `vm`.

@@ -15,11 +15,13 @@ use crate::catalog::{Catalog, ImageFormat, OperationKind, OperationState};
 use crate::config::{AgentEndpoint, Config, Controller, Environment, HumanSize, Vm};
 use crate::guest::GuestError;
 use crate::hypervisor::{Call, DomainState, FakeHypervisor, FakeStep, Hypervisor};
+use crate::ops::clone::CloneAgents;
 use crate::ops::clone::{HostNet, HostNetError};
 use crate::ops::context::{Event, FixedClock, OpContext};
-use crate::ops::restore::{GuestAgents, ImageFileError, ImageFiles};
+use crate::ops::restore::{ImageFileError, ImageFiles};
 use crate::ops::snapshot::{FreezeInfo, FrozenGuest, Quiescer, SnapshotRequest, ThawInfo};
 use crate::ops::standby::transfer::{Copied, Transfer, TransferError};
+use crate::ops::test_agents::ReadyAgents;
 
 fn at(minute: u32) -> DateTime<Utc> {
     Utc.with_ymd_and_hms(2024, 5, 1, 2, minute, 0).unwrap()
@@ -173,31 +175,6 @@ impl HostNet for FakeNet {
     }
 }
 
-/// Agents that answer, or never do.
-struct FakeAgents {
-    answering: bool,
-}
-
-impl GuestAgents for FakeAgents {
-    fn wait_ready(&self, vm: &str, _within: Duration) -> Result<(), GuestError> {
-        if self.answering {
-            Ok(())
-        } else {
-            Err(GuestError::CommandTimeout {
-                target: vm.to_owned(),
-                command: "status".into(),
-                after: Duration::from_secs(240),
-            })
-        }
-    }
-    fn thaw(&self, _vm: &str, _within: Duration) -> Result<(), GuestError> {
-        Ok(())
-    }
-    fn set_clock(&self, _vm: &str) -> Result<i64, GuestError> {
-        Ok(0)
-    }
-}
-
 /// `demo` (web, db on `net`, 192.168.50.1/24) with a standby `sb` synced
 /// to one snapshot.
 struct Harness {
@@ -278,13 +255,13 @@ impl Harness {
     }
 
     fn run(&self, end: bool, answering: bool) -> Result<DrillReport, FailoverError> {
-        let agents = move |_: &Environment| -> Box<dyn GuestAgents> { Box::new(FakeAgents { answering }) };
+        let agents = move |_: &Environment| -> Box<dyn CloneAgents> { Box::new(ReadyAgents::answering(answering)) };
         let tools = self.tools(&agents);
         let request = DrillRequest { env: "demo".into(), standby: None };
         self.with_context(|ctx| if end { end_drill(ctx, &request, tools) } else { start_drill(ctx, &request, tools) })
     }
 
-    fn tools<'t>(&'t self, agents: &'t dyn Fn(&Environment) -> Box<dyn GuestAgents>) -> Tools<'t> {
+    fn tools<'t>(&'t self, agents: &'t dyn Fn(&Environment) -> Box<dyn CloneAgents>) -> Tools<'t> {
         Tools {
             files: &self.files,
             net: &self.net,
@@ -296,7 +273,7 @@ impl Harness {
     }
 
     fn planned(&self, answering: bool) -> Result<SwitchReport, FailoverError> {
-        let agents = move |_: &Environment| -> Box<dyn GuestAgents> { Box::new(FakeAgents { answering }) };
+        let agents = move |_: &Environment| -> Box<dyn CloneAgents> { Box::new(ReadyAgents::answering(answering)) };
         let request = DrillRequest { env: "demo".into(), standby: None };
         self.with_context(|ctx| planned(ctx, &request, self.tools(&agents)))
     }
@@ -450,7 +427,7 @@ fn drill_refuses_a_standby_never_synced() {
 #[test]
 fn drill_refuses_an_environment_without_standby() {
     let h = Harness::new();
-    let agents = |_: &Environment| -> Box<dyn GuestAgents> { Box::new(FakeAgents { answering: true }) };
+    let agents = |_: &Environment| -> Box<dyn CloneAgents> { Box::new(ReadyAgents::answering(true)) };
     let tools = h.tools(&agents);
     let request = DrillRequest { env: "demo".into(), standby: Some("other".into()) };
 
@@ -584,3 +561,6 @@ mod switch;
 // Failback, on the same harness.
 #[path = "tests_failback.rs"]
 mod failback;
+
+#[path = "tests_readdress.rs"]
+mod readdress;

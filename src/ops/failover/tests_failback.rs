@@ -10,7 +10,7 @@ use crate::ops::snapshot::SnapshotRequest;
 
 impl Harness {
     fn failback(&self, answering: bool) -> Result<FailbackReport, FailoverError> {
-        let agents = move |_: &Environment| -> Box<dyn GuestAgents> { Box::new(FakeAgents { answering }) };
+        let agents = move |_: &Environment| -> Box<dyn CloneAgents> { Box::new(ReadyAgents::answering(answering)) };
         let request = DrillRequest { env: "demo".into(), standby: None };
         self.with_context(|ctx| failback(ctx, &request, self.tools(&agents)))
     }
@@ -21,7 +21,7 @@ impl Harness {
         for domain in ["web", "db"] {
             self.hv.destroy_domain(domain).unwrap();
         }
-        let agents = move |_: &Environment| -> Box<dyn GuestAgents> { Box::new(FakeAgents { answering: true }) };
+        let agents = move |_: &Environment| -> Box<dyn CloneAgents> { Box::new(ReadyAgents::answering(true)) };
         let request = DrillRequest { env: "demo".into(), standby: None };
         let how = Unplanned { force: false, host: PrimaryHost::Answers(&self.hv), primary_uri: None };
         self.with_context(|ctx| unplanned(ctx, &request, how, self.tools(&agents))).unwrap();
@@ -193,7 +193,7 @@ fn failback_refuses_while_a_drill_of_another_standby_runs() {
         autorestore: None,
     };
     h.with_context(|ctx| crate::ops::standby::create(ctx, &request, &FakeTransfer)).unwrap();
-    let agents = move |_: &Environment| -> Box<dyn GuestAgents> { Box::new(FakeAgents { answering: true }) };
+    let agents = move |_: &Environment| -> Box<dyn CloneAgents> { Box::new(ReadyAgents::answering(true)) };
     let drill = DrillRequest { env: "demo".into(), standby: Some("sb2".into()) };
     h.with_context(|ctx| start_drill(ctx, &drill, h.tools(&agents))).unwrap();
 

@@ -20,7 +20,7 @@ impl Harness {
         host: Option<PrimaryHost<'_>>,
         answering: bool,
     ) -> Result<SwitchReport, FailoverError> {
-        let agents = move |_: &Environment| -> Box<dyn GuestAgents> { Box::new(FakeAgents { answering }) };
+        let agents = move |_: &Environment| -> Box<dyn CloneAgents> { Box::new(ReadyAgents::answering(answering)) };
         let request = DrillRequest { env: "demo".into(), standby: None };
         let how = Unplanned { force, host: host.unwrap_or(PrimaryHost::Answers(&self.hv)), primary_uri: None };
         self.with_context(|ctx| unplanned(ctx, &request, how, self.tools(&agents)))
@@ -294,7 +294,7 @@ fn an_old_primary_that_cannot_be_stopped_is_reported_on_every_check_and_recorded
 }
 
 #[test]
-fn a_standby_configured_to_readdress_is_refused_before_anything_is_fenced() {
+fn a_readdressing_standby_of_a_primary_without_a_pool_is_refused_before_anything_is_fenced() {
     let mut h = Harness::new();
     let storage = h.standby().storage;
     h.config.standbys.insert(
@@ -311,7 +311,7 @@ fn a_standby_configured_to_readdress_is_refused_before_anything_is_fenced() {
 
     let error = h.unplanned(false, None, true).unwrap_err();
 
-    assert!(matches!(&error, FailoverError::Unsupported { what } if what.contains("readdress")), "{error:?}");
+    assert!(matches!(&error, FailoverError::ReaddressNotConfigured { missing: "readdress", .. }), "{error:?}");
     assert_eq!(
         crate::exit::ExitCode::from_error(&crate::Error::failover_op("failover")(error)),
         crate::exit::ExitCode::Usage

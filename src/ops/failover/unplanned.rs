@@ -32,7 +32,7 @@
 
 use std::time::Instant;
 
-use super::drill::{millis, pick_standby, ready_to_start, refuse_readdress, DrillRequest, Run};
+use super::drill::{millis, pick_standby, ready_to_start, DrillRequest, Run};
 use super::fence::{self, FencedDomain, PrimaryHost};
 use super::planned::{already_switched, record_switch, take_over, SwitchAction, SwitchReport};
 use super::{undo, FailoverError, Tools};
@@ -65,8 +65,8 @@ pub fn unplanned(
     let started = Instant::now();
     let started_at = ctx.clock.now();
     let standby = pick_standby(ctx, request)?;
-    refuse_readdress(ctx, &standby.name)?;
     let primary = ctx.config.environment(&request.env)?.clone();
+    super::readdress::network_mode(ctx, &standby.name, &primary, &request.env)?;
     if let Some(report) = already_switched(ctx, &request.env, &standby.name)? {
         return Ok(report);
     }
@@ -92,10 +92,10 @@ pub fn unplanned(
     let mut run = Run::new(ctx, tools, &request.env, started)?;
     let result = (|| {
         let fence = fence_primary(&mut run, &request.env, &primary, primary_host, epoch)?;
-        let vms = take_over(&mut run, &standby, &primary, Some(epoch))?;
-        Ok((fence, vms))
+        let takeover = take_over(&mut run, &standby, &primary, epoch)?;
+        Ok((fence, takeover))
     })();
-    let (fence, vms) = match result {
+    let (fence, takeover) = match result {
         Ok(done) => done,
         Err(error) => return Err(run.roll_back(error)),
     };
@@ -113,7 +113,8 @@ pub fn unplanned(
         fenced: fence.iter().filter(|f| f.fence == FenceKind::Fenced).map(|f| f.domain.clone()).collect(),
         fence,
         primary_uri: how.primary_uri.map(str::to_owned),
-        vms,
+        vms: takeover.vms,
+        readdressed: takeover.readdressed,
         started_at,
         steps: Vec::new(),
         duration_ms: 0,
