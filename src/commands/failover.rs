@@ -54,7 +54,8 @@ pub fn run(global: &GlobalArgs, args: &FailoverArgs, out: &Output) -> Result<Exi
 /// What `failover` and `failback` both wire before their work: the config,
 /// the fence guard (an old primary that came back is fenced before
 /// anything else), libvirt, the catalog, qemu-img, `ip` and the agents
-/// (the primary's: the standby answers at its addresses while it serves).
+/// (of the side that serves ENV: the primary's, or while a standby serves
+/// it, the standby's, at the primary's addresses or its own).
 pub(super) fn with_tools<T>(
     global: &GlobalArgs,
     env: &str,
@@ -71,7 +72,8 @@ pub(super) fn with_tools<T>(
     let ctx = OpContext { config: &config, hv: &hv, catalog: &catalog, progress: &progress, clock: &SystemClock };
     let controller = config.controller.clone();
     let agents = move |env: &Environment| -> Box<dyn CloneAgents> { Box::new(SshAgents::new(&controller, env)) };
-    let quiescer = crate::ops::snapshot::agent_quiescer(&ctx, &primary);
+    let serving = failover::active_environment(&catalog, env)?.map_or(primary, |(active, _)| active);
+    let quiescer = crate::ops::snapshot::agent_quiescer(&ctx, &serving);
     let tools = Tools {
         files: &QemuImg,
         net: &IpCommand,

@@ -1,16 +1,17 @@
 //! `envclone ssh ENV VM [-- CMD...]`: a shell or a command in a VM, reached
 //! the way the controller reaches it (namespace, key, verified host key).
-//! ENV is an environment of the config or a clone (from the catalog).
+//! ENV is an environment of the config or a clone (from the catalog); while
+//! a standby serves ENV, ENV's VMs are the standby's (its active side).
 
-use super::load_config;
+use super::load_config_with_clones;
 use crate::cli::{GlobalArgs, SshArgs};
 use crate::guest::endpoint::{ssh_options, ssh_target};
 use crate::guest::GuestSession;
 use crate::{Error, Result};
 
 pub fn run(global: &GlobalArgs, args: &SshArgs) -> Result<std::process::ExitCode> {
-    let config = load_config(global)?;
-    // A clone's VMs are in the catalog, not the config.
+    let config = load_config_with_clones(global)?;
+    // A drill's VMs are in the catalog, not the config.
     let env = match config.environment(&args.environment) {
         Ok(env) => env.clone(),
         Err(_) => {
