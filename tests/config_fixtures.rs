@@ -37,6 +37,7 @@ const BROKEN: &[Broken] = &[
     broken("bad_size", "controller.min_free_space", 5),
     broken("schedule_unknown_environment", "schedules.nightly.environment", 11),
     broken("standby_unknown_environment", "standbys.prod-dr.primary", 11),
+    broken("standby_readdress_without_pool", "standbys.dr.network", 17),
     Broken { count: 2, ..broken("domain_in_two_environments", "environments.demo.vms.web.domain", 7) },
     Broken { count: 2, check_files: true, ..broken("missing_key_file", "controller.ssh_key", 3) },
     broken("cron_and_every", "schedules.nightly.every", 13),

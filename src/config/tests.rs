@@ -23,6 +23,9 @@ agent = { address = "10.77.1.11", netns = "envclone-lab" }
 domain = "demo-db"
 agent = { address = "10.77.1.13", port = 2222, user = "envclone" }
 
+[environments.demo.readdress]
+pool = "10.90.0.0/16"
+
 [environments.demo.rewrite]
 files = ["/etc/demo/*.env"]
 [environments.demo.rewrite.map]
@@ -156,7 +159,7 @@ storage = "relative/dir"
 #[test]
 fn schedule_without_cron_or_every_points_at_its_table() {
     let located = located(&with_demo("\n[schedules.idle]\nenvironment = \"demo\"\n"));
-    assert_eq!(located, [("schedules.idle".to_owned(), 38)]);
+    assert_eq!(located, [("schedules.idle".to_owned(), 41)]);
 }
 
 #[test]
@@ -200,7 +203,7 @@ fn rewrite_files_must_stay_inside_roots() {
 #[test]
 fn rewrite_map_with_empty_key_is_rejected() {
     let text = FULL.replace("\"db.prod.example\" =", "\"\" =");
-    assert_eq!(located(&text), [("environments.demo.rewrite.map.\"\"".to_owned(), 22)]);
+    assert_eq!(located(&text), [("environments.demo.rewrite.map.\"\"".to_owned(), 25)]);
 }
 
 #[test]

@@ -12,7 +12,7 @@ use super::cron::CronExpr;
 use super::locate::KeyPath;
 use super::{
     AgentEndpoint, Config, Controller, Environment, HumanDuration, Readdress, Rewrite, Schedule, Standby,
-    ValidateOptions, Vm,
+    StandbyNetwork, ValidateOptions, Vm,
 };
 
 /// A semantic problem, located by key path only.
@@ -219,6 +219,22 @@ impl Checker {
         self.name(name, "standby name", path);
         self.environment_reference(&standby.primary, config, &path.key("primary"));
         self.absolute_path(&standby.storage, &path.key("storage"));
+        let Some(primary) = config.environments.get(&standby.primary) else { return };
+        if standby.network == StandbyNetwork::Readdress {
+            // Found at failover otherwise: at the worst moment to fix a config.
+            let env = &standby.primary;
+            if primary.readdress.is_none() {
+                let message = format!("takes over with its own addresses, but {env} has no [readdress] pool");
+                let fix =
+                    format!("add [environments.{env}.readdress] pool = \"10.90.0.0/16\", or network = \"takeover\"");
+                self.report(path.key("network"), message, hint(&fix));
+            }
+            if !primary.rewrite.as_ref().is_some_and(|r| !r.files.is_empty()) {
+                let message = format!("takes over with its own addresses, but {env} has no [rewrite] files");
+                let fix = format!("add [environments.{env}.rewrite] files = [the files that hold connection strings]");
+                self.report(path.key("network"), message, hint(&fix));
+            }
+        }
     }
 
     fn environment_reference(&mut self, name: &str, config: &Config, path: &KeyPath) {

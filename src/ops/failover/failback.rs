@@ -31,9 +31,15 @@
 //!    image rows at home (undo: where they were).
 //! 9. `give ENV-VM its disks at home, unfenced` (the fence stamp removed;
 //!    undo: its fenced definition back), `start ENV-VM` (undo: stop it),
-//!    `wait for ENV's agents at its addresses`: **downtime** ends.
+//!    `wait for ENV's agents at its addresses`; when SB served at its own
+//!    addresses (`readdress.rs`), ENV's guests came home with SB's host
+//!    names and connection strings: each gets its host name back and its
+//!    files rewritten with the inverse map, then scanned for SB's subnets.
+//!    **Downtime** ends.
 //! 10. `give SB-VM its own identity back`: its MACs, its isolated networks,
 //!     its own synced copy as disk (undo: the primary's identity again).
+//!     SB's served networks (a readdressed switch) are removed after step
+//!     11, and by a second run if a crash left them.
 //! 11. `record epoch N+1: ENV home`: the switch ended and a `failback` row
 //!     with the next epoch, in one transaction (undo: forgotten). From here
 //!     `envclone recover` completes the failback instead of rolling it back.

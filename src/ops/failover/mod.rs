@@ -16,6 +16,11 @@
 //!   `fenced-unconfirmed` when its libvirt does not answer; SB takes over
 //!   from its restored point on fresh overlays (`SB.<disk>.epoch-N.qcow2`),
 //!   so SB's copy stays that point and what SB writes is kept apart.
+//! - `readdress.rs`: the takeover of a standby configured `network =
+//!   "readdress"`: SB serves at addresses of its own on served networks
+//!   from the primary's `[readdress] pool`, its agents having rewritten
+//!   the connection strings (scanned clean before any link goes up); and
+//!   the failback's part, giving the primary its names and strings back.
 //! - `fence.rs`: fencing a domain (stopped, autostart off, the epoch
 //!   stamped into its libvirt metadata) and the **guard** that keeps an
 //!   old primary fenced while a switch is in force (run first by `status`,
