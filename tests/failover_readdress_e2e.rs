@@ -38,6 +38,8 @@ fn failover_with_own_addresses_end_to_end() {
     let lab = LabUnderTest::up(LAB);
     println!("lab up in {:.1} s", started.elapsed().as_secs_f64());
     a_readdressing_standby_of_demo(&lab);
+    // demo-web autostarts with its host: the fence turns that off, failback on again.
+    lab.virsh(&["autostart", "demo-web"]);
 
     let report = lab.json(&["failover", "demo", "--planned", "--json"]);
 
@@ -95,6 +97,7 @@ fn sb_serves_at_its_own_addresses_and_talks_only_to_itself(lab: &LabUnderTest, r
         let found = hv.domain(domain).unwrap();
         assert_eq!(found.state, DomainState::ShutOff, "{domain} fenced");
         assert_eq!(found.def.fence_stamp().map(|s| s.epoch), Some(1), "{domain}");
+        assert!(!found.autostart, "{domain} fenced: a host reboot must not start it");
     }
 
     // sb's web names sb's db, and serves demo's record from it.
@@ -124,6 +127,8 @@ fn failback_gives_demo_its_own_names_back_with_what_sb_wrote(lab: &LabUnderTest)
     assert!(!lab.sh("db", "cat /etc/hosts").contains("sb-"), "demo's hosts file names demo's VMs");
 
     let hv = lab.hypervisor();
+    assert!(hv.domain("demo-web").unwrap().autostart, "autostart as before the failover: {report:#}");
+    assert!(!hv.domain("demo-db").unwrap().autostart, "{report:#}");
     for domain in ["sb-web", "sb-db"] {
         let found = hv.domain(domain).unwrap();
         assert_eq!(found.state, DomainState::ShutOff, "{domain}");

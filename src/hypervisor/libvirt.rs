@@ -125,6 +125,7 @@ impl LibvirtHypervisor {
             uuid,
             state: domain_state(state),
             def: DomainDef::parse(&xml)?,
+            autostart: dom.autostart().map_err(|e| err(lv(e)))?,
         })
     }
 

@@ -13,6 +13,8 @@ pub struct Domain {
     /// The live definition when running (with backing chains and the
     /// current disk sources), the persistent one otherwise.
     pub def: DomainDef,
+    /// Started by libvirt when its host boots.
+    pub autostart: bool,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]

@@ -117,7 +117,13 @@ impl State {
 
     pub fn domain(&self, name: &str) -> Result<Domain, HvError> {
         let d = self.dom(name)?;
-        Ok(Domain { name: name.to_owned(), uuid: d.def.uuid().unwrap_or_default(), state: d.state, def: d.def.clone() })
+        Ok(Domain {
+            name: name.to_owned(),
+            uuid: d.def.uuid().unwrap_or_default(),
+            state: d.state,
+            def: d.def.clone(),
+            autostart: d.autostart,
+        })
     }
 
     pub fn define_domain(&mut self, def: &DomainDef) -> Result<Domain, HvError> {

@@ -198,12 +198,17 @@ impl DomainDef {
 pub const ENVCLONE_XMLNS: &str = "https://envclone.dev/xmlns/fence/1";
 
 /// A failover's fence, stamped into a fenced primary domain's `<metadata>`
-/// (`<envclone:fence epoch='N' fenced-at='RFC 3339'/>`): whoever looks at
-/// the domain with `virsh dumpxml` sees that a newer epoch serves elsewhere.
+/// (`<envclone:fence epoch='N' fenced-at='RFC 3339' autostart='yes'/>`):
+/// whoever looks at the domain with `virsh dumpxml` sees that a newer
+/// epoch serves elsewhere.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct FenceStamp {
     pub epoch: i64,
     pub fenced_at: String,
+    /// The domain's autostart before the fence turned it off, which the
+    /// way back (failback, an undone failover) gives it again; none in a
+    /// stamp from before envclone kept it.
+    pub autostart: Option<bool>,
 }
 
 impl DomainDef {
@@ -213,6 +218,7 @@ impl DomainDef {
         Some(FenceStamp {
             epoch: attr(fence, "epoch")?.parse().ok()?,
             fenced_at: attr(fence, "fenced-at").unwrap_or_default().to_owned(),
+            autostart: attr(fence, "autostart").map(|a| a == "yes"),
         })
     }
 
@@ -220,8 +226,12 @@ impl DomainDef {
     /// applications' metadata as it is.
     pub fn set_fence_stamp(&mut self, stamp: &FenceStamp) {
         self.clear_fence_stamp();
-        let mut fence =
-            super::element("fence", &[("epoch", &stamp.epoch.to_string()), ("fenced-at", &stamp.fenced_at)]);
+        let epoch = stamp.epoch.to_string();
+        let mut attributes = vec![("epoch", epoch.as_str()), ("fenced-at", stamp.fenced_at.as_str())];
+        if let Some(on) = stamp.autostart {
+            attributes.push(("autostart", if on { "yes" } else { "no" }));
+        }
+        let mut fence = super::element("fence", &attributes);
         fence.prefix = Some("envclone".to_owned());
         fence.namespace = Some(ENVCLONE_XMLNS.to_owned());
         let mut namespaces = xmltree::Namespace::empty();

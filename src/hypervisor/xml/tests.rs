@@ -327,7 +327,8 @@ fn set_chardev_files_moves_the_serial_and_console_logs() {
 fn a_fence_stamp_round_trips_and_keeps_other_metadata() {
     let mut def = domain();
     assert_eq!(def.fence_stamp(), None);
-    let stamp = crate::hypervisor::FenceStamp { epoch: 3, fenced_at: "2026-12-06T22:00:00Z".into() };
+    let stamp =
+        crate::hypervisor::FenceStamp { epoch: 3, fenced_at: "2026-12-06T22:00:00Z".into(), autostart: Some(true) };
 
     def.set_fence_stamp(&stamp);
     def.set_fence_stamp(&stamp);

@@ -92,6 +92,12 @@ pub enum FailoverError {
         #[source]
         source: Box<HostNetError>,
     },
+    #[error("turn the autostart of domain {domain} on again")]
+    Autostart {
+        domain: String,
+        #[source]
+        source: Box<HvError>,
+    },
     #[error("start domain {domain}")]
     Start {
         domain: String,
@@ -236,6 +242,7 @@ impl FailoverError {
             | FailoverError::InspectNetwork { source, .. }
             | FailoverError::Redefine { source, .. }
             | FailoverError::Start { source, .. }
+            | FailoverError::Autostart { source, .. }
             | FailoverError::Stop { source, .. } => source.hint(),
             FailoverError::Overlay { .. } => Some("check free space on the standby's storage".into()),
             FailoverError::Gateway { .. } => {

@@ -53,8 +53,9 @@
 //! said, the copies are deleted. The two snapshots stay (snapshots of ENV
 //! on SB's storage, like any taken while SB served).
 //!
-//! The autostart of ENV's domains stays off: what it was before the
-//! failover is not recorded (the fence turned it off); the report says so.
+//! The autostart of ENV's domains is given back once ENV is home (after
+//! step 11): the fence recorded it in its stamp. A stamp from an envclone
+//! that did not record it leaves it off, and the report says so.
 //! ENV's own images from before the failover (its disks' old tops) are
 //! kept and listed (`superseded`): in an unplanned failover they hold what
 //! ENV wrote after SB's point.
@@ -160,8 +161,24 @@ struct FailbackResources {
     networks: Vec<String>,
 }
 
-const AUTOSTART_NOTE: &str =
-    "left off: the fence turned it off and what it was before is not recorded; `virsh autostart DOMAIN` if it was on";
+/// What the report says of the autostart of ENV's domains.
+fn autostart_note(before: &BTreeMap<String, Option<bool>>) -> String {
+    let said = |on: bool| if on { "on" } else { "off" };
+    let known: Vec<String> =
+        before.iter().filter_map(|(domain, on)| on.map(|on| format!("{domain} {}", said(on)))).collect();
+    let unknown: Vec<&str> = before.iter().filter(|(_, on)| on.is_none()).map(|(d, _)| d.as_str()).collect();
+    let mut note = Vec::new();
+    if !known.is_empty() {
+        note.push(format!("as before the failover: {}", known.join(", ")));
+    }
+    if !unknown.is_empty() {
+        note.push(format!(
+            "left off for {}: the fence did not record what it was; `virsh autostart DOMAIN` if it was on",
+            unknown.join(", ")
+        ));
+    }
+    note.join("; ")
+}
 
 fn corrupt(what: &'static str) -> impl FnOnce(serde_json::Error) -> FailoverError {
     move |e| FailoverError::Catalog(crate::catalog::CatalogError::Corrupt { what, detail: e.to_string() })
@@ -222,7 +239,7 @@ pub fn failback(
         bytes_while_serving: done.bytes_while_serving,
         bytes_after_stop: done.bytes_after_stop,
         downtime_ms: millis(done.downtime),
-        autostart: AUTOSTART_NOTE.into(),
+        autostart: autostart_note(&done.autostart),
         vms: done.vms,
         removed: Vec::new(),
         started_at,
@@ -270,6 +287,15 @@ pub fn failback(
             remove_network(run.ctx, network)
         })?;
     }
+    // Only now: a domain of ENV that autostarts while the failback could
+    // still roll back would be a second live copy after a host reboot. Not
+    // repeated by a second run: by then it is the operator's setting.
+    let on = done.autostart.iter().filter(|(_, on)| **on == Some(true)).map(|(domain, _)| domain);
+    for domain in on {
+        run.step(&format!("autostart {domain} on again, as before the failover"), UndoAction::Nothing, |run| {
+            autostart_on(run.ctx, domain)
+        })?;
+    }
     run.complete()?;
     report.steps = std::mem::take(&mut run.steps);
     report.duration_ms = millis(started.elapsed());
@@ -287,6 +313,12 @@ fn remove_leftover(ctx: &OpContext<'_>, tools: Tools<'_>, path: &std::path::Path
         .remove(path)
         .map(|()| true)
         .map_err(|e| FailoverError::Remove { what: path.display().to_string(), detail: crate::error::chain(&e) })
+}
+
+fn autostart_on(ctx: &OpContext<'_>, domain: &str) -> Result<(), FailoverError> {
+    ctx.hv
+        .set_autostart(domain, true)
+        .map_err(|e| FailoverError::Autostart { domain: domain.to_owned(), source: Box::new(e) })
 }
 
 /// One of the networks SB served on at its own addresses; gone is done.
@@ -321,6 +353,7 @@ fn already_home(
     for network in &resources.networks {
         remove_network(ctx, network)?;
     }
+
     ctx.note(format!("{env} is home, epoch {}: nothing to do", report.epoch));
     Ok(report)
 }
@@ -368,6 +401,8 @@ struct Done {
     downtime: Duration,
     vms: Vec<FailbackVm>,
     readdressed: Option<super::Readdressed>,
+    /// Each domain of ENV: its autostart before the fence, if recorded.
+    autostart: BTreeMap<String, Option<bool>>,
 }
 
 /// One disk of SB as carried so far.
@@ -450,6 +485,7 @@ fn carry_and_switch(
         run.ctx.catalog.move_images(&moves).map(drop).map_err(FailoverError::from)
     })?;
 
+    let mut autostart = BTreeMap::new();
     for vm in &mut vms {
         let found = inspect(ctx, &vm.domain)?;
         let mut def = found.def.clone();
@@ -458,6 +494,7 @@ fn carry_and_switch(
             disk.superseded = found.def.disks().into_iter().find(|d| d.target == disk.disk).and_then(|d| d.source);
             def.set_disk_source(&disk.disk, &disk.home_top, ImageFormat::Qcow2.as_str()).map_err(redefine)?;
         }
+        autostart.insert(vm.domain.clone(), found.def.fence_stamp().and_then(|stamp| stamp.autostart));
         def.clear_fence_stamp();
         run.step(&format!("give {} its disks at home, unfenced", vm.domain), undo::redefine(&found.def), |run| {
             run.ctx.hv.define_domain(&def).map(drop).map_err(redefine)
@@ -483,6 +520,7 @@ fn carry_and_switch(
         downtime,
         vms,
         readdressed,
+        autostart,
     })
 }
 

@@ -53,17 +53,21 @@ pub struct FencedDomain {
 }
 
 pub(crate) fn stamp(epoch: i64, at: DateTime<Utc>) -> FenceStamp {
-    FenceStamp { epoch, fenced_at: at.to_rfc3339_opts(SecondsFormat::Secs, true) }
+    FenceStamp { epoch, fenced_at: at.to_rfc3339_opts(SecondsFormat::Secs, true), autostart: None }
 }
 
-/// Stops `domain`, turns its autostart off and stamps it; a domain that is
-/// not defined (any more) is fenced already: returns whether it exists.
+/// Stops `domain`, turns its autostart off and stamps it, with the
+/// autostart it had (kept from its stamp when it is fenced again for the
+/// same epoch: the guard found it back); a domain that is not defined (any
+/// more) is fenced already: returns whether it exists.
 pub fn fence_domain(hv: &dyn Hypervisor, domain: &str, stamp: &FenceStamp) -> Result<bool, HvError> {
-    match hv.domain(domain) {
+    let found = match hv.domain(domain) {
         Err(HvError::NoSuchDomain { .. }) => return Ok(false),
         Err(other) => return Err(other),
-        Ok(_) => {}
-    }
+        Ok(found) => found,
+    };
+    let before = found.def.fence_stamp().filter(|s| s.epoch == stamp.epoch).and_then(|s| s.autostart);
+    let stamp = &FenceStamp { autostart: before.or(Some(found.autostart)), ..stamp.clone() };
     hv.destroy_domain(domain)?;
     hv.set_autostart(domain, false)?;
     // Shut off, `domain` reports the persistent definition: the stamp goes

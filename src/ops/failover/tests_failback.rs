@@ -131,7 +131,7 @@ fn failback_carries_what_the_standby_wrote_home_and_hands_the_environment_back()
     assert!(report.bytes_while_serving > 0 && report.bytes_after_stop > 0, "{report:#?}");
     assert_eq!(report.bytes_home, report.bytes_while_serving + report.bytes_after_stop);
     assert!(report.removed.contains(&h.epoch_overlay("web")), "{:?}", report.removed);
-    assert!(report.autostart.contains("left off"));
+    assert!(report.autostart.starts_with("as before the failover: "), "{}", report.autostart);
     let names: Vec<&str> = report.steps.iter().map(|s| s.name.as_str()).collect();
     let position = |prefix: &str| {
         names.iter().position(|n| n.starts_with(prefix)).unwrap_or_else(|| panic!("{prefix}: {names:?}"))

@@ -319,3 +319,28 @@ fn a_readdressing_standby_of_a_primary_without_a_pool_is_refused_before_anything
     assert_eq!(h.hv.autostart("web"), Some(true), "nothing fenced");
     assert!(h.catalog.active_switch("demo").unwrap().is_none());
 }
+
+#[test]
+fn the_fence_records_the_autostart_and_the_way_back_gives_it_again() {
+    let h = Harness::new();
+    h.hv.set_autostart("web", true).unwrap();
+    h.hv.set_autostart("db", false).unwrap();
+
+    // A failover that fails after the fence: the undone fence gives it back.
+    let failed = h.planned(false).unwrap_err();
+    assert!(matches!(failed, FailoverError::AgentNotReady { .. }), "{failed:?}");
+    assert_eq!((h.hv.autostart("web"), h.hv.autostart("db")), (Some(true), Some(false)));
+
+    h.planned(true).unwrap();
+    assert_eq!(h.hv.autostart("web"), Some(false), "fenced: a host reboot must not bring it back");
+    let stamp = h.hv.peek_domain("web").unwrap().def.fence_stamp().unwrap();
+    assert_eq!((stamp.epoch, stamp.autostart), (1, Some(true)));
+    assert_eq!(h.hv.peek_domain("db").unwrap().def.fence_stamp().unwrap().autostart, Some(false));
+
+    let agents = |_: &Environment| -> Box<dyn CloneAgents> { Box::new(ReadyAgents::answering(true)) };
+    let request = DrillRequest { env: "demo".into(), standby: None };
+    let report = h.with_context(|ctx| failback(ctx, &request, h.tools(&agents))).unwrap();
+
+    assert_eq!((h.hv.autostart("web"), h.hv.autostart("db")), (Some(true), Some(false)));
+    assert_eq!(report.autostart, "as before the failover: db off, web on");
+}

@@ -10,9 +10,9 @@
 //!   running, a switch in force) is forgotten in the catalog (its
 //!   `failovers` row);
 //! - `failover-unfence`: a primary domain the failover fenced loses its
-//!   fence stamp and is started again unless it runs (its autostart stays
-//!   off: the hypervisor adapter
-//!   cannot read what it was; set it again by hand if it was on);
+//!   fence stamp and is started again unless it runs, its autostart on
+//!   again if the stamp says it was (a stamp from before envclone kept it
+//!   leaves it off);
 //! - `failover-redefine`: a standby domain whose identity (MACs, networks)
 //!   the failover switched to the primary's is defined again as it was
 //!   (the domain must be shut off: the undo of its start stops it first);
@@ -148,6 +148,7 @@ pub fn undo_own(ctx: &OpContext<'_>, kind: &str, data: &serde_json::Value) -> Re
             if found.state.is_active() {
                 return Ok(format!("domain {domain} runs already"));
             }
+            let autostart = found.def.fence_stamp().and_then(|stamp| stamp.autostart);
             if found.def.fence_stamp().is_some() {
                 // The fence is undone: its stamp would tell a lie.
                 let mut def = found.def.clone();
@@ -156,11 +157,21 @@ pub fn undo_own(ctx: &OpContext<'_>, kind: &str, data: &serde_json::Value) -> Re
                     .define_domain(&def)
                     .map_err(|e| format!("cannot remove the fence stamp of domain {domain}: {}", error_chain(&e)))?;
             }
+            if autostart == Some(true) {
+                ctx.hv.set_autostart(domain, true).map_err(|e| {
+                    format!("cannot turn the autostart of domain {domain} on again: {}", error_chain(&e))
+                })?;
+            }
+            let autostart = match autostart {
+                Some(true) => "its autostart on again",
+                Some(false) => "its autostart off, as before",
+                None => "its autostart stays off: what it was is not recorded",
+            };
             if data["start"].as_bool() == Some(false) {
-                return Ok(format!("domain {domain} unstamped; it was down before the failover and stays so"));
+                return Ok(format!("domain {domain} unstamped, {autostart}; it was down before the failover"));
             }
             ctx.hv.start_domain(domain).map_err(|e| format!("cannot start domain {domain}: {}", error_chain(&e)))?;
-            Ok(format!("domain {domain} started again (its autostart stays off)"))
+            Ok(format!("domain {domain} started again, {autostart}"))
         }
         UNDO_REDEFINE => {
             let domain = data["domain"].as_str().ok_or_else(|| format!("bad {kind} data {data}: no domain"))?;
