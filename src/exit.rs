@@ -146,6 +146,7 @@ impl ExitCode {
             | FailoverError::Unsupported { .. }
             | FailoverError::PrimaryHealthy { .. }
             | FailoverError::NoSwitch { .. }
+            | FailoverError::NotServing { .. }
             | FailoverError::FailbackDrillRunning { .. }
             | FailoverError::ReaddressNotConfigured { .. }
             | FailoverError::PrimaryRunning { .. } => ExitCode::Usage,
@@ -473,6 +474,16 @@ mod tests {
             (FailoverError::NoSwitch { env: "demo".into() }, ExitCode::Usage),
             (FailoverError::FailbackDrillRunning { env: "demo".into(), standby: "sb2".into() }, ExitCode::Usage),
             (FailoverError::PrimaryRunning { env: "demo".into(), domain: "web".into() }, ExitCode::Usage),
+            (FailoverError::NotServing { standby: "sb".into(), env: "demo".into() }, ExitCode::Usage),
+            (
+                FailoverError::HomeCopyDiffers {
+                    vm: "db".into(),
+                    disk: "vda".into(),
+                    from: "/sb/a.qcow2".into(),
+                    to: "/home/a.qcow2".into(),
+                },
+                ExitCode::Failed,
+            ),
             (FailoverError::FailbackInterrupted { env: "demo".into(), epoch: 1 }, ExitCode::Failed),
             (FailoverError::StandbyRunning { standby: "sb".into(), domain: "sb-web".into() }, ExitCode::Failed),
             (

@@ -8,6 +8,10 @@
 //! `sb` of `demo` was created and synced and `failover demo --planned`
 //! made sb serve demo (on epoch overlays), and a record was written to
 //! sb's db at demo's address:
+//! - `snapshot demo` (of sb's domains) and `standby sync sb` while sb
+//!   serves (the home sync): the images sb no longer writes are copied into
+//!   demo's storage, each reading like sb's (`qemu-img compare`), and
+//!   `status` shows the snapshot all home; a second sync copies nothing;
 //! - a failback killed right after starting demo's web
 //!   (`ENVCLONE_CRASHPOINT=failback:start demo-web`) is rolled back by
 //!   `envclone recover demo`: demo's domains shut off and stamped again,
@@ -16,7 +20,8 @@
 //!   written on sb; sb's domains are shut off with their own MACs; the
 //!   epoch is 2 and no switch is in force; demo's disks are in demo's
 //!   storage and `qemu-img check` finds their chains clean; the report
-//!   has the downtime and the bytes carried home;
+//!   has the downtime and the bytes carried home, and the home sync's
+//!   copies were taken as they were (`bytes_home_before`);
 //! - a second failback does nothing (exit 0, "already-home");
 //! - `standby sync sb` works again, incrementally from sb's point.
 
@@ -42,6 +47,8 @@ fn failback_end_to_end() {
     println!("lab up in {:.1} s", started.elapsed().as_secs_f64());
     let sb_macs = standby_serves_demo_with_a_record_written_on_it(&lab);
     println!("failed over, record written on sb, at {:.1} s", started.elapsed().as_secs_f64());
+    the_home_sync_carries_what_sb_wrote_home_while_it_serves(&lab);
+    println!("home sync done at {:.1} s", started.elapsed().as_secs_f64());
 
     a_failback_killed_half_way_is_rolled_back_by_recover(&lab);
     println!("crash and recover done at {:.1} s", started.elapsed().as_secs_f64());
@@ -72,6 +79,40 @@ fn standby_serves_demo_with_a_record_written_on_it(lab: &LabUnderTest) -> Vec<Op
     run(&lab.session("db"), &format!("echo '{ON_SB}' >> /srv/db/records; sync"));
     wait_for_web_page(&lab.netns(), ON_SB);
     sb_macs
+}
+
+fn the_home_sync_carries_what_sb_wrote_home_while_it_serves(lab: &LabUnderTest) {
+    let snapshot = lab.json(&["snapshot", "demo", "--label", "on-sb", "--json"]);
+    let name = snapshot["name"].as_str().or(snapshot["snapshot"]["name"].as_str()).unwrap().to_owned();
+
+    let home = lab.json(&["standby", "sync", SB, "--json"]);
+
+    println!("home sync: {home:#}");
+    assert_eq!((&home["mode"], &home["epoch"]), (&"home".into(), &1.into()), "{home:#}");
+    assert_eq!(home["snapshot"], name.as_str(), "the snapshot taken on sb is all home: {home:#}");
+    let copied = home["copied"].as_array().unwrap();
+    assert!(!copied.is_empty() && home["bytes"].as_u64().unwrap() > 0, "{home:#}");
+    let storage = lab.config().environments["demo"].storage_dir(&lab.config().controller, "demo");
+    let sb_storage = lab.config().controller.state_dir.join("standbys").join(SB);
+    for copy in copied {
+        let (path, from) = (copy["path"].as_str().unwrap(), copy["from"].as_str().unwrap());
+        assert!(std::path::Path::new(path).starts_with(&storage), "{path} is in demo's storage");
+        assert!(std::path::Path::new(from).starts_with(&sb_storage), "{from} is sb's");
+        assert!(std::path::Path::new(path).exists(), "{path}");
+        assert_eq!(copy["verified"], true);
+        let compare = Command::new("qemu-img").args(["compare", "-U", path, from]).output().unwrap();
+        assert!(compare.status.success(), "qemu-img compare {path} {from}: {}", stdout(&compare));
+    }
+    let status = lab.json(&["status", "--json"]);
+    let switch = &status["failovers"][0];
+    assert_eq!(switch["home_snapshot"], name.as_str(), "{status:#}");
+    assert_eq!(switch["bytes_home"], home["bytes_home"], "{status:#}");
+    assert!(switch["home_lag_seconds"].as_i64().is_some(), "{status:#}");
+
+    let again = lab.json(&["standby", "sync", SB, "--json"]);
+
+    assert!(again["copied"].as_array().unwrap().is_empty(), "nothing new: {again:#}");
+    assert_eq!((&again["bytes"], &again["already_home"]), (&0.into(), &copied.len().into()), "{again:#}");
 }
 
 fn a_failback_killed_half_way_is_rolled_back_by_recover(lab: &LabUnderTest) {
@@ -124,6 +165,8 @@ fn the_failback_brings_demo_home_with_what_sb_wrote(lab: &LabUnderTest, sb_macs:
         report["duration_ms"]
     );
     assert!(report["bytes_while_serving"].as_u64().unwrap() > 0, "{report:#}");
+    println!("failback: {} bytes carried home by the home sync before it", report["bytes_home_before"]);
+    assert!(report["bytes_home_before"].as_u64().unwrap() > 0, "the home sync's copies were taken: {report:#}");
     let page = wait_for_web_page(&lab.netns(), ON_SB);
     assert!(page.contains(BEFORE), "{page}");
     let storage = lab.config().environments["demo"].storage_dir(&lab.config().controller, "demo");

@@ -24,8 +24,9 @@
 //!   fenced again by `envclone status` (which says so in `--json`), and
 //!   another by a daemon tick (`envclone daemon --once`);
 //! - the roles are switched: `envclone snapshot ENV` snapshots the
-//!   standby's domains, and `envclone standby sync` of the active standby
-//!   is refused.
+//!   standby's domains, `envclone standby sync` of the active standby
+//!   carries what it wrote towards ENV's storage (the home sync), and
+//!   `envclone standby destroy` of it is refused.
 
 mod common;
 
@@ -223,7 +224,11 @@ fn the_roles_are_switched(lab: &LabUnderTest) {
         snapshot["vms"].as_array().unwrap().iter().map(|v| v["domain"].as_str().unwrap()).collect();
     domains.sort();
     assert_eq!(domains, ["sb-db", "sb-web"], "{snapshot:#}");
-    let sync = lab.envclone(&["standby", "sync", SB]);
-    assert_eq!(sync.status.code(), Some(2), "{}", String::from_utf8_lossy(&sync.stderr));
-    assert!(String::from_utf8_lossy(&sync.stderr).contains("active side"), "{}", String::from_utf8_lossy(&sync.stderr));
+    let home = lab.json(&["standby", "sync", SB, "--json"]);
+    assert_eq!(home["mode"], "home", "{home:#}");
+    assert!(!home["copied"].as_array().unwrap().is_empty(), "the epoch overlays went home: {home:#}");
+    let destroy = lab.envclone(&["standby", "destroy", SB]);
+    assert_eq!(destroy.status.code(), Some(2), "{}", String::from_utf8_lossy(&destroy.stderr));
+    let stderr = String::from_utf8_lossy(&destroy.stderr);
+    assert!(stderr.contains("active side"), "{stderr}");
 }

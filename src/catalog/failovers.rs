@@ -283,6 +283,24 @@ impl Catalog {
             .map_err(CatalogError::query("look up an environment's switch in force"))
     }
 
+    /// Rewrites what failover `id` keeps besides its report (`resources`),
+    /// while it is in `state`: false if it is not (any more).
+    pub fn set_failover_resources(
+        &self,
+        id: i64,
+        state: &str,
+        resources: &serde_json::Value,
+    ) -> Result<bool, CatalogError> {
+        let changed = self
+            .conn
+            .execute(
+                "UPDATE failovers SET resources = ?1 WHERE id = ?2 AND state = ?3",
+                params![resources.to_string(), id, state],
+            )
+            .map_err(CatalogError::query("record what a failover keeps"))?;
+        Ok(changed > 0)
+    }
+
     /// Moves switch `id` from state `from` to `to`; false if it was not in `from`.
     pub fn set_switch_state(&self, id: i64, from: &str, to: &str) -> Result<bool, CatalogError> {
         let changed = self
@@ -459,6 +477,22 @@ mod tests {
         catalog.unrecord_failback(id, "demo", 2).unwrap();
         assert_eq!(catalog.switch_in_force("demo").unwrap().unwrap().state, "failing-back");
         assert_eq!(catalog.last_epoch("demo").unwrap(), 1);
+    }
+
+    #[test]
+    fn a_switch_in_force_gets_its_resources_rewritten_and_an_ended_one_does_not() {
+        let dir = tempfile::tempdir().unwrap();
+        let catalog = Catalog::open(dir.path()).unwrap();
+        let switch = NewFailover { mode: "planned".into(), epoch: Some(1), state: "active".into(), ..drill("sb") };
+        let id = catalog.add_failover(&switch).unwrap();
+        let home = serde_json::json!({ "fenced": [], "home_snapshot": "s1" });
+
+        assert!(catalog.set_failover_resources(id, "active", &home).unwrap());
+
+        assert_eq!(catalog.active_switch("demo").unwrap().unwrap().resources, home);
+        catalog.end_failover("sb", Utc::now()).unwrap();
+        assert!(!catalog.set_failover_resources(id, "active", &serde_json::json!({})).unwrap());
+        assert_eq!(catalog.failovers(Some("demo")).unwrap()[0].resources, home);
     }
 
     #[test]

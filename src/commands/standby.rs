@@ -1,6 +1,8 @@
 //! `envclone standby create|sync|list|destroy`: standby environments kept
 //! current by autorestore. The work is in [`crate::ops::standby`]; this
 //! file wires libvirt, the catalog and qemu-img, and prints the reports.
+//! While SB serves its primary, `standby sync SB` is the home sync
+//! ([`crate::ops::failover::sync_home`]), wired like a failover.
 
 use chrono::Utc;
 
@@ -12,6 +14,7 @@ use crate::daemon::status::human_age;
 use crate::exit::ExitCode;
 use crate::hypervisor::LibvirtHypervisor;
 use crate::ops::context::{Event, OpContext, SystemClock};
+use crate::ops::failover::{self, HomeSyncReport};
 use crate::ops::standby::{
     self, CreateReport, CreateRequest, DestroyReport, QemuImgTransfer, StandbySummary, SyncMode, SyncReport,
 };
@@ -24,6 +27,18 @@ pub fn run(global: &GlobalArgs, command: StandbyCommand, out: &Output) -> Result
         let lines = standby::summaries(&catalog, None, Utc::now())?;
         out.report(&lines, |lines| list(lines));
         return Ok(ExitCode::Ok);
+    }
+    if let StandbyCommand::Sync(args) = &command {
+        if let Some(env) = serving(&catalog, &args.name)? {
+            // SB serves ENV: its sync runs towards ENV's storage, with
+            // failover's wiring (the fence guard first).
+            drop(catalog);
+            return super::failover::with_tools(global, &env, out, |ctx, tools| {
+                let report = failover::sync_home(ctx, &args.name, tools).map_err(Error::failover_op("standby sync"))?;
+                out.report(&report, home_synced);
+                Ok(ExitCode::Ok)
+            });
+        }
     }
     let uri = &config.controller.libvirt_uri;
     let hv = LibvirtHypervisor::connect(uri).map_err(Error::hypervisor(format!("connect to libvirt at {uri}")))?;
@@ -54,6 +69,56 @@ pub fn run(global: &GlobalArgs, command: StandbyCommand, out: &Output) -> Result
         StandbyCommand::List => unreachable!("listed above"),
     }
     Ok(ExitCode::Ok)
+}
+
+/// The primary `standby` serves (a role switch in force), if it does.
+fn serving(catalog: &Catalog, standby: &str) -> Result<Option<String>> {
+    Ok(catalog.open_failover(standby)?.filter(|open| open.mode != "test").map(|open| open.env))
+}
+
+fn home_synced(report: &HomeSyncReport) -> String {
+    let (env, sb) = (&report.env, &report.standby);
+    let point = match (&report.snapshot, report.lag_seconds) {
+        (Some(snapshot), Some(age)) => format!("{snapshot} ({} old)", human_age(age)),
+        (Some(snapshot), None) => snapshot.clone(),
+        (None, _) => "none yet".to_owned(),
+    };
+    let mut text = if report.copied.is_empty() && report.dropped.is_empty() {
+        format!(
+            "{sb} serves {env} (epoch {}): nothing new to carry home; {} images home already\n",
+            report.epoch, report.already_home
+        )
+    } else {
+        let already = match report.already_home {
+            0 => String::new(),
+            n => format!("; {n} home already"),
+        };
+        format!(
+            "carried {} images ({:.1} MiB) of {env} home to {env}'s storage while {sb} serves (epoch {}){already}\n",
+            report.copied.len(),
+            report.bytes as f64 / (1024.0 * 1024.0),
+            report.epoch,
+        )
+    };
+    text.push_str(&format!(
+        "  home: snapshot {point}, {} in {env}'s storage; the rest moves at failback\n",
+        bytes(report.bytes_home)
+    ));
+    for copy in &report.copied {
+        text.push_str(&format!(
+            "  {}/{} {} -> {} ({}{})\n",
+            copy.vm,
+            copy.disk,
+            copy.from.display(),
+            copy.path.display(),
+            bytes(copy.bytes),
+            if copy.verified { ", verified" } else { "" }
+        ));
+    }
+    for path in &report.dropped {
+        text.push_str(&format!("  dropped {} (merged away on {sb})\n", path.display()));
+    }
+    text
 }
 
 fn created(report: &CreateReport) -> String {
@@ -186,4 +251,61 @@ pub(crate) fn bytes(n: u64) -> String {
         unit += 1;
     }
     format!("{value:.1} {}", UNITS[unit])
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::ops::failover::HomeCopied;
+
+    fn home(copied: Vec<HomeCopied>, already_home: usize) -> HomeSyncReport {
+        HomeSyncReport {
+            env: "demo".into(),
+            standby: "sb".into(),
+            mode: "home".into(),
+            epoch: 1,
+            snapshot: Some("s2".into()),
+            lag_seconds: Some(12),
+            bytes: copied.iter().map(|c| c.bytes).sum(),
+            copied,
+            dropped: Vec::new(),
+            already_home,
+            bytes_home: 3 * 1024 * 1024,
+            steps: Vec::new(),
+            duration_ms: 300,
+        }
+    }
+
+    #[test]
+    fn a_home_sync_says_what_it_carried_home_while_the_standby_serves() {
+        let copy = HomeCopied {
+            vm: "db".into(),
+            disk: "vda".into(),
+            path: "/home/db/sb.vda.epoch-1.qcow2".into(),
+            from: "/sb/db/sb.vda.epoch-1.qcow2".into(),
+            bytes: 3 * 1024 * 1024,
+            verified: true,
+        };
+
+        let text = home_synced(&home(vec![copy], 2));
+
+        assert!(
+            text.starts_with(
+                "carried 1 images (3.0 MiB) of demo home to demo's storage while sb serves (epoch 1); 2 home already\n"
+            ),
+            "{text}"
+        );
+        assert!(text.contains("home: snapshot s2 (12s old), 3.0 MiB in demo's storage"), "{text}");
+        assert!(text.contains("(3.0 MiB, verified)"), "{text}");
+    }
+
+    #[test]
+    fn a_home_sync_with_nothing_new_says_so() {
+        let text = home_synced(&home(Vec::new(), 4));
+
+        assert!(
+            text.starts_with("sb serves demo (epoch 1): nothing new to carry home; 4 images home already"),
+            "{text}"
+        );
+    }
 }

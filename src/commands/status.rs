@@ -3,7 +3,9 @@
 //! and each standby's restored point and lag (see [`crate::daemon::status`]);
 //! and, for each environment a standby serves, the active side, the epoch,
 //! the primary's fence and every return of an old primary, after running
-//! the fence guard (see [`crate::ops::failover::fence`]).
+//! the fence guard (see [`crate::ops::failover::fence`]), and the way home:
+//! the newest snapshot all carried home by the home sync, its age (the lag
+//! of the way home) and the bytes carried.
 
 use chrono::{DateTime, Utc};
 
@@ -118,8 +120,16 @@ fn human(report: &StatusReport) -> String {
         text.push_str(&table(&standbys));
     }
     if !report.failovers.is_empty() {
-        let mut rows =
-            vec![row(&["FAILED OVER", "ACTIVE SIDE", "EPOCH", "MODE", "SINCE", "PRIMARY DOMAINS", "RETURNS"])];
+        let mut rows = vec![row(&[
+            "FAILED OVER",
+            "ACTIVE SIDE",
+            "EPOCH",
+            "MODE",
+            "SINCE",
+            "PRIMARY DOMAINS",
+            "RETURNS",
+            "HOME (LAG, CARRIED)",
+        ])];
         for switch in &report.failovers {
             let fences: Vec<String> =
                 switch.primary.iter().map(|f| format!("{} {}", f.domain, f.fence.as_str())).collect();
@@ -131,6 +141,14 @@ fn human(report: &StatusReport) -> String {
                 time(Some(switch.since)),
                 fences.join(", "),
                 switch.returns.len().to_string(),
+                match (&switch.home_snapshot, switch.home_lag_seconds) {
+                    (Some(snapshot), lag) => format!(
+                        "{snapshot} ({}, {})",
+                        lag.map_or("-".to_owned(), human_age),
+                        super::standby::bytes(switch.bytes_home)
+                    ),
+                    (None, _) => "-".into(),
+                },
             ]);
             if let Some(reason) = &switch.unchecked_reason {
                 errors.push(format!("{}: the old primary could not be checked: {reason}", switch.env));

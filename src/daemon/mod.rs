@@ -23,7 +23,12 @@
 //!   snapshots included, is synced by a child `envclone standby sync SB`
 //!   on a blocking thread of its own, so a slow transfer never holds the
 //!   scheduler. One sync per standby at a time; a failed one is retried
-//!   after [`SYNC_RETRY`] (or at once for a newer snapshot).
+//!   after [`SYNC_RETRY`] (or at once for a newer snapshot). While a
+//!   standby serves its primary (a role switch `active`), the same child
+//!   runs the other way, the **home sync**: it carries what the standby
+//!   wrote towards the primary's storage, started when the primary's newest
+//!   complete snapshot is neither the switch's recorded `home_snapshot`
+//!   nor the one its last home sync saw (see `ops::failover::home_sync`).
 //! - **Fence guard**: while any role switch is in force (a standby serves
 //!   its primary), every tick runs the fence guard as a child `envclone
 //!   status --json` on a blocking thread of its own (one at a time): an old

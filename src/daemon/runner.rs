@@ -21,7 +21,9 @@
 //!   SIGKILL) and the daemon's own threads are never stuck in libvirt.
 //!
 //! Autorestore (a standby's sync after a snapshot of its primary) runs the
-//! same way, as `envclone standby sync SB --json`.
+//! same way, as `envclone standby sync SB --json`; while the standby
+//! serves its primary that is the home sync, whose report says `mode`
+//! `home`.
 //!
 //! The binary's path is resolved once at start-up, so a package upgrade
 //! that replaces it while the daemon runs makes the next run use the new
@@ -73,9 +75,10 @@ pub trait ScheduledRunner: Send + Sync + std::fmt::Debug {
 /// What a successful autorestore sync did.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct StandbySynced {
-    /// The snapshot the standby is at now.
+    /// The snapshot the standby is at now; for a home sync, the newest
+    /// snapshot of the primary all home (empty when none is yet).
     pub snapshot: String,
-    /// `full`, `incremental` or `up-to-date`.
+    /// `full`, `incremental` or `up-to-date`; `home` for a home sync.
     pub mode: String,
     pub bytes: u64,
 }
@@ -166,6 +169,21 @@ impl CliRunner {
     }
 }
 
+/// What `standby sync SB --json` printed. A home sync (`mode` `home`: SB
+/// serves its primary) may have no snapshot all home yet (`null`).
+fn synced(report: &Value, args: &[&str]) -> Result<StandbySynced, RunError> {
+    let text = |key: &str| report.get(key).and_then(Value::as_str).map(str::to_owned);
+    let mode = text("mode").unwrap_or_default();
+    let snapshot = match text("snapshot") {
+        Some(snapshot) => snapshot,
+        None if mode == "home" && report.get("snapshot").is_some_and(Value::is_null) => String::new(),
+        None => {
+            return Err(RunError::BadOutput { command: format!("envclone {}", args.join(" ")), what: "the snapshot" })
+        }
+    };
+    Ok(StandbySynced { snapshot, mode, bytes: report.get("bytes").and_then(Value::as_u64).unwrap_or(0) })
+}
+
 impl ScheduledRunner for CliRunner {
     fn sync_standby(&self, standby: &str) -> Result<StandbySynced, RunError> {
         // A child like every scheduled run: a slow transfer holds only its
@@ -173,13 +191,7 @@ impl ScheduledRunner for CliRunner {
         let args = ["standby", "sync", standby, "--json"];
         let output = self.run(&args)?;
         let report = check(&output, &args, standby)?;
-        let text = |key: &str| report.get(key).and_then(Value::as_str).map(str::to_owned);
-        Ok(StandbySynced {
-            snapshot: text("snapshot")
-                .ok_or(RunError::BadOutput { command: format!("envclone {}", args.join(" ")), what: "the snapshot" })?,
-            mode: text("mode").unwrap_or_default(),
-            bytes: report.get("bytes").and_then(Value::as_u64).unwrap_or(0),
-        })
+        synced(&report, &args)
     }
 
     fn guard_fences(&self) -> Result<Vec<String>, RunError> {
@@ -366,6 +378,29 @@ mod tests {
 
         assert_eq!(lines, ["returned-refenced domain web of demo (standby sb serves epoch 2): stopped"]);
         assert!(guard_actions(&serde_json::json!({ "environments": [] })).is_empty());
+    }
+
+    #[test]
+    fn a_sync_report_is_read_whether_it_synced_the_standby_or_carried_home() {
+        let args = ["standby", "sync", "sb", "--json"];
+        let sync = json!({ "snapshot": "s2", "mode": "incremental", "bytes": 1400 });
+        let home = json!({ "snapshot": "s3", "mode": "home", "bytes": 2048, "copied": [] });
+        let nothing_home = json!({ "snapshot": null, "mode": "home", "bytes": 0 });
+
+        let read = [sync, home, nothing_home].map(|report| synced(&report, &args).unwrap());
+
+        assert_eq!((read[0].snapshot.as_str(), read[0].mode.as_str(), read[0].bytes), ("s2", "incremental", 1400));
+        assert_eq!((read[1].snapshot.as_str(), read[1].mode.as_str(), read[1].bytes), ("s3", "home", 2048));
+        assert_eq!((read[2].snapshot.as_str(), read[2].mode.as_str()), ("", "home"));
+    }
+
+    #[test]
+    fn a_sync_report_without_its_snapshot_is_bad_output() {
+        let args = ["standby", "sync", "sb", "--json"];
+
+        let error = synced(&json!({ "snapshot": null, "mode": "incremental" }), &args).unwrap_err();
+
+        assert!(matches!(error, RunError::BadOutput { what: "the snapshot", .. }), "{error:?}");
     }
 
     #[test]

@@ -247,8 +247,9 @@ impl Scheduler {
     }
 
     /// Starts a sync of every standby with autorestore that is behind its
-    /// primary's newest complete snapshot, unless one of it runs or it
-    /// failed for that same snapshot less than [`SYNC_RETRY`] ago.
+    /// primary's newest complete snapshot (for one that serves its primary:
+    /// whose home sync has not seen that snapshot), unless one of it runs
+    /// or it failed for that same snapshot less than [`SYNC_RETRY`] ago.
     pub async fn autorestore(&mut self, now: DateTime<Utc>) {
         let catalog = Arc::clone(&self.catalog);
         let behind = tokio::task::spawn_blocking(move || -> crate::Result<Vec<(String, String, String)>> {
@@ -258,9 +259,23 @@ impl Scheduler {
                 if !standby.autorestore || standby.merging.is_some() {
                     continue;
                 }
-                // A drill runs on it, or it serves its primary (roles
-                // switched): its disks are not the primary's copy now.
-                if catalog.open_failover(&standby.name)?.is_some() {
+                if let Some(open) = catalog.open_failover(&standby.name)? {
+                    // It serves its primary (roles switched): the sync runs
+                    // towards the primary's storage (the home sync), once
+                    // per newest snapshot: one whose images cannot all be
+                    // home (taken before a restore on the standby) is not
+                    // looked at again on every tick. A drill, or a switch
+                    // failing back, is left alone.
+                    if open.mode == "test" || open.state != "active" {
+                        continue;
+                    }
+                    let home = crate::ops::failover::fence::switch_resources(&open);
+                    if let Some(newest) = catalog.last_snapshot(&standby.primary, None)? {
+                        let seen = [home.home_snapshot.as_deref(), home.home_checked.as_deref()];
+                        if !seen.contains(&Some(newest.name.as_str())) {
+                            behind.push((standby.name, standby.primary, newest.name));
+                        }
+                    }
                     continue;
                 }
                 if let Some(newest) = catalog.last_snapshot(&standby.primary, None)? {

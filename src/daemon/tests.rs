@@ -583,8 +583,9 @@ async fn a_standby_without_autorestore_is_left_alone() {
     assert!(h.runner.standby_syncs.lock().unwrap().is_empty());
 }
 
-/// A role switch of `prod` to `sb` in force (epoch 1).
-fn switched_over(catalog: &Catalog) {
+/// A role switch of `prod` to `sb` in force (epoch 1), whose home sync
+/// recorded `resources`.
+fn switched_over(catalog: &Catalog, resources: serde_json::Value) -> i64 {
     catalog
         .add_failover(&crate::catalog::NewFailover {
             env: "prod".into(),
@@ -594,26 +595,54 @@ fn switched_over(catalog: &Catalog) {
             state: "active".into(),
             started_at: at(1, 30),
             environment: serde_json::json!({}),
-            resources: serde_json::json!({ "fenced": [] }),
+            resources,
             report: serde_json::json!({}),
         })
-        .unwrap();
+        .unwrap()
 }
 
 #[tokio::test]
-async fn while_roles_are_switched_each_tick_runs_the_fence_guard_and_autorestore_leaves_the_standby_alone() {
+async fn while_roles_are_switched_each_tick_runs_the_fence_guard_and_autorestore_carries_home_once_per_snapshot() {
     let mut h = Harness::new(&[], FakeRunner::succeeding(), at(2, 0));
     standby_behind(&h.catalog(), true);
-    switched_over(&h.catalog());
+    let switch = switched_over(&h.catalog(), serde_json::json!({ "fenced": [] }));
 
     h.tick_and_wait(at(2, 0)).await;
     h.scheduler.finish_guard().await;
+    // What that home sync recorded: s1 is home.
+    let home = serde_json::json!({ "fenced": [], "home_snapshot": "s1", "home_checked": "s1" });
+    assert!(h.catalog().set_failover_resources(switch, "active", &home).unwrap());
     h.tick_and_wait(at(2, 1)).await;
     h.scheduler.finish_guard().await;
 
     assert_eq!(*h.runner.guards.lock().unwrap(), 2, "one guard per tick");
     assert_eq!(h.scheduler.guards_started, 2);
-    assert!(h.runner.standby_syncs.lock().unwrap().is_empty(), "the active side is not synced over");
+    assert_eq!(*h.runner.standby_syncs.lock().unwrap(), ["sb"], "one home sync, for s1");
+}
+
+#[tokio::test]
+async fn a_serving_standby_whose_last_home_sync_saw_the_newest_snapshot_is_left_alone() {
+    let mut h = Harness::new(&[], FakeRunner::succeeding(), at(2, 0));
+    standby_behind(&h.catalog(), true);
+    // s1 cannot all be home (taken before a restore on sb), but was looked at.
+    switched_over(&h.catalog(), serde_json::json!({ "fenced": [], "home_snapshot": "s0", "home_checked": "s1" }));
+
+    h.tick_and_wait(at(2, 0)).await;
+    h.scheduler.finish_guard().await;
+
+    assert!(h.runner.standby_syncs.lock().unwrap().is_empty());
+}
+
+#[tokio::test]
+async fn a_switch_failing_back_is_not_carried_home_by_autorestore() {
+    let mut h = Harness::new(&[], FakeRunner::succeeding(), at(2, 0));
+    standby_behind(&h.catalog(), true);
+    let switch = switched_over(&h.catalog(), serde_json::json!({ "fenced": [] }));
+    assert!(h.catalog().set_switch_state(switch, "active", "failing-back").unwrap());
+
+    h.tick_and_wait(at(2, 0)).await;
+
+    assert!(h.runner.standby_syncs.lock().unwrap().is_empty());
 }
 
 #[tokio::test]

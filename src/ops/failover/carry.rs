@@ -18,10 +18,17 @@
 //! overlay, recorded as a `base` by the first snapshot that saw it, becomes
 //! what it is, an overlay on ENV's image of P, which its backing link then
 //! keeps (a parent is never deleted or merged away under a child).
+//!
+//! The home sync (`standby sync SB` while SB serves, see `home_sync.rs`)
+//! carries the same images to the same places ahead of failback, one
+//! [`carry_image`] each, and records each copy as a [`HomeCopy`]; failback
+//! takes a copy whose source is unchanged ([`HomeCopy::still_valid`]) as
+//! carried already.
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
+use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 
 use super::FailoverError;
@@ -42,6 +49,17 @@ pub trait HomeFiles: Sync + std::fmt::Debug {
     fn exists(&self, path: &Path) -> bool;
     /// Removes a file; one already gone is no error.
     fn remove(&self, path: &Path) -> Result<(), TransferError>;
+    /// The file's size and modification time.
+    fn stamp(&self, path: &Path) -> Result<FileStamp, TransferError>;
+}
+
+/// A file's size and modification time: how the home sync tells that an
+/// image it carried changed on SB since (a delete merged into it).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FileStamp {
+    pub len: u64,
+    /// Nanoseconds since the Unix epoch.
+    pub modified_ns: i64,
 }
 
 /// The real [`HomeFiles`]: this host's files and `qemu-img`.
@@ -81,6 +99,14 @@ impl HomeFiles for QemuImgHome {
     fn remove(&self, path: &Path) -> Result<(), TransferError> {
         QemuImgTransfer.remove(path)
     }
+
+    fn stamp(&self, path: &Path) -> Result<FileStamp, TransferError> {
+        let io = |source| TransferError::Io { what: "look at", path: path.to_owned(), source };
+        let meta = std::fs::metadata(path).map_err(io)?;
+        let modified = meta.modified().map_err(io)?;
+        let since = modified.duration_since(std::time::UNIX_EPOCH).unwrap_or_default();
+        Ok(FileStamp { len: meta.len(), modified_ns: i64::try_from(since.as_nanos()).unwrap_or(i64::MAX) })
+    }
 }
 
 /// One image of SB's chain to carry home.
@@ -103,6 +129,97 @@ impl CarryImage {
     pub fn moved(&self) -> ImageMove {
         ImageMove { id: self.id, path: self.to.clone(), kind: ImageKind::Overlay, backing: Some(self.backing) }
     }
+}
+
+/// One image carried home while SB serves, as the switch's row records it
+/// (`resources.home`), with what its source was when it was copied.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HomeCopy {
+    pub image: ImageId,
+    /// The image on SB's storage.
+    pub from: PathBuf,
+    /// Its copy in ENV's storage.
+    pub to: PathBuf,
+    /// What the copy was rebased onto.
+    pub backing_path: PathBuf,
+    pub bytes: u64,
+    pub source_len: u64,
+    /// The source's modification time, nanoseconds since the Unix epoch.
+    pub source_modified: i64,
+    pub copied_at: DateTime<Utc>,
+}
+
+impl HomeCopy {
+    /// Records `image` as carried from a source that looked like `source`.
+    pub fn new(image: &CarryImage, source: FileStamp, bytes: u64, copied_at: DateTime<Utc>) -> Self {
+        HomeCopy {
+            image: image.id,
+            from: image.from.clone(),
+            to: image.to.clone(),
+            backing_path: image.backing_path.clone(),
+            bytes,
+            source_len: source.len,
+            source_modified: source.modified_ns,
+            copied_at,
+        }
+    }
+
+    /// Whether this copy is still `image` (as planned now) at home: its
+    /// source unchanged in size and time, the copy there, and its backing
+    /// the plan's. A delete that merged images on SB changes one of those.
+    pub fn still_valid(&self, image: &CarryImage, home: &dyn HomeFiles) -> bool {
+        let planned = (self.image, &self.from, &self.to, &self.backing_path)
+            == (image.id, &image.from, &image.to, &image.backing_path);
+        planned
+            && home.exists(&self.to)
+            && home
+                .stamp(&image.from)
+                .is_ok_and(|stamp| (stamp.len, stamp.modified_ns) == (self.source_len, self.source_modified))
+    }
+}
+
+/// The progress line and journal step of carrying `image` of `vm`/`disk`.
+pub(super) fn carry_step(vm: &str, disk: &str, image: &CarryImage) -> String {
+    let name = image.from.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+    format!("carry home {vm}/{disk} {name}")
+}
+
+/// Copies `image` of `vm`/`disk` byte for byte to its place at home and
+/// rebases the copy onto `image.backing_path` (reading nothing); returns
+/// the bytes copied. A file found there is stale (a rolled back failback
+/// left it, or the home sync's copy of a source that changed since) and is
+/// replaced.
+pub(super) fn carry_image(
+    home: &dyn HomeFiles,
+    vm: &str,
+    disk: &str,
+    image: &CarryImage,
+) -> Result<u64, FailoverError> {
+    let fail = |step: &'static str, path: &Path| {
+        let (vm, disk, path) = (vm.to_owned(), disk.to_owned(), path.to_owned());
+        move |source| FailoverError::Carry { vm, disk, step, path, source: Box::new(source) }
+    };
+    home.remove(&image.to).map_err(fail("remove a stale copy", &image.to))?;
+    let bytes = home.copy(&image.from, &image.to).map_err(fail("copy", &image.from))?;
+    home.rebase(&image.to, &image.backing_path, image.backing_format).map_err(fail("rebase", &image.to))?;
+    Ok(bytes)
+}
+
+/// The image `domain` writes `disk` to, as libvirt says.
+pub(super) fn live_top(ctx: &OpContext<'_>, domain: &str, disk: &str) -> Result<PathBuf, FailoverError> {
+    let found = ctx
+        .hv
+        .domain(domain)
+        .map_err(|source| FailoverError::InspectDomain { domain: domain.to_owned(), source: Box::new(source) })?;
+    found.def.disks().into_iter().find(|d| d.target == disk).and_then(|d| d.source).ok_or_else(|| {
+        FailoverError::Redefine {
+            domain: domain.to_owned(),
+            source: Box::new(crate::hypervisor::HvError::NoSuchDisk {
+                domain: domain.to_owned(),
+                disk: disk.to_owned(),
+            }),
+        }
+    })
 }
 
 /// The images of `top`'s chain on SB's storage, lowest first, and where

@@ -194,6 +194,12 @@ pub enum FailoverError {
         #[source]
         source: Box<HvError>,
     },
+    /// The home sync: the standby does not serve its primary.
+    #[error("standby {standby} does not serve environment '{env}'")]
+    NotServing { standby: String, env: String },
+    /// The home sync: a copy at home does not read like its source.
+    #[error("VM '{vm}' disk {disk}: the copy {} does not read like the standby's {}", to.display(), from.display())]
+    HomeCopyDiffers { vm: String, disk: String, from: std::path::PathBuf, to: std::path::PathBuf },
     #[error("a worker thread panicked")]
     Panicked,
     /// The step failed, and undoing the steps before it failed too.
@@ -252,6 +258,16 @@ impl FailoverError {
                 "the drill was rolled back; look at the console log of the standby's {vm} next to its disks"
             )),
             FailoverError::Remove { .. } => Some("fix the cause, then run the command again".into()),
+            FailoverError::NotServing { standby, .. } => Some(format!(
+                "`envclone status` shows who serves it; `envclone standby sync {standby}` then brings it to its \
+                 primary's newest snapshot"
+            )),
+            FailoverError::HomeCopyDiffers { .. } => Some(
+                "the copies of this sync were deleted and the standby serves on; run `envclone standby sync SB` \
+                 again, and if it repeats check the primary's image of the standby's restored point (the copies \
+                 hang on it)"
+                    .into(),
+            ),
             FailoverError::NoSwitch { env } => {
                 Some(format!("`envclone status {env}` shows who serves it; failback follows `envclone failover {env}`"))
             }

@@ -14,7 +14,11 @@
 //! 2. `carry home VM/DISK FILE`, SB still serving (under ENV's lock, so no
 //!    delete merges what is read): each read-only image of SB's chains on
 //!    SB's storage copied into ENV's storage and rebased onto the image
-//!    below it at home (see `carry.rs`; undo: delete the copy).
+//!    below it at home (see `carry.rs`; undo: delete the copy). An image
+//!    the home sync carried already (`standby sync SB` while SB serves, see
+//!    `home_sync.rs`) whose source has not changed since is taken as it is,
+//!    with no step and so no undo: a failback rolled back keeps those
+//!    copies (the report counts them in `bytes_home_before`).
 //! 3. `snapshot failback-final of ENV on SB`: app-consistent, through the
 //!    agents, right before SB stops; it is a snapshot ENV can restore.
 //! 4. `stop SB-VM, ...`: all of SB's domains at once (in parallel), hard:
@@ -70,7 +74,7 @@ use std::time::{Duration, Instant};
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 
-use super::carry::{plan_disk, CarryImage};
+use super::carry::{carry_image, carry_step, live_top, plan_disk, CarryImage};
 use super::drill::{millis, wait_for_agents, DrillRequest, Run, StepTime};
 use super::{undo, FailoverError, Tools};
 use crate::catalog::{
@@ -135,10 +139,16 @@ pub struct FailbackReport {
     /// ENV's snapshots whose images were carried home (those taken while
     /// SB served, the two above included).
     pub carried_snapshots: Vec<String>,
-    /// Bytes copied into ENV's storage, in all; while SB still served; after it stopped.
+    /// Bytes copied into ENV's storage by the failback, in all; while SB
+    /// still served; after it stopped.
     pub bytes_home: u64,
     pub bytes_while_serving: u64,
     pub bytes_after_stop: u64,
+    /// Bytes of the images the home sync (`standby sync SB` while SB
+    /// served) had carried before, taken as they were: not in `bytes_home`.
+    /// Absent from the reports of an older envclone.
+    #[serde(default)]
+    pub bytes_home_before: u64,
     /// From SB's stop until every agent of ENV answered.
     pub downtime_ms: u64,
     /// What became of the autostart of ENV's domains.
@@ -238,6 +248,7 @@ pub fn failback(
         bytes_home: done.bytes_while_serving + done.bytes_after_stop,
         bytes_while_serving: done.bytes_while_serving,
         bytes_after_stop: done.bytes_after_stop,
+        bytes_home_before: done.bytes_home_before,
         downtime_ms: millis(done.downtime),
         autostart: autostart_note(&done.autostart),
         vms: done.vms,
@@ -398,6 +409,7 @@ struct Done {
     carried: Vec<CarryImage>,
     bytes_while_serving: u64,
     bytes_after_stop: u64,
+    bytes_home_before: u64,
     downtime: Duration,
     vms: Vec<FailbackVm>,
     readdressed: Option<super::Readdressed>,
@@ -411,6 +423,8 @@ struct DiskCarry {
     /// Carried, lowest first.
     images: Vec<CarryImage>,
     bytes: u64,
+    /// Of the images, the bytes the home sync had carried already.
+    home_before: u64,
     /// SB's live image of the disk when last looked at.
     standby_top: PathBuf,
 }
@@ -514,6 +528,7 @@ fn carry_and_switch(
     Ok(Done {
         snapshots,
         carried_snapshots: carried_snapshots.into_iter().collect(),
+        bytes_home_before: carried.values().map(|d| d.home_before).sum(),
         carried: carried.into_values().flat_map(|d| d.images).collect(),
         bytes_while_serving,
         bytes_after_stop,
@@ -549,7 +564,10 @@ fn snapshot(
 
 /// Carries home every image of SB's chains not carried yet: the read-only
 /// ones while SB serves (`stopped` false), all that is left once SB is
-/// stopped. Returns the bytes copied.
+/// stopped. An image the home sync carried already, from a source that did
+/// not change since, is taken as it is: not copied again, and with no undo
+/// (a failback rolled back leaves the home sync's copies for the next).
+/// Returns the bytes copied.
 fn carry(
     run: &mut Run<'_, '_>,
     standby: &StandbyRecord,
@@ -558,10 +576,14 @@ fn carry(
     stopped: bool,
 ) -> Result<u64, FailoverError> {
     let ctx = run.ctx;
+    let home_copies = match ctx.catalog.switch_in_force(&standby.primary)? {
+        Some(switch) => super::fence::switch_resources(&switch).home,
+        None => Vec::new(),
+    };
     let mut total = 0;
     for domain in &standby.resources.domains {
         for disk in standby.disks.iter().filter(|d| d.vm == domain.vm) {
-            let top = live_disk(ctx, &domain.domain, &disk.disk)?;
+            let top = live_top(ctx, &domain.domain, &disk.disk)?;
             let home_dir = primary.storage_dir(&ctx.config.controller, &standby.primary).join(&disk.vm);
             let plan = plan_disk(ctx, standby, disk, &top, &home_dir)?;
             let entry = carried.entry((disk.vm.clone(), disk.disk.clone())).or_default();
@@ -571,20 +593,15 @@ fn carry(
                 if entry.images.iter().any(|c| c.id == image.id) || (!stopped && image.from == top) {
                     continue;
                 }
-                let name = image.from.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
-                let fail = |step: &'static str, path: &std::path::Path| {
-                    let (vm, disk, path) = (disk.vm.clone(), disk.disk.clone(), path.to_owned());
-                    move |source| FailoverError::Carry { vm, disk, step, path, source: Box::new(source) }
-                };
-                let what = format!("carry home {}/{} {name}", disk.vm, disk.disk);
-                let bytes = run.step(&what, UndoAction::DeleteFile { path: image.to.clone() }, |run| {
-                    let home = run.tools.home;
-                    // One left by a failback that was rolled back is stale.
-                    home.remove(&image.to).map_err(fail("remove a stale copy", &image.to))?;
-                    let bytes = home.copy(&image.from, &image.to).map_err(fail("copy", &image.from))?;
-                    home.rebase(&image.to, &image.backing_path, image.backing_format)
-                        .map_err(fail("rebase", &image.to))?;
-                    Ok(bytes)
+                let home = run.tools.home;
+                if let Some(copy) = home_copies.iter().find(|c| c.image == image.id && c.still_valid(&image, home)) {
+                    entry.home_before += copy.bytes;
+                    entry.images.push(image);
+                    continue;
+                }
+                let undo = UndoAction::DeleteFile { path: image.to.clone() };
+                let bytes = run.step(&carry_step(&disk.vm, &disk.disk, &image), undo, |run| {
+                    carry_image(run.tools.home, &disk.vm, &disk.disk, &image)
                 })?;
                 entry.images.push(image);
                 entry.bytes += bytes;
@@ -698,14 +715,4 @@ fn inspect(ctx: &OpContext<'_>, domain: &str) -> Result<crate::hypervisor::Domai
     ctx.hv
         .domain(domain)
         .map_err(|source| FailoverError::InspectDomain { domain: domain.to_owned(), source: Box::new(source) })
-}
-
-/// The image `domain` writes `disk` to, as libvirt says.
-fn live_disk(ctx: &OpContext<'_>, domain: &str, disk: &str) -> Result<PathBuf, FailoverError> {
-    inspect(ctx, domain)?.def.disks().into_iter().find(|d| d.target == disk).and_then(|d| d.source).ok_or_else(|| {
-        FailoverError::Redefine {
-            domain: domain.to_owned(),
-            source: Box::new(HvError::NoSuchDisk { domain: domain.to_owned(), disk: disk.to_owned() }),
-        }
-    })
 }

@@ -27,6 +27,7 @@ use std::collections::BTreeMap;
 use chrono::{DateTime, SecondsFormat, Utc};
 use serde::{Deserialize, Serialize};
 
+use super::carry::HomeCopy;
 use crate::catalog::{Catalog, CatalogError, FailoverRecord, FenceEvent, FenceKind};
 use crate::hypervisor::{FenceStamp, HvError, Hypervisor};
 
@@ -115,6 +116,13 @@ pub struct SwitchStatus {
     pub returns: Vec<FenceEvent>,
     /// What the guard did in this check.
     pub actions: Vec<GuardAction>,
+    /// The way home while the standby serves (its home sync): the newest
+    /// snapshot of `env` all home, its age (the lag of the way home), the
+    /// bytes carried home so far and when the home sync last ran.
+    pub home_snapshot: Option<String>,
+    pub home_lag_seconds: Option<i64>,
+    pub bytes_home: u64,
+    pub home_synced_at: Option<DateTime<Utc>>,
 }
 
 /// What a switch row keeps about its fence (`resources` of the row).
@@ -126,6 +134,21 @@ pub struct SwitchResources {
     /// The libvirt URI of the primary's host; the controller's when none.
     #[serde(default)]
     pub primary_uri: Option<String>,
+    /// What the home sync (`standby sync SB` while SB serves) carried into
+    /// the primary's storage and failback takes as carried: absent from the
+    /// rows of an older envclone, like the fields below.
+    #[serde(default)]
+    pub home: Vec<HomeCopy>,
+    /// The newest complete snapshot of the primary all of whose images are
+    /// home (in its storage, or carried there).
+    #[serde(default)]
+    pub home_snapshot: Option<String>,
+    /// The primary's newest complete snapshot when the home sync last ran:
+    /// the daemon syncs again once there is a newer one.
+    #[serde(default)]
+    pub home_checked: Option<String>,
+    #[serde(default)]
+    pub home_synced_at: Option<DateTime<Utc>>,
 }
 
 /// Reads a switch row's resources; a planned failover of an older build
@@ -141,7 +164,7 @@ pub fn switch_resources(record: &FailoverRecord) -> SwitchResources {
             .filter_map(|n| n.as_str())
             .map(|d| FencedDomain { domain: d.to_owned(), fence: FenceKind::Fenced, detail: None })
             .collect(),
-        primary_uri: None,
+        ..SwitchResources::default()
     }
 }
 
@@ -191,6 +214,10 @@ pub fn guard(
             unchecked_reason: None,
             returns: Vec::new(),
             actions: Vec::new(),
+            home_lag_seconds: home_lag(catalog, &record.env, resources.home_snapshot.as_deref(), now)?,
+            home_snapshot: resources.home_snapshot.clone(),
+            bytes_home: resources.home.iter().map(|c| c.bytes).sum(),
+            home_synced_at: resources.home_synced_at,
         };
         let mut fences: BTreeMap<String, FencedDomain> =
             resources.fenced.iter().map(|f| (f.domain.clone(), f.clone())).collect();
@@ -250,6 +277,17 @@ pub fn guard(
         out.push(status);
     }
     Ok(out)
+}
+
+/// The age of `env`'s snapshot `snapshot` at `now`.
+fn home_lag(
+    catalog: &Catalog,
+    env: &str,
+    snapshot: Option<&str>,
+    now: DateTime<Utc>,
+) -> Result<Option<i64>, CatalogError> {
+    let Some(name) = snapshot else { return Ok(None) };
+    Ok(catalog.snapshot_named(env, name)?.map(|s| (now - s.created_at).num_seconds().max(0)))
 }
 
 /// What the guard does about one fenced domain, if anything.

@@ -30,6 +30,10 @@
 //!   carried, the chains compared, ENV's domains started on them, SB given
 //!   its own identity back, the next epoch recorded);
 //!   `carry.rs`: which images go home, where, and [`HomeFiles`].
+//! - `home_sync.rs`: `envclone standby sync SB` while SB serves: the
+//!   images SB no longer writes carried home (and verified) ahead of
+//!   failback, recorded in the switch's row; failback takes them as
+//!   carried.
 //! - `undo.rs`: the undo of each step.
 //!
 //! # Roles and epochs
@@ -39,8 +43,9 @@
 //! in force SB is ENV's active side: [`active_environment`] is how ENV is
 //! reached then (SB's domains at ENV's addresses, snapshots on SB's
 //! storage), which the commands use in place of ENV's config for
-//! snapshots, schedules, restores and recoveries of ENV; autorestore,
-//! `standby sync SB` and `standby destroy SB` leave SB alone. The fence of
+//! snapshots, schedules, restores and recoveries of ENV; `standby destroy
+//! SB` is refused, and autorestore and `standby sync SB` run the other way:
+//! towards ENV's storage (the home sync). The fence of
 //! each primary domain and every return of an old primary are
 //! `fence_events` rows; `status` shows them.
 //!
@@ -70,6 +75,7 @@ mod drill;
 mod error;
 mod failback;
 pub mod fence;
+mod home_sync;
 mod planned;
 mod readdress;
 #[cfg(test)]
@@ -77,7 +83,7 @@ mod tests;
 pub mod undo;
 mod unplanned;
 
-pub use self::carry::{CarryImage, HomeFiles, QemuImgHome};
+pub use self::carry::{CarryImage, FileStamp, HomeCopy, HomeFiles, QemuImgHome};
 pub use self::drill::{
     end as end_drill, overlay_path, start as start_drill, DrillAction, DrillDisk, DrillReport, DrillRequest,
     DrillResources, DrillVm, StepTime, BOOT_WITHIN,
@@ -85,6 +91,7 @@ pub use self::drill::{
 pub use self::error::FailoverError;
 pub use self::failback::{failback, FailbackAction, FailbackDisk, FailbackReport, FailbackVm};
 pub use self::fence::{guard, guard_uris, FencedDomain, GuardAction, PrimaryHost, SwitchStatus};
+pub use self::home_sync::{sync_home, HomeCopied, HomeSyncReport};
 pub use self::planned::{epoch_overlay_path, planned, SwitchAction, SwitchReport, TakeoverVm};
 pub use self::readdress::{Readdressed, ServedVm};
 pub use self::unplanned::{unplanned, Unplanned};

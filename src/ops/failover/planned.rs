@@ -225,8 +225,11 @@ pub(super) fn record_switch(
 ) -> Result<SwitchReport, FailoverError> {
     let epoch = report.epoch;
     let environment = active_environment(primary, standby, &report, run.ctx.config.controller.libvirt_netns.as_deref());
-    let resources =
-        super::fence::SwitchResources { fenced: report.fence.clone(), primary_uri: report.primary_uri.clone() };
+    let resources = super::fence::SwitchResources {
+        fenced: report.fence.clone(),
+        primary_uri: report.primary_uri.clone(),
+        ..Default::default()
+    };
     let request_env = report.env.clone();
     let recorded = run.step(
         &format!("record epoch {epoch}: {} serves {request_env}", standby.name),

@@ -108,20 +108,24 @@ impl ImageFiles for FakeFiles {
     }
 }
 
-/// Failback's files in memory: each copy (to -> from), each backing set
-/// by a rebase (image -> backing), removals; compares say "identical"
+/// Failback's files in memory: each copy (to -> from, and every copy made
+/// in order), each backing set by a rebase (image -> backing), removals,
+/// files' stamps (size 100, time 1 unless set); compares say "identical"
 /// unless told otherwise.
 #[derive(Debug, Default)]
 struct FakeHome {
     copies: Mutex<BTreeMap<PathBuf, PathBuf>>,
+    copied: Mutex<Vec<PathBuf>>,
     backings: Mutex<BTreeMap<PathBuf, PathBuf>>,
     removed: Mutex<Vec<PathBuf>>,
+    stamps: Mutex<BTreeMap<PathBuf, FileStamp>>,
     differs: std::sync::atomic::AtomicBool,
 }
 
 impl HomeFiles for FakeHome {
     fn copy(&self, from: &Path, to: &Path) -> Result<u64, TransferError> {
         self.copies.lock().unwrap().insert(to.to_owned(), from.to_owned());
+        self.copied.lock().unwrap().push(from.to_owned());
         Ok(100)
     }
     fn rebase(&self, image: &Path, backing: &Path, _format: ImageFormat) -> Result<(), TransferError> {
@@ -138,6 +142,9 @@ impl HomeFiles for FakeHome {
         self.copies.lock().unwrap().remove(path);
         self.removed.lock().unwrap().push(path.to_owned());
         Ok(())
+    }
+    fn stamp(&self, path: &Path) -> Result<FileStamp, TransferError> {
+        Ok(self.stamps.lock().unwrap().get(path).copied().unwrap_or(FileStamp { len: 100, modified_ns: 1 }))
     }
 }
 
@@ -564,3 +571,7 @@ mod failback;
 
 #[path = "tests_readdress.rs"]
 mod readdress;
+
+// The home sync (`standby sync SB` while SB serves), and failback after it.
+#[path = "tests_home_sync.rs"]
+mod home_sync;

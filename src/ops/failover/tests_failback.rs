@@ -9,7 +9,7 @@ use crate::hypervisor::{DomainState, Hypervisor};
 use crate::ops::snapshot::SnapshotRequest;
 
 impl Harness {
-    fn failback(&self, answering: bool) -> Result<FailbackReport, FailoverError> {
+    pub(super) fn failback(&self, answering: bool) -> Result<FailbackReport, FailoverError> {
         let agents = move |_: &Environment| -> Box<dyn CloneAgents> { Box::new(ReadyAgents::answering(answering)) };
         let request = DrillRequest { env: "demo".into(), standby: None };
         self.with_context(|ctx| failback(ctx, &request, self.tools(&agents)))
@@ -17,7 +17,7 @@ impl Harness {
 
     /// demo's primary is down, sb serves it (epoch 1), and one snapshot of
     /// demo was taken on sb meanwhile.
-    fn failed_over(&self) {
+    pub(super) fn failed_over(&self) {
         for domain in ["web", "db"] {
             self.hv.destroy_domain(domain).unwrap();
         }
@@ -43,11 +43,11 @@ impl Harness {
         self.hv.clear_calls();
     }
 
-    fn switch(&self) -> Option<FailoverRecord> {
+    pub(super) fn switch(&self) -> Option<FailoverRecord> {
         self.catalog.switch_in_force("demo").unwrap()
     }
 
-    fn epoch_overlay(&self, vm: &str) -> PathBuf {
+    pub(super) fn epoch_overlay(&self, vm: &str) -> PathBuf {
         self.standby().storage.join(vm).join("sb.vda.epoch-1.qcow2")
     }
 

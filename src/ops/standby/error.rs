@@ -113,9 +113,9 @@ impl StandbyError {
             StandbyError::StandbyRunning { domain, .. } => {
                 Some(format!("shut {domain} down (`virsh shutdown {domain}`), then sync again"))
             }
-            StandbyError::ActiveSide { env, .. } => Some(format!(
-                "`envclone status {env}` shows the switch; fail back first (not built yet), or end it by hand"
-            )),
+            StandbyError::ActiveSide { env, .. } => {
+                Some(format!("`envclone status {env}` shows the switch; `envclone failback {env}` ends it"))
+            }
             StandbyError::MergePending { .. } => {
                 Some("run `envclone recover` to finish that sync, then sync again".into())
             }

@@ -219,6 +219,8 @@ pub fn sync(ctx: &OpContext<'_>, standby: &str, transfer: &dyn Transfer) -> Resu
 
 /// A standby that serves its primary is not synced (nor destroyed): its
 /// images hold the environment's live data, even with its domains stopped.
+/// (`envclone standby sync SB` runs the home sync for it instead, see
+/// `ops::failover::home_sync`.)
 pub(crate) fn refuse_active_side(ctx: &OpContext<'_>, record: &StandbyRecord) -> Result<(), StandbyError> {
     match ctx.catalog.open_failover(&record.name)? {
         Some(open) if open.mode != "test" => Err(StandbyError::ActiveSide {
