@@ -121,6 +121,8 @@ fn a_failback_killed_half_way_is_rolled_back_by_recover(lab: &LabUnderTest) {
     let crashed = lab.envclone_crashing_at(&["failback", "demo"], "failback:start demo-web");
     assert_eq!(crashed.status.code(), None, "killed at the crash point: {}", String::from_utf8_lossy(&crashed.stderr));
     assert_eq!(hv.domain("sb-web").unwrap().state, DomainState::ShutOff, "sb stopped before the crash");
+    let status = lab.json(&["status", "--json"]);
+    assert_eq!(status["failovers"][0]["state"], "failing-back", "{status:#}");
 
     let recovered = lab.envclone(&["recover", "demo", "--json"]);
 

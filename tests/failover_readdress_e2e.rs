@@ -13,6 +13,8 @@
 //!   app config names sb's db (rewritten; no 10.77.1.x left), and its host
 //!   names are sb's; demo's domains are fenced; `envclone ssh demo VM`
 //!   reaches sb's VMs; the JSON report lists the new addresses;
+//! - a snapshot of demo (of sb, at its own addresses) is carried home to
+//!   demo's storage by `daemon --once` (autorestore the other way), once;
 //! - a record written to sb's db while it serves comes home with
 //!   `failback demo`: demo's web, at demo's address, serves it, with its
 //!   own host name and app config (sb's addresses gone from it); sb is
@@ -46,6 +48,7 @@ fn failover_with_own_addresses_end_to_end() {
     println!("failover: rto {} ms, {:#}", report["rto_ms"], report["readdressed"]);
     sb_serves_at_its_own_addresses_and_talks_only_to_itself(&lab, &report);
     println!("failed over at {:.1} s", started.elapsed().as_secs_f64());
+    the_daemon_carries_a_snapshot_of_sb_home(&lab);
     failback_gives_demo_its_own_names_back_with_what_sb_wrote(&lab);
     println!("failover readdress e2e done in {:.1} s", started.elapsed().as_secs_f64());
 }
@@ -113,10 +116,31 @@ fn sb_serves_at_its_own_addresses_and_talks_only_to_itself(lab: &LabUnderTest, r
     assert_eq!(status["failovers"][0]["active"], SB, "{status:#}");
 }
 
+/// Autorestore runs the other way while sb serves: `daemon --once` after a
+/// snapshot of demo (taken on sb, at sb's own addresses) carries its
+/// images home to demo's storage.
+fn the_daemon_carries_a_snapshot_of_sb_home(lab: &LabUnderTest) {
+    let taken = lab.json(&["snapshot", "demo", "--json"]);
+    let name = taken["name"].as_str().unwrap().to_owned();
+
+    let once = lab.json(&["daemon", "--once", "--json"]);
+
+    let syncs = once["standby_syncs"].as_array().unwrap();
+    assert_eq!(syncs.len(), 1, "{once:#}");
+    assert_eq!((&syncs[0]["ok"], &syncs[0]["synced"]["mode"]), (&true.into(), &"home".into()), "{once:#}");
+    assert_eq!(syncs[0]["synced"]["snapshot"], name.as_str(), "{once:#}");
+    assert!(syncs[0]["synced"]["bytes"].as_u64().unwrap() > 0, "{once:#}");
+    let status = lab.json(&["status", "--json"]);
+    assert_eq!(status["failovers"][0]["home_snapshot"], name.as_str(), "{status:#}");
+    let again = lab.json(&["daemon", "--once", "--json"]);
+    assert!(again["standby_syncs"].as_array().unwrap().is_empty(), "nothing new to carry: {again:#}");
+}
+
 fn failback_gives_demo_its_own_names_back_with_what_sb_wrote(lab: &LabUnderTest) {
     let report = lab.json(&["failback", "demo", "--json"]);
 
     println!("failback: downtime {} ms, took {} ms", report["downtime_ms"], report["duration_ms"]);
+    assert!(report["bytes_home_before"].as_u64().unwrap() > 0, "the daemon's copies were taken: {report:#}");
     assert_eq!((&report["action"], &report["epoch"]), (&"failed-back".into(), &2.into()), "{report:#}");
     let page = wait_for_web_page(&lab.netns(), ON_SB);
     assert!(page.contains(BEFORE), "{page}");

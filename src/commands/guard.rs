@@ -13,11 +13,18 @@ use crate::catalog::{Catalog, FenceKind};
 use crate::config::Config;
 use crate::hypervisor::LibvirtHypervisor;
 use crate::ops::failover::{self, PrimaryHost, SwitchStatus};
+use crate::ops::EnvLock;
 use crate::Result;
 
 /// How long connecting to a primary's libvirt may take: a host that is down
 /// can keep a remote connect waiting for minutes, and a runbook must not.
 pub const PRIMARY_CONNECT_WITHIN: Duration = Duration::from_secs(15);
+
+/// The lock that lets one guard run at a time (a name no environment
+/// takes: a leading dot), and how long a guard waits for another's end
+/// (one runs for seconds: a connect of at most [`PRIMARY_CONNECT_WITHIN`]).
+const GUARD_LOCK: &str = ".fence-guard";
+const GUARD_LOCK_WAIT: Duration = Duration::from_secs(60);
 
 /// A primary's libvirt, connected or not.
 #[derive(Debug)]
@@ -62,6 +69,15 @@ pub fn connect_within(uri: &str, within: Duration) -> Connection {
 pub fn check(config: &Config, catalog: &Catalog, env: Option<&str>, out: &Output) -> Result<Vec<SwitchStatus>> {
     let default_uri = &config.controller.libvirt_uri;
     let uris = failover::guard_uris(catalog, default_uri, env)?;
+    // Two guards at once (the daemon's tick and a command the daemon ran,
+    // or a user's) would both find a returned domain running, both fence
+    // it, and record its return twice.
+    let _one_at_a_time = match uris.is_empty() {
+        true => None,
+        false => {
+            Some(EnvLock::acquire_waiting(&config.controller.state_dir, GUARD_LOCK, "fence guard", GUARD_LOCK_WAIT)?)
+        }
+    };
     let connections: Vec<(String, Connection)> =
         uris.into_iter().map(|uri| (uri.clone(), connect_within(&uri, PRIMARY_CONNECT_WITHIN))).collect();
     let hosts: BTreeMap<String, PrimaryHost<'_>> =

@@ -137,7 +137,10 @@ fn human(report: &StatusReport) -> String {
                 switch.env.clone(),
                 switch.active.clone(),
                 switch.epoch.to_string(),
-                switch.mode.clone(),
+                match switch.state.as_str() {
+                    "active" => switch.mode.clone(),
+                    state => format!("{}, {state}", switch.mode),
+                },
                 time(Some(switch.since)),
                 fences.join(", "),
                 switch.returns.len().to_string(),

@@ -150,6 +150,34 @@ impl EnvLock {
 
     /// `<state_dir>/locks/<env>.lock`, for an environment name that is a
     /// plain file name.
+    /// Takes `env`'s lock, waiting up to `within` while another operation
+    /// holds it; then busy, naming the last holder seen.
+    pub fn acquire_waiting(
+        state_dir: &Path,
+        env: &str,
+        operation: &str,
+        within: std::time::Duration,
+    ) -> Result<EnvLock, LockError> {
+        let mut last_busy = None;
+        let waited = crate::wait::until::<_, LockError, _>(
+            &format!("the lock of environment '{env}'"),
+            within,
+            std::time::Duration::from_millis(200),
+            || match EnvLock::acquire(state_dir, env, operation) {
+                Ok(lock) => Ok(Some(Ok(lock))),
+                Err(LockError::Busy(busy)) => {
+                    last_busy = Some(busy);
+                    Ok(None)
+                }
+                Err(other) => Ok(Some(Err(other))),
+            },
+        );
+        match waited {
+            Ok(result) => result,
+            Err(_) => Err(LockError::Busy(last_busy.unwrap_or(Busy { env: env.to_owned(), holder: None }))),
+        }
+    }
+
     pub fn path_for(state_dir: &Path, env: &str) -> Result<PathBuf, LockError> {
         let plain = env.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '.' | '-'));
         if env.is_empty() || !plain || env.chars().all(|c| c == '.') {

@@ -28,6 +28,13 @@ impl ReadyAgents {
         ReadyAgents { silent: !answering, ..Default::default() }
     }
 
+    /// These agents, reached as `env` says: calls are logged as
+    /// `vm@ADDRESS/NETNS: call`.
+    pub fn reaching(&self, env: &crate::config::Environment) -> Self {
+        let at = |c: &crate::config::Vm| format!("{}/{}", c.agent.address, c.agent.netns.clone().unwrap_or_default());
+        ReadyAgents { endpoints: env.vms.iter().map(|(vm, c)| (vm.clone(), at(c))).collect(), ..self.clone() }
+    }
+
     pub fn calls(&self) -> Vec<String> {
         self.log.lock().unwrap().clone()
     }

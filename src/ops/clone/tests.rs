@@ -239,16 +239,7 @@ impl Harness {
             network,
             new_host_keys,
         };
-        let agents = |env: &Environment| -> Box<dyn CloneAgents> {
-            let endpoints = env
-                .vms
-                .iter()
-                .map(|(vm, c)| {
-                    (vm.clone(), format!("{}/{}", c.agent.address, c.agent.netns.clone().unwrap_or_default()))
-                })
-                .collect();
-            Box::new(ReadyAgents { endpoints, ..agents.clone() })
-        };
+        let agents = |env: &Environment| -> Box<dyn CloneAgents> { Box::new(agents.reaching(env)) };
         let tools =
             Tools { quiescer: &FakeQuiescer, agents: &agents, files: &self.files, copier: &self.files, net: &self.net };
         self.with_context(|ctx| super::clone(ctx, &request, tools))

@@ -207,10 +207,7 @@ pub(super) fn carry_image(
 
 /// The image `domain` writes `disk` to, as libvirt says.
 pub(super) fn live_top(ctx: &OpContext<'_>, domain: &str, disk: &str) -> Result<PathBuf, FailoverError> {
-    let found = ctx
-        .hv
-        .domain(domain)
-        .map_err(|source| FailoverError::InspectDomain { domain: domain.to_owned(), source: Box::new(source) })?;
+    let found = super::inspect(ctx, domain)?;
     found.def.disks().into_iter().find(|d| d.target == disk).and_then(|d| d.source).ok_or_else(|| {
         FailoverError::Redefine {
             domain: domain.to_owned(),

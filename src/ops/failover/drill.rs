@@ -175,10 +175,7 @@ pub(crate) fn ready_to_start(ctx: &OpContext<'_>, standby: &StandbyRecord) -> Re
         return Err(FailoverError::MergePending { standby: standby.name.clone(), snapshot: merging.clone() });
     }
     for domain in &standby.resources.domains {
-        let found = ctx.hv.domain(&domain.domain).map_err(|source| FailoverError::InspectDomain {
-            domain: domain.domain.clone(),
-            source: Box::new(source),
-        })?;
+        let found = super::inspect(ctx, &domain.domain)?;
         if found.state.is_active() {
             return Err(FailoverError::StandbyRunning { standby: standby.name.clone(), domain: domain.domain.clone() });
         }
@@ -363,10 +360,7 @@ fn drill_steps(
     let netns = names::gateway_netns(sb);
     let mut vms = Vec::new();
     for domain in &standby.resources.domains {
-        let current = ctx.hv.domain(&domain.domain).map_err(|source| FailoverError::InspectDomain {
-            domain: domain.domain.clone(),
-            source: Box::new(source),
-        })?;
+        let current = super::inspect(ctx, &domain.domain)?;
         let mut def = current.def.clone();
         let mut disks = Vec::new();
         let mut back = DiskSources { domain: domain.domain.clone(), disks: Vec::new() };

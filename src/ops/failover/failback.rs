@@ -391,10 +391,7 @@ fn preflight(
         });
     }
     for vm in primary.vms.values() {
-        let found = ctx
-            .hv
-            .domain(&vm.domain)
-            .map_err(|source| FailoverError::InspectDomain { domain: vm.domain.clone(), source: Box::new(source) })?;
+        let found = super::inspect(ctx, &vm.domain)?;
         if found.state.is_active() {
             return Err(FailoverError::PrimaryRunning { env: env.to_owned(), domain: vm.domain.clone() });
         }
@@ -501,7 +498,7 @@ fn carry_and_switch(
 
     let mut autostart = BTreeMap::new();
     for vm in &mut vms {
-        let found = inspect(ctx, &vm.domain)?;
+        let found = super::inspect(ctx, &vm.domain)?;
         let mut def = found.def.clone();
         let redefine = |e: HvError| FailoverError::Redefine { domain: vm.domain.clone(), source: Box::new(e) };
         for disk in &mut vm.disks {
@@ -684,7 +681,7 @@ fn own_identity(
         }
     }
     for domain in &standby.resources.domains {
-        let current = inspect(ctx, &domain.domain)?;
+        let current = super::inspect(ctx, &domain.domain)?;
         let redefine = |e: HvError| FailoverError::Redefine { domain: domain.domain.clone(), source: Box::new(e) };
         let mut def = current.def.clone();
         for (index, iface) in current.def.interfaces().iter().enumerate() {
@@ -709,10 +706,4 @@ fn own_identity(
 /// The report of the switch failback ends (what SB took over with).
 fn switch_report(switch: &FailoverRecord) -> Result<super::SwitchReport, FailoverError> {
     serde_json::from_value(switch.report.clone()).map_err(corrupt("read a failover's report"))
-}
-
-fn inspect(ctx: &OpContext<'_>, domain: &str) -> Result<crate::hypervisor::Domain, FailoverError> {
-    ctx.hv
-        .domain(domain)
-        .map_err(|source| FailoverError::InspectDomain { domain: domain.to_owned(), source: Box::new(source) })
 }

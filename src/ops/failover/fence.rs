@@ -102,6 +102,9 @@ pub struct SwitchStatus {
     pub active: String,
     /// `planned` or `unplanned`.
     pub mode: String,
+    /// `active`, or `failing-back` while a failback runs (or was
+    /// interrupted: `envclone recover ENV`).
+    pub state: String,
     pub epoch: i64,
     pub since: DateTime<Utc>,
     /// The libvirt URI of the primary's host the guard checks.
@@ -206,6 +209,7 @@ pub fn guard(
             env: record.env.clone(),
             active: record.standby.clone(),
             mode: record.mode.clone(),
+            state: record.state.clone(),
             epoch,
             since: record.started_at,
             primary_uri: uri.clone(),

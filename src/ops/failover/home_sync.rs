@@ -105,7 +105,7 @@ pub fn sync_home(ctx: &OpContext<'_>, standby: &str, tools: Tools<'_>) -> Result
     let _standby_lock = EnvLock::acquire(state_dir, standby, "standby sync (home)")?;
     let switch = serving_switch(ctx, &record)?;
     let primary = ctx.config.environment(&env)?.clone();
-    let _env_lock = crate::ops::standby::acquire_waiting(
+    let _env_lock = EnvLock::acquire_waiting(
         state_dir,
         &env,
         &format!("standby sync of {standby} (home)"),

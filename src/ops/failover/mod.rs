@@ -155,6 +155,16 @@ pub fn active_environment(
     Ok(Some((environment, switch)))
 }
 
+/// `domain` as libvirt reports it, or which domain could not be looked at.
+pub(crate) fn inspect(
+    ctx: &crate::ops::context::OpContext<'_>,
+    domain: &str,
+) -> Result<crate::hypervisor::Domain, FailoverError> {
+    ctx.hv
+        .domain(domain)
+        .map_err(|source| FailoverError::InspectDomain { domain: domain.to_owned(), source: Box::new(source) })
+}
+
 /// Whether a journaled step is a failover's last, its record: from there
 /// on `envclone recover` finishes the failover instead of rolling it back.
 pub fn is_record_step(name: &str) -> bool {

@@ -150,10 +150,7 @@ pub fn planned(ctx: &OpContext<'_>, request: &DrillRequest, tools: Tools<'_>) ->
         return Ok(report);
     }
     for vm in primary.vms.values() {
-        let found = ctx
-            .hv
-            .domain(&vm.domain)
-            .map_err(|source| FailoverError::InspectDomain { domain: vm.domain.clone(), source: Box::new(source) })?;
+        let found = super::inspect(ctx, &vm.domain)?;
         if !found.state.is_active() {
             return Err(FailoverError::PrimaryDown { env: request.env.clone(), domain: vm.domain.clone() });
         }
@@ -374,10 +371,7 @@ pub(super) fn take_over(
         standby.resources.networks.iter().map(|n| (n.name.clone(), n.source.clone())).collect();
     let mut vms = Vec::new();
     for domain in &standby.resources.domains {
-        let current = ctx.hv.domain(&domain.domain).map_err(|source| FailoverError::InspectDomain {
-            domain: domain.domain.clone(),
-            source: Box::new(source),
-        })?;
+        let current = super::inspect(ctx, &domain.domain)?;
         let redefine = |e: HvError| FailoverError::Redefine { domain: domain.domain.clone(), source: Box::new(e) };
         let mut def = current.def.clone();
         let mut on = Vec::new();

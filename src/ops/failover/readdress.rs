@@ -168,10 +168,7 @@ pub(super) fn take_over(
 
     let mut vms = Vec::new();
     for domain in &standby.resources.domains {
-        let current = ctx.hv.domain(&domain.domain).map_err(|source| FailoverError::InspectDomain {
-            domain: domain.domain.clone(),
-            source: Box::new(source),
-        })?;
+        let current = super::inspect(ctx, &domain.domain)?;
         let mut def = current.def.clone();
         let overlays = epoch_overlays(run, standby, domain, epoch, &mut def)?;
         run.step(
@@ -315,10 +312,7 @@ fn plan_addresses(
         standby.resources.networks.iter().map(|n| (n.name.as_str(), n.source.as_str())).collect();
     let mut vms = Vec::new();
     for domain in &standby.resources.domains {
-        let found = hv.domain(&domain.domain).map_err(|source| FailoverError::InspectDomain {
-            domain: domain.domain.clone(),
-            source: Box::new(source),
-        })?;
+        let found = super::inspect(run.ctx, &domain.domain)?;
         let interfaces = found.def.interfaces();
         let [iface] = interfaces.as_slice() else {
             return Err(FailoverError::Unsupported {
@@ -402,10 +396,7 @@ pub(super) fn give_back(
     for served in &readdressed.vms {
         let vm = served.vm.as_str();
         let Some(config) = primary.vms.get(vm) else { continue };
-        let domain = run.ctx.hv.domain(&config.domain).map_err(|source| FailoverError::InspectDomain {
-            domain: config.domain.clone(),
-            source: Box::new(source),
-        })?;
+        let domain = super::inspect(run.ctx, &config.domain)?;
         let mac = domain.def.interfaces().first().and_then(|i| i.mac.clone()).unwrap_or_default();
         let prefix = served.address.parse::<Ipv4Net>().map_or(24, |net| net.prefix_len());
         let own = Ipv4Net::new(served.primary_address.parse().unwrap_or(Ipv4Addr::UNSPECIFIED), prefix)

@@ -11,7 +11,7 @@ use std::sync::atomic::Ordering;
 
 impl Harness {
     fn home_sync(&self) -> Result<HomeSyncReport, FailoverError> {
-        let agents = |_: &Environment| -> Box<dyn GuestAgents> { Box::new(FakeAgents { answering: true }) };
+        let agents = |_: &Environment| -> Box<dyn CloneAgents> { Box::new(ReadyAgents::answering(true)) };
         self.with_context(|ctx| sync_home(ctx, "sb", self.tools(&agents)))
     }
 

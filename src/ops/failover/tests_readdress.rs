@@ -37,16 +37,7 @@ impl Harness {
 
     /// A planned failover with agents that log into `agents.log`.
     fn planned_with(&self, agents: &ReadyAgents) -> Result<SwitchReport, FailoverError> {
-        let make = |env: &Environment| -> Box<dyn CloneAgents> {
-            let endpoints = env
-                .vms
-                .iter()
-                .map(|(vm, c)| {
-                    (vm.clone(), format!("{}/{}", c.agent.address, c.agent.netns.clone().unwrap_or_default()))
-                })
-                .collect();
-            Box::new(ReadyAgents { endpoints, ..agents.clone() })
-        };
+        let make = |env: &Environment| -> Box<dyn CloneAgents> { Box::new(agents.reaching(env)) };
         let request = DrillRequest { env: "demo".into(), standby: None };
         self.with_context(|ctx| planned(ctx, &request, self.tools(&make)))
     }
@@ -146,10 +137,7 @@ fn failback_gives_the_primary_its_names_and_connection_strings_back() {
     let h = Harness::readdressing();
     h.planned_with(&ReadyAgents::default()).unwrap();
     let agents = ReadyAgents::default();
-    let make = |env: &Environment| -> Box<dyn CloneAgents> {
-        let endpoints = env.vms.iter().map(|(vm, c)| (vm.clone(), c.agent.address.clone())).collect();
-        Box::new(ReadyAgents { endpoints, ..agents.clone() })
-    };
+    let make = |env: &Environment| -> Box<dyn CloneAgents> { Box::new(agents.reaching(env)) };
     let request = DrillRequest { env: "demo".into(), standby: None };
 
     let report = h.with_context(|ctx| failback(ctx, &request, h.tools(&make))).unwrap();
@@ -157,12 +145,12 @@ fn failback_gives_the_primary_its_names_and_connection_strings_back() {
     assert_eq!(report.action, FailbackAction::FailedBack);
     let calls = agents.calls();
     assert!(
-        calls.iter().any(|c| c == "web@192.168.50.11: readdress 192.168.50.11/24 via 192.168.50.1 as web"),
+        calls.iter().any(|c| c == "web@192.168.50.11/: readdress 192.168.50.11/24 via 192.168.50.1 as web"),
         "{calls:#?}"
     );
-    let back = calls.iter().find(|c| c.starts_with("db@192.168.50.12: rewrite")).expect("a rewrite home");
+    let back = calls.iter().find(|c| c.starts_with("db@192.168.50.12/: rewrite")).expect("a rewrite home");
     assert!(back.contains("10.90.0.12=192.168.50.12") && back.contains("sb-db=db"), "{back}");
-    assert!(calls.iter().any(|c| c == "db@192.168.50.12: scan 10.90.0.0/24"), "{calls:#?}");
+    assert!(calls.iter().any(|c| c == "db@192.168.50.12/: scan 10.90.0.0/24"), "{calls:#?}");
     for domain in h.standby().resources.domains {
         assert_eq!(h.networks(&domain.domain), [Some("sb-net".to_owned())], "back on its isolated copy");
         assert_eq!(h.state(&domain.domain), DomainState::ShutOff);

@@ -135,6 +135,7 @@ fn an_old_primary_that_comes_back_after_an_unconfirmed_fence_is_fenced_again_and
 
     let switch = &status[0];
     assert!(switch.checked);
+    assert_eq!(switch.state, "active");
     assert_eq!((switch.env.as_str(), switch.active.as_str(), switch.epoch), ("demo", "sb", 1));
     let actions: Vec<(&str, FenceKind)> = switch.actions.iter().map(|a| (a.domain.as_str(), a.action)).collect();
     assert_eq!(actions, [("db", FenceKind::Fenced), ("web", FenceKind::ReturnedRefenced)]);

@@ -101,7 +101,6 @@ pub use self::error::StandbyError;
 pub use self::sync::{sync, SyncMode, SyncReport};
 pub use self::transfer::{QemuImgTransfer, Transfer, TransferError};
 
-use super::{EnvLock, LockError};
 use crate::hypervisor::NetworkDef;
 
 /// How long a sync waits for the primary's lock (a snapshot, or the delete
@@ -156,33 +155,6 @@ pub fn lag(
         lag_seconds: standby.snapshot_created_at.map(|at| (now - at).num_seconds().max(0)),
         behind,
     })
-}
-
-/// Takes `env`'s lock, waiting up to `within` while another operation holds it.
-pub(crate) fn acquire_waiting(
-    state_dir: &Path,
-    env: &str,
-    operation: &str,
-    within: Duration,
-) -> Result<EnvLock, LockError> {
-    let mut last_busy = None;
-    let waited = crate::wait::until::<_, LockError, _>(
-        &format!("the lock of environment '{env}'"),
-        within,
-        Duration::from_millis(200),
-        || match EnvLock::acquire(state_dir, env, operation) {
-            Ok(lock) => Ok(Some(Ok(lock))),
-            Err(LockError::Busy(busy)) => {
-                last_busy = Some(busy);
-                Ok(None)
-            }
-            Err(other) => Ok(Some(Err(other))),
-        },
-    );
-    match waited {
-        Ok(result) => result,
-        Err(_) => Err(LockError::Busy(last_busy.unwrap_or(crate::ops::Busy { env: env.to_owned(), holder: None }))),
-    }
 }
 
 /// An isolated copy of a network: a bridge without address or forward.

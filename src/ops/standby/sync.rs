@@ -145,7 +145,7 @@ pub fn sync(ctx: &OpContext<'_>, standby: &str, transfer: &dyn Transfer) -> Resu
     check_shut_off(ctx, &record)?;
 
     // Under ENV's lock: no delete is half way through the images read.
-    let primary_lock = super::acquire_waiting(
+    let primary_lock = EnvLock::acquire_waiting(
         state_dir,
         &record.primary,
         &format!("standby sync of {standby} (pinning)"),
