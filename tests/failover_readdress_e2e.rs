@@ -7,6 +7,11 @@
 //!
 //! What issue #6 asks of a takeover "with its own addresses, connection
 //! strings rewritten", each proven here:
+//! - a failover killed right after sb's web went onto its served network
+//!   (`ENVCLONE_CRASHPOINT=failover:link up: sb-web onto sb-s-demo-net`)
+//!   is rolled back by `envclone recover demo`: sb shut off on its
+//!   isolated network, demo serving again with its autostart, no served
+//!   network, gateway or trusted sb address left;
 //! - `failover demo --planned`: sb serves on a network of its own
 //!   (10.90.0.0/24 from demo's `[readdress] pool`), never on demo's; its
 //!   web, at sb's address, serves demo's records from sb's db, because its
@@ -42,6 +47,7 @@ fn failover_with_own_addresses_end_to_end() {
     a_readdressing_standby_of_demo(&lab);
     // demo-web autostarts with its host: the fence turns that off, failback on again.
     lab.virsh(&["autostart", "demo-web"]);
+    a_failover_killed_after_a_link_went_up_is_rolled_back_by_recover(&lab);
 
     let report = lab.json(&["failover", "demo", "--planned", "--json"]);
 
@@ -67,6 +73,46 @@ fn a_readdressing_standby_of_demo(lab: &LabUnderTest) {
     lab.json(&["snapshot", "demo", "--json"]);
     let created = lab.json(&["standby", "create", "demo", "--name", SB, "--json"]);
     assert_eq!(created["sync"]["mode"], "full", "{created:#}");
+}
+
+/// Killed once sb's web was re-addressed and on its served network:
+/// `recover demo` puts everything back as before the failover.
+fn a_failover_killed_after_a_link_went_up_is_rolled_back_by_recover(lab: &LabUnderTest) {
+    let point = "failover:link up: sb-web onto sb-s-demo-net";
+    let crashed = lab.envclone_crashing_at(&["failover", "demo", "--planned"], point);
+    assert_eq!(crashed.status.code(), None, "killed at {point}: {}", String::from_utf8_lossy(&crashed.stderr));
+    let known_hosts = lab.config().controller.known_hosts;
+    assert!(std::fs::read_to_string(&known_hosts).unwrap().contains(SB_WEB), "trusted before the crash");
+
+    let recovered = lab.json(&["recover", "demo", "--json"]);
+
+    let operations = recovered["environments"][0]["operations"].as_array().cloned().unwrap_or_default();
+    assert!(operations.iter().any(|o| o["kind"] == "failover" && o["outcome"] == "rolled-back"), "{recovered:#}");
+    let hv = lab.hypervisor();
+    for domain in ["sb-web", "sb-db"] {
+        let found = hv.domain(domain).unwrap();
+        assert_eq!(found.state, DomainState::ShutOff, "{domain}");
+        let on: Vec<Option<String>> = found.def.interfaces().into_iter().map(|i| i.network).collect();
+        assert_eq!(on, [Some("sb-demo-net".to_owned())], "{domain} waits on its isolated copy again");
+    }
+    let demo_web = hv.domain("demo-web").unwrap();
+    assert_eq!(demo_web.state, DomainState::Running, "demo serves again");
+    assert!(demo_web.autostart && demo_web.def.fence_stamp().is_none(), "unfenced, autostart as before");
+    assert!(hv.network_names().unwrap().iter().all(|n| !n.starts_with("sb-s-")), "no served network is left");
+    assert!(!std::path::Path::new("/run/netns/envclone-c-sb").exists(), "no gateway is left");
+    assert!(!std::fs::read_to_string(&known_hosts).unwrap().contains(SB_WEB), "sb's address is not trusted any more");
+    assert!(lab.json(&["status", "--json"])["failovers"].as_array().unwrap().is_empty());
+    // demo's agents answer again before the next failover freezes them.
+    wait_for_web_page(&lab.netns(), BEFORE);
+    let answers =
+        || Ok::<_, std::io::Error>(lab.envclone(&["ssh", "demo", "db", "--", "true"]).status.success().then_some(()));
+    envclone::wait::until(
+        "demo-db's agent",
+        std::time::Duration::from_secs(120),
+        std::time::Duration::from_secs(1),
+        answers,
+    )
+    .expect("demo-db answers again");
 }
 
 /// `envclone ssh demo VM -- COMMAND`: reaches whichever side serves demo.

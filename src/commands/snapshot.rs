@@ -25,7 +25,9 @@ pub fn run(global: &GlobalArgs, args: &SnapshotArgs, out: &Output) -> Result<Exi
     // An old primary that came back is fenced first; while a standby serves
     // ENV, the snapshot is of the standby's domains (the config above has
     // them as ENV's), recorded as ENV's.
-    let switches = super::guard::check(&config, &catalog, Some(&args.environment), out)?;
+    let mut switches = super::guard::check(&config, &catalog, Some(&args.environment), out)?;
+    // One failing back serves nothing: the failback decides who serves.
+    switches.retain(|s| s.state == "active");
     for switch in &switches {
         out.progress(&format!(
             "{} is served by standby {} (epoch {}): the snapshot is of {}'s domains",

@@ -174,7 +174,8 @@ pub fn switch_resources(record: &FailoverRecord) -> SwitchResources {
 /// The primary URIs the guard needs for `env` (every environment when none).
 pub fn guard_uris(catalog: &Catalog, default_uri: &str, env: Option<&str>) -> Result<Vec<String>, CatalogError> {
     let mut uris = Vec::new();
-    for record in active_switches(catalog, env)? {
+    // A switch failing back is not guarded: nothing to connect for.
+    for record in active_switches(catalog, env)?.into_iter().filter(|r| r.state == "active") {
         let uri = switch_resources(&record).primary_uri.unwrap_or_else(|| default_uri.to_owned());
         if !uris.contains(&uri) {
             uris.push(uri);
@@ -183,11 +184,12 @@ pub fn guard_uris(catalog: &Catalog, default_uri: &str, env: Option<&str>) -> Re
     Ok(uris)
 }
 
+/// The switches in force: active, or failing back.
 fn active_switches(catalog: &Catalog, env: Option<&str>) -> Result<Vec<FailoverRecord>, CatalogError> {
     let mut envs: Vec<String> = catalog.failovers(env)?.into_iter().map(|f| f.env).collect();
     envs.sort();
     envs.dedup();
-    envs.iter().filter_map(|e| catalog.active_switch(e).transpose()).collect()
+    envs.iter().filter_map(|e| catalog.switch_in_force(e).transpose()).collect()
 }
 
 /// Looks at every fenced primary domain of each switch in force (of `env`
@@ -240,6 +242,10 @@ pub fn guard(
             fences.insert(event.domain.clone(), fence);
         }
         match hosts.get(&uri).copied() {
+            // The failback starts ENV's domains: they are not old primaries.
+            _ if record.state != "active" => {
+                status.unchecked_reason = Some(format!("a failback of {} runs, or was interrupted", record.env));
+            }
             None => status.unchecked_reason = Some(format!("libvirt at {uri} was not asked")),
             Some(PrimaryHost::Unreachable { reason, .. }) => {
                 status.unchecked_reason = Some(format!("libvirt at {uri} does not answer: {reason}"));

@@ -345,3 +345,24 @@ fn the_fence_records_the_autostart_and_the_way_back_gives_it_again() {
     assert_eq!((h.hv.autostart("web"), h.hv.autostart("db")), (Some(true), Some(false)));
     assert_eq!(report.autostart, "as before the failover: db off, web on");
 }
+
+#[test]
+fn a_switch_failing_back_is_shown_but_its_primary_is_not_guarded() {
+    let h = Harness::new();
+    h.primary_down();
+    h.unplanned(false, None, true).unwrap();
+    let id = h.catalog.active_switch("demo").unwrap().unwrap().id;
+    h.catalog.set_switch_state(id, "active", "failing-back").unwrap();
+    // The failback has started demo's web: not an old primary.
+    h.hv.start_domain("web").unwrap();
+    h.hv.clear_calls();
+
+    let status = h.guard(PrimaryHost::Answers(&h.hv));
+
+    assert_eq!(status.len(), 1, "{status:#?}");
+    assert_eq!(status[0].state, "failing-back");
+    assert!(!status[0].checked && status[0].actions.is_empty(), "{status:#?}");
+    assert!(status[0].unchecked_reason.as_deref().unwrap().contains("failback"), "{status:#?}");
+    assert_eq!(h.state("web"), DomainState::Running);
+    assert!(h.primary_changes().is_empty(), "{:?}", h.primary_changes());
+}
