@@ -17,6 +17,10 @@ pub const UNDO_REMOVE_LINK: &str = "clone-remove-link";
 pub const UNDO_FORGET_CLONE: &str = "clone-forget";
 pub const UNDO_DISTRUST_HOST_KEYS: &str = "clone-distrust-host-keys";
 
+/// Every custom kind this module owns (other operations borrow them).
+pub const KINDS: &[&str] =
+    &[UNDO_REMOVE_NETWORK, UNDO_REMOVE_NETNS, UNDO_REMOVE_LINK, UNDO_FORGET_CLONE, UNDO_DISTRUST_HOST_KEYS];
+
 /// known_hosts lines a clone added.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct HostKeys {

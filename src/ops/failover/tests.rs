@@ -457,8 +457,7 @@ fn recover_rolls_back_the_steps_of_a_drill_whose_process_died() {
 
     h.with_context(|ctx| {
         for action in &undos {
-            assert!(crate::ops::recover::describe(action).len() > 3);
-            assert!(!crate::ops::recover::KNOWN_CUSTOM_KINDS.is_empty());
+            assert!(!crate::ops::recover::describe(action).contains("unknown"), "{action:?}");
             super::undo::undo_action(ctx, &h.files, &h.net, action).unwrap();
         }
     });

@@ -765,3 +765,26 @@ fn delete_block_job_left_running_is_aborted() {
     assert!(h.hv.steps().contains(&FakeStep::BlockJobAbort));
     assert_eq!(hv.block_job("web", "vda").unwrap(), None);
 }
+
+#[test]
+fn every_undo_kind_an_operation_journals_is_one_recover_runs() {
+    // A kind missing here makes `recover` refuse the whole operation it
+    // belongs to, exactly when it is needed: after a crash.
+    let owned = [
+        crate::ops::clone::undo::KINDS,
+        crate::ops::standby::undo::KINDS,
+        crate::ops::failover::undo::KINDS,
+        &[
+            crate::ops::restore::UNDO_START_DOMAIN,
+            crate::ops::restore::UNDO_STOP_DOMAIN,
+            crate::ops::restore::UNDO_REDEFINE_DISKS,
+            crate::ops::delete::UNDO_ABORT_BLOCK_JOB,
+            crate::ops::snapshot::UNDO_FAIL_SNAPSHOT_NAMED,
+        ],
+    ];
+    for kind in owned.iter().flat_map(|kinds| kinds.iter()) {
+        assert!(KNOWN_CUSTOM_KINDS.contains(kind), "recover does not know '{kind}'");
+        let action = UndoAction::Custom { kind: (*kind).to_owned(), data: serde_json::json!({}) };
+        assert!(!describe(&action).contains("unknown"), "{kind}: {}", describe(&action));
+    }
+}

@@ -40,7 +40,9 @@ use std::path::{Path, PathBuf};
 use crate::catalog::{CatalogError, ImageFormat, SnapshotId, SnapshotState, UndoAction};
 use crate::error::chain as error_chain;
 use crate::hypervisor::{DomainState, HvError, Hypervisor};
-use crate::ops::clone::undo::{UNDO_FORGET_CLONE, UNDO_REMOVE_LINK, UNDO_REMOVE_NETNS, UNDO_REMOVE_NETWORK};
+use crate::ops::clone::undo::{
+    UNDO_DISTRUST_HOST_KEYS, UNDO_FORGET_CLONE, UNDO_REMOVE_LINK, UNDO_REMOVE_NETNS, UNDO_REMOVE_NETWORK,
+};
 use crate::ops::context::OpContext;
 use crate::ops::delete::UNDO_ABORT_BLOCK_JOB;
 use crate::ops::failover::undo::{
@@ -65,6 +67,7 @@ pub const KNOWN_CUSTOM_KINDS: &[&str] = &[
     UNDO_REMOVE_NETNS,
     UNDO_REMOVE_LINK,
     UNDO_FORGET_CLONE,
+    UNDO_DISTRUST_HOST_KEYS,
     UNDO_RESTORE_PINS,
     UNDO_DROP_COPY,
     UNDO_FINISH_SYNC,
@@ -128,6 +131,13 @@ pub fn describe(action: &UndoAction) -> String {
         }
         UndoAction::Custom { kind, data } if kind == UNDO_FORGET_CLONE => {
             format!("forget clone {} and its overlays", data["clone"].as_str().unwrap_or("?"))
+        }
+        UndoAction::Custom { kind, data } if kind == UNDO_DISTRUST_HOST_KEYS => {
+            let lines = data["lines"].as_array().map_or(0, Vec::len);
+            format!(
+                "remove the {lines} known_hosts line(s) it added from {}",
+                data["known_hosts"].as_str().unwrap_or("?")
+            )
         }
         UndoAction::Custom { kind, data } if crate::ops::standby::undo::KINDS.contains(&kind.as_str()) => {
             crate::ops::standby::undo::describe(kind, data)
@@ -270,7 +280,11 @@ impl Undoer<'_, '_> {
                 crate::ops::delete::undo(self.ctx.hv, &action())?;
                 Ok(Undone::Done(describe(&action())))
             }
-            UNDO_REMOVE_NETWORK | UNDO_REMOVE_NETNS | UNDO_REMOVE_LINK | UNDO_FORGET_CLONE => {
+            UNDO_REMOVE_NETWORK
+            | UNDO_REMOVE_NETNS
+            | UNDO_REMOVE_LINK
+            | UNDO_FORGET_CLONE
+            | UNDO_DISTRUST_HOST_KEYS => {
                 let (files, net) = (crate::ops::restore::QemuImg, crate::ops::clone::IpCommand);
                 crate::ops::clone::undo::undo_action(self.ctx.hv, self.ctx.catalog, &files, &net, &action())?;
                 Ok(Undone::Done(describe(&action())))
