@@ -28,13 +28,14 @@ pub(super) fn human(report: &FailbackReport) -> String {
         FailbackAction::FailedBack => format!(
             "{env} failed back from standby {sb}: {env} serves at its addresses again, epoch {} (was {})\n  downtime \
              {:.1} s (from {sb}'s stop until every agent of {env} answered); carried home {:.1} MiB ({:.1} MiB while \
-             {sb} served, {:.1} MiB after it stopped)\n",
+             {sb} served, {:.1} MiB after it stopped; {:.1} MiB were home already, carried by the home sync)\n",
             report.epoch,
             report.previous_epoch,
             report.downtime_ms as f64 / 1000.0,
             mib(report.bytes_home),
             mib(report.bytes_while_serving),
-            mib(report.bytes_after_stop)
+            mib(report.bytes_after_stop),
+            mib(report.bytes_home_before)
         ),
     };
     text.push_str(&super::failover::steps(&report.steps));

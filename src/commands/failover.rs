@@ -133,12 +133,16 @@ pub(super) fn steps(steps: &[StepTime]) -> String {
 
 fn switched(report: &SwitchReport) -> String {
     let (env, sb) = (&report.env, &report.standby);
+    let at = match report.readdressed {
+        Some(_) => "its own addresses".to_owned(),
+        None => format!("{env}'s addresses"),
+    };
     let mut text = match report.action {
         SwitchAction::AlreadyFailedOver => {
             format!("{env} failed over to standby {sb} already (epoch {}): nothing done\n", report.epoch)
         }
         SwitchAction::FailedOver if report.mode == "planned" => format!(
-            "{env} failed over to standby {sb} (planned, epoch {}): {sb} serves at {env}'s addresses, {} fenced\n  \
+            "{env} failed over to standby {sb} (planned, epoch {}): {sb} serves at {at}, {} fenced\n  \
              RPO {} s (final snapshot {}; {env} ran on {} ms after it before it was fenced), RTO {:.1} s\n",
             report.epoch,
             report.fenced.join(", "),
@@ -148,7 +152,7 @@ fn switched(report: &SwitchReport) -> String {
             report.rto_ms as f64 / 1000.0
         ),
         SwitchAction::FailedOver => format!(
-            "{env} failed over to standby {sb} (unplanned, epoch {}): {sb} serves at {env}'s addresses from snapshot \
+            "{env} failed over to standby {sb} (unplanned, epoch {}): {sb} serves at {at} from snapshot \
              {}\n  RPO {} s (the age of that point: what {env} wrote after it is not carried over), RTO {:.1} s\n",
             report.epoch,
             report.snapshot,
@@ -181,6 +185,45 @@ fn switched(report: &SwitchReport) -> String {
                 vm.macs.join(", ")
             ));
         }
+        if let Some(readdressed) = &report.readdressed {
+            let served: Vec<String> = readdressed
+                .vms
+                .iter()
+                .map(|vm| format!("{} {} ({}, was {})", vm.vm, vm.address, vm.hostname, vm.primary_address))
+                .collect();
+            text.push_str(&format!(
+                "  point {env}'s clients at {sb}'s own addresses (DNS, load balancer): {}\n",
+                served.join(", ")
+            ));
+        }
     }
     text
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_standby_serving_at_its_own_addresses_is_said_to_and_its_addresses_listed() {
+        let report: SwitchReport = serde_json::from_value(serde_json::json!({
+            "env": "demo", "standby": "sb", "mode": "planned", "action": "failed-over", "epoch": 1,
+            "snapshot": "s1", "rpo_seconds": 0, "unprotected_ms": 40, "rto_ms": 30000, "fenced": ["demo-web"],
+            "vms": [{ "vm": "web", "domain": "sb-web", "primary_domain": "demo-web", "macs": ["52:54:00:00:00:02"],
+                      "networks": ["sb-s-demo-net"], "address": "10.90.0.11" }],
+            "readdressed": { "networks": [], "map": {}, "primary_subnets": ["10.77.1.0/24"],
+                "vms": [{ "vm": "web", "address": "10.90.0.11/24", "hostname": "sb-web", "gateway": "10.90.0.1",
+                          "primary_address": "10.77.1.11", "primary_hostname": "web" }] },
+            "started_at": "2026-12-07T02:00:00Z", "steps": [], "duration_ms": 30000
+        }))
+        .unwrap();
+
+        let text = switched(&report);
+
+        assert!(text.contains("sb serves at its own addresses, demo-web fenced"), "{text}");
+        assert!(text.contains("point demo's clients at sb's own addresses"), "{text}");
+        assert!(text.contains("web 10.90.0.11/24 (sb-web, was 10.77.1.11)"), "{text}");
+        let takeover = SwitchReport { readdressed: None, ..report };
+        assert!(switched(&takeover).contains("sb serves at demo's addresses"));
+    }
 }
