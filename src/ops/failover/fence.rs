@@ -290,7 +290,7 @@ pub fn guard(
 }
 
 /// The age of `env`'s snapshot `snapshot` at `now`.
-fn home_lag(
+pub(super) fn home_lag(
     catalog: &Catalog,
     env: &str,
     snapshot: Option<&str>,

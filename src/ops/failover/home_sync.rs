@@ -328,11 +328,9 @@ fn fill(
     started: Instant,
 ) -> HomeSyncReport {
     report.snapshot = resources.home_snapshot.clone();
-    report.lag_seconds = report
-        .snapshot
-        .as_deref()
-        .and_then(|name| ctx.catalog.snapshot_named(&report.env, name).ok().flatten())
-        .map(|s| (ctx.clock.now() - s.created_at).num_seconds().max(0));
+    // The sync is done and recorded: a lag that cannot be read is left out.
+    report.lag_seconds =
+        super::fence::home_lag(ctx.catalog, &report.env, report.snapshot.as_deref(), ctx.clock.now()).ok().flatten();
     report.bytes_home = resources.home.iter().map(|c| c.bytes).sum();
     report.duration_ms = millis(started.elapsed());
     report

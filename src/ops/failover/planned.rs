@@ -145,7 +145,7 @@ pub fn planned(ctx: &OpContext<'_>, request: &DrillRequest, tools: Tools<'_>) ->
     let started_at = ctx.clock.now();
     let standby = pick_standby(ctx, request)?;
     let primary = ctx.config.environment(&request.env)?.clone();
-    super::readdress::network_mode(ctx, &standby.name, &primary, &request.env)?;
+    let network = super::readdress::network_mode(ctx, &standby.name, &primary, &request.env)?;
     if let Some(report) = already_switched(ctx, &request.env, &standby.name)? {
         return Ok(report);
     }
@@ -181,7 +181,7 @@ pub fn planned(ctx: &OpContext<'_>, request: &DrillRequest, tools: Tools<'_>) ->
     let epoch = ctx.catalog.last_epoch(&request.env)? + 1;
     let mut run = Run::new(ctx, tools, &request.env, started)?;
     run.steps.push(final_step);
-    let result = switch(&mut run, &standby, &primary, &snapshot.name, thawed, epoch);
+    let result = switch(&mut run, &standby, &primary, &snapshot.name, thawed, epoch, network);
     let (takeover, fenced, unprotected, rto) = match result {
         Ok(done) => done,
         Err(error) => return Err(run.roll_back(error)),
@@ -280,12 +280,24 @@ pub(super) fn active_environment(
 ) -> crate::config::Environment {
     let mut environment = match &report.readdressed {
         Some(readdressed) => super::readdress::served_environment(primary, &report.vms, readdressed, libvirt_netns),
-        None => primary.clone(),
+        None => in_standby_domains(primary, &report.vms, |_, _| {}),
     };
     environment.storage = Some(standby.storage.join("active"));
-    for vm in &report.vms {
+    environment
+}
+
+/// ENV as reached in SB: each of `vms` in its SB domain, its agent
+/// endpoint ENV's as `endpoint` leaves it (another address, a namespace).
+pub(super) fn in_standby_domains(
+    primary: &crate::config::Environment,
+    vms: &[TakeoverVm],
+    endpoint: impl Fn(&TakeoverVm, &mut crate::config::AgentEndpoint),
+) -> crate::config::Environment {
+    let mut environment = primary.clone();
+    for vm in vms {
         if let Some(config) = environment.vms.get_mut(&vm.vm) {
             config.domain = vm.domain.clone();
+            endpoint(vm, &mut config.agent);
         }
     }
     environment
@@ -300,6 +312,7 @@ fn switch(
     snapshot: &str,
     thawed: Instant,
     epoch: i64,
+    network: StandbyNetwork,
 ) -> Result<(Takeover, Vec<String>, std::time::Duration, std::time::Duration), FailoverError> {
     let ctx = run.ctx;
     let state_dir = &ctx.config.controller.state_dir;
@@ -338,7 +351,7 @@ fn switch(
 
     // On fresh epoch overlays, as an unplanned failover: SB's copy stays
     // the final snapshot, and what SB writes is what a failback carries home.
-    let takeover = take_over(run, standby, primary, epoch)?;
+    let takeover = take_over(run, standby, primary, epoch, network)?;
     let rto = run.started.elapsed();
     Ok((takeover, fenced, unprotected, rto))
 }
@@ -353,17 +366,18 @@ pub(super) struct Takeover {
 /// SB takes over on fresh epoch overlays: with the primary's MACs and
 /// networks (each domain redefined, started, its agents awaited at the
 /// primary's addresses), or with its own addresses (`readdress.rs`), as
-/// its config says.
+/// its config says (`network`, checked by the caller before the fence).
 pub(super) fn take_over(
     run: &mut Run<'_, '_>,
     standby: &crate::catalog::StandbyRecord,
     primary: &crate::config::Environment,
     epoch: i64,
+    network: StandbyNetwork,
 ) -> Result<Takeover, FailoverError> {
     let ctx = run.ctx;
     let name = standby.name.clone();
     let _standby_lock = EnvLock::acquire(&ctx.config.controller.state_dir, &name, "failover (take over)")?;
-    if super::readdress::network_mode(ctx, &name, primary, &standby.primary)? == StandbyNetwork::Readdress {
+    if network == StandbyNetwork::Readdress {
         let (vms, readdressed) = super::readdress::take_over(run, standby, primary, epoch)?;
         return Ok(Takeover { vms, readdressed: Some(readdressed) });
     }
@@ -407,12 +421,7 @@ pub(super) fn take_over(
         });
     }
     super::drill::start_domains(run, vms.iter().map(|vm| vm.domain.as_str()))?;
-    let mut environment = primary.clone();
-    for vm in &vms {
-        if let Some(config) = environment.vms.get_mut(&vm.vm) {
-            config.domain = vm.domain.clone();
-        }
-    }
+    let environment = in_standby_domains(primary, &vms, |_, _| {});
     wait_for_agents(run, &format!("wait for {name}'s agents at {}'s addresses", standby.primary), &environment)?;
     Ok(Takeover { vms, readdressed: None })
 }

@@ -47,7 +47,7 @@ use ipnet::Ipv4Net;
 use serde::{Deserialize, Serialize};
 
 use super::drill::{gateway, start_domains, wait_for_agents, Run};
-use super::planned::{epoch_overlays, TakeoverVm};
+use super::planned::{epoch_overlays, in_standby_domains, TakeoverVm};
 use super::{undo, FailoverError};
 use crate::catalog::{ClonedNetwork, StandbyRecord, UndoAction};
 use crate::config::{Environment, Rewrite, StandbyNetwork};
@@ -86,11 +86,6 @@ impl Readdressed {
     fn subnets(&self) -> Vec<String> {
         let subnet = |gateway: &str| gateway.parse::<Ipv4Net>().ok().map(|net| net.trunc().to_string());
         self.networks.iter().filter_map(|n| n.gateway.as_deref().and_then(subnet)).collect()
-    }
-
-    /// SB's served network of the primary's network `source`.
-    pub fn served(&self, source: &str) -> Option<&ClonedNetwork> {
-        self.networks.iter().find(|n| n.source == source)
     }
 }
 
@@ -200,13 +195,7 @@ pub(super) fn take_over(
     let netns = names::gateway_netns(sb);
     let links = gateway(run, sb, &netns, &standby.resources.networks)?;
     start_domains(run, vms.iter().map(|vm| vm.domain.as_str()))?;
-    let mut quarantined = primary.clone();
-    for vm in &vms {
-        if let Some(config) = quarantined.vms.get_mut(&vm.vm) {
-            config.domain = vm.domain.clone();
-            config.agent.netns = Some(netns.clone());
-        }
-    }
+    let quarantined = in_standby_domains(primary, &vms, |_, agent| agent.netns = Some(netns.clone()));
     wait_for_agents(run, &format!("wait for {sb}'s agents in its isolated networks"), &quarantined)?;
 
     let agents = (run.tools.agents)(&quarantined);
@@ -369,15 +358,11 @@ pub(super) fn served_environment(
     readdressed: &Readdressed,
     libvirt_netns: Option<&str>,
 ) -> Environment {
-    let mut environment = primary.clone();
+    let mut environment = in_standby_domains(primary, vms, |vm, agent| {
+        agent.address = vm.address.clone();
+        agent.netns = libvirt_netns.map(str::to_owned);
+    });
     environment.networks = readdressed.networks.iter().map(|n| n.name.clone()).collect();
-    for vm in vms {
-        if let Some(config) = environment.vms.get_mut(&vm.vm) {
-            config.domain = vm.domain.clone();
-            config.agent.address = vm.address.clone();
-            config.agent.netns = libvirt_netns.map(str::to_owned);
-        }
-    }
     environment
 }
 

@@ -66,7 +66,7 @@ pub fn unplanned(
     let started_at = ctx.clock.now();
     let standby = pick_standby(ctx, request)?;
     let primary = ctx.config.environment(&request.env)?.clone();
-    super::readdress::network_mode(ctx, &standby.name, &primary, &request.env)?;
+    let network = super::readdress::network_mode(ctx, &standby.name, &primary, &request.env)?;
     if let Some(report) = already_switched(ctx, &request.env, &standby.name)? {
         return Ok(report);
     }
@@ -92,7 +92,7 @@ pub fn unplanned(
     let mut run = Run::new(ctx, tools, &request.env, started)?;
     let result = (|| {
         let fence = fence_primary(&mut run, &request.env, &primary, primary_host, epoch)?;
-        let takeover = take_over(&mut run, &standby, &primary, epoch)?;
+        let takeover = take_over(&mut run, &standby, &primary, epoch, network)?;
         Ok((fence, takeover))
     })();
     let (fence, takeover) = match result {
