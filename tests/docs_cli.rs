@@ -419,6 +419,7 @@ fn every_envclone_command_line_in_the_docs_parses() {
         .filter_map(|m| check(m).err().map(|e| format!("{}:{}: {}\n    {e}", relative(&m.file), m.line, m.text)))
         .collect();
 
+    println!("{} envclone command lines checked", all.len());
     assert!(failures.is_empty(), "{} command line(s) in the docs do not parse:\n{}", failures.len(), failures.join("\n"));
     assert!(all.len() > MIN_COMMAND_LINES, "only {} envclone command lines found in the docs", all.len());
 }
@@ -502,6 +503,7 @@ fn every_relative_link_in_the_docs_resolves() {
         }
     }
 
+    println!("{checked} relative links checked");
     assert!(failures.is_empty(), "{} broken link(s) in the docs:\n{}", failures.len(), failures.join("\n"));
     assert!(checked > MIN_RELATIVE_LINKS, "only {checked} relative links found in the docs");
 }
