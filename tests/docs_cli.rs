@@ -420,7 +420,12 @@ fn every_envclone_command_line_in_the_docs_parses() {
         .collect();
 
     println!("{} envclone command lines checked", all.len());
-    assert!(failures.is_empty(), "{} command line(s) in the docs do not parse:\n{}", failures.len(), failures.join("\n"));
+    assert!(
+        failures.is_empty(),
+        "{} command line(s) in the docs do not parse:\n{}",
+        failures.len(),
+        failures.join("\n")
+    );
     assert!(all.len() > MIN_COMMAND_LINES, "only {} envclone command lines found in the docs", all.len());
 }
 
@@ -539,14 +544,22 @@ fn synopsis_stands_for_all_in_all_out_and_each_alternative() {
     let lines: Vec<String> = argvs.iter().map(|a| a.join(" ")).collect();
     assert_eq!(
         lines,
-        ["envclone check --live ENV --quiesce a -- CMD", "envclone check --live ENV --quiesce b -- CMD", "envclone check"]
+        [
+            "envclone check --live ENV --quiesce a -- CMD",
+            "envclone check --live ENV --quiesce b -- CMD",
+            "envclone check"
+        ]
     );
 }
 
 #[test]
 fn checker_refuses_an_unknown_flag() {
-    let mention =
-        Mention { file: "x.md".into(), line: 1, text: "envclone snapshot demo --no-such-flag".into(), form: Form::Typed };
+    let mention = Mention {
+        file: "x.md".into(),
+        line: 1,
+        text: "envclone snapshot demo --no-such-flag".into(),
+        form: Form::Typed,
+    };
 
     assert!(check(&mention).is_err());
 }
