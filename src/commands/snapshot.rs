@@ -27,7 +27,7 @@ pub fn run(global: &GlobalArgs, args: &SnapshotArgs, out: &Output) -> Result<Exi
     // them as ENV's), recorded as ENV's.
     let mut switches = super::guard::check(&config, &catalog, Some(&args.environment), out)?;
     // One failing back serves nothing: the failback decides who serves.
-    switches.retain(|s| s.state == "active");
+    switches.retain(|s| s.state == crate::catalog::FailoverState::Active);
     for switch in &switches {
         out.progress(&format!(
             "{} is served by standby {} (epoch {}): the snapshot is of {}'s domains",

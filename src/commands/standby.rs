@@ -73,7 +73,10 @@ pub fn run(global: &GlobalArgs, command: StandbyCommand, out: &Output) -> Result
 
 /// The primary `standby` serves (a role switch in force), if it does.
 fn serving(catalog: &Catalog, standby: &str) -> Result<Option<String>> {
-    Ok(catalog.open_failover(standby)?.filter(|open| open.mode != "test").map(|open| open.env))
+    Ok(catalog
+        .open_failover(standby)?
+        .filter(|open| open.mode != crate::catalog::FailoverMode::Test)
+        .map(|open| open.env))
 }
 
 fn home_synced(report: &HomeSyncReport) -> String {

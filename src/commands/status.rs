@@ -137,8 +137,8 @@ fn human(report: &StatusReport) -> String {
                 switch.env.clone(),
                 switch.active.clone(),
                 switch.epoch.to_string(),
-                match switch.state.as_str() {
-                    "active" => switch.mode.clone(),
+                match switch.state {
+                    crate::catalog::FailoverState::Active => switch.mode.to_string(),
                     state => format!("{}, {state}", switch.mode),
                 },
                 time(Some(switch.since)),

@@ -212,7 +212,9 @@ impl Scheduler {
         let catalog = Arc::clone(&self.catalog);
         let switched = tokio::task::spawn_blocking(move || -> crate::Result<bool> {
             let catalog = execute::lock(&catalog);
-            Ok(catalog.failovers(None)?.iter().any(|f| f.mode != "test" && f.state == "active"))
+            Ok(catalog.failovers(None)?.iter().any(|f| {
+                f.mode != crate::catalog::FailoverMode::Test && f.state == crate::catalog::FailoverState::Active
+            }))
         })
         .await;
         match switched {
@@ -266,7 +268,9 @@ impl Scheduler {
                     // home (taken before a restore on the standby) is not
                     // looked at again on every tick. A drill, or a switch
                     // failing back, is left alone.
-                    if open.mode == "test" || open.state != "active" {
+                    if open.mode == crate::catalog::FailoverMode::Test
+                        || open.state != crate::catalog::FailoverState::Active
+                    {
                         continue;
                     }
                     let home = crate::ops::failover::fence::switch_resources(&open);
