@@ -9,14 +9,87 @@
 //! to reach the standby's VMs (`environment`: `envclone ssh SB VM` goes
 //! through the drill's gateway namespace) and what the drill made
 //! (`resources`), which ending it removes and nothing else.
+//!
+//! A row's state by its mode (see [`FailoverState::valid_transition`] and
+//! [`FailoverMode::has_state`]); the arrows back are the undo of a
+//! failback's steps:
+//!
+//! ```text
+//! test:               running ──> ended
+//! planned, unplanned: active ──> failing-back ──> ended
+//!                       ^            │  ^           │
+//!                       └────────────┘  └───────────┘
+//! failback:           ended (recorded so, with the end of its switch)
+//! ```
+
+use std::fmt;
 
 use chrono::{DateTime, Utc};
-use rusqlite::{params, OptionalExtension, Row};
+use rusqlite::types::{FromSql, FromSqlError, FromSqlResult, ToSql, ToSqlOutput, ValueRef};
+use rusqlite::{params, OptionalExtension, Row, Transaction};
 use serde::{Deserialize, Serialize};
 
+use super::model::text_enum;
 use super::{Catalog, CatalogError, Timestamp};
 
 const COLUMNS: &str = "id, env, standby, mode, epoch, state, started_at, finished_at, environment, resources, report";
+
+text_enum!(
+    /// What a failover is. See [`FailoverMode::has_state`].
+    FailoverMode {
+        /// A DR drill: the standby runs beside the primary, isolated.
+        Test => "test",
+        /// A role switch after a final snapshot, the primary fenced.
+        Planned => "planned",
+        /// A role switch to the standby's last synced snapshot, the
+        /// primary fenced (or unreachable).
+        Unplanned => "unplanned",
+        /// The return of a switch: the primary active again, at a new epoch.
+        Failback => "failback",
+    }
+);
+
+text_enum!(
+    /// Where a failover is in its life. See [`FailoverState::valid_transition`].
+    FailoverState {
+        /// A drill under way.
+        Running => "running",
+        /// A switch in force: the standby is the active side.
+        Active => "active",
+        /// A switch while a failback hands the environment back (or after
+        /// one was interrupted: `envclone recover ENV`).
+        FailingBack => "failing-back",
+        Ended => "ended",
+    }
+);
+
+impl FailoverMode {
+    /// Whether a failover of this mode is ever in `state`: only a switch
+    /// is active or fails back, only a drill runs.
+    pub fn has_state(self, state: FailoverState) -> bool {
+        use FailoverState::*;
+        match self {
+            FailoverMode::Test => matches!(state, Running | Ended),
+            FailoverMode::Planned | FailoverMode::Unplanned => matches!(state, Active | FailingBack | Ended),
+            FailoverMode::Failback => state == Ended,
+        }
+    }
+}
+
+impl FailoverState {
+    /// The one place that says which state changes a failover may make.
+    /// `failing-back -> active` and `ended -> failing-back` are the undo of
+    /// a failback's steps (marking the switch, recording its end).
+    pub fn valid_transition(self, to: FailoverState) -> bool {
+        use FailoverState::*;
+        match self {
+            Running => matches!(to, Ended),
+            Active => matches!(to, FailingBack),
+            FailingBack => matches!(to, Active | Ended),
+            Ended => matches!(to, FailingBack),
+        }
+    }
+}
 
 /// One failover: a drill, or a role switch (planned or unplanned).
 #[derive(Debug, Clone, PartialEq, Serialize)]
@@ -25,14 +98,11 @@ pub struct FailoverRecord {
     /// The primary.
     pub env: String,
     pub standby: String,
-    /// `test`, `planned`, `unplanned` or `failback`.
-    pub mode: String,
+    pub mode: FailoverMode,
     /// The role switch's number (a failback's: the epoch it starts, ENV
     /// home again); none for a drill.
     pub epoch: Option<i64>,
-    /// `running` (a drill under way), `active` (the switch in force),
-    /// `failing-back` (the switch, while a failback hands ENV back) or `ended`.
-    pub state: String,
+    pub state: FailoverState,
     pub started_at: DateTime<Utc>,
     pub finished_at: Option<DateTime<Utc>>,
     /// How to reach the standby's VMs (JSON of `config::Environment`).
@@ -48,9 +118,9 @@ pub struct FailoverRecord {
 pub struct NewFailover {
     pub env: String,
     pub standby: String,
-    pub mode: String,
+    pub mode: FailoverMode,
     pub epoch: Option<i64>,
-    pub state: String,
+    pub state: FailoverState,
     pub started_at: DateTime<Utc>,
     pub environment: serde_json::Value,
     pub resources: serde_json::Value,
@@ -117,16 +187,28 @@ impl Catalog {
         rows.collect::<Result<_, _>>().map_err(CatalogError::query(what))
     }
 
-    /// Ends the standby's open failover; false if there was none.
+    /// Ends the standby's open failover; false if there was none. A switch
+    /// is refused unless it is failing back: it ends with its failback.
     pub fn end_failover(&self, standby: &str, at: DateTime<Utc>) -> Result<bool, CatalogError> {
-        let changed = self
-            .conn
-            .execute(
-                "UPDATE failovers SET state = 'ended', finished_at = ?1 WHERE standby = ?2 AND state <> 'ended'",
-                params![Timestamp(at), standby],
+        let what = "end a failover";
+        let tx = self.write(what)?;
+        let open: Option<(i64, FailoverMode, FailoverState)> = tx
+            .query_row(
+                "SELECT id, mode, state FROM failovers WHERE standby = ?1 AND state <> 'ended' ORDER BY id DESC",
+                [standby],
+                |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
             )
-            .map_err(CatalogError::query("end a failover"))?;
-        Ok(changed > 0)
+            .optional()
+            .map_err(CatalogError::query(what))?;
+        let Some((id, mode, state)) = open else { return Ok(false) };
+        check_transition(id, mode, state, FailoverState::Ended)?;
+        tx.execute(
+            "UPDATE failovers SET state = ?1, finished_at = ?2 WHERE id = ?3",
+            params![FailoverState::Ended, Timestamp(at), id],
+        )
+        .map_err(CatalogError::query(what))?;
+        tx.commit().map_err(CatalogError::query(what))?;
+        Ok(true)
     }
 
     /// Forgets the standby's open failover (the undo of recording it); false if there was none.
@@ -288,7 +370,7 @@ impl Catalog {
     pub fn set_failover_resources(
         &self,
         id: i64,
-        state: &str,
+        state: FailoverState,
         resources: &serde_json::Value,
     ) -> Result<bool, CatalogError> {
         let changed = self
@@ -301,13 +383,27 @@ impl Catalog {
         Ok(changed > 0)
     }
 
-    /// Moves switch `id` from state `from` to `to`; false if it was not in `from`.
-    pub fn set_switch_state(&self, id: i64, from: &str, to: &str) -> Result<bool, CatalogError> {
-        let changed = self
-            .conn
-            .execute("UPDATE failovers SET state = ?1 WHERE id = ?2 AND state = ?3", params![to, id, from])
-            .map_err(CatalogError::query("change a switch's state"))?;
-        Ok(changed > 0)
+    /// Moves switch `id` from state `from` to `to`; false if it was not in
+    /// `from`. A change [`FailoverState::valid_transition`] or the
+    /// failover's mode does not allow is refused.
+    pub fn set_switch_state(&self, id: i64, from: FailoverState, to: FailoverState) -> Result<bool, CatalogError> {
+        let what = "change a switch's state";
+        if !from.valid_transition(to) {
+            return Err(CatalogError::InvalidTransition {
+                what: format!("failover {id}"),
+                from: from.as_str(),
+                to: to.as_str(),
+            });
+        }
+        let tx = self.write(what)?;
+        match mode_and_state(&tx, id, what)? {
+            Some((mode, state)) if state == from => check_transition(id, mode, from, to)?,
+            _ => return Ok(false),
+        }
+        tx.execute("UPDATE failovers SET state = ?1 WHERE id = ?2", params![to, id])
+            .map_err(CatalogError::query(what))?;
+        tx.commit().map_err(CatalogError::query(what))?;
+        Ok(true)
     }
 
     /// Ends switch `switch` and records the failback `failback` (mode
@@ -316,15 +412,17 @@ impl Catalog {
     pub fn record_failback(&self, switch: i64, failback: &NewFailover, at: DateTime<Utc>) -> Result<i64, CatalogError> {
         let what = "record a failback";
         let tx = self.write(what)?;
-        let changed = tx
-            .execute(
-                "UPDATE failovers SET state = 'ended', finished_at = ?1 WHERE id = ?2 AND state <> 'ended'",
-                params![Timestamp(at), switch],
-            )
-            .map_err(CatalogError::query(what))?;
-        if changed == 0 {
-            return Err(CatalogError::NotFound { what: format!("switch {switch} in force") });
+        match mode_and_state(&tx, switch, what)? {
+            Some((mode, state)) if state != FailoverState::Ended => {
+                check_transition(switch, mode, state, FailoverState::Ended)?
+            }
+            _ => return Err(CatalogError::NotFound { what: format!("switch {switch} in force") }),
         }
+        tx.execute(
+            "UPDATE failovers SET state = ?1, finished_at = ?2 WHERE id = ?3",
+            params![FailoverState::Ended, Timestamp(at), switch],
+        )
+        .map_err(CatalogError::query(what))?;
         tx.execute(
             &format!(
                 "INSERT INTO failovers ({COLUMNS}) VALUES (NULL, ?1, ?2, 'failback', ?3, 'ended', ?4, ?5, ?6, ?7, ?8)"
@@ -353,13 +451,36 @@ impl Catalog {
         let tx = self.write(what)?;
         tx.execute("DELETE FROM failovers WHERE env = ?1 AND mode = 'failback' AND epoch = ?2", params![env, epoch])
             .map_err(CatalogError::query(what))?;
-        tx.execute(
-            "UPDATE failovers SET state = 'failing-back', finished_at = NULL WHERE id = ?1 AND state = 'ended'",
-            [switch],
-        )
-        .map_err(CatalogError::query(what))?;
+        if let Some((mode, FailoverState::Ended)) = mode_and_state(&tx, switch, what)? {
+            check_transition(switch, mode, FailoverState::Ended, FailoverState::FailingBack)?;
+            tx.execute(
+                "UPDATE failovers SET state = ?1, finished_at = NULL WHERE id = ?2",
+                params![FailoverState::FailingBack, switch],
+            )
+            .map_err(CatalogError::query(what))?;
+        }
         tx.commit().map_err(CatalogError::query(what))
     }
+}
+
+/// Failover `id`'s mode and state, if it is recorded.
+fn mode_and_state(
+    tx: &Transaction<'_>,
+    id: i64,
+    what: &'static str,
+) -> Result<Option<(FailoverMode, FailoverState)>, CatalogError> {
+    tx.query_row("SELECT mode, state FROM failovers WHERE id = ?1", [id], |r| Ok((r.get(0)?, r.get(1)?)))
+        .optional()
+        .map_err(CatalogError::query(what))
+}
+
+/// Refuses a change of failover `id` that [`FailoverState::valid_transition`]
+/// or its mode ([`FailoverMode::has_state`]) does not allow.
+fn check_transition(id: i64, mode: FailoverMode, from: FailoverState, to: FailoverState) -> Result<(), CatalogError> {
+    if from.valid_transition(to) && mode.has_state(to) {
+        return Ok(());
+    }
+    Err(CatalogError::InvalidTransition { what: format!("{mode} failover {id}"), from: from.as_str(), to: to.as_str() })
 }
 
 fn failover_row(row: &Row<'_>) -> rusqlite::Result<FailoverRecord> {
@@ -392,14 +513,152 @@ mod tests {
         NewFailover {
             env: "demo".into(),
             standby: standby.into(),
-            mode: "test".into(),
+            mode: FailoverMode::Test,
             epoch: None,
-            state: "running".into(),
+            state: FailoverState::Running,
             started_at: Utc.with_ymd_and_hms(2024, 5, 1, 2, 0, 0).unwrap(),
             environment: serde_json::json!({}),
             resources: serde_json::json!({ "netns": "envclone-c-sb" }),
             report: serde_json::json!({}),
         }
+    }
+
+    #[test]
+    fn failover_transitions_per_state() {
+        use FailoverState::*;
+        let allowed: &[(FailoverState, &[FailoverState])] =
+            &[(Running, &[Ended]), (Active, &[FailingBack]), (FailingBack, &[Active, Ended]), (Ended, &[FailingBack])];
+        assert_eq!(allowed.len(), FailoverState::ALL.len());
+        for (from, targets) in allowed {
+            for to in FailoverState::ALL {
+                assert_eq!(from.valid_transition(*to), targets.contains(to), "{from} -> {to}");
+            }
+        }
+    }
+
+    #[test]
+    fn failover_states_per_mode() {
+        use FailoverState::*;
+        let allowed: &[(FailoverMode, &[FailoverState])] = &[
+            (FailoverMode::Test, &[Running, Ended]),
+            (FailoverMode::Planned, &[Active, FailingBack, Ended]),
+            (FailoverMode::Unplanned, &[Active, FailingBack, Ended]),
+            (FailoverMode::Failback, &[Ended]),
+        ];
+        assert_eq!(allowed.len(), FailoverMode::ALL.len());
+        for (mode, states) in allowed {
+            for state in FailoverState::ALL {
+                assert_eq!(mode.has_state(*state), states.contains(state), "{mode} in {state}");
+            }
+        }
+    }
+
+    #[test]
+    fn modes_and_states_read_and_serialize_as_the_text_the_catalog_stores() {
+        assert_eq!("failing-back".parse::<FailoverState>(), Ok(FailoverState::FailingBack));
+        assert_eq!("unplanned".parse::<FailoverMode>(), Ok(FailoverMode::Unplanned));
+        assert_eq!(serde_json::to_string(&FailoverState::FailingBack).unwrap(), r#""failing-back""#);
+        assert_eq!(serde_json::to_string(&FailoverMode::Test).unwrap(), r#""test""#);
+
+        let error = "serving".parse::<FailoverState>().unwrap_err();
+
+        assert!(error.contains(r#""serving""#), "{error}");
+    }
+
+    #[test]
+    fn every_mode_and_state_is_stored_as_text_the_schema_accepts_and_read_back() {
+        let dir = tempfile::tempdir().unwrap();
+        let catalog = Catalog::open(dir.path()).unwrap();
+        let mut written = Vec::new();
+        for mode in FailoverMode::ALL {
+            for state in FailoverState::ALL {
+                let standby = format!("sb-{mode}-{state}");
+                catalog.add_failover(&NewFailover { mode: *mode, state: *state, ..drill(&standby) }).unwrap();
+                written.push((standby, *mode, *state));
+            }
+        }
+
+        let mut read: Vec<_> =
+            catalog.failovers(None).unwrap().into_iter().map(|f| (f.standby, f.mode, f.state)).collect();
+
+        read.reverse();
+        assert_eq!(read, written);
+    }
+
+    #[test]
+    fn a_failover_with_an_unknown_state_reads_as_corrupt_naming_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let catalog = Catalog::open(dir.path()).unwrap();
+        catalog.add_failover(&drill("sb")).unwrap();
+        // As a hand edit would: the schema's CHECK knows the states too.
+        catalog.conn.pragma_update(None, "ignore_check_constraints", true).unwrap();
+        catalog.conn.execute("UPDATE failovers SET state = 'serving'", []).unwrap();
+
+        let error = catalog.failovers(None).unwrap_err();
+
+        assert!(matches!(&error, CatalogError::Corrupt { detail, .. } if detail.contains(r#""serving""#)), "{error:?}");
+    }
+
+    #[test]
+    fn set_switch_state_refuses_an_invalid_transition() {
+        let dir = tempfile::tempdir().unwrap();
+        let catalog = Catalog::open(dir.path()).unwrap();
+        let switch =
+            NewFailover { mode: FailoverMode::Planned, epoch: Some(1), state: FailoverState::Active, ..drill("sb") };
+        let id = catalog.add_failover(&switch).unwrap();
+
+        let error = catalog.set_switch_state(id, FailoverState::Active, FailoverState::Ended).unwrap_err();
+
+        assert!(matches!(error, CatalogError::InvalidTransition { from: "active", to: "ended", .. }), "{error:?}");
+        assert_eq!(catalog.active_switch("demo").unwrap().unwrap().state, FailoverState::Active);
+    }
+
+    #[test]
+    fn set_switch_state_refuses_to_make_a_drill_fail_back() {
+        let dir = tempfile::tempdir().unwrap();
+        let catalog = Catalog::open(dir.path()).unwrap();
+        let id = catalog.add_failover(&drill("sb")).unwrap();
+        catalog.end_failover("sb", Utc::now()).unwrap();
+
+        let error = catalog.set_switch_state(id, FailoverState::Ended, FailoverState::FailingBack).unwrap_err();
+
+        assert!(
+            matches!(&error, CatalogError::InvalidTransition { what, from: "ended", to: "failing-back" }
+                if what == &format!("test failover {id}")),
+            "{error:?}"
+        );
+        assert_eq!(catalog.failovers(None).unwrap()[0].state, FailoverState::Ended);
+    }
+
+    #[test]
+    fn end_failover_refuses_a_switch_in_force() {
+        let dir = tempfile::tempdir().unwrap();
+        let catalog = Catalog::open(dir.path()).unwrap();
+        let switch =
+            NewFailover { mode: FailoverMode::Unplanned, epoch: Some(1), state: FailoverState::Active, ..drill("sb") };
+        catalog.add_failover(&switch).unwrap();
+
+        let error = catalog.end_failover("sb", Utc::now()).unwrap_err();
+
+        assert!(matches!(error, CatalogError::InvalidTransition { from: "active", to: "ended", .. }), "{error:?}");
+        assert_eq!(catalog.open_failover("sb").unwrap().unwrap().state, FailoverState::Active);
+    }
+
+    #[test]
+    fn record_failback_refuses_a_switch_not_marked_failing_back() {
+        let dir = tempfile::tempdir().unwrap();
+        let catalog = Catalog::open(dir.path()).unwrap();
+        let switch =
+            NewFailover { mode: FailoverMode::Planned, epoch: Some(1), state: FailoverState::Active, ..drill("sb") };
+        let id = catalog.add_failover(&switch).unwrap();
+        let failback =
+            NewFailover { mode: FailoverMode::Failback, epoch: Some(2), state: FailoverState::Ended, ..drill("sb") };
+
+        let error = catalog.record_failback(id, &failback, Utc::now()).unwrap_err();
+
+        assert!(matches!(error, CatalogError::InvalidTransition { from: "active", to: "ended", .. }), "{error:?}");
+        assert_eq!(catalog.last_failover("demo").unwrap().unwrap().id, id, "no failback row");
+        assert_eq!(catalog.last_epoch("demo").unwrap(), 1);
     }
 
     #[test]
@@ -410,13 +669,13 @@ mod tests {
 
         assert!(catalog.add_failover(&drill("sb")).is_err());
         let open = catalog.open_failover("sb").unwrap().unwrap();
-        assert_eq!((open.mode.as_str(), open.state.as_str()), ("test", "running"));
+        assert_eq!((open.mode, open.state), (FailoverMode::Test, FailoverState::Running));
         assert_eq!(open.resources["netns"], "envclone-c-sb");
         assert!(catalog.end_failover("sb", Utc::now()).unwrap());
 
         assert!(catalog.open_failover("sb").unwrap().is_none());
         assert!(!catalog.end_failover("sb", Utc::now()).unwrap());
-        assert_eq!(catalog.failovers(Some("demo")).unwrap()[0].state, "ended");
+        assert_eq!(catalog.failovers(Some("demo")).unwrap()[0].state, FailoverState::Ended);
         catalog.add_failover(&drill("sb")).unwrap();
         assert!(catalog.forget_open_failover("sb").unwrap());
         assert_eq!(catalog.failovers(None).unwrap().len(), 1);
@@ -429,7 +688,8 @@ mod tests {
         catalog.add_failover(&drill("sb")).unwrap();
         assert!(catalog.active_switch("demo").unwrap().is_none(), "a drill is no switch");
         catalog.end_failover("sb", Utc::now()).unwrap();
-        let switch = NewFailover { mode: "unplanned".into(), epoch: Some(1), state: "active".into(), ..drill("sb") };
+        let switch =
+            NewFailover { mode: FailoverMode::Unplanned, epoch: Some(1), state: FailoverState::Active, ..drill("sb") };
         let id = catalog.add_failover(&switch).unwrap();
         let event = FenceEvent {
             failover_id: id,
@@ -456,12 +716,14 @@ mod tests {
     fn a_failback_ends_the_switch_with_the_next_epoch_and_its_undo_reopens_it() {
         let dir = tempfile::tempdir().unwrap();
         let catalog = Catalog::open(dir.path()).unwrap();
-        let switch = NewFailover { mode: "planned".into(), epoch: Some(1), state: "active".into(), ..drill("sb") };
+        let switch =
+            NewFailover { mode: FailoverMode::Planned, epoch: Some(1), state: FailoverState::Active, ..drill("sb") };
         let id = catalog.add_failover(&switch).unwrap();
-        assert!(catalog.set_switch_state(id, "active", "failing-back").unwrap());
+        assert!(catalog.set_switch_state(id, FailoverState::Active, FailoverState::FailingBack).unwrap());
         assert!(catalog.active_switch("demo").unwrap().is_none(), "the guard leaves a failing-back switch alone");
         assert_eq!(catalog.switch_in_force("demo").unwrap().unwrap().id, id);
-        let failback = NewFailover { mode: "failback".into(), epoch: Some(2), state: "ended".into(), ..drill("sb") };
+        let failback =
+            NewFailover { mode: FailoverMode::Failback, epoch: Some(2), state: FailoverState::Ended, ..drill("sb") };
 
         let back = catalog.record_failback(id, &failback, Utc::now()).unwrap();
 
@@ -469,13 +731,13 @@ mod tests {
         assert!(catalog.open_failover("sb").unwrap().is_none());
         let last = catalog.last_failover("demo").unwrap().unwrap();
         assert_eq!(
-            (last.id, last.mode.as_str(), last.epoch, last.state.as_str()),
-            (back, "failback", Some(2), "ended")
+            (last.id, last.mode, last.epoch, last.state),
+            (back, FailoverMode::Failback, Some(2), FailoverState::Ended)
         );
         assert_eq!(catalog.last_epoch("demo").unwrap(), 2);
         catalog.unrecord_failback(id, "demo", 2).unwrap();
         catalog.unrecord_failback(id, "demo", 2).unwrap();
-        assert_eq!(catalog.switch_in_force("demo").unwrap().unwrap().state, "failing-back");
+        assert_eq!(catalog.switch_in_force("demo").unwrap().unwrap().state, FailoverState::FailingBack);
         assert_eq!(catalog.last_epoch("demo").unwrap(), 1);
     }
 
@@ -483,15 +745,17 @@ mod tests {
     fn a_switch_in_force_gets_its_resources_rewritten_and_an_ended_one_does_not() {
         let dir = tempfile::tempdir().unwrap();
         let catalog = Catalog::open(dir.path()).unwrap();
-        let switch = NewFailover { mode: "planned".into(), epoch: Some(1), state: "active".into(), ..drill("sb") };
+        let switch =
+            NewFailover { mode: FailoverMode::Planned, epoch: Some(1), state: FailoverState::Active, ..drill("sb") };
         let id = catalog.add_failover(&switch).unwrap();
         let home = serde_json::json!({ "fenced": [], "home_snapshot": "s1" });
 
-        assert!(catalog.set_failover_resources(id, "active", &home).unwrap());
+        assert!(catalog.set_failover_resources(id, FailoverState::Active, &home).unwrap());
 
         assert_eq!(catalog.active_switch("demo").unwrap().unwrap().resources, home);
+        catalog.set_switch_state(id, FailoverState::Active, FailoverState::FailingBack).unwrap();
         catalog.end_failover("sb", Utc::now()).unwrap();
-        assert!(!catalog.set_failover_resources(id, "active", &serde_json::json!({})).unwrap());
+        assert!(!catalog.set_failover_resources(id, FailoverState::Active, &serde_json::json!({})).unwrap());
         assert_eq!(catalog.failovers(Some("demo")).unwrap()[0].resources, home);
     }
 
@@ -499,7 +763,8 @@ mod tests {
     fn migration_9_keeps_the_failovers_and_their_fence_events() {
         let dir = tempfile::tempdir().unwrap();
         let old = Catalog::open_at_version(dir.path(), 8).unwrap();
-        let switch = NewFailover { mode: "unplanned".into(), epoch: Some(1), state: "active".into(), ..drill("sb") };
+        let switch =
+            NewFailover { mode: FailoverMode::Unplanned, epoch: Some(1), state: FailoverState::Active, ..drill("sb") };
         let id = old.add_failover(&switch).unwrap();
         let event = FenceEvent {
             failover_id: id,

@@ -49,7 +49,7 @@ use rusqlite::{Connection, Transaction, TransactionBehavior};
 
 pub use self::clones::{CloneRecord, CloneResources, ClonedDisk, ClonedNetwork};
 pub use self::error::{CatalogError, Refusal, RefusalReason};
-pub use self::failovers::{FailoverRecord, FenceEvent, FenceKind, NewFailover};
+pub use self::failovers::{FailoverMode, FailoverRecord, FailoverState, FenceEvent, FenceKind, NewFailover};
 pub use self::merge::{CommitMerge, DeleteRequest, PullMerge};
 pub use self::model::{
     Consistency, Dependent, DependentKind, EnvId, Environment, Image, ImageFormat, ImageId, ImageKind, NewImage,

@@ -5,7 +5,7 @@
 //! runs the fence guard first, and prints the report.
 
 use super::{load_config, Output};
-use crate::catalog::Catalog;
+use crate::catalog::{Catalog, FailoverMode};
 use crate::cli::{FailoverArgs, GlobalArgs};
 use crate::config::Environment;
 use crate::exit::ExitCode;
@@ -141,7 +141,7 @@ fn switched(report: &SwitchReport) -> String {
         SwitchAction::AlreadyFailedOver => {
             format!("{env} failed over to standby {sb} already (epoch {}): nothing done\n", report.epoch)
         }
-        SwitchAction::FailedOver if report.mode == "planned" => format!(
+        SwitchAction::FailedOver if report.mode == FailoverMode::Planned => format!(
             "{env} failed over to standby {sb} (planned, epoch {}): {sb} serves at {at}, {} fenced\n  \
              RPO {} s (final snapshot {}; {env} ran on {} ms after it before it was fenced), RTO {:.1} s\n",
             report.epoch,

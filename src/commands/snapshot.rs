@@ -7,7 +7,7 @@
 //! serves ENV then fails ENV back (both reports in one document).
 
 use super::{load_config_with_clones, Output};
-use crate::catalog::Catalog;
+use crate::catalog::{Catalog, FailoverState};
 use crate::cli::{GlobalArgs, SnapshotArgs};
 use crate::exit::ExitCode;
 use crate::hypervisor::LibvirtHypervisor;
@@ -27,7 +27,7 @@ pub fn run(global: &GlobalArgs, args: &SnapshotArgs, out: &Output) -> Result<Exi
     // them as ENV's), recorded as ENV's.
     let mut switches = super::guard::check(&config, &catalog, Some(&args.environment), out)?;
     // One failing back serves nothing: the failback decides who serves.
-    switches.retain(|s| s.state == "active");
+    switches.retain(|s| s.state == FailoverState::Active);
     for switch in &switches {
         out.progress(&format!(
             "{} is served by standby {} (epoch {}): the snapshot is of {}'s domains",

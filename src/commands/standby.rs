@@ -7,7 +7,7 @@
 use chrono::Utc;
 
 use super::{load_config, Output};
-use crate::catalog::Catalog;
+use crate::catalog::{Catalog, FailoverMode};
 use crate::cli::{GlobalArgs, StandbyCommand};
 use crate::config::Config;
 use crate::daemon::status::human_age;
@@ -73,7 +73,7 @@ pub fn run(global: &GlobalArgs, command: StandbyCommand, out: &Output) -> Result
 
 /// The primary `standby` serves (a role switch in force), if it does.
 fn serving(catalog: &Catalog, standby: &str) -> Result<Option<String>> {
-    Ok(catalog.open_failover(standby)?.filter(|open| open.mode != "test").map(|open| open.env))
+    Ok(catalog.open_failover(standby)?.filter(|open| open.mode != FailoverMode::Test).map(|open| open.env))
 }
 
 fn home_synced(report: &HomeSyncReport) -> String {

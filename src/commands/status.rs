@@ -10,7 +10,7 @@
 use chrono::{DateTime, Utc};
 
 use super::{load_config, Output};
-use crate::catalog::Catalog;
+use crate::catalog::{Catalog, FailoverState};
 use crate::cli::{GlobalArgs, StatusArgs};
 use crate::daemon::status::{self, human_age, StatusReport};
 use crate::exit::ExitCode;
@@ -137,8 +137,8 @@ fn human(report: &StatusReport) -> String {
                 switch.env.clone(),
                 switch.active.clone(),
                 switch.epoch.to_string(),
-                match switch.state.as_str() {
-                    "active" => switch.mode.clone(),
+                match switch.state {
+                    FailoverState::Active => switch.mode.to_string(),
                     state => format!("{}, {state}", switch.mode),
                 },
                 time(Some(switch.since)),

@@ -15,7 +15,7 @@ use tokio::task::JoinSet;
 
 use super::execute::{self, Began, Executed, RunReport, RunRequest};
 use super::{Now, RunError, ScheduledRunner, StandbySynced, SYNC_RETRY};
-use crate::catalog::{Catalog, Owner, RunOrigin, RunState, ScheduleRunId};
+use crate::catalog::{Catalog, FailoverMode, FailoverState, Owner, RunOrigin, RunState, ScheduleRunId};
 use crate::config::Schedule;
 use crate::schedule::due_runs;
 
@@ -212,7 +212,10 @@ impl Scheduler {
         let catalog = Arc::clone(&self.catalog);
         let switched = tokio::task::spawn_blocking(move || -> crate::Result<bool> {
             let catalog = execute::lock(&catalog);
-            Ok(catalog.failovers(None)?.iter().any(|f| f.mode != "test" && f.state == "active"))
+            Ok(catalog
+                .failovers(None)?
+                .iter()
+                .any(|f| f.mode != FailoverMode::Test && f.state == FailoverState::Active))
         })
         .await;
         match switched {
@@ -266,7 +269,7 @@ impl Scheduler {
                     // home (taken before a restore on the standby) is not
                     // looked at again on every tick. A drill, or a switch
                     // failing back, is left alone.
-                    if open.mode == "test" || open.state != "active" {
+                    if open.mode == FailoverMode::Test || open.state != FailoverState::Active {
                         continue;
                     }
                     let home = crate::ops::failover::fence::switch_resources(&open);

@@ -10,7 +10,7 @@ use tokio::sync::{mpsc, watch};
 
 use super::retention::{DeferredDelete, RetentionResult};
 use super::*;
-use crate::catalog::{Catalog, RunState, ScheduleCounters};
+use crate::catalog::{Catalog, FailoverMode, FailoverState, RunState, ScheduleCounters};
 use crate::config::{Retention, Schedule};
 
 fn at(hour: u32, minute: u32) -> DateTime<Utc> {
@@ -590,9 +590,9 @@ fn switched_over(catalog: &Catalog, resources: serde_json::Value) -> i64 {
         .add_failover(&crate::catalog::NewFailover {
             env: "prod".into(),
             standby: "sb".into(),
-            mode: "unplanned".into(),
+            mode: FailoverMode::Unplanned,
             epoch: Some(1),
-            state: "active".into(),
+            state: FailoverState::Active,
             started_at: at(1, 30),
             environment: serde_json::json!({}),
             resources,
@@ -611,7 +611,7 @@ async fn while_roles_are_switched_each_tick_runs_the_fence_guard_and_autorestore
     h.scheduler.finish_guard().await;
     // What that home sync recorded: s1 is home.
     let home = serde_json::json!({ "fenced": [], "home_snapshot": "s1", "home_checked": "s1" });
-    assert!(h.catalog().set_failover_resources(switch, "active", &home).unwrap());
+    assert!(h.catalog().set_failover_resources(switch, FailoverState::Active, &home).unwrap());
     h.tick_and_wait(at(2, 1)).await;
     h.scheduler.finish_guard().await;
 
@@ -638,7 +638,7 @@ async fn a_switch_failing_back_is_not_carried_home_by_autorestore() {
     let mut h = Harness::new(&[], FakeRunner::succeeding(), at(2, 0));
     standby_behind(&h.catalog(), true);
     let switch = switched_over(&h.catalog(), serde_json::json!({ "fenced": [] }));
-    assert!(h.catalog().set_switch_state(switch, "active", "failing-back").unwrap());
+    assert!(h.catalog().set_switch_state(switch, FailoverState::Active, FailoverState::FailingBack).unwrap());
 
     h.tick_and_wait(at(2, 0)).await;
 

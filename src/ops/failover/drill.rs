@@ -36,7 +36,7 @@ use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 
 use super::{undo, FailoverError, Tools};
-use crate::catalog::{ImageFormat, NewFailover, OperationKind, StandbyRecord, UndoAction};
+use crate::catalog::{FailoverMode, FailoverState, ImageFormat, NewFailover, OperationKind, StandbyRecord, UndoAction};
 use crate::config::Environment;
 use crate::hypervisor::HvError;
 use crate::ops::clone::{names, undo as clone_undo};
@@ -113,7 +113,7 @@ pub struct DrillReport {
     pub env: String,
     pub standby: String,
     /// Always `test`.
-    pub mode: String,
+    pub mode: FailoverMode,
     pub action: DrillAction,
     /// The primary's snapshot SB was started from (its restored point).
     pub snapshot: Option<String>,
@@ -278,7 +278,7 @@ pub fn start(ctx: &OpContext<'_>, request: &DrillRequest, tools: Tools<'_>) -> R
     let primary = ctx.config.environment(&request.env)?.clone();
     let _lock = EnvLock::acquire(&ctx.config.controller.state_dir, &standby.name, "failover --test")?;
     if let Some(open) = ctx.catalog.open_failover(&standby.name)? {
-        if open.mode != "test" {
+        if open.mode != FailoverMode::Test {
             return Err(FailoverError::Unsupported {
                 what: format!("a drill of standby {} while its {} failover is in force", standby.name, open.mode),
             });
@@ -308,7 +308,7 @@ pub fn start(ctx: &OpContext<'_>, request: &DrillRequest, tools: Tools<'_>) -> R
     let mut report = DrillReport {
         env: request.env.clone(),
         standby: standby.name.clone(),
-        mode: "test".into(),
+        mode: FailoverMode::Test,
         action: DrillAction::Started,
         snapshot: Some(snapshot),
         snapshot_created_at: standby.snapshot_created_at,
@@ -323,9 +323,9 @@ pub fn start(ctx: &OpContext<'_>, request: &DrillRequest, tools: Tools<'_>) -> R
     let record = NewFailover {
         env: request.env.clone(),
         standby: standby.name.clone(),
-        mode: "test".into(),
+        mode: FailoverMode::Test,
         epoch: None,
-        state: "running".into(),
+        state: FailoverState::Running,
         started_at,
         environment: serde_json::to_value(&environment).unwrap_or_default(),
         resources: serde_json::to_value(&resources).unwrap_or_default(),
@@ -510,7 +510,7 @@ pub fn end(ctx: &OpContext<'_>, request: &DrillRequest, tools: Tools<'_>) -> Res
     let mut report = DrillReport {
         env: request.env.clone(),
         standby: standby.name.clone(),
-        mode: "test".into(),
+        mode: FailoverMode::Test,
         action: DrillAction::NotRunning,
         snapshot: standby.snapshot.clone(),
         snapshot_created_at: standby.snapshot_created_at,
@@ -523,7 +523,7 @@ pub fn end(ctx: &OpContext<'_>, request: &DrillRequest, tools: Tools<'_>) -> Res
         duration_ms: 0,
     };
     let open = match ctx.catalog.open_failover(&standby.name)? {
-        Some(open) if open.mode == "test" => open,
+        Some(open) if open.mode == FailoverMode::Test => open,
         _ => {
             ctx.note(format!("no drill of {} on standby {} runs: nothing to end", request.env, standby.name));
             report.duration_ms = millis(started.elapsed());

@@ -78,7 +78,8 @@ use super::carry::{carry_image, carry_step, live_top, plan_disk, CarryImage};
 use super::drill::{millis, wait_for_agents, DrillRequest, Run, StepTime};
 use super::{undo, FailoverError, Tools};
 use crate::catalog::{
-    Dependent, DependentKind, FailoverRecord, ImageFormat, ImageMove, NewFailover, StandbyRecord, UndoAction,
+    Dependent, DependentKind, FailoverMode, FailoverRecord, FailoverState, ImageFormat, ImageMove, NewFailover,
+    StandbyRecord, UndoAction,
 };
 use crate::config::Environment;
 use crate::hypervisor::HvError;
@@ -128,7 +129,7 @@ pub struct FailbackReport {
     pub env: String,
     pub standby: String,
     /// Always `failback`.
-    pub mode: String,
+    pub mode: FailoverMode,
     pub action: FailbackAction,
     /// The epoch ENV is home at (the switch's plus one).
     pub epoch: i64,
@@ -208,7 +209,7 @@ pub fn failback(
         return already_home(ctx, request, tools);
     };
     let previous_epoch = switch.epoch.unwrap_or(0);
-    if switch.state != "active" {
+    if switch.state != FailoverState::Active {
         return Err(FailoverError::FailbackInterrupted { env: env.to_owned(), epoch: previous_epoch });
     }
     if let Some(named) = request.standby.as_ref().filter(|n| **n != switch.standby) {
@@ -239,7 +240,7 @@ pub fn failback(
     let mut report = FailbackReport {
         env: env.to_owned(),
         standby: standby.name.clone(),
-        mode: "failback".into(),
+        mode: FailoverMode::Failback,
         action: FailbackAction::FailedBack,
         epoch,
         previous_epoch,
@@ -268,9 +269,9 @@ pub fn failback(
             let row = NewFailover {
                 env: env.to_owned(),
                 standby: standby.name.clone(),
-                mode: "failback".into(),
+                mode: FailoverMode::Failback,
                 epoch: Some(epoch),
-                state: "ended".into(),
+                state: FailoverState::Ended,
                 started_at,
                 environment: serde_json::to_value(&primary).unwrap_or_default(),
                 resources: serde_json::to_value(&resources).unwrap_or_default(),
@@ -347,7 +348,7 @@ fn already_home(
 ) -> Result<FailbackReport, FailoverError> {
     let env = request.env.as_str();
     let last = match ctx.catalog.last_failover(env)? {
-        Some(last) if last.mode == "failback" => last,
+        Some(last) if last.mode == FailoverMode::Failback => last,
         _ => return Err(FailoverError::NoSwitch { env: env.to_owned() }),
     };
     let mut report: FailbackReport =
@@ -379,7 +380,7 @@ fn preflight(
 ) -> Result<(), FailoverError> {
     for other in ctx.catalog.standbys(Some(env))? {
         if let Some(open) = ctx.catalog.open_failover(&other.name)? {
-            if open.mode == "test" {
+            if open.mode == FailoverMode::Test {
                 return Err(FailoverError::FailbackDrillRunning { env: env.to_owned(), standby: other.name });
             }
         }
@@ -476,7 +477,11 @@ fn carry_and_switch(
     let mut vms = verify(run, standby, primary, &carried)?;
 
     run.step(&format!("mark epoch {} failing back", switch.epoch.unwrap_or(0)), undo::unmark(switch.id), |run| {
-        run.ctx.catalog.set_switch_state(switch.id, "active", "failing-back").map(drop).map_err(FailoverError::from)
+        run.ctx
+            .catalog
+            .set_switch_state(switch.id, FailoverState::Active, FailoverState::FailingBack)
+            .map(drop)
+            .map_err(FailoverError::from)
     })?;
     let moves: Vec<ImageMove> = carried.values().flat_map(|d| d.images.iter().map(CarryImage::moved)).collect();
     // The undo needs what each image was: read before the step records it.

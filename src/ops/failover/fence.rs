@@ -28,7 +28,7 @@ use chrono::{DateTime, SecondsFormat, Utc};
 use serde::{Deserialize, Serialize};
 
 use super::carry::HomeCopy;
-use crate::catalog::{Catalog, CatalogError, FailoverRecord, FenceEvent, FenceKind};
+use crate::catalog::{Catalog, CatalogError, FailoverMode, FailoverRecord, FailoverState, FenceEvent, FenceKind};
 use crate::hypervisor::{FenceStamp, HvError, Hypervisor};
 
 /// The primary's libvirt, as the failover or the guard found it.
@@ -101,10 +101,10 @@ pub struct SwitchStatus {
     /// The standby serving `env`: its active side.
     pub active: String,
     /// `planned` or `unplanned`.
-    pub mode: String,
+    pub mode: FailoverMode,
     /// `active`, or `failing-back` while a failback runs (or was
     /// interrupted: `envclone recover ENV`).
-    pub state: String,
+    pub state: FailoverState,
     pub epoch: i64,
     pub since: DateTime<Utc>,
     /// The libvirt URI of the primary's host the guard checks.
@@ -175,7 +175,7 @@ pub fn switch_resources(record: &FailoverRecord) -> SwitchResources {
 pub fn guard_uris(catalog: &Catalog, default_uri: &str, env: Option<&str>) -> Result<Vec<String>, CatalogError> {
     let mut uris = Vec::new();
     // A switch failing back is not guarded: nothing to connect for.
-    for record in active_switches(catalog, env)?.into_iter().filter(|r| r.state == "active") {
+    for record in active_switches(catalog, env)?.into_iter().filter(|r| r.state == FailoverState::Active) {
         let uri = switch_resources(&record).primary_uri.unwrap_or_else(|| default_uri.to_owned());
         if !uris.contains(&uri) {
             uris.push(uri);
@@ -210,8 +210,8 @@ pub fn guard(
         let mut status = SwitchStatus {
             env: record.env.clone(),
             active: record.standby.clone(),
-            mode: record.mode.clone(),
-            state: record.state.clone(),
+            mode: record.mode,
+            state: record.state,
             epoch,
             since: record.started_at,
             primary_uri: uri.clone(),
@@ -243,7 +243,7 @@ pub fn guard(
         }
         match hosts.get(&uri).copied() {
             // The failback starts ENV's domains: they are not old primaries.
-            _ if record.state != "active" => {
+            _ if record.state != FailoverState::Active => {
                 status.unchecked_reason = Some(format!("a failback of {} runs, or was interrupted", record.env));
             }
             None => status.unchecked_reason = Some(format!("libvirt at {uri} was not asked")),

@@ -41,7 +41,9 @@ use super::carry::{carry_image, carry_step, live_top, plan_disk, CarryImage, Hom
 use super::drill::{millis, Run, StepTime};
 use super::fence::{switch_resources, SwitchResources};
 use super::{FailoverError, Tools};
-use crate::catalog::{CatalogError, FailoverRecord, ImageId, ImageKind, SnapshotState, StandbyRecord, UndoAction};
+use crate::catalog::{
+    CatalogError, FailoverRecord, FailoverState, ImageId, ImageKind, SnapshotState, StandbyRecord, UndoAction,
+};
 use crate::ops::context::OpContext;
 use crate::ops::EnvLock;
 
@@ -199,7 +201,7 @@ fn serving_switch(ctx: &OpContext<'_>, standby: &StandbyRecord) -> Result<Failov
     let env = standby.primary.as_str();
     let switch = ctx.catalog.switch_in_force(env)?.filter(|s| s.standby == standby.name);
     match switch {
-        Some(switch) if switch.state == "active" => Ok(switch),
+        Some(switch) if switch.state == FailoverState::Active => Ok(switch),
         Some(switch) => {
             Err(FailoverError::FailbackInterrupted { env: env.to_owned(), epoch: switch.epoch.unwrap_or(0) })
         }
@@ -283,7 +285,7 @@ fn finish_record(
     resources.home_synced_at = Some(ctx.clock.now());
     let switch = serving_switch(ctx, standby)?;
     let value = serde_json::to_value(&*resources).unwrap_or_default();
-    if !ctx.catalog.set_failover_resources(switch.id, "active", &value)? {
+    if !ctx.catalog.set_failover_resources(switch.id, FailoverState::Active, &value)? {
         return Err(FailoverError::NotServing { standby: standby.name.clone(), env: standby.primary.clone() });
     }
     Ok(())

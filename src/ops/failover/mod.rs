@@ -132,7 +132,7 @@ pub fn drill_environment(
     name: &str,
 ) -> Result<Option<Environment>, crate::catalog::CatalogError> {
     let Some(open) = catalog.open_failover(name)? else { return Ok(None) };
-    if open.mode != "test" {
+    if open.mode != crate::catalog::FailoverMode::Test {
         return Ok(None);
     }
     serde_json::from_value(open.environment).map(Some).map_err(|e| crate::catalog::CatalogError::Corrupt {

@@ -40,7 +40,7 @@ use super::drill::{millis, pick_standby, wait_for_agents, DrillRequest, Run, Ste
 use super::fence::FencedDomain;
 use super::readdress::Readdressed;
 use super::{undo, FailoverError, Tools};
-use crate::catalog::{NewFailover, UndoAction};
+use crate::catalog::{FailoverMode, FailoverState, NewFailover, UndoAction};
 use crate::config::StandbyNetwork;
 use crate::hypervisor::HvError;
 use crate::ops::context::OpContext;
@@ -82,8 +82,8 @@ pub struct TakeoverVm {
 pub struct SwitchReport {
     pub env: String,
     pub standby: String,
-    /// `planned`.
-    pub mode: String,
+    /// `planned` or `unplanned`.
+    pub mode: FailoverMode,
     pub action: SwitchAction,
     /// The role switch's number for ENV (1 for its first failover).
     pub epoch: i64,
@@ -128,7 +128,7 @@ pub(super) fn already_switched(
     standby: &str,
 ) -> Result<Option<SwitchReport>, FailoverError> {
     if let Some(open) = ctx.catalog.open_failover(standby)? {
-        if open.mode == "test" {
+        if open.mode == FailoverMode::Test {
             return Err(FailoverError::DrillRunning { env: env.to_owned(), standby: standby.to_owned() });
         }
     }
@@ -193,7 +193,7 @@ pub fn planned(ctx: &OpContext<'_>, request: &DrillRequest, tools: Tools<'_>) ->
     let report = SwitchReport {
         env: request.env.clone(),
         standby: standby.name.clone(),
-        mode: "planned".into(),
+        mode: FailoverMode::Planned,
         action: SwitchAction::FailedOver,
         epoch,
         snapshot: snapshot.name.clone(),
@@ -238,9 +238,9 @@ pub(super) fn record_switch(
             let id = run.ctx.catalog.add_failover(&NewFailover {
                 env: report.env.clone(),
                 standby: report.standby.clone(),
-                mode: report.mode.clone(),
+                mode: report.mode,
                 epoch: Some(epoch),
-                state: "active".into(),
+                state: FailoverState::Active,
                 started_at: report.started_at,
                 environment: serde_json::to_value(&environment).unwrap_or_default(),
                 resources: serde_json::to_value(&resources).unwrap_or_default(),

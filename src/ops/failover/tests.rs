@@ -11,7 +11,7 @@ use std::time::Duration;
 use chrono::{DateTime, TimeZone, Utc};
 
 use super::*;
-use crate::catalog::{Catalog, ImageFormat, OperationKind, OperationState};
+use crate::catalog::{Catalog, FailoverMode, FailoverState, ImageFormat, OperationKind, OperationState};
 use crate::config::{AgentEndpoint, Config, Controller, Environment, HumanSize, Vm};
 use crate::guest::GuestError;
 use crate::hypervisor::{Call, DomainState, FakeHypervisor, FakeStep, Hypervisor};
@@ -393,7 +393,7 @@ fn end_leaves_the_standby_as_it_was_and_a_second_end_does_nothing() {
     assert_eq!(ended.action, DrillAction::Ended);
     h.assert_standby_as_it_was();
     assert!(h.primary_changes().is_empty(), "{:?}", h.primary_changes());
-    assert_eq!(h.catalog.failovers(Some("demo")).unwrap()[0].state, "ended");
+    assert_eq!(h.catalog.failovers(Some("demo")).unwrap()[0].state, FailoverState::Ended);
     let again = h.run(true, true).unwrap();
     assert_eq!(again.action, DrillAction::NotRunning);
     assert!(again.steps.is_empty());
@@ -495,7 +495,7 @@ fn planned_failover_fences_the_primary_and_the_standby_takes_over_its_macs_and_n
     );
     assert!(position("bring sb") < position("take over") && position("start sb-") < position("wait for"), "{names:?}");
     let open = h.catalog.open_failover("sb").unwrap().unwrap();
-    assert_eq!((open.mode.as_str(), open.state.as_str(), open.epoch), ("planned", "active", Some(1)));
+    assert_eq!((open.mode, open.state, open.epoch), (FailoverMode::Planned, FailoverState::Active, Some(1)));
 }
 
 #[test]

@@ -4,7 +4,7 @@
 //! standby serving again), and a second run that does nothing.
 
 use super::*;
-use crate::catalog::{FailoverRecord, ImageKind};
+use crate::catalog::{FailoverMode, FailoverRecord, FailoverState, ImageKind};
 use crate::hypervisor::{DomainState, Hypervisor};
 use crate::ops::snapshot::SnapshotRequest;
 
@@ -64,7 +64,7 @@ impl Harness {
         }
         assert_eq!(self.macs("sb-web"), self.macs("web"), "sb-web keeps the primary's MACs");
         let switch = self.switch().unwrap();
-        assert_eq!((switch.state.as_str(), switch.epoch), ("active", Some(1)));
+        assert_eq!((switch.state, switch.epoch), (FailoverState::Active, Some(1)));
         assert_eq!(self.catalog.last_epoch("demo").unwrap(), 1);
         let overlay = self.catalog.image_by_path(&self.epoch_overlay("web")).unwrap();
         assert!(overlay.is_some(), "the catalog has the epoch overlay on sb's storage again");
@@ -87,7 +87,7 @@ fn failback_carries_what_the_standby_wrote_home_and_hands_the_environment_back()
     let report = h.failback(true).unwrap();
 
     assert_eq!((report.action, report.epoch, report.previous_epoch), (FailbackAction::FailedBack, 2, 1));
-    assert_eq!(report.mode, "failback");
+    assert_eq!(report.mode, FailoverMode::Failback);
     for (primary, standby) in [("web", "sb-web"), ("db", "sb-db")] {
         assert_eq!(h.state(primary), DomainState::Running, "{primary} serves again");
         assert_eq!(h.hv.peek_domain(primary).unwrap().def.fence_stamp(), None, "{primary} is unfenced");
@@ -103,7 +103,7 @@ fn failback_carries_what_the_standby_wrote_home_and_hands_the_environment_back()
     // home on ENV's image of SB's point, its copy rebased there.
     assert!(h.switch().is_none() && h.catalog.active_switch("demo").unwrap().is_none());
     let last = h.catalog.last_failover("demo").unwrap().unwrap();
-    assert_eq!((last.mode.as_str(), last.epoch, last.state.as_str()), ("failback", Some(2), "ended"));
+    assert_eq!((last.mode, last.epoch, last.state), (FailoverMode::Failback, Some(2), FailoverState::Ended));
     let web = &report.vms.iter().find(|v| v.vm == "web").unwrap().disks[0];
     let epoch_home = &web.carried[0];
     assert!(epoch_home.ends_with("web/sb.vda.epoch-1.qcow2"), "{}", epoch_home.display());
@@ -201,7 +201,7 @@ fn failback_refuses_while_a_drill_of_another_standby_runs() {
 
     assert!(matches!(error, FailoverError::FailbackDrillRunning { ref standby, .. } if standby == "sb2"), "{error:?}");
     assert_eq!(h.state("sb-web"), DomainState::Running);
-    assert_eq!(h.switch().unwrap().state, "active");
+    assert_eq!(h.switch().unwrap().state, FailoverState::Active);
 }
 
 #[test]

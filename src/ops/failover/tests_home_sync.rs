@@ -5,7 +5,7 @@
 //! copies are taken as carried, and a failback rolled back keeps them.
 
 use super::*;
-use crate::catalog::{StepState, UndoAction};
+use crate::catalog::{FailoverState, StepState, UndoAction};
 use crate::ops::failover::fence::{switch_resources, SwitchResources};
 use std::sync::atomic::Ordering;
 
@@ -102,7 +102,7 @@ fn home_sync_carries_again_a_copy_whose_source_or_backing_changed() {
     let mut record = h.home_record();
     record.home.iter_mut().find(|c| c.to == h.epoch_home("db")).unwrap().backing_path = "/elsewhere".into();
     let id = h.switch().unwrap().id;
-    h.catalog.set_failover_resources(id, "active", &serde_json::to_value(&record).unwrap()).unwrap();
+    h.catalog.set_failover_resources(id, FailoverState::Active, &serde_json::to_value(&record).unwrap()).unwrap();
 
     let third = h.home_sync().unwrap();
 
@@ -121,7 +121,7 @@ fn home_sync_deletes_and_forgets_a_copy_whose_image_was_merged_away() {
     (gone.image, gone.to) = (crate::catalog::ImageId(9999), merged.clone());
     record.home.push(gone);
     let id = h.switch().unwrap().id;
-    h.catalog.set_failover_resources(id, "active", &serde_json::to_value(&record).unwrap()).unwrap();
+    h.catalog.set_failover_resources(id, FailoverState::Active, &serde_json::to_value(&record).unwrap()).unwrap();
 
     let report = h.home_sync().unwrap();
 
@@ -169,7 +169,7 @@ fn home_sync_refuses_a_switch_failing_back() {
     let h = Harness::new();
     h.failed_over();
     let id = h.switch().unwrap().id;
-    h.catalog.set_switch_state(id, "active", "failing-back").unwrap();
+    h.catalog.set_switch_state(id, FailoverState::Active, FailoverState::FailingBack).unwrap();
 
     let error = h.home_sync().unwrap_err();
 

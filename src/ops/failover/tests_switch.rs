@@ -6,7 +6,7 @@
 use std::collections::BTreeMap;
 
 use super::*;
-use crate::catalog::FenceKind;
+use crate::catalog::{FailoverMode, FailoverState, FenceKind};
 use crate::hypervisor::{DomainState, FakeHypervisor, FakeStep, Hypervisor};
 use crate::ops::snapshot::SnapshotRequest;
 
@@ -54,7 +54,7 @@ fn unplanned_failover_fences_the_primary_and_the_standby_takes_over_from_its_poi
 
     let report = h.unplanned(false, None, true).unwrap();
 
-    assert_eq!((report.action, report.mode.as_str(), report.epoch), (SwitchAction::FailedOver, "unplanned", 1));
+    assert_eq!((report.action, report.mode, report.epoch), (SwitchAction::FailedOver, FailoverMode::Unplanned, 1));
     assert_eq!(report.snapshot, point, "no final snapshot: SB's restored point");
     assert!(report.rto_ms < 60_000 && report.rpo_seconds >= 0, "{report:#?}");
     assert!(report.fence.iter().all(|f| f.fence == FenceKind::Fenced), "{:?}", report.fence);
@@ -72,7 +72,7 @@ fn unplanned_failover_fences_the_primary_and_the_standby_takes_over_from_its_poi
     assert_eq!(h.files.overlays.lock().unwrap()[&overlay], image, "the overlay is on SB's synced copy");
     assert_eq!(report.vms.iter().find(|v| v.vm == "web").unwrap().overlays, [overlay]);
     let switch = h.catalog.active_switch("demo").unwrap().unwrap();
-    assert_eq!((switch.mode.as_str(), switch.epoch, switch.standby.as_str()), ("unplanned", Some(1), "sb"));
+    assert_eq!((switch.mode, switch.epoch, switch.standby.as_str()), (FailoverMode::Unplanned, Some(1), "sb"));
     assert_eq!(h.catalog.fence_events(switch.id).unwrap().len(), 2);
     let names: Vec<&str> = report.steps.iter().map(|s| s.name.as_str()).collect();
     let position = |prefix: &str| names.iter().position(|n| n.starts_with(prefix)).unwrap();
@@ -135,7 +135,7 @@ fn an_old_primary_that_comes_back_after_an_unconfirmed_fence_is_fenced_again_and
 
     let switch = &status[0];
     assert!(switch.checked);
-    assert_eq!(switch.state, "active");
+    assert_eq!(switch.state, FailoverState::Active);
     assert_eq!((switch.env.as_str(), switch.active.as_str(), switch.epoch), ("demo", "sb", 1));
     let actions: Vec<(&str, FenceKind)> = switch.actions.iter().map(|a| (a.domain.as_str(), a.action)).collect();
     assert_eq!(actions, [("db", FenceKind::Fenced), ("web", FenceKind::ReturnedRefenced)]);
@@ -352,7 +352,7 @@ fn a_switch_failing_back_is_shown_but_its_primary_is_not_guarded() {
     h.primary_down();
     h.unplanned(false, None, true).unwrap();
     let id = h.catalog.active_switch("demo").unwrap().unwrap().id;
-    h.catalog.set_switch_state(id, "active", "failing-back").unwrap();
+    h.catalog.set_switch_state(id, FailoverState::Active, FailoverState::FailingBack).unwrap();
     // The failback has started demo's web: not an old primary.
     h.hv.start_domain("web").unwrap();
     h.hv.clear_calls();
@@ -360,7 +360,7 @@ fn a_switch_failing_back_is_shown_but_its_primary_is_not_guarded() {
     let status = h.guard(PrimaryHost::Answers(&h.hv));
 
     assert_eq!(status.len(), 1, "{status:#?}");
-    assert_eq!(status[0].state, "failing-back");
+    assert_eq!(status[0].state, FailoverState::FailingBack);
     assert!(!status[0].checked && status[0].actions.is_empty(), "{status:#?}");
     assert!(status[0].unchecked_reason.as_deref().unwrap().contains("failback"), "{status:#?}");
     assert_eq!(h.state("web"), DomainState::Running);

@@ -30,7 +30,7 @@
 //! - `failback-unrecord`: the failback's row is forgotten and the switch
 //!   it ended is failing back again.
 
-use crate::catalog::UndoAction;
+use crate::catalog::{FailoverState, UndoAction};
 use crate::error::chain as error_chain;
 use crate::ops::clone::HostNet;
 use crate::ops::context::OpContext;
@@ -212,7 +212,7 @@ pub fn undo_own(ctx: &OpContext<'_>, kind: &str, data: &serde_json::Value) -> Re
         UNDO_UNMARK => {
             let switch = data["switch"].as_i64().ok_or_else(|| format!("bad {kind} data {data}: no switch"))?;
             ctx.catalog
-                .set_switch_state(switch, "failing-back", "active")
+                .set_switch_state(switch, FailoverState::FailingBack, FailoverState::Active)
                 .map_err(|e| format!("catalog: {}", error_chain(&e)))?;
             Ok(describe(kind, data))
         }

@@ -36,7 +36,7 @@ use super::drill::{millis, pick_standby, ready_to_start, DrillRequest, Run};
 use super::fence::{self, FencedDomain, PrimaryHost};
 use super::planned::{already_switched, record_switch, take_over, SwitchAction, SwitchReport};
 use super::{undo, FailoverError, Tools};
-use crate::catalog::{FenceKind, UndoAction};
+use crate::catalog::{FailoverMode, FenceKind, UndoAction};
 use crate::hypervisor::HvError;
 use crate::ops::context::OpContext;
 use crate::ops::EnvLock;
@@ -103,7 +103,7 @@ pub fn unplanned(
     let report = SwitchReport {
         env: request.env.clone(),
         standby: standby.name.clone(),
-        mode: "unplanned".into(),
+        mode: FailoverMode::Unplanned,
         action: SwitchAction::FailedOver,
         epoch,
         snapshot,

@@ -223,7 +223,7 @@ pub fn sync(ctx: &OpContext<'_>, standby: &str, transfer: &dyn Transfer) -> Resu
 /// `ops::failover::home_sync`.)
 pub(crate) fn refuse_active_side(ctx: &OpContext<'_>, record: &StandbyRecord) -> Result<(), StandbyError> {
     match ctx.catalog.open_failover(&record.name)? {
-        Some(open) if open.mode != "test" => Err(StandbyError::ActiveSide {
+        Some(open) if open.mode != crate::catalog::FailoverMode::Test => Err(StandbyError::ActiveSide {
             standby: record.name.clone(),
             env: record.primary.clone(),
             epoch: open.epoch.unwrap_or(0),
