@@ -83,6 +83,7 @@ use crate::catalog::{
 use crate::config::Environment;
 use crate::hypervisor::HvError;
 use crate::ops::context::OpContext;
+use crate::ops::journal::Journaled as _;
 use crate::ops::snapshot::SnapshotRequest;
 use crate::ops::EnvLock;
 

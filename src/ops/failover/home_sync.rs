@@ -43,6 +43,7 @@ use super::fence::{switch_resources, SwitchResources};
 use super::{FailoverError, Tools};
 use crate::catalog::{CatalogError, FailoverRecord, ImageId, ImageKind, SnapshotState, StandbyRecord, UndoAction};
 use crate::ops::context::OpContext;
+use crate::ops::journal::Journaled as _;
 use crate::ops::EnvLock;
 
 /// What `standby sync SB --json` prints while SB serves ENV.

@@ -44,6 +44,7 @@ use crate::catalog::{NewFailover, UndoAction};
 use crate::config::StandbyNetwork;
 use crate::hypervisor::HvError;
 use crate::ops::context::OpContext;
+use crate::ops::journal::Journaled as _;
 use crate::ops::snapshot::SnapshotRequest;
 use crate::ops::EnvLock;
 

@@ -55,6 +55,7 @@ use crate::hypervisor::{HvError, NetworkDef, NetworkSpec};
 use crate::ops::clone::readdress::{self as plan, agent_requests, CloneAgents};
 use crate::ops::clone::{names, undo as clone_undo};
 use crate::ops::context::OpContext;
+use crate::ops::journal::Journaled as _;
 
 /// One of SB's VMs at its own address.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

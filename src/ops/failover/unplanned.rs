@@ -39,6 +39,7 @@ use super::{undo, FailoverError, Tools};
 use crate::catalog::{FenceKind, UndoAction};
 use crate::hypervisor::HvError;
 use crate::ops::context::OpContext;
+use crate::ops::journal::Journaled as _;
 use crate::ops::EnvLock;
 
 /// What an unplanned failover is told besides ENV and SB.
