@@ -47,14 +47,13 @@ use ipnet::Ipv4Net;
 use serde::{Deserialize, Serialize};
 
 use super::drill::{gateway, start_domains, wait_for_agents, Run};
-use super::planned::{epoch_overlays, in_standby_domains, TakeoverVm};
+use super::takeover::{epoch_overlays, in_standby_domains, TakeoverVm};
 use super::{undo, FailoverError};
 use crate::catalog::{ClonedNetwork, StandbyRecord, UndoAction};
-use crate::config::{Environment, Rewrite, StandbyNetwork};
+use crate::config::{Environment, Rewrite};
 use crate::hypervisor::{HvError, NetworkDef, NetworkSpec};
 use crate::ops::clone::readdress::{self as plan, agent_requests, CloneAgents};
 use crate::ops::clone::{names, undo as clone_undo};
-use crate::ops::context::OpContext;
 use crate::ops::journal::Journaled as _;
 
 /// One of SB's VMs at its own address.
@@ -88,32 +87,6 @@ impl Readdressed {
         let subnet = |gateway: &str| gateway.parse::<Ipv4Net>().ok().map(|net| net.trunc().to_string());
         self.networks.iter().filter_map(|n| n.gateway.as_deref().and_then(subnet)).collect()
     }
-}
-
-/// How `standby` takes over, checked against its primary's config: one
-/// that readdresses needs the primary's `[readdress]` and `[rewrite]`.
-/// Refused here, before anything is fenced.
-pub(crate) fn network_mode(
-    ctx: &OpContext<'_>,
-    standby: &str,
-    primary: &Environment,
-    env: &str,
-) -> Result<StandbyNetwork, FailoverError> {
-    let mode = ctx.config.standbys.get(standby).map(|s| s.network).unwrap_or_default();
-    if mode == StandbyNetwork::Readdress {
-        let missing = |missing| FailoverError::ReaddressNotConfigured {
-            env: env.to_owned(),
-            standby: standby.to_owned(),
-            missing,
-        };
-        if primary.readdress.is_none() {
-            return Err(missing("readdress"));
-        }
-        if !primary.rewrite.as_ref().is_some_and(|r| !r.files.is_empty()) {
-            return Err(missing("rewrite"));
-        }
-    }
-    Ok(mode)
 }
 
 fn rewrite_of(primary: &Environment, standby: &StandbyRecord) -> Result<Rewrite, FailoverError> {

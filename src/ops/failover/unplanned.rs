@@ -35,6 +35,7 @@ use std::time::Instant;
 use super::drill::{millis, pick_standby, ready_to_start, DrillRequest, Run};
 use super::fence::{self, FencedDomain, PrimaryHost};
 use super::planned::{already_switched, record_switch, take_over, SwitchAction, SwitchReport};
+use super::takeover::network_mode;
 use super::{undo, FailoverError, Tools};
 use crate::catalog::{FenceKind, UndoAction};
 use crate::hypervisor::HvError;
@@ -67,7 +68,7 @@ pub fn unplanned(
     let started_at = ctx.clock.now();
     let standby = pick_standby(ctx, request)?;
     let primary = ctx.config.environment(&request.env)?.clone();
-    let network = super::readdress::network_mode(ctx, &standby.name, &primary, &request.env)?;
+    let network = network_mode(ctx, &standby.name, &primary, &request.env)?;
     if let Some(report) = already_switched(ctx, &request.env, &standby.name)? {
         return Ok(report);
     }
