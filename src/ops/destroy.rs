@@ -19,11 +19,12 @@ use std::time::Instant;
 
 use serde::Serialize;
 
-use super::clone::{self, undo, CloneError, HostNet, Journal};
+use super::clone::{self, undo, CloneError, HostNet};
 use super::context::OpContext;
+use super::journal::{self, Removal};
 use super::restore::ImageFiles;
 use super::EnvLock;
-use crate::catalog::{Catalog, CloneRecord, Dependent, DependentKind, Image, ImageKind, OperationKind, UndoAction};
+use crate::catalog::{Catalog, CloneRecord, Dependent, DependentKind, Image, ImageKind, OperationKind};
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct DestroyReport {
@@ -66,19 +67,10 @@ pub fn destroy(
     // Checked before anything is removed: a clone of this clone (or a
     // standby) built on one of its snapshots keeps it alive.
     let own = own_snapshot_images(ctx.catalog, &record)?;
-    let mut journal = Journal::begin(ctx.catalog, OperationKind::DeleteClone, name, ctx.clock.now())?;
-    match remove_all(ctx, &record, &own, files, net, &mut journal) {
-        Ok(()) => {
-            journal.complete()?;
-        }
-        Err(error) => {
-            // Nothing to undo (removals are not put back); the journal says
-            // where it stopped, and `destroy` again finishes.
-            let cause = crate::error::chain(&error);
-            journal.roll_back(&cause, |_| Ok(()));
-            return Err(error);
-        }
-    }
+    let fail = |what, detail| CloneError::Remove { clone: name.to_owned(), what, detail };
+    journal::remove(ctx, OperationKind::DeleteClone, name, fail, |removal| {
+        remove_all(ctx, &record, &own, files, net, removal)
+    })?;
     Ok(DestroyReport {
         name: name.to_owned(),
         existed: true,
@@ -141,26 +133,11 @@ fn remove_all(
     own: &[Image],
     files: &dyn ImageFiles,
     net: &dyn HostNet,
-    journal: &mut Journal<'_>,
+    removal: &mut Removal<'_, '_, CloneError>,
 ) -> Result<(), CloneError> {
     let name = &record.name;
     let resources = &record.resources;
-    let mut step = |what: String, action: &dyn Fn() -> Result<(), String>| -> Result<(), CloneError> {
-        let id = journal.record(&what, UndoAction::Nothing)?;
-        let timer = ctx.begin(&what);
-        match action() {
-            Ok(()) => {
-                timer.done();
-                journal.done(id)?;
-                Ok(())
-            }
-            Err(detail) => {
-                timer.failed();
-                journal.failed(id, &detail)?;
-                Err(CloneError::Remove { clone: name.clone(), what, detail })
-            }
-        }
-    };
+    let mut step = |what, remove: &dyn Fn() -> Result<(), String>| removal.step(what, remove);
     for domain in &resources.domains {
         step(format!("remove domain {domain}"), &|| undo::remove_domain(ctx.hv, domain))?;
     }

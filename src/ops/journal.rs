@@ -5,6 +5,8 @@
 //! operation's run records, times and closes each step; [`PhaseMachine`]
 //! how it moves between the phases of its state machine.
 
+use std::time::{Duration, Instant};
+
 use chrono::{DateTime, Utc};
 
 use crate::catalog::{Catalog, CatalogError, OperationId, OperationKind, Owner, StepId, StepRecord, UndoAction};
@@ -85,6 +87,65 @@ impl<'c> Journal<'c> {
     }
 }
 
+/// The run of an operation that only removes what another made (`destroy`
+/// of a clone or of a standby): each step removes one thing, has no undo
+/// (what is removed is not put back) and is idempotent, so running the
+/// operation again finishes where a failed run stopped. See [`remove`].
+pub struct Removal<'j, 'c, E> {
+    ctx: &'j crate::ops::context::OpContext<'c>,
+    journal: Journal<'c>,
+    /// The operation's error for a step that failed: `(what, detail)`.
+    fail: &'j dyn Fn(String, String) -> E,
+}
+
+impl<E> std::fmt::Debug for Removal<'_, '_, E> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Removal").field("journal", &self.journal).finish_non_exhaustive()
+    }
+}
+
+impl<E: From<CatalogError>> Removal<'_, '_, E> {
+    /// Journals `what`, runs `remove` (its begin and end on the progress),
+    /// marks it done or failed.
+    pub fn step(&mut self, what: String, remove: impl FnOnce() -> Result<(), String>) -> Result<(), E> {
+        let id = self.journal.record(what.clone(), UndoAction::Nothing)?;
+        let timer = self.ctx.begin(what.clone());
+        match remove() {
+            Ok(()) => {
+                timer.done();
+                self.journal.done(id)?;
+                Ok(())
+            }
+            Err(detail) => {
+                timer.failed();
+                self.journal.failed(id, &detail)?;
+                Err((self.fail)(what, detail))
+            }
+        }
+    }
+}
+
+/// Runs `steps` as a removal journaled as `kind` on `env`: the journal
+/// completes, or, on a failure, says where it stopped (nothing to undo:
+/// the operation run again finishes).
+pub fn remove<'c, E: std::error::Error + From<CatalogError>>(
+    ctx: &crate::ops::context::OpContext<'c>,
+    kind: OperationKind,
+    env: &str,
+    fail: impl Fn(String, String) -> E,
+    steps: impl FnOnce(&mut Removal<'_, 'c, E>) -> Result<(), E>,
+) -> Result<(), E> {
+    let journal = Journal::begin(ctx.catalog, kind, env, ctx.clock.now())?;
+    let mut removal = Removal { ctx, journal, fail: &fail };
+    match steps(&mut removal) {
+        Ok(()) => Ok(removal.journal.complete()?),
+        Err(error) => {
+            let _ = removal.journal.roll_back(&crate::error::chain(&error), |_| Ok(()));
+            Err(error)
+        }
+    }
+}
+
 /// An operation's run whose steps are journaled: each recorded with its
 /// undo before it runs, its time reported on the progress, then marked
 /// done or failed. Implemented by each operation's `Run`, so the rule is
@@ -104,7 +165,17 @@ pub trait Journaled<'r, 'c: 'r>: Sized {
         None
     }
 
-    /// Journals `name` with its undo, runs `step`, marks it done or failed.
+    /// Told each step's timing once it ended, before it is marked done or
+    /// failed: for an operation whose report lists its steps (a failover's
+    /// runbook report). Every step's begin and end (with its duration) go
+    /// to the progress whether or not this keeps them.
+    fn step_ended(&mut self, name: &str, begun: Instant, took: Duration, ok: bool) {
+        let _ = (name, begun, took, ok);
+    }
+
+    /// Journals `name` with its undo, runs `step` (its begin and end, with
+    /// its duration, on the progress), marks it done or failed, then hits
+    /// the crash point `<family>:<name>` if the run has a family.
     fn step<T>(
         &mut self,
         name: &str,
@@ -113,9 +184,12 @@ pub trait Journaled<'r, 'c: 'r>: Sized {
     ) -> Result<T, Self::Error> {
         let id = self.journal().record(name, undo)?;
         let timer = self.context().begin(name);
-        match step(self) {
+        let begun = Instant::now();
+        let result = step(self);
+        let took = timer.end(result.is_ok());
+        self.step_ended(name, begun, took, result.is_ok());
+        match result {
             Ok(value) => {
-                timer.done();
                 self.journal().done(id)?;
                 if let Some(family) = self.crash_points() {
                     crate::ops::crashpoint::hit(family, name);
@@ -123,7 +197,6 @@ pub trait Journaled<'r, 'c: 'r>: Sized {
                 Ok(value)
             }
             Err(error) => {
-                timer.failed();
                 self.journal().failed(id, &crate::error::chain(&error))?;
                 Err(error)
             }

@@ -41,7 +41,7 @@ use crate::config::Environment;
 use crate::hypervisor::HvError;
 use crate::ops::clone::{names, undo as clone_undo};
 use crate::ops::context::OpContext;
-use crate::ops::journal::Journal;
+use crate::ops::journal::{Journal, Journaled};
 use crate::ops::restore::steps::{DiskSource, DiskSources, DomainRef};
 use crate::ops::restore::UNDO_STOP_DOMAIN;
 use crate::ops::EnvLock;
@@ -203,6 +203,32 @@ pub(super) struct Run<'r, 'c> {
     pub(super) points: &'static str,
 }
 
+impl<'r, 'c> Journaled<'r, 'c> for Run<'r, 'c> {
+    type Error = FailoverError;
+
+    fn context(&self) -> &'r OpContext<'c> {
+        self.ctx
+    }
+
+    fn journal(&mut self) -> &mut Journal<'c> {
+        self.journal.as_mut().expect("the journal is only taken at the end of the run")
+    }
+
+    fn crash_points(&self) -> Option<&'static str> {
+        Some(self.points)
+    }
+
+    /// The runbook report lists every step with its time.
+    fn step_ended(&mut self, name: &str, begun: Instant, took: Duration, ok: bool) {
+        self.steps.push(StepTime {
+            name: name.to_owned(),
+            at_ms: millis(begun.duration_since(self.started)),
+            took_ms: millis(took),
+            ok,
+        });
+    }
+}
+
 impl<'r, 'c> Run<'r, 'c> {
     pub(super) fn new(
         ctx: &'r OpContext<'c>,
@@ -212,42 +238,6 @@ impl<'r, 'c> Run<'r, 'c> {
     ) -> Result<Self, FailoverError> {
         let journal = Journal::begin(ctx.catalog, OperationKind::Failover, env, ctx.clock.now())?;
         Ok(Run { ctx, tools, journal: Some(journal), started, steps: Vec::new(), points: "failover" })
-    }
-
-    fn journal(&mut self) -> &mut Journal<'c> {
-        self.journal.as_mut().expect("the journal is only taken at the end of the run")
-    }
-
-    /// Journals `name` with its undo, runs `step`, marks it done or failed.
-    pub(super) fn step<T>(
-        &mut self,
-        name: &str,
-        undo: UndoAction,
-        step: impl FnOnce(&mut Self) -> Result<T, FailoverError>,
-    ) -> Result<T, FailoverError> {
-        let id = self.journal().record(name, undo)?;
-        let timer = self.ctx.begin(name);
-        let begun = Instant::now();
-        let result = step(self);
-        self.steps.push(StepTime {
-            name: name.to_owned(),
-            at_ms: millis(begun.duration_since(self.started)),
-            took_ms: millis(begun.elapsed()),
-            ok: result.is_ok(),
-        });
-        match result {
-            Ok(value) => {
-                timer.done();
-                self.journal().done(id)?;
-                crate::ops::crashpoint::hit(self.points, name);
-                Ok(value)
-            }
-            Err(error) => {
-                timer.failed();
-                self.journal().failed(id, &crate::error::chain(&error))?;
-                Err(error)
-            }
-        }
     }
 
     pub(super) fn complete(&mut self) -> Result<(), FailoverError> {

@@ -66,25 +66,29 @@
 //!
 //! Run again once ENV is home, it reports "ENV is home, epoch N" and does
 //! nothing but remove SB's carried files a crash after step 11 left.
+//!
+//! One file per phase under `failback/`, each handed the one before's
+//! output: `serving.rs` (steps 0 to 3), `stopped.rs` (4 to 6), `switch.rs`
+//! (7 to 10), `record.rs` (11 and 12).
 
-use std::collections::{BTreeMap, BTreeSet};
+mod record;
+mod serving;
+mod stopped;
+mod switch;
+
+use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 
-use super::carry::{carry_image, carry_step, live_top, plan_disk, CarryImage};
-use super::drill::{millis, wait_for_agents, DrillRequest, Run, StepTime};
-use super::{undo, FailoverError, Tools};
-use crate::catalog::{
-    Dependent, DependentKind, FailoverMode, FailoverRecord, FailoverState, ImageFormat, ImageMove, NewFailover,
-    StandbyRecord, UndoAction,
-};
+use super::carry::CarryImage;
+use super::drill::{DrillRequest, Run, StepTime};
+use super::{FailoverError, Tools};
+use crate::catalog::{FailoverMode, FailoverRecord, FailoverState, StandbyRecord};
 use crate::config::Environment;
-use crate::hypervisor::HvError;
 use crate::ops::context::OpContext;
-use crate::ops::snapshot::SnapshotRequest;
 use crate::ops::EnvLock;
 
 /// What the command did.
@@ -237,81 +241,7 @@ pub fn failback(
         Ok(done) => done,
         Err(error) => return Err(run.roll_back(error)),
     };
-    let mut report = FailbackReport {
-        env: env.to_owned(),
-        standby: standby.name.clone(),
-        mode: FailoverMode::Failback,
-        action: FailbackAction::FailedBack,
-        epoch,
-        previous_epoch,
-        snapshots: done.snapshots,
-        carried_snapshots: done.carried_snapshots,
-        bytes_home: done.bytes_while_serving + done.bytes_after_stop,
-        bytes_while_serving: done.bytes_while_serving,
-        bytes_after_stop: done.bytes_after_stop,
-        bytes_home_before: done.bytes_home_before,
-        downtime_ms: millis(done.downtime),
-        autostart: autostart_note(&done.autostart),
-        vms: done.vms,
-        removed: Vec::new(),
-        started_at,
-        steps: Vec::new(),
-        duration_ms: 0,
-    };
-    let leftovers: Vec<PathBuf> = done.carried.iter().map(|image| image.from.clone()).collect();
-    let networks = done.readdressed.map(|r| r.networks.into_iter().map(|n| n.name).collect()).unwrap_or_default();
-    let resources = FailbackResources { leftovers: leftovers.clone(), networks };
-    let recorded =
-        run.step(&format!("record epoch {epoch}: {env} home"), undo::unrecord(switch.id, env, epoch), |run| {
-            let mut stored = report.clone();
-            stored.steps = run.steps.clone();
-            stored.duration_ms = millis(run.started.elapsed());
-            let row = NewFailover {
-                env: env.to_owned(),
-                standby: standby.name.clone(),
-                mode: FailoverMode::Failback,
-                epoch: Some(epoch),
-                state: FailoverState::Ended,
-                started_at,
-                environment: serde_json::to_value(&primary).unwrap_or_default(),
-                resources: serde_json::to_value(&resources).unwrap_or_default(),
-                report: serde_json::to_value(&stored).unwrap_or_default(),
-            };
-            Ok(run.ctx.catalog.record_failback(switch.id, &row, run.ctx.clock.now())?)
-        });
-    if let Err(error) = recorded {
-        return Err(run.roll_back(error));
-    }
-    // Recorded: ENV is home. What follows only tidies SB's storage, and a
-    // second run finishes it if this one dies.
-    for path in &leftovers {
-        let removed = run.step(
-            &format!("remove {} from {}'s storage", path.display(), standby.name),
-            UndoAction::Nothing,
-            |run| remove_leftover(run.ctx, run.tools, path),
-        )?;
-        if removed {
-            report.removed.push(path.clone());
-        }
-    }
-    for network in &resources.networks {
-        run.step(&format!("remove {}'s network {network}", standby.name), UndoAction::Nothing, |run| {
-            remove_network(run.ctx, network)
-        })?;
-    }
-    // Only now: a domain of ENV that autostarts while the failback could
-    // still roll back would be a second live copy after a host reboot. Not
-    // repeated by a second run: by then it is the operator's setting.
-    let on = done.autostart.iter().filter(|(_, on)| **on == Some(true)).map(|(domain, _)| domain);
-    for domain in on {
-        run.step(&format!("autostart {domain} on again, as before the failover"), UndoAction::Nothing, |run| {
-            autostart_on(run.ctx, domain)
-        })?;
-    }
-    run.complete()?;
-    report.steps = std::mem::take(&mut run.steps);
-    report.duration_ms = millis(started.elapsed());
-    Ok(report)
+    record::record(run, &standby, &primary, &switch, epoch, started_at, done)
 }
 
 /// Removes a file SB's chain had and the catalog now knows at home;
@@ -415,21 +345,7 @@ struct Done {
     autostart: BTreeMap<String, Option<bool>>,
 }
 
-/// One disk of SB as carried so far.
-#[derive(Debug, Default)]
-struct DiskCarry {
-    /// Carried, lowest first.
-    images: Vec<CarryImage>,
-    bytes: u64,
-    /// Of the images, the bytes the home sync had carried already.
-    home_before: u64,
-    /// SB's live image of the disk when last looked at.
-    standby_top: PathBuf,
-}
-
-type Carried = BTreeMap<(String, String), DiskCarry>;
-
-/// Steps 1 to 10 of the module documentation.
+/// Steps 0 to 10 of the module documentation, phase by phase.
 fn carry_and_switch(
     run: &mut Run<'_, '_>,
     active_ctx: &OpContext<'_>,
@@ -437,275 +353,11 @@ fn carry_and_switch(
     primary: &Environment,
     switch: &FailoverRecord,
 ) -> Result<Done, FailoverError> {
-    let ctx = run.ctx;
-    let env = standby.primary.as_str();
-    let state_dir = &ctx.config.controller.state_dir;
-    // (a) The copies home will hang on ENV's images of SB's point: pinned
-    // by SB (its restored point) until the catalog records them as their
-    // backing. SB pins them already; pinning again says so and is harmless.
-    let point = standby.snapshot.clone().unwrap_or_default();
-    run.step(&format!("pin {env}'s images of {point} for {}", standby.name), UndoAction::Nothing, |run| {
-        let dependent = Dependent::standby_named(&standby.name);
-        for disk in &standby.disks {
-            let image = disk.source_image.ok_or_else(|| FailoverError::NotSynced { standby: standby.name.clone() })?;
-            run.ctx.catalog.pin(image, &dependent)?;
-        }
-        Ok(())
-    })?;
-    let mut snapshots = vec![snapshot(run, active_ctx, env, &standby.name, "failback-sync")?];
-
-    let mut carried = Carried::new();
-    let bytes_while_serving = {
-        // ENV's lock: no delete merges what is read, no snapshot adds to it.
-        let _lock = EnvLock::acquire(state_dir, env, "failback (carry home)")?;
-        carry(run, standby, primary, &mut carried, false)?
-    };
-    snapshots.push(snapshot(run, active_ctx, env, &standby.name, "failback-final")?);
-    let _lock = EnvLock::acquire(state_dir, env, "failback (switch)")?;
-
-    let stopped = Instant::now();
-    let domains: Vec<String> = standby.resources.domains.iter().map(|d| d.domain.clone()).collect();
-    // In parallel: each stop is seconds of QEMU teardown, all of it downtime.
-    run.step(&format!("stop {}", domains.join(", ")), undo::restart(&domains), |run| {
-        let hv = run.ctx.hv;
-        let results = crate::ops::parallel::each(&domains, |domain| {
-            hv.destroy_domain(domain).map_err(|e| FailoverError::Stop { domain: domain.clone(), source: Box::new(e) })
-        });
-        results.into_iter().try_for_each(|result| result.unwrap_or(Err(FailoverError::Panicked)))
-    })?;
-    let bytes_after_stop = carry(run, standby, primary, &mut carried, true)?;
-    let mut vms = verify(run, standby, primary, &carried)?;
-
-    run.step(&format!("mark epoch {} failing back", switch.epoch.unwrap_or(0)), undo::unmark(switch.id), |run| {
-        run.ctx
-            .catalog
-            .set_switch_state(switch.id, FailoverState::Active, FailoverState::FailingBack)
-            .map(drop)
-            .map_err(FailoverError::from)
-    })?;
-    let moves: Vec<ImageMove> = carried.values().flat_map(|d| d.images.iter().map(CarryImage::moved)).collect();
-    // The undo needs what each image was: read before the step records it.
-    let mut previous = Vec::with_capacity(moves.len());
-    let mut carried_snapshots = BTreeSet::new();
-    for moved in &moves {
-        let image = ctx.catalog.image(moved.id)?;
-        for dependent in ctx.catalog.dependents_of(image.id)? {
-            if dependent.kind == DependentKind::Snapshot {
-                let name = dependent.name.strip_prefix(&format!("{env}/")).unwrap_or(&dependent.name);
-                carried_snapshots.insert(name.to_owned());
-            }
-        }
-        previous.push(ImageMove { id: image.id, path: image.path, kind: image.kind, backing: image.backing });
-    }
-    run.step(&format!("record the {} images carried home", moves.len()), undo::unmove(&previous), |run| {
-        run.ctx.catalog.move_images(&moves).map(drop).map_err(FailoverError::from)
-    })?;
-
-    let mut autostart = BTreeMap::new();
-    for vm in &mut vms {
-        let found = super::inspect(ctx, &vm.domain)?;
-        let mut def = found.def.clone();
-        let redefine = |e: HvError| FailoverError::Redefine { domain: vm.domain.clone(), source: Box::new(e) };
-        for disk in &mut vm.disks {
-            disk.superseded = found.def.disks().into_iter().find(|d| d.target == disk.disk).and_then(|d| d.source);
-            def.set_disk_source(&disk.disk, &disk.home_top, ImageFormat::Qcow2.as_str()).map_err(redefine)?;
-        }
-        autostart.insert(vm.domain.clone(), found.def.fence_stamp().and_then(|stamp| stamp.autostart));
-        def.clear_fence_stamp();
-        run.step(&format!("give {} its disks at home, unfenced", vm.domain), undo::redefine(&found.def), |run| {
-            run.ctx.hv.define_domain(&def).map(drop).map_err(redefine)
-        })?;
-    }
-    super::drill::start_domains(run, vms.iter().map(|vm| vm.domain.as_str()))?;
-    wait_for_agents(run, &format!("wait for {env}'s agents at its addresses"), primary)?;
-    // SB served at its own addresses: ENV's guests came home with SB's
-    // host names and connection strings, and serve only once they are theirs.
-    let readdressed = switch_report(switch)?.readdressed;
-    if let Some(readdressed) = &readdressed {
-        super::readdress::give_back(run, primary, readdressed)?;
-    }
-    let downtime = stopped.elapsed();
-
-    own_identity(run, standby, readdressed.as_ref())?;
-    Ok(Done {
-        snapshots,
-        carried_snapshots: carried_snapshots.into_iter().collect(),
-        bytes_home_before: carried.values().map(|d| d.home_before).sum(),
-        carried: carried.into_values().flat_map(|d| d.images).collect(),
-        bytes_while_serving,
-        bytes_after_stop,
-        downtime,
-        vms,
-        readdressed,
-        autostart,
-    })
-}
-
-/// An app-consistent snapshot of ENV on its active side (SB's domains),
-/// labelled `label`; its own journal, under ENV's lock.
-fn snapshot(
-    run: &mut Run<'_, '_>,
-    active_ctx: &OpContext<'_>,
-    env: &str,
-    standby: &str,
-    label: &'static str,
-) -> Result<String, FailoverError> {
-    let request = SnapshotRequest {
-        env: env.to_owned(),
-        label: Some(label.to_owned()),
-        memory: false,
-        quiesce: None,
-        schedule: None,
-    };
-    run.step(&format!("snapshot {label} of {env} on {standby}"), UndoAction::Nothing, |run| {
-        crate::ops::snapshot::take(active_ctx, &request, run.tools.quiescer)
-            .map(|taken| taken.name)
-            .map_err(|e| FailoverError::FailbackSnapshot { env: env.to_owned(), label, source: Box::new(e) })
-    })
-}
-
-/// Carries home every image of SB's chains not carried yet: the read-only
-/// ones while SB serves (`stopped` false), all that is left once SB is
-/// stopped. An image the home sync carried already, from a source that did
-/// not change since, is taken as it is: not copied again, and with no undo
-/// (a failback rolled back leaves the home sync's copies for the next).
-/// Returns the bytes copied.
-fn carry(
-    run: &mut Run<'_, '_>,
-    standby: &StandbyRecord,
-    primary: &Environment,
-    carried: &mut Carried,
-    stopped: bool,
-) -> Result<u64, FailoverError> {
-    let ctx = run.ctx;
-    let home_copies = match ctx.catalog.switch_in_force(&standby.primary)? {
-        Some(switch) => super::fence::switch_resources(&switch).home,
-        None => Vec::new(),
-    };
-    let mut total = 0;
-    for domain in &standby.resources.domains {
-        for disk in standby.disks.iter().filter(|d| d.vm == domain.vm) {
-            let top = live_top(ctx, &domain.domain, &disk.disk)?;
-            let home_dir = primary.storage_dir(&ctx.config.controller, &standby.primary).join(&disk.vm);
-            let plan = plan_disk(ctx, standby, disk, &top, &home_dir)?;
-            let entry = carried.entry((disk.vm.clone(), disk.disk.clone())).or_default();
-            entry.standby_top = top.clone();
-            for image in plan {
-                // The live overlay is still written while SB serves.
-                if entry.images.iter().any(|c| c.id == image.id) || (!stopped && image.from == top) {
-                    continue;
-                }
-                let home = run.tools.home;
-                if let Some(copy) = home_copies.iter().find(|c| c.image == image.id && c.still_valid(&image, home)) {
-                    entry.home_before += copy.bytes;
-                    entry.images.push(image);
-                    continue;
-                }
-                let undo = UndoAction::DeleteFile { path: image.to.clone() };
-                let bytes = run.step(&carry_step(&disk.vm, &disk.disk, &image), undo, |run| {
-                    carry_image(run.tools.home, &disk.vm, &disk.disk, &image)
-                })?;
-                entry.images.push(image);
-                entry.bytes += bytes;
-                total += bytes;
-            }
-        }
-    }
-    Ok(total)
-}
-
-/// Step 6: every disk's chain at home reads like SB's, checked before
-/// anything switches; returns ENV's VMs with their disks at home.
-fn verify(
-    run: &mut Run<'_, '_>,
-    standby: &StandbyRecord,
-    primary: &Environment,
-    carried: &Carried,
-) -> Result<Vec<FailbackVm>, FailoverError> {
-    let mut vms = Vec::new();
-    for domain in &standby.resources.domains {
-        let vm = domain.vm.as_str();
-        let mut disks = Vec::new();
-        for ((_, disk), carry) in carried.iter().filter(|((v, _), _)| v == vm) {
-            let (Some(lowest), Some(top)) = (carry.images.first(), carry.images.last()) else { continue };
-            let (standby_top, home_top) = (carry.standby_top.clone(), top.to.clone());
-            run.step(&format!("compare {vm}/{disk}"), UndoAction::Nothing, |run| {
-                let compared = run.tools.home.same_content(&standby_top, &home_top);
-                match compared {
-                    Ok(true) if top.from == standby_top => Ok(()),
-                    Ok(_) => Err(FailoverError::CompareFailed {
-                        vm: vm.to_owned(),
-                        disk: disk.clone(),
-                        standby: standby_top.clone(),
-                        home: home_top.clone(),
-                    }),
-                    Err(source) => Err(FailoverError::Carry {
-                        vm: vm.to_owned(),
-                        disk: disk.clone(),
-                        step: "compare",
-                        path: home_top.clone(),
-                        source: Box::new(source),
-                    }),
-                }
-            })?;
-            disks.push(FailbackDisk {
-                disk: disk.clone(),
-                home_top,
-                carried: carry.images.iter().map(|c| c.to.clone()).collect(),
-                point: lowest.backing_path.clone(),
-                bytes: carry.bytes,
-                superseded: None,
-            });
-        }
-        vms.push(FailbackVm {
-            vm: vm.to_owned(),
-            domain: primary.vms.get(vm).map(|v| v.domain.clone()).unwrap_or_else(|| domain.primary_domain.clone()),
-            standby_domain: domain.domain.clone(),
-            address: primary.vms.get(vm).map(|v| v.agent.address.clone()).unwrap_or_default(),
-            disks,
-        });
-    }
-    Ok(vms)
-}
-
-/// Step 10: each SB domain back to its own MACs, isolated networks and
-/// synced copy, shut off as it waited before the switch.
-fn own_identity(
-    run: &mut Run<'_, '_>,
-    standby: &StandbyRecord,
-    readdressed: Option<&super::Readdressed>,
-) -> Result<(), FailoverError> {
-    let ctx = run.ctx;
-    // The switch put SB's interfaces on the primary's networks, or on its
-    // served ones: back on SB's copies.
-    let mut networks: BTreeMap<String, String> =
-        standby.resources.networks.iter().map(|n| (n.source.clone(), n.name.clone())).collect();
-    for served in readdressed.map(|r| r.networks.as_slice()).unwrap_or_default() {
-        if let Some(isolated) = networks.get(&served.source).cloned() {
-            networks.insert(served.name.clone(), isolated);
-        }
-    }
-    for domain in &standby.resources.domains {
-        let current = super::inspect(ctx, &domain.domain)?;
-        let redefine = |e: HvError| FailoverError::Redefine { domain: domain.domain.clone(), source: Box::new(e) };
-        let mut def = current.def.clone();
-        for (index, iface) in current.def.interfaces().iter().enumerate() {
-            if let Some(mac) = domain.macs.get(index).filter(|m| !m.is_empty()) {
-                def.set_interface_mac(index, mac).map_err(redefine)?;
-            }
-            if let Some(network) = iface.network.as_ref().and_then(|n| networks.get(n)) {
-                def.set_interface_network(index, network).map_err(redefine)?;
-            }
-        }
-        for disk in standby.disks.iter().filter(|d| d.vm == domain.vm) {
-            def.set_disk_source(&disk.disk, &disk.path, ImageFormat::Qcow2.as_str()).map_err(redefine)?;
-        }
-        let what = format!("give {} its own identity back: {}", domain.domain, domain.macs.join(", "));
-        run.step(&what, undo::redefine(&current.def), |run| {
-            run.ctx.hv.define_domain(&def).map(drop).map_err(redefine)
-        })?;
-    }
-    Ok(())
+    let serving = serving::while_serving(run, active_ctx, standby, primary)?;
+    let state_dir = &run.ctx.config.controller.state_dir;
+    let _lock = EnvLock::acquire(state_dir, &standby.primary, "failback (switch)")?;
+    let stopped = stopped::stop_and_carry(run, standby, primary, serving)?;
+    self::switch::switch(run, standby, primary, switch, stopped)
 }
 
 /// The report of the switch failback ends (what SB took over with).

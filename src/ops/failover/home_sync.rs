@@ -45,6 +45,7 @@ use crate::catalog::{
     CatalogError, FailoverRecord, FailoverState, ImageId, ImageKind, SnapshotState, StandbyRecord, UndoAction,
 };
 use crate::ops::context::OpContext;
+use crate::ops::journal::Journaled as _;
 use crate::ops::EnvLock;
 
 /// What `standby sync SB --json` prints while SB serves ENV.

@@ -78,6 +78,7 @@ pub mod fence;
 mod home_sync;
 mod planned;
 mod readdress;
+mod takeover;
 #[cfg(test)]
 mod tests;
 pub mod undo;
@@ -92,8 +93,9 @@ pub use self::error::FailoverError;
 pub use self::failback::{failback, FailbackAction, FailbackDisk, FailbackReport, FailbackVm};
 pub use self::fence::{guard, guard_uris, FencedDomain, GuardAction, PrimaryHost, SwitchStatus};
 pub use self::home_sync::{sync_home, HomeCopied, HomeSyncReport};
-pub use self::planned::{epoch_overlay_path, planned, SwitchAction, SwitchReport, TakeoverVm};
+pub use self::planned::{planned, SwitchAction, SwitchReport};
 pub use self::readdress::{Readdressed, ServedVm};
+pub use self::takeover::{epoch_overlay_path, TakeoverVm};
 pub use self::unplanned::{unplanned, Unplanned};
 
 use crate::config::Environment;

@@ -36,14 +36,15 @@ use std::time::Instant;
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 
-use super::drill::{millis, pick_standby, wait_for_agents, DrillRequest, Run, StepTime};
+use super::drill::{millis, pick_standby, DrillRequest, Run, StepTime};
 use super::fence::FencedDomain;
-use super::readdress::Readdressed;
+use super::readdress::{self, Readdressed};
+use super::takeover::{self, in_standby_domains, network_mode, TakeoverVm};
 use super::{undo, FailoverError, Tools};
-use crate::catalog::{FailoverMode, FailoverState, NewFailover, UndoAction};
-use crate::config::StandbyNetwork;
-use crate::hypervisor::HvError;
+use crate::catalog::{FailoverMode, FailoverState, NewFailover, StandbyRecord, UndoAction};
+use crate::config::{Environment, StandbyNetwork};
 use crate::ops::context::OpContext;
+use crate::ops::journal::Journaled as _;
 use crate::ops::snapshot::SnapshotRequest;
 use crate::ops::EnvLock;
 
@@ -56,33 +57,12 @@ pub enum SwitchAction {
     AlreadyFailedOver,
 }
 
-/// One VM of SB after the takeover.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct TakeoverVm {
-    pub vm: String,
-    pub domain: String,
-    /// The primary's domain, fenced.
-    pub primary_domain: String,
-    /// The primary's MACs it now has, interface by interface.
-    pub macs: Vec<String>,
-    /// The primary's networks it is now on.
-    pub networks: Vec<String>,
-    /// The primary's address its agent answers at.
-    pub address: String,
-    /// The overlays it runs on, one per disk on SB's synced copy:
-    /// everything SB writes from the switch on is in them (what failback
-    /// carries home), SB's copy stays its restored point; none: on SB's own
-    /// disks (a switch recorded by an older envclone).
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    pub overlays: Vec<std::path::PathBuf>,
-}
-
 /// The JSON report for runbooks (`--json`).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct SwitchReport {
     pub env: String,
     pub standby: String,
-    /// `planned` or `unplanned`.
+    /// `planned`.
     pub mode: FailoverMode,
     pub action: SwitchAction,
     /// The role switch's number for ENV (1 for its first failover).
@@ -145,7 +125,7 @@ pub fn planned(ctx: &OpContext<'_>, request: &DrillRequest, tools: Tools<'_>) ->
     let started_at = ctx.clock.now();
     let standby = pick_standby(ctx, request)?;
     let primary = ctx.config.environment(&request.env)?.clone();
-    let network = super::readdress::network_mode(ctx, &standby.name, &primary, &request.env)?;
+    let network = network_mode(ctx, &standby.name, &primary, &request.env)?;
     if let Some(report) = already_switched(ctx, &request.env, &standby.name)? {
         return Ok(report);
     }
@@ -221,7 +201,8 @@ pub(super) fn record_switch(
     mut report: SwitchReport,
 ) -> Result<SwitchReport, FailoverError> {
     let epoch = report.epoch;
-    let environment = active_environment(primary, standby, &report, run.ctx.config.controller.libvirt_netns.as_deref());
+    let libvirt_netns = run.ctx.config.controller.libvirt_netns.as_deref();
+    let environment = active_environment(primary, standby, &report.vms, report.readdressed.as_ref(), libvirt_netns);
     let resources = super::fence::SwitchResources {
         fenced: report.fence.clone(),
         primary_uri: report.primary_uri.clone(),
@@ -267,40 +248,6 @@ pub(super) fn record_switch(
     report.duration_ms = millis(run.started.elapsed());
     report.steps = std::mem::take(&mut run.steps);
     Ok(report)
-}
-
-/// How to reach ENV while SB is its active side: ENV's VMs in SB's
-/// domains (their agents at ENV's addresses, or at SB's own when it took
-/// over with them), its snapshots on SB's storage.
-pub(super) fn active_environment(
-    primary: &crate::config::Environment,
-    standby: &crate::catalog::StandbyRecord,
-    report: &SwitchReport,
-    libvirt_netns: Option<&str>,
-) -> crate::config::Environment {
-    let mut environment = match &report.readdressed {
-        Some(readdressed) => super::readdress::served_environment(primary, &report.vms, readdressed, libvirt_netns),
-        None => in_standby_domains(primary, &report.vms, |_, _| {}),
-    };
-    environment.storage = Some(standby.storage.join("active"));
-    environment
-}
-
-/// ENV as reached in SB: each of `vms` in its SB domain, its agent
-/// endpoint ENV's as `endpoint` leaves it (another address, a namespace).
-pub(super) fn in_standby_domains(
-    primary: &crate::config::Environment,
-    vms: &[TakeoverVm],
-    endpoint: impl Fn(&TakeoverVm, &mut crate::config::AgentEndpoint),
-) -> crate::config::Environment {
-    let mut environment = primary.clone();
-    for vm in vms {
-        if let Some(config) = environment.vms.get_mut(&vm.vm) {
-            config.domain = vm.domain.clone();
-            endpoint(vm, &mut config.agent);
-        }
-    }
-    environment
 }
 
 /// Steps 2 to 5 (before the record); returns SB's takeover, the fenced
@@ -364,111 +311,40 @@ pub(super) struct Takeover {
 }
 
 /// SB takes over on fresh epoch overlays: with the primary's MACs and
-/// networks (each domain redefined, started, its agents awaited at the
-/// primary's addresses), or with its own addresses (`readdress.rs`), as
-/// its config says (`network`, checked by the caller before the fence).
+/// networks ([`takeover::with_primary_addresses`]), or with its own
+/// addresses (`readdress.rs`), as its config says (`network`, checked by
+/// the caller before the fence).
 pub(super) fn take_over(
     run: &mut Run<'_, '_>,
-    standby: &crate::catalog::StandbyRecord,
-    primary: &crate::config::Environment,
+    standby: &StandbyRecord,
+    primary: &Environment,
     epoch: i64,
     network: StandbyNetwork,
 ) -> Result<Takeover, FailoverError> {
-    let ctx = run.ctx;
-    let name = standby.name.clone();
-    let _standby_lock = EnvLock::acquire(&ctx.config.controller.state_dir, &name, "failover (take over)")?;
+    let state_dir = &run.ctx.config.controller.state_dir;
+    let _standby_lock = EnvLock::acquire(state_dir, &standby.name, "failover (take over)")?;
     if network == StandbyNetwork::Readdress {
-        let (vms, readdressed) = super::readdress::take_over(run, standby, primary, epoch)?;
+        let (vms, readdressed) = readdress::take_over(run, standby, primary, epoch)?;
         return Ok(Takeover { vms, readdressed: Some(readdressed) });
     }
-    let networks: std::collections::BTreeMap<String, String> =
-        standby.resources.networks.iter().map(|n| (n.name.clone(), n.source.clone())).collect();
-    let mut vms = Vec::new();
-    for domain in &standby.resources.domains {
-        let current = super::inspect(ctx, &domain.domain)?;
-        let redefine = |e: HvError| FailoverError::Redefine { domain: domain.domain.clone(), source: Box::new(e) };
-        let mut def = current.def.clone();
-        let mut on = Vec::new();
-        for (index, iface) in current.def.interfaces().iter().enumerate() {
-            if let Some(mac) = domain.primary_macs.get(index).filter(|m| !m.is_empty()) {
-                def.set_interface_mac(index, mac).map_err(redefine)?;
-            }
-            let network = iface.network.as_ref().and_then(|n| networks.get(n)).cloned();
-            if let Some(network) = network {
-                def.set_interface_network(index, &network).map_err(redefine)?;
-                on.push(network);
-            }
-        }
-        let overlays = epoch_overlays(run, standby, domain, epoch, &mut def)?;
-        let what = format!(
-            "take over {}'s identity on {}: {}",
-            domain.primary_domain,
-            domain.domain,
-            domain.primary_macs.join(", ")
-        );
-        run.step(&what, undo::redefine(&current.def), |run| {
-            run.ctx.hv.define_domain(&def).map(drop).map_err(redefine)
-        })?;
-        let address = primary.vms.get(&domain.vm).map(|v| v.agent.address.clone()).unwrap_or_default();
-        vms.push(TakeoverVm {
-            vm: domain.vm.clone(),
-            domain: domain.domain.clone(),
-            primary_domain: domain.primary_domain.clone(),
-            macs: domain.primary_macs.clone(),
-            networks: on,
-            address,
-            overlays,
-        });
-    }
-    super::drill::start_domains(run, vms.iter().map(|vm| vm.domain.as_str()))?;
-    let environment = in_standby_domains(primary, &vms, |_, _| {});
-    wait_for_agents(run, &format!("wait for {name}'s agents at {}'s addresses", standby.primary), &environment)?;
+    let vms = takeover::with_primary_addresses(run, standby, primary, epoch)?;
     Ok(Takeover { vms, readdressed: None })
 }
 
-/// A fresh overlay per disk of `domain` on SB's synced copy for `epoch`
-/// (one a rolled-back failover left is replaced), `def` pointed at them.
-/// SB's copy stays its restored point; what SB writes is kept apart.
-pub(super) fn epoch_overlays(
-    run: &mut Run<'_, '_>,
-    standby: &crate::catalog::StandbyRecord,
-    domain: &crate::catalog::StandbyDomain,
-    epoch: i64,
-    def: &mut crate::hypervisor::DomainDef,
-) -> Result<Vec<std::path::PathBuf>, FailoverError> {
-    let mut overlays = Vec::new();
-    for disk in standby.disks.iter().filter(|d| d.vm == domain.vm) {
-        let overlay = epoch_overlay_path(standby, &domain.vm, &disk.disk, epoch);
-        run.step(
-            &format!("overlay {}/{} for epoch {epoch}", domain.vm, disk.disk),
-            UndoAction::DeleteFile { path: overlay.clone() },
-            |run| {
-                run.tools.files.remove(&overlay).map_err(|e| FailoverError::Remove {
-                    what: overlay.display().to_string(),
-                    detail: e.to_string(),
-                })?;
-                run.tools.files.create_overlay(&overlay, &disk.path, crate::catalog::ImageFormat::Qcow2).map_err(
-                    |source| FailoverError::Overlay {
-                        vm: domain.vm.clone(),
-                        disk: disk.disk.clone(),
-                        source: Box::new(source),
-                    },
-                )
-            },
-        )?;
-        def.set_disk_source(&disk.disk, &overlay, crate::catalog::ImageFormat::Qcow2.as_str())
-            .map_err(|e| FailoverError::Redefine { domain: domain.domain.clone(), source: Box::new(e) })?;
-        overlays.push(overlay);
-    }
-    Ok(overlays)
-}
-
-/// Where SB's domain runs from the switch of `epoch` on, for `disk` of `vm`.
-pub fn epoch_overlay_path(
-    standby: &crate::catalog::StandbyRecord,
-    vm: &str,
-    disk: &str,
-    epoch: i64,
-) -> std::path::PathBuf {
-    standby.storage.join(vm).join(format!("{}.{disk}.epoch-{epoch}.qcow2", standby.name))
+/// How to reach ENV while SB is its active side: ENV's VMs in SB's
+/// domains (their agents at ENV's addresses, or at SB's own when it took
+/// over with them), its snapshots on SB's storage.
+pub(super) fn active_environment(
+    primary: &Environment,
+    standby: &StandbyRecord,
+    vms: &[TakeoverVm],
+    readdressed: Option<&Readdressed>,
+    libvirt_netns: Option<&str>,
+) -> Environment {
+    let mut environment = match readdressed {
+        Some(readdressed) => readdress::served_environment(primary, vms, readdressed, libvirt_netns),
+        None => in_standby_domains(primary, vms, |_, _| {}),
+    };
+    environment.storage = Some(standby.storage.join("active"));
+    environment
 }

@@ -47,14 +47,14 @@ use ipnet::Ipv4Net;
 use serde::{Deserialize, Serialize};
 
 use super::drill::{gateway, start_domains, wait_for_agents, Run};
-use super::planned::{epoch_overlays, in_standby_domains, TakeoverVm};
+use super::takeover::{epoch_overlays, in_standby_domains, TakeoverVm};
 use super::{undo, FailoverError};
 use crate::catalog::{ClonedNetwork, StandbyRecord, UndoAction};
-use crate::config::{Environment, Rewrite, StandbyNetwork};
+use crate::config::{Environment, Rewrite};
 use crate::hypervisor::{HvError, NetworkDef, NetworkSpec};
 use crate::ops::clone::readdress::{self as plan, agent_requests, CloneAgents};
 use crate::ops::clone::{names, undo as clone_undo};
-use crate::ops::context::OpContext;
+use crate::ops::journal::Journaled as _;
 
 /// One of SB's VMs at its own address.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -89,32 +89,6 @@ impl Readdressed {
     }
 }
 
-/// How `standby` takes over, checked against its primary's config: one
-/// that readdresses needs the primary's `[readdress]` and `[rewrite]`.
-/// Refused here, before anything is fenced.
-pub(crate) fn network_mode(
-    ctx: &OpContext<'_>,
-    standby: &str,
-    primary: &Environment,
-    env: &str,
-) -> Result<StandbyNetwork, FailoverError> {
-    let mode = ctx.config.standbys.get(standby).map(|s| s.network).unwrap_or_default();
-    if mode == StandbyNetwork::Readdress {
-        let missing = |missing| FailoverError::ReaddressNotConfigured {
-            env: env.to_owned(),
-            standby: standby.to_owned(),
-            missing,
-        };
-        if primary.readdress.is_none() {
-            return Err(missing("readdress"));
-        }
-        if !primary.rewrite.as_ref().is_some_and(|r| !r.files.is_empty()) {
-            return Err(missing("rewrite"));
-        }
-    }
-    Ok(mode)
-}
-
 fn rewrite_of(primary: &Environment, standby: &StandbyRecord) -> Result<Rewrite, FailoverError> {
     primary.rewrite.clone().ok_or_else(|| FailoverError::ReaddressNotConfigured {
         env: standby.primary.clone(),
@@ -140,56 +114,8 @@ pub(super) fn take_over(
     let rewrite = rewrite_of(primary, standby)?;
     let address_plan = plan_addresses(run, standby, primary)?;
 
-    let mut networks = Vec::new();
-    for planned in &address_plan.networks {
-        let name = names::served_network(sb, &planned.source_network);
-        let bridge = names::served_bridge(sb, &planned.source_network);
-        let ip = Some((planned.gateway, planned.subnet.prefix_len()));
-        let what = format!("create network {name} ({} for {})", planned.subnet, planned.source_network);
-        run.step(&what, clone_undo::remove_network_undo(&name), |run| {
-            let def = NetworkDef::isolated(&NetworkSpec { name: name.clone(), bridge: bridge.clone(), ip });
-            let fail = |e: HvError| FailoverError::DefineNetwork { network: name.clone(), source: Box::new(e) };
-            run.ctx.hv.define_network(&def).map_err(fail)?;
-            run.ctx.hv.start_network(&name).map_err(fail)
-        })?;
-        networks.push(ClonedNetwork {
-            source: planned.source_network.clone(),
-            name,
-            bridge,
-            veth: None,
-            gateway: Some(format!("{}/{}", planned.gateway, planned.subnet.prefix_len())),
-        });
-    }
-
-    let mut vms = Vec::new();
-    for domain in &standby.resources.domains {
-        let current = super::inspect(ctx, &domain.domain)?;
-        let mut def = current.def.clone();
-        let overlays = epoch_overlays(run, standby, domain, epoch, &mut def)?;
-        run.step(
-            &format!("run {} on its epoch-{epoch} overlays", domain.domain),
-            undo::redefine(&current.def),
-            |run| {
-                run.ctx
-                    .hv
-                    .define_domain(&def)
-                    .map(drop)
-                    .map_err(|e| FailoverError::Redefine { domain: domain.domain.clone(), source: Box::new(e) })
-            },
-        )?;
-        let addresses = address_plan.vm(&domain.vm).ok_or_else(|| FailoverError::AddressPlan {
-            detail: format!("VM '{}' of standby {sb} is not in environment '{}'", domain.vm, standby.primary),
-        })?;
-        vms.push(TakeoverVm {
-            vm: domain.vm.clone(),
-            domain: domain.domain.clone(),
-            primary_domain: domain.primary_domain.clone(),
-            macs: domain.macs.clone(),
-            networks: vec![names::served_network(sb, &addresses.source_network)],
-            address: addresses.address.addr().to_string(),
-            overlays,
-        });
-    }
+    let networks = served_networks(run, sb, &address_plan)?;
+    let vms = on_epoch_overlays(run, standby, epoch, &address_plan)?;
 
     // The quarantine: SB's isolated copies, reached through the drill's gateway.
     let netns = names::gateway_netns(sb);
@@ -266,6 +192,76 @@ pub(super) fn take_over(
     wait_for_agents(run, &format!("wait for {sb}'s agents at their own addresses"), &serving)?;
     super::drill::remove_gateway(run, &netns, &links)?;
     Ok((vms, readdressed))
+}
+
+/// Step 2: SB's served networks, one per planned subnet.
+fn served_networks(
+    run: &mut Run<'_, '_>,
+    sb: &str,
+    address_plan: &plan::AddressPlan,
+) -> Result<Vec<ClonedNetwork>, FailoverError> {
+    let mut networks = Vec::new();
+    for planned in &address_plan.networks {
+        let name = names::served_network(sb, &planned.source_network);
+        let bridge = names::served_bridge(sb, &planned.source_network);
+        let ip = Some((planned.gateway, planned.subnet.prefix_len()));
+        let what = format!("create network {name} ({} for {})", planned.subnet, planned.source_network);
+        run.step(&what, clone_undo::remove_network_undo(&name), |run| {
+            let def = NetworkDef::isolated(&NetworkSpec { name: name.clone(), bridge: bridge.clone(), ip });
+            let fail = |e: HvError| FailoverError::DefineNetwork { network: name.clone(), source: Box::new(e) };
+            run.ctx.hv.define_network(&def).map_err(fail)?;
+            run.ctx.hv.start_network(&name).map_err(fail)
+        })?;
+        networks.push(ClonedNetwork {
+            source: planned.source_network.clone(),
+            name,
+            bridge,
+            veth: None,
+            gateway: Some(format!("{}/{}", planned.gateway, planned.subnet.prefix_len())),
+        });
+    }
+    Ok(networks)
+}
+
+/// Step 3: each SB domain on fresh epoch overlays, keeping its own MACs
+/// and its interfaces on SB's isolated copies (the quarantine).
+fn on_epoch_overlays(
+    run: &mut Run<'_, '_>,
+    standby: &StandbyRecord,
+    epoch: i64,
+    address_plan: &plan::AddressPlan,
+) -> Result<Vec<TakeoverVm>, FailoverError> {
+    let sb = standby.name.as_str();
+    let mut vms = Vec::new();
+    for domain in &standby.resources.domains {
+        let current = super::inspect(run.ctx, &domain.domain)?;
+        let mut def = current.def.clone();
+        let overlays = epoch_overlays(run, standby, domain, epoch, &mut def)?;
+        run.step(
+            &format!("run {} on its epoch-{epoch} overlays", domain.domain),
+            undo::redefine(&current.def),
+            |run| {
+                run.ctx
+                    .hv
+                    .define_domain(&def)
+                    .map(drop)
+                    .map_err(|e| FailoverError::Redefine { domain: domain.domain.clone(), source: Box::new(e) })
+            },
+        )?;
+        let addresses = address_plan.vm(&domain.vm).ok_or_else(|| FailoverError::AddressPlan {
+            detail: format!("VM '{}' of standby {sb} is not in environment '{}'", domain.vm, standby.primary),
+        })?;
+        vms.push(TakeoverVm {
+            vm: domain.vm.clone(),
+            domain: domain.domain.clone(),
+            primary_domain: domain.primary_domain.clone(),
+            macs: domain.macs.clone(),
+            networks: vec![names::served_network(sb, &addresses.source_network)],
+            address: addresses.address.addr().to_string(),
+            overlays,
+        });
+    }
+    Ok(vms)
 }
 
 /// Step 1: SB's subnets and addresses, from the primary's pool.

@@ -35,10 +35,12 @@ use std::time::Instant;
 use super::drill::{millis, pick_standby, ready_to_start, DrillRequest, Run};
 use super::fence::{self, FencedDomain, PrimaryHost};
 use super::planned::{already_switched, record_switch, take_over, SwitchAction, SwitchReport};
+use super::takeover::network_mode;
 use super::{undo, FailoverError, Tools};
 use crate::catalog::{FailoverMode, FenceKind, UndoAction};
 use crate::hypervisor::HvError;
 use crate::ops::context::OpContext;
+use crate::ops::journal::Journaled as _;
 use crate::ops::EnvLock;
 
 /// What an unplanned failover is told besides ENV and SB.
@@ -66,7 +68,7 @@ pub fn unplanned(
     let started_at = ctx.clock.now();
     let standby = pick_standby(ctx, request)?;
     let primary = ctx.config.environment(&request.env)?.clone();
-    let network = super::readdress::network_mode(ctx, &standby.name, &primary, &request.env)?;
+    let network = network_mode(ctx, &standby.name, &primary, &request.env)?;
     if let Some(report) = already_switched(ctx, &request.env, &standby.name)? {
         return Ok(report);
     }

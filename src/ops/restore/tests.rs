@@ -10,13 +10,13 @@ use std::time::Duration;
 use chrono::{DateTime, TimeZone, Utc};
 
 use super::*;
-use crate::catalog::{Catalog, Dependent, ImageKind, OperationState, SnapshotState, StepState};
+use crate::catalog::{Catalog, Dependent, ImageFormat, ImageKind, NewImage, OperationState, SnapshotState, StepState};
 use crate::config::{AgentEndpoint, Config, Controller, HumanSize, Vm};
 use crate::guest::GuestError;
 use crate::hypervisor::{Call, DomainState, FakeHypervisor, FakeStep, Hypervisor};
 use crate::ops::context::{Event, FixedClock, OpContext};
 use crate::ops::snapshot::save_image::SavePrefix;
-use crate::ops::snapshot::{self, FreezeInfo, SnapshotRequest, ThawInfo};
+use crate::ops::snapshot::{self, snapshot_dependent, FreezeInfo, SnapshotRequest, ThawInfo};
 
 fn at(minute: u32) -> DateTime<Utc> {
     Utc.with_ymd_and_hms(2024, 5, 1, 2, minute, 0).unwrap()

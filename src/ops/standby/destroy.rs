@@ -17,7 +17,7 @@ use super::StandbyError;
 use crate::catalog::{OperationKind, UndoAction};
 use crate::ops::clone::undo as clone_undo;
 use crate::ops::context::OpContext;
-use crate::ops::journal::Journal;
+use crate::ops::journal;
 use crate::ops::EnvLock;
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
@@ -53,24 +53,9 @@ pub fn destroy(ctx: &OpContext<'_>, name: &str, transfer: &dyn Transfer) -> Resu
     super::sync::refuse_active_side(ctx, &record)?;
     report.existed = true;
     report.primary = Some(record.primary.clone());
-    let mut journal = Journal::begin(ctx.catalog, OperationKind::StandbyDestroy, name, ctx.clock.now())?;
-    let result = (|| {
-        let mut step = |what: String, action: &dyn Fn() -> Result<(), String>| -> Result<(), StandbyError> {
-            let id = journal.record(what.clone(), UndoAction::Nothing)?;
-            let timer = ctx.begin(what.clone());
-            match action() {
-                Ok(()) => {
-                    timer.done();
-                    journal.done(id)?;
-                    Ok(())
-                }
-                Err(detail) => {
-                    timer.failed();
-                    journal.failed(id, &detail)?;
-                    Err(StandbyError::Remove { standby: name.to_owned(), what, detail })
-                }
-            }
-        };
+    let fail = |what, detail| StandbyError::Remove { standby: name.to_owned(), what, detail };
+    journal::remove(ctx, OperationKind::StandbyDestroy, name, fail, |removal| {
+        let mut step = |what, remove: &dyn Fn() -> Result<(), String>| removal.step(what, remove);
         for domain in &record.resources.domains {
             step(format!("remove domain {}", domain.domain), &|| clone_undo::remove_domain(ctx.hv, &domain.domain))?;
             report.domains.push(domain.domain.clone());
@@ -112,14 +97,7 @@ pub fn destroy(ctx: &OpContext<'_>, name: &str, transfer: &dyn Transfer) -> Resu
             ctx.catalog.remove_standby(name).map(drop).map_err(|e| crate::error::chain(&e))
         })?;
         Ok(())
-    })();
-    match result {
-        Ok(()) => journal.complete()?,
-        Err(error) => {
-            let _ = journal.roll_back(&crate::error::chain(&error), |_| Ok(()));
-            return Err(error);
-        }
-    }
+    })?;
     crate::ops::clone::remove_empty_dirs(&record.storage);
     report.duration_ms = u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX);
     Ok(report)

@@ -28,7 +28,7 @@ use crate::catalog::{
 };
 use crate::hypervisor::HvError;
 use crate::ops::context::OpContext;
-use crate::ops::journal::Journal;
+use crate::ops::journal::{Journal, Journaled};
 use crate::ops::snapshot::snapshot_dependent;
 use crate::ops::EnvLock;
 
@@ -355,31 +355,19 @@ struct Run<'r, 'c> {
     standby: &'r str,
 }
 
-impl Run<'_, '_> {
-    /// Journals `name` with its undo, runs `step`, marks it done or failed.
-    fn step<T>(
-        &mut self,
-        name: &str,
-        undo: UndoAction,
-        step: impl FnOnce(&mut Self) -> Result<T, StandbyError>,
-    ) -> Result<T, StandbyError> {
-        let journal = self.journal.as_mut().expect("the journal is only taken at the end of the run");
-        let id = journal.record(name, undo)?;
-        let timer = self.ctx.begin(name);
-        match step(self) {
-            Ok(value) => {
-                timer.done();
-                self.journal.as_mut().expect("still running").done(id)?;
-                Ok(value)
-            }
-            Err(error) => {
-                timer.failed();
-                self.journal.as_mut().expect("still running").failed(id, &crate::error::chain(&error))?;
-                Err(error)
-            }
-        }
+impl<'r, 'c> Journaled<'r, 'c> for Run<'r, 'c> {
+    type Error = StandbyError;
+
+    fn context(&self) -> &'r OpContext<'c> {
+        self.ctx
     }
 
+    fn journal(&mut self) -> &mut Journal<'c> {
+        self.journal.as_mut().expect("the journal is only taken at the end of the run")
+    }
+}
+
+impl Run<'_, '_> {
     /// Copies and verifies every disk that is not up to date.
     fn copy(&mut self, disks: &mut [DiskPlan], snapshot: &Snapshot) -> Result<(), StandbyError> {
         let mut first = true;

@@ -1,0 +1,102 @@
+//! Failback steps 4 to 6: SB's domains stopped (downtime begins), the
+//! rest of SB's chains carried home, and every disk's chain at home
+//! compared with SB's before anything switches.
+
+use std::time::Instant;
+
+use super::serving::{carry, Carried, Serving};
+use super::{FailbackDisk, FailbackVm};
+use crate::catalog::{StandbyRecord, UndoAction};
+use crate::config::Environment;
+use crate::ops::failover::drill::Run;
+use crate::ops::failover::{undo, FailoverError};
+use crate::ops::journal::Journaled as _;
+
+/// What steps 4 to 6 hand on.
+pub(super) struct Stopped {
+    pub snapshots: Vec<String>,
+    pub carried: Carried,
+    pub bytes_while_serving: u64,
+    pub bytes_after_stop: u64,
+    /// When SB stopped: the downtime's start.
+    pub at: Instant,
+    /// ENV's VMs with their disks at home (`superseded` not known yet).
+    pub vms: Vec<FailbackVm>,
+}
+
+/// Steps 4 to 6 of the module documentation, under ENV's lock.
+pub(super) fn stop_and_carry(
+    run: &mut Run<'_, '_>,
+    standby: &StandbyRecord,
+    primary: &Environment,
+    serving: Serving,
+) -> Result<Stopped, FailoverError> {
+    let Serving { snapshots, mut carried, bytes_while_serving } = serving;
+    let at = Instant::now();
+    let domains: Vec<String> = standby.resources.domains.iter().map(|d| d.domain.clone()).collect();
+    // In parallel: each stop is seconds of QEMU teardown, all of it downtime.
+    run.step(&format!("stop {}", domains.join(", ")), undo::restart(&domains), |run| {
+        let hv = run.ctx.hv;
+        let results = crate::ops::parallel::each(&domains, |domain| {
+            hv.destroy_domain(domain).map_err(|e| FailoverError::Stop { domain: domain.clone(), source: Box::new(e) })
+        });
+        results.into_iter().try_for_each(|result| result.unwrap_or(Err(FailoverError::Panicked)))
+    })?;
+    let bytes_after_stop = carry(run, standby, primary, &mut carried, true)?;
+    let vms = verify(run, standby, primary, &carried)?;
+    Ok(Stopped { snapshots, carried, bytes_while_serving, bytes_after_stop, at, vms })
+}
+
+/// Step 6: every disk's chain at home reads like SB's, checked before
+/// anything switches; returns ENV's VMs with their disks at home.
+fn verify(
+    run: &mut Run<'_, '_>,
+    standby: &StandbyRecord,
+    primary: &Environment,
+    carried: &Carried,
+) -> Result<Vec<FailbackVm>, FailoverError> {
+    let mut vms = Vec::new();
+    for domain in &standby.resources.domains {
+        let vm = domain.vm.as_str();
+        let mut disks = Vec::new();
+        for ((_, disk), carry) in carried.iter().filter(|((v, _), _)| v == vm) {
+            let (Some(lowest), Some(top)) = (carry.images.first(), carry.images.last()) else { continue };
+            let (standby_top, home_top) = (carry.standby_top.clone(), top.to.clone());
+            run.step(&format!("compare {vm}/{disk}"), UndoAction::Nothing, |run| {
+                let compared = run.tools.home.same_content(&standby_top, &home_top);
+                match compared {
+                    Ok(true) if top.from == standby_top => Ok(()),
+                    Ok(_) => Err(FailoverError::CompareFailed {
+                        vm: vm.to_owned(),
+                        disk: disk.clone(),
+                        standby: standby_top.clone(),
+                        home: home_top.clone(),
+                    }),
+                    Err(source) => Err(FailoverError::Carry {
+                        vm: vm.to_owned(),
+                        disk: disk.clone(),
+                        step: "compare",
+                        path: home_top.clone(),
+                        source: Box::new(source),
+                    }),
+                }
+            })?;
+            disks.push(FailbackDisk {
+                disk: disk.clone(),
+                home_top,
+                carried: carry.images.iter().map(|c| c.to.clone()).collect(),
+                point: lowest.backing_path.clone(),
+                bytes: carry.bytes,
+                superseded: None,
+            });
+        }
+        vms.push(FailbackVm {
+            vm: vm.to_owned(),
+            domain: primary.vms.get(vm).map(|v| v.domain.clone()).unwrap_or_else(|| domain.primary_domain.clone()),
+            standby_domain: domain.domain.clone(),
+            address: primary.vms.get(vm).map(|v| v.agent.address.clone()).unwrap_or_default(),
+            disks,
+        });
+    }
+    Ok(vms)
+}

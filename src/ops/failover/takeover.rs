@@ -1,0 +1,177 @@
+//! What every takeover of a switch shares, planned or unplanned, with the
+//! primary's addresses or SB's own: which takeover SB does
+//! ([`network_mode`]), SB's domains on fresh epoch overlays, ENV's
+//! environment as reached in SB's domains. The takeover with the primary's
+//! MACs and networks is here ([`with_primary_addresses`]); the one with SB's
+//! own addresses is `readdress.rs`, which builds on these parts; planned's
+//! `take_over` picks one.
+
+use std::path::PathBuf;
+
+use serde::{Deserialize, Serialize};
+
+use super::drill::{start_domains, wait_for_agents, Run};
+use super::{undo, FailoverError};
+use crate::catalog::{ImageFormat, StandbyDomain, StandbyRecord, UndoAction};
+use crate::config::{AgentEndpoint, Environment, StandbyNetwork};
+use crate::hypervisor::{DomainDef, HvError};
+use crate::ops::context::OpContext;
+use crate::ops::journal::Journaled as _;
+
+/// One VM of SB after the takeover.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TakeoverVm {
+    pub vm: String,
+    pub domain: String,
+    /// The primary's domain, fenced.
+    pub primary_domain: String,
+    /// The primary's MACs it now has, interface by interface.
+    pub macs: Vec<String>,
+    /// The primary's networks it is now on.
+    pub networks: Vec<String>,
+    /// The primary's address its agent answers at.
+    pub address: String,
+    /// The overlays it runs on, one per disk on SB's synced copy:
+    /// everything SB writes from the switch on is in them (what failback
+    /// carries home), SB's copy stays its restored point; none: on SB's own
+    /// disks (a switch recorded by an older envclone).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub overlays: Vec<PathBuf>,
+}
+
+/// How `standby` takes over, checked against its primary's config: one
+/// that readdresses needs the primary's `[readdress]` and `[rewrite]`.
+/// Refused here, before anything is fenced.
+pub(crate) fn network_mode(
+    ctx: &OpContext<'_>,
+    standby: &str,
+    primary: &Environment,
+    env: &str,
+) -> Result<StandbyNetwork, FailoverError> {
+    let mode = ctx.config.standbys.get(standby).map(|s| s.network).unwrap_or_default();
+    if mode == StandbyNetwork::Readdress {
+        let missing = |missing| FailoverError::ReaddressNotConfigured {
+            env: env.to_owned(),
+            standby: standby.to_owned(),
+            missing,
+        };
+        if primary.readdress.is_none() {
+            return Err(missing("readdress"));
+        }
+        if !primary.rewrite.as_ref().is_some_and(|r| !r.files.is_empty()) {
+            return Err(missing("rewrite"));
+        }
+    }
+    Ok(mode)
+}
+
+/// SB takes over with the primary's MACs and networks, on fresh epoch
+/// overlays: each domain redefined, started, its agents awaited at the
+/// primary's addresses (safe: the primary is fenced first).
+pub(super) fn with_primary_addresses(
+    run: &mut Run<'_, '_>,
+    standby: &StandbyRecord,
+    primary: &Environment,
+    epoch: i64,
+) -> Result<Vec<TakeoverVm>, FailoverError> {
+    let ctx = run.ctx;
+    let networks: std::collections::BTreeMap<String, String> =
+        standby.resources.networks.iter().map(|n| (n.name.clone(), n.source.clone())).collect();
+    let mut vms = Vec::new();
+    for domain in &standby.resources.domains {
+        let current = super::inspect(ctx, &domain.domain)?;
+        let redefine = |e: HvError| FailoverError::Redefine { domain: domain.domain.clone(), source: Box::new(e) };
+        let mut def = current.def.clone();
+        let mut on = Vec::new();
+        for (index, iface) in current.def.interfaces().iter().enumerate() {
+            if let Some(mac) = domain.primary_macs.get(index).filter(|m| !m.is_empty()) {
+                def.set_interface_mac(index, mac).map_err(redefine)?;
+            }
+            let network = iface.network.as_ref().and_then(|n| networks.get(n)).cloned();
+            if let Some(network) = network {
+                def.set_interface_network(index, &network).map_err(redefine)?;
+                on.push(network);
+            }
+        }
+        let overlays = epoch_overlays(run, standby, domain, epoch, &mut def)?;
+        let what = format!(
+            "take over {}'s identity on {}: {}",
+            domain.primary_domain,
+            domain.domain,
+            domain.primary_macs.join(", ")
+        );
+        run.step(&what, undo::redefine(&current.def), |run| {
+            run.ctx.hv.define_domain(&def).map(drop).map_err(redefine)
+        })?;
+        let address = primary.vms.get(&domain.vm).map(|v| v.agent.address.clone()).unwrap_or_default();
+        vms.push(TakeoverVm {
+            vm: domain.vm.clone(),
+            domain: domain.domain.clone(),
+            primary_domain: domain.primary_domain.clone(),
+            macs: domain.primary_macs.clone(),
+            networks: on,
+            address,
+            overlays,
+        });
+    }
+    start_domains(run, vms.iter().map(|vm| vm.domain.as_str()))?;
+    let environment = in_standby_domains(primary, &vms, |_, _| {});
+    let what = format!("wait for {}'s agents at {}'s addresses", standby.name, standby.primary);
+    wait_for_agents(run, &what, &environment)?;
+    Ok(vms)
+}
+
+/// A fresh overlay per disk of `domain` on SB's synced copy for `epoch`
+/// (one a rolled-back failover left is replaced), `def` pointed at them.
+/// SB's copy stays its restored point; what SB writes is kept apart.
+pub(super) fn epoch_overlays(
+    run: &mut Run<'_, '_>,
+    standby: &StandbyRecord,
+    domain: &StandbyDomain,
+    epoch: i64,
+    def: &mut DomainDef,
+) -> Result<Vec<PathBuf>, FailoverError> {
+    let mut overlays = Vec::new();
+    for disk in standby.disks.iter().filter(|d| d.vm == domain.vm) {
+        let overlay = epoch_overlay_path(standby, &domain.vm, &disk.disk, epoch);
+        run.step(
+            &format!("overlay {}/{} for epoch {epoch}", domain.vm, disk.disk),
+            UndoAction::DeleteFile { path: overlay.clone() },
+            |run| {
+                run.tools.files.remove(&overlay).map_err(|e| FailoverError::Remove {
+                    what: overlay.display().to_string(),
+                    detail: e.to_string(),
+                })?;
+                run.tools.files.create_overlay(&overlay, &disk.path, ImageFormat::Qcow2).map_err(|source| {
+                    FailoverError::Overlay { vm: domain.vm.clone(), disk: disk.disk.clone(), source: Box::new(source) }
+                })
+            },
+        )?;
+        def.set_disk_source(&disk.disk, &overlay, ImageFormat::Qcow2.as_str())
+            .map_err(|e| FailoverError::Redefine { domain: domain.domain.clone(), source: Box::new(e) })?;
+        overlays.push(overlay);
+    }
+    Ok(overlays)
+}
+
+/// Where SB's domain runs from the switch of `epoch` on, for `disk` of `vm`.
+pub fn epoch_overlay_path(standby: &StandbyRecord, vm: &str, disk: &str, epoch: i64) -> PathBuf {
+    standby.storage.join(vm).join(format!("{}.{disk}.epoch-{epoch}.qcow2", standby.name))
+}
+
+/// ENV as reached in SB: each of `vms` in its SB domain, its agent
+/// endpoint ENV's as `endpoint` leaves it (another address, a namespace).
+pub(super) fn in_standby_domains(
+    primary: &Environment,
+    vms: &[TakeoverVm],
+    endpoint: impl Fn(&TakeoverVm, &mut AgentEndpoint),
+) -> Environment {
+    let mut environment = primary.clone();
+    for vm in vms {
+        if let Some(config) = environment.vms.get_mut(&vm.vm) {
+            config.domain = vm.domain.clone();
+            endpoint(vm, &mut config.agent);
+        }
+    }
+    environment
+}
