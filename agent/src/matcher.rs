@@ -12,7 +12,9 @@
 //!   `[A-Za-z0-9_-]` on either side; a `.` continues a name only when a name
 //!   character stands beyond it (`db.` ending a sentence matches, `db.prod`
 //!   and `prod` inside `db.prod` do not); `::` next to a name marks an IPv6
-//!   literal or a code path (`fd00::db`, `Foo::db`), not a host.
+//!   literal or a code path (`fd00::db`, `Foo::db`), not a host; a single
+//!   `/` before a name makes it a path segment (`location /api/`,
+//!   `/var/lib/db`), while `//` before it starts an authority (`//db/x`).
 //! - IPv4 addresses must not be continued by a digit, nor by a `.` followed
 //!   by a digit, on either side.
 //! - IPv6 addresses are compared case-insensitively and must not be
@@ -21,6 +23,19 @@
 //!   `[2001:db8::1]:5432` and a zone (`fe80::1%eth0`) stay outside the match.
 //!   Besides the spelling given, the canonical (RFC 5952), the uncompressed
 //!   and the fully expanded spellings of the address match too.
+//!
+//! In a URL only the host names a host, for every kind of needle: in
+//! `https://u:p@api:8443/v1/api/?q=api#api` only the `api` after `@` can
+//! match. A URL is `scheme://[userinfo@]authority[/path][?query][#frag]`
+//! (scheme as RFC 3986 spells it), or without a scheme `host:port/path...`
+//! (a port of one to five digits, then `/`); `host/path` without a port is
+//! not taken for one, since a relative file path looks the same. Scheme,
+//! userinfo, path, query and fragment are skipped; the authority (several
+//! hosts separated by commas too) is matched as usual. A URL ends at
+//! whitespace, a quote or any of `<>(){}|\^,;`, which errs towards ending
+//! it early: a host after the end is still found, never hidden. Outside a
+//! URL an address after a `/` is still a token (dnsmasq spells
+//! `address=/db.example/10.0.0.1`), unlike a host name.
 //!
 //! Not handled: other mixed spellings of one IPv6 address (`2001:db8:0::1`),
 //! IPv4 spellings with leading zeros or fewer than four parts, IPv4-mapped
@@ -220,14 +235,15 @@ impl Matcher {
 
     /// Every whole-token occurrence in `text`, left to right, never overlapping.
     pub fn find_iter<'a>(&'a self, text: &'a [u8]) -> Matches<'a> {
-        Matches { matcher: self, text, pos: 0, masked: &[] }
+        self.find_iter_outside(text, &[])
     }
 
     /// Like [`Matcher::find_iter`], but no match overlaps a span of
     /// `masked` (sorted, disjoint byte ranges); boundaries still look at
     /// the whole text.
-    fn find_iter_outside<'a>(&'a self, text: &'a [u8], masked: &'a [(usize, usize)]) -> Matches<'a> {
-        Matches { matcher: self, text, pos: 0, masked }
+    fn find_iter_outside<'a>(&'a self, text: &'a [u8], masked: &[(usize, usize)]) -> Matches<'a> {
+        let masked = merge_spans(url_masks(text), masked);
+        Matches { matcher: self, text, pos: 0, masked, next_mask: 0 }
     }
 
     pub fn is_match(&self, text: &[u8]) -> bool {
@@ -286,7 +302,9 @@ pub struct Matches<'a> {
     text: &'a [u8],
     pos: usize,
     /// Sorted, disjoint byte ranges no match may overlap.
-    masked: &'a [(usize, usize)],
+    masked: Vec<(usize, usize)>,
+    /// The first span of `masked` not yet behind `pos`.
+    next_mask: usize,
 }
 
 impl Iterator for Matches<'_> {
@@ -295,10 +313,10 @@ impl Iterator for Matches<'_> {
     fn next(&mut self) -> Option<Match> {
         while self.pos < self.text.len() {
             // Skip spans behind us, and jump over one we stand in.
-            while let Some(&(start, end)) = self.masked.first() {
+            while let Some(&(start, end)) = self.masked.get(self.next_mask) {
                 if start <= self.pos {
                     self.pos = self.pos.max(end);
-                    self.masked = &self.masked[1..];
+                    self.next_mask += 1;
                 } else {
                     break;
                 }
@@ -306,7 +324,7 @@ impl Iterator for Matches<'_> {
             if self.pos >= self.text.len() {
                 break;
             }
-            let limit = self.masked.first().map_or(self.text.len(), |&(start, _)| start);
+            let limit = self.masked.get(self.next_mask).map_or(self.text.len(), |&(start, _)| start);
             if let Some(m) = self.matcher.match_at(self.text, self.pos, limit) {
                 self.pos = m.end;
                 return Some(m);
@@ -315,6 +333,78 @@ impl Iterator for Matches<'_> {
         }
         None
     }
+}
+
+/// The parts of URLs in `text` that name no host (see the module doc):
+/// sorted, disjoint byte ranges.
+fn url_masks(text: &[u8]) -> Vec<(usize, usize)> {
+    let mut masks = Vec::new();
+    let mut pos = 0;
+    while pos < text.len() {
+        if let Some(scheme) = text[pos..].starts_with(b"://").then(|| scheme_start(text, pos)).flatten() {
+            let authority = pos + 3;
+            let end = url_end(text, authority);
+            let host_end = text[authority..end]
+                .iter()
+                .position(|b| matches!(b, b'/' | b'?' | b'#'))
+                .map_or(end, |p| authority + p);
+            masks.push((scheme, authority));
+            if let Some(at) = text[authority..host_end].iter().rposition(|&b| b == b'@') {
+                masks.push((authority, authority + at + 1));
+            }
+            if host_end < end {
+                masks.push((host_end, end));
+            }
+            pos = end;
+        } else if text[pos] == b'/' && port_before(text, pos) {
+            let end = url_end(text, pos);
+            masks.push((pos, end));
+            pos = end;
+        } else {
+            pos += 1;
+        }
+    }
+    masks
+}
+
+/// Where the scheme ending at `colon` (the `:` of `://`) starts, if one does.
+fn scheme_start(text: &[u8], colon: usize) -> Option<usize> {
+    let is_scheme_byte = |b: &u8| b.is_ascii_alphanumeric() || matches!(b, b'+' | b'-' | b'.');
+    let len = text[..colon].iter().rev().take_while(|b| is_scheme_byte(b)).count();
+    let start = colon - len;
+    (len > 0 && text[start].is_ascii_alphabetic()).then_some(start)
+}
+
+/// Whether `host:port` (a port of one to five digits) stands right before
+/// the `/` at `slash`.
+fn port_before(text: &[u8], slash: usize) -> bool {
+    let digits = text[..slash].iter().rev().take_while(|b| b.is_ascii_digit()).count();
+    let colon = slash - digits;
+    (1..=5).contains(&digits)
+        && colon >= 2
+        && text[colon - 1] == b':'
+        && (is_host_byte(text[colon - 2]) || text[colon - 2] == b']')
+}
+
+/// The end of the URL that goes on at `from`.
+fn url_end(text: &[u8], from: usize) -> usize {
+    let in_url = |b: &u8| b.is_ascii_graphic() && !b"\"'`<>(){}|\\^,;".contains(b);
+    from + text[from..].iter().take_while(|b| in_url(b)).count()
+}
+
+/// The union of two lists of sorted, disjoint spans, itself sorted and
+/// disjoint.
+fn merge_spans(mut spans: Vec<(usize, usize)>, more: &[(usize, usize)]) -> Vec<(usize, usize)> {
+    spans.extend_from_slice(more);
+    spans.sort_unstable();
+    let mut merged: Vec<(usize, usize)> = Vec::with_capacity(spans.len());
+    for (start, end) in spans {
+        match merged.last_mut() {
+            Some(last) if start <= last.1 => last.1 = last.1.max(end),
+            _ => merged.push((start, end)),
+        }
+    }
+    merged
 }
 
 fn left_boundary(kind: TokenKind, text: &[u8], start: usize) -> bool {
@@ -340,7 +430,10 @@ fn continues(kind: TokenKind, next: u8, beyond: Option<u8>, side: Side) -> bool 
     let beyond_is = |f: fn(u8) -> bool| beyond.is_some_and(f);
     match kind {
         TokenKind::Hostname => {
-            is_host_byte(next) || (next == b'.' && beyond_is(is_host_byte)) || (next == b':' && beyond == Some(b':'))
+            is_host_byte(next)
+                || (next == b'.' && beyond_is(is_host_byte))
+                || (next == b':' && beyond == Some(b':'))
+                || (side == Side::Left && next == b'/' && beyond != Some(b'/'))
         }
         TokenKind::Ipv4 => next.is_ascii_digit() || (next == b'.' && beyond_is(|b| b.is_ascii_digit())),
         TokenKind::Ipv6 => {

@@ -780,7 +780,7 @@ mod tests {
 
         let catalog = Catalog::open(dir.path()).unwrap();
 
-        assert_eq!(catalog.schema_version().unwrap(), 9);
+        assert_eq!(catalog.schema_version().unwrap(), Catalog::supported_schema_version());
         assert_eq!(catalog.active_switch("demo").unwrap().unwrap().id, id);
         assert_eq!(catalog.fence_events(id).unwrap(), [event]);
         assert!(catalog.forget_open_failover("sb").unwrap());

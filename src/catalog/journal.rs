@@ -26,7 +26,8 @@ use super::snapshots::ensure_environment;
 use super::{Catalog, CatalogError, Timestamp};
 
 const OPERATION_COLUMNS: &str = "o.id, o.kind, e.name, o.pid, o.pid_start_ticks, o.boot_id, o.started_at, \
-     o.finished_at, o.state, o.error";
+     o.finished_at, o.state, o.error, \
+     (SELECT json_group_array(env) FROM (SELECT env FROM operation_envs WHERE operation_id = o.id ORDER BY env))";
 const STEP_COLUMNS: &str = "id, operation_id, seq, name, undo, state, started_at, finished_at, error";
 
 impl Catalog {
@@ -58,6 +59,20 @@ impl Catalog {
         let id = OperationId(tx.last_insert_rowid());
         tx.commit().map_err(CatalogError::query(what))?;
         Ok(id)
+    }
+
+    /// Records that operation `id` also acts on `env` (besides the
+    /// environment it is journaled under), so that `recover ENV` and
+    /// `status ENV` find it. Recording it twice is harmless.
+    pub fn also_touches(&self, id: OperationId, env: &str) -> Result<(), CatalogError> {
+        let what = "record an environment an operation touches";
+        self.conn
+            .execute(
+                "INSERT INTO operation_envs (operation_id, env) VALUES (?1, ?2) ON CONFLICT DO NOTHING",
+                params![id, env],
+            )
+            .map_err(CatalogError::insert(what, format!("operation {id} touching '{env}'")))?;
+        Ok(())
     }
 
     pub fn operation(&self, id: OperationId) -> Result<Operation, CatalogError> {
@@ -303,6 +318,8 @@ fn operation_row(row: &Row<'_>) -> rusqlite::Result<Operation> {
         finished_at: row.get::<_, Option<Timestamp>>(7)?.map(|t| t.0),
         state: row.get(8)?,
         error: row.get(9)?,
+        touches: serde_json::from_str(&row.get::<_, String>(10)?)
+            .map_err(|e| rusqlite::Error::FromSqlConversionFailure(10, rusqlite::types::Type::Text, Box::new(e)))?,
     })
 }
 
@@ -366,6 +383,38 @@ mod tests {
         assert!(steps.iter().all(|s| s.state == StepState::Done));
         assert_eq!(steps[1].undo, snapshot_steps()[1].undo);
         assert!(catalog.interrupted_operations().unwrap().is_empty());
+    }
+
+    #[test]
+    fn an_operation_names_the_other_environments_it_touches() {
+        let (_dir, catalog) = catalog();
+        let op = catalog.begin_operation(OperationKind::Clone, "x", &dead_owner(), at(2, 0)).unwrap();
+        let other = catalog.begin_operation(OperationKind::Snapshot, "shop", &dead_owner(), at(2, 0)).unwrap();
+
+        catalog.also_touches(op, "shop").unwrap();
+        catalog.also_touches(op, "shop").unwrap();
+
+        let interrupted = catalog.interrupted_operations().unwrap();
+        assert_eq!(
+            interrupted.iter().map(|o| (o.id, o.touches.clone())).collect::<Vec<_>>(),
+            [(op, vec!["shop".to_owned()]), (other, vec![])]
+        );
+        assert!(interrupted[0].touches_env("shop") && interrupted[0].touches_env("x"));
+        assert!(!interrupted[1].touches_env("x"));
+    }
+
+    #[test]
+    fn migration_10_keeps_the_operations_journaled_before_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let old = Catalog::open_at_version(dir.path(), 9).unwrap();
+        let op = old.begin_operation(OperationKind::Clone, "x", &dead_owner(), at(2, 0)).unwrap();
+        drop(old);
+
+        let catalog = Catalog::open(dir.path()).unwrap();
+
+        assert_eq!(catalog.operation(op).unwrap().touches, Vec::<String>::new());
+        catalog.also_touches(op, "shop").unwrap();
+        assert_eq!(catalog.operation(op).unwrap().touches, ["shop"]);
     }
 
     #[test]

@@ -236,13 +236,23 @@ fn parse_stat(stat: &str) -> Option<(char, u64)> {
 pub struct Operation {
     pub id: OperationId,
     pub kind: OperationKind,
+    /// The environment it is journaled under.
     pub env: String,
+    /// The other environments it acts on (a clone's source), by name.
+    pub touches: Vec<String>,
     pub owner: Owner,
     pub started_at: DateTime<Utc>,
     pub finished_at: Option<DateTime<Utc>>,
     pub state: OperationState,
     /// Why it failed or was rolled back.
     pub error: Option<String>,
+}
+
+impl Operation {
+    /// Whether it is journaled under `env` or acts on it.
+    pub fn touches_env(&self, env: &str) -> bool {
+        self.env == env || self.touches.iter().any(|touched| touched == env)
+    }
 }
 
 /// One journaled step of an operation.

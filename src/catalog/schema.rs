@@ -337,6 +337,20 @@ pub(crate) const MIGRATIONS: &[Migration] = &[
             CREATE INDEX fence_events_by_failover ON fence_events (failover_id, id);
         "#,
     },
+    Migration {
+        version: 10,
+        description: "the other environments an operation touches (a clone's source)",
+        // An operation is journaled under one environment; `recover ENV`
+        // and `status ENV` also find it through these.
+        sql: r#"
+            CREATE TABLE operation_envs (
+                operation_id  INTEGER NOT NULL REFERENCES operations(id) ON DELETE CASCADE,
+                env           TEXT NOT NULL,
+                PRIMARY KEY (operation_id, env)
+            );
+            CREATE INDEX operation_envs_by_env ON operation_envs (env);
+        "#,
+    },
 ];
 
 /// The schema version this build writes.

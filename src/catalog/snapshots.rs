@@ -1,13 +1,13 @@
 //! Environments and snapshots: what `envclone snapshots ENV` lists and what
 //! retention chooses from.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 use rusqlite::{params, OptionalExtension, Params, Row};
 
-use super::model::{EnvId, Environment, NewSnapshot, Snapshot, SnapshotId, SnapshotState, VmConsistency};
+use super::model::{EnvId, Environment, ImageId, NewSnapshot, Snapshot, SnapshotId, SnapshotState, VmConsistency};
 use super::{Catalog, CatalogError, Timestamp};
 
 const SNAPSHOT_COLUMNS: &str = "s.id, e.name, s.name, s.label, s.schedule, s.created_at, s.state, s.memory, \
@@ -88,6 +88,107 @@ impl Catalog {
             None => self.load_snapshots("e.name = ?1 AND s.state = 'complete'", [env])?,
         };
         Ok(snapshots.pop())
+    }
+
+    /// The newest complete snapshot on `env`'s live chain: the one its
+    /// disks go on from now. After `restore ENV S` that is S, not the undo
+    /// snapshot nor any snapshot taken after S, which are newer but lie on
+    /// the branch the restore left. Every "newest point" decision (standby
+    /// create and sync, autorestore, the home sync) asks this, never
+    /// [`Catalog::last_snapshot`].
+    ///
+    /// A disk's live image is its newest leaf: every step that moves a disk
+    /// (snapshot, restore, failback) records the new image after the old
+    /// one, and a snapshot's own image is never a disk's live one. The
+    /// leaves looked at are the images below `env`'s snapshots' images,
+    /// clones' overlays and what lies below them aside. A catalog that
+    /// knows no live image of `env` (written by hand, say) falls back to
+    /// the newest complete snapshot.
+    pub fn live_snapshot(&self, env: &str) -> Result<Option<Snapshot>, CatalogError> {
+        let what = "find an environment's live chain";
+        let mut statement = self
+            .conn
+            .prepare("SELECT id, vm, disk, backing_image_id, path FROM images WHERE disk IS NOT NULL ORDER BY id")
+            .map_err(CatalogError::query(what))?;
+        let mut images: Vec<LiveImage> = statement
+            .query_map([], |row| {
+                Ok(LiveImage {
+                    id: row.get(0)?,
+                    disk: (row.get(1)?, row.get(2)?),
+                    backing: row.get(3)?,
+                    path: row.get(4)?,
+                    snapshot_image: false,
+                    env_snapshots: Vec::new(),
+                })
+            })
+            .map_err(CatalogError::query(what))?
+            .collect::<Result<_, _>>()
+            .map_err(CatalogError::query(what))?;
+        let mut statement = self
+            .conn
+            .prepare("SELECT image_id, name FROM image_dependents WHERE kind = 'snapshot'")
+            .map_err(CatalogError::query(what))?;
+        let pins: Vec<(ImageId, String)> = statement
+            .query_map([], |row| Ok((row.get(0)?, row.get(1)?)))
+            .map_err(CatalogError::query(what))?
+            .collect::<Result<_, _>>()
+            .map_err(CatalogError::query(what))?;
+        let prefix = format!("{env}/");
+        for (id, pin) in pins {
+            if let Ok(at) = images.binary_search_by_key(&id, |i| i.id) {
+                images[at].snapshot_image = true;
+                if let Some(snapshot) = pin.strip_prefix(&prefix) {
+                    images[at].env_snapshots.push(snapshot.to_owned());
+                }
+            }
+        }
+        let clone_overlays: BTreeSet<String> = self
+            .clones()?
+            .into_iter()
+            .flat_map(|clone| clone.resources.disks)
+            .map(|disk| disk.path.to_string_lossy().into_owned())
+            .collect();
+
+        // Down from `env`'s snapshots' images, not into a clone's overlay.
+        let mut children: BTreeMap<ImageId, Vec<&LiveImage>> = BTreeMap::new();
+        for image in &images {
+            if let Some(backing) = image.backing {
+                children.entry(backing).or_default().push(image);
+            }
+        }
+        let mut below: Vec<&LiveImage> = images.iter().filter(|i| !i.env_snapshots.is_empty()).collect();
+        let mut seen: BTreeSet<ImageId> = below.iter().map(|i| i.id).collect();
+        let mut live_leaf: BTreeMap<&(String, String), ImageId> = BTreeMap::new();
+        while let Some(image) = below.pop() {
+            let next = children.get(&image.id).map(Vec::as_slice).unwrap_or_default();
+            if next.is_empty() && !image.snapshot_image {
+                let newest = live_leaf.entry(&image.disk).or_insert(image.id);
+                *newest = (*newest).max(image.id);
+            }
+            for child in next {
+                if !clone_overlays.contains(&child.path) && seen.insert(child.id) {
+                    below.push(child);
+                }
+            }
+        }
+        if live_leaf.is_empty() {
+            return self.last_snapshot(env, None);
+        }
+
+        // Up from each live image: the snapshots of `env` on the way.
+        let by_id: BTreeMap<ImageId, &LiveImage> = images.iter().map(|i| (i.id, i)).collect();
+        let mut on_chain: BTreeSet<&str> = BTreeSet::new();
+        for &leaf in live_leaf.values() {
+            let mut visited = BTreeSet::new();
+            let mut at = by_id.get(&leaf).copied();
+            while let Some(image) = at.filter(|i| visited.insert(i.id)) {
+                on_chain.extend(image.env_snapshots.iter().map(String::as_str));
+                at = image.backing.and_then(|b| by_id.get(&b).copied());
+            }
+        }
+        let mut live = self.load_snapshots("e.name = ?1 AND s.state = 'complete'", [env])?;
+        live.retain(|s| on_chain.contains(s.name.as_str()));
+        Ok(live.pop())
     }
 
     /// Moves a snapshot to `to`, refusing a change
@@ -186,6 +287,19 @@ impl Catalog {
     }
 }
 
+/// An image as [`Catalog::live_snapshot`] walks it.
+struct LiveImage {
+    id: ImageId,
+    /// VM and disk target.
+    disk: (String, String),
+    backing: Option<ImageId>,
+    path: String,
+    /// Some snapshot (of any environment) pins it.
+    snapshot_image: bool,
+    /// The snapshots of the environment asked about that pin it.
+    env_snapshots: Vec<String>,
+}
+
 pub(super) fn ensure_environment(
     tx: &rusqlite::Transaction<'_>,
     name: &str,
@@ -225,7 +339,7 @@ fn snapshot_row(row: &Row<'_>) -> rusqlite::Result<Snapshot> {
 
 #[cfg(test)]
 mod tests {
-    use super::super::model::Consistency;
+    use super::super::model::{Consistency, Dependent, ImageFormat, ImageId, ImageKind, NewImage};
     use super::super::testing::*;
     use super::*;
 
@@ -291,6 +405,110 @@ mod tests {
         assert_eq!(ids, [early, late]);
         let names: Vec<String> = catalog.environments().unwrap().into_iter().map(|e| e.name).collect();
         assert_eq!(names, ["prod", "test"]);
+    }
+
+    /// `prod`'s disk `web/vda` as a snapshot and a restore leave it: a
+    /// base, then each snapshot's image pinned by it, each on the one
+    /// before; `add` records one more image on `backing`.
+    struct Chain<'c> {
+        catalog: &'c Catalog,
+    }
+
+    impl Chain<'_> {
+        fn add(&self, path: &str, backing: Option<ImageId>) -> ImageId {
+            let kind = if backing.is_some() { ImageKind::Overlay } else { ImageKind::Base };
+            self.catalog
+                .add_image(&NewImage {
+                    path: path.into(),
+                    vm: "web".into(),
+                    disk: Some("vda".into()),
+                    kind,
+                    format: ImageFormat::Qcow2,
+                    size_bytes: 1,
+                    backing,
+                    snapshot: None,
+                    created_at: at(0, 0),
+                })
+                .unwrap()
+        }
+
+        /// A complete snapshot `name` at `hour` whose image is `image`.
+        fn snapshot(&self, name: &str, hour: u32, image: ImageId) -> SnapshotId {
+            let id = self.catalog.create_snapshot(&new_snapshot("prod", name, hour)).unwrap();
+            self.catalog.pin(image, &Dependent::snapshot_named(format!("prod/{name}"))).unwrap();
+            self.catalog.set_snapshot_state(id, SnapshotState::Complete).unwrap();
+            id
+        }
+    }
+
+    fn live(catalog: &Catalog) -> Option<String> {
+        catalog.live_snapshot("prod").unwrap().map(|s| s.name)
+    }
+
+    #[test]
+    fn the_live_snapshot_after_a_restore_is_the_restored_one_not_the_undo_snapshot() {
+        let (_dir, catalog) = catalog();
+        let chain = Chain { catalog: &catalog };
+        let base = chain.add("/i/web.qcow2", None);
+        let s1 = chain.add("/i/s1.qcow2", Some(base));
+        chain.snapshot("s1", 1, s1);
+        let s2 = chain.add("/i/s2.qcow2", Some(s1));
+        chain.snapshot("s2", 2, s2);
+        let written = chain.add("/i/active.qcow2", Some(s2));
+        assert_eq!(live(&catalog).as_deref(), Some("s2"));
+
+        // restore prod s1: what the disk wrote becomes the undo snapshot,
+        // the disk goes on on a new overlay on s1's image.
+        chain.snapshot("undo-before-restore-s1", 3, written);
+        let restored = chain.add("/i/restore-s1.qcow2", Some(s1));
+
+        assert_eq!(catalog.last_snapshot("prod", None).unwrap().unwrap().name, "undo-before-restore-s1");
+        assert_eq!(live(&catalog).as_deref(), Some("s1"));
+
+        // A clone of s2 made afterwards is the clone's, not prod's disk.
+        chain.add("/clones/c/web.vda.qcow2", Some(s2));
+        catalog
+            .add_clone(&crate::catalog::CloneRecord {
+                name: "c".into(),
+                source_env: "prod".into(),
+                snapshot: "s2".into(),
+                created_at: at(4, 0),
+                disks: "linked".into(),
+                network: "isolated".into(),
+                environment: serde_json::json!({}),
+                resources: crate::catalog::CloneResources {
+                    disks: vec![crate::catalog::ClonedDisk {
+                        vm: "web".into(),
+                        disk: "vda".into(),
+                        path: "/clones/c/web.vda.qcow2".into(),
+                        backing: "/i/s2.qcow2".into(),
+                    }],
+                    ..Default::default()
+                },
+            })
+            .unwrap();
+        assert_eq!(live(&catalog).as_deref(), Some("s1"));
+
+        // The next snapshot is on the live chain again.
+        chain.snapshot("s3", 5, restored);
+        chain.add("/i/after-s3.qcow2", Some(restored));
+        assert_eq!(live(&catalog).as_deref(), Some("s3"));
+    }
+
+    #[test]
+    fn the_live_snapshot_after_a_discarding_restore_is_the_restored_one() {
+        let (_dir, catalog) = catalog();
+        let chain = Chain { catalog: &catalog };
+        let base = chain.add("/i/web.qcow2", None);
+        let s1 = chain.add("/i/s1.qcow2", Some(base));
+        chain.snapshot("s1", 1, s1);
+        let s2 = chain.add("/i/s2.qcow2", Some(s1));
+        chain.snapshot("s2", 2, s2);
+        // `--discard`: no undo snapshot, the overlay on s2 is deleted.
+        chain.add("/i/restore-s1.qcow2", Some(s1));
+
+        assert_eq!(live(&catalog).as_deref(), Some("s1"));
+        assert_eq!(catalog.live_snapshot("other").unwrap(), None);
     }
 
     #[test]

@@ -5,7 +5,8 @@
 //! the primary's fence and every return of an old primary, after running
 //! the fence guard (see [`crate::ops::failover::fence`]), and the way home:
 //! the newest snapshot all carried home by the home sync, its age (the lag
-//! of the way home) and the bytes carried.
+//! of the way home) and the bytes carried; and every operation left
+//! interrupted that touches the environments shown.
 
 use chrono::{DateTime, Utc};
 
@@ -172,6 +173,25 @@ fn human(report: &StatusReport) -> String {
                     event.detail.as_deref().unwrap_or("")
                 ));
             }
+        }
+        text.push('\n');
+        text.push_str(&table(&rows));
+    }
+    if !report.interrupted.is_empty() {
+        let mut rows = vec![row(&["INTERRUPTED", "KIND", "ENVIRONMENT", "ALSO TOUCHES", "STARTED", "STATE"])];
+        for op in &report.interrupted {
+            rows.push(vec![
+                format!("operation {}", op.id),
+                op.kind.to_string(),
+                op.env.clone(),
+                if op.touches.is_empty() { "-".to_owned() } else { op.touches.join(", ") },
+                time(Some(op.started_at)),
+                op.state.to_string(),
+            ]);
+            errors.push(format!(
+                "{}: {} operation {} did not finish: run `envclone recover {}`",
+                op.env, op.kind, op.id, op.env
+            ));
         }
         text.push('\n');
         text.push_str(&table(&rows));

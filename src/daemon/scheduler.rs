@@ -273,7 +273,7 @@ impl Scheduler {
                         continue;
                     }
                     let home = crate::ops::failover::fence::switch_resources(&open);
-                    if let Some(newest) = catalog.last_snapshot(&standby.primary, None)? {
+                    if let Some(newest) = catalog.live_snapshot(&standby.primary)? {
                         let seen = [home.home_snapshot.as_deref(), home.home_checked.as_deref()];
                         if !seen.contains(&Some(newest.name.as_str())) {
                             behind.push((standby.name, standby.primary, newest.name));
@@ -281,7 +281,7 @@ impl Scheduler {
                     }
                     continue;
                 }
-                if let Some(newest) = catalog.last_snapshot(&standby.primary, None)? {
+                if let Some(newest) = catalog.live_snapshot(&standby.primary)? {
                     if standby.snapshot.as_deref() != Some(newest.name.as_str()) {
                         behind.push((standby.name, standby.primary, newest.name));
                     }

@@ -1,7 +1,8 @@
 //! What `envclone status` reports: for each configured environment its
 //! newest complete snapshot (name, age, consistency), how many it has, and
 //! each of its schedules with the next and last run and the counters; and
-//! each standby with its primary, restored point and lag.
+//! each standby with its primary, restored point and lag; and every
+//! operation interrupted (or failed with undos left) that touches them.
 //!
 //! The report types are `#[non_exhaustive]` and serialized field by field,
 //! so later issues add sections (clones, standbys) without breaking
@@ -11,8 +12,8 @@ use chrono::{DateTime, Utc};
 use serde::Serialize;
 
 use crate::catalog::{
-    Catalog, CatalogError, Consistency, RunOrigin, RunState, ScheduleCounters, ScheduleRun, Snapshot, SnapshotState,
-    VmConsistency,
+    Catalog, CatalogError, Consistency, Operation, RunOrigin, RunState, ScheduleCounters, ScheduleRun, Snapshot,
+    SnapshotState, VmConsistency,
 };
 use crate::config::{Config, Retention, Schedule};
 use crate::schedule::due_runs;
@@ -30,6 +31,10 @@ pub struct StatusReport {
     /// of an old primary and what the fence guard did in this check.
     /// Filled by `envclone status`, which runs the guard first.
     pub failovers: Vec<crate::ops::failover::SwitchStatus>,
+    /// Operations interrupted (their process gone) or failed with undos
+    /// left, that touch the environments shown: `envclone recover ENV`
+    /// finishes or rolls them back.
+    pub interrupted: Vec<Operation>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
@@ -111,7 +116,9 @@ pub fn build(
         });
     }
     let standbys = crate::ops::standby::summaries(catalog, only, now)?;
-    Ok(StatusReport { generated_at: now, environments, standbys, failovers: Vec::new() })
+    let mut interrupted = crate::ops::recover::pending(catalog)?;
+    interrupted.retain(|op| only.map_or(true, |env| op.touches_env(env)));
+    Ok(StatusReport { generated_at: now, environments, standbys, failovers: Vec::new(), interrupted })
 }
 
 fn snapshot_status(snapshot: &Snapshot, now: DateTime<Utc>) -> SnapshotStatus {
@@ -197,7 +204,7 @@ pub fn human_age(seconds: i64) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::catalog::{NewRun, NewSnapshot, Owner, RetentionTally, RunEnd};
+    use crate::catalog::{NewRun, NewSnapshot, OperationKind, Owner, RetentionTally, RunEnd};
     use crate::config::{Controller, Environment};
     use chrono::TimeZone;
 
@@ -302,6 +309,32 @@ mod tests {
         let json = serde_json::to_value(&report).unwrap();
         assert_eq!(json["environments"][0]["schedules"][0]["last_run"]["result"], "succeeded");
         assert_eq!(json["environments"][0]["last_snapshot"]["age_seconds"], 3 * 3600);
+    }
+
+    #[test]
+    fn status_shows_an_interrupted_operation_under_every_environment_it_touches() {
+        let dir = tempfile::tempdir().unwrap();
+        let catalog = Catalog::open(dir.path()).unwrap();
+        let mut gone = Owner::current();
+        gone.start_ticks = gone.start_ticks.map(|ticks| ticks + 1);
+        let clone = catalog.begin_operation(OperationKind::Clone, "x", &gone, at(2, 0)).unwrap();
+        catalog.also_touches(clone, "prod").unwrap();
+        let live = catalog.begin_operation(OperationKind::Snapshot, "prod", &Owner::current(), at(2, 0)).unwrap();
+
+        let prod = build(&config(), &catalog, at(5, 0), Some("prod")).unwrap();
+        let test = build(&config(), &catalog, at(5, 0), Some("test")).unwrap();
+        let all = build(&config(), &catalog, at(5, 0), None).unwrap();
+
+        let ids = |report: &StatusReport| report.interrupted.iter().map(|o| o.id).collect::<Vec<_>>();
+        assert_eq!(ids(&prod), [clone], "a live operation is not interrupted: {live}");
+        assert_eq!(
+            (prod.interrupted[0].env.as_str(), prod.interrupted[0].touches.as_slice()),
+            ("x", &["prod".to_owned()][..])
+        );
+        assert_eq!(ids(&test), []);
+        assert_eq!(ids(&all), [clone]);
+        let json = serde_json::to_value(&prod).unwrap();
+        assert_eq!(json["interrupted"][0]["kind"], "clone");
     }
 
     #[test]

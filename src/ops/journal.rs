@@ -29,6 +29,12 @@ impl<'c> Journal<'c> {
         Ok(Journal { catalog, op, open: Vec::new() })
     }
 
+    /// The operation also acts on `env`: `recover ENV` and `status ENV`
+    /// find it too (a clone is journaled under the clone's name).
+    pub fn also_touches(&self, env: &str) -> Result<(), CatalogError> {
+        self.catalog.also_touches(self.op, env)
+    }
+
     pub fn record(&mut self, name: impl Into<String>, undo: UndoAction) -> Result<StepId, CatalogError> {
         let step = self.catalog.record_step(self.op, &StepRecord::new(name, undo))?;
         self.open.push(step);

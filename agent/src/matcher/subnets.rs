@@ -4,10 +4,13 @@
 //! the source's networks, such as a production host that is not part of the
 //! environment and that no map could have listed.
 //!
+//! Like the matcher's needles, an address in a URL counts only in its
+//! authority (`http://10.77.1.5/10.77.1.6` names one address).
+//!
 //! Only the dotted-quad spelling is recognised, like the matcher's IPv4
 //! needles (no leading zeros, no shortened forms).
 
-use super::{left_boundary, locate_lines, right_boundary, LineMatch, MatcherError, TokenKind};
+use super::{left_boundary, locate_lines, right_boundary, url_masks, LineMatch, MatcherError, TokenKind};
 use std::net::Ipv4Addr;
 
 /// One subnet, as the request spelled it.
@@ -68,10 +71,12 @@ impl SubnetMatcher {
 
     /// `(start, subnet)` of each address in a subnet, left to right.
     fn find_iter<'a>(&'a self, text: &'a [u8]) -> impl Iterator<Item = (usize, usize)> + 'a {
+        let masks = url_masks(text);
+        let masked = move |pos: usize| masks.iter().any(|&(start, end)| (start..end).contains(&pos));
         let mut pos = 0;
         std::iter::from_fn(move || {
             while pos < text.len() {
-                if !text[pos].is_ascii_digit() || !left_boundary(TokenKind::Ipv4, text, pos) {
+                if !text[pos].is_ascii_digit() || !left_boundary(TokenKind::Ipv4, text, pos) || masked(pos) {
                     pos += 1;
                     continue;
                 }
@@ -136,6 +141,17 @@ mod tests {
         }
         // ...but punctuation around an address is a boundary.
         for text in ["(10.77.1.12)", "x=10.77.1.12;", "[10.77.1.12]:80", "10.77.1.12/24", "a 10.77.1.12."] {
+            assert_eq!(found(&["10.77.1.0/24"], text).len(), 1, "{text}");
+        }
+    }
+
+    #[test]
+    fn an_address_in_a_url_counts_only_as_its_host() {
+        for text in [
+            "http://10.77.1.12/proxy/10.77.1.13?via=10.77.1.14",
+            "10.77.1.12:80/10.77.1.13",
+            "ftp://10.77.1.13@10.77.1.12/",
+        ] {
             assert_eq!(found(&["10.77.1.0/24"], text).len(), 1, "{text}");
         }
     }

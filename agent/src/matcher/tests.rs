@@ -87,12 +87,33 @@ const CASES: &[Case] = &[
     ),
     case("mysql url without a port", "mysql://db", "mysql://pg"),
     case("libpq key/value dsn", "host=db port=5432 dbname=app", "host=pg port=5432 dbname=app"),
+    // In a URL only the host names a host: scheme, user, password, path,
+    // query and fragment stay as they are, whatever they spell.
+    case("in a url only the host is a token", "postgres://db:db@db/db", "postgres://db:db@pg/db"),
+    case("url path segment spelled like a host", "https://db:8443/v1/db/", "https://pg:8443/v1/db/"),
+    case("url query and fragment spelled like a host", "https://db/x?host=db#db", "https://pg/x?host=db#db"),
+    case("url scheme spelled like a host", "db://db/", "db://pg/"),
+    case("nginx proxy_pass", "proxy_pass http://db:8080/db/;", "proxy_pass http://pg:8080/db/;"),
+    case("nginx location spelled like a host", "location /db/ {", "location /db/ {"),
+    case("file path segment spelled like a host", "datadir=/var/lib/db", "datadir=/var/lib/db"),
+    case("relative path: its first segment is a token", "db/migrations", "pg/migrations"),
+    case("protocol-relative url", "//db/db", "//pg/db"),
+    case("url without a scheme: host and port", "db:5432/db?host=db", "pg:5432/db?host=db"),
+    case("url with several hosts", "postgres://db,cache:5432/db", "postgres://pg,kv-clone:5432/db"),
+    case("ipv4 in a url path", "http://10.0.0.1/proxy/10.0.0.2", "http://10.9.0.1/proxy/10.0.0.2"),
+    case("ipv4 in the path of a url without a scheme", "10.0.0.1:80/10.0.0.2", "10.9.0.1:80/10.0.0.2"),
+    case("ipv4 as a url user", "ftp://10.0.0.2@10.0.0.1/", "ftp://10.0.0.2@10.9.0.1/"),
+    case("ipv6 url with a path", "http://[2001:db8::1]:80/db", "http://[2001:db8:9::1]:80/db"),
+    case("nfs export", "10.0.0.1:/export/db", "10.9.0.1:/export/db"),
+    case("url ends at a space", "http://x/db db", "http://x/db pg"),
+    case("url ends at a quote", "\"http://x/db\",\"db\"", "\"http://x/db\",\"pg\""),
+    case("url ends at a semicolon", "http://x/db;db", "http://x/db;pg"),
     case(
-        // A known limit: the matcher does not parse URLs, so a user,
-        // password or database spelled like a host key is rewritten too.
-        "url parts spelled like a host are tokens too",
-        "postgres://db:db@db/db",
-        "postgres://pg:pg@pg/pg",
+        // A known limit: outside a URL only host names skip a path; an
+        // address after a `/` is a token (dnsmasq spells its records so).
+        "address in a path is a token",
+        "address=/db.prod.example/10.0.0.1",
+        "address=/db.prod.example/10.9.0.1",
     ),
     // Quoting and file formats.
     case("double quotes", "\"db\"", "\"pg\""),
@@ -233,11 +254,9 @@ fn find_lines_reports_line_and_column() {
         .iter()
         .map(|m| (m.line, m.column, std::str::from_utf8(&text[m.line_start..m.line_end]).unwrap()))
         .collect();
-    assert_eq!(
-        found,
-        [(2, 8, "host = db"), (4, 16, "url=postgres://10.0.0.1/db"), (4, 25, "url=postgres://10.0.0.1/db")]
-    );
-    assert_eq!(matcher.find_lines(text).iter().map(|m| m.needle).collect::<Vec<_>>(), [0, 1, 0]);
+    // The `db` in the URL's path is a database, not a host.
+    assert_eq!(found, [(2, 8, "host = db"), (4, 16, "url=postgres://10.0.0.1/db")]);
+    assert_eq!(matcher.find_lines(text).iter().map(|m| m.needle).collect::<Vec<_>>(), [0, 1]);
 }
 
 // ---------------------------------------------------------------------------
@@ -339,6 +358,17 @@ fn surrounding_token(text: &[u8], m: Match, kind: TokenKind) -> &[u8] {
     run
 }
 
+/// Whether a host name after `before` is a path segment: a single `/`
+/// stands before it.
+fn path_segment(before: &str) -> bool {
+    before.ends_with('/') && !before.ends_with("//")
+}
+
+/// Whether `m` overlaps a part of a URL that names no host.
+fn in_url_part(text: &[u8], m: Match) -> bool {
+    url_masks(text).iter().any(|&(start, end)| start < m.end && m.start < end)
+}
+
 proptest! {
     #![proptest_config(ProptestConfig::with_cases(2000))]
 
@@ -364,6 +394,9 @@ proptest! {
                 let double_colon = kind == TokenKind::Hostname
                     && (pass_text[..m.start].ends_with("::") || pass_text[m.end..].starts_with("::"));
                 prop_assert!(!double_colon, "host {key} replaced next to `::` in {pass_text:?}");
+                let in_path = kind == TokenKind::Hostname && path_segment(&pass_text[..m.start]);
+                prop_assert!(!in_path, "host {key} replaced after a single `/` in {pass_text:?}");
+                prop_assert!(!in_url_part(pass_text.as_bytes(), m), "{key} replaced outside a URL's host in {pass_text:?}");
             }
         }
         let mut restored = String::new();
@@ -394,7 +427,9 @@ proptest! {
                 for (start, _) in lower.match_indices(&form) {
                     let m = Match { start, end: start + form.len(), needle };
                     let whole = surrounding_token(bytes, m, kind) == &lower.as_bytes()[m.start..m.end]
-                        && !(kind == TokenKind::Hostname && (text[..start].ends_with("::") || text[m.end..].starts_with("::")));
+                        && !(kind == TokenKind::Hostname && (text[..start].ends_with("::") || text[m.end..].starts_with("::")))
+                        && !(kind == TokenKind::Hostname && path_segment(&text[..start]))
+                        && !in_url_part(bytes, m);
                     let covered = found.iter().any(|f| f.start < m.end && m.start < f.end);
                     prop_assert!(!whole || covered, "{key} at {start} not found in {text:?}");
                 }

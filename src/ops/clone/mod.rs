@@ -393,6 +393,7 @@ pub fn clone(ctx: &OpContext<'_>, request: &CloneRequest, tools: Tools<'_>) -> R
     let _source_lock = EnvLock::acquire(state_dir, &request.source, "clone")?;
     let _clone_lock = EnvLock::acquire(state_dir, &request.name, "clone")?;
     let journal = Journal::begin(ctx.catalog, OperationKind::Clone, &request.name, ctx.clock.now())?;
+    journal.also_touches(&request.source)?;
     let storage = ctx.config.controller.state_dir.join("images").join(&request.name);
     let mut run = Run {
         ctx,

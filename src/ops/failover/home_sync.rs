@@ -144,7 +144,7 @@ pub fn sync_home(ctx: &OpContext<'_>, standby: &str, tools: Tools<'_>) -> Result
     let places: BTreeSet<&PathBuf> = planned.iter().map(|p| &p.image.to).collect();
     let dropped: Vec<PathBuf> =
         resources.home.iter().filter(|c| !kept.contains(c) && !places.contains(&c.to)).map(|c| c.to.clone()).collect();
-    let newest = ctx.catalog.last_snapshot(&env, None)?.map(|s| s.name);
+    let newest = ctx.catalog.live_snapshot(&env)?.map(|s| s.name);
     let mut report = HomeSyncReport {
         env: env.clone(),
         standby: standby.to_owned(),

@@ -2,8 +2,9 @@
 //! operation (snapshot, restore, delete, clone) left half done, then checks
 //! the environment as it really is.
 //!
-//! For each environment (the one named, or every one the config or the
-//! journal knows), holding its lock so no live operation can be mistaken
+//! For each environment (the one named and those of the operations that
+//! act on it, such as a clone of it journaled under the clone's name; or
+//! every one the config or the journal knows), holding its lock so no live operation can be mistaken
 //! for a dead one:
 //!
 //! 1. **The journal**: every operation still `running` or `rolling-back`
@@ -72,8 +73,8 @@ use self::undo::{unknown_kind, Undoer, Undone};
 use super::context::OpContext;
 use super::{Busy, EnvLock, LockError};
 use crate::catalog::{
-    CatalogError, Operation, OperationId, OperationKind, OperationState, Owner, SnapshotState, Step, StepState,
-    UndoAction,
+    Catalog, CatalogError, Operation, OperationId, OperationKind, OperationState, Owner, SnapshotState, Step,
+    StepState, UndoAction,
 };
 use crate::ops::delete::{delete_locked, DeleteReport, DeleteSettings, ImageFiles};
 use crate::ops::restore::RECORD_STEP as RESTORE_RECORD_STEP;
@@ -266,13 +267,19 @@ pub(crate) fn recover_with(
     request: &RecoverRequest,
 ) -> Result<RecoverReport, RecoverError> {
     let catalog = ctx.catalog;
-    let pending_envs: BTreeSet<String> = pending(ctx)?.into_iter().map(|op| op.env).collect();
+    let pending_ops = pending(catalog)?;
+    let pending_envs: BTreeSet<String> = pending_ops.iter().map(|op| op.env.clone()).collect();
     let envs: Vec<String> = match &request.env {
         Some(env) => {
             if !pending_envs.contains(env) && catalog.environment(env)?.is_none() {
                 ctx.config.environment(env)?;
             }
-            vec![env.clone()]
+            // An operation journaled under another environment that acts
+            // on ENV (a clone of ENV) is recovered under its own lock.
+            let mut related: BTreeSet<String> =
+                pending_ops.iter().filter(|op| op.touches_env(env)).map(|op| op.env.clone()).collect();
+            related.remove(env);
+            std::iter::once(env.clone()).chain(related).collect()
         }
         None => {
             let mut all: BTreeSet<String> = ctx.config.environments.keys().cloned().collect();
@@ -285,7 +292,7 @@ pub(crate) fn recover_with(
     for env in envs {
         let _lock = match EnvLock::acquire(&ctx.config.controller.state_dir, &env, purpose) {
             Ok(lock) => lock,
-            Err(LockError::Busy(busy)) if request.env.is_none() => {
+            Err(LockError::Busy(busy)) if request.env.as_ref() != Some(&env) => {
                 let blocked_by = pending_envs.contains(&env).then(|| busy.clone());
                 ctx.note(format!("{env}: {busy}; skipped"));
                 report.environments.push(EnvReport {
@@ -307,8 +314,7 @@ pub(crate) fn recover_with(
 
 /// Operations with work left: interrupted ones, and failed ones with
 /// steps still to undo (or an undo plan this build cannot read).
-fn pending(ctx: &OpContext<'_>) -> Result<Vec<Operation>, CatalogError> {
-    let catalog = ctx.catalog;
+pub(crate) fn pending(catalog: &Catalog) -> Result<Vec<Operation>, CatalogError> {
     let mut operations = catalog.interrupted_operations()?;
     for failed in catalog.operations_in(OperationState::Failed)? {
         let work_left = match catalog.undo_plan(failed.id) {
@@ -333,7 +339,7 @@ fn recover_env(
     dry_run: bool,
 ) -> Result<EnvReport, RecoverError> {
     // Judged again now that the lock is held: no live owner can be working on these.
-    let operations: Vec<Operation> = pending(ctx)?.into_iter().filter(|op| op.env == env).collect();
+    let operations: Vec<Operation> = pending(ctx.catalog)?.into_iter().filter(|op| op.env == env).collect();
     let env_config = ctx.config.environments.get(env);
     let mut expected = Expected::default();
     let mut reports = Vec::new();

@@ -627,6 +627,34 @@ fn an_interrupted_clone_is_rolled_back_through_the_clone_handlers() {
 }
 
 #[test]
+fn recover_of_the_source_rolls_back_an_interrupted_clone_journaled_under_the_clones_name() {
+    use crate::hypervisor::{NetworkDef, NetworkSpec};
+    use crate::ops::clone::undo::UNDO_REMOVE_NETWORK;
+    let h = Harness::new();
+    let hv: &dyn crate::hypervisor::Hypervisor = &h.hv;
+    let spec = NetworkSpec { name: "c1-net".into(), bridge: "ecc1".into(), ip: None };
+    hv.define_network(&NetworkDef::isolated(&spec)).unwrap();
+    hv.start_network("c1-net").unwrap();
+    let mut owner = Owner::current();
+    owner.start_ticks = owner.start_ticks.map(|ticks| ticks + 1);
+    let started = Utc.with_ymd_and_hms(2024, 5, 1, 2, 0, 0).unwrap();
+    let op = h.catalog.begin_operation(OperationKind::Clone, "c1", &owner, started).unwrap();
+    h.catalog.also_touches(op, "demo").unwrap();
+    let undo =
+        UndoAction::Custom { kind: UNDO_REMOVE_NETWORK.into(), data: serde_json::json!({ "network": "c1-net" }) };
+    h.step(op, "copy network net as c1-net", undo, true);
+
+    let report =
+        h.recover(&FakeAgents::healthy(), &RecoverRequest { env: Some("demo".into()), dry_run: false }).unwrap();
+
+    let clone = report.environments.iter().find(|env| env.env == "c1").expect("the clone's operation is recovered");
+    assert_eq!(clone.operations[0].outcome, Outcome::RolledBack, "{clone:?}");
+    assert!(h.hv.peek_network("c1-net").is_none());
+    assert!(report.environments.iter().any(|env| env.env == "demo"), "the environment named is recovered too");
+    assert!(!report.nothing_to_do());
+}
+
+#[test]
 fn a_rolled_back_clone_leaves_no_storage_folder_behind() {
     let h = Harness::new();
     let storage = h.config.controller.state_dir.join("images/c1");

@@ -117,7 +117,7 @@ pub fn create(
     };
     drop(lock);
 
-    let (sync, sync_skipped) = match ctx.catalog.last_snapshot(&request.primary, None)? {
+    let (sync, sync_skipped) = match ctx.catalog.live_snapshot(&request.primary)? {
         Some(_) => (Some(super::sync(ctx, name, transfer)?), None),
         None => {
             let why = format!(

@@ -147,7 +147,7 @@ pub fn lag(
     standby: &crate::catalog::StandbyRecord,
     now: chrono::DateTime<chrono::Utc>,
 ) -> Result<Lag, crate::catalog::CatalogError> {
-    let newest = catalog.last_snapshot(&standby.primary, None)?;
+    let newest = catalog.live_snapshot(&standby.primary)?;
     let behind = newest.filter(|n| Some(&n.name) != standby.snapshot.as_ref()).map(|n| n.name);
     Ok(Lag {
         snapshot: standby.snapshot.clone(),

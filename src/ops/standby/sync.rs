@@ -153,7 +153,7 @@ pub fn sync(ctx: &OpContext<'_>, standby: &str, transfer: &dyn Transfer) -> Resu
     )?;
     let snapshot = ctx
         .catalog
-        .last_snapshot(&record.primary, None)?
+        .live_snapshot(&record.primary)?
         .ok_or_else(|| StandbyError::NoSnapshot { env: record.primary.clone(), standby: standby.to_owned() })?;
     let (mut disks, reads) = plan(ctx, transfer, &record, &snapshot)?;
     let report = |disks: &[DiskPlan], mode, bytes| SyncReport {

@@ -119,6 +119,39 @@ impl Transfer for FakeTransfer {
     }
 }
 
+/// Image files for `restore`: every image exists but the restore's own
+/// new overlays (`restore-*`), until it makes them.
+#[derive(Debug, Default)]
+struct RestoreFiles {
+    made: Mutex<std::collections::BTreeSet<PathBuf>>,
+}
+
+impl crate::ops::restore::ImageFiles for RestoreFiles {
+    fn exists(&self, path: &Path) -> bool {
+        let made_here = path.file_name().is_some_and(|n| n.to_string_lossy().starts_with("restore-"));
+        !made_here || self.made.lock().unwrap().contains(path)
+    }
+
+    fn create_overlay(
+        &self,
+        overlay: &Path,
+        _backing: &Path,
+        _format: crate::catalog::ImageFormat,
+    ) -> Result<(), crate::ops::restore::ImageFileError> {
+        self.made.lock().unwrap().insert(overlay.to_owned());
+        Ok(())
+    }
+
+    fn remove(&self, path: &Path) -> std::io::Result<()> {
+        self.made.lock().unwrap().remove(path);
+        Ok(())
+    }
+
+    fn size(&self, _path: &Path) -> Option<u64> {
+        Some(1)
+    }
+}
+
 /// An environment `demo` of VMs `web` and `db` on network `net`, running.
 struct Harness {
     _dir: tempfile::TempDir,
@@ -185,6 +218,20 @@ impl Harness {
     fn snapshot(&self) -> String {
         let request = SnapshotRequest { env: "demo".into(), label: None, memory: false, quiesce: None, schedule: None };
         self.with_context(|ctx| crate::ops::snapshot::take(ctx, &request, &FakeQuiescer)).unwrap().name
+    }
+
+    /// `envclone restore demo NAME`, keeping the undo snapshot.
+    fn restore(&self, name: &str) {
+        let request = crate::ops::restore::RestoreRequest {
+            env: "demo".into(),
+            snapshot: name.into(),
+            memory: false,
+            discard: false,
+        };
+        let agents = crate::ops::test_agents::ReadyAgents::answering(true);
+        let files = RestoreFiles::default();
+        let tools = crate::ops::restore::Tools { quiescer: &FakeQuiescer, agents: &agents, files: &files };
+        self.with_context(|ctx| crate::ops::restore::restore(ctx, &request, tools)).unwrap();
     }
 
     fn create(&self, transfer: &FakeTransfer) -> Result<CreateReport, StandbyError> {
@@ -281,6 +328,24 @@ fn the_first_sync_copies_in_full_and_the_next_only_the_new_overlay() {
     assert_eq!(record.snapshot.as_deref(), Some(s2.as_str()));
     assert!(record.disks.iter().all(|d| d.sha256.as_deref().is_some_and(|s| s.len() == 64)));
     assert_eq!(h.catalog.standby_syncs("sb", 5).unwrap().iter().map(|s| s.bytes).collect::<Vec<_>>(), [20, 2000]);
+}
+
+#[test]
+fn a_standby_created_after_a_restore_is_brought_to_the_restored_snapshot_not_the_undo_snapshot() {
+    let h = Harness::new();
+    let s1 = h.snapshot();
+    let s2 = h.snapshot();
+    h.restore(&s1);
+    let undo = h.catalog.last_snapshot("demo", None).unwrap().unwrap();
+    assert!(undo.name != s1 && undo.name != s2, "the restore keeps an undo snapshot: {undo:?}");
+
+    let created = h.create(&h.transfer()).unwrap();
+
+    assert_eq!(created.sync.unwrap().snapshot, s1);
+    assert_eq!(h.pinned(), h.images_of(&s1));
+    let record = h.catalog.standby_named("sb").unwrap().unwrap();
+    let lag = h.with_context(|ctx| super::lag(ctx.catalog, &record, at(40))).unwrap();
+    assert_eq!((lag.snapshot.as_deref(), lag.behind), (Some(s1.as_str()), None));
 }
 
 #[test]
