@@ -86,8 +86,10 @@ impl Run<'_, '_> {
         for index in 0..guests.vms.len() {
             let vm = guests.vms[index].vm.clone();
             let report = self.step(&format!("new SSH host keys for {vm}"), UndoAction::Nothing, |_| {
-                let report =
-                    guests.agents().reset_identity(&vm, true).map_err(agent_error(&vm, "give the guest new host keys"))?;
+                let report = guests
+                    .agents()
+                    .reset_identity(&vm, true)
+                    .map_err(agent_error(&vm, "give the guest new host keys"))?;
                 match report.ssh_servers.iter().find(|s| !s.serves_new_keys) {
                     None => Ok(report),
                     Some(server) => Err(CloneError::HostKeysNotServed {
@@ -157,8 +159,11 @@ impl Run<'_, '_> {
             hostnames.insert(vm.clone(), hostname);
         }
         let plan = &own.addresses;
-        let (rewrite_plan, scan) =
-            readdress::agent_requests(plan.rewrite_map(&hostnames, &own.rewrite.map), plan.source_subnets(), own.rewrite);
+        let (rewrite_plan, scan) = readdress::agent_requests(
+            plan.rewrite_map(&hostnames, &own.rewrite.map),
+            plan.source_subnets(),
+            own.rewrite,
+        );
         // Every VM is rewritten and found clean before any link goes up.
         let mut host_keys = BTreeMap::new();
         for (index, vm) in vms.iter().enumerate() {

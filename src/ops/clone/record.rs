@@ -78,7 +78,10 @@ impl Run<'_, '_> {
                 NetworkMode::Readdress => "readdress".into(),
             },
             environment: serde_json::to_value(&clone.environment).map_err(|e| {
-                CloneError::Catalog(CatalogError::Corrupt { what: "record a clone's environment", detail: e.to_string() })
+                CloneError::Catalog(CatalogError::Corrupt {
+                    what: "record a clone's environment",
+                    detail: e.to_string(),
+                })
             })?,
             resources: CloneResources {
                 domains: plans.iter().map(|p| p.domain.clone()).collect(),

@@ -136,7 +136,9 @@ impl Run<'_, '_> {
         let domain = names::domain(&self.request.name, vm);
         match self.ctx.hv.domain(&domain) {
             Err(HvError::NoSuchDomain { .. }) => Ok(domain),
-            Ok(_) => Err(CloneError::BadName { name: self.request.name.clone(), reason: format!("domain {domain} exists") }),
+            Ok(_) => {
+                Err(CloneError::BadName { name: self.request.name.clone(), reason: format!("domain {domain} exists") })
+            }
             Err(source) => Err(CloneError::InspectDomain { vm: vm.to_owned(), domain, source: Box::new(source) }),
         }
     }
