@@ -12,6 +12,7 @@ pub mod context;
 pub mod crashpoint;
 pub mod delete;
 pub mod destroy;
+pub mod environments;
 pub mod failover;
 pub mod journal;
 pub mod lock;

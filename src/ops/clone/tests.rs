@@ -10,7 +10,7 @@ use std::time::Duration;
 use chrono::{DateTime, TimeZone, Utc};
 
 use super::*;
-use crate::catalog::{OperationState, StepState};
+use crate::catalog::{Dependent, ImageFormat, ImageKind, OperationState, StepState};
 use crate::config::{AgentEndpoint, Config, Controller, HumanSize, Vm};
 use crate::guest::GuestError;
 use crate::hypervisor::{FakeHypervisor, FakeStep, Hypervisor};

@@ -127,22 +127,6 @@ impl std::fmt::Debug for Tools<'_> {
     }
 }
 
-/// The environment a running drill of `name` (a standby) reaches its VMs
-/// with, if one runs: how `envclone ssh SB VM` finds them.
-pub fn drill_environment(
-    catalog: &crate::catalog::Catalog,
-    name: &str,
-) -> Result<Option<Environment>, crate::catalog::CatalogError> {
-    let Some(open) = catalog.open_failover(name)? else { return Ok(None) };
-    if open.mode != crate::catalog::FailoverMode::Test {
-        return Ok(None);
-    }
-    serde_json::from_value(open.environment).map(Some).map_err(|e| crate::catalog::CatalogError::Corrupt {
-        what: "read a drill's environment",
-        detail: e.to_string(),
-    })
-}
-
 /// While a role switch of `name` is in force: how to reach its active side
 /// (the standby's domains at `name`'s addresses, snapshots on the
 /// standby's storage), with the switch's row.
