@@ -20,6 +20,7 @@
 //!   run in the catalog and applies retention; `envclone status` reports.
 //! - [`commands`]: one file per CLI subcommand; the binary stays thin.
 
+pub mod app_error;
 pub mod catalog;
 pub mod cli;
 pub mod commands;
@@ -36,4 +37,4 @@ pub mod retention;
 pub mod schedule;
 pub mod wait;
 
-pub use error::{Error, Result};
+pub use app_error::{Error, Result};
