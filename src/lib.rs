@@ -19,6 +19,9 @@
 //! - [`daemon`]: `envclone daemon` runs the schedules (tokio), records each
 //!   run in the catalog and applies retention; `envclone status` reports.
 //! - [`commands`]: one file per CLI subcommand; the binary stays thin.
+//! - [`error`] and [`exit`]: leaves every module's error builds on (each
+//!   says its own exit code and hint); [`app_error`]: the top-level
+//!   [`Error`] the commands and the daemon return.
 
 pub mod app_error;
 pub mod catalog;

@@ -6,6 +6,8 @@ use std::path::PathBuf;
 
 use crate::catalog::{CatalogError, SnapshotState};
 use crate::config::LookupError;
+use crate::error::Failure;
+use crate::exit::ExitCode;
 use crate::guest::GuestError;
 use crate::hypervisor::HvError;
 use crate::ops::restore::ImageFileError;
@@ -14,8 +16,6 @@ use crate::ops::snapshot::SnapshotError;
 use crate::ops::LockError;
 
 use super::host_net::HostNetError;
-use crate::error::Failure;
-use crate::exit::ExitCode;
 
 #[derive(Debug, thiserror::Error)]
 pub enum CloneError {

@@ -6,6 +6,8 @@ use std::path::PathBuf;
 
 use crate::catalog::{CatalogError, SnapshotState};
 use crate::config::LookupError;
+use crate::error::Failure;
+use crate::exit::ExitCode;
 use crate::guest::GuestError;
 use crate::hypervisor::HvError;
 use crate::ops::shared::{OperationError, Shared};
@@ -13,8 +15,6 @@ use crate::ops::snapshot::save_image::ReadSaveImageError;
 use crate::ops::LockError;
 
 use super::files::ImageFileError;
-use crate::error::Failure;
-use crate::exit::ExitCode;
 
 #[derive(Debug, thiserror::Error)]
 pub enum RestoreError {

@@ -7,14 +7,14 @@ use std::time::Duration;
 
 use crate::catalog::CatalogError;
 use crate::config::LookupError;
+use crate::error::Failure;
+use crate::exit::ExitCode;
 use crate::guest::GuestError;
 use crate::hypervisor::{DomainState, HvError};
 use crate::ops::shared::{OperationError, Shared};
 use crate::ops::LockError;
 
 use super::memory::MemoryError;
-use crate::error::Failure;
-use crate::exit::ExitCode;
 
 #[derive(Debug, thiserror::Error)]
 pub enum SnapshotError {

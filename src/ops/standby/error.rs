@@ -6,13 +6,13 @@ use std::path::PathBuf;
 
 use crate::catalog::CatalogError;
 use crate::config::LookupError;
+use crate::error::Failure;
+use crate::exit::ExitCode;
 use crate::hypervisor::HvError;
 use crate::ops::shared::{OperationError, Shared};
 use crate::ops::LockError;
 
 use super::transfer::TransferError;
-use crate::error::Failure;
-use crate::exit::ExitCode;
 
 #[derive(Debug, thiserror::Error)]
 pub enum StandbyError {
