@@ -19,7 +19,11 @@
 //! - [`daemon`]: `envclone daemon` runs the schedules (tokio), records each
 //!   run in the catalog and applies retention; `envclone status` reports.
 //! - [`commands`]: one file per CLI subcommand; the binary stays thin.
+//! - [`error`] and [`exit`]: leaves every module's error builds on (each
+//!   says its own exit code and hint); [`app_error`]: the top-level
+//!   [`Error`] the commands and the daemon return.
 
+pub mod app_error;
 pub mod catalog;
 pub mod cli;
 pub mod commands;
@@ -36,4 +40,4 @@ pub mod retention;
 pub mod schedule;
 pub mod wait;
 
-pub use error::{Error, Result};
+pub use app_error::{Error, Result};

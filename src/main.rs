@@ -3,6 +3,7 @@
 
 use clap::Parser;
 use envclone::cli::Cli;
+use envclone::error::Failure;
 use envclone::exit::ExitCode;
 use tracing_subscriber::EnvFilter;
 

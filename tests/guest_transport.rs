@@ -22,6 +22,7 @@ use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, Instant};
 
+use envclone::error::Failure;
 use envclone::guest::netns::connect_tcp;
 use envclone::guest::{known_hosts_name, AgentClient, GuestError, GuestSession, SshOptions, SshTarget};
 use envclone::wait;

@@ -7,6 +7,7 @@
 use std::net::{IpAddr, Ipv4Addr};
 use std::path::PathBuf;
 
+use envclone::error::Failure;
 use envclone::hypervisor::{
     qmp, BlockCommit, DirectBootSpec, DomainDef, DomainState, ExternalSnapshot, HvError, Hypervisor, LibvirtHypervisor,
     NetworkDef, NetworkSpec, NicSpec,

@@ -5,6 +5,8 @@ use std::fmt;
 use std::path::PathBuf;
 
 use super::model::{Dependent, ImageId, SnapshotId};
+use crate::error::Failure;
+use crate::exit::ExitCode;
 
 #[derive(Debug, thiserror::Error)]
 pub enum CatalogError {
@@ -83,8 +85,17 @@ impl CatalogError {
             _ => CatalogError::query(what)(source),
         }
     }
+}
 
-    pub fn hint(&self) -> Option<String> {
+impl Failure for CatalogError {
+    fn exit_code(&self) -> ExitCode {
+        match self {
+            CatalogError::NotFound { .. } => ExitCode::NotFound,
+            _ => ExitCode::Failed,
+        }
+    }
+
+    fn hint(&self) -> Option<String> {
         match self {
             CatalogError::CreateDir { .. } | CatalogError::Open { .. } => {
                 Some("check `controller.state_dir` in the config and that envclone runs as root".into())

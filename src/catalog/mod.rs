@@ -186,6 +186,7 @@ pub(crate) mod testing {
 mod tests {
     use super::testing::*;
     use super::*;
+    use crate::error::Failure;
 
     #[test]
     fn open_creates_a_wal_catalog_at_the_current_version() {

@@ -6,6 +6,7 @@
 use super::{load_config, Output};
 use crate::cli::{CheckArgs, GlobalArgs};
 use crate::config::{Config, Environment};
+use crate::error::Failure;
 use crate::exit::ExitCode;
 use crate::guest::endpoint::{ssh_options, ssh_target};
 use crate::guest::{AgentClient, GuestSession};
@@ -75,7 +76,7 @@ fn live_environment(config: &Config, name: &str) -> Result<Environment> {
         return Ok(env.clone());
     }
     let catalog = crate::catalog::Catalog::open(&config.controller.state_dir)?;
-    crate::ops::clone::resolve_environment(config, &catalog, name).map_err(Error::clone_op("look up"))
+    crate::ops::clone::resolve_environment(config, &catalog, name).map_err(Error::operation("look up"))
 }
 
 /// libvirt first (domains, networks), then every agent in parallel: each

@@ -48,7 +48,7 @@ pub fn run(global: &GlobalArgs, args: &CloneArgs, out: &Output) -> Result<ExitCo
     let agents = move |env: &Environment| -> Box<dyn CloneAgents> { Box::new(SshAgents::new(&controller, env)) };
     let tools =
         Tools { quiescer: &quiescer, agents: &agents, files: &QemuImg, copier: &QemuImgConvert, net: &IpCommand };
-    let report = clone::clone(&ctx, &request, tools).map_err(Error::clone_op("clone"))?;
+    let report = clone::clone(&ctx, &request, tools).map_err(Error::operation("clone"))?;
     let libvirt_netns = config.controller.libvirt_netns.clone();
     out.report(&report, |report| human(report, libvirt_netns.as_deref()));
     Ok(ExitCode::Ok)

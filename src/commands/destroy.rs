@@ -19,7 +19,7 @@ pub fn run(global: &GlobalArgs, args: &DestroyArgs, out: &Output) -> Result<Exit
     let catalog = Catalog::open(&config.controller.state_dir)?;
     let progress = |event: &Event| out.progress(&event.to_string());
     let ctx = OpContext { config: &config, hv: &hv, catalog: &catalog, progress: &progress, clock: &SystemClock };
-    let report = destroy::destroy(&ctx, &args.name, &QemuImg, &IpCommand).map_err(Error::clone_op("destroy"))?;
+    let report = destroy::destroy(&ctx, &args.name, &QemuImg, &IpCommand).map_err(Error::operation("destroy"))?;
     out.report(&report, human);
     Ok(ExitCode::Ok)
 }

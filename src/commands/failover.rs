@@ -23,7 +23,7 @@ pub fn run(global: &GlobalArgs, args: &FailoverArgs, out: &Output) -> Result<Exi
     with_tools(global, &args.environment, out, |ctx, tools| {
         let request = DrillRequest { env: args.environment.clone(), standby: args.standby.clone() };
         if args.planned {
-            let report = failover::planned(ctx, &request, tools).map_err(Error::failover_op("failover --planned"))?;
+            let report = failover::planned(ctx, &request, tools).map_err(Error::operation("failover --planned"))?;
             out.report(&report, switched);
             return Ok(ExitCode::Ok);
         }
@@ -37,14 +37,14 @@ pub fn run(global: &GlobalArgs, args: &FailoverArgs, out: &Output) -> Result<Exi
                 elsewhere.map(|other| super::guard::connect_within(other, super::guard::PRIMARY_CONNECT_WITHIN));
             let host = connection.as_ref().map_or(PrimaryHost::Answers(ctx.hv), super::guard::Connection::host);
             let how = Unplanned { force: args.force, host, primary_uri: elsewhere };
-            let report = failover::unplanned(ctx, &request, how, tools).map_err(Error::failover_op("failover"))?;
+            let report = failover::unplanned(ctx, &request, how, tools).map_err(Error::operation("failover"))?;
             out.report(&report, switched);
             return Ok(ExitCode::Ok);
         }
         let report = if args.end {
-            failover::end_drill(ctx, &request, tools).map_err(Error::failover_op("failover --test --end"))?
+            failover::end_drill(ctx, &request, tools).map_err(Error::operation("failover --test --end"))?
         } else {
-            failover::start_drill(ctx, &request, tools).map_err(Error::failover_op("failover --test"))?
+            failover::start_drill(ctx, &request, tools).map_err(Error::operation("failover --test"))?
         };
         out.report(&report, human);
         Ok(ExitCode::Ok)

@@ -74,7 +74,7 @@ pub fn load_config_with_clones(global: &crate::cli::GlobalArgs) -> Result<Config
             continue;
         }
         let environment =
-            crate::ops::clone::clone_environment(&clone).map_err(crate::Error::clone_op("read the clones"))?;
+            crate::ops::clone::clone_environment(&clone).map_err(crate::Error::operation("read the clones"))?;
         config.environments.insert(clone.name.clone(), environment);
     }
     // Roles switched: while a standby serves an environment, the

@@ -125,6 +125,7 @@ mod tests {
     use super::*;
     use crate::catalog::CatalogError;
     use crate::config::LookupError;
+    use crate::error::Failure;
     use crate::ops::recover::RecoverError;
     use crate::ops::{Busy, LockError};
 

@@ -73,7 +73,7 @@ pub fn run(global: &GlobalArgs, args: &SnapshotArgs, out: &Output) -> Result<Exi
     ));
     let failback = super::failover::with_tools(global, &args.environment, out, |ctx, tools| {
         let request = DrillRequest { env: args.environment.clone(), standby: Some(standby.clone()) };
-        failover::failback(ctx, &request, tools).map_err(Error::failover_op("failback triggered by the snapshot"))
+        failover::failback(ctx, &request, tools).map_err(Error::operation("failback triggered by the snapshot"))
     })?;
     out.report(&Triggered { snapshot: report, failback }, |both| {
         human(&both.snapshot) + &super::failback::human(&both.failback)

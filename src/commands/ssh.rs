@@ -17,7 +17,7 @@ pub fn run(global: &GlobalArgs, args: &SshArgs) -> Result<std::process::ExitCode
         Err(_) => {
             let catalog = crate::catalog::Catalog::open(&config.controller.state_dir)?;
             crate::ops::clone::resolve_environment(&config, &catalog, &args.environment)
-                .map_err(Error::clone_op("look up"))?
+                .map_err(Error::operation("look up"))?
         }
     };
     let vm = env.vms.get(&args.vm).ok_or_else(|| crate::config::LookupError::UnknownVm {

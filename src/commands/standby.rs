@@ -34,7 +34,7 @@ pub fn run(global: &GlobalArgs, command: StandbyCommand, out: &Output) -> Result
             // failover's wiring (the fence guard first).
             drop(catalog);
             return super::failover::with_tools(global, &env, out, |ctx, tools| {
-                let report = failover::sync_home(ctx, &args.name, tools).map_err(Error::failover_op("standby sync"))?;
+                let report = failover::sync_home(ctx, &args.name, tools).map_err(Error::operation("standby sync"))?;
                 out.report(&report, home_synced);
                 Ok(ExitCode::Ok)
             });
@@ -53,17 +53,16 @@ pub fn run(global: &GlobalArgs, command: StandbyCommand, out: &Output) -> Result
                 autorestore: args.no_autorestore.then_some(false),
             };
             let report =
-                standby::create(&ctx, &request, &QemuImgTransfer).map_err(Error::standby_op("standby create"))?;
+                standby::create(&ctx, &request, &QemuImgTransfer).map_err(Error::operation("standby create"))?;
             out.report(&report, created);
         }
         StandbyCommand::Sync(args) => {
-            let report =
-                standby::sync(&ctx, &args.name, &QemuImgTransfer).map_err(Error::standby_op("standby sync"))?;
+            let report = standby::sync(&ctx, &args.name, &QemuImgTransfer).map_err(Error::operation("standby sync"))?;
             out.report(&report, |report| synced(report, &config));
         }
         StandbyCommand::Destroy(args) => {
             let report =
-                standby::destroy(&ctx, &args.name, &QemuImgTransfer).map_err(Error::standby_op("standby destroy"))?;
+                standby::destroy(&ctx, &args.name, &QemuImgTransfer).map_err(Error::operation("standby destroy"))?;
             out.report(&report, destroyed);
         }
         StandbyCommand::List => unreachable!("listed above"),

@@ -4,6 +4,8 @@ use std::fmt;
 use std::io;
 use std::path::PathBuf;
 
+use crate::error::Failure;
+use crate::exit::ExitCode;
 use serde::Serialize;
 
 /// One problem in the config file, located by line, column and dotted key.
@@ -49,23 +51,32 @@ pub enum ConfigError {
 }
 
 impl ConfigError {
+    /// The diagnostics of an `Invalid` error; empty for `Read`.
+    pub fn diagnostics(&self) -> &[Diagnostic] {
+        match self {
+            Self::Invalid { diagnostics, .. } => diagnostics,
+            Self::Read { .. } => &[],
+        }
+    }
+}
+
+impl Failure for ConfigError {
+    /// Nothing was done: the config must be fixed first.
+    fn exit_code(&self) -> ExitCode {
+        match self {
+            ConfigError::Read { .. } | ConfigError::Invalid { .. } => ExitCode::Usage,
+        }
+    }
+
     /// What the user can do about a `Read` error. `Invalid` carries one hint
     /// per diagnostic in its Display instead, so this returns `None` for it.
-    pub fn hint(&self) -> Option<String> {
+    fn hint(&self) -> Option<String> {
         match self {
             Self::Read { source, .. } if source.kind() == io::ErrorKind::NotFound => Some(
                 "create it from config/envclone.example.toml, or point --config or ENVCLONE_CONFIG at another file"
                     .to_owned(),
             ),
             Self::Read { .. } | Self::Invalid { .. } => None,
-        }
-    }
-
-    /// The diagnostics of an `Invalid` error; empty for `Read`.
-    pub fn diagnostics(&self) -> &[Diagnostic] {
-        match self {
-            Self::Invalid { diagnostics, .. } => diagnostics,
-            Self::Read { .. } => &[],
         }
     }
 }
@@ -98,8 +109,12 @@ pub enum LookupError {
     UnknownStandby { name: String, known: Vec<String> },
 }
 
-impl LookupError {
-    pub fn hint(&self) -> Option<String> {
+impl Failure for LookupError {
+    fn exit_code(&self) -> ExitCode {
+        ExitCode::NotFound
+    }
+
+    fn hint(&self) -> Option<String> {
         let (kind, known) = match self {
             Self::UnknownEnvironment { known, .. } => ("environments", known),
             Self::UnknownVm { known, .. } => ("VMs", known),

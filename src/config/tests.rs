@@ -2,6 +2,7 @@ use std::path::Path;
 use std::time::Duration;
 
 use super::*;
+use crate::error::Failure;
 
 const NO_FILE_CHECKS: ValidateOptions = ValidateOptions { check_files: false };
 

@@ -1,9 +1,11 @@
-//! What a scheduled run and the daemon can fail with. Exit codes are
-//! chosen in [`crate::exit`].
+//! What a scheduled run and the daemon can fail with, each variant with its
+//! exit code ([`Failure::exit_code`]).
 
 use std::time::Duration;
 
 use crate::catalog::CatalogError;
+use crate::error::Failure;
+use crate::exit::ExitCode;
 use crate::schedule::ScheduleError;
 
 /// Why one scheduled run (its snapshot, or one of its retention deletes)
@@ -46,8 +48,30 @@ impl RunError {
     pub fn is_busy(&self) -> bool {
         matches!(self, RunError::Busy { .. })
     }
+}
 
-    pub fn hint(&self) -> Option<String> {
+impl Failure for RunError {
+    /// A run whose command failed exits with the code the command exited
+    /// with, so a timer's unit status says "not found" or "unreachable"
+    /// like a hand-run snapshot would.
+    fn exit_code(&self) -> ExitCode {
+        match self {
+            RunError::Busy { .. } => ExitCode::Busy,
+            RunError::Command { code, .. } => ExitCode::ALL
+                .into_iter()
+                .find(|known| i32::from(known.code()) == *code && *known != ExitCode::Ok)
+                .unwrap_or(ExitCode::Failed),
+            RunError::Spawn { .. }
+            | RunError::Wait { .. }
+            | RunError::Killed { .. }
+            | RunError::Timeout { .. }
+            | RunError::BadOutput { .. }
+            | RunError::Catalog(_)
+            | RunError::Panicked { .. } => ExitCode::Failed,
+        }
+    }
+
+    fn hint(&self) -> Option<String> {
         match self {
             RunError::Busy { .. } => {
                 Some("the run is skipped, not queued: the schedule runs again at its next time".into())
@@ -109,8 +133,23 @@ pub enum DaemonError {
     },
 }
 
-impl DaemonError {
-    pub fn hint(&self) -> Option<String> {
+impl Failure for DaemonError {
+    /// `envclone daemon` and `envclone schedule run`: a run that failed
+    /// exits with the code its snapshot exited with.
+    fn exit_code(&self) -> ExitCode {
+        match self {
+            DaemonError::UnknownSchedule { .. } => ExitCode::NotFound,
+            DaemonError::Trigger { .. } => ExitCode::Usage,
+            DaemonError::Run { source, .. } => source.exit_code(),
+            DaemonError::RunsFailed { .. }
+            | DaemonError::Runtime { .. }
+            | DaemonError::Signal { .. }
+            | DaemonError::CurrentExe { .. }
+            | DaemonError::Task { .. } => ExitCode::Failed,
+        }
+    }
+
+    fn hint(&self) -> Option<String> {
         match self {
             DaemonError::UnknownSchedule { name, known } if known.is_empty() => {
                 Some(format!("define [schedules.{name}] in the config; it has no schedules"))

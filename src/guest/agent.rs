@@ -110,6 +110,7 @@ fn tail(bytes: &[u8]) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::error::Failure;
     use envclone_agent::AgentError;
     use proptest::prelude::*;
 

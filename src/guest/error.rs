@@ -7,6 +7,8 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
+use crate::error::Failure;
+use crate::exit::ExitCode;
 use envclone_agent::ExitStatus;
 
 #[derive(Debug, thiserror::Error)]
@@ -138,9 +140,42 @@ fn via(netns: &Option<String>) -> String {
     netns.as_ref().map(|n| format!(" in network namespace {n}")).unwrap_or_default()
 }
 
-impl GuestError {
+impl Failure for GuestError {
+    /// Exhaustive on purpose: a new transport error must be placed by hand.
+    fn exit_code(&self) -> ExitCode {
+        use GuestError::*;
+        match self {
+            // Never got to talk to the agent, or refused to (host key).
+            Resolve { .. }
+            | OpenNetns { .. }
+            | EnterNetns { .. }
+            | NetnsThread { .. }
+            | Connect { .. }
+            | Handshake { .. }
+            | NoHostKey { .. }
+            | KnownHosts { .. }
+            | UnknownHostKey { .. }
+            | HostKeyMismatch { .. }
+            | Auth { .. }
+            | AgentMissing { .. } => ExitCode::Unreachable,
+            Agent { exit: Some(ExitStatus::Busy), .. } => ExitCode::Busy,
+            OpenChannel { .. }
+            | Exec { .. }
+            | ChannelIo { .. }
+            | CommandTimeout { .. }
+            | Pty { .. }
+            | LocalTerminal { .. }
+            | ArgumentHasNul { .. }
+            | ProtocolMismatch { .. }
+            | Agent { .. }
+            | BadAnswer { .. }
+            | LeaseLost { .. }
+            | ThawHooksFailed { .. } => ExitCode::Failed,
+        }
+    }
+
     /// What the user can do about it, when there is something to say.
-    pub fn hint(&self) -> Option<String> {
+    fn hint(&self) -> Option<String> {
         use GuestError::*;
         let lab = "is the lab up? `envclone lab status`";
         match self {

@@ -77,6 +77,7 @@ fn check_name(name: &str) -> io::Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::error::Failure;
 
     #[test]
     fn connect_refuses_namespace_names_that_are_paths() {

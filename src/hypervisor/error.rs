@@ -4,6 +4,8 @@ use std::fmt;
 use std::path::PathBuf;
 
 use super::fake::FakeStep;
+use crate::error::Failure;
+use crate::exit::ExitCode;
 
 /// What libvirt said, kept as plain data so that the error is `Clone` and so
 /// that the fake can produce the same errors the real driver would.
@@ -186,9 +188,21 @@ impl HvError {
         matches!(self, HvError::Unsupported { .. })
             || self.libvirt().is_some_and(|e| e.code == LibvirtCode::Unsupported)
     }
+}
+
+impl Failure for HvError {
+    /// A domain or network that does not exist is "not found"; libvirt that
+    /// cannot be reached is "unreachable".
+    fn exit_code(&self) -> ExitCode {
+        match self {
+            HvError::NoSuchDomain { .. } | HvError::NoSuchNetwork { .. } => ExitCode::NotFound,
+            HvError::Connect { .. } => ExitCode::Unreachable,
+            _ => ExitCode::Failed,
+        }
+    }
 
     /// A next step for the user, when there is an obvious one.
-    pub fn hint(&self) -> Option<String> {
+    fn hint(&self) -> Option<String> {
         use HvError::*;
         let hint = match self {
             Connect { .. } => "is libvirtd running? for the lab run `envclone lab up`; check controller.libvirt_uri",

@@ -1,5 +1,7 @@
 //! Everything that can stop a lab command, each with the step and a hint.
 
+use crate::error::Failure;
+use crate::exit::ExitCode;
 use crate::guest::GuestError;
 use crate::hypervisor::HvError;
 use std::path::{Path, PathBuf};
@@ -70,8 +72,17 @@ impl LabError {
         let step = step.into();
         move |source| LabError::Hypervisor { step, source: Box::new(source) }
     }
+}
 
-    pub fn hint(&self) -> Option<String> {
+impl Failure for LabError {
+    fn exit_code(&self) -> ExitCode {
+        match self {
+            LabError::Busy { .. } => ExitCode::Busy,
+            _ => ExitCode::Failed,
+        }
+    }
+
+    fn hint(&self) -> Option<String> {
         match self {
             LabError::MissingTools { .. } => {
                 Some("install them: `scripts/install-deps.sh` (Debian packages, run as root)".into())

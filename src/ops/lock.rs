@@ -16,6 +16,8 @@ use std::os::unix::fs::{FileExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use crate::error::Failure;
+use crate::exit::ExitCode;
 use chrono::{DateTime, SecondsFormat, Utc};
 use nix::errno::Errno;
 use nix::fcntl::{Flock, FlockArg};
@@ -58,8 +60,12 @@ impl fmt::Display for Busy {
 
 impl std::error::Error for Busy {}
 
-impl Busy {
-    pub fn hint(&self) -> Option<String> {
+impl Failure for Busy {
+    fn exit_code(&self) -> ExitCode {
+        ExitCode::Busy
+    }
+
+    fn hint(&self) -> Option<String> {
         Some(match &self.holder {
             Some(holder) => format!("wait for the {} to finish, then run the command again", holder.operation),
             None => "wait for it to finish, then run the command again".to_owned(),
@@ -99,8 +105,17 @@ pub enum LockError {
     },
 }
 
-impl LockError {
-    pub fn hint(&self) -> Option<String> {
+impl Failure for LockError {
+    /// A lock another operation holds is "busy"; one that cannot be taken
+    /// at all is a failure.
+    fn exit_code(&self) -> ExitCode {
+        match self {
+            LockError::Busy(_) => ExitCode::Busy,
+            _ => ExitCode::Failed,
+        }
+    }
+
+    fn hint(&self) -> Option<String> {
         match self {
             LockError::Busy(busy) => busy.hint(),
             LockError::BadName { .. } => Some("use only letters, digits, '_', '.' and '-'".into()),

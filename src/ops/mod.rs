@@ -20,6 +20,7 @@ pub mod parallel;
 pub mod prune;
 pub mod recover;
 pub mod restore;
+pub mod shared;
 pub mod snapshot;
 pub mod standby;
 #[cfg(test)]

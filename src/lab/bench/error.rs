@@ -1,6 +1,7 @@
 //! What can stop a bench, each naming the step (a measurement) and, where
 //! it helps, how to fix it.
 
+use crate::error::Failure;
 use std::path::PathBuf;
 
 #[derive(Debug, thiserror::Error)]

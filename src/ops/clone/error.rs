@@ -1,13 +1,17 @@
 //! What a clone (and a destroy) can fail with: one variant per step, with
-//! the VM, network or file concerned. Exit codes are chosen in `crate::exit`.
+//! the VM, network or file concerned. Each picks its exit code
+//! ([`Failure::exit_code`]).
 
 use std::path::PathBuf;
 
 use crate::catalog::{CatalogError, SnapshotState};
 use crate::config::LookupError;
+use crate::error::Failure;
+use crate::exit::ExitCode;
 use crate::guest::GuestError;
 use crate::hypervisor::HvError;
 use crate::ops::restore::ImageFileError;
+use crate::ops::shared::{OperationError, Shared};
 use crate::ops::snapshot::SnapshotError;
 use crate::ops::LockError;
 
@@ -194,8 +198,28 @@ fn unknown_snapshot(env: &str, name: &str, state: Option<SnapshotState>) -> Stri
     }
 }
 
-impl CloneError {
-    pub fn hint(&self) -> Option<String> {
+impl Failure for CloneError {
+    /// An unknown snapshot is "not found"; a bad name, an option not
+    /// supported yet or a destroy of a non-clone is a bad command line.
+    fn exit_code(&self) -> ExitCode {
+        match self {
+            CloneError::Lookup(_) | CloneError::UnknownSnapshot { .. } => ExitCode::NotFound,
+            CloneError::Lock(LockError::Busy(_)) => ExitCode::Busy,
+            CloneError::BadName { .. }
+            | CloneError::Unsupported { .. }
+            | CloneError::NotAClone { .. }
+            | CloneError::InUse { .. }
+            | CloneError::NoMemoryImage { .. }
+            | CloneError::ReaddressNotConfigured { .. }
+            | CloneError::AddressPlan { .. } => ExitCode::Usage,
+            CloneError::Snapshot { source, .. } => source.exit_code(),
+            CloneError::AgentNotReady { source, .. } | CloneError::Agent { source, .. } => source.exit_code(),
+            CloneError::CleanupFailed { cause, .. } => cause.exit_code(),
+            _ => ExitCode::Failed,
+        }
+    }
+
+    fn hint(&self) -> Option<String> {
         match self {
             CloneError::Lookup(e) => e.hint(),
             CloneError::Lock(e) => e.hint(),
@@ -241,6 +265,18 @@ impl CloneError {
             | CloneError::Start { source, .. } => source.hint(),
             CloneError::AgentNotReady { source, .. } => source.hint(),
             _ => None,
+        }
+    }
+}
+
+impl OperationError for CloneError {
+    const OPERATION: &'static str = "clone";
+
+    fn into_shared(self) -> Result<Shared, Self> {
+        match self {
+            CloneError::Lock(lock) => Ok(Shared::Lock(lock)),
+            CloneError::Lookup(lookup) => Ok(Shared::Lookup(lookup)),
+            own => Err(own),
         }
     }
 }

@@ -12,6 +12,7 @@ use chrono::{DateTime, TimeZone, Utc};
 use super::*;
 use crate::catalog::{Dependent, ImageFormat, ImageKind, OperationState, StepState};
 use crate::config::{AgentEndpoint, Config, Controller, HumanSize, Vm};
+use crate::error::Failure;
 use crate::guest::GuestError;
 use crate::hypervisor::{FakeHypervisor, FakeStep, Hypervisor};
 use crate::ops::context::{Event, FixedClock};

@@ -1,14 +1,17 @@
 //! What deleting a snapshot (and pruning) can fail with: one variant per
 //! step, naming the VM, disk or file concerned. A delete that pins forbid
 //! is not an error: it is deferred and reported (`DeleteReport::deferred`).
-//! Exit codes are chosen in `crate::exit`.
+//! Each variant picks its exit code ([`Failure::exit_code`]).
 
 use std::path::PathBuf;
 
 use super::files::FileError;
 use crate::catalog::CatalogError;
 use crate::config::LookupError;
+use crate::error::Failure;
+use crate::exit::ExitCode;
 use crate::hypervisor::HvError;
+use crate::ops::shared::{OperationError, Shared};
 use crate::ops::snapshot::save_image::ReadSaveImageError;
 use crate::ops::LockError;
 
@@ -94,7 +97,31 @@ fn show(chain: &[PathBuf]) -> String {
 }
 
 impl DeleteError {
-    pub fn hint(&self) -> Option<String> {
+    /// Whether the failure is a lookup of something that does not exist.
+    pub fn is_not_found(&self) -> bool {
+        match self {
+            DeleteError::UnknownSnapshot { .. } | DeleteError::Lookup(_) => true,
+            DeleteError::CleanupFailed { cause, .. } => cause.is_not_found(),
+            _ => false,
+        }
+    }
+}
+
+impl Failure for DeleteError {
+    /// An unknown snapshot is "not found"; a deferred delete is no error at all.
+    fn exit_code(&self) -> ExitCode {
+        match self {
+            DeleteError::Lookup(_) | DeleteError::UnknownSnapshot { .. } => ExitCode::NotFound,
+            DeleteError::Lock(LockError::Busy(_)) => ExitCode::Busy,
+            DeleteError::InspectDomain { source, .. } if matches!(**source, HvError::Connect { .. }) => {
+                ExitCode::Unreachable
+            }
+            DeleteError::CleanupFailed { cause, .. } => cause.exit_code(),
+            _ => ExitCode::Failed,
+        }
+    }
+
+    fn hint(&self) -> Option<String> {
         use DeleteError::*;
         let hint = match self {
             Lookup(source) => return source.hint(),
@@ -126,13 +153,16 @@ impl DeleteError {
         };
         Some(hint)
     }
+}
 
-    /// Whether the failure is a lookup of something that does not exist.
-    pub fn is_not_found(&self) -> bool {
+impl OperationError for DeleteError {
+    const OPERATION: &'static str = "delete";
+
+    fn into_shared(self) -> Result<Shared, Self> {
         match self {
-            DeleteError::UnknownSnapshot { .. } | DeleteError::Lookup(_) => true,
-            DeleteError::CleanupFailed { cause, .. } => cause.is_not_found(),
-            _ => false,
+            DeleteError::Lock(lock) => Ok(Shared::Lock(lock)),
+            DeleteError::Lookup(lookup) => Ok(Shared::Lookup(lookup)),
+            own => Err(own),
         }
     }
 }

@@ -1,12 +1,16 @@
 //! What a failover can fail with: one variant per step, with the standby,
-//! VM, domain or file concerned. Exit codes are chosen in `crate::exit`.
+//! VM, domain or file concerned. Each picks its exit code
+//! ([`Failure::exit_code`]).
 
 use crate::catalog::CatalogError;
 use crate::config::LookupError;
+use crate::error::Failure;
+use crate::exit::ExitCode;
 use crate::guest::GuestError;
 use crate::hypervisor::HvError;
 use crate::ops::clone::HostNetError;
 use crate::ops::restore::ImageFileError;
+use crate::ops::shared::{OperationError, Shared};
 use crate::ops::LockError;
 
 #[derive(Debug, thiserror::Error)]
@@ -207,8 +211,40 @@ pub enum FailoverError {
     CleanupFailed { cause: Box<FailoverError>, failures: Vec<String> },
 }
 
-impl FailoverError {
-    pub fn hint(&self) -> Option<String> {
+impl Failure for FailoverError {
+    /// No standby (or not the one named) is "not found"; several standbys
+    /// without `--standby`, or a mode not built yet, a bad command line.
+    fn exit_code(&self) -> ExitCode {
+        match self {
+            FailoverError::Lookup(_)
+            | FailoverError::NoStandby { .. }
+            | FailoverError::UnknownStandby { .. }
+            | FailoverError::NotSynced { .. } => ExitCode::NotFound,
+            FailoverError::Lock(LockError::Busy(_)) => ExitCode::Busy,
+            FailoverError::SeveralStandbys { .. }
+            | FailoverError::Unsupported { .. }
+            | FailoverError::PrimaryHealthy { .. }
+            | FailoverError::NoSwitch { .. }
+            | FailoverError::NotServing { .. }
+            | FailoverError::FailbackDrillRunning { .. }
+            | FailoverError::ReaddressNotConfigured { .. }
+            | FailoverError::PrimaryRunning { .. } => ExitCode::Usage,
+            FailoverError::AgentNotReady { source, .. } if source.exit_code() == ExitCode::Unreachable => {
+                ExitCode::Unreachable
+            }
+            FailoverError::InspectDomain { source, .. }
+            | FailoverError::InspectNetwork { source, .. }
+            | FailoverError::Start { source, .. }
+                if matches!(**source, HvError::Connect { .. }) =>
+            {
+                ExitCode::Unreachable
+            }
+            FailoverError::CleanupFailed { cause, .. } => cause.exit_code(),
+            _ => ExitCode::Failed,
+        }
+    }
+
+    fn hint(&self) -> Option<String> {
         match self {
             FailoverError::Lookup(e) => e.hint(),
             FailoverError::Lock(e) => e.hint(),
@@ -310,6 +346,18 @@ impl FailoverError {
             FailoverError::CleanupFailed { .. } => {
                 Some("run `envclone recover`: it finishes or rolls back what is left".into())
             }
+        }
+    }
+}
+
+impl OperationError for FailoverError {
+    const OPERATION: &'static str = "failover";
+
+    fn into_shared(self) -> Result<Shared, Self> {
+        match self {
+            FailoverError::Lock(lock) => Ok(Shared::Lock(lock)),
+            FailoverError::Lookup(lookup) => Ok(Shared::Lookup(lookup)),
+            own => Err(own),
         }
     }
 }

@@ -5,6 +5,7 @@
 
 use super::*;
 use crate::catalog::{FailoverMode, FailoverRecord, FailoverState, ImageKind};
+use crate::error::Failure;
 use crate::hypervisor::{DomainState, Hypervisor};
 use crate::ops::snapshot::SnapshotRequest;
 

@@ -6,6 +6,7 @@
 
 use super::*;
 use crate::catalog::{FailoverState, StepState, UndoAction};
+use crate::error::Failure;
 use crate::ops::failover::fence::{switch_resources, SwitchResources};
 use std::sync::atomic::Ordering;
 

@@ -8,6 +8,7 @@
 
 use super::*;
 use crate::config::{Readdress, Rewrite, Standby, StandbyNetwork};
+use crate::error::Failure;
 use crate::hypervisor::DomainState;
 
 const POOL: &str = "10.90.0.0/16";

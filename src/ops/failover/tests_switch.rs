@@ -7,6 +7,7 @@ use std::collections::BTreeMap;
 
 use super::*;
 use crate::catalog::{FailoverMode, FailoverState, FenceKind};
+use crate::error::Failure;
 use crate::hypervisor::{DomainState, FakeHypervisor, FakeStep, Hypervisor};
 use crate::ops::snapshot::SnapshotRequest;
 
@@ -313,10 +314,7 @@ fn a_readdressing_standby_of_a_primary_without_a_pool_is_refused_before_anything
     let error = h.unplanned(false, None, true).unwrap_err();
 
     assert!(matches!(&error, FailoverError::ReaddressNotConfigured { missing: "readdress", .. }), "{error:?}");
-    assert_eq!(
-        crate::exit::ExitCode::from_error(&crate::Error::failover_op("failover")(error)),
-        crate::exit::ExitCode::Usage
-    );
+    assert_eq!(crate::exit::ExitCode::from_error(&error), crate::exit::ExitCode::Usage);
     assert_eq!(h.hv.autostart("web"), Some(true), "nothing fenced");
     assert!(h.catalog.active_switch("demo").unwrap().is_none());
 }

@@ -6,6 +6,7 @@
 use envclone_agent::freeze::ThawReport;
 
 use crate::config::{Config, LookupError};
+use crate::error::Failure;
 use crate::guest::endpoint::{ssh_options, ssh_target};
 use crate::guest::{AgentClient, GuestError, GuestSession};
 

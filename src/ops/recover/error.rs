@@ -4,6 +4,9 @@
 
 use crate::catalog::CatalogError;
 use crate::config::LookupError;
+use crate::error::Failure;
+use crate::exit::ExitCode;
+use crate::ops::shared::{OperationError, Shared};
 use crate::ops::LockError;
 
 #[derive(Debug, thiserror::Error)]
@@ -18,12 +21,32 @@ pub enum RecoverError {
     Catalog(#[from] CatalogError),
 }
 
-impl RecoverError {
-    pub fn hint(&self) -> Option<String> {
+impl Failure for RecoverError {
+    fn exit_code(&self) -> ExitCode {
+        match self {
+            RecoverError::Lookup(_) => ExitCode::NotFound,
+            RecoverError::Lock(LockError::Busy(_)) => ExitCode::Busy,
+            RecoverError::Lock(_) | RecoverError::Catalog(_) => ExitCode::Failed,
+        }
+    }
+
+    fn hint(&self) -> Option<String> {
         match self {
             RecoverError::Lookup(e) => e.hint(),
             RecoverError::Lock(e) => e.hint(),
             RecoverError::Catalog(e) => e.hint(),
+        }
+    }
+}
+
+impl OperationError for RecoverError {
+    const OPERATION: &'static str = "recover";
+
+    fn into_shared(self) -> Result<Shared, Self> {
+        match self {
+            RecoverError::Lock(lock) => Ok(Shared::Lock(lock)),
+            RecoverError::Lookup(lookup) => Ok(Shared::Lookup(lookup)),
+            own => Err(own),
         }
     }
 }

@@ -1,13 +1,16 @@
 //! What a restore can fail with: one variant per step, with the VM, disk or
-//! file concerned, and one hint per variant. Exit codes are chosen in
-//! `crate::exit`.
+//! file concerned, and one hint per variant. Each picks its exit code
+//! ([`Failure::exit_code`]).
 
 use std::path::PathBuf;
 
 use crate::catalog::{CatalogError, SnapshotState};
 use crate::config::LookupError;
+use crate::error::Failure;
+use crate::exit::ExitCode;
 use crate::guest::GuestError;
 use crate::hypervisor::HvError;
+use crate::ops::shared::{OperationError, Shared};
 use crate::ops::snapshot::save_image::ReadSaveImageError;
 use crate::ops::LockError;
 
@@ -149,7 +152,61 @@ fn names(list: &[String]) -> String {
 }
 
 impl RestoreError {
-    pub fn hint(&self) -> Option<String> {
+    /// The VM a per-VM failure is about.
+    pub fn vm(&self) -> Option<&str> {
+        use RestoreError::*;
+        match self {
+            NoMemoryImage { vm, .. } => vm.as_deref(),
+            SnapshotLacksVm { vm, .. }
+            | ImageMissing { vm, .. }
+            | DomainMissing { vm, .. }
+            | InspectDomain { vm, .. }
+            | NoSuchDisk { vm, .. }
+            | DiskWithoutSource { vm, .. }
+            | ReadMemoryImage { vm, .. }
+            | MemoryImageMismatch { vm, .. }
+            | Stop { vm, .. }
+            | CreateOverlay { vm, .. }
+            | Redefine { vm, .. }
+            | Start { vm, .. }
+            | RestoreMemory { vm, .. }
+            | AgentNotReady { vm, .. }
+            | Thaw { vm, .. }
+            | SetClock { vm, .. } => Some(vm),
+            CleanupFailed { cause, .. } => cause.vm(),
+            Several { first, .. } => first.vm(),
+            Lookup(_)
+            | Lock(_)
+            | UnknownSnapshot { .. }
+            | NoFreeName { .. }
+            | StorageDir { .. }
+            | Catalog(_)
+            | Panicked => None,
+        }
+    }
+}
+
+impl Failure for RestoreError {
+    /// An unknown or incomplete snapshot is "not found"; `--memory` for a
+    /// snapshot without memory is a bad command line (nothing was done).
+    fn exit_code(&self) -> ExitCode {
+        match self {
+            RestoreError::Lookup(_) | RestoreError::UnknownSnapshot { .. } | RestoreError::DomainMissing { .. } => {
+                ExitCode::NotFound
+            }
+            RestoreError::Lock(LockError::Busy(_)) => ExitCode::Busy,
+            RestoreError::NoMemoryImage { .. } => ExitCode::Usage,
+            RestoreError::AgentNotReady { source, .. } => source.exit_code(),
+            RestoreError::InspectDomain { source, .. } if matches!(**source, HvError::Connect { .. }) => {
+                ExitCode::Unreachable
+            }
+            RestoreError::CleanupFailed { cause, .. } => cause.exit_code(),
+            RestoreError::Several { first, .. } => first.exit_code(),
+            _ => ExitCode::Failed,
+        }
+    }
+
+    fn hint(&self) -> Option<String> {
         use RestoreError::*;
         let hint = match self {
             Lookup(source) => return source.hint(),
@@ -199,37 +256,16 @@ impl RestoreError {
         };
         Some(hint)
     }
+}
 
-    /// The VM a per-VM failure is about.
-    pub fn vm(&self) -> Option<&str> {
-        use RestoreError::*;
+impl OperationError for RestoreError {
+    const OPERATION: &'static str = "restore";
+
+    fn into_shared(self) -> Result<Shared, Self> {
         match self {
-            NoMemoryImage { vm, .. } => vm.as_deref(),
-            SnapshotLacksVm { vm, .. }
-            | ImageMissing { vm, .. }
-            | DomainMissing { vm, .. }
-            | InspectDomain { vm, .. }
-            | NoSuchDisk { vm, .. }
-            | DiskWithoutSource { vm, .. }
-            | ReadMemoryImage { vm, .. }
-            | MemoryImageMismatch { vm, .. }
-            | Stop { vm, .. }
-            | CreateOverlay { vm, .. }
-            | Redefine { vm, .. }
-            | Start { vm, .. }
-            | RestoreMemory { vm, .. }
-            | AgentNotReady { vm, .. }
-            | Thaw { vm, .. }
-            | SetClock { vm, .. } => Some(vm),
-            CleanupFailed { cause, .. } => cause.vm(),
-            Several { first, .. } => first.vm(),
-            Lookup(_)
-            | Lock(_)
-            | UnknownSnapshot { .. }
-            | NoFreeName { .. }
-            | StorageDir { .. }
-            | Catalog(_)
-            | Panicked => None,
+            RestoreError::Lock(lock) => Ok(Shared::Lock(lock)),
+            RestoreError::Lookup(lookup) => Ok(Shared::Lookup(lookup)),
+            own => Err(own),
         }
     }
 }

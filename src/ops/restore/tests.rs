@@ -12,6 +12,7 @@ use chrono::{DateTime, TimeZone, Utc};
 use super::*;
 use crate::catalog::{Catalog, Dependent, ImageFormat, ImageKind, NewImage, OperationState, SnapshotState, StepState};
 use crate::config::{AgentEndpoint, Config, Controller, HumanSize, Vm};
+use crate::error::Failure as _;
 use crate::guest::GuestError;
 use crate::hypervisor::{Call, DomainState, FakeHypervisor, FakeStep, Hypervisor};
 use crate::ops::context::{Event, FixedClock, OpContext};
@@ -536,7 +537,7 @@ fn restore_refuses_an_unknown_snapshot_listing_the_complete_ones() {
 
     assert!(matches!(&error, RestoreError::UnknownSnapshot { state: None, known, .. } if *known == [snap.clone()]));
     assert!(error.hint().unwrap().contains(&snap), "{:?}", error.hint());
-    assert_eq!(crate::exit::ExitCode::from_error(&error.into()), crate::exit::ExitCode::NotFound);
+    assert_eq!(crate::exit::ExitCode::from_error(&error), crate::exit::ExitCode::NotFound);
     assert!(h.steps_of(&[FakeStep::DestroyDomain]).is_empty());
     assert_eq!(h.last_operation().state, OperationState::RolledBack);
 }
@@ -554,7 +555,7 @@ fn restore_refuses_a_failed_snapshot_like_an_unknown_one() {
         "{error:?}"
     );
     assert!(error.to_string().contains("is failed, not complete"), "{error}");
-    assert_eq!(crate::exit::ExitCode::from_error(&error.into()), crate::exit::ExitCode::NotFound);
+    assert_eq!(crate::exit::ExitCode::from_error(&error), crate::exit::ExitCode::NotFound);
 }
 
 #[test]
@@ -568,7 +569,7 @@ fn memory_on_a_disk_only_snapshot_is_refused_and_changes_nothing() {
     assert!(matches!(&error, RestoreError::NoMemoryImage { vm: None, .. }), "{error:?}");
     assert!(error.to_string().contains("taken without memory; nothing was changed"), "{error}");
     assert!(error.hint().unwrap().starts_with("restore without --memory"), "{:?}", error.hint());
-    assert_eq!(crate::exit::ExitCode::from_error(&error.into()), crate::exit::ExitCode::Usage);
+    assert_eq!(crate::exit::ExitCode::from_error(&error), crate::exit::ExitCode::Usage);
     assert!(h.hv.calls().iter().all(|c| c.step() == FakeStep::Domain), "{:?}", h.hv.calls());
     assert_eq!(h.sources(), before);
     assert_eq!(h.catalog.snapshots("demo").unwrap().len(), 1);
@@ -653,7 +654,7 @@ fn a_second_caller_is_refused_as_busy() {
     let error = h.restore(&snap, false, false, at(1)).unwrap_err();
 
     assert!(matches!(&error, RestoreError::Lock(crate::ops::LockError::Busy(_))), "{error:?}");
-    assert_eq!(crate::exit::ExitCode::from_error(&error.into()), crate::exit::ExitCode::Busy);
+    assert_eq!(crate::exit::ExitCode::from_error(&error), crate::exit::ExitCode::Busy);
     assert!(h.hv.calls().is_empty());
 }
 

@@ -1,14 +1,17 @@
 //! What taking a snapshot can fail with: one variant per step, with the VM,
-//! disk or file concerned, and one hint per variant. Exit codes are chosen
-//! in `crate::exit`.
+//! disk or file concerned, and one hint per variant. Each picks its exit code
+//! ([`Failure::exit_code`]).
 
 use std::path::PathBuf;
 use std::time::Duration;
 
 use crate::catalog::CatalogError;
 use crate::config::LookupError;
+use crate::error::Failure;
+use crate::exit::ExitCode;
 use crate::guest::GuestError;
 use crate::hypervisor::{DomainState, HvError};
+use crate::ops::shared::{OperationError, Shared};
 use crate::ops::LockError;
 
 use super::memory::MemoryError;
@@ -111,7 +114,54 @@ pub enum SnapshotError {
 }
 
 impl SnapshotError {
-    pub fn hint(&self) -> Option<String> {
+    /// The VM a per-VM failure is about.
+    pub fn vm(&self) -> Option<&str> {
+        use SnapshotError::*;
+        match self {
+            DomainMissing { vm, .. }
+            | InspectDomain { vm, .. }
+            | DomainNotRunning { vm, .. }
+            | NoDisks { vm, .. }
+            | UnsupportedDisk { vm, .. }
+            | OverlayExists { vm, .. }
+            | MemorySize { vm, .. }
+            | AgentNotReady { vm, .. }
+            | Freeze { vm, .. }
+            | LeaseExpired { vm }
+            | DiskSnapshot { vm, .. }
+            | Thaw { vm, .. }
+            | Memory { vm, .. } => Some(vm),
+            CleanupFailed { cause, .. } => cause.vm(),
+            Lookup(_)
+            | Lock(_)
+            | StorageDir { .. }
+            | StatStorage { .. }
+            | NoSpace { .. }
+            | NoFreeName { .. }
+            | FreezeLimit { .. }
+            | ArmTimeout { .. }
+            | Catalog(_) => None,
+        }
+    }
+}
+
+impl Failure for SnapshotError {
+    /// An unknown environment or a missing domain is "not found"; an agent
+    /// or libvirt that cannot be reached is "unreachable".
+    fn exit_code(&self) -> ExitCode {
+        match self {
+            SnapshotError::Lookup(_) | SnapshotError::DomainMissing { .. } => ExitCode::NotFound,
+            SnapshotError::Lock(LockError::Busy(_)) => ExitCode::Busy,
+            SnapshotError::AgentNotReady { source, .. } => source.exit_code(),
+            SnapshotError::InspectDomain { source, .. } if matches!(**source, HvError::Connect { .. }) => {
+                ExitCode::Unreachable
+            }
+            SnapshotError::CleanupFailed { cause, .. } => cause.exit_code(),
+            _ => ExitCode::Failed,
+        }
+    }
+
+    fn hint(&self) -> Option<String> {
         use SnapshotError::*;
         let hint = match self {
             Lookup(source) => return source.hint(),
@@ -166,34 +216,16 @@ impl SnapshotError {
         };
         Some(hint)
     }
+}
 
-    /// The VM a per-VM failure is about.
-    pub fn vm(&self) -> Option<&str> {
-        use SnapshotError::*;
+impl OperationError for SnapshotError {
+    const OPERATION: &'static str = "snapshot";
+
+    fn into_shared(self) -> Result<Shared, Self> {
         match self {
-            DomainMissing { vm, .. }
-            | InspectDomain { vm, .. }
-            | DomainNotRunning { vm, .. }
-            | NoDisks { vm, .. }
-            | UnsupportedDisk { vm, .. }
-            | OverlayExists { vm, .. }
-            | MemorySize { vm, .. }
-            | AgentNotReady { vm, .. }
-            | Freeze { vm, .. }
-            | LeaseExpired { vm }
-            | DiskSnapshot { vm, .. }
-            | Thaw { vm, .. }
-            | Memory { vm, .. } => Some(vm),
-            CleanupFailed { cause, .. } => cause.vm(),
-            Lookup(_)
-            | Lock(_)
-            | StorageDir { .. }
-            | StatStorage { .. }
-            | NoSpace { .. }
-            | NoFreeName { .. }
-            | FreezeLimit { .. }
-            | ArmTimeout { .. }
-            | Catalog(_) => None,
+            SnapshotError::Lock(lock) => Ok(Shared::Lock(lock)),
+            SnapshotError::Lookup(lookup) => Ok(Shared::Lookup(lookup)),
+            own => Err(own),
         }
     }
 }

@@ -39,6 +39,7 @@ use std::time::{Duration, Instant};
 use serde_json::{json, Value};
 
 use super::save_image::{ReadSaveImageError, SaveImageError, SavePrefix};
+use crate::error::Failure;
 use crate::hypervisor::{Disk, DomainDef, HvError, Hypervisor};
 
 /// How often the capture polls QEMU while the guest is paused or frozen.

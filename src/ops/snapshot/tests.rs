@@ -416,7 +416,7 @@ fn required_with_an_agent_down_fails_before_touching_anything() {
         matches!(&error, SnapshotError::AgentNotReady { vm, source } if vm == "db" && matches!(**source, GuestError::Connect { .. })),
         "{error:?}"
     );
-    assert_eq!(crate::exit::ExitCode::from_error(&error.into()), crate::exit::ExitCode::Unreachable);
+    assert_eq!(crate::exit::ExitCode::from_error(&error), crate::exit::ExitCode::Unreachable);
     assert!(h.snapshot_calls().is_empty());
     assert!(agents.events().iter().all(|e| e.starts_with("prepare")), "{:?}", agents.events());
     assert!(h.catalog.snapshots("demo").unwrap().is_empty());
@@ -468,7 +468,7 @@ fn failing_pre_freeze_hook_under_required_thaws_the_others_and_names_the_hook() 
 
     assert!(matches!(&error, SnapshotError::Freeze { vm, .. } if vm == "db"), "{error:?}");
     assert!(crate::error::chain(&error).contains("pre-freeze hook 10-db exited with status 3"), "{error}");
-    assert_eq!(crate::exit::ExitCode::from_error(&error.into()), crate::exit::ExitCode::Failed);
+    assert_eq!(crate::exit::ExitCode::from_error(&error), crate::exit::ExitCode::Failed);
     assert!(h.snapshot_calls().is_empty());
     assert!(agents.frozen().is_empty());
     assert!(agents.events().contains(&"thaw web".to_owned()), "{:?}", agents.events());
@@ -568,7 +568,7 @@ fn a_second_caller_is_refused_as_busy() {
 
     assert!(matches!(&error, SnapshotError::Lock(crate::ops::LockError::Busy(_))), "{error:?}");
     assert!(error.to_string().starts_with("busy: restore started at"));
-    assert_eq!(crate::exit::ExitCode::from_error(&error.into()), crate::exit::ExitCode::Busy);
+    assert_eq!(crate::exit::ExitCode::from_error(&error), crate::exit::ExitCode::Busy);
     assert!(h.hv.calls().is_empty());
 }
 

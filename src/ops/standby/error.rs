@@ -1,11 +1,15 @@
 //! What a standby operation can fail with: one variant per step, with the
-//! VM, disk, network or file concerned. Exit codes are chosen in `crate::exit`.
+//! VM, disk, network or file concerned. Each picks its exit code
+//! ([`Failure::exit_code`]).
 
 use std::path::PathBuf;
 
 use crate::catalog::CatalogError;
 use crate::config::LookupError;
+use crate::error::Failure;
+use crate::exit::ExitCode;
 use crate::hypervisor::HvError;
+use crate::ops::shared::{OperationError, Shared};
 use crate::ops::LockError;
 
 use super::transfer::TransferError;
@@ -92,8 +96,30 @@ pub enum StandbyError {
     CleanupFailed { cause: Box<StandbyError>, failures: Vec<String> },
 }
 
-impl StandbyError {
-    pub fn hint(&self) -> Option<String> {
+impl Failure for StandbyError {
+    /// An unknown standby, or a primary without a snapshot to bring it to,
+    /// is "not found"; a bad name or an unsupported interface is a bad
+    /// command line.
+    fn exit_code(&self) -> ExitCode {
+        match self {
+            StandbyError::Lookup(_) | StandbyError::UnknownStandby { .. } | StandbyError::NoSnapshot { .. } => {
+                ExitCode::NotFound
+            }
+            StandbyError::Lock(LockError::Busy(_)) => ExitCode::Busy,
+            StandbyError::BadName { .. } | StandbyError::Unsupported { .. } | StandbyError::ActiveSide { .. } => {
+                ExitCode::Usage
+            }
+            StandbyError::InspectDomain { source, .. } | StandbyError::InspectNetwork { source, .. }
+                if matches!(**source, HvError::Connect { .. }) =>
+            {
+                ExitCode::Unreachable
+            }
+            StandbyError::CleanupFailed { cause, .. } => cause.exit_code(),
+            _ => ExitCode::Failed,
+        }
+    }
+
+    fn hint(&self) -> Option<String> {
         match self {
             StandbyError::Lookup(e) => e.hint(),
             StandbyError::Lock(e) => e.hint(),
@@ -139,6 +165,18 @@ impl StandbyError {
             StandbyError::CleanupFailed { .. } => {
                 Some("run `envclone recover`: it finishes or rolls back what is left".into())
             }
+        }
+    }
+}
+
+impl OperationError for StandbyError {
+    const OPERATION: &'static str = "standby";
+
+    fn into_shared(self) -> Result<Shared, Self> {
+        match self {
+            StandbyError::Lock(lock) => Ok(Shared::Lock(lock)),
+            StandbyError::Lookup(lookup) => Ok(Shared::Lookup(lookup)),
+            own => Err(own),
         }
     }
 }

@@ -27,7 +27,11 @@ pub(super) fn switch(
     let env = standby.primary.as_str();
     let Stopped { snapshots, carried, bytes_while_serving, bytes_after_stop, at: stopped, mut vms } = stopped;
     run.step(&format!("mark epoch {} failing back", switch.epoch.unwrap_or(0)), undo::unmark(switch.id), |run| {
-        run.ctx.catalog.set_switch_state(switch.id, FailoverState::Active, FailoverState::FailingBack).map(drop).map_err(FailoverError::from)
+        run.ctx
+            .catalog
+            .set_switch_state(switch.id, FailoverState::Active, FailoverState::FailingBack)
+            .map(drop)
+            .map_err(FailoverError::from)
     })?;
     let moves: Vec<ImageMove> = carried.values().flat_map(|d| d.images.iter().map(CarryImage::moved)).collect();
     // The undo needs what each image was: read before the step records it.
