@@ -150,7 +150,7 @@ pub struct ScalePoint {
     pub freeze_window_ms: f64,
     pub freeze_windows_ms: Vec<f64>,
     pub snapshot_ms: f64,
-    /// `envclone clone ENV --disks linked --start off` (a fresh snapshot
+    /// `envclone clone ENV --name NEW --disks linked --start off` (a fresh snapshot
     /// included): wall, and the report's duration_ms.
     pub linked_clone_ms: f64,
     pub linked_clone_reported_ms: Option<f64>,
@@ -368,7 +368,7 @@ impl BenchReport {
             md.push('\n');
         }
         if let Some(scale) = &self.scale {
-            md.push_str(&format!("**Scale** (environments of 256 MiB VMs, the others paused; freeze window: median of {} `envclone snapshot`; linked clone: `envclone clone ENV --disks linked --start off`, its own snapshot included):\n\n", scale.points.first().map_or(0, |p| p.freeze_windows_ms.len())));
+            md.push_str(&format!("**Scale** (environments of 256 MiB VMs, the others paused; freeze window: median of {} `envclone snapshot`; linked clone: `envclone clone ENV --name NEW --disks linked --start off`, its own snapshot included):\n\n", scale.points.first().map_or(0, |p| p.freeze_windows_ms.len())));
             md.push_str("| VMs | group freeze window | vs 1 VM | snapshot | linked clone | vs 1 VM |\n");
             md.push_str("| ---: | ---: | ---: | ---: | ---: | ---: |\n");
             for p in &scale.points {
