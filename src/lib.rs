@@ -7,8 +7,8 @@
 //!   libvirt/QEMU, its `virt` implementation and a fake for unit tests.
 //! - [`guest`]: reaching a VM over SSH (through a network namespace when
 //!   needed) and calling `envclone-agent` in it.
-//! - [`host_tool`]: host tools (qemu-img, ip) run to completion, their
-//!   failures said one way.
+//! - [`host`]: the `Host` port, a KVM host envclone works on: its
+//!   hypervisor, its image storage and its tools, found by name.
 //! - [`lab`]: the throwaway test lab (namespace, private libvirtd, tiny guests).
 //! - [`catalog`]: the SQLite catalog of snapshots, images and what needs
 //!   them, and the journal of multi-step operations.
@@ -32,12 +32,14 @@ pub mod daemon;
 pub mod error;
 pub mod exit;
 pub mod guest;
-pub mod host_tool;
+pub mod host;
 pub mod hypervisor;
 pub mod lab;
 pub mod ops;
 pub mod retention;
 pub mod schedule;
+#[cfg(test)]
+pub(crate) mod test_support;
 pub mod wait;
 
 pub use app_error::{Error, Result};

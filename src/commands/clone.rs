@@ -2,28 +2,27 @@
 //! snapshot of ENV. The work is in [`crate::ops::clone`]; this file wires
 //! libvirt, the catalog, the agents, qemu-img and `ip`, and prints the report.
 
-use super::{load_config_with_clones, Output};
+use super::session::Session;
+use super::Output;
 use crate::catalog::Catalog;
 use crate::cli::{CloneArgs, CloneDisks, CloneNetwork, CloneStart, GlobalArgs};
 use crate::config::Environment;
 use crate::exit::ExitCode;
 use crate::hypervisor::LibvirtHypervisor;
 use crate::ops::clone::{
-    self, CloneAgents, CloneReport, CloneRequest, DiskMode, IpCommand, NetworkMode, QemuImgConvert, StartMode, Tools,
+    self, CloneAgents, CloneReport, CloneRequest, DiskMode, NetworkMode, StartMode, Tools,
 };
 use crate::ops::context::{Event, OpContext, SystemClock};
-use crate::ops::restore::{QemuImg, SshAgents};
+use crate::ops::restore::SshAgents;
 use crate::ops::snapshot;
 use crate::{Error, Result};
 
 pub fn run(global: &GlobalArgs, args: &CloneArgs, out: &Output) -> Result<ExitCode> {
-    let config = load_config_with_clones(global)?;
+    let session = Session::open(global)?;
+    let (config, catalog) = (&session.config, &session.catalog);
     let env = config.environment(&args.environment)?;
-    let uri = &config.controller.libvirt_uri;
-    let hv = LibvirtHypervisor::connect(uri).map_err(Error::hypervisor(format!("connect to libvirt at {uri}")))?;
-    let catalog = Catalog::open(&config.controller.state_dir)?;
     let progress = |event: &Event| out.event(event);
-    let ctx = OpContext { config: &config, hv: &hv, catalog: &catalog, progress: &progress, clock: &SystemClock };
+    let ctx = session.context(&progress);
     let request = CloneRequest {
         source: args.environment.clone(),
         name: args.name.clone(),
@@ -46,8 +45,7 @@ pub fn run(global: &GlobalArgs, args: &CloneArgs, out: &Output) -> Result<ExitCo
     let quiescer = snapshot::agent_quiescer(&ctx, env);
     let controller = config.controller.clone();
     let agents = move |env: &Environment| -> Box<dyn CloneAgents> { Box::new(SshAgents::new(&controller, env)) };
-    let tools =
-        Tools { quiescer: &quiescer, agents: &agents, files: &QemuImg, copier: &QemuImgConvert, net: &IpCommand };
+    let tools = Tools { quiescer: &quiescer, agents: &agents };
     let report = clone::clone(&ctx, &request, tools).map_err(Error::operation("clone"))?;
     let libvirt_netns = config.controller.libvirt_netns.clone();
     out.report(&report, |report| human(report, libvirt_netns.as_deref()));

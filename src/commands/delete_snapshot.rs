@@ -3,25 +3,24 @@
 //! and exits 0. The work is in [`crate::ops::delete`]; this file wires
 //! libvirt, the catalog and the progress lines, and prints the report.
 
-use super::{load_config_with_clones, Output};
+use super::session::Session;
+use super::Output;
 use crate::catalog::Catalog;
 use crate::cli::{DeleteSnapshotArgs, GlobalArgs};
 use crate::exit::ExitCode;
 use crate::hypervisor::LibvirtHypervisor;
 use crate::ops::context::{Event, OpContext, SystemClock};
-use crate::ops::delete::{self, DeleteReport, DeleteSettings, DeleteSnapshotRequest, QemuImg};
+use crate::ops::delete::{self, DeleteReport, DeleteSettings, DeleteSnapshotRequest};
 use crate::{Error, Result};
 
 pub fn run(global: &GlobalArgs, args: &DeleteSnapshotArgs, out: &Output) -> Result<ExitCode> {
-    let config = load_config_with_clones(global)?;
+    let session = Session::open(global)?;
+    let (config, catalog) = (&session.config, &session.catalog);
     config.environment(&args.environment)?;
-    let uri = &config.controller.libvirt_uri;
-    let hv = LibvirtHypervisor::connect(uri).map_err(Error::hypervisor(format!("connect to libvirt at {uri}")))?;
-    let catalog = Catalog::open(&config.controller.state_dir)?;
     let progress = |event: &Event| out.progress(&event.to_string());
-    let ctx = OpContext { config: &config, hv: &hv, catalog: &catalog, progress: &progress, clock: &SystemClock };
+    let ctx = session.context(&progress);
     let request = DeleteSnapshotRequest { env: args.environment.clone(), snapshot: args.snapshot.clone() };
-    let report = delete::delete_snapshot(&ctx, &QemuImg, &request, &DeleteSettings::default())?;
+    let report = delete::delete_snapshot(&ctx, &request, &DeleteSettings::default())?;
     out.report(&report, human);
     Ok(ExitCode::Ok)
 }

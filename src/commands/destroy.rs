@@ -1,25 +1,22 @@
 //! `envclone destroy NEW`: removes a clone and what only it uses; see
 //! [`crate::ops::destroy`].
 
+use super::session::Session;
 use super::{load_config, Output};
 use crate::catalog::Catalog;
 use crate::cli::{DestroyArgs, GlobalArgs};
 use crate::exit::ExitCode;
 use crate::hypervisor::LibvirtHypervisor;
-use crate::ops::clone::IpCommand;
 use crate::ops::context::{Event, OpContext, SystemClock};
 use crate::ops::destroy::{self, DestroyReport};
-use crate::ops::restore::QemuImg;
 use crate::{Error, Result};
 
 pub fn run(global: &GlobalArgs, args: &DestroyArgs, out: &Output) -> Result<ExitCode> {
-    let config = load_config(global)?;
-    let uri = &config.controller.libvirt_uri;
-    let hv = LibvirtHypervisor::connect(uri).map_err(Error::hypervisor(format!("connect to libvirt at {uri}")))?;
-    let catalog = Catalog::open(&config.controller.state_dir)?;
+    let session = Session::with_config(load_config(global)?)?;
+    let (config, catalog) = (&session.config, &session.catalog);
     let progress = |event: &Event| out.progress(&event.to_string());
-    let ctx = OpContext { config: &config, hv: &hv, catalog: &catalog, progress: &progress, clock: &SystemClock };
-    let report = destroy::destroy(&ctx, &args.name, &QemuImg, &IpCommand).map_err(Error::operation("destroy"))?;
+    let ctx = session.context(&progress);
+    let report = destroy::destroy(&ctx, &args.name).map_err(Error::operation("destroy"))?;
     out.report(&report, human);
     Ok(ExitCode::Ok)
 }

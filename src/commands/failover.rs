@@ -4,19 +4,19 @@
 //! primary's, with a deadline), the catalog, qemu-img, `ip` and the agents,
 //! runs the fence guard first, and prints the report.
 
+use super::session::Session;
 use super::{load_config, Output};
 use crate::catalog::{Catalog, FailoverMode};
 use crate::cli::{FailoverArgs, GlobalArgs};
 use crate::config::Environment;
 use crate::exit::ExitCode;
 use crate::hypervisor::LibvirtHypervisor;
-use crate::ops::clone::{CloneAgents, IpCommand};
+use crate::ops::clone::CloneAgents;
 use crate::ops::context::{Event, OpContext, SystemClock};
 use crate::ops::failover::{
     self, DrillAction, DrillReport, DrillRequest, PrimaryHost, StepTime, SwitchAction, SwitchReport, Tools, Unplanned,
 };
-use crate::ops::restore::{QemuImg, SshAgents};
-use crate::ops::standby::QemuImgTransfer;
+use crate::ops::restore::SshAgents;
 use crate::{Error, Result};
 
 pub fn run(global: &GlobalArgs, args: &FailoverArgs, out: &Output) -> Result<ExitCode> {
@@ -35,7 +35,7 @@ pub fn run(global: &GlobalArgs, args: &FailoverArgs, out: &Output) -> Result<Exi
             let elsewhere = args.primary_uri.as_deref().filter(|u| *u != uri);
             let connection =
                 elsewhere.map(|other| super::guard::connect_within(other, super::guard::PRIMARY_CONNECT_WITHIN));
-            let host = connection.as_ref().map_or(PrimaryHost::Answers(ctx.hv), super::guard::Connection::host);
+            let host = connection.as_ref().map_or(PrimaryHost::Answers(ctx.host.hypervisor()), super::guard::Connection::host);
             let how = Unplanned { force: args.force, host, primary_uri: elsewhere };
             let report = failover::unplanned(ctx, &request, how, tools).map_err(Error::operation("failover"))?;
             out.report(&report, switched);
@@ -62,26 +62,17 @@ pub(super) fn with_tools<T>(
     out: &Output,
     work: impl FnOnce(&OpContext<'_>, Tools<'_>) -> Result<T>,
 ) -> Result<T> {
-    let config = load_config(global)?;
+    let session = Session::with_config(load_config(global)?)?;
+    let (config, catalog) = (&session.config, &session.catalog);
     let primary = config.environment(env)?.clone();
-    let catalog = Catalog::open(&config.controller.state_dir)?;
     super::guard::check(&config, &catalog, Some(env), out)?;
-    let uri = &config.controller.libvirt_uri;
-    let hv = LibvirtHypervisor::connect(uri).map_err(Error::hypervisor(format!("connect to libvirt at {uri}")))?;
     let progress = |event: &Event| out.progress(&event.to_string());
-    let ctx = OpContext { config: &config, hv: &hv, catalog: &catalog, progress: &progress, clock: &SystemClock };
+    let ctx = session.context(&progress);
     let controller = config.controller.clone();
     let agents = move |env: &Environment| -> Box<dyn CloneAgents> { Box::new(SshAgents::new(&controller, env)) };
     let serving = failover::active_environment(&catalog, env)?.map_or(primary, |(active, _)| active);
     let quiescer = crate::ops::snapshot::agent_quiescer(&ctx, &serving);
-    let tools = Tools {
-        files: &QemuImg,
-        net: &IpCommand,
-        agents: &agents,
-        quiescer: &quiescer,
-        transfer: &QemuImgTransfer,
-        home: &failover::QemuImgHome,
-    };
+    let tools = Tools { agents: &agents, quiescer: &quiescer };
     work(&ctx, tools)
 }
 

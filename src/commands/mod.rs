@@ -15,6 +15,7 @@ mod prune;
 mod recover;
 mod restore;
 mod schedule;
+mod session;
 mod snapshot;
 mod snapshots;
 mod ssh;

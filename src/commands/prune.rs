@@ -4,26 +4,25 @@
 //! failures; a delete that fails is an error (exit code 1) once the others
 //! ran and the report is printed. The work is in [`crate::ops::prune`].
 
-use super::{load_config_with_clones, Output};
+use super::session::Session;
+use super::Output;
 use crate::catalog::Catalog;
 use crate::cli::{GlobalArgs, PruneArgs};
 use crate::exit::ExitCode;
 use crate::hypervisor::LibvirtHypervisor;
 use crate::ops::context::{Event, OpContext, SystemClock};
-use crate::ops::delete::{DeleteSettings, QemuImg};
+use crate::ops::delete::DeleteSettings;
 use crate::ops::prune::{self, PruneReport, PruneRequest};
 use crate::{Error, Result};
 
 pub fn run(global: &GlobalArgs, args: &PruneArgs, out: &Output) -> Result<ExitCode> {
-    let config = load_config_with_clones(global)?;
+    let session = Session::open(global)?;
+    let (config, catalog) = (&session.config, &session.catalog);
     config.environment(&args.environment)?;
-    let uri = &config.controller.libvirt_uri;
-    let hv = LibvirtHypervisor::connect(uri).map_err(Error::hypervisor(format!("connect to libvirt at {uri}")))?;
-    let catalog = Catalog::open(&config.controller.state_dir)?;
     let progress = |event: &Event| out.progress(&event.to_string());
-    let ctx = OpContext { config: &config, hv: &hv, catalog: &catalog, progress: &progress, clock: &SystemClock };
+    let ctx = session.context(&progress);
     let request = PruneRequest { env: args.environment.clone(), dry_run: args.dry_run };
-    let report = prune::prune(&ctx, &QemuImg, &request, &DeleteSettings::default())?;
+    let report = prune::prune(&ctx, &request, &DeleteSettings::default())?;
     out.report(&report, human);
     if let Some(first) = report.failed.first() {
         return Err(Error::PruneIncomplete {

@@ -5,7 +5,8 @@
 //! recovered (or there was nothing to do), 1 when an undo or a check
 //! failed (each listed), 3 when an environment with work left is busy.
 
-use super::{load_config_with_clones, Output};
+use super::session::Session;
+use super::Output;
 use crate::catalog::Catalog;
 use crate::cli::{GlobalArgs, RecoverArgs};
 use crate::exit::ExitCode;
@@ -17,12 +18,10 @@ use crate::ops::recover::{
 use crate::{Error, Result};
 
 pub fn run(global: &GlobalArgs, args: &RecoverArgs, out: &Output) -> Result<ExitCode> {
-    let config = load_config_with_clones(global)?;
-    let uri = &config.controller.libvirt_uri;
-    let hv = LibvirtHypervisor::connect(uri).map_err(Error::hypervisor(format!("connect to libvirt at {uri}")))?;
-    let catalog = Catalog::open(&config.controller.state_dir)?;
+    let session = Session::open(global)?;
+    let (config, catalog) = (&session.config, &session.catalog);
     let progress = |event: &Event| out.progress(&event.to_string());
-    let ctx = OpContext { config: &config, hv: &hv, catalog: &catalog, progress: &progress, clock: &SystemClock };
+    let ctx = session.context(&progress);
     let request = RecoverRequest { env: args.environment.clone(), dry_run: args.dry_run };
     let report = recover::recover(&ctx, &SshAgents::new(&config), &request)?;
     out.report(&report, human);

@@ -3,24 +3,23 @@
 //! this file wires libvirt, the catalog, the agents, qemu-img and the
 //! progress lines, and prints the report.
 
-use super::{load_config_with_clones, Output};
+use super::session::Session;
+use super::Output;
 use crate::catalog::Catalog;
 use crate::cli::{GlobalArgs, RestoreArgs};
 use crate::exit::ExitCode;
 use crate::hypervisor::LibvirtHypervisor;
 use crate::ops::context::{Event, OpContext, SystemClock};
-use crate::ops::restore::{self, QemuImg, RestoreReport, RestoreRequest, SshAgents, StartKind, Tools};
+use crate::ops::restore::{self, RestoreReport, RestoreRequest, SshAgents, StartKind, Tools};
 use crate::ops::snapshot;
 use crate::{Error, Result};
 
 pub fn run(global: &GlobalArgs, args: &RestoreArgs, out: &Output) -> Result<ExitCode> {
-    let config = load_config_with_clones(global)?;
+    let session = Session::open(global)?;
+    let (config, catalog) = (&session.config, &session.catalog);
     let env = config.environment(&args.environment)?;
-    let uri = &config.controller.libvirt_uri;
-    let hv = LibvirtHypervisor::connect(uri).map_err(Error::hypervisor(format!("connect to libvirt at {uri}")))?;
-    let catalog = Catalog::open(&config.controller.state_dir)?;
     let progress = |event: &Event| out.progress(&event.to_string());
-    let ctx = OpContext { config: &config, hv: &hv, catalog: &catalog, progress: &progress, clock: &SystemClock };
+    let ctx = session.context(&progress);
     let request = RestoreRequest {
         env: args.environment.clone(),
         snapshot: args.snapshot.clone(),
@@ -29,7 +28,7 @@ pub fn run(global: &GlobalArgs, args: &RestoreArgs, out: &Output) -> Result<Exit
     };
     let quiescer = snapshot::agent_quiescer(&ctx, env);
     let agents = SshAgents::new(&config.controller, env);
-    let tools = Tools { quiescer: &quiescer, agents: &agents, files: &QemuImg };
+    let tools = Tools { quiescer: &quiescer, agents: &agents };
     let report = restore::restore(&ctx, &request, tools)?;
     out.report(&report, human);
     Ok(ExitCode::Ok)

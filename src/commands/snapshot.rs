@@ -6,7 +6,8 @@
 //! taken while a standby whose config sets `failback_on_manual_snapshot`
 //! serves ENV then fails ENV back (both reports in one document).
 
-use super::{load_config_with_clones, Output};
+use super::session::Session;
+use super::Output;
 use crate::catalog::{Catalog, FailoverState};
 use crate::cli::{GlobalArgs, SnapshotArgs};
 use crate::exit::ExitCode;
@@ -17,11 +18,9 @@ use crate::ops::snapshot::{self, SnapshotReport, SnapshotRequest};
 use crate::{Error, Result};
 
 pub fn run(global: &GlobalArgs, args: &SnapshotArgs, out: &Output) -> Result<ExitCode> {
-    let config = load_config_with_clones(global)?;
+    let session = Session::open(global)?;
+    let (config, catalog) = (&session.config, &session.catalog);
     let env = config.environment(&args.environment)?;
-    let uri = &config.controller.libvirt_uri;
-    let hv = LibvirtHypervisor::connect(uri).map_err(Error::hypervisor(format!("connect to libvirt at {uri}")))?;
-    let catalog = Catalog::open(&config.controller.state_dir)?;
     // An old primary that came back is fenced first; while a standby serves
     // ENV, the snapshot is of the standby's domains (the config above has
     // them as ENV's), recorded as ENV's.
@@ -40,7 +39,7 @@ pub fn run(global: &GlobalArgs, args: &SnapshotArgs, out: &Output) -> Result<Exi
         args.scheduled.is_none() && config.standbys.get(sb).is_some_and(|c| c.failback_on_manual_snapshot)
     });
     let progress = |event: &Event| out.progress(&event.to_string());
-    let ctx = OpContext { config: &config, hv: &hv, catalog: &catalog, progress: &progress, clock: &SystemClock };
+    let ctx = session.context(&progress);
     let schedule = match &args.scheduled {
         Some(name) => match config.schedules.get(name) {
             Some(schedule) if schedule.environment == args.environment => Some(schedule),

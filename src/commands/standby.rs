@@ -6,6 +6,7 @@
 
 use chrono::Utc;
 
+use super::session::Session;
 use super::{load_config, Output};
 use crate::catalog::{Catalog, FailoverMode};
 use crate::cli::{GlobalArgs, StandbyCommand};
@@ -16,7 +17,7 @@ use crate::hypervisor::LibvirtHypervisor;
 use crate::ops::context::{Event, OpContext, SystemClock};
 use crate::ops::failover::{self, HomeSyncReport};
 use crate::ops::standby::{
-    self, CreateReport, CreateRequest, DestroyReport, QemuImgTransfer, StandbySummary, SyncMode, SyncReport,
+    self, CreateReport, CreateRequest, DestroyReport, StandbySummary, SyncMode, SyncReport,
 };
 use crate::{Error, Result};
 
@@ -40,10 +41,10 @@ pub fn run(global: &GlobalArgs, command: StandbyCommand, out: &Output) -> Result
             });
         }
     }
-    let uri = &config.controller.libvirt_uri;
-    let hv = LibvirtHypervisor::connect(uri).map_err(Error::hypervisor(format!("connect to libvirt at {uri}")))?;
+    drop(catalog);
+    let session = Session::with_config(config)?;
     let progress = |event: &Event| out.progress(&event.to_string());
-    let ctx = OpContext { config: &config, hv: &hv, catalog: &catalog, progress: &progress, clock: &SystemClock };
+    let ctx = session.context(&progress);
     match command {
         StandbyCommand::Create(args) => {
             let request = CreateRequest {
@@ -53,16 +54,17 @@ pub fn run(global: &GlobalArgs, command: StandbyCommand, out: &Output) -> Result
                 autorestore: args.no_autorestore.then_some(false),
             };
             let report =
-                standby::create(&ctx, &request, &QemuImgTransfer).map_err(Error::operation("standby create"))?;
+                standby::create(&ctx, &request).map_err(Error::operation("standby create"))?;
             out.report(&report, created);
         }
         StandbyCommand::Sync(args) => {
-            let report = standby::sync(&ctx, &args.name, &QemuImgTransfer).map_err(Error::operation("standby sync"))?;
-            out.report(&report, |report| synced(report, &config));
+            let report =
+                standby::sync(&ctx, &args.name).map_err(Error::operation("standby sync"))?;
+            out.report(&report, |report| synced(report, &session.config));
         }
         StandbyCommand::Destroy(args) => {
             let report =
-                standby::destroy(&ctx, &args.name, &QemuImgTransfer).map_err(Error::operation("standby destroy"))?;
+                standby::destroy(&ctx, &args.name).map_err(Error::operation("standby destroy"))?;
             out.report(&report, destroyed);
         }
         StandbyCommand::List => unreachable!("listed above"),

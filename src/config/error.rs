@@ -107,6 +107,8 @@ pub enum LookupError {
     UnknownVm { environment: String, name: String, known: Vec<String> },
     #[error("no standby named {name:?}")]
     UnknownStandby { name: String, known: Vec<String> },
+    #[error("no host named {name:?}")]
+    UnknownHost { name: String, known: Vec<String> },
 }
 
 impl Failure for LookupError {
@@ -119,6 +121,7 @@ impl Failure for LookupError {
             Self::UnknownEnvironment { known, .. } => ("environments", known),
             Self::UnknownVm { known, .. } => ("VMs", known),
             Self::UnknownStandby { known, .. } => ("standbys", known),
+            Self::UnknownHost { known, .. } => ("hosts", known),
         };
         Some(if known.is_empty() {
             format!("no {kind} are configured")

@@ -3,6 +3,7 @@
 use std::fmt;
 use std::path::PathBuf;
 
+#[cfg(test)]
 use super::fake::FakeStep;
 use crate::error::Failure;
 use crate::exit::ExitCode;
@@ -138,6 +139,8 @@ pub enum HvError {
     Xml { what: &'static str, detail: String },
     #[error("{operation} is not supported by this hypervisor")]
     Unsupported { operation: &'static str },
+    /// A failure `FakeHypervisor` was told to make (unit tests only).
+    #[cfg(test)]
     #[error("injected failure at {step:?}")]
     Injected { step: FakeStep },
 }
@@ -177,8 +180,9 @@ impl HvError {
             | Qmp { .. }
             | QmpReply { .. }
             | Xml { .. }
-            | Unsupported { .. }
-            | Injected { .. } => None,
+            | Unsupported { .. } => None,
+            #[cfg(test)]
+            Injected { .. } => None,
         }
     }
 

@@ -9,6 +9,8 @@
 //! Every method blocks: async callers run them on `spawn_blocking`.
 
 mod error;
+#[cfg(test)]
+#[cfg(test)]
 pub mod fake;
 mod ids;
 mod libvirt;
@@ -17,6 +19,8 @@ mod qmp;
 pub mod xml;
 
 pub use error::{HvError, LibvirtCode, LibvirtError};
+#[cfg(test)]
+#[cfg(test)]
 pub use fake::{Call, FakeHypervisor, FakeStep};
 pub use ids::{random_mac, random_uuid};
 pub use libvirt::LibvirtHypervisor;

@@ -15,7 +15,7 @@ pub enum LabError {
     #[error("invalid lab name {name:?}: use 1 to 32 lowercase letters, digits or '-'")]
     BadName { name: String },
     #[error(transparent)]
-    Tool(#[from] crate::host_tool::ToolError),
+    Tool(#[from] crate::host::tool::ToolError),
     #[error("cannot {action} {}", path.display())]
     Io {
         action: &'static str,

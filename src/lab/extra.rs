@@ -504,7 +504,7 @@ pub fn write_data_disk(path: &Path, data: DataDisk) -> Result<(), LabError> {
     match run("none") {
         Ok(_) => Ok(()),
         // A filesystem without O_DIRECT (tmpfs): buffered writes then.
-        Err(LabError::Tool(crate::host_tool::ToolError::Failed { .. })) => run("writeback").map(|_| ()),
+        Err(LabError::Tool(crate::host::tool::ToolError::Failed { .. })) => run("writeback").map(|_| ()),
         Err(e) => Err(e),
     }
 }

@@ -48,7 +48,7 @@ pub fn run(program: &str, args: &[&str]) -> Result<String, LabError> {
 }
 
 pub fn run_command(command: &mut Command) -> Result<String, LabError> {
-    Ok(crate::host_tool::run_text(command)?)
+    Ok(crate::host::tool::run_text(command)?)
 }
 
 /// The shared libraries a dynamically linked binary needs, as `ldd` lists

@@ -1,11 +1,12 @@
-//! What every operation gets: the config, the hypervisor, the catalog, a
-//! progress callback and a clock. Commands build one in `run` and pass it
-//! down; tests build one around `FakeHypervisor`, a catalog in a temporary
-//! directory, a recording progress callback and a fixed clock.
+//! What every operation gets: the config, the host it works on (its
+//! hypervisor, storage and tools: [`crate::host`]), the catalog, a progress
+//! callback and a clock. Commands build one in `run` and pass it down;
+//! tests build one around a `FakeHost`, a catalog in a temporary directory,
+//! a recording progress callback and a fixed clock.
 //!
 //! `Catalog` is not `Sync` (one SQLite connection per thread), so neither
 //! is an `OpContext`: operations call the catalog from the thread that owns
-//! the context and hand worker threads only the `Sync` parts (`hv`,
+//! the context and hand worker threads only the `Sync` parts (`host`,
 //! `progress`, `clock`).
 
 use std::fmt;
@@ -15,7 +16,7 @@ use chrono::{DateTime, Utc};
 
 use crate::catalog::Catalog;
 use crate::config::Config;
-use crate::hypervisor::Hypervisor;
+use crate::host::Host;
 
 /// Where operations read the time of day (names, `created_at`); durations
 /// are measured with `Instant`, never with this.
@@ -84,7 +85,8 @@ pub type Progress<'a> = &'a (dyn Fn(&Event) + Sync);
 /// See the [module documentation](self).
 pub struct OpContext<'a> {
     pub config: &'a Config,
-    pub hv: &'a dyn Hypervisor,
+    /// The host the operation's environment lives on.
+    pub host: &'a dyn Host,
     pub catalog: &'a Catalog,
     pub progress: Progress<'a>,
     pub clock: &'a dyn Clock,
@@ -93,7 +95,7 @@ pub struct OpContext<'a> {
 impl fmt::Debug for OpContext<'_> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("OpContext")
-            .field("hv", &self.hv)
+            .field("host", &self.host.name())
             .field("catalog", &self.catalog.path())
             .field("clock", &self.clock)
             .finish_non_exhaustive()

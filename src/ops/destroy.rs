@@ -19,10 +19,9 @@ use std::time::Instant;
 
 use serde::Serialize;
 
-use super::clone::{self, undo, CloneError, HostNet};
+use super::clone::{self, undo, CloneError};
 use super::context::OpContext;
 use super::journal::{self, Removal};
-use super::restore::ImageFiles;
 use super::EnvLock;
 use crate::catalog::{Catalog, CloneRecord, Dependent, DependentKind, Image, ImageKind, OperationKind};
 
@@ -44,8 +43,6 @@ pub struct DestroyReport {
 pub fn destroy(
     ctx: &OpContext<'_>,
     name: &str,
-    files: &dyn ImageFiles,
-    net: &dyn HostNet,
 ) -> Result<DestroyReport, CloneError> {
     let started = Instant::now();
     if ctx.config.environments.contains_key(name) {
@@ -69,7 +66,7 @@ pub fn destroy(
     let own = own_snapshot_images(ctx.catalog, &record)?;
     let fail = |what, detail| CloneError::Remove { clone: name.to_owned(), what, detail };
     journal::remove(ctx, OperationKind::DeleteClone, name, fail, |removal| {
-        remove_all(ctx, &record, &own, files, net, removal)
+        remove_all(ctx, &record, &own, removal)
     })?;
     Ok(DestroyReport {
         name: name.to_owned(),
@@ -131,15 +128,14 @@ fn remove_all(
     ctx: &OpContext<'_>,
     record: &CloneRecord,
     own: &[Image],
-    files: &dyn ImageFiles,
-    net: &dyn HostNet,
     removal: &mut Removal<'_, '_, CloneError>,
 ) -> Result<(), CloneError> {
     let name = &record.name;
     let resources = &record.resources;
+    let (files, net) = (ctx.host.storage(), ctx.host.net());
     let mut step = |what, remove: &dyn Fn() -> Result<(), String>| removal.step(what, remove);
     for domain in &resources.domains {
-        step(format!("remove domain {domain}"), &|| undo::remove_domain(ctx.hv, domain))?;
+        step(format!("remove domain {domain}"), &|| undo::remove_domain(ctx.host.hypervisor(), domain))?;
     }
     if let Some(netns) = &resources.gateway_netns {
         step(format!("remove the gateway namespace {netns}"), &|| {
@@ -153,7 +149,7 @@ fn remove_all(
         })?;
     }
     for network in &resources.networks {
-        step(format!("remove network {}", network.name), &|| undo::remove_network(ctx.hv, &network.name))?;
+        step(format!("remove network {}", network.name), &|| undo::remove_network(ctx.host.hypervisor(), &network.name))?;
     }
     if !resources.known_hosts.is_empty() {
         let known_hosts = &ctx.config.controller.known_hosts;

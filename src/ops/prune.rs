@@ -28,7 +28,7 @@ use chrono::{DateTime, Utc};
 use serde::Serialize;
 
 use super::context::OpContext;
-use super::delete::{self, DeleteError, DeleteReport, DeleteSettings, ImageFiles};
+use super::delete::{self, DeleteError, DeleteReport, DeleteSettings};
 use super::EnvLock;
 use crate::catalog::{Snapshot, SnapshotId, SnapshotState};
 use crate::config::{Config, Retention};
@@ -145,7 +145,6 @@ pub fn select(
 /// Prunes `request.env`; see the module documentation.
 pub fn prune(
     ctx: &OpContext<'_>,
-    files: &dyn ImageFiles,
     request: &PruneRequest,
     settings: &DeleteSettings,
 ) -> Result<PruneReport, DeleteError> {
@@ -175,7 +174,7 @@ pub fn prune(
         let mut candidate =
             Candidate { snapshot: name.clone(), why, would_defer: Vec::new(), would_remove: Vec::new() };
         if request.dry_run {
-            match delete::preview(ctx, files, &request.env, env, snapshot) {
+            match delete::preview(ctx, &request.env, env, snapshot) {
                 Ok(preview) => {
                     candidate.would_defer = preview.deferred;
                     candidate.would_remove = preview.would_remove;
@@ -186,7 +185,7 @@ pub fn prune(
             continue;
         }
         report.candidates.push(candidate);
-        match delete::delete_locked(ctx, files, &request.env, env, snapshot, settings) {
+        match delete::delete_locked(ctx, &request.env, env, snapshot, settings) {
             Ok(done) => {
                 match &done.reason {
                     Some(reason) => report.deferred.push(Deferred { snapshot: name, reason: reason.clone() }),

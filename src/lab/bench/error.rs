@@ -10,7 +10,7 @@ pub enum BenchError {
     Tool {
         step: String,
         #[source]
-        source: crate::host_tool::ToolError,
+        source: crate::host::tool::ToolError,
     },
     #[error("{step}: `{command}` failed (exit {}): {stderr}", status.map_or("by signal".to_string(), |s| s.to_string()))]
     Command { step: String, command: String, status: Option<i32>, stderr: String },

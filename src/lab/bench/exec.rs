@@ -45,7 +45,7 @@ impl Tools {
         let output = run(step, &mut command)?;
         let value = serde_json::from_str(&output.value).map_err(|e| BenchError::Report {
             step: step.to_string(),
-            command: crate::host_tool::describe(&command),
+            command: crate::host::tool::describe(&command),
             detail: e.to_string(),
         })?;
         Ok(Timed { value, started: output.started, ended: output.ended })
@@ -70,7 +70,7 @@ pub fn tool(step: &str, program: &str, args: &[&str]) -> Result<Timed<String>, B
 fn run(step: &str, command: &mut Command) -> Result<Timed<String>, BenchError> {
     let started = Instant::now();
     let value =
-        crate::host_tool::run_text(command).map_err(|source| BenchError::Tool { step: step.to_string(), source })?;
+        crate::host::tool::run_text(command).map_err(|source| BenchError::Tool { step: step.to_string(), source })?;
     Ok(Timed { value, started, ended: Instant::now() })
 }
 

@@ -58,7 +58,7 @@ impl Run<'_, '_> {
             }
             let undo = UndoAction::UndefineDomain { name: plan.domain.clone() };
             self.step(&format!("define {} for {}", plan.domain, plan.vm), undo, |run| {
-                run.ctx.hv.define_domain(&def).map(drop).map_err(define_failed(plan))
+                run.ctx.host.hypervisor().define_domain(&def).map(drop).map_err(define_failed(plan))
             })?;
             if let Some((image, copy)) = &plan.memory {
                 let undo = UndoAction::DeleteFile { path: copy.clone() };

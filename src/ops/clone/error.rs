@@ -10,12 +10,12 @@ use crate::error::Failure;
 use crate::exit::ExitCode;
 use crate::guest::GuestError;
 use crate::hypervisor::HvError;
-use crate::ops::restore::ImageFileError;
+use crate::host::StorageError;
 use crate::ops::shared::{OperationError, Shared};
 use crate::ops::snapshot::SnapshotError;
 use crate::ops::LockError;
 
-use super::host_net::HostNetError;
+use crate::host::HostNetError;
 
 #[derive(Debug, thiserror::Error)]
 pub enum CloneError {
@@ -69,8 +69,11 @@ pub enum CloneError {
         vm: String,
         disk: String,
         #[source]
-        source: Box<ImageFileError>,
+        source: Box<StorageError>,
     },
+    /// The host's storage could not be read.
+    #[error(transparent)]
+    Storage(Box<StorageError>),
     #[error("define network {network}")]
     DefineNetwork {
         network: String,
@@ -278,5 +281,11 @@ impl OperationError for CloneError {
             CloneError::Lookup(lookup) => Ok(Shared::Lookup(lookup)),
             own => Err(own),
         }
+    }
+}
+
+impl From<StorageError> for CloneError {
+    fn from(error: StorageError) -> Self {
+        CloneError::Storage(Box::new(error))
     }
 }

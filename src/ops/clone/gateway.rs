@@ -22,7 +22,7 @@ impl Run<'_, '_> {
             data: serde_json::json!({ "netns": netns }),
         };
         self.step(&format!("create the gateway namespace {netns}"), undo, |run| {
-            run.tools.net.add_netns(&netns).map_err(fail(&netns))
+            run.ctx.host.net().add_netns(&netns).map_err(fail(&netns))
         })?;
         for network in &mut networks.copies {
             let Some(address) = network.gateway.clone() else { continue };

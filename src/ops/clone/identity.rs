@@ -234,7 +234,7 @@ impl Run<'_, '_> {
             let domain = guests.vms[index].domain.clone();
             let own_network = names::network(&self.request.name, &addresses.source_network);
             self.step(&format!("link up: {domain} onto {own_network}"), UndoAction::Nothing, |run| {
-                run.ctx.hv.move_interface(&domain, &mac, &own_network).map_err(|source| CloneError::MoveInterface {
+                run.ctx.host.hypervisor().move_interface(&domain, &mac, &own_network).map_err(|source| CloneError::MoveInterface {
                     vm: vm.clone(),
                     domain: domain.clone(),
                     mac: mac.clone(),
@@ -258,14 +258,14 @@ impl Run<'_, '_> {
         for network in quarantine {
             if let Some(veth) = &network.veth {
                 self.step(&format!("remove the gateway link {veth}"), UndoAction::Nothing, |run| {
-                    run.tools.net.delete_link(libvirt_netns.as_deref(), veth).map_err(|e| CloneError::Gateway {
+                    run.ctx.host.net().delete_link(libvirt_netns.as_deref(), veth).map_err(|e| CloneError::Gateway {
                         netns: names::gateway_netns(&run.request.name),
                         source: Box::new(e),
                     })
                 })?;
             }
             self.step(&format!("remove the quarantine network {}", network.name), UndoAction::Nothing, |run| {
-                undo::remove_network(run.ctx.hv, &network.name).map_err(|detail| CloneError::Remove {
+                undo::remove_network(run.ctx.host.hypervisor(), &network.name).map_err(|detail| CloneError::Remove {
                     clone: run.request.name.clone(),
                     what: network.name.clone(),
                     detail,

@@ -71,9 +71,7 @@
 
 mod domains;
 mod error;
-pub mod full_copy;
 mod gateway;
-pub mod host_net;
 mod identity;
 pub mod names;
 mod networks;
@@ -92,13 +90,10 @@ use serde::Serialize;
 
 pub(crate) use self::error::remaining;
 pub use self::error::CloneError;
-pub use self::full_copy::{FullCopy, QemuImgConvert};
-pub use self::host_net::{HostNet, HostNetError, IpCommand};
 pub use self::readdress::CloneAgents;
 pub(crate) use crate::ops::journal::Journal;
 
 use super::context::OpContext;
-use super::restore::ImageFiles;
 use super::snapshot::{Quiescer, SnapshotRequest};
 use super::EnvLock;
 use crate::catalog::{Catalog, CloneRecord, ClonedDisk, ClonedNetwork, OperationKind, UndoAction};
@@ -151,15 +146,11 @@ pub struct Tools<'t> {
     pub quiescer: &'t dyn Quiescer,
     /// The clone's agents, once its environment is known.
     pub agents: &'t dyn Fn(&Environment) -> Box<dyn CloneAgents>,
-    pub files: &'t dyn ImageFiles,
-    /// `--disks full`: independent copies.
-    pub copier: &'t dyn FullCopy,
-    pub net: &'t dyn HostNet,
 }
 
 impl std::fmt::Debug for Tools<'_> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Tools").field("files", &self.files).field("net", &self.net).finish_non_exhaustive()
+        f.debug_struct("Tools").finish_non_exhaustive()
     }
 }
 
@@ -538,11 +529,10 @@ impl<'r, 'c> Run<'r, 'c> {
     fn roll_back(mut self, error: CloneError) -> CloneError {
         self.phase.enter(Phase::Failed);
         let ctx = self.ctx;
-        let tools = self.tools;
         let cause = crate::error::chain(&error);
         let failures = self
             .journal
-            .roll_back(&cause, |action| undo::undo_action(ctx.hv, ctx.catalog, tools.files, tools.net, action));
+            .roll_back(&cause, |action| undo::undo_action(ctx.host, ctx.catalog, action));
         remove_empty_dirs(&self.storage);
         if failures.is_empty() {
             error

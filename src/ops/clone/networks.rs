@@ -41,7 +41,8 @@ impl<'r> Run<'r, '_> {
         let mut source_networks = Vec::new();
         for source in sources {
             let def = ctx
-                .hv
+                .host
+                .hypervisor()
                 .network(&source)
                 .map_err(|e| CloneError::InspectNetwork { network: source.clone(), source: Box::new(e) })?
                 .def;
@@ -145,8 +146,8 @@ impl<'r> Run<'r, '_> {
         self.step(&format!("create network {name} ({what})"), undo::remove_network_undo(name), |run| {
             let def = NetworkDef::isolated(&NetworkSpec { name: name.to_owned(), bridge: bridge.to_owned(), ip });
             let fail = |e: HvError| CloneError::DefineNetwork { network: name.to_owned(), source: Box::new(e) };
-            run.ctx.hv.define_network(&def).map_err(fail)?;
-            run.ctx.hv.start_network(name).map_err(fail)
+            run.ctx.host.hypervisor().define_network(&def).map_err(fail)?;
+            run.ctx.host.hypervisor().start_network(name).map_err(fail)
         })
     }
 
@@ -175,7 +176,7 @@ impl<'r> Run<'r, '_> {
                 address: self.source.vms[&plan.vm].agent.address.clone(),
             });
         }
-        let taken = readdress::taken_subnets(self.ctx.hv)
+        let taken = readdress::taken_subnets(self.ctx.host.hypervisor())
             .map_err(|(network, source)| CloneError::InspectNetwork { network, source })?;
         let clone = self.request.name.clone();
         self.step("plan the clone's addresses", UndoAction::Nothing, |_| {

@@ -37,12 +37,12 @@ impl Run<'_, '_> {
                     let bytes = self.step(&step, undo, |run| {
                         let progress = run.ctx.progress;
                         let report = |permille| progress(&Event::Progress { step: step.clone(), permille });
-                        run.tools.copier.copy_full(&image.path, &overlay, &report).map_err(fail)
+                        run.ctx.host.storage().copy_full(&image.path, &overlay, &report).map_err(fail)
                     })?;
                     made.full_copies.push(FullCopyReport::new(&plan.vm, disk, bytes, started.elapsed()));
                 } else {
                     self.step(&format!("create overlay {}/{disk}", plan.vm), undo, |run| {
-                        run.tools.files.create_overlay(&overlay, &image.path, image.format).map_err(fail)
+                        run.ctx.host.storage().create_overlay(&overlay, &image.path, image.format).map_err(fail)
                     })?;
                 }
                 made.disks.push(ClonedDisk {

@@ -53,7 +53,7 @@ impl Run<'_, '_> {
                     disk: Some(disk.clone()),
                     kind: if linked { ImageKind::Overlay } else { ImageKind::FullCopy },
                     format: ImageFormat::Qcow2,
-                    size_bytes: self.tools.files.size(&overlay).unwrap_or(0),
+                    size_bytes: self.ctx.host.storage().size(&overlay).unwrap_or(0),
                     backing: linked.then_some(image.id),
                     snapshot: None,
                     created_at: now,

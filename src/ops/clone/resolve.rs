@@ -57,7 +57,7 @@ impl Run<'_, '_> {
                 return Err(CloneError::SnapshotLacksVm { snapshot: snapshot.name.clone(), vm: vm.clone() });
             }
             for (disk, image) in &images {
-                if !self.tools.files.exists(&image.path) {
+                if !self.ctx.host.storage().exists(&image.path)? {
                     return Err(CloneError::ImageMissing {
                         vm: vm.clone(),
                         disk: disk.clone(),
@@ -67,7 +67,8 @@ impl Run<'_, '_> {
             }
             let domain = self.free_domain(vm)?;
             let mut def = ctx
-                .hv
+                .host
+                .hypervisor()
                 .domain(&config.domain)
                 .map_err(|source| CloneError::InspectDomain {
                     vm: vm.clone(),
@@ -134,7 +135,7 @@ impl Run<'_, '_> {
     /// The name of `vm`'s clone domain, refused when a domain has it.
     fn free_domain(&self, vm: &str) -> Result<String, CloneError> {
         let domain = names::domain(&self.request.name, vm);
-        match self.ctx.hv.domain(&domain) {
+        match self.ctx.host.hypervisor().domain(&domain) {
             Err(HvError::NoSuchDomain { .. }) => Ok(domain),
             Ok(_) => {
                 Err(CloneError::BadName { name: self.request.name.clone(), reason: format!("domain {domain} exists") })

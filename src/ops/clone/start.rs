@@ -71,13 +71,13 @@ impl<'r> Run<'r, '_> {
         for plan in plans {
             let Some((_, copy)) = &plan.memory else { continue };
             self.step(&format!("restore {} from memory", plan.domain), UndoAction::Nothing, |run| {
-                run.ctx.hv.restore_memory(copy, None).map_err(|source| CloneError::RestoreMemory {
+                run.ctx.host.hypervisor().restore_memory(copy, None).map_err(|source| CloneError::RestoreMemory {
                     vm: plan.vm.clone(),
                     domain: plan.domain.clone(),
                     source: Box::new(source),
                 })?;
                 // The copy served its purpose; the snapshot keeps the original.
-                if let Err(e) = run.tools.files.remove(copy) {
+                if let Err(e) = run.ctx.host.storage().remove(copy) {
                     run.ctx.note(format!("cannot remove {}: {e}", copy.display()));
                 }
                 Ok(())
@@ -103,7 +103,7 @@ impl<'r> Run<'r, '_> {
     fn boot(&mut self, plans: &[VmPlan], guests: &mut Guests<'_>) -> Result<(), CloneError> {
         for plan in plans {
             self.step(&format!("start {}", plan.domain), UndoAction::Nothing, |run| {
-                run.ctx.hv.start_domain(&plan.domain).map_err(|source| CloneError::Start {
+                run.ctx.host.hypervisor().start_domain(&plan.domain).map_err(|source| CloneError::Start {
                     vm: plan.vm.clone(),
                     domain: plan.domain.clone(),
                     source: Box::new(source),

@@ -5,11 +5,10 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
-use super::host_net::HostNet;
 use crate::catalog::{Catalog, Dependent, UndoAction};
 use crate::error::chain as error_chain;
 use crate::hypervisor::{HvError, Hypervisor};
-use crate::ops::restore::ImageFiles;
+use crate::host::{Host, Storage};
 
 pub const UNDO_REMOVE_NETWORK: &str = "clone-remove-network";
 pub const UNDO_REMOVE_NETNS: &str = "clone-remove-netns";
@@ -64,18 +63,17 @@ pub struct ForgetClone {
 
 /// Undoes one step of a clone.
 pub fn undo_action(
-    hv: &dyn Hypervisor,
+    host: &dyn Host,
     catalog: &Catalog,
-    files: &dyn ImageFiles,
-    net: &dyn HostNet,
     action: &UndoAction,
 ) -> Result<(), String> {
+    let (hv, net) = (host.hypervisor(), host.net());
     let data = |kind: &str, data: &serde_json::Value, key: &str| {
         data[key].as_str().map(str::to_owned).ok_or_else(|| format!("bad {kind} data {data}: no {key}"))
     };
     match action {
         UndoAction::Nothing => Ok(()),
-        UndoAction::DeleteFile { path } => remove_file(files, path),
+        UndoAction::DeleteFile { path } => remove_file(host.storage(), path),
         UndoAction::UndefineDomain { name } => remove_domain(hv, name),
         UndoAction::Custom { kind, data: value } => match kind.as_str() {
             UNDO_REMOVE_NETWORK => remove_network(hv, &data(kind, value, "network")?),
@@ -110,8 +108,8 @@ pub fn distrust_host_keys(known_hosts: &Path, lines: &[String]) -> Result<(), St
         .map_err(|e| format!("cannot remove the clone's lines from {}: {e}", known_hosts.display()))
 }
 
-pub fn remove_file(files: &dyn ImageFiles, path: &Path) -> Result<(), String> {
-    files.remove(path).map_err(|e| format!("cannot remove {}: {e}", path.display()))
+pub fn remove_file(storage: &dyn Storage, path: &Path) -> Result<(), String> {
+    storage.remove(path).map_err(|e| error_chain(&e))
 }
 
 /// Stops (if it runs) and undefines a domain.

@@ -5,7 +5,7 @@
 
 use std::path::PathBuf;
 
-use super::files::FileError;
+use crate::host::StorageError as FileError;
 use crate::catalog::CatalogError;
 use crate::config::LookupError;
 use crate::error::Failure;

@@ -102,7 +102,6 @@
 //! | `delete:remove` | the merged file is removed |
 
 mod error;
-pub mod files;
 mod journal;
 pub mod memory;
 mod plan;
@@ -115,11 +114,11 @@ use std::time::{Duration, Instant};
 use serde::Serialize;
 
 pub use self::error::DeleteError;
-pub use self::files::{FileError, ImageFiles, QemuImg};
 pub use self::journal::{abort_block_job, undo, UNDO_ABORT_BLOCK_JOB};
 
 use self::plan::{CommitStep, DiskStep, Plan, PullStep};
 use super::context::OpContext;
+use crate::host::Storage;
 use super::EnvLock;
 use crate::catalog::OperationKind;
 use crate::catalog::{CommitMerge, Image, PullMerge, Snapshot, SnapshotState, UndoAction};
@@ -195,14 +194,14 @@ pub struct MergeReport {
 /// module documentation.
 pub fn delete_snapshot(
     ctx: &OpContext<'_>,
-    files: &dyn ImageFiles,
     request: &DeleteSnapshotRequest,
     settings: &DeleteSettings,
 ) -> Result<DeleteReport, DeleteError> {
+    let files = ctx.host.storage();
     let env = ctx.config.environment(&request.env)?;
     let _lock = EnvLock::acquire(&ctx.config.controller.state_dir, &request.env, "delete-snapshot")?;
     let snapshot = find(ctx, &request.env, &request.snapshot)?;
-    delete_locked(ctx, files, &request.env, env, snapshot, settings)
+    delete_locked(ctx, &request.env, env, snapshot, settings)
 }
 
 /// The snapshot named `name` of `env`, or [`DeleteError::UnknownSnapshot`].
@@ -224,11 +223,11 @@ pub struct Preview {
 /// Plans deleting `snapshot` and says what would happen; changes nothing.
 pub fn preview(
     ctx: &OpContext<'_>,
-    files: &dyn ImageFiles,
     env_name: &str,
     env: &Environment,
     snapshot: Snapshot,
 ) -> Result<Preview, DeleteError> {
+    let files = ctx.host.storage();
     check_state(env_name, &snapshot)?;
     let plan = plan::plan(ctx, files, env_name, env, snapshot)?;
     let mut would_remove: Vec<PathBuf> = plan.memory.iter().map(|m| m.path.clone()).collect();
@@ -254,12 +253,12 @@ fn check_state(env: &str, snapshot: &Snapshot) -> Result<(), DeleteError> {
 /// lock (`prune` deletes several under one lock).
 pub fn delete_locked(
     ctx: &OpContext<'_>,
-    files: &dyn ImageFiles,
     env_name: &str,
     env: &Environment,
     snapshot: Snapshot,
     settings: &DeleteSettings,
 ) -> Result<DeleteReport, DeleteError> {
+    let files = ctx.host.storage();
     let started = Instant::now();
     check_state(env_name, &snapshot)?;
     let was_deleted = snapshot.state == SnapshotState::Deleted;
@@ -306,7 +305,7 @@ pub fn delete_locked(
         Err(error) => {
             let cause = crate::error::chain(&error);
             let failures = match run.journal.take() {
-                Some(journal) => journal.roll_back(&cause, |action| undo(ctx.hv, action)),
+                Some(journal) => journal.roll_back(&cause, |action| undo(ctx.host.hypervisor(), action)),
                 None => Vec::new(),
             };
             if failures.is_empty() {
@@ -325,7 +324,7 @@ fn millis(duration: Duration) -> u64 {
 /// One delete in progress.
 struct Run<'r, 'c> {
     ctx: &'r OpContext<'c>,
-    files: &'r dyn ImageFiles,
+    files: &'r dyn Storage,
     settings: &'r DeleteSettings,
     /// Taken by the commit or the rollback.
     journal: Option<Journal<'c>>,
@@ -458,7 +457,7 @@ impl<'c> Run<'_, 'c> {
     /// (active), or until the job is gone (a non-active layer). On a
     /// timeout the job is aborted.
     fn run_commit_job(&self, commit: &CommitStep) -> Result<(), DeleteError> {
-        let hv = self.ctx.hv;
+        let hv = self.ctx.host.hypervisor();
         let (domain, disk) = (commit.domain.as_str(), commit.disk.as_str());
         let fail = |source| DeleteError::Commit {
             vm: commit.vm.clone(),
@@ -514,7 +513,7 @@ impl<'c> Run<'_, 'c> {
     /// After a commit: libvirt's live chain and qemu-img's both read the
     /// catalog's chain without the merged image.
     fn verify_commit(&self, commit: &CommitStep) -> Result<(), DeleteError> {
-        let live = self.ctx.hv.domain(&commit.domain).map_err(|source| DeleteError::InspectDomain {
+        let live = self.ctx.host.hypervisor().domain(&commit.domain).map_err(|source| DeleteError::InspectDomain {
             vm: commit.vm.clone(),
             domain: commit.domain.clone(),
             source: Box::new(source),

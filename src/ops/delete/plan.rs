@@ -7,7 +7,7 @@
 
 use std::path::PathBuf;
 
-use super::files::ImageFiles;
+use crate::host::Storage;
 use super::DeleteError;
 use crate::catalog::{Dependent, DependentKind, Image, ImageKind, Snapshot};
 use crate::config::Environment;
@@ -77,7 +77,7 @@ pub(super) struct PullStep {
 /// Plans deleting `snapshot` of environment `env_name`.
 pub(super) fn plan(
     ctx: &OpContext<'_>,
-    files: &dyn ImageFiles,
+    files: &dyn Storage,
     env_name: &str,
     env: &Environment,
     snapshot: Snapshot,
@@ -113,7 +113,7 @@ pub(super) fn who(dependent: &Dependent) -> String {
 
 struct Planner<'p, 'c> {
     ctx: &'p OpContext<'c>,
-    files: &'p dyn ImageFiles,
+    files: &'p dyn Storage,
     env_name: &'p str,
     env: &'p Environment,
     pin: &'p Dependent,
@@ -215,7 +215,7 @@ impl Planner<'_, '_> {
     /// The VM's domain with its definition (live when it runs), if defined.
     fn domain(&self, image: &Image) -> Result<Option<(String, Domain)>, DeleteError> {
         let Some(vm) = self.env.vms.get(&image.vm) else { return Ok(None) };
-        match self.ctx.hv.domain(&vm.domain) {
+        match self.ctx.host.hypervisor().domain(&vm.domain) {
             Ok(domain) => Ok(Some((vm.domain.clone(), domain))),
             Err(HvError::NoSuchDomain { .. }) => Ok(None),
             Err(source) => Err(DeleteError::InspectDomain {

@@ -1,5 +1,5 @@
 //! Carrying what a standby wrote home, for failback: which images, where
-//! to, and the file operations behind [`HomeFiles`].
+//! to; the files are the host's storage ([`crate::host::Storage`]).
 //!
 //! While SB serves ENV, each disk of SB's domain runs on a chain whose
 //! lower end is SB's synced copy (ENV's snapshot P, SB's restored point,
@@ -34,80 +34,7 @@ use serde::{Deserialize, Serialize};
 use super::FailoverError;
 use crate::catalog::{ImageFormat, ImageId, ImageKind, ImageMove, StandbyDisk, StandbyRecord};
 use crate::ops::context::OpContext;
-use crate::ops::standby::{QemuImgTransfer, Transfer, TransferError};
-
-/// The file operations of a failback.
-pub trait HomeFiles: Sync + std::fmt::Debug {
-    /// Copies `from` byte for byte into a new file `to` (its directory
-    /// made); returns the bytes copied.
-    fn copy(&self, from: &Path, to: &Path) -> Result<u64, TransferError>;
-    /// `image`'s backing file becomes `backing` (of `format`), reading
-    /// nothing (`qemu-img rebase -u`).
-    fn rebase(&self, image: &Path, backing: &Path, format: ImageFormat) -> Result<(), TransferError>;
-    /// Whether `a` and `b` read the same data, backing chains included.
-    fn same_content(&self, a: &Path, b: &Path) -> Result<bool, TransferError>;
-    fn exists(&self, path: &Path) -> bool;
-    /// Removes a file; one already gone is no error.
-    fn remove(&self, path: &Path) -> Result<(), TransferError>;
-    /// The file's size and modification time.
-    fn stamp(&self, path: &Path) -> Result<FileStamp, TransferError>;
-}
-
-/// A file's size and modification time: how the home sync tells that an
-/// image it carried changed on SB since (a delete merged into it).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-pub struct FileStamp {
-    pub len: u64,
-    /// Nanoseconds since the Unix epoch.
-    pub modified_ns: i64,
-}
-
-/// The real [`HomeFiles`]: this host's files and `qemu-img`.
-#[derive(Debug, Clone, Copy, Default)]
-pub struct QemuImgHome;
-
-impl HomeFiles for QemuImgHome {
-    fn copy(&self, from: &Path, to: &Path) -> Result<u64, TransferError> {
-        if let Some(dir) = to.parent() {
-            std::fs::create_dir_all(dir).map_err(|source| TransferError::Io {
-                what: "create the directory",
-                path: dir.to_owned(),
-                source,
-            })?;
-        }
-        QemuImgTransfer.copy_file(from, to).map(|copied| copied.bytes)
-    }
-
-    fn rebase(&self, image: &Path, backing: &Path, format: ImageFormat) -> Result<(), TransferError> {
-        let mut command = Command::new("qemu-img");
-        command.args(["rebase", "-u", "-F", format.as_str(), "-b"]).arg(backing).arg(image);
-        crate::host_tool::run_text(&mut command).map(drop).map_err(|e| TransferError::QemuImg {
-            what: "rebase",
-            path: image.to_owned(),
-            detail: crate::error::chain(&e),
-        })
-    }
-
-    fn same_content(&self, a: &Path, b: &Path) -> Result<bool, TransferError> {
-        QemuImgTransfer.same_content(a, b)
-    }
-
-    fn exists(&self, path: &Path) -> bool {
-        path.exists()
-    }
-
-    fn remove(&self, path: &Path) -> Result<(), TransferError> {
-        QemuImgTransfer.remove(path)
-    }
-
-    fn stamp(&self, path: &Path) -> Result<FileStamp, TransferError> {
-        let io = |source| TransferError::Io { what: "look at", path: path.to_owned(), source };
-        let meta = std::fs::metadata(path).map_err(io)?;
-        let modified = meta.modified().map_err(io)?;
-        let since = modified.duration_since(std::time::UNIX_EPOCH).unwrap_or_default();
-        Ok(FileStamp { len: meta.len(), modified_ns: i64::try_from(since.as_nanos()).unwrap_or(i64::MAX) })
-    }
-}
+use crate::host::{FileStamp, Storage};
 
 /// One image of SB's chain to carry home.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -167,11 +94,13 @@ impl HomeCopy {
     /// Whether this copy is still `image` (as planned now) at home: its
     /// source unchanged in size and time, the copy there, and its backing
     /// the plan's. A delete that merged images on SB changes one of those.
-    pub fn still_valid(&self, image: &CarryImage, home: &dyn HomeFiles) -> bool {
+    pub fn still_valid(&self, image: &CarryImage, home: &dyn Storage) -> bool {
         let planned = (self.image, &self.from, &self.to, &self.backing_path)
             == (image.id, &image.from, &image.to, &image.backing_path);
+        // A copy that cannot be looked at is carried again: a second copy
+        // costs time, a stale one would cost data.
         planned
-            && home.exists(&self.to)
+            && home.exists(&self.to).unwrap_or(false)
             && home
                 .stamp(&image.from)
                 .is_ok_and(|stamp| (stamp.len, stamp.modified_ns) == (self.source_len, self.source_modified))
@@ -190,7 +119,7 @@ pub(super) fn carry_step(vm: &str, disk: &str, image: &CarryImage) -> String {
 /// left it, or the home sync's copy of a source that changed since) and is
 /// replaced.
 pub(super) fn carry_image(
-    home: &dyn HomeFiles,
+    home: &dyn Storage,
     vm: &str,
     disk: &str,
     image: &CarryImage,
@@ -200,8 +129,8 @@ pub(super) fn carry_image(
         move |source| FailoverError::Carry { vm, disk, step, path, source: Box::new(source) }
     };
     home.remove(&image.to).map_err(fail("remove a stale copy", &image.to))?;
-    let bytes = home.copy(&image.from, &image.to).map_err(fail("copy", &image.from))?;
-    home.rebase(&image.to, &image.backing_path, image.backing_format).map_err(fail("rebase", &image.to))?;
+    let bytes = home.copy_file(&image.from, &image.to).map_err(fail("copy", &image.from))?.bytes;
+    home.set_backing(&image.to, &image.backing_path, image.backing_format).map_err(fail("rebase", &image.to))?;
     Ok(bytes)
 }
 

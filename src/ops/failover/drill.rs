@@ -157,7 +157,8 @@ pub(super) fn start_domains<'d>(
     for domain in domains {
         run.step(&format!("start {domain}"), DomainRef::undo(UNDO_STOP_DOMAIN, domain), |run| {
             run.ctx
-                .hv
+                .host
+                .hypervisor()
                 .start_domain(domain)
                 .map_err(|e| FailoverError::Start { domain: domain.to_owned(), source: Box::new(e) })
         })?;
@@ -246,10 +247,10 @@ impl<'r, 'c> Run<'r, 'c> {
     }
 
     pub(super) fn roll_back(&mut self, error: FailoverError) -> FailoverError {
-        let (ctx, tools) = (self.ctx, self.tools);
+        let ctx = self.ctx;
         let cause = crate::error::chain(&error);
         let failures = match self.journal.take() {
-            Some(journal) => journal.roll_back(&cause, |action| undo::undo_action(ctx, tools.files, tools.net, action)),
+            Some(journal) => journal.roll_back(&cause, |action| undo::undo_action(ctx, action)),
             None => Vec::new(),
         };
         if failures.is_empty() {
@@ -359,11 +360,11 @@ fn drill_steps(
             let undo = UndoAction::DeleteFile { path: overlay.clone() };
             run.step(&format!("drill overlay {}/{}", domain.vm, disk.disk), undo, |run| {
                 // A drill overlay left by an end that was interrupted is stale.
-                run.tools.files.remove(&overlay).map_err(|e| FailoverError::Remove {
+                run.ctx.host.storage().remove(&overlay).map_err(|e| FailoverError::Remove {
                     what: overlay.display().to_string(),
                     detail: e.to_string(),
                 })?;
-                run.tools.files.create_overlay(&overlay, &disk.path, ImageFormat::Qcow2).map_err(|source| {
+                run.ctx.host.storage().create_overlay(&overlay, &disk.path, ImageFormat::Qcow2).map_err(|source| {
                     FailoverError::Overlay { vm: domain.vm.clone(), disk: disk.disk.clone(), source: Box::new(source) }
                 })
             })?;
@@ -378,7 +379,8 @@ fn drill_steps(
         }
         run.step(&format!("point {} at its drill overlays", domain.domain), back.undo(), |run| {
             run.ctx
-                .hv
+                .host
+                .hypervisor()
                 .define_domain(&def)
                 .map(drop)
                 .map_err(|e| FailoverError::Redefine { domain: domain.domain.clone(), source: Box::new(e) })
@@ -425,13 +427,14 @@ pub(super) fn gateway(
         data: serde_json::json!({ "netns": netns }),
     };
     run.step(&format!("create the gateway namespace {netns}"), undo, |run| {
-        run.tools.net.add_netns(netns).map_err(fail(netns))
+        run.ctx.host.net().add_netns(netns).map_err(fail(netns))
     })?;
     let mut links = Vec::new();
     for network in networks {
         let source = run
             .ctx
-            .hv
+            .host
+            .hypervisor()
             .network(&network.source)
             .map_err(|e| FailoverError::InspectNetwork { network: network.source.clone(), source: Box::new(e) })?;
         let Some((std::net::IpAddr::V4(address), prefix)) = source.def.ip() else { continue };
@@ -444,9 +447,10 @@ pub(super) fn gateway(
         };
         run.step(&format!("gateway {address} on {}", network.name), undo, |run| {
             // One left by an end that was interrupted is replaced.
-            run.tools.net.delete_link(libvirt_netns.as_deref(), &veth).map_err(fail(netns))?;
-            run.tools
-                .net
+            run.ctx.host.net().delete_link(libvirt_netns.as_deref(), &veth).map_err(fail(netns))?;
+            run.ctx
+                .host
+                .net()
                 .add_gateway(libvirt_netns.as_deref(), &network.bridge, &veth, netns, &peer, &address)
                 .map_err(fail(netns))
         })?;
@@ -464,11 +468,11 @@ pub(super) fn remove_gateway(
     let fail = |e| FailoverError::Gateway { netns: netns.to_owned(), source: Box::new(e) };
     for link in links {
         run.step(&format!("remove the gateway link {}", link.link), UndoAction::Nothing, |run| {
-            run.tools.net.delete_link(link.netns.as_deref(), &link.link).map_err(fail)
+            run.ctx.host.net().delete_link(link.netns.as_deref(), &link.link).map_err(fail)
         })?;
     }
     run.step(&format!("remove the gateway namespace {netns}"), UndoAction::Nothing, |run| {
-        run.tools.net.delete_netns(netns).map_err(fail)
+        run.ctx.host.net().delete_netns(netns).map_err(fail)
     })
 }
 
@@ -544,7 +548,7 @@ pub fn end(ctx: &OpContext<'_>, request: &DrillRequest, tools: Tools<'_>) -> Res
 fn end_steps(run: &mut Run<'_, '_>, sb: &str, resources: &DrillResources) -> Result<(), FailoverError> {
     for vm in &resources.vms {
         run.step(&format!("stop {}", vm.domain), UndoAction::Nothing, |run| {
-            match run.ctx.hv.destroy_domain(&vm.domain) {
+            match run.ctx.host.hypervisor().destroy_domain(&vm.domain) {
                 Ok(()) | Err(HvError::NoSuchDomain { .. }) => Ok(()),
                 Err(e) => Err(FailoverError::Stop { domain: vm.domain.clone(), source: Box::new(e) }),
             }
@@ -562,7 +566,7 @@ fn end_steps(run: &mut Run<'_, '_>, sb: &str, resources: &DrillResources) -> Res
                 .collect(),
         };
         run.step(&format!("point {} back at its own disks", vm.domain), UndoAction::Nothing, |run| {
-            crate::ops::restore::undo_action(run.ctx.hv, run.ctx.catalog, run.tools.files, &back.undo())
+            crate::ops::restore::undo_action(run.ctx.host, run.ctx.catalog, &back.undo())
                 .map_err(|detail| FailoverError::Remove { what: format!("the drill disks of {}", vm.domain), detail })
         })?;
     }
@@ -570,7 +574,7 @@ fn end_steps(run: &mut Run<'_, '_>, sb: &str, resources: &DrillResources) -> Res
     for vm in &resources.vms {
         for disk in &vm.disks {
             run.step(&format!("delete drill overlay {}/{}", vm.vm, disk.target), UndoAction::Nothing, |run| {
-                run.tools.files.remove(&disk.overlay).map_err(|e| FailoverError::Remove {
+                run.ctx.host.storage().remove(&disk.overlay).map_err(|e| FailoverError::Remove {
                     what: disk.overlay.display().to_string(),
                     detail: e.to_string(),
                 })

@@ -8,8 +8,7 @@ use crate::error::Failure;
 use crate::exit::ExitCode;
 use crate::guest::GuestError;
 use crate::hypervisor::HvError;
-use crate::ops::clone::HostNetError;
-use crate::ops::restore::ImageFileError;
+use crate::host::{HostNetError, StorageError};
 use crate::ops::shared::{OperationError, Shared};
 use crate::ops::LockError;
 
@@ -82,7 +81,7 @@ pub enum FailoverError {
         vm: String,
         disk: String,
         #[source]
-        source: Box<ImageFileError>,
+        source: Box<StorageError>,
     },
     #[error("point domain {domain} at other disks")]
     Redefine {
@@ -149,7 +148,7 @@ pub enum FailoverError {
         step: &'static str,
         path: std::path::PathBuf,
         #[source]
-        source: Box<crate::ops::standby::TransferError>,
+        source: Box<StorageError>,
     },
     /// The chain carried home does not read like the standby's.
     #[error("VM '{vm}' disk {disk}: {} does not read like the standby's {}", home.display(), standby.display())]

@@ -246,26 +246,27 @@ pub fn failback(
 
 /// Removes a file SB's chain had and the catalog now knows at home;
 /// true if it was there. One the catalog still knows is kept.
-fn remove_leftover(ctx: &OpContext<'_>, tools: Tools<'_>, path: &std::path::Path) -> Result<bool, FailoverError> {
-    if ctx.catalog.image_by_path(path)?.is_some() || !tools.home.exists(path) {
+fn remove_leftover(ctx: &OpContext<'_>, path: &std::path::Path) -> Result<bool, FailoverError> {
+    let storage = ctx.host.storage();
+    let fail = |e: crate::host::StorageError| FailoverError::Remove {
+        what: path.display().to_string(),
+        detail: crate::error::chain(&e),
+    };
+    if ctx.catalog.image_by_path(path)?.is_some() || !storage.exists(path).map_err(fail)? {
         return Ok(false);
     }
-    tools
-        .home
-        .remove(path)
-        .map(|()| true)
-        .map_err(|e| FailoverError::Remove { what: path.display().to_string(), detail: crate::error::chain(&e) })
+    storage.remove(path).map(|()| true).map_err(fail)
 }
 
 fn autostart_on(ctx: &OpContext<'_>, domain: &str) -> Result<(), FailoverError> {
-    ctx.hv
+    ctx.host.hypervisor()
         .set_autostart(domain, true)
         .map_err(|e| FailoverError::Autostart { domain: domain.to_owned(), source: Box::new(e) })
 }
 
 /// One of the networks SB served on at its own addresses; gone is done.
 fn remove_network(ctx: &OpContext<'_>, network: &str) -> Result<(), FailoverError> {
-    crate::ops::clone::undo::remove_network(ctx.hv, network)
+    crate::ops::clone::undo::remove_network(ctx.host.hypervisor(), network)
         .map_err(|detail| FailoverError::Remove { what: format!("network {network}"), detail })
 }
 
@@ -288,7 +289,7 @@ fn already_home(
     report.action = FailbackAction::AlreadyHome;
     report.removed.clear();
     for path in &resources.leftovers {
-        if remove_leftover(ctx, tools, path)? {
+        if remove_leftover(ctx, path)? {
             report.removed.push(path.clone());
         }
     }

@@ -133,7 +133,7 @@ pub fn sync_home(ctx: &OpContext<'_>, standby: &str, tools: Tools<'_>) -> Result
     let mut kept = Vec::new();
     let mut to_carry = Vec::new();
     for plan in planned.iter() {
-        match resources.home.iter().find(|c| c.image == plan.image.id && c.still_valid(&plan.image, tools.home)) {
+        match resources.home.iter().find(|c| c.image == plan.image.id && c.still_valid(&plan.image, ctx.host.storage())) {
             Some(copy) => kept.push(copy.clone()),
             None => to_carry.push(plan),
         }
@@ -219,7 +219,7 @@ fn carry_steps(
 ) -> Result<(Vec<HomeCopy>, Vec<HomeCopied>), FailoverError> {
     for path in dropped {
         run.step(&format!("drop home copy {}", path.display()), UndoAction::Nothing, |run| {
-            run.tools.home.remove(path).map_err(|e| FailoverError::Remove {
+            run.ctx.host.storage().remove(path).map_err(|e| FailoverError::Remove {
                 what: format!("the home copy {}", path.display()),
                 detail: crate::error::chain(&e),
             })
@@ -232,18 +232,18 @@ fn carry_steps(
         let (bytes, source) = run.step(&carry_step(vm, disk, image), undo, |run| {
             // Looked at before the copy: a source that changes during it
             // differs from what is recorded, and is carried again.
-            let source = run.tools.home.stamp(&image.from).map_err(|e| FailoverError::Carry {
+            let source = run.ctx.host.storage().stamp(&image.from).map_err(|e| FailoverError::Carry {
                 vm: vm.clone(),
                 disk: disk.clone(),
                 step: "look at",
                 path: image.from.clone(),
                 source: Box::new(e),
             })?;
-            Ok((carry_image(run.tools.home, vm, disk, image)?, source))
+            Ok((carry_image(run.ctx.host.storage(), vm, disk, image)?, source))
         })?;
         let name = image.from.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
         run.step(&format!("verify {vm}/{disk} {name}"), UndoAction::Nothing, |run| {
-            match run.tools.home.same_content(&image.from, &image.to) {
+            match run.ctx.host.storage().same_content(&image.from, &image.to) {
                 Ok(true) => Ok(()),
                 Ok(false) => Err(FailoverError::HomeCopyDiffers {
                     vm: vm.clone(),

@@ -29,7 +29,7 @@
 //!   while SB serves, SB stopped after a final snapshot, the remainder
 //!   carried, the chains compared, ENV's domains started on them, SB given
 //!   its own identity back, the next epoch recorded);
-//!   `carry.rs`: which images go home, where, and [`HomeFiles`].
+//!   `carry.rs`: which images go home, and where.
 //! - `home_sync.rs`: `envclone standby sync SB` while SB serves: the
 //!   images SB no longer writes carried home (and verified) ahead of
 //!   failback, recorded in the switch's row; failback takes them as
@@ -84,7 +84,7 @@ mod tests;
 pub mod undo;
 mod unplanned;
 
-pub use self::carry::{CarryImage, FileStamp, HomeCopy, HomeFiles, QemuImgHome};
+pub use self::carry::{CarryImage, HomeCopy};
 pub use self::drill::{
     end as end_drill, overlay_path, start as start_drill, DrillAction, DrillDisk, DrillReport, DrillRequest,
     DrillResources, DrillVm, StepTime, BOOT_WITHIN,
@@ -100,30 +100,21 @@ pub use self::unplanned::{unplanned, Unplanned};
 
 use crate::config::Environment;
 use crate::ops::clone::CloneAgents;
-use crate::ops::clone::HostNet;
-use crate::ops::restore::ImageFiles;
 use crate::ops::snapshot::Quiescer;
-use crate::ops::standby::Transfer;
 
 /// What a failover works with besides the context.
 #[derive(Clone, Copy)]
 pub struct Tools<'t> {
-    pub files: &'t dyn ImageFiles,
-    pub net: &'t dyn HostNet,
     /// The standby's agents, as its environment stands (and ENV's, at
     /// failback), with what readdressing asks of them.
     pub agents: &'t dyn Fn(&Environment) -> Box<dyn CloneAgents>,
     /// Freezes the primary's guests for the final snapshot (planned).
     pub quiescer: &'t dyn Quiescer,
-    /// Brings the standby to the final snapshot (planned).
-    pub transfer: &'t dyn Transfer,
-    /// Copies, rebases and compares what failback carries home.
-    pub home: &'t dyn HomeFiles,
 }
 
 impl std::fmt::Debug for Tools<'_> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Tools").field("files", &self.files).field("net", &self.net).finish_non_exhaustive()
+        f.debug_struct("Tools").finish_non_exhaustive()
     }
 }
 
@@ -146,7 +137,7 @@ pub(crate) fn inspect(
     ctx: &crate::ops::context::OpContext<'_>,
     domain: &str,
 ) -> Result<crate::hypervisor::Domain, FailoverError> {
-    ctx.hv
+    ctx.host.hypervisor()
         .domain(domain)
         .map_err(|source| FailoverError::InspectDomain { domain: domain.to_owned(), source: Box::new(source) })
 }

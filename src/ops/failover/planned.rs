@@ -273,7 +273,7 @@ fn switch(
                 &format!("fence {domain}: stop it, autostart off, epoch {epoch}"),
                 undo::unfence(&domain),
                 |run| {
-                    super::fence::fence_domain(run.ctx.hv, &domain, &stamp)
+                    super::fence::fence_domain(run.ctx.host.hypervisor(), &domain, &stamp)
                         .map(drop)
                         .map_err(|e| FailoverError::Fence { domain: domain.clone(), source: Box::new(e) })
                 },
@@ -285,7 +285,7 @@ fn switch(
 
     let name = standby.name.clone();
     let synced = run.step(&format!("bring {name} to the final snapshot {snapshot}"), UndoAction::Nothing, |run| {
-        crate::ops::standby::sync(run.ctx, &name, run.tools.transfer)
+        crate::ops::standby::sync(run.ctx, &name)
             .map_err(|e| FailoverError::Sync { standby: name.clone(), source: Box::new(e) })
     })?;
     if synced.snapshot != snapshot {

@@ -169,7 +169,7 @@ pub(super) fn take_over(
         })?;
         let own = names::served_network(sb, &addresses.source_network);
         run.step(&format!("link up: {} onto {own}", vm.domain), UndoAction::Nothing, |run| {
-            run.ctx.hv.move_interface(&vm.domain, &mac, &own).map_err(|source| FailoverError::MoveInterface {
+            run.ctx.host.hypervisor().move_interface(&vm.domain, &mac, &own).map_err(|source| FailoverError::MoveInterface {
                 vm: vm.vm.clone(),
                 domain: vm.domain.clone(),
                 mac: mac.clone(),
@@ -209,8 +209,8 @@ fn served_networks(
         run.step(&what, clone_undo::remove_network_undo(&name), |run| {
             let def = NetworkDef::isolated(&NetworkSpec { name: name.clone(), bridge: bridge.clone(), ip });
             let fail = |e: HvError| FailoverError::DefineNetwork { network: name.clone(), source: Box::new(e) };
-            run.ctx.hv.define_network(&def).map_err(fail)?;
-            run.ctx.hv.start_network(&name).map_err(fail)
+            run.ctx.host.hypervisor().define_network(&def).map_err(fail)?;
+            run.ctx.host.hypervisor().start_network(&name).map_err(fail)
         })?;
         networks.push(ClonedNetwork {
             source: planned.source_network.clone(),
@@ -242,7 +242,8 @@ fn on_epoch_overlays(
             undo::redefine(&current.def),
             |run| {
                 run.ctx
-                    .hv
+                    .host
+                    .hypervisor()
                     .define_domain(&def)
                     .map(drop)
                     .map_err(|e| FailoverError::Redefine { domain: domain.domain.clone(), source: Box::new(e) })
@@ -270,7 +271,7 @@ fn plan_addresses(
     standby: &StandbyRecord,
     primary: &Environment,
 ) -> Result<plan::AddressPlan, FailoverError> {
-    let hv = run.ctx.hv;
+    let hv = run.ctx.host.hypervisor();
     let pool = primary.readdress.clone().ok_or_else(|| FailoverError::ReaddressNotConfigured {
         env: standby.primary.clone(),
         standby: standby.name.clone(),

@@ -101,7 +101,7 @@ pub(super) fn with_primary_addresses(
             domain.primary_macs.join(", ")
         );
         run.step(&what, undo::redefine(&current.def), |run| {
-            run.ctx.hv.define_domain(&def).map(drop).map_err(redefine)
+            run.ctx.host.hypervisor().define_domain(&def).map(drop).map_err(redefine)
         })?;
         let address = primary.vms.get(&domain.vm).map(|v| v.agent.address.clone()).unwrap_or_default();
         vms.push(TakeoverVm {
@@ -138,11 +138,11 @@ pub(super) fn epoch_overlays(
             &format!("overlay {}/{} for epoch {epoch}", domain.vm, disk.disk),
             UndoAction::DeleteFile { path: overlay.clone() },
             |run| {
-                run.tools.files.remove(&overlay).map_err(|e| FailoverError::Remove {
+                run.ctx.host.storage().remove(&overlay).map_err(|e| FailoverError::Remove {
                     what: overlay.display().to_string(),
                     detail: e.to_string(),
                 })?;
-                run.tools.files.create_overlay(&overlay, &disk.path, ImageFormat::Qcow2).map_err(|source| {
+                run.ctx.host.storage().create_overlay(&overlay, &disk.path, ImageFormat::Qcow2).map_err(|source| {
                     FailoverError::Overlay { vm: domain.vm.clone(), disk: disk.disk.clone(), source: Box::new(source) }
                 })
             },

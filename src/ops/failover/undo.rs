@@ -32,9 +32,7 @@
 
 use crate::catalog::{FailoverState, UndoAction};
 use crate::error::chain as error_chain;
-use crate::ops::clone::HostNet;
 use crate::ops::context::OpContext;
-use crate::ops::restore::ImageFiles;
 
 pub const UNDO_FORGET: &str = "failover-forget";
 pub const UNDO_UNFENCE: &str = "failover-unfence";
@@ -138,7 +136,7 @@ pub fn undo_own(ctx: &OpContext<'_>, kind: &str, data: &serde_json::Value) -> Re
         }
         UNDO_UNFENCE => {
             let domain = data["domain"].as_str().ok_or_else(|| format!("bad {kind} data {data}: no domain"))?;
-            let found = match ctx.hv.domain(domain) {
+            let found = match ctx.host.hypervisor().domain(domain) {
                 Ok(found) => found,
                 Err(crate::hypervisor::HvError::NoSuchDomain { .. }) => {
                     return Ok(format!("domain {domain} is not defined here: nothing to unfence"))
@@ -153,12 +151,12 @@ pub fn undo_own(ctx: &OpContext<'_>, kind: &str, data: &serde_json::Value) -> Re
                 // The fence is undone: its stamp would tell a lie.
                 let mut def = found.def.clone();
                 def.clear_fence_stamp();
-                ctx.hv
+                ctx.host.hypervisor()
                     .define_domain(&def)
                     .map_err(|e| format!("cannot remove the fence stamp of domain {domain}: {}", error_chain(&e)))?;
             }
             if autostart == Some(true) {
-                ctx.hv.set_autostart(domain, true).map_err(|e| {
+                ctx.host.hypervisor().set_autostart(domain, true).map_err(|e| {
                     format!("cannot turn the autostart of domain {domain} on again: {}", error_chain(&e))
                 })?;
             }
@@ -170,7 +168,7 @@ pub fn undo_own(ctx: &OpContext<'_>, kind: &str, data: &serde_json::Value) -> Re
             if data["start"].as_bool() == Some(false) {
                 return Ok(format!("domain {domain} unstamped, {autostart}; it was down before the failover"));
             }
-            ctx.hv.start_domain(domain).map_err(|e| format!("cannot start domain {domain}: {}", error_chain(&e)))?;
+            ctx.host.hypervisor().start_domain(domain).map_err(|e| format!("cannot start domain {domain}: {}", error_chain(&e)))?;
             Ok(format!("domain {domain} started again, {autostart}"))
         }
         UNDO_REDEFINE => {
@@ -178,11 +176,11 @@ pub fn undo_own(ctx: &OpContext<'_>, kind: &str, data: &serde_json::Value) -> Re
             let xml = data["xml"].as_str().ok_or_else(|| format!("bad {kind} data {data}: no xml"))?;
             let def = crate::hypervisor::DomainDef::parse(xml).map_err(|e| error_chain(&e))?;
             let found =
-                ctx.hv.domain(domain).map_err(|e| format!("cannot look up domain {domain}: {}", error_chain(&e)))?;
+                ctx.host.hypervisor().domain(domain).map_err(|e| format!("cannot look up domain {domain}: {}", error_chain(&e)))?;
             if found.state.is_active() {
                 return Err(format!("domain {domain} runs; stop it, then run `envclone recover` again"));
             }
-            ctx.hv.define_domain(&def).map_err(|e| format!("cannot redefine domain {domain}: {}", error_chain(&e)))?;
+            ctx.host.hypervisor().define_domain(&def).map_err(|e| format!("cannot redefine domain {domain}: {}", error_chain(&e)))?;
             Ok(describe(kind, data))
         }
         UNDO_RESTART => {
@@ -193,10 +191,10 @@ pub fn undo_own(ctx: &OpContext<'_>, kind: &str, data: &serde_json::Value) -> Re
             // Each domain on its own: one that cannot start must not keep the others down.
             let mut failures = Vec::new();
             for domain in &domains {
-                match ctx.hv.domain(domain) {
+                match ctx.host.hypervisor().domain(domain) {
                     Ok(found) if found.state.is_active() => {}
                     Ok(_) => {
-                        if let Err(e) = ctx.hv.start_domain(domain) {
+                        if let Err(e) = ctx.host.hypervisor().start_domain(domain) {
                             failures.push(format!("cannot start domain {domain}: {}", error_chain(&e)));
                         }
                     }
@@ -238,8 +236,6 @@ pub fn undo_own(ctx: &OpContext<'_>, kind: &str, data: &serde_json::Value) -> Re
 /// Undoes one step of a failover (the kinds it borrows included).
 pub fn undo_action(
     ctx: &OpContext<'_>,
-    files: &dyn ImageFiles,
-    net: &dyn HostNet,
     action: &UndoAction,
 ) -> Result<(), String> {
     match action {
@@ -248,8 +244,8 @@ pub fn undo_action(
             if [crate::ops::restore::UNDO_STOP_DOMAIN, crate::ops::restore::UNDO_REDEFINE_DISKS]
                 .contains(&kind.as_str()) =>
         {
-            crate::ops::restore::undo_action(ctx.hv, ctx.catalog, files, action)
+            crate::ops::restore::undo_action(ctx.host, ctx.catalog, action)
         }
-        other => crate::ops::clone::undo::undo_action(ctx.hv, ctx.catalog, files, net, other),
+        other => crate::ops::clone::undo::undo_action(ctx.host, ctx.catalog, other),
     }
 }

@@ -76,7 +76,7 @@ use crate::catalog::{
     Catalog, CatalogError, Operation, OperationId, OperationKind, OperationState, Owner, SnapshotState, Step,
     StepState, UndoAction,
 };
-use crate::ops::delete::{delete_locked, DeleteReport, DeleteSettings, ImageFiles};
+use crate::ops::delete::{delete_locked, DeleteReport, DeleteSettings};
 use crate::ops::restore::RECORD_STEP as RESTORE_RECORD_STEP;
 use crate::ops::snapshot::UNDO_FAIL_SNAPSHOT_NAMED;
 
@@ -256,16 +256,6 @@ pub fn recover(
     agents: &dyn Agents,
     request: &RecoverRequest,
 ) -> Result<RecoverReport, RecoverError> {
-    recover_with(ctx, agents, &crate::ops::delete::QemuImg, request)
-}
-
-/// [`recover`] with the image files an interrupted delete is finished with.
-pub(crate) fn recover_with(
-    ctx: &OpContext<'_>,
-    agents: &dyn Agents,
-    files: &dyn ImageFiles,
-    request: &RecoverRequest,
-) -> Result<RecoverReport, RecoverError> {
     let catalog = ctx.catalog;
     let pending_ops = pending(catalog)?;
     let pending_envs: BTreeSet<String> = pending_ops.iter().map(|op| op.env.clone()).collect();
@@ -307,7 +297,7 @@ pub(crate) fn recover_with(
             }
             Err(e) => return Err(e.into()),
         };
-        report.environments.push(recover_env(ctx, agents, files, &env, request.dry_run)?);
+        report.environments.push(recover_env(ctx, agents, &env, request.dry_run)?);
     }
     Ok(report)
 }
@@ -334,7 +324,6 @@ pub(crate) fn pending(catalog: &Catalog) -> Result<Vec<Operation>, CatalogError>
 fn recover_env(
     ctx: &OpContext<'_>,
     agents: &dyn Agents,
-    files: &dyn ImageFiles,
     env: &str,
     dry_run: bool,
 ) -> Result<EnvReport, RecoverError> {
@@ -363,7 +352,7 @@ fn recover_env(
         op.kind == OperationKind::DeleteSnapshot && matches!(op.outcome, Outcome::RolledBack | Outcome::WouldRollBack)
     });
     let deletes = match env_config {
-        Some(config) if interrupted_delete => finish_deletes(ctx, files, env, config, dry_run)?,
+        Some(config) if interrupted_delete => finish_deletes(ctx, env, config, dry_run)?,
         _ => Vec::new(),
     };
     let checks = match env_config {
@@ -381,7 +370,6 @@ fn recover_env(
 /// documentation.
 fn finish_deletes(
     ctx: &OpContext<'_>,
-    files: &dyn ImageFiles,
     env: &str,
     config: &crate::config::Environment,
     dry_run: bool,
@@ -399,7 +387,7 @@ fn finish_deletes(
             continue;
         }
         let timer = ctx.begin(format!("finish the delete of snapshot {name}"));
-        let rerun = match delete_locked(ctx, files, env, config, snapshot, &DeleteSettings::default()) {
+        let rerun = match delete_locked(ctx, env, config, snapshot, &DeleteSettings::default()) {
             Ok(report) => {
                 timer.done();
                 let outcome = if report.deferred.is_empty() { RerunOutcome::Finished } else { RerunOutcome::Deferred };

@@ -106,7 +106,7 @@ pub fn check_env(
             |subject: String, status: CheckStatus, detail: String| Check { vm: vm.clone(), subject, status, detail };
         let domain_subject = format!("domain {}", config.domain);
         let timer = ctx.begin(format!("check VM '{vm}'"));
-        let domain = match ctx.hv.domain(&config.domain) {
+        let domain = match ctx.host.hypervisor().domain(&config.domain) {
             Ok(domain) => domain,
             Err(e) => {
                 let status =
@@ -125,7 +125,7 @@ pub fn check_env(
             DomainState::Paused if dry_run => {
                 (CheckStatus::WouldFix, "paused by an interrupted operation: would resume it".to_owned(), false)
             }
-            DomainState::Paused => match resume_if_paused(ctx.hv, &config.domain) {
+            DomainState::Paused => match resume_if_paused(ctx.host.hypervisor(), &config.domain) {
                 Ok(Undone::Done(what) | Undone::Kept(what)) => (CheckStatus::Fixed, what, true),
                 Err(e) => (CheckStatus::Problem, e, false),
             },

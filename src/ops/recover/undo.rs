@@ -182,10 +182,10 @@ impl Undoer<'_, '_> {
         match action {
             UndoAction::Nothing => Ok(Undone::Done("nothing to undo".into())),
             UndoAction::ThawAgent { vm } => self.thaw(vm),
-            UndoAction::ResumeDomain { domain } => resume_if_paused(self.ctx.hv, domain),
+            UndoAction::ResumeDomain { domain } => resume_if_paused(self.ctx.host.hypervisor(), domain),
             UndoAction::DeleteFile { path } => self.delete_file(path),
-            UndoAction::PivotBack { domain, disk, image } => pivot_back(self.ctx.hv, domain, disk, image),
-            UndoAction::UndefineDomain { name } => undefine(self.ctx.hv, name),
+            UndoAction::PivotBack { domain, disk, image } => pivot_back(self.ctx.host.hypervisor(), domain, disk, image),
+            UndoAction::UndefineDomain { name } => undefine(self.ctx.host.hypervisor(), name),
             UndoAction::FailSnapshot { snapshot } => self.fail_snapshot(*snapshot),
             UndoAction::Custom { kind, data } => self.custom(kind, data),
         }
@@ -224,7 +224,7 @@ impl Undoer<'_, '_> {
             Err(e) => return Err(format!("cannot inspect {}: {e}", path.display())),
         };
         if exists {
-            if let Some(user) = domain_using(self.ctx.hv, path)? {
+            if let Some(user) = domain_using(self.ctx.host.hypervisor(), path)? {
                 return Ok(Undone::Kept(format!("{} kept: {user} uses it", path.display())));
             }
         }
@@ -262,9 +262,8 @@ impl Undoer<'_, '_> {
         match kind {
             UNDO_START_DOMAIN => {
                 let domain = data["domain"].as_str().unwrap_or_default();
-                let was_active = self.ctx.hv.domain(domain).is_ok_and(|found| found.state.is_active());
-                let files = crate::ops::restore::QemuImg;
-                crate::ops::restore::undo_action(self.ctx.hv, self.ctx.catalog, &files, &action())?;
+                let was_active = self.ctx.host.hypervisor().domain(domain).is_ok_and(|found| found.state.is_active());
+                crate::ops::restore::undo_action(self.ctx.host, self.ctx.catalog, &action())?;
                 if was_active {
                     return Ok(Undone::Done(format!("domain {domain} runs already")));
                 }
@@ -272,12 +271,11 @@ impl Undoer<'_, '_> {
                 Ok(Undone::Done(format!("domain {domain} started (booting)")))
             }
             UNDO_STOP_DOMAIN | UNDO_REDEFINE_DISKS => {
-                let files = crate::ops::restore::QemuImg;
-                crate::ops::restore::undo_action(self.ctx.hv, self.ctx.catalog, &files, &action())?;
+                crate::ops::restore::undo_action(self.ctx.host, self.ctx.catalog, &action())?;
                 Ok(Undone::Done(describe(&action())))
             }
             UNDO_ABORT_BLOCK_JOB => {
-                crate::ops::delete::undo(self.ctx.hv, &action())?;
+                crate::ops::delete::undo(self.ctx.host.hypervisor(), &action())?;
                 Ok(Undone::Done(describe(&action())))
             }
             UNDO_REMOVE_NETWORK
@@ -285,13 +283,11 @@ impl Undoer<'_, '_> {
             | UNDO_REMOVE_LINK
             | UNDO_FORGET_CLONE
             | UNDO_DISTRUST_HOST_KEYS => {
-                let (files, net) = (crate::ops::restore::QemuImg, crate::ops::clone::IpCommand);
-                crate::ops::clone::undo::undo_action(self.ctx.hv, self.ctx.catalog, &files, &net, &action())?;
+                crate::ops::clone::undo::undo_action(self.ctx.host, self.ctx.catalog, &action())?;
                 Ok(Undone::Done(describe(&action())))
             }
             UNDO_RESTORE_PINS | UNDO_DROP_COPY | UNDO_FINISH_SYNC | UNDO_FORGET => {
-                let transfer = crate::ops::standby::QemuImgTransfer;
-                crate::ops::standby::undo::undo_action(self.ctx, &transfer, &action()).map(Undone::Done)
+                crate::ops::standby::undo::undo_action(self.ctx, &action()).map(Undone::Done)
             }
             UNDO_FAILOVER_FORGET | UNDO_UNFENCE | UNDO_REDEFINE | UNDO_RESTART | UNDO_UNMARK | UNDO_UNMOVE
             | UNDO_UNRECORD => crate::ops::failover::undo::undo_own(self.ctx, kind, data).map(Undone::Done),

@@ -14,7 +14,7 @@ use crate::ops::shared::{OperationError, Shared};
 use crate::ops::snapshot::save_image::ReadSaveImageError;
 use crate::ops::LockError;
 
-use super::files::ImageFileError;
+use crate::host::StorageError;
 
 #[derive(Debug, thiserror::Error)]
 pub enum RestoreError {
@@ -74,8 +74,11 @@ pub enum RestoreError {
         vm: String,
         disk: String,
         #[source]
-        source: Box<ImageFileError>,
+        source: Box<StorageError>,
     },
+    /// The host's storage could not be read.
+    #[error(transparent)]
+    Storage(Box<StorageError>),
     #[error("VM '{vm}': cannot redefine domain {domain} on its new overlays")]
     Redefine {
         vm: String,
@@ -177,6 +180,7 @@ impl RestoreError {
             Several { first, .. } => first.vm(),
             Lookup(_)
             | Lock(_)
+            | Storage(_)
             | UnknownSnapshot { .. }
             | NoFreeName { .. }
             | StorageDir { .. }
@@ -211,6 +215,7 @@ impl Failure for RestoreError {
         let hint = match self {
             Lookup(source) => return source.hint(),
             Lock(source) => return source.hint(),
+            Storage(source) => return source.hint(),
             UnknownSnapshot { env, known, .. } => {
                 format!("complete snapshots of '{env}': {} (`envclone snapshots {env}` lists them all)", names(known))
             }
@@ -267,5 +272,11 @@ impl OperationError for RestoreError {
             RestoreError::Lookup(lookup) => Ok(Shared::Lookup(lookup)),
             own => Err(own),
         }
+    }
+}
+
+impl From<StorageError> for RestoreError {
+    fn from(error: StorageError) -> Self {
+        RestoreError::Storage(Box::new(error))
     }
 }

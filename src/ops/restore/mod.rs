@@ -3,8 +3,9 @@
 //!
 //! - `resolve.rs`: the snapshot, its images per VM and disk, the domains,
 //!   the memory images; the new overlays' paths.
-//! - `files.rs` and `guests.rs`: qemu-img and the agents behind small
-//!   traits ([`ImageFiles`], [`GuestAgents`]), faked in unit tests.
+//! - `guests.rs`: the agents behind a small trait ([`GuestAgents`]),
+//!   faked in unit tests; the image files are the host's storage
+//!   ([`crate::host::Storage`]).
 //! - `steps.rs`: the state machine and the journal; `undo.rs`: how each
 //!   step is undone (also for `envclone recover`).
 //! - One file per phase, each handed the one before's output: `stop.rs`,
@@ -64,7 +65,6 @@
 //! [`Catalog::can_delete`]: crate::catalog::Catalog::can_delete
 
 mod error;
-pub mod files;
 pub mod guests;
 mod overlays;
 mod record;
@@ -84,7 +84,6 @@ use std::time::{Duration, Instant};
 use serde::Serialize;
 
 pub use self::error::RestoreError;
-pub use self::files::{ImageFileError, ImageFiles, QemuImg};
 pub use self::guests::{GuestAgents, SshAgents};
 pub use self::resolve::{DiskPlan, VmPlan};
 pub use self::steps::{Phase, UNDO_REDEFINE_DISKS, UNDO_START_DOMAIN, UNDO_STOP_DOMAIN};
@@ -121,17 +120,16 @@ pub struct RestoreRequest {
 
 /// What the restore works with besides the context: the agents before the
 /// stop (the snapshot's quiescer, for the best-effort freeze) and after
-/// the start, and the image files.
+/// the start. The image files are the host's ([`OpContext::host`]).
 #[derive(Clone, Copy)]
 pub struct Tools<'t> {
     pub quiescer: &'t dyn Quiescer,
     pub agents: &'t dyn GuestAgents,
-    pub files: &'t dyn ImageFiles,
 }
 
 impl std::fmt::Debug for Tools<'_> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Tools").field("files", &self.files).finish_non_exhaustive()
+        f.debug_struct("Tools").finish_non_exhaustive()
     }
 }
 
@@ -277,7 +275,7 @@ impl<'r, 'c> Run<'r, 'c> {
             let (catalog, request) = (run.ctx.catalog, run.request);
             let snapshot = resolve::snapshot(catalog, &request.env, &request.snapshot)?;
             let plans =
-                resolve::plan(catalog, run.ctx.hv, run.tools.files, &request.env, run.env, &snapshot, request.memory)?;
+                resolve::plan(catalog, run.ctx.host.hypervisor(), run.ctx.host.storage(), &request.env, run.env, &snapshot, request.memory)?;
             Ok((snapshot, plans))
         })?;
 
@@ -345,7 +343,7 @@ impl<'r, 'c> Run<'r, 'c> {
         let cause = crate::error::chain(&error);
         if let Some(journal) = self.journal.take() {
             let tools = self.tools;
-            failures.extend(journal.roll_back(&cause, |action| undo_action(ctx.hv, ctx.catalog, tools.files, action)));
+            failures.extend(journal.roll_back(&cause, |action| undo_action(ctx.host, ctx.catalog, action)));
         }
         if failures.is_empty() {
             error

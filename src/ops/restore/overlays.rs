@@ -19,7 +19,7 @@ impl Run<'_, '_> {
         let storage = self.env.storage_dir(&ctx.config.controller, &self.request.env);
         resolve::assign_overlays(
             ctx.catalog,
-            self.tools.files,
+            self.ctx.host.storage(),
             &mut plans,
             &storage,
             &self.request.snapshot,
@@ -31,7 +31,7 @@ impl Run<'_, '_> {
             for disk in &plan.disks {
                 let undo = UndoAction::DeleteFile { path: disk.overlay.clone() };
                 self.step(&format!("create overlay {}/{}", plan.vm, disk.target), undo, |run| {
-                    run.tools.files.create_overlay(&disk.overlay, &disk.image.path, disk.image.format).map_err(
+                    run.ctx.host.storage().create_overlay(&disk.overlay, &disk.image.path, disk.image.format).map_err(
                         |source| RestoreError::CreateOverlay {
                             vm: plan.vm.clone(),
                             disk: disk.target.clone(),
@@ -75,7 +75,7 @@ impl Run<'_, '_> {
                 for disk in &plan.disks {
                     def.set_disk_source(&disk.target, &disk.overlay, ImageFormat::Qcow2.as_str()).map_err(redefine)?;
                 }
-                ctx.hv.define_domain(&def).map_err(redefine)?;
+                ctx.host.hypervisor().define_domain(&def).map_err(redefine)?;
                 Ok(())
             })?;
         }

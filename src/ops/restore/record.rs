@@ -16,7 +16,7 @@ impl Run<'_, '_> {
     pub(super) fn record(&self, plans: &[VmPlan], undo_snapshot: Option<&UndoSnapshot>) -> Result<(), RestoreError> {
         let ctx = self.ctx;
         let now = ctx.clock.now();
-        let files = self.tools.files;
+        let files = self.ctx.host.storage();
         let mut overlays = Vec::new();
         let mut previous = Vec::new();
         for plan in plans {
@@ -89,7 +89,7 @@ impl Run<'_, '_> {
             // a crash in between leaves an orphan file, never a record of a
             // file that is gone.
             match ctx.catalog.remove_image(image.id) {
-                Ok(_) => match self.tools.files.remove(&path) {
+                Ok(_) => match self.ctx.host.storage().remove(&path) {
                     Ok(()) => discarded.push(path),
                     Err(e) => {
                         let reason = format!("forgotten by the catalog but not deleted: {e}");

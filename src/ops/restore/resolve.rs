@@ -10,7 +10,7 @@ use std::path::{Path, PathBuf};
 
 use chrono::{DateTime, Utc};
 
-use super::files::ImageFiles;
+use crate::host::Storage;
 use super::RestoreError;
 use crate::catalog::{Catalog, Image, ImageFormat, ImageKind, Snapshot, SnapshotState};
 use crate::config::Environment;
@@ -80,7 +80,7 @@ fn complete_snapshots(catalog: &Catalog, env: &str, memory_only: bool) -> Result
 pub fn plan(
     catalog: &Catalog,
     hv: &dyn Hypervisor,
-    files: &dyn ImageFiles,
+    files: &dyn Storage,
     env_name: &str,
     env: &Environment,
     snapshot: &Snapshot,
@@ -141,7 +141,7 @@ pub fn plan(
                 domain: domain_name.clone(),
                 disk: target.clone(),
             })?;
-            if !files.exists(&image.path) {
+            if !files.exists(&image.path)? {
                 return Err(RestoreError::ImageMissing {
                     vm: vm.clone(),
                     disk: target.clone(),
@@ -179,14 +179,14 @@ pub fn plan(
 /// restores only onto the same name and UUID) and has every disk the
 /// snapshot has.
 fn check_memory_image(
-    files: &dyn ImageFiles,
+    files: &dyn Storage,
     vm: &str,
     domain: &str,
     uuid: &str,
     path: &Path,
     disks: &[DiskPlan],
 ) -> Result<(), RestoreError> {
-    if !files.exists(path) {
+    if !files.exists(path)? {
         return Err(RestoreError::ImageMissing { vm: vm.to_owned(), disk: "memory".into(), path: path.to_owned() });
     }
     let saved = saved_definition(vm, path)?;
@@ -227,7 +227,7 @@ pub fn saved_definition(vm: &str, path: &Path) -> Result<DomainDef, RestoreError
 /// has one of those paths (the same snapshot restored twice in a second).
 pub fn assign_overlays(
     catalog: &Catalog,
-    files: &dyn ImageFiles,
+    files: &dyn Storage,
     plans: &mut [VmPlan],
     storage: &Path,
     snapshot: &str,
@@ -240,7 +240,7 @@ pub fn assign_overlays(
         for plan in plans.iter_mut() {
             for disk in &mut plan.disks {
                 disk.overlay = storage.join(&plan.vm).join(format!("restore-{snapshot}-{stamp}.{}.qcow2", disk.target));
-                free &= !files.exists(&disk.overlay) && catalog.image_by_path(&disk.overlay)?.is_none();
+                free &= !files.exists(&disk.overlay)? && catalog.image_by_path(&disk.overlay)?.is_none();
             }
         }
         if free {

@@ -23,7 +23,7 @@ impl Run<'_, '_> {
             steps.push(self.journal().record(name, DomainRef::undo(UNDO_STOP_DOMAIN, &plan.domain))?);
         }
         let timer = ctx.begin(format!("start {} VMs{}", plans.len(), if memory { " from memory" } else { "" }));
-        let hv = ctx.hv;
+        let hv = ctx.host.hypervisor();
         let results: Vec<Result<(), RestoreError>> =
             super::joined(crate::ops::parallel::each(plans, |plan| match &plan.memory_image {
                 Some(image) if memory => start_from_memory(hv, plan, image),

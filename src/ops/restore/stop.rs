@@ -82,7 +82,7 @@ impl Run<'_, '_> {
             steps.push(self.journal().record(format!("stop {}", plan.vm), undo)?);
         }
         let timer = ctx.begin(format!("stop {} VMs", active.len()));
-        let hv = ctx.hv;
+        let hv = ctx.host.hypervisor();
         let results: Vec<Result<Instant, RestoreError>> = super::joined(crate::ops::parallel::each(&active, |plan| {
             hv.destroy_domain(&plan.domain).map(|()| Instant::now()).map_err(|source| RestoreError::Stop {
                 vm: plan.vm.clone(),
@@ -119,7 +119,7 @@ impl Run<'_, '_> {
         timer.finish(self.close_steps(closed))?;
         let mut defs = BTreeMap::new();
         for plan in plans {
-            match ctx.hv.domain(&plan.domain) {
+            match ctx.host.hypervisor().domain(&plan.domain) {
                 Ok(domain) => {
                     defs.insert(plan.vm.clone(), domain.def);
                 }

@@ -14,7 +14,7 @@ use crate::error::chain as error_chain;
 use crate::hypervisor::Hypervisor;
 use crate::ops::snapshot::UNDO_FAIL_SNAPSHOT_NAMED;
 
-use super::files::ImageFiles;
+use crate::host::Host;
 use super::steps::{DiskSources, DomainRef, UNDO_REDEFINE_DISKS, UNDO_START_DOMAIN, UNDO_STOP_DOMAIN};
 
 /// The step a restore journaled last before its catalog commit; see the
@@ -26,15 +26,15 @@ pub const RECORD_STEP: &str = "record the restore";
 /// its VM stopped, when the restore thawed it, or when the controller died
 /// (the agent thaws on EOF and at the lease timeout).
 pub fn undo_action(
-    hv: &dyn Hypervisor,
+    host: &dyn Host,
     catalog: &Catalog,
-    files: &dyn ImageFiles,
     action: &UndoAction,
 ) -> Result<(), String> {
+    let hv = host.hypervisor();
     match action {
         UndoAction::Nothing | UndoAction::ThawAgent { .. } => Ok(()),
         UndoAction::DeleteFile { path } => {
-            files.remove(path).map_err(|e| format!("cannot remove {}: {e}", path.display()))
+            host.storage().remove(path).map_err(|e| crate::error::chain(&e))
         }
         UndoAction::FailSnapshot { snapshot } => fail_snapshot(catalog, *snapshot),
         UndoAction::Custom { kind, data } => match kind.as_str() {

@@ -554,7 +554,7 @@ pub fn create_overlay(overlay: &Path, backing: &Path, format: &str) -> Result<()
     }
     let mut command = Command::new("qemu-img");
     command.args(["create", "-q", "-f", "qcow2", "-F", format, "-b"]).arg(backing).arg(overlay);
-    crate::host_tool::run(&mut command).map(|_| ()).map_err(|e| fail(crate::error::chain(&e)))
+    crate::host::tool::run(&mut command).map(|_| ()).map_err(|e| fail(crate::error::chain(&e)))
 }
 
 #[cfg(test)]

@@ -221,7 +221,7 @@ impl<'r, 'c> Journaled<'r, 'c> for Run<'r, 'c> {
 impl<'r, 'c> Run<'r, 'c> {
     fn execute(&mut self) -> Result<SnapshotReport, SnapshotError> {
         let ctx = self.ctx;
-        let hv = ctx.hv;
+        let hv = ctx.host.hypervisor();
 
         // Preflight.
         self.step("preflight", UndoAction::Nothing, |run| {
@@ -525,7 +525,7 @@ impl<'r, 'c> Run<'r, 'c> {
     fn roll_back(&mut self, error: SnapshotError) -> SnapshotError {
         self.phase.enter(Phase::Failed);
         let ctx = self.ctx;
-        let hv = ctx.hv;
+        let hv = ctx.host.hypervisor();
         let mut failures = Vec::new();
         // Guests paused for a memory point run again; half-written memory images go.
         for (vm, capture) in std::mem::take(&mut self.captures) {
@@ -582,7 +582,7 @@ impl<'r, 'c> Run<'r, 'c> {
                     .recover(vm)
                     .map_err(|e| format!("VM '{vm}': THAW FAILED, still frozen: {}", crate::error::chain(&e)))
             }
-            UndoAction::ResumeDomain { domain } => resume_if_paused(ctx.hv, domain),
+            UndoAction::ResumeDomain { domain } => resume_if_paused(ctx.host.hypervisor(), domain),
             UndoAction::FailSnapshot { snapshot } => record::fail_snapshot(ctx.catalog, *snapshot)
                 .map_err(|e| format!("cannot mark the snapshot failed: {e}")),
             UndoAction::Custom { kind, data } if kind == UNDO_FAIL_SNAPSHOT_NAMED => {

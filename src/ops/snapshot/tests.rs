@@ -606,7 +606,8 @@ fn memory_capture_that_fails_resumes_the_guest_and_fails_the_snapshot() {
     assert!(agents.frozen().is_empty());
     // The pause came before the disk snapshot, inside the freeze.
     let qmp: Vec<String> = h
-        .hv
+        .host
+        .hypervisor()
         .calls()
         .into_iter()
         .filter_map(|c| match c {

@@ -17,7 +17,7 @@ use std::time::Instant;
 
 use serde::Serialize;
 
-use super::transfer::Transfer;
+use crate::host::Storage;
 use super::{undo, StandbyError, SyncReport};
 use crate::catalog::{
     ClonedNetwork, ImageFormat, OperationKind, StandbyDisk, StandbyDomain, StandbyRecord, StandbyResources, UndoAction,
@@ -61,7 +61,6 @@ pub struct CreateReport {
 pub fn create(
     ctx: &OpContext<'_>,
     request: &CreateRequest,
-    transfer: &dyn Transfer,
 ) -> Result<CreateReport, StandbyError> {
     let started = Instant::now();
     let primary = ctx.config.environment(&request.primary)?;
@@ -118,7 +117,7 @@ pub fn create(
     drop(lock);
 
     let (sync, sync_skipped) = match ctx.catalog.live_snapshot(&request.primary)? {
-        Some(_) => (Some(super::sync(ctx, name, transfer)?), None),
+        Some(_) => (Some(super::sync(ctx, name)?), None),
         None => {
             let why = format!(
                 "{} has no complete snapshot yet: take one (`envclone snapshot {}`), then `envclone standby sync {name}` \
@@ -179,7 +178,7 @@ impl Run<'_, '_> {
         let mut sources: Vec<String> = primary.networks.clone();
         for (vm, config) in &primary.vms {
             let domain = names::domain(name, vm);
-            match ctx.hv.domain(&domain) {
+            match ctx.host.hypervisor().domain(&domain) {
                 Err(HvError::NoSuchDomain { .. }) => {}
                 Ok(_) => {
                     return Err(StandbyError::BadName {
@@ -192,7 +191,8 @@ impl Run<'_, '_> {
                 }
             }
             let def = ctx
-                .hv
+                .host
+                .hypervisor()
                 .domain(&config.domain)
                 .map_err(|source| StandbyError::InspectDomain {
                     vm: vm.clone(),
@@ -219,7 +219,7 @@ impl Run<'_, '_> {
 
         let mut networks = Vec::new();
         for source in sources {
-            ctx.hv
+            ctx.host.hypervisor()
                 .network(&source)
                 .map_err(|e| StandbyError::InspectNetwork { network: source.clone(), source: Box::new(e) })?;
             let network = names::network(name, &source);
@@ -230,8 +230,8 @@ impl Run<'_, '_> {
             };
             self.step(&format!("create network {network} (isolated copy of {source})"), undo, |run| {
                 let fail = |e: HvError| StandbyError::DefineNetwork { network: network.clone(), source: Box::new(e) };
-                run.ctx.hv.define_network(&super::isolated_network(&network, &bridge)).map_err(fail)?;
-                run.ctx.hv.start_network(&network).map_err(fail)
+                run.ctx.host.hypervisor().define_network(&super::isolated_network(&network, &bridge)).map_err(fail)?;
+                run.ctx.host.hypervisor().start_network(&network).map_err(fail)
             })?;
             networks.push(ClonedNetwork { source, name: network, bridge, veth: None, gateway: None });
         }
@@ -296,7 +296,7 @@ impl Run<'_, '_> {
             }
             let undo = UndoAction::UndefineDomain { name: domain.clone() };
             self.step(&format!("define {domain} for {vm} (shut off)"), undo, |run| {
-                run.ctx.hv.define_domain(&def).map(drop).map_err(fail)
+                run.ctx.host.hypervisor().define_domain(&def).map(drop).map_err(fail)
             })?;
             domains.push(StandbyDomain { vm, domain, uuid, macs, primary_domain, primary_macs });
         }

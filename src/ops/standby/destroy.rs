@@ -12,7 +12,7 @@ use std::time::Instant;
 
 use serde::Serialize;
 
-use super::transfer::Transfer;
+use crate::host::Storage;
 use super::StandbyError;
 use crate::catalog::{OperationKind, UndoAction};
 use crate::ops::clone::undo as clone_undo;
@@ -34,7 +34,8 @@ pub struct DestroyReport {
 }
 
 /// Destroys the standby `name`; see the module documentation.
-pub fn destroy(ctx: &OpContext<'_>, name: &str, transfer: &dyn Transfer) -> Result<DestroyReport, StandbyError> {
+pub fn destroy(ctx: &OpContext<'_>, name: &str) -> Result<DestroyReport, StandbyError> {
+    let transfer = ctx.host.storage();
     let started = Instant::now();
     let _lock = EnvLock::acquire(&ctx.config.controller.state_dir, name, "standby destroy")?;
     let mut report = DestroyReport {
@@ -57,11 +58,11 @@ pub fn destroy(ctx: &OpContext<'_>, name: &str, transfer: &dyn Transfer) -> Resu
     journal::remove(ctx, OperationKind::StandbyDestroy, name, fail, |removal| {
         let mut step = |what, remove: &dyn Fn() -> Result<(), String>| removal.step(what, remove);
         for domain in &record.resources.domains {
-            step(format!("remove domain {}", domain.domain), &|| clone_undo::remove_domain(ctx.hv, &domain.domain))?;
+            step(format!("remove domain {}", domain.domain), &|| clone_undo::remove_domain(ctx.host.hypervisor(), &domain.domain))?;
             report.domains.push(domain.domain.clone());
         }
         for network in &record.resources.networks {
-            step(format!("remove network {}", network.name), &|| clone_undo::remove_network(ctx.hv, &network.name))?;
+            step(format!("remove network {}", network.name), &|| clone_undo::remove_network(ctx.host.hypervisor(), &network.name))?;
             report.networks.push(network.name.clone());
         }
         let mut files: Vec<PathBuf> = Vec::new();
@@ -85,7 +86,7 @@ pub fn destroy(ctx: &OpContext<'_>, name: &str, transfer: &dyn Transfer) -> Resu
             }
         }
         for file in files {
-            if !transfer.exists(&file) {
+            if !transfer.exists(&file)? {
                 continue;
             }
             step(format!("delete {}", file.display()), &|| {
@@ -107,13 +108,13 @@ pub fn destroy(ctx: &OpContext<'_>, name: &str, transfer: &dyn Transfer) -> Resu
 pub(super) fn undo_create_step(ctx: &OpContext<'_>, action: &UndoAction) -> Result<(), String> {
     match action {
         UndoAction::Nothing => Ok(()),
-        UndoAction::DeleteFile { path } => clone_undo::remove_file(&crate::ops::restore::QemuImg, path),
-        UndoAction::UndefineDomain { name } => clone_undo::remove_domain(ctx.hv, name),
+        UndoAction::DeleteFile { path } => clone_undo::remove_file(ctx.host.storage(), path),
+        UndoAction::UndefineDomain { name } => clone_undo::remove_domain(ctx.host.hypervisor(), name),
         UndoAction::Custom { kind, data } if kind == clone_undo::UNDO_REMOVE_NETWORK => {
-            clone_undo::remove_network(ctx.hv, data["network"].as_str().unwrap_or_default())
+            clone_undo::remove_network(ctx.host.hypervisor(), data["network"].as_str().unwrap_or_default())
         }
         UndoAction::Custom { kind, .. } if super::undo::KINDS.contains(&kind.as_str()) => {
-            super::undo::undo_action(ctx, &super::QemuImgTransfer, action).map(drop)
+            super::undo::undo_action(ctx, action).map(drop)
         }
         other => Err(format!("no undo for {other:?} in a standby")),
     }

@@ -12,7 +12,7 @@ use crate::hypervisor::HvError;
 use crate::ops::shared::{OperationError, Shared};
 use crate::ops::LockError;
 
-use super::transfer::TransferError;
+use crate::host::StorageError;
 
 #[derive(Debug, thiserror::Error)]
 pub enum StandbyError {
@@ -77,6 +77,9 @@ pub enum StandbyError {
         #[source]
         source: std::io::Error,
     },
+    /// The host's storage could not be read.
+    #[error(transparent)]
+    Storage(Box<StorageError>),
     /// Copying, verifying or merging one disk's data.
     #[error("{step} of VM '{vm}' disk {disk}")]
     Transfer {
@@ -84,7 +87,7 @@ pub enum StandbyError {
         disk: String,
         step: &'static str,
         #[source]
-        source: Box<TransferError>,
+        source: Box<StorageError>,
     },
     /// What was written does not match what was read.
     #[error("verify VM '{vm}' disk {disk}: {} {detail}", path.display())]
@@ -123,6 +126,7 @@ impl Failure for StandbyError {
         match self {
             StandbyError::Lookup(e) => e.hint(),
             StandbyError::Lock(e) => e.hint(),
+            StandbyError::Storage(e) => e.hint(),
             StandbyError::Catalog(e) => e.hint(),
             StandbyError::BadName { .. } => Some(
                 "use lower-case letters, digits and '-', at most 24, not the name of an environment or clone".into(),
@@ -178,5 +182,11 @@ impl OperationError for StandbyError {
             StandbyError::Lookup(lookup) => Ok(Shared::Lookup(lookup)),
             own => Err(own),
         }
+    }
+}
+
+impl From<StorageError> for StandbyError {
+    fn from(error: StorageError) -> Self {
+        StandbyError::Storage(Box::new(error))
     }
 }

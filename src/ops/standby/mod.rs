@@ -22,7 +22,7 @@
 //!   daemon runs, as a child `envclone standby sync SB`, after each
 //!   snapshot of ENV: *autorestore*).
 //! - `transfer.rs`: the data path (copy, verify, merge) behind the
-//!   [`Transfer`] trait; `qemu-img` and SHA-256 in [`QemuImgTransfer`].
+//!   host's storage ([`crate::host::Storage`]): `qemu-img` and SHA-256 there.
 //! - `destroy.rs`: removes exactly what SB made.
 //! - `undo.rs`: the undo of each journaled step (and the roll forward of
 //!   an interrupted merge), run by a failing operation and by `envclone
@@ -87,7 +87,6 @@ mod error;
 mod sync;
 #[cfg(test)]
 mod tests;
-pub mod transfer;
 pub mod undo;
 
 use std::path::{Path, PathBuf};
@@ -99,7 +98,6 @@ pub use self::create::{create, CreateReport, CreateRequest};
 pub use self::destroy::{destroy, DestroyReport};
 pub use self::error::StandbyError;
 pub use self::sync::{sync, SyncMode, SyncReport};
-pub use self::transfer::{QemuImgTransfer, Transfer, TransferError};
 
 use crate::hypervisor::NetworkDef;
 

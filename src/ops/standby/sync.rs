@@ -20,7 +20,7 @@ use std::time::Instant;
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 
-use super::transfer::Transfer;
+use crate::host::Storage;
 use super::{undo, StandbyError};
 use crate::catalog::{
     Dependent, Image, ImageFormat, ImageId, ImageKind, NewStandbySync, OperationKind, Snapshot, StandbyRecord,
@@ -126,7 +126,8 @@ pub struct FinishPlan {
 }
 
 /// Brings `standby` to its primary's newest complete snapshot.
-pub fn sync(ctx: &OpContext<'_>, standby: &str, transfer: &dyn Transfer) -> Result<SyncReport, StandbyError> {
+pub fn sync(ctx: &OpContext<'_>, standby: &str) -> Result<SyncReport, StandbyError> {
+    let transfer = ctx.host.storage();
     let started = Instant::now();
     let started_at = ctx.clock.now();
     let state_dir = &ctx.config.controller.state_dir;
@@ -204,7 +205,7 @@ pub fn sync(ctx: &OpContext<'_>, standby: &str, transfer: &dyn Transfer) -> Resu
             data: serde_json::to_value(&plan).unwrap_or_default(),
         };
         run.step("merge into the standby's images and record", undo_finish, |run| {
-            finish(run.ctx, run.transfer, &plan)
+            finish(run.ctx, &plan)
         })?;
         Ok(plan)
     })();
@@ -235,7 +236,7 @@ pub(crate) fn refuse_active_side(ctx: &OpContext<'_>, record: &StandbyRecord) ->
 /// The domains of a standby must be shut off while its images change.
 fn check_shut_off(ctx: &OpContext<'_>, record: &StandbyRecord) -> Result<(), StandbyError> {
     for domain in &record.resources.domains {
-        match ctx.hv.domain(&domain.domain) {
+        match ctx.host.hypervisor().domain(&domain.domain) {
             Ok(found) if found.state.is_active() => {
                 return Err(StandbyError::StandbyRunning {
                     standby: record.name.clone(),
@@ -259,7 +260,7 @@ fn check_shut_off(ctx: &OpContext<'_>, record: &StandbyRecord) -> Result<(), Sta
 /// full; and every image the sync reads.
 fn plan(
     ctx: &OpContext<'_>,
-    transfer: &dyn Transfer,
+    transfer: &dyn Storage,
     record: &StandbyRecord,
     snapshot: &Snapshot,
 ) -> Result<(Vec<DiskPlan>, Vec<ImageId>), StandbyError> {
@@ -282,7 +283,7 @@ fn plan(
                 disk: disk.disk.clone(),
             });
         };
-        if !transfer.exists(&top.path) {
+        if !transfer.exists(&top.path)? {
             return Err(StandbyError::ImageMissing {
                 vm: disk.vm.clone(),
                 disk: disk.disk.clone(),
@@ -291,7 +292,7 @@ fn plan(
         }
         let chain = catalog.chain(top.id)?;
         let position = disk.source_image.and_then(|id| chain.iter().position(|image| image.id == id));
-        let have_target = transfer.exists(&disk.path);
+        let have_target = transfer.exists(&disk.path)?;
         let mut plan = DiskPlan {
             vm: disk.vm.clone(),
             disk: disk.disk.clone(),
@@ -351,7 +352,7 @@ fn disk_report(plan: &DiskPlan) -> DiskReport {
 struct Run<'r, 'c> {
     ctx: &'r OpContext<'c>,
     journal: Option<Journal<'c>>,
-    transfer: &'r dyn Transfer,
+    transfer: &'r dyn Storage,
     standby: &'r str,
 }
 
@@ -388,7 +389,7 @@ impl Run<'_, '_> {
                 let bytes = self.step(&name, undo::drop_copy(self.standby, &staged), |run| {
                     // Left by an interrupted sync that was rolled back: garbage.
                     run.transfer.remove(&staged).map_err(transfer_error("remove a stale copy"))?;
-                    run.transfer.copy_full(&source, &staged).map_err(transfer_error("copy in full"))
+                    run.transfer.copy_full(&source, &staged, &|_| {}).map_err(transfer_error("copy in full"))
                 })?;
                 hit_once(&mut first, "copy");
                 let sha256 = self.step(&format!("verify {vm}/{disk}"), UndoAction::Nothing, |run| {
@@ -446,7 +447,7 @@ impl Run<'_, '_> {
         let (ctx, transfer) = (self.ctx, self.transfer);
         let cause = crate::error::chain(&error);
         let failures = match self.journal.take() {
-            Some(journal) => journal.roll_back(&cause, |action| undo::undo_action(ctx, transfer, action).map(drop)),
+            Some(journal) => journal.roll_back(&cause, |action| undo::undo_action(ctx, action).map(drop)),
             None => Vec::new(),
         };
         if failures.is_empty() {
@@ -466,7 +467,8 @@ fn hit_once(first: &mut bool, point: &str) {
 /// Merges (or installs) every disk's verified copies into SB's images,
 /// records SB at the plan's snapshot (pins moved) and removes the copies.
 /// Idempotent: what `recover` runs to finish an interrupted merge.
-pub(crate) fn finish(ctx: &OpContext<'_>, transfer: &dyn Transfer, plan: &FinishPlan) -> Result<(), StandbyError> {
+pub(crate) fn finish(ctx: &OpContext<'_>, plan: &FinishPlan) -> Result<(), StandbyError> {
+    let transfer = ctx.host.storage();
     let catalog = ctx.catalog;
     let Some(record) = catalog.standby_named(&plan.standby)? else {
         ctx.note(format!("standby {} is gone: nothing to finish", plan.standby));
@@ -510,9 +512,9 @@ pub(crate) fn finish(ctx: &OpContext<'_>, transfer: &dyn Transfer, plan: &Finish
                 move |source| StandbyError::Transfer { vm, disk: name, step, source: Box::new(source) }
             };
             if let Some(staged) = &disk.staged {
-                if transfer.exists(staged) {
+                if transfer.exists(staged).map_err(transfer_error("look at the full copy"))? {
                     transfer.install(staged, &disk.target).map_err(transfer_error("install the full copy"))?;
-                } else if !transfer.exists(&disk.target) {
+                } else if !transfer.exists(&disk.target).map_err(transfer_error("look at the copy"))? {
                     return Err(StandbyError::Verify {
                         vm: disk.vm.clone(),
                         disk: disk.disk.clone(),
@@ -522,7 +524,7 @@ pub(crate) fn finish(ctx: &OpContext<'_>, transfer: &dyn Transfer, plan: &Finish
                 }
             }
             for overlay in &disk.overlays {
-                if !transfer.exists(&overlay.copy) {
+                if !transfer.exists(&overlay.copy).map_err(transfer_error("look at the copy"))? {
                     return Err(StandbyError::Verify {
                         vm: disk.vm.clone(),
                         disk: disk.disk.clone(),

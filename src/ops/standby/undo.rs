@@ -17,7 +17,7 @@
 
 use serde::{Deserialize, Serialize};
 
-use super::transfer::Transfer;
+use crate::host::Storage;
 use crate::catalog::{Catalog, UndoAction};
 use crate::error::chain as error_chain;
 use crate::ops::context::OpContext;
@@ -67,7 +67,8 @@ pub fn describe(kind: &str, data: &serde_json::Value) -> String {
 }
 
 /// Undoes one standby step; an error says what is left.
-pub fn undo_action(ctx: &OpContext<'_>, transfer: &dyn Transfer, action: &UndoAction) -> Result<String, String> {
+pub fn undo_action(ctx: &OpContext<'_>, action: &UndoAction) -> Result<String, String> {
+    let transfer = ctx.host.storage();
     let (kind, data) = match action {
         UndoAction::Nothing => return Ok("nothing to undo".into()),
         UndoAction::Custom { kind, data } => (kind, data),
@@ -91,7 +92,7 @@ pub fn undo_action(ctx: &OpContext<'_>, transfer: &dyn Transfer, action: &UndoAc
         UNDO_FINISH_SYNC => {
             let plan: super::sync::FinishPlan =
                 serde_json::from_value(data.clone()).map_err(|e| format!("bad {kind} data {data}: {e}"))?;
-            super::sync::finish(ctx, transfer, &plan).map_err(|e| error_chain(&e))?;
+            super::sync::finish(ctx, &plan).map_err(|e| error_chain(&e))?;
             Ok(format!("standby {} finished at snapshot {}", plan.standby, plan.snapshot))
         }
         UNDO_FORGET => {
@@ -103,7 +104,7 @@ pub fn undo_action(ctx: &OpContext<'_>, transfer: &dyn Transfer, action: &UndoAc
     }
 }
 
-fn drop_copy_unless_merging(catalog: &Catalog, transfer: &dyn Transfer, copy: &DropCopy) -> Result<String, String> {
+fn drop_copy_unless_merging(catalog: &Catalog, transfer: &dyn Storage, copy: &DropCopy) -> Result<String, String> {
     let record = catalog.standby_named(&copy.standby).map_err(|e| format!("catalog: {}", error_chain(&e)))?;
     if let Some(snapshot) = record.and_then(|r| r.merging) {
         return Ok(format!(

@@ -79,7 +79,7 @@ pub(super) fn record(
         let removed = run.step(
             &format!("remove {} from {}'s storage", path.display(), standby.name),
             UndoAction::Nothing,
-            |run| remove_leftover(run.ctx, run.tools, path),
+            |run| remove_leftover(run.ctx, path),
         )?;
         if removed {
             report.removed.push(path.clone());

@@ -123,7 +123,7 @@ pub(super) fn carry(
                 if entry.images.iter().any(|c| c.id == image.id) || (!stopped && image.from == top) {
                     continue;
                 }
-                let home = run.tools.home;
+                let home = run.ctx.host.storage();
                 if let Some(copy) = home_copies.iter().find(|c| c.image == image.id && c.still_valid(&image, home)) {
                     entry.home_before += copy.bytes;
                     entry.images.push(image);
@@ -131,7 +131,7 @@ pub(super) fn carry(
                 }
                 let undo = UndoAction::DeleteFile { path: image.to.clone() };
                 let bytes = run.step(&carry_step(&disk.vm, &disk.disk, &image), undo, |run| {
-                    carry_image(run.tools.home, &disk.vm, &disk.disk, &image)
+                    carry_image(run.ctx.host.storage(), &disk.vm, &disk.disk, &image)
                 })?;
                 entry.images.push(image);
                 entry.bytes += bytes;

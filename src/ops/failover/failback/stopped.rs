@@ -36,7 +36,7 @@ pub(super) fn stop_and_carry(
     let domains: Vec<String> = standby.resources.domains.iter().map(|d| d.domain.clone()).collect();
     // In parallel: each stop is seconds of QEMU teardown, all of it downtime.
     run.step(&format!("stop {}", domains.join(", ")), undo::restart(&domains), |run| {
-        let hv = run.ctx.hv;
+        let hv = run.ctx.host.hypervisor();
         let results = crate::ops::parallel::each(&domains, |domain| {
             hv.destroy_domain(domain).map_err(|e| FailoverError::Stop { domain: domain.clone(), source: Box::new(e) })
         });
@@ -63,7 +63,7 @@ fn verify(
             let (Some(lowest), Some(top)) = (carry.images.first(), carry.images.last()) else { continue };
             let (standby_top, home_top) = (carry.standby_top.clone(), top.to.clone());
             run.step(&format!("compare {vm}/{disk}"), UndoAction::Nothing, |run| {
-                let compared = run.tools.home.same_content(&standby_top, &home_top);
+                let compared = run.ctx.host.storage().same_content(&standby_top, &home_top);
                 match compared {
                     Ok(true) if top.from == standby_top => Ok(()),
                     Ok(_) => Err(FailoverError::CompareFailed {

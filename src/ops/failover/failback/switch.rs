@@ -63,7 +63,7 @@ pub(super) fn switch(
         autostart.insert(vm.domain.clone(), found.def.fence_stamp().and_then(|stamp| stamp.autostart));
         def.clear_fence_stamp();
         run.step(&format!("give {} its disks at home, unfenced", vm.domain), undo::redefine(&found.def), |run| {
-            run.ctx.hv.define_domain(&def).map(drop).map_err(redefine)
+            run.ctx.host.hypervisor().define_domain(&def).map(drop).map_err(redefine)
         })?;
     }
     crate::ops::failover::drill::start_domains(run, vms.iter().map(|vm| vm.domain.as_str()))?;
@@ -125,7 +125,7 @@ fn own_identity(
         }
         let what = format!("give {} its own identity back: {}", domain.domain, domain.macs.join(", "));
         run.step(&what, undo::redefine(&current.def), |run| {
-            run.ctx.hv.define_domain(&def).map(drop).map_err(redefine)
+            run.ctx.host.hypervisor().define_domain(&def).map(drop).map_err(redefine)
         })?;
     }
     Ok(())

@@ -1,46 +1,36 @@
-//! `--disks full`: a standalone qcow2 copy of what a disk reads (the
-//! snapshot's image and everything below it), with only allocated data
-//! copied (`qemu-img convert` skips what reads as zeros). The copy has no
-//! backing file, so the clone needs nothing of the source's.
+//! `qemu-img convert` for full copies: a standalone qcow2 copy of what a
+//! disk reads (the image and everything below it), with only allocated
+//! data copied (`qemu-img convert` skips what reads as zeros), and its
+//! progress passed on as qemu-img prints it.
 
 use std::path::Path;
 use std::process::{Command, Stdio};
 
-use crate::ops::restore::ImageFileError;
+use crate::host::{CopyProgress, StorageError};
 
-pub trait FullCopy: Sync + std::fmt::Debug {
-    /// Copies what `image` reads into a new qcow2 file `copy` (which must
-    /// not exist); `progress` hears how far it is, in thousandths. Returns
-    /// the size of the copy: the data it holds, with qcow2's metadata.
-    fn copy_full(&self, image: &Path, copy: &Path, progress: &(dyn Fn(u16) + Sync)) -> Result<u64, ImageFileError>;
-}
-
-/// The real [`FullCopy`]: `qemu-img convert -O qcow2`.
-#[derive(Debug, Clone, Copy, Default)]
-pub struct QemuImgConvert;
-
-impl FullCopy for QemuImgConvert {
-    fn copy_full(&self, image: &Path, copy: &Path, progress: &(dyn Fn(u16) + Sync)) -> Result<u64, ImageFileError> {
-        let fail = |detail: String| ImageFileError::Other { path: copy.to_owned(), detail };
-        if copy.exists() {
-            return Err(fail("it already exists".into()));
-        }
-        // Direct I/O (-t/-T none) first: a copy of many GiB then does not
-        // evict the running VMs' pages from the host's cache, and costs far
-        // less CPU (`envclone lab bench` measured ~4x the throughput here).
-        // A filesystem without O_DIRECT (tmpfs) refuses it: copy through
-        // the cache there.
-        let mut outcome = convert(image, copy, &["-t", "none", "-T", "none"], progress).map_err(&fail)?;
-        if !outcome.success && refuses_direct_io(&outcome.stderr) {
-            let _ = std::fs::remove_file(copy);
-            outcome = convert(image, copy, &[], progress).map_err(&fail)?;
-        }
-        if !outcome.success {
-            let _ = std::fs::remove_file(copy);
-            return Err(fail(format!("qemu-img convert: {}", outcome.stderr.trim())));
-        }
-        std::fs::metadata(copy).map(|m| m.len()).map_err(|e| fail(format!("cannot read its size: {e}")))
+/// Writes what `image` reads into the new file `copy`: `qemu-img convert`
+/// with direct I/O where the file system has it.
+pub(super) fn flatten(image: &Path, copy: &Path, progress: CopyProgress<'_>) -> Result<(), StorageError> {
+    let fail = |detail: String| StorageError::Io {
+        what: "write the full copy",
+        path: copy.to_owned(),
+        source: std::io::Error::other(detail),
+    };
+    // Direct I/O (-t/-T none) first: a copy of many GiB then does not
+    // evict the running VMs' pages from the host's cache, and costs far
+    // less CPU (`envclone lab bench` measured ~4x the throughput here).
+    // A filesystem without O_DIRECT (tmpfs) refuses it: copy through
+    // the cache there.
+    let mut outcome = convert(image, copy, &["-t", "none", "-T", "none"], progress).map_err(&fail)?;
+    if !outcome.success && refuses_direct_io(&outcome.stderr) {
+        let _ = std::fs::remove_file(copy);
+        outcome = convert(image, copy, &[], progress).map_err(&fail)?;
     }
+    if !outcome.success {
+        let _ = std::fs::remove_file(copy);
+        return Err(fail(format!("qemu-img convert: {}", outcome.stderr.trim())));
+    }
+    Ok(())
 }
 
 struct Converted {
@@ -52,7 +42,7 @@ struct Converted {
 /// passed on as it prints it. -U: the snapshot's image is a backing file
 /// the running source holds open (read-only); reading it shared is safe,
 /// it never changes.
-fn convert(image: &Path, copy: &Path, cache: &[&str], progress: &(dyn Fn(u16) + Sync)) -> Result<Converted, String> {
+fn convert(image: &Path, copy: &Path, cache: &[&str], progress: CopyProgress<'_>) -> Result<Converted, String> {
     use std::io::Read;
     let mut child = Command::new("qemu-img")
         .args(["convert", "-p", "-U", "-O", "qcow2"])
@@ -103,6 +93,7 @@ fn refuses_direct_io(stderr: &str) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::host::{LocalStorage, Storage};
 
     #[test]
     fn a_full_copy_of_an_overlay_has_no_backing_file_and_the_same_data() {
@@ -129,7 +120,7 @@ mod tests {
         ]);
 
         let seen = std::sync::Mutex::new(Vec::new());
-        let bytes = QemuImgConvert.copy_full(&overlay, &copy, &|p| seen.lock().unwrap().push(p)).unwrap();
+        let bytes = LocalStorage.copy_full(&overlay, &copy, &|p| seen.lock().unwrap().push(p)).unwrap();
 
         assert!(bytes > 0);
         assert_eq!(seen.lock().unwrap().last(), Some(&1000), "qemu-img -p ends at 100%");
@@ -138,19 +129,19 @@ mod tests {
             serde_json::from_str(&qemu_img(&["info", "--output=json", copy.to_str().unwrap()])).unwrap();
         assert_eq!(info["format"], "qcow2");
         assert!(info.get("backing-filename").is_none(), "{info:#}");
-        assert!(QemuImgConvert.copy_full(&overlay, &copy, &|_| {}).is_err(), "an existing copy is never overwritten");
+        assert!(LocalStorage.copy_full(&overlay, &copy, &|_| {}).is_err(), "an existing copy is never overwritten");
     }
 
     #[test]
     fn a_filesystem_without_direct_io_gets_a_copy_through_the_cache() {
-        let Ok(dir) = tempfile::tempdir_in("/dev/shm") else { return };
+        let dir = tempfile::tempdir_in("/dev/shm").expect("/dev/shm is a tmpfs on every Linux host");
         let base = dir.path().join("base.qcow2");
         let copy = dir.path().join("copy.qcow2");
         let output =
             Command::new("qemu-img").args(["create", "-q", "-f", "qcow2"]).arg(&base).arg("1M").output().unwrap();
         assert!(output.status.success());
 
-        QemuImgConvert.copy_full(&base, &copy, &|_| {}).unwrap();
+        LocalStorage.copy_full(&base, &copy, &|_| {}).unwrap();
 
         assert!(copy.exists());
     }

@@ -1,0 +1,47 @@
+//! Test fakes shared by every module's unit tests: one of each port.
+//!
+//! - [`FakeHost`]: a [`crate::host::Host`] made of a `FakeHypervisor`, a
+//!   [`FakeStorage`] and a [`FakeNet`] the test keeps and inspects.
+//! - [`FakeStorage`]: image files in memory, recording each call.
+//! - [`FakeNet`]: network namespaces and links in memory.
+
+mod net;
+mod storage;
+
+pub(crate) use self::net::FakeNet;
+pub(crate) use self::storage::{FakeStorage, Presume};
+
+use crate::host::{Host, HostNet, Storage, LOCAL};
+use crate::hypervisor::{FakeHypervisor, Hypervisor};
+
+/// The controller's host, in memory; the parts stay the test's to inspect.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct FakeHost<'t> {
+    pub hv: &'t FakeHypervisor,
+    pub storage: &'t FakeStorage,
+    pub net: &'t FakeNet,
+}
+
+impl<'t> FakeHost<'t> {
+    pub(crate) fn new(hv: &'t FakeHypervisor, storage: &'t FakeStorage, net: &'t FakeNet) -> Self {
+        FakeHost { hv, storage, net }
+    }
+}
+
+impl Host for FakeHost<'_> {
+    fn name(&self) -> &str {
+        LOCAL
+    }
+
+    fn hypervisor(&self) -> &dyn Hypervisor {
+        self.hv
+    }
+
+    fn storage(&self) -> &dyn Storage {
+        self.storage
+    }
+
+    fn net(&self) -> &dyn HostNet {
+        self.net
+    }
+}
