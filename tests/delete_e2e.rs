@@ -433,7 +433,7 @@ fn chain_lengths(lab: &LabUnderTest) -> Chains {
 
 fn on_disk_chain(path: &Path) -> Vec<PathBuf> {
     let json = host(&["qemu-img", "info", "-U", "--backing-chain", "--output=json", &path_str(path)]);
-    envclone::ops::delete::files::parse_chain(json.as_bytes()).unwrap()
+    envclone::host::parse_chain(json.as_bytes()).unwrap()
 }
 
 /// libvirt, qemu-img and the catalog agree on every disk's chain (the

@@ -546,7 +546,7 @@ fn on_disk_chain(image: &Path) -> Vec<PathBuf> {
     let output =
         Command::new("qemu-img").args(["info", "-U", "--backing-chain", "--output=json"]).arg(image).output().unwrap();
     assert!(output.status.success(), "qemu-img info {}: {}", image.display(), stderr(&output));
-    envclone::ops::delete::files::parse_chain(&output.stdout).unwrap()
+    envclone::host::parse_chain(&output.stdout).unwrap()
 }
 
 /// The block jobs running on any disk: (domain, disk).

@@ -4,22 +4,18 @@
 
 use super::session::Session;
 use super::Output;
-use crate::catalog::Catalog;
 use crate::cli::{CloneArgs, CloneDisks, CloneNetwork, CloneStart, GlobalArgs};
 use crate::config::Environment;
 use crate::exit::ExitCode;
-use crate::hypervisor::LibvirtHypervisor;
-use crate::ops::clone::{
-    self, CloneAgents, CloneReport, CloneRequest, DiskMode, NetworkMode, StartMode, Tools,
-};
-use crate::ops::context::{Event, OpContext, SystemClock};
+use crate::ops::clone::{self, CloneAgents, CloneReport, CloneRequest, DiskMode, NetworkMode, StartMode, Tools};
+use crate::ops::context::Event;
 use crate::ops::restore::SshAgents;
 use crate::ops::snapshot;
 use crate::{Error, Result};
 
 pub fn run(global: &GlobalArgs, args: &CloneArgs, out: &Output) -> Result<ExitCode> {
     let session = Session::open(global)?;
-    let (config, catalog) = (&session.config, &session.catalog);
+    let (config, _catalog) = (&session.config, &session.catalog);
     let env = config.environment(&args.environment)?;
     let progress = |event: &Event| out.event(event);
     let ctx = session.context(&progress);

@@ -5,17 +5,15 @@
 
 use super::session::Session;
 use super::Output;
-use crate::catalog::Catalog;
 use crate::cli::{DeleteSnapshotArgs, GlobalArgs};
 use crate::exit::ExitCode;
-use crate::hypervisor::LibvirtHypervisor;
-use crate::ops::context::{Event, OpContext, SystemClock};
+use crate::ops::context::Event;
 use crate::ops::delete::{self, DeleteReport, DeleteSettings, DeleteSnapshotRequest};
-use crate::{Error, Result};
+use crate::Result;
 
 pub fn run(global: &GlobalArgs, args: &DeleteSnapshotArgs, out: &Output) -> Result<ExitCode> {
     let session = Session::open(global)?;
-    let (config, catalog) = (&session.config, &session.catalog);
+    let (config, _catalog) = (&session.config, &session.catalog);
     config.environment(&args.environment)?;
     let progress = |event: &Event| out.progress(&event.to_string());
     let ctx = session.context(&progress);

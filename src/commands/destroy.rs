@@ -3,17 +3,15 @@
 
 use super::session::Session;
 use super::{load_config, Output};
-use crate::catalog::Catalog;
 use crate::cli::{DestroyArgs, GlobalArgs};
 use crate::exit::ExitCode;
-use crate::hypervisor::LibvirtHypervisor;
-use crate::ops::context::{Event, OpContext, SystemClock};
+use crate::ops::context::Event;
 use crate::ops::destroy::{self, DestroyReport};
 use crate::{Error, Result};
 
 pub fn run(global: &GlobalArgs, args: &DestroyArgs, out: &Output) -> Result<ExitCode> {
     let session = Session::with_config(load_config(global)?)?;
-    let (config, catalog) = (&session.config, &session.catalog);
+    let (_config, _catalog) = (&session.config, &session.catalog);
     let progress = |event: &Event| out.progress(&event.to_string());
     let ctx = session.context(&progress);
     let report = destroy::destroy(&ctx, &args.name).map_err(Error::operation("destroy"))?;

@@ -6,13 +6,12 @@
 
 use super::session::Session;
 use super::{load_config, Output};
-use crate::catalog::{Catalog, FailoverMode};
+use crate::catalog::FailoverMode;
 use crate::cli::{FailoverArgs, GlobalArgs};
 use crate::config::Environment;
 use crate::exit::ExitCode;
-use crate::hypervisor::LibvirtHypervisor;
 use crate::ops::clone::CloneAgents;
-use crate::ops::context::{Event, OpContext, SystemClock};
+use crate::ops::context::{Event, OpContext};
 use crate::ops::failover::{
     self, DrillAction, DrillReport, DrillRequest, PrimaryHost, StepTime, SwitchAction, SwitchReport, Tools, Unplanned,
 };
@@ -35,7 +34,8 @@ pub fn run(global: &GlobalArgs, args: &FailoverArgs, out: &Output) -> Result<Exi
             let elsewhere = args.primary_uri.as_deref().filter(|u| *u != uri);
             let connection =
                 elsewhere.map(|other| super::guard::connect_within(other, super::guard::PRIMARY_CONNECT_WITHIN));
-            let host = connection.as_ref().map_or(PrimaryHost::Answers(ctx.host.hypervisor()), super::guard::Connection::host);
+            let host =
+                connection.as_ref().map_or(PrimaryHost::Answers(ctx.host.hypervisor()), super::guard::Connection::host);
             let how = Unplanned { force: args.force, host, primary_uri: elsewhere };
             let report = failover::unplanned(ctx, &request, how, tools).map_err(Error::operation("failover"))?;
             out.report(&report, switched);
@@ -65,12 +65,12 @@ pub(super) fn with_tools<T>(
     let session = Session::with_config(load_config(global)?)?;
     let (config, catalog) = (&session.config, &session.catalog);
     let primary = config.environment(env)?.clone();
-    super::guard::check(&config, &catalog, Some(env), out)?;
+    super::guard::check(config, catalog, Some(env), out)?;
     let progress = |event: &Event| out.progress(&event.to_string());
     let ctx = session.context(&progress);
     let controller = config.controller.clone();
     let agents = move |env: &Environment| -> Box<dyn CloneAgents> { Box::new(SshAgents::new(&controller, env)) };
-    let serving = failover::active_environment(&catalog, env)?.map_or(primary, |(active, _)| active);
+    let serving = failover::active_environment(catalog, env)?.map_or(primary, |(active, _)| active);
     let quiescer = crate::ops::snapshot::agent_quiescer(&ctx, &serving);
     let tools = Tools { agents: &agents, quiescer: &quiescer };
     work(&ctx, tools)

@@ -6,18 +6,16 @@
 
 use super::session::Session;
 use super::Output;
-use crate::catalog::Catalog;
 use crate::cli::{GlobalArgs, PruneArgs};
 use crate::exit::ExitCode;
-use crate::hypervisor::LibvirtHypervisor;
-use crate::ops::context::{Event, OpContext, SystemClock};
+use crate::ops::context::Event;
 use crate::ops::delete::DeleteSettings;
 use crate::ops::prune::{self, PruneReport, PruneRequest};
 use crate::{Error, Result};
 
 pub fn run(global: &GlobalArgs, args: &PruneArgs, out: &Output) -> Result<ExitCode> {
     let session = Session::open(global)?;
-    let (config, catalog) = (&session.config, &session.catalog);
+    let (config, _catalog) = (&session.config, &session.catalog);
     config.environment(&args.environment)?;
     let progress = |event: &Event| out.progress(&event.to_string());
     let ctx = session.context(&progress);

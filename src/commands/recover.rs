@@ -7,11 +7,9 @@
 
 use super::session::Session;
 use super::Output;
-use crate::catalog::Catalog;
 use crate::cli::{GlobalArgs, RecoverArgs};
 use crate::exit::ExitCode;
-use crate::hypervisor::LibvirtHypervisor;
-use crate::ops::context::{Event, OpContext, SystemClock};
+use crate::ops::context::Event;
 use crate::ops::recover::{
     self, CheckStatus, Outcome, RecoverReport, RecoverRequest, RerunOutcome, SshAgents, UndoStatus,
 };
@@ -19,11 +17,11 @@ use crate::{Error, Result};
 
 pub fn run(global: &GlobalArgs, args: &RecoverArgs, out: &Output) -> Result<ExitCode> {
     let session = Session::open(global)?;
-    let (config, catalog) = (&session.config, &session.catalog);
+    let (config, _catalog) = (&session.config, &session.catalog);
     let progress = |event: &Event| out.progress(&event.to_string());
     let ctx = session.context(&progress);
     let request = RecoverRequest { env: args.environment.clone(), dry_run: args.dry_run };
-    let report = recover::recover(&ctx, &SshAgents::new(&config), &request)?;
+    let report = recover::recover(&ctx, &SshAgents::new(config), &request)?;
     out.report(&report, human);
     let failures = report.failures();
     if !failures.is_empty() {

@@ -6,7 +6,7 @@ use super::load_config_with_clones;
 use crate::catalog::Catalog;
 use crate::cli::GlobalArgs;
 use crate::config::Config;
-use crate::host::{Host, Hosts, LocalHost};
+use crate::host::{Host, LocalHost};
 use crate::hypervisor::LibvirtHypervisor;
 use crate::ops::context::{OpContext, Progress, SystemClock};
 use crate::{Error, Result};
@@ -30,11 +30,6 @@ impl Session {
         let hv = LibvirtHypervisor::connect(uri).map_err(Error::hypervisor(format!("connect to libvirt at {uri}")))?;
         let catalog = Catalog::open(&config.controller.state_dir)?;
         Ok(Session { config, catalog, local: LocalHost::new(hv) })
-    }
-
-    /// Every host the command may work on, by name.
-    pub fn hosts(&self) -> Hosts<'_> {
-        Hosts::new().with(&self.local)
     }
 
     /// The context of an operation on the controller's own host.

@@ -8,11 +8,10 @@
 
 use super::session::Session;
 use super::Output;
-use crate::catalog::{Catalog, FailoverState};
+use crate::catalog::FailoverState;
 use crate::cli::{GlobalArgs, SnapshotArgs};
 use crate::exit::ExitCode;
-use crate::hypervisor::LibvirtHypervisor;
-use crate::ops::context::{Event, OpContext, SystemClock};
+use crate::ops::context::Event;
 use crate::ops::failover::{self, DrillRequest, FailbackReport};
 use crate::ops::snapshot::{self, SnapshotReport, SnapshotRequest};
 use crate::{Error, Result};
@@ -24,7 +23,7 @@ pub fn run(global: &GlobalArgs, args: &SnapshotArgs, out: &Output) -> Result<Exi
     // An old primary that came back is fenced first; while a standby serves
     // ENV, the snapshot is of the standby's domains (the config above has
     // them as ENV's), recorded as ENV's.
-    let mut switches = super::guard::check(&config, &catalog, Some(&args.environment), out)?;
+    let mut switches = super::guard::check(config, catalog, Some(&args.environment), out)?;
     // One failing back serves nothing: the failback decides who serves.
     switches.retain(|s| s.state == FailoverState::Active);
     for switch in &switches {

@@ -13,12 +13,9 @@ use crate::cli::{GlobalArgs, StandbyCommand};
 use crate::config::Config;
 use crate::daemon::status::human_age;
 use crate::exit::ExitCode;
-use crate::hypervisor::LibvirtHypervisor;
-use crate::ops::context::{Event, OpContext, SystemClock};
+use crate::ops::context::Event;
 use crate::ops::failover::{self, HomeSyncReport};
-use crate::ops::standby::{
-    self, CreateReport, CreateRequest, DestroyReport, StandbySummary, SyncMode, SyncReport,
-};
+use crate::ops::standby::{self, CreateReport, CreateRequest, DestroyReport, StandbySummary, SyncMode, SyncReport};
 use crate::{Error, Result};
 
 pub fn run(global: &GlobalArgs, command: StandbyCommand, out: &Output) -> Result<ExitCode> {
@@ -53,18 +50,15 @@ pub fn run(global: &GlobalArgs, command: StandbyCommand, out: &Output) -> Result
                 storage: args.storage.clone(),
                 autorestore: args.no_autorestore.then_some(false),
             };
-            let report =
-                standby::create(&ctx, &request).map_err(Error::operation("standby create"))?;
+            let report = standby::create(&ctx, &request).map_err(Error::operation("standby create"))?;
             out.report(&report, created);
         }
         StandbyCommand::Sync(args) => {
-            let report =
-                standby::sync(&ctx, &args.name).map_err(Error::operation("standby sync"))?;
+            let report = standby::sync(&ctx, &args.name).map_err(Error::operation("standby sync"))?;
             out.report(&report, |report| synced(report, &session.config));
         }
         StandbyCommand::Destroy(args) => {
-            let report =
-                standby::destroy(&ctx, &args.name).map_err(Error::operation("standby destroy"))?;
+            let report = standby::destroy(&ctx, &args.name).map_err(Error::operation("standby destroy"))?;
             out.report(&report, destroyed);
         }
         StandbyCommand::List => unreachable!("listed above"),

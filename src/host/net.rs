@@ -29,4 +29,3 @@ pub trait HostNet: Send + Sync + std::fmt::Debug {
     ) -> Result<(), HostNetError>;
     fn delete_link(&self, netns: Option<&str>, link: &str) -> Result<(), HostNetError>;
 }
-

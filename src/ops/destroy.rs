@@ -40,10 +40,7 @@ pub struct DestroyReport {
 }
 
 /// Destroys the clone `name`; see the module documentation.
-pub fn destroy(
-    ctx: &OpContext<'_>,
-    name: &str,
-) -> Result<DestroyReport, CloneError> {
+pub fn destroy(ctx: &OpContext<'_>, name: &str) -> Result<DestroyReport, CloneError> {
     let started = Instant::now();
     if ctx.config.environments.contains_key(name) {
         return Err(CloneError::NotAClone { name: name.to_owned() });
@@ -65,9 +62,7 @@ pub fn destroy(
     // standby) built on one of its snapshots keeps it alive.
     let own = own_snapshot_images(ctx.catalog, &record)?;
     let fail = |what, detail| CloneError::Remove { clone: name.to_owned(), what, detail };
-    journal::remove(ctx, OperationKind::DeleteClone, name, fail, |removal| {
-        remove_all(ctx, &record, &own, removal)
-    })?;
+    journal::remove(ctx, OperationKind::DeleteClone, name, fail, |removal| remove_all(ctx, &record, &own, removal))?;
     Ok(DestroyReport {
         name: name.to_owned(),
         existed: true,
@@ -149,7 +144,9 @@ fn remove_all(
         })?;
     }
     for network in &resources.networks {
-        step(format!("remove network {}", network.name), &|| undo::remove_network(ctx.host.hypervisor(), &network.name))?;
+        step(format!("remove network {}", network.name), &|| {
+            undo::remove_network(ctx.host.hypervisor(), &network.name)
+        })?;
     }
     if !resources.known_hosts.is_empty() {
         let known_hosts = &ctx.config.controller.known_hosts;

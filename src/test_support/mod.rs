@@ -15,15 +15,17 @@ use crate::host::{Host, HostNet, Storage, LOCAL};
 use crate::hypervisor::{FakeHypervisor, Hypervisor};
 
 /// The controller's host, in memory; the parts stay the test's to inspect.
+/// Its storage is any [`Storage`]: a [`FakeStorage`], or the real
+/// `LocalStorage` on a temporary directory where a test wants real files.
 #[derive(Debug, Clone, Copy)]
 pub(crate) struct FakeHost<'t> {
     pub hv: &'t FakeHypervisor,
-    pub storage: &'t FakeStorage,
+    pub storage: &'t dyn Storage,
     pub net: &'t FakeNet,
 }
 
 impl<'t> FakeHost<'t> {
-    pub(crate) fn new(hv: &'t FakeHypervisor, storage: &'t FakeStorage, net: &'t FakeNet) -> Self {
+    pub(crate) fn new(hv: &'t FakeHypervisor, storage: &'t dyn Storage, net: &'t FakeNet) -> Self {
         FakeHost { hv, storage, net }
     }
 }

@@ -30,6 +30,8 @@ pub(crate) enum Presume {
 
 #[derive(Debug, Clone, Default)]
 struct File {
+    /// Made by `create_overlay`.
+    overlay: bool,
     backing: Option<PathBuf>,
     content: String,
     len: Option<u64>,
@@ -111,7 +113,7 @@ impl<'h> FakeStorage<'h> {
         self
     }
 
-    /// `method`'s `nth` call (from 1) fails.
+    /// `method`'s `nth` call (from 1) fails; with `nth` 0, every call.
     pub(crate) fn failing(self, method: &'static str, nth: usize) -> Self {
         self.state.lock().unwrap().failing.push((method, nth));
         self
@@ -158,12 +160,6 @@ impl<'h> FakeStorage<'h> {
         file.modified_ns = stamp.modified_ns;
     }
 
-    pub(crate) fn mark_missing(&self, path: &Path) {
-        let mut state = self.state.lock().unwrap();
-        state.files.remove(path);
-        state.gone.insert(path.to_owned());
-    }
-
     pub(crate) fn is_there(&self, path: &Path) -> bool {
         self.state.lock().unwrap().exists(path)
     }
@@ -188,6 +184,22 @@ impl<'h> FakeStorage<'h> {
     /// The sources of byte-for-byte copies, in order.
     pub(crate) fn copied(&self) -> Vec<PathBuf> {
         self.state.lock().unwrap().copied.clone()
+    }
+
+    pub(crate) fn forget_copied(&self) {
+        self.state.lock().unwrap().copied.clear();
+    }
+
+    /// The overlays made by `create_overlay` and still there, each with
+    /// its backing file.
+    pub(crate) fn overlays(&self) -> BTreeMap<PathBuf, PathBuf> {
+        let state = self.state.lock().unwrap();
+        state
+            .files
+            .iter()
+            .filter(|(_, f)| f.overlay)
+            .map(|(path, f)| (path.clone(), f.backing.clone().unwrap_or_default()))
+            .collect()
     }
 
     pub(crate) fn calls(&self) -> Vec<String> {
@@ -218,11 +230,15 @@ impl<'h> FakeStorage<'h> {
         let count = state.counts.entry(method).or_default();
         *count += 1;
         let nth = *count;
-        if state.failing.contains(&(method, nth)) {
+        if state.failing.iter().any(|&(m, n)| m == method && (n == 0 || n == nth)) {
             return Err(StorageError::Tool {
                 what: method,
                 path: PathBuf::from("(fake)"),
-                source: ToolError::Failed { command: format!("fake {method}"), status: Some(1), stderr: "injected".into() },
+                source: ToolError::Failed {
+                    command: format!("fake {method}"),
+                    status: Some(1),
+                    stderr: "injected".into(),
+                },
             });
         }
         Ok(state)
@@ -308,7 +324,8 @@ impl Storage for FakeStorage<'_> {
         let content = format!("copy({})", from.display());
         let len = state.size_of(from).unwrap_or(state.size);
         let source = state.files.get(from).cloned().unwrap_or_default();
-        state.make(to, File { backing: source.backing, content: content.clone(), len: Some(len), modified_ns: 0 })?;
+        let copy = File { backing: source.backing, content: content.clone(), len: Some(len), ..File::default() };
+        state.make(to, copy)?;
         state.copied.push(from.to_owned());
         Ok(Copied { bytes: len, sha256: checksum(&content) })
     }
@@ -322,7 +339,7 @@ impl Storage for FakeStorage<'_> {
     fn create_overlay(&self, overlay: &Path, backing: &Path, _format: ImageFormat) -> Result<(), StorageError> {
         let mut state =
             self.call("create_overlay", format!("create {} on {}", overlay.display(), backing.display()))?;
-        state.make(overlay, File { backing: Some(backing.to_owned()), ..File::default() })
+        state.make(overlay, File { overlay: true, backing: Some(backing.to_owned()), ..File::default() })
     }
 
     fn copy_full(&self, image: &Path, copy: &Path, progress: CopyProgress<'_>) -> Result<u64, StorageError> {
@@ -361,7 +378,8 @@ impl Storage for FakeStorage<'_> {
     }
 
     fn set_backing(&self, image: &Path, backing: &Path, _format: ImageFormat) -> Result<(), StorageError> {
-        let mut state = self.call("set_backing", format!("set backing of {} to {}", image.display(), backing.display()))?;
+        let mut state =
+            self.call("set_backing", format!("set backing of {} to {}", image.display(), backing.display()))?;
         state.files.entry(image.to_owned()).or_default().backing = Some(backing.to_owned());
         Ok(())
     }

@@ -57,14 +57,19 @@ impl Storage for LocalStorage {
     }
 
     fn free_space(&self, dir: &Path) -> Result<u64, StorageError> {
-        let stat = nix::sys::statvfs::statvfs(dir)
-            .map_err(|errno| StorageError::Io { what: "measure the free space of", path: dir.to_owned(), source: errno.into() })?;
-        Ok(u64::from(stat.blocks_available()).saturating_mul(u64::from(stat.fragment_size())))
+        let stat = nix::sys::statvfs::statvfs(dir).map_err(|errno| StorageError::Io {
+            what: "measure the free space of",
+            path: dir.to_owned(),
+            source: errno.into(),
+        })?;
+        Ok(stat.blocks_available().saturating_mul(stat.fragment_size()))
     }
 
     fn remove(&self, path: &Path) -> Result<(), StorageError> {
         match std::fs::remove_file(path) {
-            Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(StorageError::Io { what: "remove", path: path.to_owned(), source: e }),
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+                Err(StorageError::Io { what: "remove", path: path.to_owned(), source: e })
+            }
             _ => Ok(()),
         }
     }
@@ -201,21 +206,25 @@ impl Storage for LocalStorage {
         match output.status.code() {
             Some(0) => Ok(true),
             Some(1) => Ok(false),
-            _ => Err(StorageError::Tool { what: "compare", path: b.to_owned(), source: tool::failed(&command, &output) }),
+            _ => {
+                Err(StorageError::Tool { what: "compare", path: b.to_owned(), source: tool::failed(&command, &output) })
+            }
         }
     }
 
     fn check(&self, image: &Path) -> Result<Vec<String>, StorageError> {
         let mut command = Command::new("qemu-img");
-        command.args(["check", "-U", "-q", "--output=json"]).arg(image);
+        command.args(["check", "-U", "--output=json"]).arg(image);
         let output = tool::output(&mut command).map_err(StorageError::tool("check", image))?;
         // Exit 2: corruptions, 3: leaked clusters; both print their report.
         match output.status.code() {
-            Some(0 | 2 | 3) => parse_check(&output.stdout).map_err(|detail| StorageError::BadOutput {
-                command: tool::describe(&command),
-                detail,
+            Some(0 | 2 | 3) => parse_check(&output.stdout)
+                .map_err(|detail| StorageError::BadOutput { command: tool::describe(&command), detail }),
+            _ => Err(StorageError::Tool {
+                what: "check",
+                path: image.to_owned(),
+                source: tool::failed(&command, &output),
             }),
-            _ => Err(StorageError::Tool { what: "check", path: image.to_owned(), source: tool::failed(&command, &output) }),
         }
     }
 }
@@ -242,7 +251,8 @@ fn parse_check(json: &[u8]) -> Result<Vec<String>, String> {
     let value: serde_json::Value = serde_json::from_slice(json).map_err(|e| e.to_string())?;
     let count = |key: &str| value.get(key).and_then(serde_json::Value::as_u64).unwrap_or(0);
     let mut problems = Vec::new();
-    for (key, what) in [("corruptions", "corruptions"), ("leaks", "leaked clusters"), ("check-errors", "check errors")] {
+    for (key, what) in [("corruptions", "corruptions"), ("leaks", "leaked clusters"), ("check-errors", "check errors")]
+    {
         let n = count(key);
         if n > 0 {
             problems.push(format!("{n} {what}"));

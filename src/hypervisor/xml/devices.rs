@@ -90,6 +90,7 @@ pub(crate) fn set_disk_source(disk: &mut Element, path: &str, format: &str) {
 
 /// Replaces the reported backing chain of `disk` by `chain` (top first),
 /// nested as libvirt reports it in live XML.
+#[cfg(test)]
 pub(crate) fn set_backing_chain(disk: &mut Element, chain: &[PathBuf]) {
     remove_children(disk, "backingStore");
     let mut store = Element::new("backingStore");

@@ -70,6 +70,7 @@ impl DomainDef {
 
     /// Records `chain` (top first) as the disk's reported backing chain, as
     /// libvirt's live XML would show it (used by the fake).
+    #[cfg(test)]
     pub(crate) fn set_disk_backing(&mut self, target: &str, chain: &[PathBuf]) -> Result<(), HvError> {
         devices::set_backing_chain(self.disk_mut(target)?, chain);
         Ok(())

@@ -1,10 +1,10 @@
 //! Gateway: the namespace the controller reaches the clone's agents from,
 //! with one veth per copied network that has a gateway address.
 
-use super::host_net::HostNetError;
 use super::networks::Networks;
 use super::{names, undo, CloneError, Run};
 use crate::catalog::UndoAction;
+use crate::host::HostNetError;
 use crate::ops::journal::Journaled;
 
 impl Run<'_, '_> {
@@ -34,8 +34,9 @@ impl Run<'_, '_> {
             };
             let bridge = &network.bridge;
             self.step(&format!("gateway {address} on {}", network.name), undo, |run| {
-                run.tools
-                    .net
+                run.ctx
+                    .host
+                    .net()
                     .add_gateway(libvirt_netns.as_deref(), bridge, &veth, &netns, &peer, &address)
                     .map_err(fail(&netns))
             })?;

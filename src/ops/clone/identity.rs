@@ -234,11 +234,13 @@ impl Run<'_, '_> {
             let domain = guests.vms[index].domain.clone();
             let own_network = names::network(&self.request.name, &addresses.source_network);
             self.step(&format!("link up: {domain} onto {own_network}"), UndoAction::Nothing, |run| {
-                run.ctx.host.hypervisor().move_interface(&domain, &mac, &own_network).map_err(|source| CloneError::MoveInterface {
-                    vm: vm.clone(),
-                    domain: domain.clone(),
-                    mac: mac.clone(),
-                    source: Box::new(source),
+                run.ctx.host.hypervisor().move_interface(&domain, &mac, &own_network).map_err(|source| {
+                    CloneError::MoveInterface {
+                        vm: vm.clone(),
+                        domain: domain.clone(),
+                        mac: mac.clone(),
+                        source: Box::new(source),
+                    }
                 })
             })?;
             let endpoint = &mut environment.vms.get_mut(vm).expect("the environment has every VM").agent;
@@ -274,8 +276,9 @@ impl Run<'_, '_> {
         }
         let netns = names::gateway_netns(&self.request.name);
         self.step(&format!("remove the gateway namespace {netns}"), UndoAction::Nothing, |run| {
-            run.tools
-                .net
+            run.ctx
+                .host
+                .net()
                 .delete_netns(&netns)
                 .map_err(|e| CloneError::Gateway { netns: netns.clone(), source: Box::new(e) })
         })

@@ -530,9 +530,7 @@ impl<'r, 'c> Run<'r, 'c> {
         self.phase.enter(Phase::Failed);
         let ctx = self.ctx;
         let cause = crate::error::chain(&error);
-        let failures = self
-            .journal
-            .roll_back(&cause, |action| undo::undo_action(ctx.host, ctx.catalog, action));
+        let failures = self.journal.roll_back(&cause, |action| undo::undo_action(ctx.host, ctx.catalog, action));
         remove_empty_dirs(&self.storage);
         if failures.is_empty() {
             error

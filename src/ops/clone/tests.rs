@@ -3,22 +3,21 @@
 //! failure or a destroy leaves nothing behind.
 
 use std::collections::BTreeMap;
-use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 use std::time::Duration;
 
 use chrono::{DateTime, TimeZone, Utc};
 
 use super::*;
-use crate::catalog::{Dependent, ImageFormat, ImageKind, OperationState, StepState};
+use crate::catalog::{Dependent, ImageKind, OperationState, StepState};
 use crate::config::{AgentEndpoint, Config, Controller, HumanSize, Vm};
 use crate::error::Failure;
 use crate::guest::GuestError;
 use crate::hypervisor::{FakeHypervisor, FakeStep, Hypervisor};
 use crate::ops::context::{Event, FixedClock};
-use crate::ops::restore::ImageFileError;
 use crate::ops::snapshot::{FreezeInfo, FrozenGuest, ThawInfo};
 use crate::ops::test_agents::ReadyAgents;
+use crate::test_support::{FakeHost, FakeNet, FakeStorage};
 
 fn at(minute: u32) -> DateTime<Utc> {
     Utc.with_ymd_and_hms(2024, 5, 1, 2, minute, 0).unwrap()
@@ -49,82 +48,6 @@ impl Quiescer for FakeQuiescer {
     }
 }
 
-/// Image files in memory: every path exists but removed ones.
-#[derive(Debug, Default)]
-struct FakeFiles {
-    created: Mutex<BTreeMap<PathBuf, PathBuf>>,
-    removed: Mutex<Vec<PathBuf>>,
-}
-
-/// A full copy in memory: created, with no backing file.
-impl FullCopy for FakeFiles {
-    fn copy_full(&self, _image: &Path, copy: &Path, progress: &(dyn Fn(u16) + Sync)) -> Result<u64, ImageFileError> {
-        self.created.lock().unwrap().insert(copy.to_owned(), PathBuf::new());
-        progress(500);
-        progress(1000);
-        Ok(1 << 20)
-    }
-}
-
-impl ImageFiles for FakeFiles {
-    fn exists(&self, path: &Path) -> bool {
-        !self.removed.lock().unwrap().contains(&path.to_owned())
-    }
-
-    fn create_overlay(&self, overlay: &Path, backing: &Path, _format: ImageFormat) -> Result<(), ImageFileError> {
-        self.created.lock().unwrap().insert(overlay.to_owned(), backing.to_owned());
-        Ok(())
-    }
-
-    fn remove(&self, path: &Path) -> std::io::Result<()> {
-        self.created.lock().unwrap().remove(path);
-        self.removed.lock().unwrap().push(path.to_owned());
-        Ok(())
-    }
-
-    fn size(&self, _path: &Path) -> Option<u64> {
-        Some(1)
-    }
-}
-
-/// `ip` in memory: the namespaces and links that exist.
-#[derive(Debug, Default)]
-struct FakeNet {
-    netns: Mutex<Vec<String>>,
-    /// (link, bridge, address)
-    links: Mutex<Vec<(String, String, String)>>,
-}
-
-impl HostNet for FakeNet {
-    fn add_netns(&self, netns: &str) -> Result<(), HostNetError> {
-        self.netns.lock().unwrap().push(netns.to_owned());
-        Ok(())
-    }
-
-    fn delete_netns(&self, netns: &str) -> Result<(), HostNetError> {
-        self.netns.lock().unwrap().retain(|n| n != netns);
-        Ok(())
-    }
-
-    fn add_gateway(
-        &self,
-        _libvirt_netns: Option<&str>,
-        bridge: &str,
-        veth: &str,
-        _netns: &str,
-        _peer: &str,
-        address: &str,
-    ) -> Result<(), HostNetError> {
-        self.links.lock().unwrap().push((veth.to_owned(), bridge.to_owned(), address.to_owned()));
-        Ok(())
-    }
-
-    fn delete_link(&self, _netns: Option<&str>, link: &str) -> Result<(), HostNetError> {
-        self.links.lock().unwrap().retain(|(l, _, _)| l != link);
-        Ok(())
-    }
-}
-
 /// An environment `demo` of VMs `web` and `db` on network `net`, with one
 /// snapshot `snap` taken through `envclone snapshot`'s own code.
 struct Harness {
@@ -132,7 +55,7 @@ struct Harness {
     config: Config,
     catalog: Catalog,
     hv: FakeHypervisor,
-    files: FakeFiles,
+    files: FakeStorage<'static>,
     net: FakeNet,
     events: Mutex<Vec<Event>>,
     snapshot: String,
@@ -173,7 +96,7 @@ impl Harness {
             config,
             catalog,
             hv,
-            files: FakeFiles::default(),
+            files: FakeStorage::default().with_copy_size(1 << 20),
             net: FakeNet::default(),
             events: Mutex::new(Vec::new()),
             snapshot: String::new(),
@@ -193,13 +116,9 @@ impl Harness {
         let events = &self.events;
         let progress = |event: &Event| events.lock().unwrap().push(event.clone());
         let clock = FixedClock(at(30));
-        let ctx = OpContext {
-            config: &self.config,
-            hv: &self.hv,
-            catalog: &self.catalog,
-            progress: &progress,
-            clock: &clock,
-        };
+        let host = FakeHost::new(&self.hv, &self.files, &self.net);
+        let ctx =
+            OpContext { config: &self.config, host: &host, catalog: &self.catalog, progress: &progress, clock: &clock };
         f(&ctx)
     }
 
@@ -241,13 +160,12 @@ impl Harness {
             new_host_keys,
         };
         let agents = |env: &Environment| -> Box<dyn CloneAgents> { Box::new(agents.reaching(env)) };
-        let tools =
-            Tools { quiescer: &FakeQuiescer, agents: &agents, files: &self.files, copier: &self.files, net: &self.net };
+        let tools = Tools { quiescer: &FakeQuiescer, agents: &agents };
         self.with_context(|ctx| super::clone(ctx, &request, tools))
     }
 
     fn destroy(&self, name: &str) -> Result<crate::ops::destroy::DestroyReport, CloneError> {
-        self.with_context(|ctx| crate::ops::destroy::destroy(ctx, name, &self.files, &self.net))
+        self.with_context(|ctx| crate::ops::destroy::destroy(ctx, name))
     }
 
     /// Nothing of clone `name` is left: domains, networks, namespaces,
@@ -256,9 +174,9 @@ impl Harness {
         let prefix = format!("{name}-");
         assert!(!self.hv.domain_names().unwrap().iter().any(|d| d.starts_with(&prefix)));
         assert!(!self.hv.network_names().unwrap().iter().any(|n| n.starts_with(&prefix)));
-        assert!(self.net.netns.lock().unwrap().is_empty());
-        assert!(self.net.links.lock().unwrap().is_empty());
-        assert!(self.files.created.lock().unwrap().is_empty());
+        assert!(self.net.netns().is_empty());
+        assert!(self.net.links().is_empty());
+        assert!(self.files.files().is_empty());
         assert_eq!(self.catalog.clone_named(name).unwrap(), None);
         assert!(self.catalog.images_needed_by(&Dependent::clone_named(name)).unwrap().is_empty());
     }
@@ -298,9 +216,9 @@ fn clone_defines_new_domains_on_isolated_copies_and_pins_the_snapshot() {
     assert!(network.active);
     assert_eq!((network.def.ip(), network.def.forward_mode()), (None, None));
     assert_eq!(network.def.bridge(), Some(names::bridge("c1", "net")));
-    let links = h.net.links.lock().unwrap().clone();
+    let links = h.net.links();
     assert_eq!(links, [(names::veth_pair("c1", "net").0, names::bridge("c1", "net"), "192.168.50.1/24".to_owned())]);
-    assert_eq!(*h.net.netns.lock().unwrap(), ["envclone-c-c1"]);
+    assert_eq!(h.net.netns(), ["envclone-c-c1"]);
     let dependent = Dependent::clone_named("c1");
     let pinned = h.catalog.images_needed_by(&dependent).unwrap();
     assert_eq!(pinned.len(), 2);
@@ -314,7 +232,7 @@ fn clone_defines_new_domains_on_isolated_copies_and_pins_the_snapshot() {
         assert_ne!(iface.mac, source.def.interfaces()[0].mac);
         let disk = clone.def.disks().remove(0).source.unwrap();
         assert_eq!(disk, h.config.controller.state_dir.join(format!("images/c1/{vm}/c1.vda.qcow2")));
-        let backing = h.files.created.lock().unwrap()[&disk].clone();
+        let backing = h.files.backing_of(&disk).unwrap();
         assert!(pinned.iter().any(|image| image.path == backing && image.vm == vm));
         // The source is untouched.
         assert_eq!(source.state, crate::hypervisor::DomainState::Running);
@@ -393,7 +311,8 @@ fn a_full_clone_needs_nothing_of_the_source() {
     let disk = h.hv.peek_domain("c1-web").unwrap().def.disks().remove(0).source.unwrap();
     let image = h.catalog.image_by_path(&disk).unwrap().expect("the copy is recorded");
     assert_eq!((image.kind, image.backing), (ImageKind::FullCopy, None));
-    assert_eq!(h.files.created.lock().unwrap()[&disk], PathBuf::new());
+    assert!(h.files.is_there(&disk));
+    assert_eq!(h.files.backing_of(&disk), None);
     h.destroy("c1").unwrap();
     h.assert_nothing_left_of("c1");
 }
@@ -431,7 +350,7 @@ fn readdress_rewrites_and_scans_every_vm_before_any_link_goes_up() {
         ["c2-net"]
     );
     assert_eq!(h.hv.network("c2-net").unwrap().def.ip().unwrap().0.to_string(), "10.90.0.1");
-    assert!(h.net.netns.lock().unwrap().is_empty());
+    assert!(h.net.netns().is_empty());
     assert_eq!(report.gateway_netns, None);
     let addresses: BTreeMap<&str, &str> = report.vms.iter().map(|v| (v.vm.as_str(), v.address.as_str())).collect();
     assert_eq!(addresses, BTreeMap::from([("db", "10.90.0.12"), ("web", "10.90.0.11")]));
@@ -534,7 +453,7 @@ fn a_clone_of_a_clone_keeps_its_source_clone_alive_until_it_goes() {
         let _ = env;
         Box::new(agents.clone())
     };
-    let tools = Tools { quiescer: &FakeQuiescer, agents: &make, files: &h.files, copier: &h.files, net: &h.net };
+    let tools = Tools { quiescer: &FakeQuiescer, agents: &make };
     let report = h.with_context(|ctx| super::clone(ctx, &request, tools)).unwrap();
     // c2 reaches its guests through a gateway with the address c1 recorded.
     assert_eq!(report.networks[0].gateway.as_deref(), Some("192.168.50.1/24"));
@@ -549,7 +468,7 @@ fn a_clone_of_a_clone_keeps_its_source_clone_alive_until_it_goes() {
     h.assert_nothing_left_of("c2");
     h.assert_nothing_left_of("c1");
     // c1's snapshot made overlays of its own: gone with it.
-    let removed = h.files.removed.lock().unwrap().clone();
+    let removed = h.files.removed();
     assert!(removed.iter().any(|p| p.to_string_lossy().contains(&snap)), "{removed:?}");
     assert!(h.catalog.snapshots("c1").unwrap().iter().all(|s| s.state == crate::catalog::SnapshotState::Deleted));
 }

@@ -7,8 +7,8 @@ use serde::{Deserialize, Serialize};
 
 use crate::catalog::{Catalog, Dependent, UndoAction};
 use crate::error::chain as error_chain;
-use crate::hypervisor::{HvError, Hypervisor};
 use crate::host::{Host, Storage};
+use crate::hypervisor::{HvError, Hypervisor};
 
 pub const UNDO_REMOVE_NETWORK: &str = "clone-remove-network";
 pub const UNDO_REMOVE_NETNS: &str = "clone-remove-netns";
@@ -62,11 +62,7 @@ pub struct ForgetClone {
 }
 
 /// Undoes one step of a clone.
-pub fn undo_action(
-    host: &dyn Host,
-    catalog: &Catalog,
-    action: &UndoAction,
-) -> Result<(), String> {
+pub fn undo_action(host: &dyn Host, catalog: &Catalog, action: &UndoAction) -> Result<(), String> {
     let (hv, net) = (host.hypervisor(), host.net());
     let data = |kind: &str, data: &serde_json::Value, key: &str| {
         data[key].as_str().map(str::to_owned).ok_or_else(|| format!("bad {kind} data {data}: no {key}"))

@@ -5,11 +5,11 @@
 
 use std::path::PathBuf;
 
-use crate::host::StorageError as FileError;
 use crate::catalog::CatalogError;
 use crate::config::LookupError;
 use crate::error::Failure;
 use crate::exit::ExitCode;
+use crate::host::StorageError as FileError;
 use crate::hypervisor::HvError;
 use crate::ops::shared::{OperationError, Shared};
 use crate::ops::snapshot::save_image::ReadSaveImageError;

@@ -118,11 +118,11 @@ pub use self::journal::{abort_block_job, undo, UNDO_ABORT_BLOCK_JOB};
 
 use self::plan::{CommitStep, DiskStep, Plan, PullStep};
 use super::context::OpContext;
-use crate::host::Storage;
 use super::EnvLock;
 use crate::catalog::OperationKind;
 use crate::catalog::{CommitMerge, Image, PullMerge, Snapshot, SnapshotState, UndoAction};
 use crate::config::Environment;
+use crate::host::Storage;
 use crate::hypervisor::BlockCommit;
 use crate::ops::journal::{Journal, Journaled};
 
@@ -197,7 +197,7 @@ pub fn delete_snapshot(
     request: &DeleteSnapshotRequest,
     settings: &DeleteSettings,
 ) -> Result<DeleteReport, DeleteError> {
-    let files = ctx.host.storage();
+    let _files = ctx.host.storage();
     let env = ctx.config.environment(&request.env)?;
     let _lock = EnvLock::acquire(&ctx.config.controller.state_dir, &request.env, "delete-snapshot")?;
     let snapshot = find(ctx, &request.env, &request.snapshot)?;

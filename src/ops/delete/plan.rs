@@ -7,10 +7,10 @@
 
 use std::path::PathBuf;
 
-use crate::host::Storage;
 use super::DeleteError;
 use crate::catalog::{Dependent, DependentKind, Image, ImageKind, Snapshot};
 use crate::config::Environment;
+use crate::host::Storage;
 use crate::hypervisor::{Domain, HvError};
 use crate::ops::context::OpContext;
 use crate::ops::snapshot::snapshot_dependent;

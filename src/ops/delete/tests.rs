@@ -1,5 +1,5 @@
 //! Deleting snapshots on `FakeHypervisor`, a real catalog in a temporary
-//! directory and [`FakeImages`]: which image merges into which, live or
+//! directory and a `FakeStorage` following the live chains: which image merges into which, live or
 //! offline, what defers, the journal, failures and retries. The snapshots
 //! are taken by the real snapshot operation (quiesce off).
 
@@ -9,15 +9,16 @@ use std::sync::Mutex;
 
 use chrono::{DateTime, TimeZone, Utc};
 
-use super::files::fake::FakeImages;
 use super::*;
 use crate::catalog::{Catalog, Dependent, ImageFormat, ImageKind, NewImage, OperationKind, OperationState, StepState};
 use crate::config::{AgentEndpoint, Config, Controller, HumanSize, QuiescePolicy, Retention, Schedule, Vm};
 use crate::guest::GuestError;
+use crate::host::Storage;
 use crate::hypervisor::{Call, FakeHypervisor, FakeStep, Hypervisor};
 use crate::ops::context::{Event, FixedClock, OpContext};
 use crate::ops::prune::{self, PruneRequest};
 use crate::ops::snapshot::{self, snapshot_dependent, FreezeInfo, FrozenGuest, Quiescer, SnapshotRequest};
+use crate::test_support::{FakeHost, FakeNet, FakeStorage};
 
 const ENV: &str = "demo";
 
@@ -95,8 +96,8 @@ impl Harness {
         self
     }
 
-    fn images(&self) -> FakeImages<'_> {
-        let images = FakeImages::following(&self.hv, &["web", "db"]);
+    fn images(&self) -> FakeStorage<'_> {
+        let images = FakeStorage::following(&self.hv, &["web", "db"]).with_size(1 << 20);
         for vm in ["web", "db"] {
             images.add(&base(vm), None);
         }
@@ -104,7 +105,7 @@ impl Harness {
     }
 
     /// Records in `images` every image of the catalog with its backing file.
-    fn sync_files(&self, images: &FakeImages<'_>) {
+    fn sync_files(&self, images: &FakeStorage<'_>) {
         for vm in ["web", "db"] {
             let active = self.active(vm);
             for image in self.catalog.chain(self.catalog.image_by_path(&active).unwrap().unwrap().id).unwrap() {
@@ -115,16 +116,18 @@ impl Harness {
     }
 
     fn with_clock<T>(&self, f: impl FnOnce(&OpContext<'_>) -> T) -> T {
+        self.with_files(&FakeStorage::default(), f)
+    }
+
+    /// The context of an operation whose image files are `files`.
+    fn with_files<T>(&self, files: &FakeStorage<'_>, f: impl FnOnce(&OpContext<'_>) -> T) -> T {
         let events = &self.events;
         let progress = |event: &Event| events.lock().unwrap().push(event.clone());
         let clock = FixedClock(at(*self.minute.lock().unwrap()));
-        let ctx = OpContext {
-            config: &self.config,
-            hv: &self.hv,
-            catalog: &self.catalog,
-            progress: &progress,
-            clock: &clock,
-        };
+        let net = FakeNet::default();
+        let host = FakeHost::new(&self.hv, files, &net);
+        let ctx =
+            OpContext { config: &self.config, host: &host, catalog: &self.catalog, progress: &progress, clock: &clock };
         f(&ctx)
     }
 
@@ -145,14 +148,14 @@ impl Harness {
         (0..n).map(|_| self.take(None)).collect()
     }
 
-    fn delete(&self, files: &FakeImages<'_>, name: &str) -> Result<DeleteReport, DeleteError> {
+    fn delete(&self, files: &FakeStorage<'_>, name: &str) -> Result<DeleteReport, DeleteError> {
         let request = DeleteSnapshotRequest { env: ENV.into(), snapshot: name.into() };
-        self.with_clock(|ctx| delete_snapshot(ctx, files, &request, &settings()))
+        self.with_files(files, |ctx| delete_snapshot(ctx, &request, &settings()))
     }
 
-    fn prune(&self, files: &FakeImages<'_>, dry_run: bool) -> prune::PruneReport {
+    fn prune(&self, files: &FakeStorage<'_>, dry_run: bool) -> prune::PruneReport {
         let request = PruneRequest { env: ENV.into(), dry_run };
-        self.with_clock(|ctx| prune::prune(ctx, files, &request, &settings())).unwrap()
+        self.with_files(files, |ctx| prune::prune(ctx, &request, &settings())).unwrap()
     }
 
     fn active(&self, vm: &str) -> PathBuf {
@@ -502,7 +505,7 @@ fn a_shut_off_vm_is_merged_offline_by_pulling_into_the_child() {
     let web = report.merged.iter().find(|m| m.vm == "web").unwrap();
     assert_eq!((web.method, &web.merged, &web.into), ("pull", &s2_image, &s3_image));
     assert!(files.calls().contains(&format!("pull {} onto {:?}", s3_image.display(), Some(base("web")))));
-    assert!(!files.exists(&s2_image));
+    assert!(!files.is_there(&s2_image));
     assert_eq!(files.backing_chain(&active).unwrap(), [active.clone(), s3_image.clone(), base("web")]);
     // s3 keeps its image (same path, same data); no libvirt job for web.
     assert_eq!(h.image_of(&names[2], "web"), s3_image);
@@ -523,7 +526,7 @@ fn a_shut_off_vm_is_merged_offline_by_pulling_into_the_child() {
 fn an_offline_pull_that_fails_leaves_the_chain_and_the_catalog() {
     let h = Harness::running();
     let names = h.take_n(3);
-    let files = h.images().fail_pull();
+    let files = h.images().failing("pull", 0);
     h.sync_files(&files);
     h.hv.destroy_domain("web").unwrap();
     h.hv.destroy_domain("db").unwrap();
@@ -701,7 +704,7 @@ impl crate::ops::recover::Agents for NoFreezes {
 
 #[test]
 fn recover_finishes_a_delete_that_died_after_its_pivot() {
-    use crate::ops::recover::{recover_with, Outcome, RecoverRequest, RerunOutcome};
+    use crate::ops::recover::{recover, Outcome, RecoverRequest, RerunOutcome};
     let h = Harness::running();
     let names = h.take_n(2);
     let files = h.images();
@@ -726,7 +729,7 @@ fn recover_finishes_a_delete_that_died_after_its_pivot() {
     h.hv.clear_calls();
 
     let request = RecoverRequest { env: Some(ENV.into()), dry_run: false };
-    let report = h.with_clock(|ctx| recover_with(ctx, &NoFreezes, &files, &request)).unwrap();
+    let report = h.with_files(&files, |ctx| recover(ctx, &NoFreezes, &request)).unwrap();
 
     let env = &report.environments[0];
     assert_eq!(env.operations[0].outcome, Outcome::RolledBack);

@@ -26,15 +26,14 @@
 //! carried already.
 
 use std::path::{Path, PathBuf};
-use std::process::Command;
 
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 
 use super::FailoverError;
 use crate::catalog::{ImageFormat, ImageId, ImageKind, ImageMove, StandbyDisk, StandbyRecord};
-use crate::ops::context::OpContext;
 use crate::host::{FileStamp, Storage};
+use crate::ops::context::OpContext;
 
 /// One image of SB's chain to carry home.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -118,12 +117,7 @@ pub(super) fn carry_step(vm: &str, disk: &str, image: &CarryImage) -> String {
 /// the bytes copied. A file found there is stale (a rolled back failback
 /// left it, or the home sync's copy of a source that changed since) and is
 /// replaced.
-pub(super) fn carry_image(
-    home: &dyn Storage,
-    vm: &str,
-    disk: &str,
-    image: &CarryImage,
-) -> Result<u64, FailoverError> {
+pub(super) fn carry_image(home: &dyn Storage, vm: &str, disk: &str, image: &CarryImage) -> Result<u64, FailoverError> {
     let fail = |step: &'static str, path: &Path| {
         let (vm, disk, path) = (vm.to_owned(), disk.to_owned(), path.to_owned());
         move |source| FailoverError::Carry { vm, disk, step, path, source: Box::new(source) }

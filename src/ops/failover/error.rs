@@ -7,8 +7,8 @@ use crate::config::LookupError;
 use crate::error::Failure;
 use crate::exit::ExitCode;
 use crate::guest::GuestError;
-use crate::hypervisor::HvError;
 use crate::host::{HostNetError, StorageError};
+use crate::hypervisor::HvError;
 use crate::ops::shared::{OperationError, Shared};
 use crate::ops::LockError;
 

@@ -259,7 +259,8 @@ fn remove_leftover(ctx: &OpContext<'_>, path: &std::path::Path) -> Result<bool, 
 }
 
 fn autostart_on(ctx: &OpContext<'_>, domain: &str) -> Result<(), FailoverError> {
-    ctx.host.hypervisor()
+    ctx.host
+        .hypervisor()
         .set_autostart(domain, true)
         .map_err(|e| FailoverError::Autostart { domain: domain.to_owned(), source: Box::new(e) })
 }
@@ -275,7 +276,7 @@ fn remove_network(ctx: &OpContext<'_>, network: &str) -> Result<(), FailoverErro
 fn already_home(
     ctx: &OpContext<'_>,
     request: &DrillRequest,
-    tools: Tools<'_>,
+    _tools: Tools<'_>,
 ) -> Result<FailbackReport, FailoverError> {
     let env = request.env.as_str();
     let last = match ctx.catalog.last_failover(env)? {

@@ -133,7 +133,8 @@ pub fn sync_home(ctx: &OpContext<'_>, standby: &str, tools: Tools<'_>) -> Result
     let mut kept = Vec::new();
     let mut to_carry = Vec::new();
     for plan in planned.iter() {
-        match resources.home.iter().find(|c| c.image == plan.image.id && c.still_valid(&plan.image, ctx.host.storage())) {
+        match resources.home.iter().find(|c| c.image == plan.image.id && c.still_valid(&plan.image, ctx.host.storage()))
+        {
             Some(copy) => kept.push(copy.clone()),
             None => to_carry.push(plan),
         }

@@ -137,7 +137,8 @@ pub(crate) fn inspect(
     ctx: &crate::ops::context::OpContext<'_>,
     domain: &str,
 ) -> Result<crate::hypervisor::Domain, FailoverError> {
-    ctx.host.hypervisor()
+    ctx.host
+        .hypervisor()
         .domain(domain)
         .map_err(|source| FailoverError::InspectDomain { domain: domain.to_owned(), source: Box::new(source) })
 }

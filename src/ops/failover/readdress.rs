@@ -169,12 +169,14 @@ pub(super) fn take_over(
         })?;
         let own = names::served_network(sb, &addresses.source_network);
         run.step(&format!("link up: {} onto {own}", vm.domain), UndoAction::Nothing, |run| {
-            run.ctx.host.hypervisor().move_interface(&vm.domain, &mac, &own).map_err(|source| FailoverError::MoveInterface {
-                vm: vm.vm.clone(),
-                domain: vm.domain.clone(),
-                mac: mac.clone(),
-                network: own.clone(),
-                source: Box::new(source),
+            run.ctx.host.hypervisor().move_interface(&vm.domain, &mac, &own).map_err(|source| {
+                FailoverError::MoveInterface {
+                    vm: vm.vm.clone(),
+                    domain: vm.domain.clone(),
+                    mac: mac.clone(),
+                    network: own.clone(),
+                    source: Box::new(source),
+                }
             })
         })?;
         served.push(ServedVm {

@@ -4,24 +4,22 @@
 //! that a drill that fails is rolled back; that both are idempotent.
 
 use std::collections::BTreeMap;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::Mutex;
 use std::time::Duration;
 
 use chrono::{DateTime, TimeZone, Utc};
 
 use super::*;
-use crate::catalog::{Catalog, FailoverMode, FailoverState, ImageFormat, OperationKind, OperationState};
+use crate::catalog::{Catalog, FailoverMode, FailoverState, OperationKind, OperationState};
 use crate::config::{AgentEndpoint, Config, Controller, Environment, HumanSize, Vm};
 use crate::guest::GuestError;
 use crate::hypervisor::{Call, DomainState, FakeHypervisor, FakeStep, Hypervisor};
 use crate::ops::clone::CloneAgents;
-use crate::ops::clone::{HostNet, HostNetError};
 use crate::ops::context::{Event, FixedClock, OpContext};
-use crate::ops::restore::{ImageFileError, ImageFiles};
 use crate::ops::snapshot::{FreezeInfo, FrozenGuest, Quiescer, SnapshotRequest, ThawInfo};
-use crate::ops::standby::transfer::{Copied, Transfer, TransferError};
 use crate::ops::test_agents::ReadyAgents;
+use crate::test_support::{FakeHost, FakeNet, FakeStorage};
 
 fn at(minute: u32) -> DateTime<Utc> {
     Utc.with_ymd_and_hms(2024, 5, 1, 2, minute, 0).unwrap()
@@ -52,136 +50,6 @@ impl Quiescer for FakeQuiescer {
     }
 }
 
-/// A transfer that always succeeds: enough to give the standby a point.
-#[derive(Debug)]
-struct FakeTransfer;
-
-const SHA: &str = "0000000000000000000000000000000000000000000000000000000000000000";
-
-impl Transfer for FakeTransfer {
-    fn copy_full(&self, _image: &Path, _copy: &Path) -> Result<u64, TransferError> {
-        Ok(1000)
-    }
-    fn same_content(&self, _a: &Path, _b: &Path) -> Result<bool, TransferError> {
-        Ok(true)
-    }
-    fn copy_file(&self, _from: &Path, _to: &Path) -> Result<Copied, TransferError> {
-        Ok(Copied { bytes: 10, sha256: SHA.into() })
-    }
-    fn sha256(&self, _path: &Path) -> Result<String, TransferError> {
-        Ok(SHA.into())
-    }
-    fn merge(&self, _overlay: &Path, _into: &Path) -> Result<(), TransferError> {
-        Ok(())
-    }
-    fn install(&self, _from: &Path, _to: &Path) -> Result<(), TransferError> {
-        Ok(())
-    }
-    fn exists(&self, _path: &Path) -> bool {
-        true
-    }
-    fn remove(&self, _path: &Path) -> Result<(), TransferError> {
-        Ok(())
-    }
-}
-
-/// Overlays in memory: path -> backing.
-#[derive(Debug, Default)]
-struct FakeFiles {
-    overlays: Mutex<BTreeMap<PathBuf, PathBuf>>,
-}
-
-impl ImageFiles for FakeFiles {
-    fn exists(&self, path: &Path) -> bool {
-        self.overlays.lock().unwrap().contains_key(path)
-    }
-    fn create_overlay(&self, overlay: &Path, backing: &Path, _format: ImageFormat) -> Result<(), ImageFileError> {
-        self.overlays.lock().unwrap().insert(overlay.to_owned(), backing.to_owned());
-        Ok(())
-    }
-    fn remove(&self, path: &Path) -> std::io::Result<()> {
-        self.overlays.lock().unwrap().remove(path);
-        Ok(())
-    }
-    fn size(&self, _path: &Path) -> Option<u64> {
-        Some(1)
-    }
-}
-
-/// Failback's files in memory: each copy (to -> from, and every copy made
-/// in order), each backing set by a rebase (image -> backing), removals,
-/// files' stamps (size 100, time 1 unless set); compares say "identical"
-/// unless told otherwise.
-#[derive(Debug, Default)]
-struct FakeHome {
-    copies: Mutex<BTreeMap<PathBuf, PathBuf>>,
-    copied: Mutex<Vec<PathBuf>>,
-    backings: Mutex<BTreeMap<PathBuf, PathBuf>>,
-    removed: Mutex<Vec<PathBuf>>,
-    stamps: Mutex<BTreeMap<PathBuf, FileStamp>>,
-    differs: std::sync::atomic::AtomicBool,
-}
-
-impl HomeFiles for FakeHome {
-    fn copy(&self, from: &Path, to: &Path) -> Result<u64, TransferError> {
-        self.copies.lock().unwrap().insert(to.to_owned(), from.to_owned());
-        self.copied.lock().unwrap().push(from.to_owned());
-        Ok(100)
-    }
-    fn rebase(&self, image: &Path, backing: &Path, _format: ImageFormat) -> Result<(), TransferError> {
-        self.backings.lock().unwrap().insert(image.to_owned(), backing.to_owned());
-        Ok(())
-    }
-    fn same_content(&self, _a: &Path, _b: &Path) -> Result<bool, TransferError> {
-        Ok(!self.differs.load(std::sync::atomic::Ordering::Relaxed))
-    }
-    fn exists(&self, path: &Path) -> bool {
-        self.copies.lock().unwrap().contains_key(path) || !self.removed.lock().unwrap().contains(&path.to_owned())
-    }
-    fn remove(&self, path: &Path) -> Result<(), TransferError> {
-        self.copies.lock().unwrap().remove(path);
-        self.removed.lock().unwrap().push(path.to_owned());
-        Ok(())
-    }
-    fn stamp(&self, path: &Path) -> Result<FileStamp, TransferError> {
-        Ok(self.stamps.lock().unwrap().get(path).copied().unwrap_or(FileStamp { len: 100, modified_ns: 1 }))
-    }
-}
-
-/// `ip` in memory: the namespaces and (link, bridge, address).
-#[derive(Debug, Default)]
-struct FakeNet {
-    netns: Mutex<Vec<String>>,
-    links: Mutex<Vec<(String, String, String)>>,
-}
-
-impl HostNet for FakeNet {
-    fn add_netns(&self, netns: &str) -> Result<(), HostNetError> {
-        self.netns.lock().unwrap().push(netns.to_owned());
-        Ok(())
-    }
-    fn delete_netns(&self, netns: &str) -> Result<(), HostNetError> {
-        self.netns.lock().unwrap().retain(|n| n != netns);
-        Ok(())
-    }
-    fn add_gateway(
-        &self,
-        _libvirt_netns: Option<&str>,
-        bridge: &str,
-        veth: &str,
-        _netns: &str,
-        _peer: &str,
-        address: &str,
-    ) -> Result<(), HostNetError> {
-        self.links.lock().unwrap().push((veth.to_owned(), bridge.to_owned(), address.to_owned()));
-        Ok(())
-    }
-    fn delete_link(&self, _netns: Option<&str>, link: &str) -> Result<(), HostNetError> {
-        self.links.lock().unwrap().retain(|(l, _, _)| l != link);
-        Ok(())
-    }
-}
-
 /// `demo` (web, db on `net`, 192.168.50.1/24) with a standby `sb` synced
 /// to one snapshot.
 struct Harness {
@@ -189,9 +57,9 @@ struct Harness {
     config: Config,
     catalog: Catalog,
     hv: FakeHypervisor,
-    files: FakeFiles,
+    /// Every image file: the primary's, the standby's, those carried home.
+    files: FakeStorage<'static>,
     net: FakeNet,
-    home: FakeHome,
     events: Mutex<Vec<Event>>,
 }
 
@@ -223,9 +91,8 @@ impl Harness {
             config,
             catalog,
             hv,
-            files: FakeFiles::default(),
+            files: FakeStorage::default().with_size(100),
             net: FakeNet::default(),
-            home: FakeHome::default(),
             events: Mutex::new(Vec::new()),
             _dir: dir,
         };
@@ -241,7 +108,7 @@ impl Harness {
             storage: Some(storage),
             autorestore: None,
         };
-        let created = h.with_context(|ctx| crate::ops::standby::create(ctx, &request, &FakeTransfer)).unwrap();
+        let created = h.with_context(|ctx| crate::ops::standby::create(ctx, &request)).unwrap();
         assert_eq!(created.sync.is_some(), synced);
         h.hv.clear_calls();
         h
@@ -251,13 +118,9 @@ impl Harness {
         let events = &self.events;
         let progress = |event: &Event| events.lock().unwrap().push(event.clone());
         let clock = FixedClock(at(30));
-        let ctx = OpContext {
-            config: &self.config,
-            hv: &self.hv,
-            catalog: &self.catalog,
-            progress: &progress,
-            clock: &clock,
-        };
+        let host = FakeHost::new(&self.hv, &self.files, &self.net);
+        let ctx =
+            OpContext { config: &self.config, host: &host, catalog: &self.catalog, progress: &progress, clock: &clock };
         f(&ctx)
     }
 
@@ -269,14 +132,7 @@ impl Harness {
     }
 
     fn tools<'t>(&'t self, agents: &'t dyn Fn(&Environment) -> Box<dyn CloneAgents>) -> Tools<'t> {
-        Tools {
-            files: &self.files,
-            net: &self.net,
-            agents,
-            quiescer: &FakeQuiescer,
-            transfer: &FakeTransfer,
-            home: &self.home,
-        }
+        Tools { agents, quiescer: &FakeQuiescer }
     }
 
     fn planned(&self, answering: bool) -> Result<SwitchReport, FailoverError> {
@@ -330,9 +186,9 @@ impl Harness {
             assert_eq!(self.state(&domain), DomainState::ShutOff, "{domain}");
             assert_eq!(self.disk(&domain), disk.path, "{domain}");
         }
-        assert!(self.files.overlays.lock().unwrap().is_empty(), "{:?}", self.files.overlays);
-        assert!(self.net.netns.lock().unwrap().is_empty());
-        assert!(self.net.links.lock().unwrap().is_empty());
+        assert!(self.files.overlays().is_empty(), "{:?}", self.files.overlays());
+        assert!(self.net.netns().is_empty());
+        assert!(self.net.links().is_empty());
         assert!(self.catalog.open_failover("sb").unwrap().is_none());
     }
 }
@@ -351,10 +207,10 @@ fn drill_starts_the_standby_on_throwaway_overlays_behind_a_gateway_and_never_tou
         assert_eq!(h.state(&domain), DomainState::Running);
         let overlay = h.disk(&domain);
         assert!(overlay.to_string_lossy().ends_with(".drill.qcow2"), "{}", overlay.display());
-        assert_eq!(h.files.overlays.lock().unwrap()[&overlay], disk.path, "the overlay is on SB's image");
+        assert_eq!(h.files.overlays()[&overlay], disk.path, "the overlay is on SB's image");
     }
-    assert_eq!(*h.net.netns.lock().unwrap(), ["envclone-c-sb"]);
-    let links = h.net.links.lock().unwrap().clone();
+    assert_eq!(h.net.netns(), ["envclone-c-sb"]);
+    let links = h.net.links();
     assert_eq!(links.len(), 1);
     assert_eq!(links[0].2, "192.168.50.1/24", "the guests' gateway address");
     assert_eq!(Some(links[0].1.clone()), h.hv.peek_network("sb-net").unwrap().def.bridge());
@@ -458,7 +314,7 @@ fn recover_rolls_back_the_steps_of_a_drill_whose_process_died() {
     h.with_context(|ctx| {
         for action in &undos {
             assert!(!crate::ops::recover::describe(action).contains("unknown"), "{action:?}");
-            super::undo::undo_action(ctx, &h.files, &h.net, action).unwrap();
+            super::undo::undo_action(ctx, action).unwrap();
         }
     });
 
@@ -486,7 +342,7 @@ fn planned_failover_fences_the_primary_and_the_standby_takes_over_its_macs_and_n
     let own = h.standby().disks.iter().find(|d| d.vm == "web").unwrap().path.clone();
     let overlay = h.disk("sb-web");
     assert!(overlay.to_string_lossy().ends_with("sb.vda.epoch-1.qcow2"), "{}", overlay.display());
-    assert_eq!(h.files.overlays.lock().unwrap()[&overlay], own, "on an epoch overlay over SB's synced copy");
+    assert_eq!(h.files.overlays()[&overlay], own, "on an epoch overlay over SB's synced copy");
     let names: Vec<&str> = report.steps.iter().map(|s| s.name.as_str()).collect();
     let position = |prefix: &str| names.iter().position(|n| n.starts_with(prefix)).unwrap();
     assert!(
@@ -524,7 +380,7 @@ fn a_planned_failover_whose_standby_does_not_answer_is_rolled_back_and_the_prima
     assert_eq!(h.state("sb-web"), DomainState::ShutOff);
     assert_eq!(h.macs("sb-web"), sb_macs, "SB has its own MACs back");
     assert_eq!(h.networks("sb-web"), [Some("sb-net".to_owned())]);
-    assert!(h.files.overlays.lock().unwrap().is_empty(), "the epoch overlays are gone: {:?}", h.files.overlays);
+    assert!(h.files.overlays().is_empty(), "the epoch overlays are gone: {:?}", h.files.overlays());
     assert!(h.catalog.open_failover("sb").unwrap().is_none());
 }
 

@@ -110,7 +110,7 @@ fn failback_carries_what_the_standby_wrote_home_and_hands_the_environment_back()
     assert!(epoch_home.ends_with("web/sb.vda.epoch-1.qcow2"), "{}", epoch_home.display());
     let recorded = h.catalog.image_by_path(epoch_home).unwrap().unwrap();
     assert_eq!((recorded.kind, recorded.backing), (ImageKind::Overlay, Some(point)));
-    assert_eq!(h.home.backings.lock().unwrap()[epoch_home], point_path, "rebased onto ENV's image of the point");
+    assert_eq!(h.files.backing_of(epoch_home).unwrap(), point_path, "rebased onto ENV's image of the point");
     assert_eq!(web.point, point_path);
     assert_eq!(web.superseded.as_ref(), Some(&fenced_top), "ENV's old top is kept and said");
     assert!(h.catalog.image_by_path(&h.epoch_overlay("web")).unwrap().is_none());
@@ -193,7 +193,7 @@ fn failback_refuses_while_a_drill_of_another_standby_runs() {
         storage: Some(h._dir.path().join("standby2")),
         autorestore: None,
     };
-    h.with_context(|ctx| crate::ops::standby::create(ctx, &request, &FakeTransfer)).unwrap();
+    h.with_context(|ctx| crate::ops::standby::create(ctx, &request)).unwrap();
     let agents = move |_: &Environment| -> Box<dyn CloneAgents> { Box::new(ReadyAgents::answering(true)) };
     let drill = DrillRequest { env: "demo".into(), standby: Some("sb2".into()) };
     h.with_context(|ctx| start_drill(ctx, &drill, h.tools(&agents))).unwrap();
@@ -210,7 +210,7 @@ fn a_failback_whose_compare_fails_aborts_before_any_switch_and_the_standby_serve
     let h = Harness::new();
     h.failed_over();
     let fenced = h.disks(&["web", "db"]);
-    h.home.differs.store(true, std::sync::atomic::Ordering::Relaxed);
+    h.files.set_differs(true);
 
     let error = h.failback(true).unwrap_err();
 

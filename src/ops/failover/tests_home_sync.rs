@@ -7,8 +7,8 @@
 use super::*;
 use crate::catalog::{FailoverState, StepState, UndoAction};
 use crate::error::Failure;
+use crate::host::FileStamp;
 use crate::ops::failover::fence::{switch_resources, SwitchResources};
-use std::sync::atomic::Ordering;
 
 impl Harness {
     fn home_sync(&self) -> Result<HomeSyncReport, FailoverError> {
@@ -26,7 +26,7 @@ impl Harness {
     }
 
     fn copies_made(&self) -> Vec<PathBuf> {
-        self.home.copied.lock().unwrap().clone()
+        self.files.copied()
     }
 }
 
@@ -49,7 +49,7 @@ fn home_sync_carries_what_the_standby_no_longer_writes_verified_and_records_it()
     assert_eq!(report.bytes_home, 200);
     let web = report.copied.iter().find(|c| c.vm == "web").unwrap();
     assert_eq!(web.path, h.epoch_home("web"), "where failback puts it");
-    assert_eq!(h.home.backings.lock().unwrap()[&web.path], point_path, "rebased as failback does");
+    assert_eq!(h.files.backing_of(&web.path).unwrap(), point_path, "rebased as failback does");
     let record = h.home_record();
     assert_eq!(record.home.len(), 2);
     assert_eq!(record.fenced.len(), 2, "the fence is kept in the row");
@@ -89,7 +89,7 @@ fn home_sync_carries_again_a_copy_whose_source_or_backing_changed() {
     h.failed_over();
     h.home_sync().unwrap();
     // A delete merged into web's image on sb: its time changed.
-    h.home.stamps.lock().unwrap().insert(h.epoch_overlay("web"), FileStamp { len: 100, modified_ns: 2 });
+    h.files.set_stamp(&h.epoch_overlay("web"), FileStamp { len: 100, modified_ns: 2 });
 
     let again = h.home_sync().unwrap();
 
@@ -128,7 +128,7 @@ fn home_sync_deletes_and_forgets_a_copy_whose_image_was_merged_away() {
 
     assert_eq!(report.dropped, std::slice::from_ref(&merged));
     assert!(report.copied.is_empty(), "{:?}", report.copied);
-    assert!(h.home.removed.lock().unwrap().contains(&merged));
+    assert!(h.files.removed().contains(&merged));
     let record = h.home_record();
     assert_eq!(record.home.len(), 2);
     assert!(record.home.iter().all(|c| c.to != merged));
@@ -138,7 +138,7 @@ fn home_sync_deletes_and_forgets_a_copy_whose_image_was_merged_away() {
 fn a_home_copy_that_does_not_read_like_its_source_is_deleted_and_nothing_recorded() {
     let h = Harness::new();
     h.failed_over();
-    h.home.differs.store(true, Ordering::Relaxed);
+    h.files.set_differs(true);
 
     let error = h.home_sync().unwrap_err();
 
@@ -183,7 +183,7 @@ fn failback_after_a_home_sync_takes_its_copies_as_carried() {
     let h = Harness::new();
     h.failed_over();
     h.home_sync().unwrap();
-    h.home.copied.lock().unwrap().clear();
+    h.files.forget_copied();
 
     let report = h.failback(true).unwrap();
 

@@ -88,7 +88,7 @@ fn the_standby_serves_at_its_own_addresses_with_its_connection_strings_rewritten
         .iter()
         .any(|c| c == "web@192.168.50.11/envclone-c-sb: readdress 10.90.0.11/24 via 10.90.0.1 as sb-web"));
     assert!(calls.iter().any(|c| c == "web@10.90.0.11/: wait"), "{calls:#?}");
-    assert!(h.net.netns.lock().unwrap().is_empty(), "the quarantine's gateway is gone");
+    assert!(h.net.netns().is_empty(), "the quarantine's gateway is gone");
 
     // ENV is reached at SB's own addresses while the switch is in force.
     let (active, _) = active_environment(&h.catalog, "demo").unwrap().unwrap();

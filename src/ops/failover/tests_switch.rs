@@ -70,7 +70,7 @@ fn unplanned_failover_fences_the_primary_and_the_standby_takes_over_from_its_poi
     let image = h.standby().disks.iter().find(|d| d.vm == "web").unwrap().path.clone();
     let overlay = h.disk("sb-web");
     assert!(overlay.to_string_lossy().ends_with("sb.vda.epoch-1.qcow2"), "{}", overlay.display());
-    assert_eq!(h.files.overlays.lock().unwrap()[&overlay], image, "the overlay is on SB's synced copy");
+    assert_eq!(h.files.overlays()[&overlay], image, "the overlay is on SB's synced copy");
     assert_eq!(report.vms.iter().find(|v| v.vm == "web").unwrap().overlays, [overlay]);
     let switch = h.catalog.active_switch("demo").unwrap().unwrap();
     assert_eq!((switch.mode, switch.epoch, switch.standby.as_str()), (FailoverMode::Unplanned, Some(1), "sb"));
@@ -198,7 +198,7 @@ fn an_unplanned_failover_whose_standby_does_not_answer_is_rolled_back_leaving_th
     assert_eq!((h.stamp("web"), h.stamp("db")), (None, None), "the stamps are gone");
     assert_eq!(h.state("sb-web"), DomainState::ShutOff);
     assert_eq!((h.macs("sb-web"), h.disk("sb-web")), (sb_macs, sb_disk), "SB has its own identity and disks back");
-    assert!(h.files.overlays.lock().unwrap().is_empty(), "{:?}", h.files.overlays);
+    assert!(h.files.overlays().is_empty(), "{:?}", h.files.overlays());
     assert!(h.catalog.active_switch("demo").unwrap().is_none());
 }
 
@@ -232,7 +232,7 @@ fn while_the_standby_serves_the_environment_snapshots_take_its_domains_and_syncs
             .collect();
     snapshotted.sort(); // the guests are snapshotted in parallel
     assert_eq!(snapshotted, ["sb-db", "sb-web"], "the active side's domains");
-    let sync = h.with_context(|ctx| crate::ops::standby::sync(ctx, "sb", &FakeTransfer)).unwrap_err();
+    let sync = h.with_context(|ctx| crate::ops::standby::sync(ctx, "sb")).unwrap_err();
     assert!(matches!(sync, crate::ops::standby::StandbyError::ActiveSide { epoch: 1, .. }), "{sync:?}");
 }
 
@@ -266,7 +266,7 @@ fn recover_rolls_back_the_steps_of_an_unplanned_failover_whose_process_died() {
 
     h.with_context(|ctx| {
         for action in &undos {
-            super::super::undo::undo_action(ctx, &h.files, &h.net, action).unwrap();
+            super::super::undo::undo_action(ctx, action).unwrap();
         }
     });
 
@@ -274,7 +274,7 @@ fn recover_rolls_back_the_steps_of_an_unplanned_failover_whose_process_died() {
     assert_eq!((h.stamp("web"), h.stamp("db")), (None, None));
     assert_eq!(h.state("sb-web"), DomainState::ShutOff);
     assert_eq!(h.macs("sb-web"), sb_macs);
-    assert!(h.files.overlays.lock().unwrap().is_empty(), "{:?}", h.files.overlays);
+    assert!(h.files.overlays().is_empty(), "{:?}", h.files.overlays());
 }
 
 #[test]

@@ -151,7 +151,8 @@ pub fn undo_own(ctx: &OpContext<'_>, kind: &str, data: &serde_json::Value) -> Re
                 // The fence is undone: its stamp would tell a lie.
                 let mut def = found.def.clone();
                 def.clear_fence_stamp();
-                ctx.host.hypervisor()
+                ctx.host
+                    .hypervisor()
                     .define_domain(&def)
                     .map_err(|e| format!("cannot remove the fence stamp of domain {domain}: {}", error_chain(&e)))?;
             }
@@ -168,19 +169,28 @@ pub fn undo_own(ctx: &OpContext<'_>, kind: &str, data: &serde_json::Value) -> Re
             if data["start"].as_bool() == Some(false) {
                 return Ok(format!("domain {domain} unstamped, {autostart}; it was down before the failover"));
             }
-            ctx.host.hypervisor().start_domain(domain).map_err(|e| format!("cannot start domain {domain}: {}", error_chain(&e)))?;
+            ctx.host
+                .hypervisor()
+                .start_domain(domain)
+                .map_err(|e| format!("cannot start domain {domain}: {}", error_chain(&e)))?;
             Ok(format!("domain {domain} started again, {autostart}"))
         }
         UNDO_REDEFINE => {
             let domain = data["domain"].as_str().ok_or_else(|| format!("bad {kind} data {data}: no domain"))?;
             let xml = data["xml"].as_str().ok_or_else(|| format!("bad {kind} data {data}: no xml"))?;
             let def = crate::hypervisor::DomainDef::parse(xml).map_err(|e| error_chain(&e))?;
-            let found =
-                ctx.host.hypervisor().domain(domain).map_err(|e| format!("cannot look up domain {domain}: {}", error_chain(&e)))?;
+            let found = ctx
+                .host
+                .hypervisor()
+                .domain(domain)
+                .map_err(|e| format!("cannot look up domain {domain}: {}", error_chain(&e)))?;
             if found.state.is_active() {
                 return Err(format!("domain {domain} runs; stop it, then run `envclone recover` again"));
             }
-            ctx.host.hypervisor().define_domain(&def).map_err(|e| format!("cannot redefine domain {domain}: {}", error_chain(&e)))?;
+            ctx.host
+                .hypervisor()
+                .define_domain(&def)
+                .map_err(|e| format!("cannot redefine domain {domain}: {}", error_chain(&e)))?;
             Ok(describe(kind, data))
         }
         UNDO_RESTART => {
@@ -234,10 +244,7 @@ pub fn undo_own(ctx: &OpContext<'_>, kind: &str, data: &serde_json::Value) -> Re
 }
 
 /// Undoes one step of a failover (the kinds it borrows included).
-pub fn undo_action(
-    ctx: &OpContext<'_>,
-    action: &UndoAction,
-) -> Result<(), String> {
+pub fn undo_action(ctx: &OpContext<'_>, action: &UndoAction) -> Result<(), String> {
     match action {
         UndoAction::Custom { kind, data } if KINDS.contains(&kind.as_str()) => undo_own(ctx, kind, data).map(drop),
         UndoAction::Custom { kind, .. }

@@ -321,12 +321,7 @@ pub(crate) fn pending(catalog: &Catalog) -> Result<Vec<Operation>, CatalogError>
 }
 
 /// One environment, its lock held.
-fn recover_env(
-    ctx: &OpContext<'_>,
-    agents: &dyn Agents,
-    env: &str,
-    dry_run: bool,
-) -> Result<EnvReport, RecoverError> {
+fn recover_env(ctx: &OpContext<'_>, agents: &dyn Agents, env: &str, dry_run: bool) -> Result<EnvReport, RecoverError> {
     // Judged again now that the lock is held: no live owner can be working on these.
     let operations: Vec<Operation> = pending(ctx.catalog)?.into_iter().filter(|op| op.env == env).collect();
     let env_config = ctx.config.environments.get(env);

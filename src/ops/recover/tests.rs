@@ -16,6 +16,7 @@ use crate::config::{AgentEndpoint, Config, Controller, Vm};
 use crate::guest::GuestError;
 use crate::hypervisor::{Call, DirectBootSpec, DomainDef, DomainState, ExternalSnapshot, FakeHypervisor, FakeStep};
 use crate::ops::context::{Event, FixedClock};
+use crate::test_support::{FakeHost, FakeNet};
 
 /// Scripted agents with named scenarios; every call is logged in order.
 #[derive(Debug, Default)]
@@ -159,13 +160,10 @@ impl Harness {
         let events = &self.events;
         let progress = |event: &Event| events.lock().unwrap().push(event.clone());
         let clock = FixedClock(Utc.with_ymd_and_hms(2024, 5, 1, 3, 0, 0).unwrap());
-        let ctx = OpContext {
-            config: &self.config,
-            hv: &self.hv,
-            catalog: &self.catalog,
-            progress: &progress,
-            clock: &clock,
-        };
+        let (storage, net) = (crate::host::LocalStorage, FakeNet::default());
+        let host = FakeHost::new(&self.hv, &storage, &net);
+        let ctx =
+            OpContext { config: &self.config, host: &host, catalog: &self.catalog, progress: &progress, clock: &clock };
         recover(&ctx, agents, request)
     }
 

@@ -184,7 +184,9 @@ impl Undoer<'_, '_> {
             UndoAction::ThawAgent { vm } => self.thaw(vm),
             UndoAction::ResumeDomain { domain } => resume_if_paused(self.ctx.host.hypervisor(), domain),
             UndoAction::DeleteFile { path } => self.delete_file(path),
-            UndoAction::PivotBack { domain, disk, image } => pivot_back(self.ctx.host.hypervisor(), domain, disk, image),
+            UndoAction::PivotBack { domain, disk, image } => {
+                pivot_back(self.ctx.host.hypervisor(), domain, disk, image)
+            }
             UndoAction::UndefineDomain { name } => undefine(self.ctx.host.hypervisor(), name),
             UndoAction::FailSnapshot { snapshot } => self.fail_snapshot(*snapshot),
             UndoAction::Custom { kind, data } => self.custom(kind, data),

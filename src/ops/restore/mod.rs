@@ -274,8 +274,15 @@ impl<'r, 'c> Run<'r, 'c> {
         let (snapshot, plans) = self.step("resolve", UndoAction::Nothing, |run| {
             let (catalog, request) = (run.ctx.catalog, run.request);
             let snapshot = resolve::snapshot(catalog, &request.env, &request.snapshot)?;
-            let plans =
-                resolve::plan(catalog, run.ctx.host.hypervisor(), run.ctx.host.storage(), &request.env, run.env, &snapshot, request.memory)?;
+            let plans = resolve::plan(
+                catalog,
+                run.ctx.host.hypervisor(),
+                run.ctx.host.storage(),
+                &request.env,
+                run.env,
+                &snapshot,
+                request.memory,
+            )?;
             Ok((snapshot, plans))
         })?;
 
@@ -342,7 +349,7 @@ impl<'r, 'c> Run<'r, 'c> {
         }
         let cause = crate::error::chain(&error);
         if let Some(journal) = self.journal.take() {
-            let tools = self.tools;
+            let _tools = self.tools;
             failures.extend(journal.roll_back(&cause, |action| undo_action(ctx.host, ctx.catalog, action)));
         }
         if failures.is_empty() {

@@ -10,10 +10,10 @@ use std::path::{Path, PathBuf};
 
 use chrono::{DateTime, Utc};
 
-use crate::host::Storage;
 use super::RestoreError;
 use crate::catalog::{Catalog, Image, ImageFormat, ImageKind, Snapshot, SnapshotState};
 use crate::config::Environment;
+use crate::host::Storage;
 use crate::hypervisor::{DomainDef, HvError, Hypervisor};
 use crate::ops::snapshot::save_image::SavePrefix;
 use crate::ops::snapshot::snapshot_dependent;

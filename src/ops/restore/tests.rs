@@ -18,6 +18,7 @@ use crate::hypervisor::{Call, DomainState, FakeHypervisor, FakeStep, Hypervisor}
 use crate::ops::context::{Event, FixedClock, OpContext};
 use crate::ops::snapshot::save_image::SavePrefix;
 use crate::ops::snapshot::{self, snapshot_dependent, FreezeInfo, SnapshotRequest, ThawInfo};
+use crate::test_support::{FakeHost, FakeNet, FakeStorage};
 
 fn at(minute: u32) -> DateTime<Utc> {
     Utc.with_ymd_and_hms(2024, 5, 1, 2, minute, 0).unwrap()
@@ -127,69 +128,6 @@ impl GuestAgents for FakeAgents {
     }
 }
 
-/// [`ImageFiles`] in memory. Every path exists unless marked missing,
-/// except restore overlays (`restore-*`), which exist once created.
-#[derive(Debug, Default)]
-struct FakeFiles {
-    state: Mutex<FilesState>,
-}
-
-#[derive(Debug, Default)]
-struct FilesState {
-    /// Overlay -> its backing file.
-    created: BTreeMap<PathBuf, PathBuf>,
-    removed: Vec<PathBuf>,
-    missing: BTreeSet<PathBuf>,
-    creates: usize,
-    fail_create_at: Option<usize>,
-}
-
-impl FakeFiles {
-    fn failing_create_at(n: usize) -> Self {
-        let files = FakeFiles::default();
-        files.state.lock().unwrap().fail_create_at = Some(n);
-        files
-    }
-
-    fn backing_of(&self, overlay: &Path) -> Option<PathBuf> {
-        self.state.lock().unwrap().created.get(overlay).cloned()
-    }
-
-    fn removed(&self) -> Vec<PathBuf> {
-        self.state.lock().unwrap().removed.clone()
-    }
-}
-
-impl ImageFiles for FakeFiles {
-    fn exists(&self, path: &Path) -> bool {
-        let state = self.state.lock().unwrap();
-        let made_here = path.file_name().is_some_and(|n| n.to_string_lossy().starts_with("restore-"));
-        state.created.contains_key(path) || (!made_here && !state.missing.contains(path))
-    }
-
-    fn create_overlay(&self, overlay: &Path, backing: &Path, _format: ImageFormat) -> Result<(), ImageFileError> {
-        let mut state = self.state.lock().unwrap();
-        state.creates += 1;
-        if state.fail_create_at == Some(state.creates) || state.created.contains_key(overlay) {
-            return Err(ImageFileError::Other { path: overlay.to_owned(), detail: "injected failure".into() });
-        }
-        state.created.insert(overlay.to_owned(), backing.to_owned());
-        Ok(())
-    }
-
-    fn remove(&self, path: &Path) -> std::io::Result<()> {
-        let mut state = self.state.lock().unwrap();
-        state.created.remove(path);
-        state.missing.insert(path.to_owned());
-        state.removed.push(path.to_owned());
-        Ok(())
-    }
-
-    fn size(&self, _path: &Path) -> Option<u64> {
-        Some(196_608)
-    }
-}
-
 /// An environment `demo` of VMs `web` and `db` on `FakeHypervisor`.
 struct Harness {
     dir: tempfile::TempDir,
@@ -199,7 +137,8 @@ struct Harness {
     hv: FakeHypervisor,
     quiescer: FakeQuiescer,
     agents: FakeAgents,
-    files: FakeFiles,
+    files: FakeStorage<'static>,
+    net: FakeNet,
     events: Mutex<Vec<Event>>,
 }
 
@@ -230,7 +169,8 @@ impl Harness {
             hv,
             quiescer: FakeQuiescer::default(),
             agents: FakeAgents::default(),
-            files: FakeFiles::default(),
+            files: FakeStorage::default().made_only("restore-").with_size(196_608),
+            net: FakeNet::default(),
             events: Mutex::new(Vec::new()),
         }
     }
@@ -243,13 +183,9 @@ impl Harness {
         let events = &self.events;
         let progress = |event: &Event| events.lock().unwrap().push(event.clone());
         let clock = FixedClock(when);
-        let ctx = OpContext {
-            config: &self.config,
-            hv: &self.hv,
-            catalog: &self.catalog,
-            progress: &progress,
-            clock: &clock,
-        };
+        let host = FakeHost::new(&self.hv, &self.files, &self.net);
+        let ctx =
+            OpContext { config: &self.config, host: &host, catalog: &self.catalog, progress: &progress, clock: &clock };
         f(&ctx)
     }
 
@@ -334,7 +270,7 @@ impl Harness {
         when: DateTime<Utc>,
     ) -> Result<RestoreReport, RestoreError> {
         let request = RestoreRequest { env: "demo".into(), snapshot: name.into(), memory, discard };
-        let tools = Tools { quiescer: &self.quiescer, agents: &self.agents, files: &self.files };
+        let tools = Tools { quiescer: &self.quiescer, agents: &self.agents };
         self.with_context(when, |ctx| restore(ctx, &request, tools))
     }
 
@@ -701,7 +637,7 @@ fn a_failure_at_any_step_leaves_every_vm_running_on_its_previous_chain() {
             h.snapshot(at(0))
         };
         match failure {
-            Failure::Overlay => h.files = FakeFiles::failing_create_at(2),
+            Failure::Overlay => h.files = FakeStorage::default().made_only("restore-").failing("create_overlay", 2),
             Failure::AgentWait => {
                 h.agents.not_ready.insert("web".into());
             }
@@ -734,7 +670,7 @@ fn a_failure_at_any_step_leaves_every_vm_running_on_its_previous_chain() {
             assert_eq!(h.state(vm), DomainState::Running, "{failure:?}: {vm}");
         }
         // No new overlay is left.
-        assert!(h.state_of_files_is_clean(), "{failure:?}: {:?}", h.files.state.lock().unwrap());
+        assert!(h.state_of_files_is_clean(), "{failure:?}: {:?}", h.files.files());
         // The undo snapshot, if it got that far, is failed; the restored snapshot untouched.
         for snapshot in h.catalog.snapshots("demo").unwrap() {
             let expected = if snapshot.name == snap { SnapshotState::Complete } else { SnapshotState::Failed };
@@ -760,7 +696,7 @@ fn a_failure_at_any_step_leaves_every_vm_running_on_its_previous_chain() {
 impl Harness {
     /// Every overlay the restore made was removed again.
     fn state_of_files_is_clean(&self) -> bool {
-        self.files.state.lock().unwrap().created.is_empty()
+        self.files.files().is_empty()
     }
 }
 

@@ -14,8 +14,8 @@ use crate::error::chain as error_chain;
 use crate::hypervisor::Hypervisor;
 use crate::ops::snapshot::UNDO_FAIL_SNAPSHOT_NAMED;
 
-use crate::host::Host;
 use super::steps::{DiskSources, DomainRef, UNDO_REDEFINE_DISKS, UNDO_START_DOMAIN, UNDO_STOP_DOMAIN};
+use crate::host::Host;
 
 /// The step a restore journaled last before its catalog commit; see the
 /// module documentation.
@@ -25,17 +25,11 @@ pub const RECORD_STEP: &str = "record the restore";
 /// before the stop) needs no work: that freeze is a lease that ended when
 /// its VM stopped, when the restore thawed it, or when the controller died
 /// (the agent thaws on EOF and at the lease timeout).
-pub fn undo_action(
-    host: &dyn Host,
-    catalog: &Catalog,
-    action: &UndoAction,
-) -> Result<(), String> {
+pub fn undo_action(host: &dyn Host, catalog: &Catalog, action: &UndoAction) -> Result<(), String> {
     let hv = host.hypervisor();
     match action {
         UndoAction::Nothing | UndoAction::ThawAgent { .. } => Ok(()),
-        UndoAction::DeleteFile { path } => {
-            host.storage().remove(path).map_err(|e| crate::error::chain(&e))
-        }
+        UndoAction::DeleteFile { path } => host.storage().remove(path).map_err(|e| crate::error::chain(&e)),
         UndoAction::FailSnapshot { snapshot } => fail_snapshot(catalog, *snapshot),
         UndoAction::Custom { kind, data } => match kind.as_str() {
             UNDO_FAIL_SNAPSHOT_NAMED => {

@@ -15,6 +15,7 @@ use crate::config::{AgentEndpoint, Config, Controller, HumanSize, Vm};
 use crate::guest::GuestError;
 use crate::hypervisor::{Call, FakeHypervisor, FakeStep};
 use crate::ops::context::{Event, FixedClock, OpContext};
+use crate::test_support::{FakeHost, FakeNet, FakeStorage};
 
 const LIMIT: Duration = Duration::from_secs(5);
 
@@ -240,13 +241,10 @@ impl Harness {
         let events = &self.events;
         let progress = |event: &Event| events.lock().unwrap().push(event.clone());
         let clock = FixedClock(when);
-        let ctx = OpContext {
-            config: &self.config,
-            hv: &self.hv,
-            catalog: &self.catalog,
-            progress: &progress,
-            clock: &clock,
-        };
+        let (storage, net) = (FakeStorage::default(), FakeNet::default());
+        let host = FakeHost::new(&self.hv, &storage, &net);
+        let ctx =
+            OpContext { config: &self.config, host: &host, catalog: &self.catalog, progress: &progress, clock: &clock };
         take(&ctx, request, quiescer)
     }
 
@@ -606,8 +604,7 @@ fn memory_capture_that_fails_resumes_the_guest_and_fails_the_snapshot() {
     assert!(agents.frozen().is_empty());
     // The pause came before the disk snapshot, inside the freeze.
     let qmp: Vec<String> = h
-        .host
-        .hypervisor()
+        .hv
         .calls()
         .into_iter()
         .filter_map(|c| match c {

@@ -17,7 +17,6 @@ use std::time::Instant;
 
 use serde::Serialize;
 
-use crate::host::Storage;
 use super::{undo, StandbyError, SyncReport};
 use crate::catalog::{
     ClonedNetwork, ImageFormat, OperationKind, StandbyDisk, StandbyDomain, StandbyRecord, StandbyResources, UndoAction,
@@ -58,10 +57,7 @@ pub struct CreateReport {
 }
 
 /// Creates the standby; see the module documentation.
-pub fn create(
-    ctx: &OpContext<'_>,
-    request: &CreateRequest,
-) -> Result<CreateReport, StandbyError> {
+pub fn create(ctx: &OpContext<'_>, request: &CreateRequest) -> Result<CreateReport, StandbyError> {
     let started = Instant::now();
     let primary = ctx.config.environment(&request.primary)?;
     let name = &request.name;
@@ -219,7 +215,8 @@ impl Run<'_, '_> {
 
         let mut networks = Vec::new();
         for source in sources {
-            ctx.host.hypervisor()
+            ctx.host
+                .hypervisor()
                 .network(&source)
                 .map_err(|e| StandbyError::InspectNetwork { network: source.clone(), source: Box::new(e) })?;
             let network = names::network(name, &source);

@@ -12,7 +12,6 @@ use std::time::Instant;
 
 use serde::Serialize;
 
-use crate::host::Storage;
 use super::StandbyError;
 use crate::catalog::{OperationKind, UndoAction};
 use crate::ops::clone::undo as clone_undo;
@@ -58,11 +57,15 @@ pub fn destroy(ctx: &OpContext<'_>, name: &str) -> Result<DestroyReport, Standby
     journal::remove(ctx, OperationKind::StandbyDestroy, name, fail, |removal| {
         let mut step = |what, remove: &dyn Fn() -> Result<(), String>| removal.step(what, remove);
         for domain in &record.resources.domains {
-            step(format!("remove domain {}", domain.domain), &|| clone_undo::remove_domain(ctx.host.hypervisor(), &domain.domain))?;
+            step(format!("remove domain {}", domain.domain), &|| {
+                clone_undo::remove_domain(ctx.host.hypervisor(), &domain.domain)
+            })?;
             report.domains.push(domain.domain.clone());
         }
         for network in &record.resources.networks {
-            step(format!("remove network {}", network.name), &|| clone_undo::remove_network(ctx.host.hypervisor(), &network.name))?;
+            step(format!("remove network {}", network.name), &|| {
+                clone_undo::remove_network(ctx.host.hypervisor(), &network.name)
+            })?;
             report.networks.push(network.name.clone());
         }
         let mut files: Vec<PathBuf> = Vec::new();

@@ -20,12 +20,12 @@ use std::time::Instant;
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 
-use crate::host::Storage;
 use super::{undo, StandbyError};
 use crate::catalog::{
     Dependent, Image, ImageFormat, ImageId, ImageKind, NewStandbySync, OperationKind, Snapshot, StandbyRecord,
     SyncedDisk, UndoAction,
 };
+use crate::host::Storage;
 use crate::hypervisor::HvError;
 use crate::ops::context::OpContext;
 use crate::ops::journal::{Journal, Journaled};
@@ -204,9 +204,7 @@ pub fn sync(ctx: &OpContext<'_>, standby: &str) -> Result<SyncReport, StandbyErr
             kind: undo::UNDO_FINISH_SYNC.to_owned(),
             data: serde_json::to_value(&plan).unwrap_or_default(),
         };
-        run.step("merge into the standby's images and record", undo_finish, |run| {
-            finish(run.ctx, &plan)
-        })?;
+        run.step("merge into the standby's images and record", undo_finish, |run| finish(run.ctx, &plan))?;
         Ok(plan)
     })();
     match result {
@@ -444,7 +442,7 @@ impl Run<'_, '_> {
     }
 
     fn roll_back(&mut self, error: StandbyError) -> StandbyError {
-        let (ctx, transfer) = (self.ctx, self.transfer);
+        let (ctx, _transfer) = (self.ctx, self.transfer);
         let cause = crate::error::chain(&error);
         let failures = match self.journal.take() {
             Some(journal) => journal.roll_back(&cause, |action| undo::undo_action(ctx, action).map(drop)),

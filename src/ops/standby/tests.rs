@@ -1,23 +1,24 @@
-//! Standbys on `FakeHypervisor` and an in-memory [`Transfer`]: what is
+//! Standbys on `FakeHypervisor` and a `FakeStorage`: what is
 //! defined, copied, merged, recorded and pinned; that a sync twice is a
 //! no-op, a copy that does not verify leaves the standby as it was, and a
 //! destroy leaves nothing.
 
 use std::collections::BTreeMap;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::Mutex;
 use std::time::Duration;
 
 use chrono::{DateTime, TimeZone, Utc};
 
-use super::transfer::{Copied, TransferError};
 use super::*;
 use crate::catalog::{Catalog, Dependent, OperationState};
 use crate::config::{AgentEndpoint, Config, Controller, Environment, HumanSize, Vm};
 use crate::guest::GuestError;
+use crate::host::Storage;
 use crate::hypervisor::{DomainState, FakeHypervisor, HvError, Hypervisor};
 use crate::ops::context::{Event, FixedClock, OpContext};
 use crate::ops::snapshot::{FreezeInfo, FrozenGuest, Quiescer, SnapshotRequest, ThawInfo};
+use crate::test_support::{FakeHost, FakeNet, FakeStorage, Presume};
 
 fn at(minute: u32) -> DateTime<Utc> {
     Utc.with_ymd_and_hms(2024, 5, 1, 2, minute, 0).unwrap()
@@ -45,110 +46,6 @@ impl Quiescer for FakeQuiescer {
 
     fn recover(&self, _vm: &str) -> Result<(), GuestError> {
         Ok(())
-    }
-}
-
-/// Files in memory: the standby's (under `root`) hold a description of
-/// what was written into them; the primary's always exist.
-#[derive(Debug, Default)]
-struct FakeTransfer {
-    root: PathBuf,
-    files: Mutex<BTreeMap<PathBuf, String>>,
-    /// Copies read back with another checksum than their source's.
-    corrupting: bool,
-}
-
-impl FakeTransfer {
-    fn content(&self, path: &Path) -> Option<String> {
-        self.files.lock().unwrap().get(path).cloned()
-    }
-
-    fn standby_files(&self) -> Vec<PathBuf> {
-        self.files.lock().unwrap().keys().cloned().collect()
-    }
-}
-
-fn checksum(text: &str) -> String {
-    format!("{:064x}", text.len())
-}
-
-impl Transfer for FakeTransfer {
-    fn copy_full(&self, image: &Path, copy: &Path) -> Result<u64, TransferError> {
-        self.files.lock().unwrap().insert(copy.to_owned(), format!("full({})", image.display()));
-        Ok(1000)
-    }
-
-    fn same_content(&self, _a: &Path, _b: &Path) -> Result<bool, TransferError> {
-        Ok(!self.corrupting)
-    }
-
-    fn copy_file(&self, from: &Path, to: &Path) -> Result<Copied, TransferError> {
-        let text = format!("copy({})", from.display());
-        self.files.lock().unwrap().insert(to.to_owned(), text.clone());
-        Ok(Copied { bytes: 10, sha256: checksum(&text) })
-    }
-
-    fn sha256(&self, path: &Path) -> Result<String, TransferError> {
-        let text = self.content(path).unwrap_or_default();
-        Ok(if self.corrupting { checksum(&format!("{text}!")) } else { checksum(&text) })
-    }
-
-    fn merge(&self, overlay: &Path, into: &Path) -> Result<(), TransferError> {
-        let mut files = self.files.lock().unwrap();
-        let overlay = files.get(overlay).cloned().unwrap_or_default();
-        let target = files.entry(into.to_owned()).or_default();
-        target.push('+');
-        target.push_str(&overlay);
-        Ok(())
-    }
-
-    fn install(&self, from: &Path, to: &Path) -> Result<(), TransferError> {
-        let mut files = self.files.lock().unwrap();
-        let content = files.remove(from).unwrap_or_default();
-        files.insert(to.to_owned(), content);
-        Ok(())
-    }
-
-    fn exists(&self, path: &Path) -> bool {
-        !path.starts_with(&self.root) || self.files.lock().unwrap().contains_key(path)
-    }
-
-    fn remove(&self, path: &Path) -> Result<(), TransferError> {
-        self.files.lock().unwrap().remove(path);
-        Ok(())
-    }
-}
-
-/// Image files for `restore`: every image exists but the restore's own
-/// new overlays (`restore-*`), until it makes them.
-#[derive(Debug, Default)]
-struct RestoreFiles {
-    made: Mutex<std::collections::BTreeSet<PathBuf>>,
-}
-
-impl crate::ops::restore::ImageFiles for RestoreFiles {
-    fn exists(&self, path: &Path) -> bool {
-        let made_here = path.file_name().is_some_and(|n| n.to_string_lossy().starts_with("restore-"));
-        !made_here || self.made.lock().unwrap().contains(path)
-    }
-
-    fn create_overlay(
-        &self,
-        overlay: &Path,
-        _backing: &Path,
-        _format: crate::catalog::ImageFormat,
-    ) -> Result<(), crate::ops::restore::ImageFileError> {
-        self.made.lock().unwrap().insert(overlay.to_owned());
-        Ok(())
-    }
-
-    fn remove(&self, path: &Path) -> std::io::Result<()> {
-        self.made.lock().unwrap().remove(path);
-        Ok(())
-    }
-
-    fn size(&self, _path: &Path) -> Option<u64> {
-        Some(1)
     }
 }
 
@@ -192,23 +89,27 @@ impl Harness {
         }
     }
 
+    /// The context of an operation on the primary's images (snapshot, restore).
     fn with_context<T>(&self, f: impl FnOnce(&OpContext<'_>) -> T) -> T {
+        self.with_transfer(&FakeStorage::default().made_only("restore-"), f)
+    }
+
+    /// The context of an operation whose storage is `transfer`.
+    fn with_transfer<T>(&self, transfer: &FakeStorage<'_>, f: impl FnOnce(&OpContext<'_>) -> T) -> T {
         let events = &self.events;
         let progress = |event: &Event| events.lock().unwrap().push(event.clone());
         let clock = FixedClock(at(30));
-        let ctx = OpContext {
-            config: &self.config,
-            hv: &self.hv,
-            catalog: &self.catalog,
-            progress: &progress,
-            clock: &clock,
-        };
+        let net = FakeNet::default();
+        let host = FakeHost::new(&self.hv, transfer, &net);
+        let ctx =
+            OpContext { config: &self.config, host: &host, catalog: &self.catalog, progress: &progress, clock: &clock };
         f(&ctx)
     }
 
-    /// A fresh in-memory transfer rooted at the standby's storage.
-    fn transfer(&self) -> FakeTransfer {
-        FakeTransfer { root: self.storage.clone(), ..FakeTransfer::default() }
+    /// Fresh image files: the primary's all there, the standby's storage
+    /// (under its root) holding only what the standby wrote.
+    fn transfer(&self) -> FakeStorage<'static> {
+        FakeStorage::presuming(Presume::Outside(self.storage.clone())).with_size(10)
     }
 
     fn image(&self, vm: &str) -> PathBuf {
@@ -229,23 +130,22 @@ impl Harness {
             discard: false,
         };
         let agents = crate::ops::test_agents::ReadyAgents::answering(true);
-        let files = RestoreFiles::default();
-        let tools = crate::ops::restore::Tools { quiescer: &FakeQuiescer, agents: &agents, files: &files };
+        let tools = crate::ops::restore::Tools { quiescer: &FakeQuiescer, agents: &agents };
         self.with_context(|ctx| crate::ops::restore::restore(ctx, &request, tools)).unwrap();
     }
 
-    fn create(&self, transfer: &FakeTransfer) -> Result<CreateReport, StandbyError> {
+    fn create(&self, transfer: &FakeStorage<'_>) -> Result<CreateReport, StandbyError> {
         let request = CreateRequest {
             primary: "demo".into(),
             name: "sb".into(),
             storage: Some(self.storage.clone()),
             autorestore: None,
         };
-        self.with_context(|ctx| create(ctx, &request, transfer))
+        self.with_transfer(transfer, |ctx| create(ctx, &request))
     }
 
-    fn sync(&self, transfer: &FakeTransfer) -> Result<SyncReport, StandbyError> {
-        self.with_context(|ctx| sync(ctx, "sb", transfer))
+    fn sync(&self, transfer: &FakeStorage<'_>) -> Result<SyncReport, StandbyError> {
+        self.with_transfer(transfer, |ctx| sync(ctx, "sb"))
     }
 
     /// The images the standby pins, by path.
@@ -292,7 +192,7 @@ fn create_refuses_a_name_taken_by_an_environment() {
     let h = Harness::new();
     let request = CreateRequest { primary: "demo".into(), name: "demo".into(), storage: None, autorestore: None };
 
-    let error = h.with_context(|ctx| create(ctx, &request, &h.transfer())).unwrap_err();
+    let error = h.with_transfer(&h.transfer(), |ctx| create(ctx, &request)).unwrap_err();
 
     assert!(matches!(error, StandbyError::BadName { .. }), "{error:?}");
     assert!(h.catalog.standbys(None).unwrap().is_empty());
@@ -323,7 +223,7 @@ fn the_first_sync_copies_in_full_and_the_next_only_the_new_overlay() {
     let overlay = &h.images_of(&s2).into_iter().find(|p| p.to_string_lossy().contains("db")).unwrap();
     assert_eq!(transfer.content(&db).unwrap(), format!("full(/images/db.qcow2)+copy({})", overlay.display()));
     assert_eq!(h.pinned(), h.images_of(&s2), "the pins moved to the new point");
-    assert_eq!(transfer.standby_files().len(), 2, "only the two images are left: {:?}", transfer.standby_files());
+    assert_eq!(transfer.files().len(), 2, "only the two images are left: {:?}", transfer.files());
     let record = h.catalog.standby_named("sb").unwrap().unwrap();
     assert_eq!(record.snapshot.as_deref(), Some(s2.as_str()));
     assert!(record.disks.iter().all(|d| d.sha256.as_deref().is_some_and(|s| s.len() == 64)));
@@ -368,12 +268,12 @@ fn a_copy_that_does_not_verify_leaves_the_standby_as_it_was() {
     let s1 = h.snapshot();
     h.create(&h.transfer()).unwrap();
     h.snapshot();
-    let corrupting = FakeTransfer { corrupting: true, ..h.transfer() };
+    let corrupting = h.transfer().corrupting();
 
     let error = h.sync(&corrupting).unwrap_err();
 
     assert!(matches!(error, StandbyError::Verify { .. }), "{error:?}");
-    assert!(corrupting.standby_files().is_empty(), "the copies are gone: {:?}", corrupting.standby_files());
+    assert!(corrupting.files().is_empty(), "the copies are gone: {:?}", corrupting.files());
     let record = h.catalog.standby_named("sb").unwrap().unwrap();
     assert_eq!(record.snapshot.as_deref(), Some(s1.as_str()));
     assert_eq!(record.merging, None);
@@ -398,7 +298,7 @@ fn sync_refuses_a_standby_whose_domain_runs() {
 fn sync_of_an_unknown_standby_names_the_known_ones() {
     let h = Harness::new();
 
-    let error = h.with_context(|ctx| sync(ctx, "nope", &h.transfer())).unwrap_err();
+    let error = h.with_transfer(&h.transfer(), |ctx| sync(ctx, "nope")).unwrap_err();
 
     assert!(matches!(error, StandbyError::UnknownStandby { .. }), "{error:?}");
 }
@@ -410,7 +310,7 @@ fn destroy_removes_everything_and_is_idempotent() {
     let s1 = h.snapshot();
     h.create(&transfer).unwrap();
 
-    let report = h.with_context(|ctx| destroy(ctx, "sb", &transfer)).unwrap();
+    let report = h.with_transfer(&transfer, |ctx| destroy(ctx, "sb")).unwrap();
 
     assert!(report.existed);
     assert_eq!(report.domains.len(), 2);
@@ -418,11 +318,11 @@ fn destroy_removes_everything_and_is_idempotent() {
         assert!(matches!(h.hv.domain(domain), Err(HvError::NoSuchDomain { .. })));
     }
     assert!(matches!(h.hv.network("sb-net"), Err(HvError::NoSuchNetwork { .. })));
-    assert!(transfer.standby_files().is_empty(), "{:?}", transfer.standby_files());
+    assert!(transfer.files().is_empty(), "{:?}", transfer.files());
     assert!(h.catalog.standby_named("sb").unwrap().is_none());
     assert!(h.pinned().is_empty());
     assert!(!h.images_of(&s1).is_empty(), "the primary's snapshot is untouched");
-    let again = h.with_context(|ctx| destroy(ctx, "sb", &transfer)).unwrap();
+    let again = h.with_transfer(&transfer, |ctx| destroy(ctx, "sb")).unwrap();
     assert!(!again.existed);
 }
 
@@ -476,15 +376,15 @@ fn the_undo_of_an_interrupted_merge_finishes_it() {
     };
     let drop = undo::drop_copy("sb", &plan.disks[0].overlays[0].copy);
 
-    let kept = h.with_context(|ctx| undo::undo_action(ctx, &transfer, &drop)).unwrap();
+    let kept = h.with_transfer(&transfer, |ctx| undo::undo_action(ctx, &drop)).unwrap();
     assert!(kept.contains("kept"), "{kept}");
-    h.with_context(|ctx| undo::undo_action(ctx, &transfer, &finish)).unwrap();
-    h.with_context(|ctx| undo::undo_action(ctx, &transfer, &finish)).unwrap();
+    h.with_transfer(&transfer, |ctx| undo::undo_action(ctx, &finish)).unwrap();
+    h.with_transfer(&transfer, |ctx| undo::undo_action(ctx, &finish)).unwrap();
 
     let record = h.catalog.standby_named("sb").unwrap().unwrap();
     assert_eq!((record.snapshot.as_deref(), record.merging.as_deref()), (Some(s2.as_str()), None));
     let db = h.image("db");
     assert_eq!(transfer.content(&db).unwrap(), format!("full(/images/db.qcow2)+copy({})", overlay.display()));
-    assert_eq!(transfer.standby_files().len(), 2, "{:?}", transfer.standby_files());
+    assert_eq!(transfer.files().len(), 2, "{:?}", transfer.files());
     assert_eq!(h.pinned(), h.images_of(&s2));
 }

@@ -17,9 +17,9 @@
 
 use serde::{Deserialize, Serialize};
 
-use crate::host::Storage;
 use crate::catalog::{Catalog, UndoAction};
 use crate::error::chain as error_chain;
+use crate::host::Storage;
 use crate::ops::context::OpContext;
 
 pub const UNDO_RESTORE_PINS: &str = "standby-restore-pins";
