@@ -98,6 +98,13 @@ pub trait Storage: Send + Sync + std::fmt::Debug {
     fn stamp(&self, path: &Path) -> Result<FileStamp, StorageError>;
     /// Bytes free for new files in `dir`.
     fn free_space(&self, dir: &Path) -> Result<u64, StorageError>;
+    /// Makes `dir` and its parents; one that exists is no error.
+    fn create_dir(&self, dir: &Path) -> Result<(), StorageError>;
+    /// The entries of `dir`; a directory that does not exist has none.
+    fn list_dir(&self, dir: &Path) -> Result<Vec<PathBuf>, StorageError>;
+    /// Removes `dir` if it is empty; one that is not, or is gone, stays as
+    /// it is without an error (tidying never fails an operation).
+    fn remove_dir_if_empty(&self, dir: &Path);
     /// Removes `path`; a file that is already gone is no error.
     fn remove(&self, path: &Path) -> Result<(), StorageError>;
     /// Renames `from` over `to`, durably (the directory is synced).

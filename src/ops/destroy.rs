@@ -187,15 +187,15 @@ fn remove_all(
         step(format!("delete {}", disk.path.display()), &|| undo::remove_file(files, &disk.path))?;
     }
     for domain_dir in resources.disks.iter().filter_map(|d| d.path.parent()) {
-        for entry in std::fs::read_dir(domain_dir).into_iter().flatten().flatten() {
+        // A folder that cannot be listed holds nothing more to delete.
+        for path in files.list_dir(domain_dir).unwrap_or_default() {
             // The NVRAM copies, console logs and memory image copies the clone made.
-            let file = entry.file_name().to_string_lossy().into_owned();
+            let file = path.file_name().map(|f| f.to_string_lossy().into_owned()).unwrap_or_default();
             if [".nvram.fd", ".console.log", ".mem"].iter().any(|suffix| file == format!("{name}{suffix}")) {
-                let path = entry.path();
                 step(format!("delete {}", path.display()), &|| undo::remove_file(files, &path))?;
             }
         }
     }
-    clone::remove_empty_dirs(&resources.storage);
+    clone::remove_empty_dirs(ctx.host.storage(), &resources.storage);
     Ok(())
 }

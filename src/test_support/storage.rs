@@ -302,6 +302,17 @@ impl Storage for FakeStorage<'_> {
         Ok(u64::MAX / 4)
     }
 
+    fn create_dir(&self, _dir: &Path) -> Result<(), StorageError> {
+        Ok(())
+    }
+
+    fn list_dir(&self, dir: &Path) -> Result<Vec<PathBuf>, StorageError> {
+        let state = self.state.lock().unwrap();
+        Ok(state.files.keys().filter(|path| path.parent() == Some(dir)).cloned().collect())
+    }
+
+    fn remove_dir_if_empty(&self, _dir: &Path) {}
+
     fn remove(&self, path: &Path) -> Result<(), StorageError> {
         let mut state = self.call("remove", format!("remove {}", path.display()))?;
         state.files.remove(path);

@@ -65,6 +65,23 @@ impl Storage for LocalStorage {
         Ok(stat.blocks_available().saturating_mul(stat.fragment_size()))
     }
 
+    fn create_dir(&self, dir: &Path) -> Result<(), StorageError> {
+        std::fs::create_dir_all(dir).map_err(StorageError::io("create the directory", dir))
+    }
+
+    fn list_dir(&self, dir: &Path) -> Result<Vec<PathBuf>, StorageError> {
+        match std::fs::read_dir(dir) {
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(Vec::new()),
+            entries => entries
+                .and_then(|entries| entries.map(|entry| entry.map(|e| e.path())).collect())
+                .map_err(StorageError::io("list", dir)),
+        }
+    }
+
+    fn remove_dir_if_empty(&self, dir: &Path) {
+        let _ = std::fs::remove_dir(dir);
+    }
+
     fn remove(&self, path: &Path) -> Result<(), StorageError> {
         match std::fs::remove_file(path) {
             Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
@@ -352,6 +369,15 @@ mod tests {
         assert_eq!(LocalStorage.backing_chain(&overlay).unwrap(), [overlay.clone(), b.clone()]);
         assert_eq!(LocalStorage.stamp(&b).unwrap().len, 1 << 16);
         assert!(LocalStorage.free_space(dir.path()).unwrap() > 0);
+        let sub = dir.path().join("x/y");
+        LocalStorage.create_dir(&sub).unwrap();
+        LocalStorage.create_dir(&sub).unwrap();
+        assert_eq!(LocalStorage.list_dir(&dir.path().join("x")).unwrap(), std::slice::from_ref(&sub));
+        assert!(LocalStorage.list_dir(&dir.path().join("none")).unwrap().is_empty());
+        LocalStorage.remove_dir_if_empty(&dir.path().join("x"));
+        assert!(sub.exists(), "a directory with entries stays");
+        LocalStorage.remove_dir_if_empty(&sub);
+        assert!(!sub.exists());
         LocalStorage.remove(&b).unwrap();
         LocalStorage.remove(&b).unwrap();
         assert!(!LocalStorage.exists(&b).unwrap());

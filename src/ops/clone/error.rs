@@ -58,12 +58,6 @@ pub enum CloneError {
         #[source]
         source: Box<HvError>,
     },
-    #[error("create folder {}", path.display())]
-    StorageDir {
-        path: PathBuf,
-        #[source]
-        source: std::io::Error,
-    },
     #[error("create overlay for VM '{vm}' disk {disk}")]
     CreateOverlay {
         vm: String,

@@ -531,7 +531,7 @@ impl<'r, 'c> Run<'r, 'c> {
         let ctx = self.ctx;
         let cause = crate::error::chain(&error);
         let failures = self.journal.roll_back(&cause, |action| undo::undo_action(ctx.host, ctx.catalog, action));
-        remove_empty_dirs(&self.storage);
+        remove_empty_dirs(self.ctx.host.storage(), &self.storage);
         if failures.is_empty() {
             error
         } else {
@@ -540,12 +540,11 @@ impl<'r, 'c> Run<'r, 'c> {
     }
 }
 
-/// Removes the clone's storage folder if nothing is left in it.
-pub(crate) fn remove_empty_dirs(storage: &std::path::Path) {
-    if let Ok(entries) = std::fs::read_dir(storage) {
-        for entry in entries.flatten() {
-            let _ = std::fs::remove_dir(entry.path());
-        }
+/// Removes the clone's storage folder, and its VMs' folders, if nothing is
+/// left in them.
+pub(crate) fn remove_empty_dirs(files: &dyn crate::host::Storage, storage: &std::path::Path) {
+    for entry in files.list_dir(storage).unwrap_or_default() {
+        files.remove_dir_if_empty(&entry);
     }
-    let _ = std::fs::remove_dir(storage);
+    files.remove_dir_if_empty(storage);
 }

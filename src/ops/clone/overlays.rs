@@ -22,7 +22,7 @@ impl Run<'_, '_> {
         let mut made = Overlays { disks: Vec::new(), full_copies: Vec::new() };
         for plan in plans {
             let dir = self.storage.join(&plan.vm);
-            std::fs::create_dir_all(&dir).map_err(|source| CloneError::StorageDir { path: dir.clone(), source })?;
+            self.ctx.host.storage().create_dir(&dir)?;
             for (disk, image) in &plan.images {
                 let overlay = names::overlay(&self.storage, &self.request.name, &plan.vm, disk);
                 let undo = UndoAction::DeleteFile { path: overlay.clone() };
@@ -54,10 +54,10 @@ impl Run<'_, '_> {
             }
             if let Some((from, to)) = &plan.nvram {
                 let undo = UndoAction::DeleteFile { path: to.clone() };
-                self.step(&format!("copy the NVRAM of {}", plan.vm), undo, |_| {
-                    std::fs::copy(from, to)
-                        .map(drop)
-                        .map_err(|source| CloneError::StorageDir { path: to.clone(), source })
+                self.step(&format!("copy the NVRAM of {}", plan.vm), undo, |run| {
+                    let storage = run.ctx.host.storage();
+                    storage.remove(to)?;
+                    storage.copy_file(from, to).map(drop).map_err(CloneError::from)
                 })?;
             }
         }

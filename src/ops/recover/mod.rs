@@ -341,7 +341,10 @@ fn recover_env(ctx: &OpContext<'_>, agents: &dyn Agents, env: &str, dry_run: boo
     if env_config.is_none() && clone_rolled_back {
         // The clone's storage folder (its undos deleted the files, not the
         // folders); only empty folders go, so a live clone's stay.
-        crate::ops::clone::remove_empty_dirs(&ctx.config.controller.state_dir.join("images").join(env));
+        crate::ops::clone::remove_empty_dirs(
+            ctx.host.storage(),
+            &ctx.config.controller.state_dir.join("images").join(env),
+        );
     }
     let interrupted_delete = reports.iter().any(|op| {
         op.kind == OperationKind::DeleteSnapshot && matches!(op.outcome, Outcome::RolledBack | Outcome::WouldRollBack)

@@ -63,12 +63,6 @@ pub enum RestoreError {
         #[source]
         source: Box<HvError>,
     },
-    #[error("cannot create the storage directory {}", path.display())]
-    StorageDir {
-        path: PathBuf,
-        #[source]
-        source: std::io::Error,
-    },
     #[error("VM '{vm}': cannot create the new overlay of disk {disk}")]
     CreateOverlay {
         vm: String,
@@ -178,14 +172,9 @@ impl RestoreError {
             | SetClock { vm, .. } => Some(vm),
             CleanupFailed { cause, .. } => cause.vm(),
             Several { first, .. } => first.vm(),
-            Lookup(_)
-            | Lock(_)
-            | Storage(_)
-            | UnknownSnapshot { .. }
-            | NoFreeName { .. }
-            | StorageDir { .. }
-            | Catalog(_)
-            | Panicked => None,
+            Lookup(_) | Lock(_) | Storage(_) | UnknownSnapshot { .. } | NoFreeName { .. } | Catalog(_) | Panicked => {
+                None
+            }
         }
     }
 }
@@ -215,7 +204,7 @@ impl Failure for RestoreError {
         let hint = match self {
             Lookup(source) => return source.hint(),
             Lock(source) => return source.hint(),
-            Storage(source) => return source.hint(),
+            Storage(source) if source.hint().is_some() => return source.hint(),
             UnknownSnapshot { env, known, .. } => {
                 format!("complete snapshots of '{env}': {} (`envclone snapshots {env}` lists them all)", names(known))
             }
@@ -243,7 +232,7 @@ impl Failure for RestoreError {
                 "restore without --memory: the VMs then boot from the snapshot's disks".into()
             }
             NoFreeName { .. } => "wait a second and run the command again".into(),
-            StorageDir { .. } | CreateOverlay { .. } => {
+            Storage(_) | CreateOverlay { .. } => {
                 "check `environments.ENV.storage` (default <state_dir>/images/ENV): space, permissions".into()
             }
             AgentNotReady { source, .. } => match source.hint() {

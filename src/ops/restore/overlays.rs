@@ -27,7 +27,7 @@ impl Run<'_, '_> {
         )?;
         for plan in &plans {
             let dir = storage.join(&plan.vm);
-            std::fs::create_dir_all(&dir).map_err(|source| RestoreError::StorageDir { path: dir, source })?;
+            self.ctx.host.storage().create_dir(&dir)?;
             for disk in &plan.disks {
                 let undo = UndoAction::DeleteFile { path: disk.overlay.clone() };
                 self.step(&format!("create overlay {}/{}", plan.vm, disk.target), undo, |run| {

@@ -239,7 +239,7 @@ impl Run<'_, '_> {
         let mut files = Vec::new();
         for (vm, primary_domain, source_def) in defs {
             let dir = storage.join(&vm);
-            std::fs::create_dir_all(&dir).map_err(|source| StandbyError::StorageDir { path: dir.clone(), source })?;
+            ctx.host.storage().create_dir(&dir)?;
             let domain = names::domain(name, &vm);
             let fail =
                 |e: HvError| StandbyError::DefineDomain { vm: vm.clone(), domain: domain.clone(), source: Box::new(e) };
@@ -278,10 +278,10 @@ impl Run<'_, '_> {
             if let Some(from) = def.nvram() {
                 let to = dir.join(format!("{name}.nvram.fd"));
                 let undo = UndoAction::DeleteFile { path: to.clone() };
-                self.step(&format!("copy the NVRAM of {vm}"), undo, |_| {
-                    std::fs::copy(&from, &to)
-                        .map(drop)
-                        .map_err(|source| StandbyError::StorageDir { path: to.clone(), source })
+                self.step(&format!("copy the NVRAM of {vm}"), undo, |run| {
+                    let storage = run.ctx.host.storage();
+                    storage.remove(&to)?;
+                    storage.copy_file(&from, &to).map(drop).map_err(StandbyError::from)
                 })?;
                 def.set_nvram(&to);
                 files.push(to);

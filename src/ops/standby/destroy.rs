@@ -76,15 +76,11 @@ pub fn destroy(ctx: &OpContext<'_>, name: &str) -> Result<DestroyReport, Standby
         files.extend(record.resources.files.iter().cloned());
         // Copies an interrupted sync may have left next to the images.
         for dir in record.disks.iter().filter_map(|d| d.path.parent()) {
-            if let Ok(entries) = std::fs::read_dir(dir) {
-                for entry in entries.flatten() {
-                    let file = entry.file_name().to_string_lossy().into_owned();
-                    if file.starts_with(&format!("{name}."))
-                        && file.contains(".from-")
-                        && !files.contains(&entry.path())
-                    {
-                        files.push(entry.path());
-                    }
+            // A folder that cannot be listed holds no copies we know of.
+            for path in transfer.list_dir(dir).unwrap_or_default() {
+                let file = path.file_name().map(|f| f.to_string_lossy().into_owned()).unwrap_or_default();
+                if file.starts_with(&format!("{name}.")) && file.contains(".from-") && !files.contains(&path) {
+                    files.push(path);
                 }
             }
         }
@@ -102,7 +98,7 @@ pub fn destroy(ctx: &OpContext<'_>, name: &str) -> Result<DestroyReport, Standby
         })?;
         Ok(())
     })?;
-    crate::ops::clone::remove_empty_dirs(&record.storage);
+    crate::ops::clone::remove_empty_dirs(ctx.host.storage(), &record.storage);
     report.duration_ms = u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX);
     Ok(report)
 }

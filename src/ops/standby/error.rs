@@ -71,12 +71,6 @@ pub enum StandbyError {
         #[source]
         source: Box<HvError>,
     },
-    #[error("create folder {}", path.display())]
-    StorageDir {
-        path: PathBuf,
-        #[source]
-        source: std::io::Error,
-    },
     /// The host's storage could not be read.
     #[error(transparent)]
     Storage(Box<StorageError>),
@@ -126,7 +120,9 @@ impl Failure for StandbyError {
         match self {
             StandbyError::Lookup(e) => e.hint(),
             StandbyError::Lock(e) => e.hint(),
-            StandbyError::Storage(e) => e.hint(),
+            StandbyError::Storage(e) => {
+                e.hint().or_else(|| Some("check the standby's --storage folder and free space".into()))
+            }
             StandbyError::Catalog(e) => e.hint(),
             StandbyError::BadName { .. } => Some(
                 "use lower-case letters, digits and '-', at most 24, not the name of an environment or clone".into(),
@@ -156,7 +152,6 @@ impl Failure for StandbyError {
             | StandbyError::InspectNetwork { source, .. }
             | StandbyError::DefineNetwork { source, .. }
             | StandbyError::DefineDomain { source, .. } => source.hint(),
-            StandbyError::StorageDir { .. } => Some("check the standby's --storage folder and free space".into()),
             StandbyError::Transfer { .. } => {
                 Some("check free space on the standby's storage; nothing of the standby changed, sync again".into())
             }

@@ -375,7 +375,7 @@ impl Run<'_, '_> {
                 continue;
             }
             let dir = plan.target.parent().map(PathBuf::from).unwrap_or_default();
-            std::fs::create_dir_all(&dir).map_err(|source| StandbyError::StorageDir { path: dir.clone(), source })?;
+            self.ctx.host.storage().create_dir(&dir)?;
             let (vm, disk) = (plan.vm.clone(), plan.disk.clone());
             let transfer_error = |step: &'static str| {
                 let (vm, disk) = (vm.clone(), disk.clone());
