@@ -46,7 +46,7 @@ pub struct Triggered {
 #[derive(Debug)]
 pub enum Snapshotted {
     Taken(SnapshotReport),
-    FailedBack(Triggered),
+    FailedBack(Box<Triggered>),
 }
 
 /// Takes the snapshot `request`; then, when `failback_from` names the
@@ -72,5 +72,5 @@ pub fn take<E: From<SnapshotError>>(
     ));
     let request = DrillRequest { env: request.env.clone(), standby: Some(standby.to_owned()) };
     let failback = failback(&request)?;
-    Ok(Snapshotted::FailedBack(Triggered { snapshot: report, failback }))
+    Ok(Snapshotted::FailedBack(Box::new(Triggered { snapshot: report, failback })))
 }

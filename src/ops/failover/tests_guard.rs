@@ -51,7 +51,7 @@ fn a_returned_old_primary_is_fenced_again_first_and_said_loudly() {
 
     let (statuses, asked) = h.run_guard(Some(&h.hv));
 
-    assert_eq!(asked, [h.config.controller.libvirt_uri.clone()], "the primary's host, once");
+    assert_eq!(asked, [h.config.controller.libvirt_uri.as_str()], "the primary's host, once");
     assert_eq!(h.state("web"), DomainState::ShutOff);
     assert_eq!(h.state("sb-web"), DomainState::Running, "the active side is untouched");
     let notices = guard::notices(&statuses);
