@@ -2,8 +2,8 @@
 
 use serde::Serialize;
 
+use super::session::Records;
 use super::{load_config, Output};
-use crate::catalog::Catalog;
 use crate::cli::GlobalArgs;
 use crate::exit::ExitCode;
 use crate::Result;
@@ -22,9 +22,9 @@ struct CloneLine {
 }
 
 pub fn run(global: &GlobalArgs, out: &Output) -> Result<ExitCode> {
-    let config = load_config(global)?;
-    let catalog = Catalog::open(&config.controller.state_dir)?;
-    let lines: Vec<CloneLine> = catalog
+    let records = Records::with_config(load_config(global)?)?;
+    let lines: Vec<CloneLine> = records
+        .catalog
         .clones()?
         .into_iter()
         .map(|c| CloneLine {

@@ -3,16 +3,15 @@
 
 use std::sync::Arc;
 
+use super::session::Records;
 use super::{load_config, Output};
-use crate::catalog::Catalog;
 use crate::cli::{DaemonArgs, GlobalArgs};
 use crate::daemon::{self, CliRunner, DaemonError, DaemonStats, OnceReport, Reload};
 use crate::exit::ExitCode;
 use crate::Result;
 
 pub fn run(global: &GlobalArgs, args: &DaemonArgs, out: &Output) -> Result<ExitCode> {
-    let config = load_config(global)?;
-    let catalog = Catalog::open(&config.controller.state_dir)?;
+    let Records { config, catalog } = Records::with_config(load_config(global)?)?;
     let runner = Arc::new(CliRunner::current(
         &global.config,
         global.libvirt_uri.as_deref(),

@@ -1,8 +1,9 @@
 //! `envclone schedule run NAME`: one run of a schedule now, recorded and
 //! counted like the daemon's runs; what systemd timers and cron call.
 
+use super::session::Records;
 use super::{load_config, Output};
-use crate::catalog::{Catalog, RunState};
+use crate::catalog::RunState;
 use crate::cli::{GlobalArgs, ScheduleCommand, ScheduleRunArgs};
 use crate::daemon::{self, CliRunner, DaemonError, RunError, RunReport};
 use crate::exit::ExitCode;
@@ -15,8 +16,7 @@ pub fn run(global: &GlobalArgs, command: ScheduleCommand, out: &Output) -> Resul
 }
 
 fn run_schedule(global: &GlobalArgs, args: &ScheduleRunArgs, out: &Output) -> Result<ExitCode> {
-    let config = load_config(global)?;
-    let catalog = Catalog::open(&config.controller.state_dir)?;
+    let Records { config, catalog } = Records::with_config(load_config(global)?)?;
     let runner = CliRunner::current(
         &global.config,
         global.libvirt_uri.as_deref(),

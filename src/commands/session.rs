@@ -1,6 +1,8 @@
-//! What a command that runs an operation opens, in one place: the config
-//! (with recorded clones as environments), the hosts it works on, the
-//! catalog, and the [`OpContext`] handed to the operation.
+//! What a command opens, in one place: the config (with recorded clones as
+//! environments), the catalog, and for a command that runs an operation
+//! the hosts it works on and the [`OpContext`] handed to the operation.
+//! A command that only reads records opens [`Records`]: no libvirt
+//! connection, so it answers while libvirt is down.
 
 use super::load_config_with_clones;
 use crate::catalog::Catalog;
@@ -10,6 +12,32 @@ use crate::host::{Host, LocalHost};
 use crate::hypervisor::LibvirtHypervisor;
 use crate::ops::context::{OpContext, Progress, SystemClock};
 use crate::{Error, Result};
+
+/// The config and the catalog, without libvirt.
+#[derive(Debug)]
+pub struct Records {
+    pub config: Config,
+    pub catalog: Catalog,
+}
+
+impl Records {
+    /// The config named on the command line, clones included.
+    pub fn open(global: &GlobalArgs) -> Result<Records> {
+        Records::with_config(load_config_with_clones(global)?)
+    }
+
+    /// Opens the catalog of `config`.
+    pub fn with_config(config: Config) -> Result<Records> {
+        let catalog = Catalog::open(&config.controller.state_dir)?;
+        Ok(Records { config, catalog })
+    }
+
+    /// Connects to the controller's libvirt: the records become a session.
+    pub fn connect(self) -> Result<Session> {
+        let hv = connect(&self.config)?;
+        Ok(Session { config: self.config, catalog: self.catalog, local: LocalHost::new(hv) })
+    }
+}
 
 #[derive(Debug)]
 pub struct Session {
@@ -21,14 +49,13 @@ pub struct Session {
 impl Session {
     /// The config named on the command line, clones included.
     pub fn open(global: &GlobalArgs) -> Result<Session> {
-        Session::with_config(load_config_with_clones(global)?)
+        Records::open(global)?.connect()
     }
 
     /// Connects to the controller's libvirt and opens the catalog.
     pub fn with_config(config: Config) -> Result<Session> {
-        let uri = &config.controller.libvirt_uri;
-        let hv = LibvirtHypervisor::connect(uri).map_err(Error::hypervisor(format!("connect to libvirt at {uri}")))?;
-        let catalog = Catalog::open(&config.controller.state_dir)?;
+        let hv = connect(&config)?;
+        let Records { config, catalog } = Records::with_config(config)?;
         Ok(Session { config, catalog, local: LocalHost::new(hv) })
     }
 
@@ -37,4 +64,9 @@ impl Session {
         let host: &dyn Host = &self.local;
         OpContext { config: &self.config, host, catalog: &self.catalog, progress, clock: &SystemClock }
     }
+}
+
+fn connect(config: &Config) -> Result<LibvirtHypervisor> {
+    let uri = &config.controller.libvirt_uri;
+    LibvirtHypervisor::connect(uri).map_err(Error::hypervisor(format!("connect to libvirt at {uri}")))
 }

@@ -4,15 +4,16 @@
 //! [`crate::ops::snapshot`]; this file wires libvirt, the catalog, the
 //! agents and the progress lines, and prints the report. A manual snapshot
 //! taken while a standby whose config sets `failback_on_manual_snapshot`
-//! serves ENV then fails ENV back (both reports in one document).
+//! serves ENV then fails ENV back (both reports in one document; see
+//! [`crate::ops::failover::on_snapshot`]).
 
 use super::session::Session;
 use super::Output;
-use crate::catalog::FailoverState;
 use crate::cli::{GlobalArgs, SnapshotArgs};
 use crate::exit::ExitCode;
 use crate::ops::context::Event;
-use crate::ops::failover::{self, DrillRequest, FailbackReport};
+use crate::ops::failover::on_snapshot::{self, Snapshotted};
+use crate::ops::failover::{self, DrillRequest};
 use crate::ops::snapshot::{self, SnapshotReport, SnapshotRequest};
 use crate::{Error, Result};
 
@@ -23,20 +24,14 @@ pub fn run(global: &GlobalArgs, args: &SnapshotArgs, out: &Output) -> Result<Exi
     // An old primary that came back is fenced first; while a standby serves
     // ENV, the snapshot is of the standby's domains (the config above has
     // them as ENV's), recorded as ENV's.
-    let mut switches = super::guard::check(config, catalog, Some(&args.environment), out)?;
-    // One failing back serves nothing: the failback decides who serves.
-    switches.retain(|s| s.state == FailoverState::Active);
-    for switch in &switches {
+    let switches = super::guard::check(config, catalog, Some(&args.environment), out)?;
+    let sides = on_snapshot::sides(config, switches, &args.environment, args.scheduled.is_some());
+    for switch in &sides.served {
         out.progress(&format!(
             "{} is served by standby {} (epoch {}): the snapshot is of {}'s domains",
             switch.env, switch.active, switch.epoch, switch.active
         ));
     }
-    // A manual snapshot on the failover system can be the signal to fail
-    // back, when that standby's config says so.
-    let failback_from = switches.iter().find(|s| s.env == args.environment).map(|s| s.active.clone()).filter(|sb| {
-        args.scheduled.is_none() && config.standbys.get(sb).is_some_and(|c| c.failback_on_manual_snapshot)
-    });
     let progress = |event: &Event| out.progress(&event.to_string());
     let ctx = session.context(&progress);
     let schedule = match &args.scheduled {
@@ -59,31 +54,20 @@ pub fn run(global: &GlobalArgs, args: &SnapshotArgs, out: &Output) -> Result<Exi
         schedule: args.scheduled.clone(),
     };
     let quiescer = snapshot::agent_quiescer(&ctx, env);
-    let report = snapshot::take(&ctx, &request, &quiescer)?;
-    let Some(standby) = failback_from else {
-        out.report(&report, human);
-        return Ok(ExitCode::Ok);
+    // The failback works on ENV's own config (no clones, no active side),
+    // wired as `envclone failback` wires it.
+    let failback = |request: &DrillRequest| {
+        super::failover::with_tools(global, &args.environment, out, |ctx, tools| {
+            failover::failback(ctx, request, tools).map_err(Error::operation("failback triggered by the snapshot"))
+        })
     };
-    out.progress(&format!(
-        "snapshot {}/{} taken; standby {standby} fails back on a manual snapshot \
-         (standbys.{standby}.failback_on_manual_snapshot): failing {} back",
-        report.env, report.name, report.env
-    ));
-    let failback = super::failover::with_tools(global, &args.environment, out, |ctx, tools| {
-        let request = DrillRequest { env: args.environment.clone(), standby: Some(standby.clone()) };
-        failover::failback(ctx, &request, tools).map_err(Error::operation("failback triggered by the snapshot"))
-    })?;
-    out.report(&Triggered { snapshot: report, failback }, |both| {
-        human(&both.snapshot) + &super::failback::human(&both.failback)
-    });
+    match on_snapshot::take(&ctx, &request, &quiescer, sides.failback_from.as_deref(), failback)? {
+        Snapshotted::Taken(report) => out.report(&report, human),
+        Snapshotted::FailedBack(both) => {
+            out.report(&both, |both| human(&both.snapshot) + &super::failback::human(&both.failback))
+        }
+    }
     Ok(ExitCode::Ok)
-}
-
-/// A manual snapshot that triggered a failback: both reports, one document.
-#[derive(Debug, serde::Serialize)]
-struct Triggered {
-    snapshot: SnapshotReport,
-    failback: FailbackReport,
 }
 
 fn human(report: &SnapshotReport) -> String {

@@ -4,16 +4,15 @@
 
 use chrono::Utc;
 
-use super::{load_config_with_clones, Output};
-use crate::catalog::Catalog;
+use super::session::Records;
+use super::Output;
 use crate::cli::{GlobalArgs, SnapshotsArgs};
 use crate::exit::ExitCode;
 use crate::ops::snapshot::{self, SnapshotSummary};
 use crate::Result;
 
 pub fn run(global: &GlobalArgs, args: &SnapshotsArgs, out: &Output) -> Result<ExitCode> {
-    let config = load_config_with_clones(global)?;
-    let catalog = Catalog::open(&config.controller.state_dir)?;
+    let Records { config, catalog } = Records::open(global)?;
     // An environment removed from the config still lists what it left.
     if catalog.environment(&args.environment)?.is_none() {
         config.environment(&args.environment)?;

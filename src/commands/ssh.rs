@@ -3,22 +3,19 @@
 //! ENV is an environment of the config or a clone (from the catalog); while
 //! a standby serves ENV, ENV's VMs are the standby's (its active side).
 
-use super::load_config_with_clones;
+use super::session::Records;
 use crate::cli::{GlobalArgs, SshArgs};
 use crate::guest::endpoint::{ssh_options, ssh_target};
 use crate::guest::GuestSession;
 use crate::{Error, Result};
 
 pub fn run(global: &GlobalArgs, args: &SshArgs) -> Result<std::process::ExitCode> {
-    let config = load_config_with_clones(global)?;
+    let Records { config, catalog } = Records::open(global)?;
     // A drill's VMs are in the catalog, not the config.
     let env = match config.environment(&args.environment) {
         Ok(env) => env.clone(),
-        Err(_) => {
-            let catalog = crate::catalog::Catalog::open(&config.controller.state_dir)?;
-            crate::ops::clone::resolve_environment(&config, &catalog, &args.environment)
-                .map_err(Error::operation("look up"))?
-        }
+        Err(_) => crate::ops::clone::resolve_environment(&config, &catalog, &args.environment)
+            .map_err(Error::operation("look up"))?,
     };
     let vm = env.vms.get(&args.vm).ok_or_else(|| crate::config::LookupError::UnknownVm {
         environment: args.environment.clone(),

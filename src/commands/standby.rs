@@ -6,7 +6,7 @@
 
 use chrono::Utc;
 
-use super::session::Session;
+use super::session::Records;
 use super::{load_config, Output};
 use crate::catalog::{Catalog, FailoverMode};
 use crate::cli::{GlobalArgs, StandbyCommand};
@@ -19,18 +19,17 @@ use crate::ops::standby::{self, CreateReport, CreateRequest, DestroyReport, Stan
 use crate::{Error, Result};
 
 pub fn run(global: &GlobalArgs, command: StandbyCommand, out: &Output) -> Result<ExitCode> {
-    let config = load_config(global)?;
-    let catalog = Catalog::open(&config.controller.state_dir)?;
+    let records = Records::with_config(load_config(global)?)?;
     if let StandbyCommand::List = command {
-        let lines = standby::summaries(&catalog, None, Utc::now())?;
+        let lines = standby::summaries(&records.catalog, None, Utc::now())?;
         out.report(&lines, |lines| list(lines));
         return Ok(ExitCode::Ok);
     }
     if let StandbyCommand::Sync(args) = &command {
-        if let Some(env) = serving(&catalog, &args.name)? {
+        if let Some(env) = serving(&records.catalog, &args.name)? {
             // SB serves ENV: its sync runs towards ENV's storage, with
             // failover's wiring (the fence guard first).
-            drop(catalog);
+            drop(records);
             return super::failover::with_tools(global, &env, out, |ctx, tools| {
                 let report = failover::sync_home(ctx, &args.name, tools).map_err(Error::operation("standby sync"))?;
                 out.report(&report, home_synced);
@@ -38,8 +37,7 @@ pub fn run(global: &GlobalArgs, command: StandbyCommand, out: &Output) -> Result
             });
         }
     }
-    drop(catalog);
-    let session = Session::with_config(config)?;
+    let session = records.connect()?;
     let progress = |event: &Event| out.progress(&event.to_string());
     let ctx = session.context(&progress);
     match command {

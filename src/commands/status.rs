@@ -10,8 +10,9 @@
 
 use chrono::{DateTime, Utc};
 
+use super::session::Records;
 use super::{load_config, Output};
-use crate::catalog::{Catalog, FailoverState};
+use crate::catalog::FailoverState;
 use crate::cli::{GlobalArgs, StatusArgs};
 use crate::daemon::status::{self, human_age, StatusReport};
 use crate::exit::ExitCode;
@@ -22,7 +23,7 @@ pub fn run(global: &GlobalArgs, args: &StatusArgs, out: &Output) -> Result<ExitC
     if let Some(env) = &args.environment {
         config.environment(env)?;
     }
-    let catalog = Catalog::open(&config.controller.state_dir)?;
+    let Records { config, catalog } = Records::with_config(config)?;
     // The guard first: an old primary that came back is fenced again, and
     // the report says so.
     let failovers = super::guard::check(&config, &catalog, args.environment.as_deref(), out)?;

@@ -24,7 +24,9 @@
 //! - `fence.rs`: fencing a domain (stopped, autostart off, the epoch
 //!   stamped into its libvirt metadata) and the **guard** that keeps an
 //!   old primary fenced while a switch is in force (run first by `status`,
-//!   `snapshot` and `failover`, and on every daemon tick).
+//!   `snapshot` and `failover`, and on every daemon tick); `guard.rs`: how
+//!   a command runs it (one at a time, connecting only to the primary
+//!   hosts a switch in force names) and what it says about what it did.
 //! - `failback.rs`: `envclone failback ENV` (SB's changes carried home
 //!   while SB serves, SB stopped after a final snapshot, the remainder
 //!   carried, the chains compared, ENV's domains started on them, SB given
@@ -34,6 +36,8 @@
 //!   images SB no longer writes carried home (and verified) ahead of
 //!   failback, recorded in the switch's row; failback takes them as
 //!   carried.
+//! - `on_snapshot.rs`: a manual snapshot of ENV while a standby with
+//!   `failback_on_manual_snapshot` serves it fails ENV back.
 //! - `undo.rs`: the undo of each step.
 //!
 //! # Roles and epochs
@@ -75,7 +79,9 @@ mod drill;
 mod error;
 mod failback;
 pub mod fence;
+pub mod guard;
 mod home_sync;
+pub mod on_snapshot;
 mod planned;
 mod readdress;
 mod takeover;

@@ -430,3 +430,10 @@ mod readdress;
 // The home sync (`standby sync SB` while SB serves), and failback after it.
 #[path = "tests_home_sync.rs"]
 mod home_sync;
+
+// The guard as commands run it, and the snapshot-triggered failback.
+#[path = "tests_guard.rs"]
+mod guard_run;
+
+#[path = "tests_on_snapshot.rs"]
+mod on_snapshot_failback;
