@@ -9,6 +9,9 @@
 //! without hooks. Every session a scenario uses while the guest is frozen
 //! is logged in BEFORE the freeze: new logins may block on a frozen root.
 
+// A test crate: a failed unwrap or expect is the test's failure report.
+#![allow(clippy::expect_used, clippy::unwrap_used)]
+
 mod common;
 
 use std::io::{ErrorKind, Read, Write};

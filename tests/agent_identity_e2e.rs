@@ -5,6 +5,9 @@
 //! Needs root and scripts/install-deps.sh; scripts/build.sh builds the
 //! static agent the guests run. All traffic stays inside the lab's namespace.
 
+// A test crate: a failed unwrap or expect is the test's failure report.
+#![allow(clippy::expect_used, clippy::unwrap_used)]
+
 mod common;
 
 use std::path::{Path, PathBuf};

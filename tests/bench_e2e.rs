@@ -4,6 +4,9 @@
 //! a 1-VM environment): the figures themselves belong to the full bench
 //! run, not to a test. All traffic stays inside the lab's namespaces.
 
+// A test crate: a failed unwrap or expect is the test's failure report.
+#![allow(clippy::expect_used, clippy::unwrap_used)]
+
 mod common;
 
 use common::{stdout, LabUnderTest};

@@ -23,6 +23,9 @@
 //!   of the clone, and the source's chains and images are unchanged
 //!   (`qemu-img check`, SHA-256).
 
+// A test crate: a failed unwrap or expect is the test's failure report.
+#![allow(clippy::expect_used, clippy::unwrap_used)]
+
 mod common;
 
 use std::collections::BTreeMap;

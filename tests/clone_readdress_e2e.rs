@@ -7,6 +7,9 @@
 //! One lab for the whole binary: the scenarios run one after the other in
 //! a single test, through the real `envclone` binary.
 
+// A test crate: a failed unwrap or expect is the test's failure report.
+#![allow(clippy::expect_used, clippy::unwrap_used)]
+
 mod common;
 
 use std::path::Path;

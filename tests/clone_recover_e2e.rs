@@ -17,6 +17,9 @@
 //! One lab for the whole binary: the scenarios run one after the other in
 //! a single test.
 
+// A test crate: a failed unwrap or expect is the test's failure report.
+#![allow(clippy::expect_used, clippy::unwrap_used)]
+
 mod common;
 
 use std::net::SocketAddr;

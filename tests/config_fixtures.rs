@@ -1,6 +1,9 @@
 //! Config files on disk: each broken fixture must be rejected with a
 //! diagnostic naming the right key and line; the valid ones must load.
 
+// A test crate: a failed unwrap or expect is the test's failure report.
+#![allow(clippy::expect_used, clippy::unwrap_used)]
+
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
 

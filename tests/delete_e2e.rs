@@ -11,6 +11,9 @@
 //! written to /root/marker on both guests, so each snapshot's data can be
 //! checked in its image (a raw copy of its chain, read with debugfs).
 
+// A test crate: a failed unwrap or expect is the test's failure report.
+#![allow(clippy::expect_used, clippy::unwrap_used)]
+
 mod common;
 
 use std::collections::BTreeMap;

@@ -20,6 +20,9 @@
 //! (`envclone ssh`, `envclone snapshot --memory`: no placeholder, operands
 //! left out) must have every word right but need not be complete.
 
+// A test crate: a failed unwrap or expect is the test's failure report.
+#![allow(clippy::expect_used, clippy::unwrap_used)]
+
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
 

@@ -25,6 +25,9 @@
 //! - a second failback does nothing (exit 0, "already-home");
 //! - `standby sync sb` works again, incrementally from sb's point.
 
+// A test crate: a failed unwrap or expect is the test's failure report.
+#![allow(clippy::expect_used, clippy::unwrap_used)]
+
 mod common;
 
 use std::process::Command;

@@ -25,6 +25,9 @@
 //!   primary's address, serves a record written to the primary's db just
 //!   before the failover; a second `--planned` does nothing (exit 0).
 
+// A test crate: a failed unwrap or expect is the test's failure report.
+#![allow(clippy::expect_used, clippy::unwrap_used)]
+
 mod common;
 
 use std::net::SocketAddr;

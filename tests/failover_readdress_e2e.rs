@@ -25,6 +25,9 @@
 //!   own host name and app config (sb's addresses gone from it); sb is
 //!   shut off on its isolated network and its served network is removed.
 
+// A test crate: a failed unwrap or expect is the test's failure report.
+#![allow(clippy::expect_used, clippy::unwrap_used)]
+
 mod common;
 
 use common::{stdout, wait_for_web_page, LabUnderTest};

@@ -18,6 +18,9 @@
 //!   confirms the fence of its db (`fenced`): both shut off, autostart off,
 //!   the epoch stamped; the standby still serves.
 
+// A test crate: a failed unwrap or expect is the test's failure report.
+#![allow(clippy::expect_used, clippy::unwrap_used)]
+
 mod common;
 
 use std::path::{Path, PathBuf};

@@ -28,6 +28,9 @@
 //!   carries what it wrote towards ENV's storage (the home sync), and
 //!   `envclone standby destroy` of it is refused.
 
+// A test crate: a failed unwrap or expect is the test's failure report.
+#![allow(clippy::expect_used, clippy::unwrap_used)]
+
 mod common;
 
 use std::time::Instant;

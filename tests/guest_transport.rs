@@ -12,6 +12,9 @@
 //! where the fake `envclone-agent` lives. Nothing outside that mount
 //! namespace sees either mount, and they vanish with its last process.
 
+// A test crate: a failed unwrap or expect is the test's failure report.
+#![allow(clippy::expect_used, clippy::unwrap_used)]
+
 use std::fs;
 use std::io::Write;
 use std::net::SocketAddr;

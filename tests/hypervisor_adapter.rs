@@ -4,6 +4,9 @@
 //! block jobs, QMP, disk-only snapshots or restore with edited XML: for those
 //! the tests assert the error the adapter reports.
 
+// A test crate: a failed unwrap or expect is the test's failure report.
+#![allow(clippy::expect_used, clippy::unwrap_used)]
+
 use std::net::{IpAddr, Ipv4Addr};
 use std::path::PathBuf;
 

@@ -3,6 +3,9 @@
 //! Needs root and the packages of scripts/install-deps.sh; the static agent
 //! is built by scripts/build.sh. All traffic stays inside the lab's namespace.
 
+// A test crate: a failed unwrap or expect is the test's failure report.
+#![allow(clippy::expect_used, clippy::unwrap_used)]
+
 mod common;
 
 use common::{stdout, LabUnderTest};

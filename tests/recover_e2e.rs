@@ -16,6 +16,9 @@
 //! Before the snapshots the scenarios take, a marker is written to
 //! /root/marker on both guests, to check which data each VM runs on.
 
+// A test crate: a failed unwrap or expect is the test's failure report.
+#![allow(clippy::expect_used, clippy::unwrap_used)]
+
 mod common;
 
 use std::collections::BTreeMap;

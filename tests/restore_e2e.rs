@@ -8,6 +8,9 @@
 //! run one after the other in a single test, each leaving both guests
 //! running on a valid chain, through the real `envclone` binary.
 
+// A test crate: a failed unwrap or expect is the test's failure report.
+#![allow(clippy::expect_used, clippy::unwrap_used)]
+
 mod common;
 
 use std::path::{Path, PathBuf};

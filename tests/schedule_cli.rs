@@ -4,6 +4,9 @@
 //! Every run must be recorded as failed with its error, exit non-zero, and
 //! show up in `status --json`.
 
+// A test crate: a failed unwrap or expect is the test's failure report.
+#![allow(clippy::expect_used, clippy::unwrap_used)]
+
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 

@@ -9,6 +9,9 @@
 //! running and thawed. The memory scenario comes last: it replaces web by
 //! its restored copy.
 
+// A test crate: a failed unwrap or expect is the test's failure report.
+#![allow(clippy::expect_used, clippy::unwrap_used)]
+
 mod common;
 
 use std::path::{Path, PathBuf};

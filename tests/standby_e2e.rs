@@ -21,6 +21,9 @@
 //! - `daemon --once` brings the standby to a manual snapshot (autorestore);
 //! - `destroy` leaves no domain, network, file or record.
 
+// A test crate: a failed unwrap or expect is the test's failure report.
+#![allow(clippy::expect_used, clippy::unwrap_used)]
+
 mod common;
 
 use std::path::{Path, PathBuf};

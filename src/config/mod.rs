@@ -427,8 +427,9 @@ pub fn parse_with(text: &str, path: &Path, options: &ValidateOptions) -> Result<
 
 /// The config as TOML text that [`parse`] reads back to an equal `Config`.
 pub fn to_toml(config: &Config) -> String {
-    // Every field is a string, integer, bool, array or table with string
-    // keys, which the TOML serializer always accepts.
+    // Cannot fail: every field is a string, integer, bool, array or table
+    // with string keys, which the TOML serializer always accepts.
+    #[allow(clippy::expect_used)]
     toml::to_string(config).expect("Config always serializes to TOML")
 }
 

@@ -303,7 +303,12 @@ fn connect_any(target: &SshTarget, timeout: Duration) -> Result<(TcpStream, Sock
             Err(e) => last = Some(e),
         }
     }
-    Err(last.expect("resolve returns at least one address"))
+    // `resolve` gives at least one address; were it none, that is its own failure.
+    Err(last.unwrap_or_else(|| GuestError::Resolve {
+        host: target.host.clone(),
+        port: target.port,
+        source: io::Error::new(io::ErrorKind::NotFound, "no address"),
+    }))
 }
 
 #[cfg(test)]

@@ -395,7 +395,9 @@ impl<'l> ExtraLab<'l> {
                     })
                 })
                 .collect();
-            waits.into_iter().try_for_each(|handle| handle.join().expect("agent wait thread panicked"))
+            waits
+                .into_iter()
+                .try_for_each(|handle| handle.join().unwrap_or_else(|panic| std::panic::resume_unwind(panic)))
         })
     }
 

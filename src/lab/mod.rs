@@ -304,7 +304,10 @@ impl Lab {
                     })
                 })
                 .collect();
-            waits.into_iter().map(|handle| handle.join().expect("agent wait thread panicked")).collect()
+            waits
+                .into_iter()
+                .map(|handle| handle.join().unwrap_or_else(|panic| std::panic::resume_unwind(panic)))
+                .collect()
         })
     }
 

@@ -16,6 +16,8 @@ pub const NETWORK: &str = "demo-net";
 pub const BRIDGE: &str = "ecdemo0";
 pub const GATEWAY: Ipv4Addr = Ipv4Addr::new(10, 77, 1, 1);
 pub const PREFIX: u8 = 24;
+/// Where `--network readdress` clones get their subnets; a const, so a bad prefix fails the build.
+const READDRESS_POOL: ipnet::Ipv4Net = ipnet::Ipv4Net::new_assert(Ipv4Addr::new(10, 90, 0, 0), 16);
 pub const GUEST_MEMORY_MIB: u64 = 256;
 pub const DB_PORT: u16 = 5432;
 pub const WEB_PORT: u16 = 80;
@@ -155,7 +157,7 @@ pub fn config(paths: &LabPaths, netns: &str, domain_type: DomainType) -> Config 
             map: BTreeMap::new(),
         }),
         // Clones made with `--network readdress` get subnets from here.
-        readdress: Some(Readdress::new(ipnet::Ipv4Net::new(Ipv4Addr::new(10, 90, 0, 0), 16).expect("a valid prefix"))),
+        readdress: Some(Readdress::new(READDRESS_POOL)),
         ..Environment::default()
     };
     Config {

@@ -53,13 +53,13 @@ fn convert(image: &Path, copy: &Path, cache: &[&str], progress: CopyProgress<'_>
         .stderr(Stdio::piped())
         .spawn()
         .map_err(|e| format!("cannot run qemu-img: {e}"))?;
-    let mut stderr_pipe = child.stderr.take().expect("piped");
+    let mut stderr_pipe = child.stderr.take().ok_or("qemu-img started without its stderr pipe")?;
     let stderr = std::thread::spawn(move || {
         let mut text = String::new();
         let _ = stderr_pipe.read_to_string(&mut text);
         text
     });
-    let mut stdout = child.stdout.take().expect("piped");
+    let mut stdout = child.stdout.take().ok_or("qemu-img started without its stdout pipe")?;
     let mut pending = Vec::new();
     let mut buffer = [0u8; 512];
     while let Ok(read) = stdout.read(&mut buffer) {

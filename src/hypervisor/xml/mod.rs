@@ -68,6 +68,8 @@ pub(crate) fn child_or_insert<'a>(el: &'a mut Element, name: &str) -> &'a mut El
     if el.get_child(name).is_none() {
         el.children.push(XMLNode::Element(Element::new(name)));
     }
+    // Cannot fail: a missing child was inserted just above.
+    #[allow(clippy::expect_used)]
     el.get_mut_child(name).expect("child was just inserted")
 }
 

@@ -66,6 +66,8 @@ impl Run<'_, '_> {
                     write_memory_copy(&plan.vm, image, copy, &def)
                 })?;
             }
+            // Cannot fail: the environment is a copy of the source, whose VMs the plans list.
+            #[allow(clippy::expect_used)]
             let vm = environment.vms.get_mut(&plan.vm).expect("plans come from the environment's VMs");
             vm.domain = plan.domain.clone();
             vm.agent.netns = Some(netns.clone());

@@ -99,6 +99,8 @@ impl Run<'_, '_> {
                 }
             })?;
             guests.vms[index].machine_id = Some(report.machine_id.clone());
+            // Cannot fail: the guests' environment is the clone's, with every planned VM.
+            #[allow(clippy::expect_used)]
             let endpoint = &mut environment.vms.get_mut(&vm).expect("the environment has every VM").agent;
             let name = if isolated { guests.vms[index].domain.clone() } else { endpoint.address.clone() };
             let host_name = crate::guest::hostkey::known_hosts_name(&name, endpoint.port);
@@ -203,7 +205,10 @@ impl Run<'_, '_> {
         let mut environment = guests.environment().clone();
         for (index, vm_plan) in plans.iter().enumerate() {
             let vm = &vm_plan.vm;
+            // Cannot fail: the address plan was made from these VMs and their networks.
+            #[allow(clippy::expect_used)]
             let addresses = plan.vm(vm).expect("the plan has every VM").clone();
+            #[allow(clippy::expect_used)]
             let network = plan.network(&addresses.source_network).expect("the plan has every network").clone();
             let mac = guests.vms[index].macs[0].clone();
             // A guest resumed from memory still has its source's MAC: QEMU's
@@ -243,6 +248,8 @@ impl Run<'_, '_> {
                     }
                 })
             })?;
+            // Cannot fail: the guests' environment is the clone's, with every planned VM.
+            #[allow(clippy::expect_used)]
             let endpoint = &mut environment.vms.get_mut(vm).expect("the environment has every VM").agent;
             endpoint.address = addresses.address.addr().to_string();
             endpoint.netns = libvirt_netns.clone();

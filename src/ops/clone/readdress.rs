@@ -256,11 +256,15 @@ impl CloneAgents for SshAgents {
     }
 
     fn rewrite(&self, vm: &str, plan: &RewritePlan) -> Result<RewriteReport, GuestError> {
+        // Cannot fail: the plan holds strings, lists and string-keyed maps only.
+        #[allow(clippy::expect_used)]
         let plan = serde_json::to_vec(plan).expect("a rewrite plan serializes");
         self.once(vm, |agent| agent.call(&["rewrite"], Some(&plan)))
     }
 
     fn scan(&self, vm: &str, request: &ScanRequest) -> Result<ScanReport, GuestError> {
+        // Cannot fail: the request holds strings, lists and string-keyed maps only.
+        #[allow(clippy::expect_used)]
         let request = serde_json::to_vec(request).expect("a scan request serializes");
         self.once(vm, |agent| agent.call(&["scan"], Some(&request)))
     }

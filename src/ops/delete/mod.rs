@@ -293,10 +293,10 @@ pub fn delete_locked(
         return Ok(report);
     }
     let journal = Journal::begin(ctx.catalog, OperationKind::DeleteSnapshot, env_name, ctx.clock.now())?;
-    let mut run = Run { ctx, files, settings, journal: Some(journal), report, freed: 0 };
+    let mut run = Run { ctx, files, settings, journal, report, freed: 0 };
     match run.execute(&plan) {
         Ok(()) => {
-            run.journal.take().expect("journal").complete()?;
+            run.journal.complete()?;
             let mut report = run.report;
             report.freed_bytes = u64::try_from(run.freed.max(0)).unwrap_or(0);
             report.duration_ms = millis(started.elapsed());
@@ -304,10 +304,7 @@ pub fn delete_locked(
         }
         Err(error) => {
             let cause = crate::error::chain(&error);
-            let failures = match run.journal.take() {
-                Some(journal) => journal.roll_back(&cause, |action| undo(ctx.host.hypervisor(), action)),
-                None => Vec::new(),
-            };
+            let failures = run.journal.roll_back(&cause, |action| undo(ctx.host.hypervisor(), action));
             if failures.is_empty() {
                 Err(error)
             } else {
@@ -326,8 +323,8 @@ struct Run<'r, 'c> {
     ctx: &'r OpContext<'c>,
     files: &'r dyn Storage,
     settings: &'r DeleteSettings,
-    /// Taken by the commit or the rollback.
-    journal: Option<Journal<'c>>,
+    /// Consumed by the commit or the rollback, which end the run.
+    journal: Journal<'c>,
     report: DeleteReport,
     /// Bytes freed so far (merges can grow the image they keep).
     freed: i128,
@@ -341,7 +338,7 @@ impl<'r, 'c> Journaled<'r, 'c> for Run<'r, 'c> {
     }
 
     fn journal(&mut self) -> &mut Journal<'c> {
-        self.journal.as_mut().expect("the journal is only taken at the end")
+        &mut self.journal
     }
 }
 

@@ -148,7 +148,10 @@ pub(super) fn take_over(
     let known_hosts = &ctx.config.controller.known_hosts;
     let mut served = Vec::new();
     for vm in &vms {
+        // Cannot fail: the address plan was made above from these VMs and their networks.
+        #[allow(clippy::expect_used)]
         let addresses = address_plan.vm(&vm.vm).expect("every VM was planned above");
+        #[allow(clippy::expect_used)]
         let network = address_plan.network(&addresses.source_network).expect("the plan has every network");
         let mac = vm.macs.first().cloned().unwrap_or_default();
         let what = format!(

@@ -198,8 +198,7 @@ pub fn restore(ctx: &OpContext<'_>, request: &RestoreRequest, tools: Tools<'_>) 
     let env = ctx.config.environment(&request.env)?;
     let _lock = EnvLock::acquire(&ctx.config.controller.state_dir, &request.env, "restore")?;
     let journal = Journal::begin(ctx.catalog, OperationKind::Restore, &request.env, ctx.clock.now())?;
-    let mut run =
-        Run { ctx, request, env, tools, journal: Some(journal), phase: Phase::Lock, frozen: BTreeMap::new(), started };
+    let mut run = Run { ctx, request, env, tools, journal, phase: Phase::Lock, frozen: BTreeMap::new(), started };
     ctx.note(format!("restore of environment '{}' to snapshot {}", request.env, request.snapshot));
     match run.execute() {
         Ok(restored) => run.finish(restored),
@@ -214,8 +213,8 @@ struct Run<'r, 'c> {
     request: &'r RestoreRequest,
     env: &'r Environment,
     tools: Tools<'r>,
-    /// Taken by the commit or the rollback.
-    journal: Option<Journal<'c>>,
+    /// Consumed by the commit or the rollback, which end the run.
+    journal: Journal<'c>,
     phase: Phase,
     /// Freezes still held (a VM not stopped yet): thawed by a rollback.
     frozen: BTreeMap<String, Box<dyn FrozenGuest>>,
@@ -242,7 +241,7 @@ impl<'r, 'c> Journaled<'r, 'c> for Run<'r, 'c> {
     }
 
     fn journal(&mut self) -> &mut Journal<'c> {
-        self.journal.as_mut().expect("the journal is only taken at the end of the run")
+        &mut self.journal
     }
 }
 
@@ -324,13 +323,15 @@ impl<'r, 'c> Run<'r, 'c> {
         } else {
             (Vec::new(), Vec::new())
         };
-        self.journal.take().expect("the journal is only taken at the end of the run").complete()?;
+        // Built first: once the journal is moved out to complete, `self` cannot be borrowed whole.
+        let report = self.report(&restored, discarded, kept);
+        self.journal.complete()?;
         self.phase.enter(Phase::Done);
-        Ok(self.report(&restored, discarded, kept))
+        Ok(report)
     }
 
     /// Undoes what the run did and returns the error to report.
-    fn roll_back(&mut self, error: RestoreError) -> RestoreError {
+    fn roll_back(mut self, error: RestoreError) -> RestoreError {
         self.phase.enter(Phase::Failed);
         let ctx = self.ctx;
         let mut failures = Vec::new();
@@ -348,10 +349,7 @@ impl<'r, 'c> Run<'r, 'c> {
             }
         }
         let cause = crate::error::chain(&error);
-        if let Some(journal) = self.journal.take() {
-            let _tools = self.tools;
-            failures.extend(journal.roll_back(&cause, |action| undo_action(ctx.host, ctx.catalog, action)));
-        }
+        failures.extend(self.journal.roll_back(&cause, |action| undo_action(ctx.host, ctx.catalog, action)));
         if failures.is_empty() {
             error
         } else {

@@ -213,6 +213,9 @@ impl<'r, 'c> Journaled<'r, 'c> for Run<'r, 'c> {
         self.ctx
     }
 
+    // Cannot fail: the journal is taken only by the last line of `execute`
+    // and by `roll_back`, and no step runs after either.
+    #[allow(clippy::expect_used)]
     fn journal(&mut self) -> &mut Journal<'c> {
         self.journal.as_mut().expect("the journal is only taken at the end of the run")
     }
@@ -248,7 +251,7 @@ impl<'r, 'c> Run<'r, 'c> {
             data: serde_json::json!({ "env": self.request.env, "snapshot": self.name }),
         };
         let name = self.name.clone();
-        self.step(&format!("record snapshot {name}"), reserve, |run| {
+        let snapshot = self.step(&format!("record snapshot {name}"), reserve, |run| {
             let id = ctx.catalog.create_snapshot(&NewSnapshot {
                 env: run.request.env.clone(),
                 name: run.name.clone(),
@@ -258,9 +261,8 @@ impl<'r, 'c> Run<'r, 'c> {
                 memory: run.request.memory,
             })?;
             run.snapshot = Some(id);
-            Ok(())
+            Ok(id)
         })?;
-        let snapshot = self.snapshot.expect("recorded just above");
 
         // Memory images: prefix written, stream listened for, capability on.
         if self.request.memory {
@@ -351,7 +353,11 @@ impl<'r, 'c> Run<'r, 'c> {
         // Record.
         self.phase.enter(Phase::Record);
         let report = self.step("record images and consistency", UndoAction::Nothing, |run| run.record(snapshot))?;
-        self.journal.take().expect("journal").complete()?;
+        // Cannot fail: only this line and `roll_back` take the journal. It
+        // stays an Option because a failed completion still rolls back.
+        #[allow(clippy::expect_used)]
+        let journal = self.journal.take().expect("the journal is taken once");
+        journal.complete()?;
         self.phase.enter(Phase::Done);
         Ok(report)
     }

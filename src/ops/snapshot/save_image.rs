@@ -106,7 +106,9 @@ impl SaveHeader {
             magic => return Err(SaveImageError::BadMagic { found: String::from_utf8_lossy(magic).into_owned() }),
         }
         let field = |index: usize, big: bool| {
-            let raw: [u8; 4] = bytes[16 + 4 * index..20 + 4 * index].try_into().expect("4 bytes");
+            // In bounds: the header's length was checked above.
+            let at = 16 + 4 * index;
+            let raw = [bytes[at], bytes[at + 1], bytes[at + 2], bytes[at + 3]];
             if big {
                 u32::from_be_bytes(raw)
             } else {

@@ -101,11 +101,11 @@ pub fn create(ctx: &OpContext<'_>, request: &CreateRequest) -> Result<CreateRepo
     }
 
     let journal = Journal::begin(ctx.catalog, OperationKind::StandbyCreate, name, ctx.clock.now())?;
-    let mut run = Run { ctx, journal: Some(journal) };
+    let mut run = Run { ctx, journal };
     let made = run.execute(&request.primary, primary, name, &storage, autorestore);
     let resources = match made {
         Ok(resources) => {
-            run.journal.take().expect("the journal is taken once").complete()?;
+            run.journal.complete()?;
             resources
         }
         Err(error) => return Err(run.roll_back(error)),
@@ -140,7 +140,8 @@ pub fn create(ctx: &OpContext<'_>, request: &CreateRequest) -> Result<CreateRepo
 
 struct Run<'r, 'c> {
     ctx: &'r OpContext<'c>,
-    journal: Option<Journal<'c>>,
+    /// Consumed by the commit or the rollback, which end the run.
+    journal: Journal<'c>,
 }
 
 impl<'r, 'c> Journaled<'r, 'c> for Run<'r, 'c> {
@@ -151,7 +152,7 @@ impl<'r, 'c> Journaled<'r, 'c> for Run<'r, 'c> {
     }
 
     fn journal(&mut self) -> &mut Journal<'c> {
-        self.journal.as_mut().expect("running")
+        &mut self.journal
     }
 
     fn crash_points(&self) -> Option<&'static str> {
@@ -316,13 +317,10 @@ impl Run<'_, '_> {
         Ok(resources)
     }
 
-    fn roll_back(&mut self, error: StandbyError) -> StandbyError {
+    fn roll_back(self, error: StandbyError) -> StandbyError {
         let ctx = self.ctx;
         let cause = crate::error::chain(&error);
-        let failures = match self.journal.take() {
-            Some(journal) => journal.roll_back(&cause, |action| super::destroy::undo_create_step(ctx, action)),
-            None => Vec::new(),
-        };
+        let failures = self.journal.roll_back(&cause, |action| super::destroy::undo_create_step(ctx, action));
         if failures.is_empty() {
             error
         } else {

@@ -179,7 +179,7 @@ pub fn sync(ctx: &OpContext<'_>, standby: &str) -> Result<SyncReport, StandbyErr
         record.primary
     ));
     let journal = Journal::begin(ctx.catalog, OperationKind::StandbySync, standby, ctx.clock.now())?;
-    let mut run = Run { ctx, journal: Some(journal), transfer, standby };
+    let mut run = Run { ctx, journal, transfer, standby };
     let result = (|| {
         let dependent = Dependent::standby_named(standby);
         run.step("pin the images the sync reads", undo::restore_pins(standby), |run| {
@@ -209,7 +209,7 @@ pub fn sync(ctx: &OpContext<'_>, standby: &str) -> Result<SyncReport, StandbyErr
     })();
     match result {
         Ok(plan) => {
-            run.journal.take().expect("the journal is taken once").complete()?;
+            run.journal.complete()?;
             Ok(report(&plan.disks, plan.mode, plan.bytes))
         }
         Err(error) => Err(run.roll_back(error)),
@@ -349,7 +349,8 @@ fn disk_report(plan: &DiskPlan) -> DiskReport {
 
 struct Run<'r, 'c> {
     ctx: &'r OpContext<'c>,
-    journal: Option<Journal<'c>>,
+    /// Consumed by the commit or the rollback, which end the run.
+    journal: Journal<'c>,
     transfer: &'r dyn Storage,
     standby: &'r str,
 }
@@ -362,7 +363,7 @@ impl<'r, 'c> Journaled<'r, 'c> for Run<'r, 'c> {
     }
 
     fn journal(&mut self) -> &mut Journal<'c> {
-        self.journal.as_mut().expect("the journal is only taken at the end of the run")
+        &mut self.journal
     }
 }
 
@@ -441,13 +442,10 @@ impl Run<'_, '_> {
         Ok(())
     }
 
-    fn roll_back(&mut self, error: StandbyError) -> StandbyError {
+    fn roll_back(self, error: StandbyError) -> StandbyError {
         let (ctx, _transfer) = (self.ctx, self.transfer);
         let cause = crate::error::chain(&error);
-        let failures = match self.journal.take() {
-            Some(journal) => journal.roll_back(&cause, |action| undo::undo_action(ctx, action).map(drop)),
-            None => Vec::new(),
-        };
+        let failures = self.journal.roll_back(&cause, |action| undo::undo_action(ctx, action).map(drop));
         if failures.is_empty() {
             error
         } else {
