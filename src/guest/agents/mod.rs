@@ -10,7 +10,7 @@
 //!   recover                  ──> RecoveryAgents  status, thaw (any environment's VM)
 //! ```
 //!
-//! The real implementations call `envclone-agent` over SSH ([`ssh`]):
+//! The real implementations call `envclone-agent` over SSH (`ssh/`):
 //! [`SshQuiescer`] holds each freeze as a [`crate::guest::FreezeLease`] on
 //! a session logged in beforehand; [`SshAgents`] keeps one session per VM
 //! and retries what is safe to retry; [`SshRecoveryAgents`] logs in afresh
