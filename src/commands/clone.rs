@@ -7,9 +7,9 @@ use super::Output;
 use crate::cli::{CloneArgs, CloneDisks, CloneNetwork, CloneStart, GlobalArgs};
 use crate::config::Environment;
 use crate::exit::ExitCode;
-use crate::ops::clone::{self, CloneAgents, CloneReport, CloneRequest, DiskMode, NetworkMode, StartMode, Tools};
+use crate::guest::agents::{CloneAgents, SshAgents};
+use crate::ops::clone::{self, CloneReport, CloneRequest, DiskMode, NetworkMode, StartMode, Tools};
 use crate::ops::context::Event;
-use crate::ops::restore::SshAgents;
 use crate::ops::snapshot;
 use crate::{Error, Result};
 

@@ -10,12 +10,11 @@ use crate::catalog::FailoverMode;
 use crate::cli::{FailoverArgs, GlobalArgs};
 use crate::config::Environment;
 use crate::exit::ExitCode;
-use crate::ops::clone::CloneAgents;
+use crate::guest::agents::{CloneAgents, SshAgents};
 use crate::ops::context::{Event, OpContext};
 use crate::ops::failover::{
     self, DrillAction, DrillReport, DrillRequest, PrimaryHost, StepTime, SwitchAction, SwitchReport, Tools, Unplanned,
 };
-use crate::ops::restore::SshAgents;
 use crate::{Error, Result};
 
 pub fn run(global: &GlobalArgs, args: &FailoverArgs, out: &Output) -> Result<ExitCode> {

@@ -9,10 +9,9 @@ use super::session::Session;
 use super::Output;
 use crate::cli::{GlobalArgs, RecoverArgs};
 use crate::exit::ExitCode;
+use crate::guest::agents::SshRecoveryAgents;
 use crate::ops::context::Event;
-use crate::ops::recover::{
-    self, CheckStatus, Outcome, RecoverReport, RecoverRequest, RerunOutcome, SshAgents, UndoStatus,
-};
+use crate::ops::recover::{self, CheckStatus, Outcome, RecoverReport, RecoverRequest, RerunOutcome, UndoStatus};
 use crate::{Error, Result};
 
 pub fn run(global: &GlobalArgs, args: &RecoverArgs, out: &Output) -> Result<ExitCode> {
@@ -21,7 +20,7 @@ pub fn run(global: &GlobalArgs, args: &RecoverArgs, out: &Output) -> Result<Exit
     let progress = |event: &Event| out.progress(&event.to_string());
     let ctx = session.context(&progress);
     let request = RecoverRequest { env: args.environment.clone(), dry_run: args.dry_run };
-    let report = recover::recover(&ctx, &SshAgents::new(config), &request)?;
+    let report = recover::recover(&ctx, &SshRecoveryAgents::new(config), &request)?;
     out.report(&report, human);
     let failures = report.failures();
     if !failures.is_empty() {

@@ -7,8 +7,9 @@ use super::session::Session;
 use super::Output;
 use crate::cli::{GlobalArgs, RestoreArgs};
 use crate::exit::ExitCode;
+use crate::guest::agents::SshAgents;
 use crate::ops::context::Event;
-use crate::ops::restore::{self, RestoreReport, RestoreRequest, SshAgents, StartKind, Tools};
+use crate::ops::restore::{self, RestoreReport, RestoreRequest, StartKind, Tools};
 use crate::ops::snapshot;
 use crate::Result;
 

@@ -5,10 +5,13 @@
 //!   every command ([`GuestSession`]); `interactive` adds a pty.
 //! - [`agent`]: `envclone-agent` subcommands and their JSON answers.
 //! - [`lease`]: the freeze lease, held on a channel of its own session.
+//! - [`agents`]: the guest agents port, what the operations ask of the
+//!   agents (one trait per role), and its SSH implementations.
 //!
 //! Everything here blocks (ssh2 does): async callers use `spawn_blocking`.
 
 mod agent;
+pub mod agents;
 pub mod endpoint;
 mod error;
 pub mod hostkey;

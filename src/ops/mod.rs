@@ -23,7 +23,5 @@ pub mod restore;
 pub mod shared;
 pub mod snapshot;
 pub mod standby;
-#[cfg(test)]
-pub(crate) mod test_agents;
 
 pub use self::lock::{Busy, EnvLock, LockError, LockHolder};

@@ -4,10 +4,15 @@
 //!   [`FakeStorage`] and a [`FakeNet`] the test keeps and inspects.
 //! - [`FakeStorage`]: image files in memory, recording each call.
 //! - [`FakeNet`]: network namespaces and links in memory.
+//! - The guest agents port's fakes ([`FakeQuiescer`], [`ReadyAgents`],
+//!   [`FakeRestoreAgents`], [`FakeRecoveryAgents`]): scripted agents with
+//!   named scenarios, logging what they were asked.
 
+mod agents;
 mod net;
 mod storage;
 
+pub(crate) use self::agents::{FakeQuiescer, FakeRecoveryAgents, FakeRestoreAgents, ReadyAgents};
 pub(crate) use self::net::FakeNet;
 pub(crate) use self::storage::{FakeStorage, Presume};
 

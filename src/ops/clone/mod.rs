@@ -90,14 +90,14 @@ use serde::Serialize;
 
 pub(crate) use self::error::remaining;
 pub use self::error::CloneError;
-pub use self::readdress::CloneAgents;
 pub(crate) use crate::ops::journal::Journal;
 
 use super::context::OpContext;
-use super::snapshot::{Quiescer, SnapshotRequest};
+use super::snapshot::SnapshotRequest;
 use super::EnvLock;
 use crate::catalog::{Catalog, CloneRecord, ClonedDisk, ClonedNetwork, OperationKind, UndoAction};
 use crate::config::{Config, Environment, LookupError};
+use crate::guest::agents::{CloneAgents, Quiescer};
 use crate::ops::journal::{Journaled, PhaseMachine};
 
 /// How long a booted clone's agent may take to answer.

@@ -7,20 +7,18 @@
 //! The rewrite map ([`AddressPlan::rewrite_map`]) sends every source
 //! address and host name to the clone's. What the agents do with it, in
 //! the quarantine network and before the link goes up, is driven by the
-//! state machine in `mod.rs`; [`CloneAgents`] is the agents' side of it,
-//! behind a trait so that the machine is unit tested without SSH.
+//! state machine in `mod.rs`; [`CloneAgents`](crate::guest::agents::CloneAgents) is the agents' side of it,
+//! in the guest agents port.
 
 use std::collections::BTreeMap;
 use std::net::Ipv4Addr;
 
-use envclone_agent::{ReaddressReport, ResetIdentityReport, RewritePlan, RewriteReport, ScanReport, ScanRequest};
+use envclone_agent::{RewritePlan, ScanRequest};
 use ipnet::Ipv4Net;
 use serde::Serialize;
 
 use super::CloneError;
-use crate::guest::{AgentClient, GuestError};
 use crate::hypervisor::{HvError, Hypervisor};
-use crate::ops::restore::{GuestAgents, SshAgents};
 
 /// One source network and the subnet the clone gets instead.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
@@ -216,87 +214,6 @@ pub fn taken_subnets(hv: &dyn Hypervisor) -> Result<Vec<Ipv4Net>, (String, Box<H
         }
     }
     Ok(taken)
-}
-
-/// What a clone asks of its agents beyond a restore's.
-pub trait CloneAgents: GuestAgents {
-    /// The host key blob the guest's SSH server offers.
-    fn host_key(&self, vm: &str) -> Result<Vec<u8>, GuestError>;
-    /// The guest's host name, as its agent reports it.
-    fn hostname(&self, vm: &str) -> Result<String, GuestError>;
-    fn rewrite(&self, vm: &str, plan: &RewritePlan) -> Result<RewriteReport, GuestError>;
-    fn scan(&self, vm: &str, request: &ScanRequest) -> Result<ScanReport, GuestError>;
-    /// Re-addresses the interface `mac`; the agent drops the old address
-    /// only after answering, so the session that asked survives the call.
-    fn readdress(
-        &self,
-        vm: &str,
-        mac: &str,
-        address: &Ipv4Net,
-        gateway: Ipv4Addr,
-        hostname: &str,
-    ) -> Result<ReaddressReport, GuestError>;
-    /// A new machine-id (and new SSH host keys when asked).
-    fn reset_identity(&self, vm: &str, host_keys: bool) -> Result<ResetIdentityReport, GuestError>;
-}
-
-impl CloneAgents for SshAgents {
-    fn host_key(&self, vm: &str) -> Result<Vec<u8>, GuestError> {
-        self.with_session(vm, |session| {
-            session
-                .session()
-                .host_key()
-                .map(|(blob, _)| blob.to_vec())
-                .ok_or_else(|| GuestError::NoHostKey { target: session.target().to_owned() })
-        })
-    }
-
-    fn hostname(&self, vm: &str) -> Result<String, GuestError> {
-        self.once(vm, |agent| agent.status().map(|s| s.hostname))
-    }
-
-    fn rewrite(&self, vm: &str, plan: &RewritePlan) -> Result<RewriteReport, GuestError> {
-        // Cannot fail: the plan holds strings, lists and string-keyed maps only.
-        #[allow(clippy::expect_used)]
-        let plan = serde_json::to_vec(plan).expect("a rewrite plan serializes");
-        self.once(vm, |agent| agent.call(&["rewrite"], Some(&plan)))
-    }
-
-    fn scan(&self, vm: &str, request: &ScanRequest) -> Result<ScanReport, GuestError> {
-        // Cannot fail: the request holds strings, lists and string-keyed maps only.
-        #[allow(clippy::expect_used)]
-        let request = serde_json::to_vec(request).expect("a scan request serializes");
-        self.once(vm, |agent| agent.call(&["scan"], Some(&request)))
-    }
-
-    fn readdress(
-        &self,
-        vm: &str,
-        mac: &str,
-        address: &Ipv4Net,
-        gateway: Ipv4Addr,
-        hostname: &str,
-    ) -> Result<ReaddressReport, GuestError> {
-        let (address, gateway) = (address.to_string(), gateway.to_string());
-        let args = ["readdress", "--mac", mac, "--address", &address, "--gateway", &gateway, "--hostname", hostname];
-        let report = self.once(vm, |agent| agent.call(&args, None));
-        // The session came in on the address the agent is about to drop.
-        self.forget_session(vm);
-        report
-    }
-
-    fn reset_identity(&self, vm: &str, host_keys: bool) -> Result<ResetIdentityReport, GuestError> {
-        let args: &[&str] = if host_keys { &["reset-identity", "--ssh-host-keys"] } else { &["reset-identity"] };
-        self.once(vm, |agent| agent.call(args, None))
-    }
-}
-
-impl SshAgents {
-    /// One agent call on the kept session or a new login, not retried:
-    /// these calls change the guest, so a second try is the caller's call.
-    fn once<T>(&self, vm: &str, call: impl Fn(&AgentClient<'_>) -> Result<T, GuestError>) -> Result<T, GuestError> {
-        self.with_session(vm, |session| call(&AgentClient::new(session)))
-    }
 }
 
 #[cfg(test)]

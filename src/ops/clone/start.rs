@@ -4,9 +4,10 @@
 
 use super::domains::Domains;
 use super::resolve::VmPlan;
-use super::{CloneAgents, CloneError, Run, StartMode, VmReport, BOOT_WITHIN};
+use super::{CloneError, Run, StartMode, VmReport, BOOT_WITHIN};
 use crate::catalog::UndoAction;
 use crate::config::Environment;
+use crate::guest::agents::CloneAgents;
 use crate::ops::journal::Journaled;
 
 /// The clone's guests: how its environment reaches them now, and what the

@@ -4,7 +4,6 @@
 
 use std::collections::BTreeMap;
 use std::sync::Mutex;
-use std::time::Duration;
 
 use chrono::{DateTime, TimeZone, Utc};
 
@@ -12,40 +11,13 @@ use super::*;
 use crate::catalog::{Dependent, ImageKind, OperationState, StepState};
 use crate::config::{AgentEndpoint, Config, Controller, HumanSize, Vm};
 use crate::error::Failure;
-use crate::guest::GuestError;
+use crate::guest::agents::CloneAgents;
 use crate::hypervisor::{FakeHypervisor, FakeStep, Hypervisor};
 use crate::ops::context::{Event, FixedClock};
-use crate::ops::snapshot::{FreezeInfo, FrozenGuest, ThawInfo};
-use crate::ops::test_agents::ReadyAgents;
-use crate::test_support::{FakeHost, FakeNet, FakeStorage};
+use crate::test_support::{FakeHost, FakeNet, FakeQuiescer, FakeStorage, ReadyAgents};
 
 fn at(minute: u32) -> DateTime<Utc> {
     Utc.with_ymd_and_hms(2024, 5, 1, 2, minute, 0).unwrap()
-}
-
-#[derive(Debug, Default)]
-struct FakeQuiescer;
-
-struct Frozen;
-
-impl FrozenGuest for Frozen {
-    fn thaw(self: Box<Self>) -> Result<ThawInfo, GuestError> {
-        Ok(ThawInfo { frozen: Duration::ZERO, by_lease_timeout: false })
-    }
-}
-
-impl Quiescer for FakeQuiescer {
-    fn prepare(&self, _vm: &str) -> Result<(), GuestError> {
-        Ok(())
-    }
-
-    fn freeze(&self, _vm: &str) -> Result<(Box<dyn FrozenGuest>, FreezeInfo), GuestError> {
-        Ok((Box::new(Frozen), FreezeInfo { freezing: Duration::ZERO }))
-    }
-
-    fn recover(&self, _vm: &str) -> Result<(), GuestError> {
-        Ok(())
-    }
 }
 
 /// An environment `demo` of VMs `web` and `db` on network `net`, with one
@@ -102,8 +74,10 @@ impl Harness {
             snapshot: String::new(),
         };
         let request = SnapshotRequest { env: "demo".into(), label: None, memory: false, quiesce: None, schedule: None };
-        harness.snapshot =
-            harness.with_context(|ctx| crate::ops::snapshot::take(ctx, &request, &FakeQuiescer)).unwrap().name;
+        harness.snapshot = harness
+            .with_context(|ctx| crate::ops::snapshot::take(ctx, &request, &FakeQuiescer::healthy()))
+            .unwrap()
+            .name;
         harness.hv.clear_calls();
         harness
     }
@@ -160,7 +134,7 @@ impl Harness {
             new_host_keys,
         };
         let agents = |env: &Environment| -> Box<dyn CloneAgents> { Box::new(agents.reaching(env)) };
-        let tools = Tools { quiescer: &FakeQuiescer, agents: &agents };
+        let tools = Tools { quiescer: &FakeQuiescer::healthy(), agents: &agents };
         self.with_context(|ctx| super::clone(ctx, &request, tools))
     }
 
@@ -438,7 +412,7 @@ fn a_clone_of_a_clone_keeps_its_source_clone_alive_until_it_goes() {
     let c1 = resolve_environment(&h.config, &h.catalog, "c1").unwrap();
     h.config.environments.insert("c1".into(), c1);
     let request = SnapshotRequest { env: "c1".into(), label: None, memory: false, quiesce: None, schedule: None };
-    let snap = h.with_context(|ctx| crate::ops::snapshot::take(ctx, &request, &FakeQuiescer)).unwrap().name;
+    let snap = h.with_context(|ctx| crate::ops::snapshot::take(ctx, &request, &FakeQuiescer::healthy())).unwrap().name;
     let agents = ReadyAgents::default();
     let request = CloneRequest {
         source: "c1".into(),
@@ -453,7 +427,7 @@ fn a_clone_of_a_clone_keeps_its_source_clone_alive_until_it_goes() {
         let _ = env;
         Box::new(agents.clone())
     };
-    let tools = Tools { quiescer: &FakeQuiescer, agents: &make };
+    let tools = Tools { quiescer: &FakeQuiescer::healthy(), agents: &make };
     let report = h.with_context(|ctx| super::clone(ctx, &request, tools)).unwrap();
     // c2 reaches its guests through a gateway with the address c1 recorded.
     assert_eq!(report.networks[0].gateway.as_deref(), Some("192.168.50.1/24"));

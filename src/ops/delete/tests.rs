@@ -12,35 +12,17 @@ use chrono::{DateTime, TimeZone, Utc};
 use super::*;
 use crate::catalog::{Catalog, Dependent, ImageFormat, ImageKind, NewImage, OperationKind, OperationState, StepState};
 use crate::config::{AgentEndpoint, Config, Controller, HumanSize, QuiescePolicy, Retention, Schedule, Vm};
-use crate::guest::GuestError;
 use crate::host::Storage;
 use crate::hypervisor::{Call, FakeHypervisor, FakeStep, Hypervisor};
 use crate::ops::context::{Event, FixedClock, OpContext};
 use crate::ops::prune::{self, PruneRequest};
-use crate::ops::snapshot::{self, snapshot_dependent, FreezeInfo, FrozenGuest, Quiescer, SnapshotRequest};
-use crate::test_support::{FakeHost, FakeNet, FakeStorage};
+use crate::ops::snapshot::{self, snapshot_dependent, SnapshotRequest};
+use crate::test_support::{FakeHost, FakeNet, FakeQuiescer, FakeRecoveryAgents, FakeStorage};
 
 const ENV: &str = "demo";
 
 fn at(minute: u32) -> DateTime<Utc> {
     Utc.with_ymd_and_hms(2024, 5, 1, 2, minute, 0).unwrap()
-}
-
-/// Snapshots are taken with quiesce `off`: no agent is ever asked.
-struct NoAgents;
-
-impl Quiescer for NoAgents {
-    fn prepare(&self, vm: &str) -> Result<(), GuestError> {
-        Err(GuestError::AgentMissing { target: vm.into() })
-    }
-
-    fn freeze(&self, vm: &str) -> Result<(Box<dyn FrozenGuest>, FreezeInfo), GuestError> {
-        Err(GuestError::AgentMissing { target: vm.into() })
-    }
-
-    fn recover(&self, vm: &str) -> Result<(), GuestError> {
-        Err(GuestError::AgentMissing { target: vm.into() })
-    }
 }
 
 fn settings() -> DeleteSettings {
@@ -132,6 +114,7 @@ impl Harness {
     }
 
     /// Takes a snapshot a minute after the previous one; returns its name.
+    /// Quiesce is off: no agent is ever asked (the quiescer has none).
     fn take(&self, schedule: Option<&str>) -> String {
         *self.minute.lock().unwrap() += 1;
         let request = SnapshotRequest {
@@ -141,7 +124,7 @@ impl Harness {
             quiesce: Some(QuiescePolicy::Off),
             schedule: schedule.map(str::to_owned),
         };
-        self.with_clock(|ctx| snapshot::take(ctx, &request, &NoAgents)).unwrap().name
+        self.with_clock(|ctx| snapshot::take(ctx, &request, &FakeQuiescer::without_agents())).unwrap().name
     }
 
     fn take_n(&self, n: usize) -> Vec<String> {
@@ -584,7 +567,7 @@ fn deleting_a_failed_snapshot_only_marks_it_deleted() {
         quiesce: Some(QuiescePolicy::Off),
         schedule: None,
     };
-    assert!(h.with_clock(|ctx| snapshot::take(ctx, &request, &NoAgents)).is_err());
+    assert!(h.with_clock(|ctx| snapshot::take(ctx, &request, &FakeQuiescer::without_agents())).is_err());
     let failed = h.catalog.snapshots(ENV).unwrap().remove(0);
     assert_eq!(failed.state, SnapshotState::Failed);
     let files = h.images();
@@ -684,24 +667,6 @@ fn a_vm_no_longer_in_the_config_defers_merging_its_images() {
     assert_eq!(h.state(&names[1]), SnapshotState::Complete);
 }
 
-/// The agents of `envclone recover`; never needed here (quiesce is off).
-#[derive(Debug)]
-struct NoFreezes;
-
-impl crate::ops::recover::Agents for NoFreezes {
-    fn status(
-        &self,
-        _: &str,
-        _: &str,
-    ) -> Result<crate::ops::recover::FreezeState, crate::ops::recover::AgentCallError> {
-        Ok(crate::ops::recover::FreezeState::default())
-    }
-
-    fn thaw(&self, _: &str, _: &str) -> Result<Vec<String>, crate::ops::recover::AgentCallError> {
-        Ok(Vec::new())
-    }
-}
-
 #[test]
 fn recover_finishes_a_delete_that_died_after_its_pivot() {
     use crate::ops::recover::{recover, Outcome, RecoverRequest, RerunOutcome};
@@ -729,7 +694,7 @@ fn recover_finishes_a_delete_that_died_after_its_pivot() {
     h.hv.clear_calls();
 
     let request = RecoverRequest { env: Some(ENV.into()), dry_run: false };
-    let report = h.with_files(&files, |ctx| recover(ctx, &NoFreezes, &request)).unwrap();
+    let report = h.with_files(&files, |ctx| recover(ctx, &FakeRecoveryAgents::healthy(), &request)).unwrap();
 
     let env = &report.environments[0];
     assert_eq!(env.operations[0].outcome, Outcome::RolledBack);

@@ -105,8 +105,7 @@ pub use self::takeover::{epoch_overlay_path, TakeoverVm};
 pub use self::unplanned::{unplanned, Unplanned};
 
 use crate::config::Environment;
-use crate::ops::clone::CloneAgents;
-use crate::ops::snapshot::Quiescer;
+use crate::guest::agents::{CloneAgents, Quiescer};
 
 /// What a failover works with besides the context.
 #[derive(Clone, Copy)]

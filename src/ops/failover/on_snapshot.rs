@@ -9,8 +9,9 @@ use serde::Serialize;
 use super::{DrillRequest, FailbackReport, SwitchStatus};
 use crate::catalog::FailoverState;
 use crate::config::Config;
+use crate::guest::agents::Quiescer;
 use crate::ops::context::OpContext;
-use crate::ops::snapshot::{self, Quiescer, SnapshotError, SnapshotReport, SnapshotRequest};
+use crate::ops::snapshot::{self, SnapshotError, SnapshotReport, SnapshotRequest};
 
 /// Who serves, as a snapshot of one environment sees it.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -51,8 +51,9 @@ use super::takeover::{epoch_overlays, in_standby_domains, TakeoverVm};
 use super::{undo, FailoverError};
 use crate::catalog::{ClonedNetwork, StandbyRecord, UndoAction};
 use crate::config::{Environment, Rewrite};
+use crate::guest::agents::CloneAgents;
 use crate::hypervisor::{HvError, NetworkDef, NetworkSpec};
-use crate::ops::clone::readdress::{self as plan, agent_requests, CloneAgents};
+use crate::ops::clone::readdress::{self as plan, agent_requests};
 use crate::ops::clone::{names, undo as clone_undo};
 use crate::ops::journal::Journaled as _;
 

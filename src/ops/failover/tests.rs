@@ -6,48 +6,20 @@
 use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::sync::Mutex;
-use std::time::Duration;
 
 use chrono::{DateTime, TimeZone, Utc};
 
 use super::*;
 use crate::catalog::{Catalog, FailoverMode, FailoverState, OperationKind, OperationState};
 use crate::config::{AgentEndpoint, Config, Controller, Environment, HumanSize, Vm};
-use crate::guest::GuestError;
+use crate::guest::agents::CloneAgents;
 use crate::hypervisor::{Call, DomainState, FakeHypervisor, FakeStep, Hypervisor};
-use crate::ops::clone::CloneAgents;
 use crate::ops::context::{Event, FixedClock, OpContext};
-use crate::ops::snapshot::{FreezeInfo, FrozenGuest, Quiescer, SnapshotRequest, ThawInfo};
-use crate::ops::test_agents::ReadyAgents;
-use crate::test_support::{FakeHost, FakeNet, FakeStorage};
+use crate::ops::snapshot::SnapshotRequest;
+use crate::test_support::{FakeHost, FakeNet, FakeQuiescer, FakeStorage, ReadyAgents};
 
 fn at(minute: u32) -> DateTime<Utc> {
     Utc.with_ymd_and_hms(2024, 5, 1, 2, minute, 0).unwrap()
-}
-
-struct Frozen;
-
-impl FrozenGuest for Frozen {
-    fn thaw(self: Box<Self>) -> Result<ThawInfo, GuestError> {
-        Ok(ThawInfo { frozen: Duration::ZERO, by_lease_timeout: false })
-    }
-}
-
-#[derive(Debug)]
-struct FakeQuiescer;
-
-impl Quiescer for FakeQuiescer {
-    fn prepare(&self, _vm: &str) -> Result<(), GuestError> {
-        Ok(())
-    }
-
-    fn freeze(&self, _vm: &str) -> Result<(Box<dyn FrozenGuest>, FreezeInfo), GuestError> {
-        Ok((Box::new(Frozen), FreezeInfo { freezing: Duration::ZERO }))
-    }
-
-    fn recover(&self, _vm: &str) -> Result<(), GuestError> {
-        Ok(())
-    }
 }
 
 /// `demo` (web, db on `net`, 192.168.50.1/24) with a standby `sb` synced
@@ -60,6 +32,8 @@ struct Harness {
     /// Every image file: the primary's, the standby's, those carried home.
     files: FakeStorage<'static>,
     net: FakeNet,
+    /// Freezes the primary's guests for a planned failover's snapshot.
+    quiescer: FakeQuiescer,
     events: Mutex<Vec<Event>>,
 }
 
@@ -93,13 +67,14 @@ impl Harness {
             hv,
             files: FakeStorage::default().with_size(100),
             net: FakeNet::default(),
+            quiescer: FakeQuiescer::healthy(),
             events: Mutex::new(Vec::new()),
             _dir: dir,
         };
         if synced {
             let request =
                 SnapshotRequest { env: "demo".into(), label: None, memory: false, quiesce: None, schedule: None };
-            h.with_context(|ctx| crate::ops::snapshot::take(ctx, &request, &FakeQuiescer)).unwrap();
+            h.with_context(|ctx| crate::ops::snapshot::take(ctx, &request, &h.quiescer)).unwrap();
         }
         let storage = h._dir.path().join("standby");
         let request = crate::ops::standby::CreateRequest {
@@ -132,7 +107,7 @@ impl Harness {
     }
 
     fn tools<'t>(&'t self, agents: &'t dyn Fn(&Environment) -> Box<dyn CloneAgents>) -> Tools<'t> {
-        Tools { agents, quiescer: &FakeQuiescer }
+        Tools { agents, quiescer: &self.quiescer }
     }
 
     fn planned(&self, answering: bool) -> Result<SwitchReport, FailoverError> {

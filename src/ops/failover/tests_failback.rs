@@ -38,7 +38,7 @@ impl Harness {
         };
         self.with_context(|ctx| {
             let ctx = OpContext { config: &config, ..*ctx };
-            crate::ops::snapshot::take(&ctx, &snapshot, &FakeQuiescer)
+            crate::ops::snapshot::take(&ctx, &snapshot, &self.quiescer)
         })
         .unwrap();
         self.hv.clear_calls();

@@ -104,7 +104,7 @@ fn without_a_trigger_the_snapshot_is_taken_and_nothing_fails_back() {
     let h = Harness::new();
 
     let taken = h.with_context(|ctx| {
-        on_snapshot::take(ctx, &manual(), &FakeQuiescer, None, |_| -> Result<FailbackReport, Failed> {
+        on_snapshot::take(ctx, &manual(), &FakeQuiescer::healthy(), None, |_| -> Result<FailbackReport, Failed> {
             unreachable!("no failback without a trigger")
         })
     });
@@ -119,10 +119,16 @@ fn a_triggered_failback_runs_after_the_snapshot_is_recorded_and_from_the_standby
     let before = h.catalog.snapshots("demo").unwrap().len();
 
     let result = h.with_context(|ctx| {
-        on_snapshot::take(ctx, &manual(), &FakeQuiescer, Some("sb"), |request| -> Result<FailbackReport, Failed> {
-            let snapshots = h.catalog.snapshots("demo").unwrap().len();
-            Err(Failed::Failback { request: request.clone(), snapshots })
-        })
+        on_snapshot::take(
+            ctx,
+            &manual(),
+            &FakeQuiescer::healthy(),
+            Some("sb"),
+            |request| -> Result<FailbackReport, Failed> {
+                let snapshots = h.catalog.snapshots("demo").unwrap().len();
+                Err(Failed::Failback { request: request.clone(), snapshots })
+            },
+        )
     });
 
     let Err(Failed::Failback { request, snapshots }) = result else { panic!("{result:?}") };
@@ -138,7 +144,7 @@ fn a_snapshot_that_fails_triggers_no_failback() {
     let _held = EnvLock::acquire(&h.config.controller.state_dir, "demo", "test").unwrap();
 
     let result = h.with_context(|ctx| {
-        on_snapshot::take(ctx, &manual(), &FakeQuiescer, Some("sb"), |_| -> Result<FailbackReport, Failed> {
+        on_snapshot::take(ctx, &manual(), &FakeQuiescer::healthy(), Some("sb"), |_| -> Result<FailbackReport, Failed> {
             unreachable!("no failback after a failed snapshot")
         })
     });

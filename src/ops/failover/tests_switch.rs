@@ -218,7 +218,7 @@ fn while_the_standby_serves_the_environment_snapshots_take_its_domains_and_syncs
     let request = SnapshotRequest { env: "demo".into(), label: None, memory: false, quiesce: None, schedule: None };
     let snapshot = h.with_context(|ctx| {
         let ctx = OpContext { config: &config, ..*ctx };
-        crate::ops::snapshot::take(&ctx, &request, &FakeQuiescer)
+        crate::ops::snapshot::take(&ctx, &request, &h.quiescer)
     });
 
     assert!(snapshot.is_ok(), "{snapshot:?}");

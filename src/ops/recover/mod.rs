@@ -52,7 +52,6 @@
 //! the plan without changing anything. Running `recover` twice is
 //! harmless: the second finds nothing to do (or retries what failed).
 
-mod agents;
 mod error;
 mod reality;
 #[cfg(test)]
@@ -64,7 +63,6 @@ use std::collections::BTreeSet;
 use chrono::{DateTime, Utc};
 use serde::Serialize;
 
-pub use self::agents::{AgentCallError, Agents, FreezeState, SshAgents};
 pub use self::error::RecoverError;
 pub use self::reality::{Check, CheckStatus, Expected};
 pub use self::undo::{describe, KNOWN_CUSTOM_KINDS};
@@ -76,6 +74,7 @@ use crate::catalog::{
     Catalog, CatalogError, Operation, OperationId, OperationKind, OperationState, Owner, SnapshotState, Step,
     StepState, UndoAction,
 };
+use crate::guest::agents::RecoveryAgents;
 use crate::ops::delete::{delete_locked, DeleteReport, DeleteSettings};
 use crate::ops::restore::RECORD_STEP as RESTORE_RECORD_STEP;
 use crate::ops::snapshot::UNDO_FAIL_SNAPSHOT_NAMED;
@@ -253,7 +252,7 @@ pub enum UndoStatus {
 /// [`RecoverError::Lock`] (busy); when scanning, it is reported and skipped.
 pub fn recover(
     ctx: &OpContext<'_>,
-    agents: &dyn Agents,
+    agents: &dyn RecoveryAgents,
     request: &RecoverRequest,
 ) -> Result<RecoverReport, RecoverError> {
     let catalog = ctx.catalog;
@@ -321,7 +320,12 @@ pub(crate) fn pending(catalog: &Catalog) -> Result<Vec<Operation>, CatalogError>
 }
 
 /// One environment, its lock held.
-fn recover_env(ctx: &OpContext<'_>, agents: &dyn Agents, env: &str, dry_run: bool) -> Result<EnvReport, RecoverError> {
+fn recover_env(
+    ctx: &OpContext<'_>,
+    agents: &dyn RecoveryAgents,
+    env: &str,
+    dry_run: bool,
+) -> Result<EnvReport, RecoverError> {
     // Judged again now that the lock is held: no live owner can be working on these.
     let operations: Vec<Operation> = pending(ctx.catalog)?.into_iter().filter(|op| op.env == env).collect();
     let env_config = ctx.config.environments.get(env);

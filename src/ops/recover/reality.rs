@@ -38,8 +38,8 @@ use crate::error::chain as error_chain;
 use crate::hypervisor::{Disk, DomainState};
 use crate::ops::context::OpContext;
 
-use super::agents::Agents;
 use super::undo::{image_format, resume_if_paused, Undone};
+use crate::guest::agents::RecoveryAgents;
 
 /// One thing checked in the environment.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
@@ -93,7 +93,7 @@ const BOOT_POLL: Duration = Duration::from_millis(500);
 /// Checks (and, unless `dry_run`, fixes) every VM of `env`.
 pub fn check_env(
     ctx: &OpContext<'_>,
-    agents: &dyn Agents,
+    agents: &dyn RecoveryAgents,
     env_name: &str,
     env: &Environment,
     expected: &Expected,
@@ -177,7 +177,7 @@ pub fn check_env(
 }
 
 /// Waits until the agent of `vm` (booting) answers; an error says it did not.
-fn wait_for_boot(agents: &dyn Agents, env: &str, vm: &str) -> Result<(), String> {
+fn wait_for_boot(agents: &dyn RecoveryAgents, env: &str, vm: &str) -> Result<(), String> {
     crate::wait::until(&format!("the agent of {vm}"), BOOT_WITHIN, BOOT_POLL, || agents.status(env, vm).map(Some))
         .map(|_| ())
         .map_err(|e| {
@@ -187,7 +187,7 @@ fn wait_for_boot(agents: &dyn Agents, env: &str, vm: &str) -> Result<(), String>
         })
 }
 
-fn check_agent(agents: &dyn Agents, env: &str, vm: &str, froze: bool, dry_run: bool) -> (CheckStatus, String) {
+fn check_agent(agents: &dyn RecoveryAgents, env: &str, vm: &str, froze: bool, dry_run: bool) -> (CheckStatus, String) {
     let unreachable = if froze { CheckStatus::Problem } else { CheckStatus::Warning };
     let state = match agents.status(env, vm) {
         Ok(state) => state,

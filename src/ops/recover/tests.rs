@@ -2,7 +2,7 @@
 //! temporary directory: journals written the way a crashed operation
 //! leaves them, then recovered.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 
@@ -13,96 +13,9 @@ use crate::catalog::{
     Catalog, Dependent, ImageFormat, ImageKind, NewImage, NewSnapshot, OperationId, StepId, StepRecord,
 };
 use crate::config::{AgentEndpoint, Config, Controller, Vm};
-use crate::guest::GuestError;
 use crate::hypervisor::{Call, DirectBootSpec, DomainDef, DomainState, ExternalSnapshot, FakeHypervisor, FakeStep};
 use crate::ops::context::{Event, FixedClock};
-use crate::test_support::{FakeHost, FakeNet};
-
-/// Scripted agents with named scenarios; every call is logged in order.
-#[derive(Debug, Default)]
-struct FakeAgents {
-    state: Mutex<AgentsState>,
-}
-
-#[derive(Debug, Default)]
-struct AgentsState {
-    frozen: BTreeMap<String, Vec<String>>,
-    unreachable: BTreeSet<String>,
-    thaw_fails: BTreeSet<String>,
-    /// Status calls that still fail, per VM, before its agent answers.
-    booting: BTreeMap<String, u32>,
-    log: Vec<String>,
-}
-
-impl FakeAgents {
-    fn healthy() -> Self {
-        Self::default()
-    }
-
-    fn with_frozen(self, vm: &str) -> Self {
-        self.state.lock().unwrap().frozen.insert(vm.into(), vec!["/".into(), "/var".into()]);
-        self
-    }
-
-    fn with_failing_thaw(self, vm: &str) -> Self {
-        self.state.lock().unwrap().thaw_fails.insert(vm.into());
-        self
-    }
-
-    /// `vm`'s guest is booting: its agent answers from the `calls`+1-th status call on.
-    fn booting(self, vm: &str, calls: u32) -> Self {
-        self.state.lock().unwrap().booting.insert(vm.into(), calls);
-        self
-    }
-
-    fn heal(&self, vm: &str) {
-        self.state.lock().unwrap().thaw_fails.remove(vm);
-    }
-
-    fn log(&self) -> Vec<String> {
-        self.state.lock().unwrap().log.clone()
-    }
-
-    fn thaws(&self) -> Vec<String> {
-        self.log().into_iter().filter(|line| line.starts_with("thaw")).collect()
-    }
-
-    fn frozen(&self, vm: &str) -> bool {
-        self.state.lock().unwrap().frozen.contains_key(vm)
-    }
-
-    fn unreachable_error() -> AgentCallError {
-        AgentCallError::Guest(GuestError::Connect {
-            netns: None,
-            addr: "10.0.0.9:22".parse().unwrap(),
-            source: std::io::ErrorKind::ConnectionRefused.into(),
-        })
-    }
-}
-
-impl Agents for FakeAgents {
-    fn status(&self, env: &str, vm: &str) -> Result<FreezeState, AgentCallError> {
-        let mut state = self.state.lock().unwrap();
-        state.log.push(format!("status {env}/{vm}"));
-        if state.unreachable.contains(vm) {
-            return Err(Self::unreachable_error());
-        }
-        if let Some(left) = state.booting.get_mut(vm).filter(|left| **left > 0) {
-            *left -= 1;
-            return Err(Self::unreachable_error());
-        }
-        Ok(FreezeState { frozen: state.frozen.get(vm).cloned().unwrap_or_default(), in_progress: false })
-    }
-
-    fn thaw(&self, env: &str, vm: &str) -> Result<Vec<String>, AgentCallError> {
-        let mut state = self.state.lock().unwrap();
-        state.log.push(format!("thaw {env}/{vm}"));
-        if state.unreachable.contains(vm) || state.thaw_fails.contains(vm) {
-            return Err(Self::unreachable_error());
-        }
-        Ok(state.frozen.remove(vm).unwrap_or_default())
-    }
-}
+use crate::test_support::{FakeHost, FakeNet, FakeRecoveryAgents};
 
 /// Environment `demo`: VMs `web` and `db` on domains of the same names,
 /// each with disk vda on its own image file in a temporary directory.
@@ -156,7 +69,7 @@ impl Harness {
         Harness { dir, config, catalog, hv, events: Mutex::new(Vec::new()) }
     }
 
-    fn recover(&self, agents: &FakeAgents, request: &RecoverRequest) -> Result<RecoverReport, RecoverError> {
+    fn recover(&self, agents: &FakeRecoveryAgents, request: &RecoverRequest) -> Result<RecoverReport, RecoverError> {
         let events = &self.events;
         let progress = |event: &Event| events.lock().unwrap().push(event.clone());
         let clock = FixedClock(Utc.with_ymd_and_hms(2024, 5, 1, 3, 0, 0).unwrap());
@@ -167,7 +80,7 @@ impl Harness {
         recover(&ctx, agents, request)
     }
 
-    fn recover_all(&self, agents: &FakeAgents) -> RecoverReport {
+    fn recover_all(&self, agents: &FakeRecoveryAgents) -> RecoverReport {
         self.recover(agents, &RecoverRequest::default()).unwrap()
     }
 
@@ -265,7 +178,7 @@ fn crashed_memory_snapshot(h: &Harness) -> CrashedSnapshot {
 fn interrupted_snapshot_is_rolled_back_newest_first() {
     let h = Harness::new();
     let crashed = crashed_memory_snapshot(&h);
-    let agents = FakeAgents::healthy().with_frozen("web");
+    let agents = FakeRecoveryAgents::healthy().with_frozen("web");
 
     let report = h.recover_all(&agents);
 
@@ -292,7 +205,7 @@ fn interrupted_snapshot_is_rolled_back_newest_first() {
 fn recover_twice_is_harmless_and_the_second_finds_nothing() {
     let h = Harness::new();
     crashed_memory_snapshot(&h);
-    let agents = FakeAgents::healthy().with_frozen("web");
+    let agents = FakeRecoveryAgents::healthy().with_frozen("web");
     h.recover_all(&agents);
     h.hv.clear_calls();
     let thaws_before = agents.thaws().len();
@@ -310,7 +223,7 @@ fn recover_twice_is_harmless_and_the_second_finds_nothing() {
 fn dry_run_reports_the_plan_and_changes_nothing() {
     let h = Harness::new();
     let crashed = crashed_memory_snapshot(&h);
-    let agents = FakeAgents::healthy().with_frozen("web");
+    let agents = FakeRecoveryAgents::healthy().with_frozen("web");
     let before = h.catalog.operation(crashed.op).unwrap();
 
     let report = h.recover(&agents, &RecoverRequest { env: Some("demo".into()), dry_run: true }).unwrap();
@@ -334,7 +247,7 @@ fn dry_run_reports_the_plan_and_changes_nothing() {
 fn failed_undo_is_recorded_the_rest_goes_on_and_the_next_recover_retries() {
     let h = Harness::new();
     let crashed = crashed_memory_snapshot(&h);
-    let agents = FakeAgents::healthy().with_frozen("web").with_failing_thaw("web");
+    let agents = FakeRecoveryAgents::healthy().with_frozen("web").with_failing_thaw("web");
 
     let report = h.recover_all(&agents);
 
@@ -372,7 +285,7 @@ fn operation_with_an_unknown_custom_undo_is_refused_untouched() {
     h.step(op, "move the vTPM", newer, false);
     h.pause("web");
     let owner = h.catalog.operation(op).unwrap().owner;
-    let agents = FakeAgents::healthy();
+    let agents = FakeRecoveryAgents::healthy();
 
     let report = h.recover_all(&agents);
 
@@ -401,7 +314,7 @@ fn operation_whose_undo_cannot_be_read_is_refused_untouched() {
     .unwrap();
     drop(conn);
 
-    let report = h.recover_all(&FakeAgents::healthy());
+    let report = h.recover_all(&FakeRecoveryAgents::healthy());
 
     let found = &report.environments[0].operations[0];
     assert_eq!(found.outcome, Outcome::Refused);
@@ -448,7 +361,7 @@ fn delete_file_keeps_base_pinned_and_in_use_images() {
         h.step(op, &format!("create {}", path.display()), UndoAction::DeleteFile { path: path.clone() }, true);
     }
 
-    let report = h.recover_all(&FakeAgents::healthy());
+    let report = h.recover_all(&FakeRecoveryAgents::healthy());
 
     let op_report = &report.environments[0].operations[0];
     let statuses: Vec<UndoStatus> = op_report.undo.iter().map(|u| u.status).collect();
@@ -473,7 +386,7 @@ fn snapshot_whose_record_was_written_is_completed_not_rolled_back() {
     h.step(op, "record images and consistency", UndoAction::Nothing, false);
     h.catalog.set_snapshot_state(snapshot, SnapshotState::Complete).unwrap();
 
-    let report = h.recover_all(&FakeAgents::healthy());
+    let report = h.recover_all(&FakeRecoveryAgents::healthy());
 
     assert_eq!(report.environments[0].operations[0].outcome, Outcome::Completed);
     assert_eq!(h.catalog.operation(op).unwrap().state, OperationState::Completed);
@@ -495,7 +408,7 @@ fn live_overlay_the_catalog_lacks_is_recorded_from_libvirt() {
     };
     crate::hypervisor::Hypervisor::create_external_snapshot(&h.hv, "web", &snap).unwrap();
 
-    let report = h.recover_all(&FakeAgents::healthy());
+    let report = h.recover_all(&FakeRecoveryAgents::healthy());
 
     let check = report.environments[0].checks.iter().find(|c| c.vm == "web" && c.subject == "disk vda").unwrap();
     assert_eq!(check.status, CheckStatus::Recorded, "{check:?}");
@@ -507,7 +420,7 @@ fn live_overlay_the_catalog_lacks_is_recorded_from_libvirt() {
     assert_eq!(db.status, CheckStatus::Ok, "the VM's own disk is left to its first snapshot");
     assert!(h.catalog.image_by_path(&h.own_disk("db")).unwrap().is_none());
 
-    let again = h.recover_all(&FakeAgents::healthy());
+    let again = h.recover_all(&FakeRecoveryAgents::healthy());
 
     assert!(again.nothing_to_do(), "{again:?}");
 }
@@ -515,7 +428,7 @@ fn live_overlay_the_catalog_lacks_is_recorded_from_libvirt() {
 #[test]
 fn guest_left_frozen_is_thawed_without_any_journal() {
     let h = Harness::new();
-    let agents = FakeAgents::healthy().with_frozen("db");
+    let agents = FakeRecoveryAgents::healthy().with_frozen("db");
 
     let report = h.recover(&agents, &RecoverRequest { env: Some("demo".into()), dry_run: false }).unwrap();
 
@@ -530,7 +443,7 @@ fn paused_domain_no_operation_paused_is_left_alone() {
     let h = Harness::new();
     h.pause("db");
 
-    let report = h.recover_all(&FakeAgents::healthy());
+    let report = h.recover_all(&FakeRecoveryAgents::healthy());
 
     let check = report.environments[0].checks.iter().find(|c| c.subject == "domain db").unwrap();
     assert_eq!(check.status, CheckStatus::Warning);
@@ -544,8 +457,8 @@ fn busy_environment_is_refused_when_named_and_skipped_when_scanning() {
     crashed_memory_snapshot(&h);
     let _held = crate::ops::EnvLock::acquire(&h.config.controller.state_dir, "demo", "restore").unwrap();
 
-    let named = h.recover(&FakeAgents::healthy(), &RecoverRequest { env: Some("demo".into()), dry_run: false });
-    let scan = h.recover_all(&FakeAgents::healthy());
+    let named = h.recover(&FakeRecoveryAgents::healthy(), &RecoverRequest { env: Some("demo".into()), dry_run: false });
+    let scan = h.recover_all(&FakeRecoveryAgents::healthy());
 
     assert!(matches!(named, Err(RecoverError::Lock(LockError::Busy(_)))), "{named:?}");
     assert_eq!(scan.busy().len(), 1);
@@ -557,7 +470,8 @@ fn busy_environment_is_refused_when_named_and_skipped_when_scanning() {
 fn unknown_environment_is_a_lookup_error() {
     let h = Harness::new();
 
-    let result = h.recover(&FakeAgents::healthy(), &RecoverRequest { env: Some("prod".into()), dry_run: false });
+    let result =
+        h.recover(&FakeRecoveryAgents::healthy(), &RecoverRequest { env: Some("prod".into()), dry_run: false });
 
     assert!(matches!(result, Err(RecoverError::Lookup(_))), "{result:?}");
 }
@@ -574,13 +488,13 @@ fn pivot_back_switches_a_stopped_domain_and_refuses_a_running_one() {
     let pivot = UndoAction::PivotBack { domain: "web".into(), disk: "vda".into(), image: before.clone() };
     h.step(op, "switch web/vda to the snapshot", pivot, true);
 
-    let refused = h.recover_all(&FakeAgents::healthy());
+    let refused = h.recover_all(&FakeRecoveryAgents::healthy());
 
     assert_eq!(refused.environments[0].operations[0].undo[0].status, UndoStatus::Failed);
     assert!(refused.failures()[0].contains("shut the domain down"), "{:?}", refused.failures());
     crate::hypervisor::Hypervisor::destroy_domain(&h.hv, "web").unwrap();
 
-    let report = h.recover_all(&FakeAgents::healthy());
+    let report = h.recover_all(&FakeRecoveryAgents::healthy());
 
     assert_eq!(report.environments[0].operations[0].outcome, Outcome::RolledBack);
     let source = h.hv.peek_domain("web").unwrap().def.disks()[0].source.clone();
@@ -596,7 +510,7 @@ fn undefine_domain_stops_and_removes_the_domain_the_step_defined() {
     let op = h.dead_operation(OperationKind::Clone);
     h.step(op, "define web-clone", UndoAction::UndefineDomain { name: "web-clone".into() }, true);
 
-    let report = h.recover_all(&FakeAgents::healthy());
+    let report = h.recover_all(&FakeRecoveryAgents::healthy());
 
     assert_eq!(report.environments[0].operations[0].outcome, Outcome::RolledBack);
     assert!(h.hv.peek_domain("web-clone").is_none());
@@ -618,7 +532,7 @@ fn an_interrupted_clone_is_rolled_back_through_the_clone_handlers() {
         UndoAction::Custom { kind: UNDO_REMOVE_NETWORK.into(), data: serde_json::json!({ "network": "c1-net" }) };
     h.step(op, "copy network net as c1-net", undo, true);
 
-    let report = h.recover_all(&FakeAgents::healthy());
+    let report = h.recover_all(&FakeRecoveryAgents::healthy());
 
     assert_eq!(report.environments[0].operations[0].outcome, Outcome::RolledBack);
     assert!(h.hv.peek_network("c1-net").is_none());
@@ -642,8 +556,9 @@ fn recover_of_the_source_rolls_back_an_interrupted_clone_journaled_under_the_clo
         UndoAction::Custom { kind: UNDO_REMOVE_NETWORK.into(), data: serde_json::json!({ "network": "c1-net" }) };
     h.step(op, "copy network net as c1-net", undo, true);
 
-    let report =
-        h.recover(&FakeAgents::healthy(), &RecoverRequest { env: Some("demo".into()), dry_run: false }).unwrap();
+    let report = h
+        .recover(&FakeRecoveryAgents::healthy(), &RecoverRequest { env: Some("demo".into()), dry_run: false })
+        .unwrap();
 
     let clone = report.environments.iter().find(|env| env.env == "c1").expect("the clone's operation is recovered");
     assert_eq!(clone.operations[0].outcome, Outcome::RolledBack, "{clone:?}");
@@ -667,7 +582,7 @@ fn a_rolled_back_clone_leaves_no_storage_folder_behind() {
     let op = h.catalog.begin_operation(OperationKind::Clone, "c1", &owner, started).unwrap();
     h.step(op, "create overlay web/vda", UndoAction::DeleteFile { path: overlay.clone() }, true);
 
-    let report = h.recover_all(&FakeAgents::healthy());
+    let report = h.recover_all(&FakeRecoveryAgents::healthy());
 
     let clone = report.environments.iter().find(|env| env.env == "c1").unwrap();
     assert_eq!(clone.operations[0].outcome, Outcome::RolledBack, "{clone:?}");
@@ -708,7 +623,7 @@ fn restore_custom_undos_run_through_the_restore_handlers_newest_first() {
     h.step(op, "start web", custom(UNDO_STOP_DOMAIN, serde_json::json!({ "domain": "web" })), false);
     h.hv.clear_calls();
 
-    let report = h.recover_all(&FakeAgents::healthy());
+    let report = h.recover_all(&FakeRecoveryAgents::healthy());
 
     let op_report = &report.environments[0].operations[0];
     assert_eq!(op_report.outcome, Outcome::RolledBack, "{op_report:?}");
@@ -733,7 +648,7 @@ fn restore_rolled_back_after_its_stop_boots_the_vm_and_waits_for_its_agent_inste
     h.step(op, "freeze web (best effort)", UndoAction::ThawAgent { vm: "web".into() }, true);
     let start = UndoAction::Custom { kind: UNDO_START_DOMAIN.into(), data: serde_json::json!({ "domain": "web" }) };
     h.step(op, "stop web", start, true);
-    let agents = FakeAgents::healthy().booting("web", 2);
+    let agents = FakeRecoveryAgents::healthy().booting("web", 2);
 
     let report = h.recover_all(&agents);
 
@@ -759,7 +674,7 @@ fn restore_past_its_record_step_is_completed_not_rolled_back() {
     h.step(op, crate::ops::restore::RECORD_STEP, UndoAction::Nothing, true);
     h.step(op, "discard the previous overlays", UndoAction::Nothing, false);
 
-    let report = h.recover_all(&FakeAgents::healthy());
+    let report = h.recover_all(&FakeRecoveryAgents::healthy());
 
     assert_eq!(report.environments[0].operations[0].outcome, Outcome::Completed);
     assert_eq!(h.catalog.operation(op).unwrap().state, OperationState::Completed);
@@ -785,7 +700,7 @@ fn delete_block_job_left_running_is_aborted() {
     let op = h.dead_operation(OperationKind::DeleteSnapshot);
     h.step(op, "commit S4 of web/vda", crate::ops::delete::abort_block_job("web", "vda"), false);
 
-    let report = h.recover_all(&FakeAgents::healthy());
+    let report = h.recover_all(&FakeRecoveryAgents::healthy());
 
     assert_eq!(report.environments[0].operations[0].outcome, Outcome::RolledBack);
     assert!(h.hv.steps().contains(&FakeStep::BlockJobAbort));

@@ -53,7 +53,7 @@ use crate::ops::restore::{UNDO_REDEFINE_DISKS, UNDO_START_DOMAIN, UNDO_STOP_DOMA
 use crate::ops::snapshot::UNDO_FAIL_SNAPSHOT_NAMED;
 use crate::ops::standby::undo::{UNDO_DROP_COPY, UNDO_FINISH_SYNC, UNDO_FORGET, UNDO_RESTORE_PINS};
 
-use super::agents::Agents;
+use crate::guest::agents::RecoveryAgents;
 
 /// The custom undo kinds this build executes. A kind added by another
 /// operation gets its handler in [`Undoer::custom`] and its name here.
@@ -162,7 +162,7 @@ pub enum Undone {
 #[derive(Debug)]
 pub struct Undoer<'a, 'c> {
     pub ctx: &'a OpContext<'c>,
-    pub agents: &'a dyn Agents,
+    pub agents: &'a dyn RecoveryAgents,
     pub env: &'a str,
     /// Domains an undo started (they were shut off): their guests are
     /// booting. Their `thaw-agent` undos have nothing to thaw, and the
@@ -171,7 +171,7 @@ pub struct Undoer<'a, 'c> {
 }
 
 impl<'a, 'c> Undoer<'a, 'c> {
-    pub fn new(ctx: &'a OpContext<'c>, agents: &'a dyn Agents, env: &'a str) -> Self {
+    pub fn new(ctx: &'a OpContext<'c>, agents: &'a dyn RecoveryAgents, env: &'a str) -> Self {
         Undoer { ctx, agents, env, started: RefCell::default() }
     }
 }

@@ -3,8 +3,9 @@
 //!
 //! - `resolve.rs`: the snapshot, its images per VM and disk, the domains,
 //!   the memory images; the new overlays' paths.
-//! - `guests.rs`: the agents behind a small trait ([`GuestAgents`]),
-//!   faked in unit tests; the image files are the host's storage
+//! - The agents are reached through the guest agents port
+//!   ([`Quiescer`] to freeze before the stop, [`RestoreAgents`] after the
+//!   start), faked in unit tests; the image files are the host's storage
 //!   ([`crate::host::Storage`]).
 //! - `steps.rs`: the state machine and the journal; `undo.rs`: how each
 //!   step is undone (also for `envclone recover`).
@@ -65,7 +66,6 @@
 //! [`Catalog::can_delete`]: crate::catalog::Catalog::can_delete
 
 mod error;
-pub mod guests;
 mod overlays;
 mod record;
 mod resolve;
@@ -84,7 +84,6 @@ use std::time::{Duration, Instant};
 use serde::Serialize;
 
 pub use self::error::RestoreError;
-pub use self::guests::{GuestAgents, SshAgents};
 pub use self::resolve::{DiskPlan, VmPlan};
 pub use self::steps::{Phase, UNDO_REDEFINE_DISKS, UNDO_START_DOMAIN, UNDO_STOP_DOMAIN};
 pub use self::undo::{undo_action, RECORD_STEP};
@@ -92,11 +91,11 @@ pub use self::undo::{undo_action, RECORD_STEP};
 use self::stop::UndoConsistency;
 use self::undo_snapshot::UndoSnapshot;
 use super::context::OpContext;
-use super::snapshot::{FrozenGuest, Quiescer};
 use super::EnvLock;
 use crate::catalog::OperationKind;
 use crate::catalog::{Consistency, Snapshot, StepId, UndoAction};
 use crate::config::Environment;
+use crate::guest::agents::{FrozenGuest, Quiescer, RestoreAgents};
 use crate::ops::journal::{Journal, Journaled, PhaseMachine};
 
 /// How long a booted guest's agent may take to answer.
@@ -124,7 +123,7 @@ pub struct RestoreRequest {
 #[derive(Clone, Copy)]
 pub struct Tools<'t> {
     pub quiescer: &'t dyn Quiescer,
-    pub agents: &'t dyn GuestAgents,
+    pub agents: &'t dyn RestoreAgents,
 }
 
 impl std::fmt::Debug for Tools<'_> {

@@ -9,9 +9,9 @@ use super::steps::{DomainRef, UNDO_START_DOMAIN};
 use super::{RestoreError, Run, VmPlan, LEASE_MARGIN};
 use crate::catalog::{Consistency, UndoAction};
 use crate::config::QuiescePolicy;
+use crate::guest::agents::FreezeInfo;
 use crate::hypervisor::{DomainDef, HvError};
 use crate::ops::journal::Journaled as _;
-use crate::ops::snapshot::FreezeInfo;
 
 /// Per VM, how consistent its part of the undo snapshot is, and why not
 /// app-consistent.

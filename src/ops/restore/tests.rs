@@ -2,10 +2,9 @@
 //! the order of the steps, the journal, the catalog and every failure
 //! path, without libvirt, SSH or qemu-img.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::sync::Mutex;
 
 use chrono::{DateTime, TimeZone, Utc};
 
@@ -13,119 +12,14 @@ use super::*;
 use crate::catalog::{Catalog, Dependent, ImageFormat, ImageKind, NewImage, OperationState, SnapshotState, StepState};
 use crate::config::{AgentEndpoint, Config, Controller, HumanSize, Vm};
 use crate::error::Failure as _;
-use crate::guest::GuestError;
 use crate::hypervisor::{Call, DomainState, FakeHypervisor, FakeStep, Hypervisor};
 use crate::ops::context::{Event, FixedClock, OpContext};
 use crate::ops::snapshot::save_image::SavePrefix;
-use crate::ops::snapshot::{self, snapshot_dependent, FreezeInfo, SnapshotRequest, ThawInfo};
-use crate::test_support::{FakeHost, FakeNet, FakeStorage};
+use crate::ops::snapshot::{self, snapshot_dependent, SnapshotRequest};
+use crate::test_support::{FakeHost, FakeNet, FakeQuiescer, FakeRestoreAgents, FakeStorage};
 
 fn at(minute: u32) -> DateTime<Utc> {
     Utc.with_ymd_and_hms(2024, 5, 1, 2, minute, 0).unwrap()
-}
-
-fn unreachable(vm: &str) -> GuestError {
-    GuestError::Connect {
-        netns: None,
-        addr: "10.0.0.9:22".parse().unwrap(),
-        source: std::io::Error::new(std::io::ErrorKind::ConnectionRefused, format!("{vm} is down")),
-    }
-}
-
-/// What the scripted agents did, in order.
-type Log = Arc<Mutex<Vec<String>>>;
-
-/// A [`Quiescer`] whose agents answer, except those named down.
-#[derive(Debug, Default)]
-struct FakeQuiescer {
-    log: Log,
-    down: BTreeSet<String>,
-}
-
-impl FakeQuiescer {
-    fn with_agent_down(mut self, vm: &str) -> Self {
-        self.down.insert(vm.into());
-        self
-    }
-}
-
-impl Quiescer for FakeQuiescer {
-    fn prepare(&self, vm: &str) -> Result<(), GuestError> {
-        if self.down.contains(vm) {
-            return Err(unreachable(vm));
-        }
-        Ok(())
-    }
-
-    fn freeze(&self, vm: &str) -> Result<(Box<dyn FrozenGuest>, FreezeInfo), GuestError> {
-        self.log.lock().unwrap().push(format!("freeze {vm}"));
-        let guest = FakeFrozen { vm: vm.to_owned(), log: Arc::clone(&self.log), thawed: false };
-        Ok((Box::new(guest), FreezeInfo { freezing: Duration::ZERO }))
-    }
-
-    fn recover(&self, vm: &str) -> Result<(), GuestError> {
-        self.log.lock().unwrap().push(format!("recover {vm}"));
-        Ok(())
-    }
-}
-
-struct FakeFrozen {
-    vm: String,
-    log: Log,
-    thawed: bool,
-}
-
-impl FrozenGuest for FakeFrozen {
-    fn thaw(mut self: Box<Self>) -> Result<ThawInfo, GuestError> {
-        self.thawed = true;
-        self.log.lock().unwrap().push(format!("thaw {}", self.vm));
-        Ok(ThawInfo { frozen: Duration::ZERO, by_lease_timeout: false })
-    }
-}
-
-impl Drop for FakeFrozen {
-    fn drop(&mut self) {
-        if !self.thawed {
-            self.log.lock().unwrap().push(format!("release {}", self.vm));
-        }
-    }
-}
-
-/// [`GuestAgents`] with named failures per VM.
-#[derive(Debug, Default)]
-struct FakeAgents {
-    log: Log,
-    not_ready: BTreeSet<String>,
-    failing_thaw: BTreeSet<String>,
-}
-
-impl GuestAgents for FakeAgents {
-    fn wait_ready(&self, vm: &str, _within: Duration) -> Result<(), GuestError> {
-        self.log.lock().unwrap().push(format!("ready? {vm}"));
-        if self.not_ready.contains(vm) {
-            return Err(unreachable(vm));
-        }
-        Ok(())
-    }
-
-    fn thaw(&self, vm: &str, _within: Duration) -> Result<(), GuestError> {
-        self.log.lock().unwrap().push(format!("thaw {vm}"));
-        if self.failing_thaw.contains(vm) {
-            return Err(GuestError::Agent {
-                target: vm.into(),
-                kind: envclone_agent::freeze::error_kind::THAW_FAILED.into(),
-                message: "still frozen after `envclone-agent thaw`: /".into(),
-                hint: None,
-                exit: None,
-            });
-        }
-        Ok(())
-    }
-
-    fn set_clock(&self, vm: &str) -> Result<i64, GuestError> {
-        self.log.lock().unwrap().push(format!("set-clock {vm}"));
-        Ok(3_600_000)
-    }
 }
 
 /// An environment `demo` of VMs `web` and `db` on `FakeHypervisor`.
@@ -136,7 +30,7 @@ struct Harness {
     catalog: Catalog,
     hv: FakeHypervisor,
     quiescer: FakeQuiescer,
-    agents: FakeAgents,
+    agents: FakeRestoreAgents,
     files: FakeStorage<'static>,
     net: FakeNet,
     events: Mutex<Vec<Event>>,
@@ -167,8 +61,8 @@ impl Harness {
             config,
             catalog,
             hv,
-            quiescer: FakeQuiescer::default(),
-            agents: FakeAgents::default(),
+            quiescer: FakeQuiescer::healthy(),
+            agents: FakeRestoreAgents::healthy(),
             files: FakeStorage::default().made_only("restore-").with_size(196_608),
             net: FakeNet::default(),
             events: Mutex::new(Vec::new()),
@@ -194,7 +88,7 @@ impl Harness {
     fn snapshot(&self, when: DateTime<Utc>) -> String {
         let request = SnapshotRequest { env: "demo".into(), label: None, memory: false, quiesce: None, schedule: None };
         let name = self.with_context(when, |ctx| snapshot::take(ctx, &request, &self.quiescer)).unwrap().name;
-        self.quiescer.log.lock().unwrap().clear();
+        self.quiescer.clear_events();
         self.hv.clear_calls();
         name
     }
@@ -315,8 +209,10 @@ impl Harness {
         all.into_iter().filter(|o| o.kind == crate::catalog::OperationKind::Restore).max_by_key(|o| o.id).unwrap()
     }
 
+    /// The freezes and how each ended; the preflight logins are not what
+    /// these tests watch.
     fn log(&self) -> Vec<String> {
-        self.quiescer.log.lock().unwrap().clone()
+        self.quiescer.events().into_iter().filter(|e| !e.starts_with("prepare ")).collect()
     }
 }
 
@@ -361,7 +257,7 @@ fn restore_stops_makes_overlays_redefines_boots_and_records() {
     let log = h.log();
     assert_eq!(log.iter().filter(|e| e.starts_with("freeze")).count(), 2, "{log:?}");
     assert_eq!(log.iter().filter(|e| e.starts_with("release")).count(), 2, "{log:?}");
-    assert_eq!(h.agents.log.lock().unwrap().len(), 2);
+    assert_eq!(h.agents.calls().len(), 2);
     // The journal: every step done, in the state machine's order.
     let op = h.last_operation();
     assert_eq!(op.state, OperationState::Completed);
@@ -536,7 +432,7 @@ fn memory_restore_resumes_each_vm_on_new_overlays_then_thaws_it_and_sets_its_clo
         assert_eq!((vm_report.start, vm_report.clock_step_ms), (StartKind::Memory, Some(3_600_000)));
     }
     assert!(h.steps_of(&[FakeStep::StartDomain]).is_empty());
-    let agents = h.agents.log.lock().unwrap().clone();
+    let agents = h.agents.calls();
     for vm in ["db", "web"] {
         let thaw = agents.iter().position(|e| *e == format!("thaw {vm}")).unwrap();
         let clock = agents.iter().position(|e| *e == format!("set-clock {vm}")).unwrap();
@@ -551,7 +447,7 @@ fn memory_restore_resumes_each_vm_on_new_overlays_then_thaws_it_and_sets_its_clo
 fn undo_snapshot_is_crash_consistent_where_the_agent_did_not_answer() {
     let mut h = Harness::env();
     let snap = h.snapshot(at(0));
-    h.quiescer = FakeQuiescer::default().with_agent_down("db");
+    h.quiescer = FakeQuiescer::healthy().with_agent_down("db");
 
     let report = h.restore(&snap, false, false, at(1)).unwrap();
 
@@ -638,12 +534,8 @@ fn a_failure_at_any_step_leaves_every_vm_running_on_its_previous_chain() {
         };
         match failure {
             Failure::Overlay => h.files = FakeStorage::default().made_only("restore-").failing("create_overlay", 2),
-            Failure::AgentWait => {
-                h.agents.not_ready.insert("web".into());
-            }
-            Failure::Thaw => {
-                h.agents.failing_thaw.insert("db".into());
-            }
+            Failure::AgentWait => h.agents = FakeRestoreAgents::healthy().with_agent_not_ready("web"),
+            Failure::Thaw => h.agents = FakeRestoreAgents::healthy().with_failing_thaw("db"),
             _ => {}
         }
         let before = h.sources();

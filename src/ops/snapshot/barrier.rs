@@ -33,8 +33,8 @@ use std::time::{Duration, Instant};
 
 use super::memory::{MemoryCapture, MemoryError};
 use super::preflight::VmPlan;
-use super::quiesce::{FreezeInfo, Quiescer, ThawInfo};
 use super::SnapshotError;
+use crate::guest::agents::{FreezeInfo, Quiescer, ThawInfo};
 use crate::guest::GuestError;
 use crate::hypervisor::{ExternalSnapshot, HvError, Hypervisor};
 use crate::ops::context::{Progress, StepTimer};

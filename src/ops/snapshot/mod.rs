@@ -3,8 +3,9 @@
 //!
 //! - `preflight.rs`: domains exist and run, disks can be snapshotted,
 //!   storage has room; the name and the file paths.
-//! - `quiesce.rs`: the agents behind the [`Quiescer`] trait (the real one
-//!   holds each freeze as a lease on an SSH session opened beforehand).
+//! - The agents are reached through the guest agents port's [`Quiescer`]
+//!   ([`crate::guest::agents`]; the real one holds each freeze as a lease
+//!   on an SSH session opened beforehand).
 //! - `barrier.rs`: freeze all, snapshot every VM's disks (atomic per VM, in
 //!   parallel), thaw all, under a hard limit on the window.
 //! - `memory.rs` and `save_image.rs`: memory captured live at the disk
@@ -23,7 +24,6 @@ mod barrier;
 mod error;
 pub mod memory;
 mod preflight;
-pub mod quiesce;
 pub mod record;
 pub mod save_image;
 mod steps;
@@ -40,7 +40,6 @@ use serde::Serialize;
 pub use self::error::SnapshotError;
 pub use self::memory::{restore_memory_image, MemoryCapture, MemoryError, MemoryImage, RestoredDomain};
 pub use self::preflight::{DiskPlan, VmPlan};
-pub use self::quiesce::{AgentQuiescer, ArmedGuest, FreezeInfo, FrozenGuest, Quiescer, ThawInfo};
 pub use self::record::{list, snapshot_dependent, SnapshotSummary, VmSummary};
 pub use self::steps::{Phase, UNDO_FAIL_SNAPSHOT_NAMED};
 
@@ -50,7 +49,7 @@ use super::EnvLock;
 use crate::catalog::OperationKind;
 use crate::catalog::{Consistency, NewSnapshot, SnapshotId, SnapshotState, StepId, UndoAction, VmConsistency};
 use crate::config::{Environment, QuiescePolicy};
-use crate::guest::endpoint::{ssh_options, ssh_target};
+use crate::guest::agents::{Quiescer, SshQuiescer};
 use crate::guest::FreezeRequest;
 use crate::hypervisor::{DomainState, Hypervisor};
 use crate::ops::journal::{Journal, Journaled, PhaseMachine};
@@ -114,8 +113,7 @@ pub struct DiskReport {
 
 /// The real quiescer for `env`: `envclone-agent` over SSH with the
 /// controller's key; freezes held under the environment's limits.
-pub fn agent_quiescer(ctx: &OpContext<'_>, env: &Environment) -> AgentQuiescer {
-    let targets = env.vms.iter().map(|(vm, config)| (vm.clone(), ssh_target(&config.agent))).collect();
+pub fn agent_quiescer(ctx: &OpContext<'_>, env: &Environment) -> SshQuiescer {
     let limit: Duration = env.freeze_timeout.into();
     let hook_timeout: Duration = env.hook_timeout.into();
     let request = FreezeRequest {
@@ -127,7 +125,7 @@ pub fn agent_quiescer(ctx: &OpContext<'_>, env: &Environment) -> AgentQuiescer {
         report_within: THAW_REPORT_WITHIN.max(hook_timeout),
         ..FreezeRequest::default()
     };
-    AgentQuiescer::new(targets, ssh_options(&ctx.config.controller), request)
+    SshQuiescer::new(&ctx.config.controller, env, request)
 }
 
 /// How long a freeze may take to answer: its pre-freeze hooks, then FIFREEZE.

@@ -4,196 +4,24 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::sync::Mutex;
+use std::time::Duration;
 
 use chrono::{DateTime, TimeZone, Utc};
 
 use super::*;
 use crate::catalog::{Catalog, ImageKind, OperationState, StepState};
 use crate::config::{AgentEndpoint, Config, Controller, HumanSize, Vm};
+use crate::guest::agents::Quiescer;
 use crate::guest::GuestError;
 use crate::hypervisor::{Call, FakeHypervisor, FakeStep};
 use crate::ops::context::{Event, FixedClock, OpContext};
-use crate::test_support::{FakeHost, FakeNet, FakeStorage};
+use crate::test_support::{FakeHost, FakeNet, FakeQuiescer, FakeStorage};
 
 const LIMIT: Duration = Duration::from_secs(5);
 
 fn at(minute: u32) -> DateTime<Utc> {
     Utc.with_ymd_and_hms(2024, 5, 1, 2, minute, 0).unwrap()
-}
-
-/// What the scripted agents did, shared with the freezes they hand out.
-#[derive(Debug, Default)]
-struct AgentLog {
-    events: Vec<String>,
-    frozen: BTreeSet<String>,
-}
-
-/// A [`Quiescer`] with named scenarios per VM.
-#[derive(Debug, Default)]
-struct FakeQuiescer {
-    log: Arc<Mutex<AgentLog>>,
-    unreachable: BTreeSet<String>,
-    failing_hook: BTreeMap<String, String>,
-    slow_freeze: BTreeMap<String, Duration>,
-    failing_thaw: BTreeSet<String>,
-    /// Arms first (hooks, sync), freezes at the go, as the real agent does.
-    two_phase: bool,
-}
-
-impl FakeQuiescer {
-    fn healthy() -> Self {
-        Self::default()
-    }
-
-    fn with_agent_down(mut self, vm: &str) -> Self {
-        self.unreachable.insert(vm.into());
-        self
-    }
-
-    fn with_failing_hook(mut self, vm: &str, hook: &str) -> Self {
-        self.failing_hook.insert(vm.into(), hook.into());
-        self
-    }
-
-    fn with_slow_freeze(mut self, vm: &str, delay: Duration) -> Self {
-        self.slow_freeze.insert(vm.into(), delay);
-        self
-    }
-
-    fn two_phase(mut self) -> Self {
-        self.two_phase = true;
-        self
-    }
-
-    /// The pre-freeze part: the slow ones are slow, the failing hook fails.
-    fn run_hooks(&self, vm: &str) -> Result<(), GuestError> {
-        if let Some(delay) = self.slow_freeze.get(vm) {
-            std::thread::sleep(*delay);
-        }
-        if let Some(hook) = self.failing_hook.get(vm) {
-            self.log.lock().unwrap().events.push(format!("hook failed {vm}"));
-            return Err(GuestError::Agent {
-                target: format!("root@{vm}:22"),
-                kind: "hook-failed".into(),
-                message: format!(
-                    "pre-freeze hook {hook} exited with status 3; its stderr ends: refused; nothing was frozen"
-                ),
-                hint: None,
-                exit: Some(envclone_agent::ExitStatus::Failed),
-            });
-        }
-        Ok(())
-    }
-
-    fn with_failing_thaw(mut self, vm: &str) -> Self {
-        self.failing_thaw.insert(vm.into());
-        self
-    }
-
-    fn events(&self) -> Vec<String> {
-        self.log.lock().unwrap().events.clone()
-    }
-
-    fn frozen(&self) -> BTreeSet<String> {
-        self.log.lock().unwrap().frozen.clone()
-    }
-}
-
-impl Quiescer for FakeQuiescer {
-    fn prepare(&self, vm: &str) -> Result<(), GuestError> {
-        self.log.lock().unwrap().events.push(format!("prepare {vm}"));
-        if self.unreachable.contains(vm) {
-            return Err(GuestError::Connect {
-                netns: None,
-                addr: "10.0.0.9:22".parse().unwrap(),
-                source: std::io::ErrorKind::ConnectionRefused.into(),
-            });
-        }
-        Ok(())
-    }
-
-    fn arm(&self, vm: &str) -> Result<Option<Box<dyn ArmedGuest>>, GuestError> {
-        if !self.two_phase {
-            return Ok(None);
-        }
-        self.run_hooks(vm)?;
-        self.log.lock().unwrap().events.push(format!("arm {vm}"));
-        let frozen = FakeFrozen::new(vm, &self.log, self.failing_thaw.contains(vm));
-        Ok(Some(Box::new(FakeArmed(Some(frozen)))))
-    }
-
-    fn freeze(&self, vm: &str) -> Result<(Box<dyn FrozenGuest>, FreezeInfo), GuestError> {
-        self.run_hooks(vm)?;
-        let guest = FakeFrozen::new(vm, &self.log, self.failing_thaw.contains(vm));
-        Ok((Box::new(guest.freeze()), FreezeInfo { freezing: Duration::ZERO }))
-    }
-
-    fn recover(&self, vm: &str) -> Result<(), GuestError> {
-        let mut log = self.log.lock().unwrap();
-        log.events.push(format!("recover {vm}"));
-        log.frozen.remove(vm);
-        Ok(())
-    }
-}
-
-struct FakeFrozen {
-    vm: String,
-    since: Instant,
-    log: Arc<Mutex<AgentLog>>,
-    fails: bool,
-}
-
-impl FakeFrozen {
-    fn new(vm: &str, log: &Arc<Mutex<AgentLog>>, fails: bool) -> FakeFrozen {
-        FakeFrozen { vm: vm.to_owned(), since: Instant::now(), log: Arc::clone(log), fails }
-    }
-
-    fn freeze(mut self) -> FakeFrozen {
-        let mut log = self.log.lock().unwrap();
-        log.events.push(format!("freeze {}", self.vm));
-        log.frozen.insert(self.vm.clone());
-        drop(log);
-        self.since = Instant::now();
-        self
-    }
-}
-
-/// Armed: freezes at the go; dropped without it, stands down.
-struct FakeArmed(Option<FakeFrozen>);
-
-impl ArmedGuest for FakeArmed {
-    fn freeze(mut self: Box<Self>) -> Result<(Box<dyn FrozenGuest>, FreezeInfo), GuestError> {
-        let guest = self.0.take().expect("armed once").freeze();
-        Ok((Box::new(guest), FreezeInfo { freezing: Duration::ZERO }))
-    }
-}
-
-impl Drop for FakeArmed {
-    fn drop(&mut self) {
-        if let Some(guest) = &self.0 {
-            guest.log.lock().unwrap().events.push(format!("stand down {}", guest.vm));
-        }
-    }
-}
-
-impl FrozenGuest for FakeFrozen {
-    fn thaw(self: Box<Self>) -> Result<ThawInfo, GuestError> {
-        let mut log = self.log.lock().unwrap();
-        if self.fails {
-            log.events.push(format!("thaw failed {}", self.vm));
-            return Err(GuestError::LeaseLost {
-                target: self.vm.clone(),
-                expected: "the final report",
-                status: None,
-                stderr_tail: String::new(),
-            });
-        }
-        log.events.push(format!("thaw {}", self.vm));
-        log.frozen.remove(&self.vm);
-        Ok(ThawInfo { frozen: self.since.elapsed(), by_lease_timeout: false })
-    }
 }
 
 /// An environment `demo` of VMs `web` and `db` on `FakeHypervisor`.

@@ -6,47 +6,20 @@
 use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::sync::Mutex;
-use std::time::Duration;
 
 use chrono::{DateTime, TimeZone, Utc};
 
 use super::*;
 use crate::catalog::{Catalog, Dependent, OperationState};
 use crate::config::{AgentEndpoint, Config, Controller, Environment, HumanSize, Vm};
-use crate::guest::GuestError;
 use crate::host::Storage;
 use crate::hypervisor::{DomainState, FakeHypervisor, HvError, Hypervisor};
 use crate::ops::context::{Event, FixedClock, OpContext};
-use crate::ops::snapshot::{FreezeInfo, FrozenGuest, Quiescer, SnapshotRequest, ThawInfo};
-use crate::test_support::{FakeHost, FakeNet, FakeStorage, Presume};
+use crate::ops::snapshot::SnapshotRequest;
+use crate::test_support::{FakeHost, FakeNet, FakeQuiescer, FakeStorage, Presume, ReadyAgents};
 
 fn at(minute: u32) -> DateTime<Utc> {
     Utc.with_ymd_and_hms(2024, 5, 1, 2, minute, 0).unwrap()
-}
-
-#[derive(Debug, Default)]
-struct FakeQuiescer;
-
-struct Frozen;
-
-impl FrozenGuest for Frozen {
-    fn thaw(self: Box<Self>) -> Result<ThawInfo, GuestError> {
-        Ok(ThawInfo { frozen: Duration::ZERO, by_lease_timeout: false })
-    }
-}
-
-impl Quiescer for FakeQuiescer {
-    fn prepare(&self, _vm: &str) -> Result<(), GuestError> {
-        Ok(())
-    }
-
-    fn freeze(&self, _vm: &str) -> Result<(Box<dyn FrozenGuest>, FreezeInfo), GuestError> {
-        Ok((Box::new(Frozen), FreezeInfo { freezing: Duration::ZERO }))
-    }
-
-    fn recover(&self, _vm: &str) -> Result<(), GuestError> {
-        Ok(())
-    }
 }
 
 /// An environment `demo` of VMs `web` and `db` on network `net`, running.
@@ -118,7 +91,7 @@ impl Harness {
 
     fn snapshot(&self) -> String {
         let request = SnapshotRequest { env: "demo".into(), label: None, memory: false, quiesce: None, schedule: None };
-        self.with_context(|ctx| crate::ops::snapshot::take(ctx, &request, &FakeQuiescer)).unwrap().name
+        self.with_context(|ctx| crate::ops::snapshot::take(ctx, &request, &FakeQuiescer::healthy())).unwrap().name
     }
 
     /// `envclone restore demo NAME`, keeping the undo snapshot.
@@ -129,8 +102,8 @@ impl Harness {
             memory: false,
             discard: false,
         };
-        let agents = crate::ops::test_agents::ReadyAgents::answering(true);
-        let tools = crate::ops::restore::Tools { quiescer: &FakeQuiescer, agents: &agents };
+        let agents = ReadyAgents::answering(true);
+        let tools = crate::ops::restore::Tools { quiescer: &FakeQuiescer::healthy(), agents: &agents };
         self.with_context(|ctx| crate::ops::restore::restore(ctx, &request, tools)).unwrap();
     }
 

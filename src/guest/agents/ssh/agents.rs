@@ -1,39 +1,31 @@
-//! The agents after the start, behind a small trait so that the state
-//! machine is unit tested without SSH: [`GuestAgents`] waits for a booted
-//! guest's agent, thaws a guest restored from memory (it resumes frozen if
-//! it was captured frozen) and sets its clock (it resumes at the
-//! snapshot's time). [`SshAgents`] is the real one: `envclone-agent` over
-//! SSH, logging in again until the guest answers, within a deadline.
-//!
-//! The best-effort freeze before the stop goes through the snapshot's
-//! [`crate::ops::snapshot::Quiescer`].
+//! [`SshAgents`]: one environment's agents, each VM's session kept from one
+//! call to the next. The calls of a restore ([`RestoreAgents`]) log in
+//! again until the guest answers, within a deadline; those of a clone
+//! ([`CloneAgents`]) change the guest and are made once.
 
 use std::collections::BTreeMap;
+use std::net::Ipv4Addr;
 use std::sync::{Mutex, PoisonError};
 use std::time::Duration;
 
 use chrono::{SecondsFormat, Utc};
 use envclone_agent::freeze::ThawReport;
-use envclone_agent::SetClockReport;
+use envclone_agent::{
+    ReaddressReport, ResetIdentityReport, RewritePlan, RewriteReport, ScanReport, ScanRequest, SetClockReport,
+};
+use ipnet::Ipv4Net;
 
+use super::super::{CloneAgents, RestoreAgents};
+use super::{targets, unknown_vm};
 use crate::config::{Controller, Environment};
-use crate::guest::endpoint::{ssh_options, ssh_target};
+use crate::guest::endpoint::ssh_options;
 use crate::guest::{AgentClient, GuestError, GuestSession, SshOptions, SshTarget};
 
 /// How often a guest that does not answer yet is tried again.
 const RETRY: Duration = Duration::from_millis(500);
 
-pub trait GuestAgents: Sync {
-    /// Waits up to `within` until `vm`'s agent answers (a cold boot).
-    fn wait_ready(&self, vm: &str, within: Duration) -> Result<(), GuestError>;
-    /// Thaws `vm` (`envclone-agent thaw`, safe when nothing is frozen) and
-    /// checks that nothing stays frozen, trying up to `within`.
-    fn thaw(&self, vm: &str, within: Duration) -> Result<(), GuestError>;
-    /// Sets `vm`'s clock to the controller's; returns the step in ms.
-    fn set_clock(&self, vm: &str) -> Result<i64, GuestError>;
-}
-
-/// The real [`GuestAgents`]; see the module documentation.
+/// The real [`RestoreAgents`] and [`CloneAgents`]; see the module
+/// documentation.
 #[derive(Debug)]
 pub struct SshAgents {
     targets: BTreeMap<String, SshTarget>,
@@ -44,26 +36,16 @@ pub struct SshAgents {
 
 impl SshAgents {
     pub fn new(controller: &Controller, env: &Environment) -> Self {
-        SshAgents {
-            targets: env.vms.iter().map(|(vm, config)| (vm.clone(), ssh_target(&config.agent))).collect(),
-            options: ssh_options(controller),
-            sessions: Mutex::new(BTreeMap::new()),
-        }
+        SshAgents { targets: targets(env), options: ssh_options(controller), sessions: Mutex::new(BTreeMap::new()) }
     }
 
     fn target(&self, vm: &str) -> Result<&SshTarget, GuestError> {
-        self.targets.get(vm).ok_or_else(|| GuestError::Agent {
-            target: vm.to_owned(),
-            kind: "unknown-vm".into(),
-            message: format!("no agent endpoint for VM '{vm}'"),
-            hint: None,
-            exit: None,
-        })
+        self.targets.get(vm).ok_or_else(|| unknown_vm(vm))
     }
 
     /// Runs `call` once on the kept session to `vm` or a new login; keeps
     /// the session when the call succeeds.
-    pub(crate) fn with_session<T>(
+    fn with_session<T>(
         &self,
         vm: &str,
         call: impl FnOnce(&GuestSession) -> Result<T, GuestError>,
@@ -80,7 +62,7 @@ impl SshAgents {
     }
 
     /// Drops the kept session to `vm`: the next call logs in again.
-    pub(crate) fn forget_session(&self, vm: &str) {
+    fn forget_session(&self, vm: &str) {
         self.sessions.lock().unwrap_or_else(PoisonError::into_inner).remove(vm);
     }
 
@@ -104,9 +86,15 @@ impl SshAgents {
             })
         })
     }
+
+    /// One agent call on the kept session or a new login, not retried:
+    /// these calls change the guest, so a second try is the caller's call.
+    fn once<T>(&self, vm: &str, call: impl Fn(&AgentClient<'_>) -> Result<T, GuestError>) -> Result<T, GuestError> {
+        self.with_session(vm, |session| call(&AgentClient::new(session)))
+    }
 }
 
-impl GuestAgents for SshAgents {
+impl RestoreAgents for SshAgents {
     fn wait_ready(&self, vm: &str, within: Duration) -> Result<(), GuestError> {
         self.retry(vm, "the agent to answer", within, |session| AgentClient::new(session).status().map(|_| ()))
     }
@@ -142,5 +130,56 @@ impl GuestAgents for SshAgents {
                 AgentClient::new(session).call(&["set-clock", "--now-from-controller", &now], None)?;
             Ok(report.step_ms)
         })
+    }
+}
+
+impl CloneAgents for SshAgents {
+    fn host_key(&self, vm: &str) -> Result<Vec<u8>, GuestError> {
+        self.with_session(vm, |session| {
+            session
+                .session()
+                .host_key()
+                .map(|(blob, _)| blob.to_vec())
+                .ok_or_else(|| GuestError::NoHostKey { target: session.target().to_owned() })
+        })
+    }
+
+    fn hostname(&self, vm: &str) -> Result<String, GuestError> {
+        self.once(vm, |agent| agent.status().map(|s| s.hostname))
+    }
+
+    fn rewrite(&self, vm: &str, plan: &RewritePlan) -> Result<RewriteReport, GuestError> {
+        // Cannot fail: the plan holds strings, lists and string-keyed maps only.
+        #[allow(clippy::expect_used)]
+        let plan = serde_json::to_vec(plan).expect("a rewrite plan serializes");
+        self.once(vm, |agent| agent.call(&["rewrite"], Some(&plan)))
+    }
+
+    fn scan(&self, vm: &str, request: &ScanRequest) -> Result<ScanReport, GuestError> {
+        // Cannot fail: the request holds strings, lists and string-keyed maps only.
+        #[allow(clippy::expect_used)]
+        let request = serde_json::to_vec(request).expect("a scan request serializes");
+        self.once(vm, |agent| agent.call(&["scan"], Some(&request)))
+    }
+
+    fn readdress(
+        &self,
+        vm: &str,
+        mac: &str,
+        address: &Ipv4Net,
+        gateway: Ipv4Addr,
+        hostname: &str,
+    ) -> Result<ReaddressReport, GuestError> {
+        let (address, gateway) = (address.to_string(), gateway.to_string());
+        let args = ["readdress", "--mac", mac, "--address", &address, "--gateway", &gateway, "--hostname", hostname];
+        let report = self.once(vm, |agent| agent.call(&args, None));
+        // The session came in on the address the agent is about to drop.
+        self.forget_session(vm);
+        report
+    }
+
+    fn reset_identity(&self, vm: &str, host_keys: bool) -> Result<ResetIdentityReport, GuestError> {
+        let args: &[&str] = if host_keys { &["reset-identity", "--ssh-host-keys"] } else { &["reset-identity"] };
+        self.once(vm, |agent| agent.call(args, None))
     }
 }

@@ -1,9 +1,6 @@
-//! The agent side of the barrier behind a small trait, so that the barrier
-//! is unit tested without SSH: [`Quiescer`] prepares, freezes and recovers
-//! a VM; an [`ArmedGuest`] is one ready to freeze at the go (hooks run,
-//! synced); a [`FrozenGuest`] is one held freeze that thaws exactly once.
-//! [`AgentQuiescer`] is the real one: `envclone-agent` over SSH, the
-//! freeze held as a [`FreezeLease`] on a session logged in beforehand.
+//! [`SshQuiescer`]: the freeze held as a [`FreezeLease`] on a session
+//! logged in beforehand (at [`Quiescer::prepare`]), so that no new login
+//! is needed while a guest's root filesystem is frozen.
 
 use std::collections::BTreeMap;
 use std::sync::{Mutex, PoisonError};
@@ -12,72 +9,34 @@ use std::time::Duration;
 use envclone_agent::freeze::{Frozen, ThawReason};
 use envclone_agent::ExitStatus;
 
+use super::super::{ArmedGuest, FreezeInfo, FrozenGuest, Quiescer, ThawInfo};
+use super::{targets, unknown_vm};
+use crate::config::{Controller, Environment};
+use crate::guest::endpoint::ssh_options;
 use crate::guest::{
     AgentClient, ArmedLease, FreezeLease, FreezeRequest, GuestError, GuestSession, SshOptions, SshTarget,
 };
 
-/// What the freeze reported once everything was frozen.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct FreezeInfo {
-    /// Time the FIFREEZE calls took: subtracted from the moment the answer
-    /// arrived to place the first FIFREEZE in the controller's time.
-    pub freezing: Duration,
-}
-
-/// What the thaw reported.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct ThawInfo {
-    /// From the first FIFREEZE to the last FITHAW, as the guest measured it.
-    pub frozen: Duration,
-    /// The agent's lease timeout ended the freeze, not our thaw.
-    pub by_lease_timeout: bool,
-}
-
-/// One held freeze. Dropping it without [`FrozenGuest::thaw`] must thaw too
-/// (the lease closes its channel).
-pub trait FrozenGuest: Send {
-    fn thaw(self: Box<Self>) -> Result<ThawInfo, GuestError>;
-}
-
-/// A guest whose pre-freeze hooks ran and whose filesystems are synced,
-/// waiting for the go. Dropping it cancels: the hooks are unwound.
-pub trait ArmedGuest: Send {
-    fn freeze(self: Box<Self>) -> Result<(Box<dyn FrozenGuest>, FreezeInfo), GuestError>;
-}
-
-pub trait Quiescer: Sync {
-    /// Logs in to `vm`'s agent ahead of the freeze and checks that it
-    /// answers and holds no freeze: the preflight status check.
-    fn prepare(&self, vm: &str) -> Result<(), GuestError>;
-    /// The first half of a two-phase freeze: the pre-freeze hooks and a
-    /// sync, nothing frozen yet. `None`: this quiescer freezes in one step,
-    /// [`Quiescer::freeze`] (then called at the go) does everything.
-    fn arm(&self, vm: &str) -> Result<Option<Box<dyn ArmedGuest>>, GuestError> {
-        let _ = vm;
-        Ok(None)
-    }
-    /// Runs the pre-freeze hooks and freezes `vm`'s filesystems, on the
-    /// session [`Quiescer::prepare`] opened.
-    fn freeze(&self, vm: &str) -> Result<(Box<dyn FrozenGuest>, FreezeInfo), GuestError>;
-    /// The recovery path for a thaw that failed: `envclone-agent thaw` on a
-    /// new session.
-    fn recover(&self, vm: &str) -> Result<(), GuestError>;
-}
-
 /// The real [`Quiescer`]: see the module documentation.
 #[derive(Debug)]
-pub struct AgentQuiescer {
+pub struct SshQuiescer {
     targets: BTreeMap<String, SshTarget>,
     options: SshOptions,
     request: FreezeRequest,
     sessions: Mutex<BTreeMap<String, GuestSession>>,
 }
 
-impl AgentQuiescer {
+impl SshQuiescer {
+    /// The agents of `env`, reached with `controller`'s key and limits.
     /// `request.lease_timeout` should be the freeze limit: the agent's own
     /// bound on the freeze if the controller is lost.
-    pub fn new(targets: BTreeMap<String, SshTarget>, options: SshOptions, request: FreezeRequest) -> Self {
-        AgentQuiescer { targets, options, request, sessions: Mutex::new(BTreeMap::new()) }
+    pub fn new(controller: &Controller, env: &Environment, request: FreezeRequest) -> Self {
+        SshQuiescer {
+            targets: targets(env),
+            options: ssh_options(controller),
+            request,
+            sessions: Mutex::new(BTreeMap::new()),
+        }
     }
 
     /// The session [`Quiescer::prepare`] opened, or a new one.
@@ -90,18 +49,12 @@ impl AgentQuiescer {
     }
 
     fn connect(&self, vm: &str) -> Result<GuestSession, GuestError> {
-        let target = self.targets.get(vm).ok_or_else(|| GuestError::Agent {
-            target: vm.to_owned(),
-            kind: "unknown-vm".into(),
-            message: format!("no agent endpoint for VM '{vm}'"),
-            hint: None,
-            exit: None,
-        })?;
+        let target = self.targets.get(vm).ok_or_else(|| unknown_vm(vm))?;
         GuestSession::connect(target, &self.options)
     }
 }
 
-impl Quiescer for AgentQuiescer {
+impl Quiescer for SshQuiescer {
     fn prepare(&self, vm: &str) -> Result<(), GuestError> {
         let session = self.connect(vm)?;
         let status = AgentClient::new(&session).status()?;
