@@ -12,10 +12,12 @@ use chrono::{DateTime, Utc};
 
 use super::session::Records;
 use super::{load_config, Output};
-use crate::catalog::FailoverState;
+use crate::catalog::{FailoverState, FenceEvent, Operation};
 use crate::cli::{GlobalArgs, StatusArgs};
-use crate::daemon::status::{self, human_age, StatusReport};
+use crate::daemon::status::{self, human_age, EnvironmentStatus, StatusReport};
 use crate::exit::ExitCode;
+use crate::ops::failover::SwitchStatus;
+use crate::ops::standby::StandbySummary;
 use crate::Result;
 
 pub fn run(global: &GlobalArgs, args: &StatusArgs, out: &Output) -> Result<ExitCode> {
@@ -34,8 +36,52 @@ pub fn run(global: &GlobalArgs, args: &StatusArgs, out: &Output) -> Result<ExitC
 }
 
 fn human(report: &StatusReport) -> String {
-    let mut environments = vec![row(&["ENVIRONMENT", "LAST SNAPSHOT", "AGE", "CONSISTENCY", "SNAPSHOTS", "FAILURES"])];
-    let mut schedules = vec![row(&[
+    // Problems gather from every section and print together at the end, in
+    // section order, so they stand out below the tables.
+    let mut errors = Vec::new();
+    let mut text = environments_table(&report.environments);
+    if let Some(schedules) = schedules_table(&report.environments, &mut errors) {
+        text.push('\n');
+        text.push_str(&schedules);
+    }
+    if !report.standbys.is_empty() {
+        text.push('\n');
+        text.push_str(&standbys_table(&report.standbys, &mut errors));
+    }
+    if !report.failovers.is_empty() {
+        text.push('\n');
+        text.push_str(&failovers_table(&report.failovers, &mut errors));
+    }
+    if !report.interrupted.is_empty() {
+        text.push('\n');
+        text.push_str(&interrupted_table(&report.interrupted, &mut errors));
+    }
+    if !errors.is_empty() {
+        text.push('\n');
+        for error in errors {
+            text.push_str(&error);
+            text.push('\n');
+        }
+    }
+    text
+}
+
+fn environments_table(environments: &[EnvironmentStatus]) -> String {
+    let mut rows = vec![row(&["ENVIRONMENT", "LAST SNAPSHOT", "AGE", "CONSISTENCY", "SNAPSHOTS", "FAILURES"])];
+    for env in environments {
+        let (name, age, consistency) = match &env.last_snapshot {
+            Some(s) => (s.name.clone(), human_age(s.age_seconds), s.consistency.clone()),
+            None => ("-".into(), "-".into(), "-".into()),
+        };
+        rows.push(vec![env.name.clone(), name, age, consistency, env.snapshots.to_string(), env.failures.to_string()]);
+    }
+    table(&rows)
+}
+
+/// `None` when no environment shown has a schedule: the table is left out
+/// rather than printed as a lone header.
+fn schedules_table(environments: &[EnvironmentStatus], errors: &mut Vec<String>) -> Option<String> {
+    let mut rows = vec![row(&[
         "SCHEDULE",
         "ENVIRONMENT",
         "TRIGGER",
@@ -47,25 +93,12 @@ fn human(report: &StatusReport) -> String {
         "MISSED",
         "OVERLAP",
     ])];
-    let mut errors = Vec::new();
-    for env in &report.environments {
-        let (name, age, consistency) = match &env.last_snapshot {
-            Some(s) => (s.name.clone(), human_age(s.age_seconds), s.consistency.clone()),
-            None => ("-".into(), "-".into(), "-".into()),
-        };
-        environments.push(vec![
-            env.name.clone(),
-            name,
-            age,
-            consistency,
-            env.snapshots.to_string(),
-            env.failures.to_string(),
-        ]);
+    for env in environments {
         for schedule in &env.schedules {
             let last = schedule.last_run.as_ref();
             let next = if schedule.due { "due now".to_owned() } else { time(schedule.next_run) };
             let counters = &schedule.counters;
-            schedules.push(vec![
+            rows.push(vec![
                 schedule.name.clone(),
                 env.name.clone(),
                 schedule.trigger.clone(),
@@ -85,126 +118,118 @@ fn human(report: &StatusReport) -> String {
             }
         }
     }
-    let mut text = table(&environments);
-    if schedules.len() > 1 {
-        text.push('\n');
-        text.push_str(&table(&schedules));
-    }
-    if !report.standbys.is_empty() {
-        let mut standbys =
-            vec![row(&["STANDBY", "PRIMARY", "RESTORED POINT", "LAG", "BEHIND", "AUTORESTORE", "LAST TRANSFER"])];
-        for standby in &report.standbys {
-            let lag = &standby.lag;
-            standbys.push(vec![
-                standby.name.clone(),
-                standby.primary.clone(),
-                lag.snapshot.clone().unwrap_or_else(|| "-".into()),
-                lag.lag_seconds.map_or("-".to_owned(), human_age),
-                match (&standby.merging, &lag.behind) {
-                    (Some(merging), _) => format!("merge to {merging} interrupted"),
-                    (None, Some(newest)) => newest.clone(),
-                    (None, None) => "-".into(),
-                },
-                if standby.autorestore { "on" } else { "off" }.into(),
-                standby
-                    .last_sync
-                    .as_ref()
-                    .map_or("-".to_owned(), |s| format!("{} {}", s.mode, super::standby::bytes(s.bytes))),
-            ]);
-            if standby.merging.is_some() {
-                errors.push(format!(
-                    "{}: a sync stopped half way through its merge: run `envclone recover`",
-                    standby.name
-                ));
-            }
-        }
-        text.push('\n');
-        text.push_str(&table(&standbys));
-    }
-    if !report.failovers.is_empty() {
-        let mut rows = vec![row(&[
-            "FAILED OVER",
-            "ACTIVE SIDE",
-            "EPOCH",
-            "MODE",
-            "SINCE",
-            "PRIMARY DOMAINS",
-            "RETURNS",
-            "HOME (LAG, CARRIED)",
-        ])];
-        for switch in &report.failovers {
-            let fences: Vec<String> =
-                switch.primary.iter().map(|f| format!("{} {}", f.domain, f.fence.as_str())).collect();
-            rows.push(vec![
-                switch.env.clone(),
-                switch.active.clone(),
-                switch.epoch.to_string(),
-                match switch.state {
-                    FailoverState::Active => switch.mode.to_string(),
-                    state => format!("{}, {state}", switch.mode),
-                },
-                time(Some(switch.since)),
-                fences.join(", "),
-                switch.returns.len().to_string(),
-                match (&switch.home_snapshot, switch.home_lag_seconds) {
-                    (Some(snapshot), lag) => format!(
-                        "{snapshot} ({}, {})",
-                        lag.map_or("-".to_owned(), human_age),
-                        super::standby::bytes(switch.bytes_home)
-                    ),
-                    (None, _) => "-".into(),
-                },
-            ]);
-            if let Some(reason) = &switch.unchecked_reason {
-                errors.push(format!("{}: the old primary could not be checked: {reason}", switch.env));
-            }
-            for event in &switch.returns {
-                errors.push(format!(
-                    "!!! {}: OLD PRIMARY RETURNED: domain {} was found running at {} while {} serves epoch {}: {} \
-                     ({})",
-                    switch.env,
-                    event.domain,
-                    time(Some(event.at)),
-                    switch.active,
-                    event.epoch,
-                    match event.kind {
-                        crate::catalog::FenceKind::ReturnedRefenced => "FENCED AGAIN",
-                        _ => "FENCING IT FAILED: stop it by hand",
-                    },
-                    event.detail.as_deref().unwrap_or("")
-                ));
-            }
-        }
-        text.push('\n');
-        text.push_str(&table(&rows));
-    }
-    if !report.interrupted.is_empty() {
-        let mut rows = vec![row(&["INTERRUPTED", "KIND", "ENVIRONMENT", "ALSO TOUCHES", "STARTED", "STATE"])];
-        for op in &report.interrupted {
-            rows.push(vec![
-                format!("operation {}", op.id),
-                op.kind.to_string(),
-                op.env.clone(),
-                if op.touches.is_empty() { "-".to_owned() } else { op.touches.join(", ") },
-                time(Some(op.started_at)),
-                op.state.to_string(),
-            ]);
-            errors.push(format!(
-                "{}: {} operation {} did not finish: run `envclone recover {}`",
-                op.env, op.kind, op.id, op.env
-            ));
-        }
-        text.push('\n');
-        text.push_str(&table(&rows));
-    }
-    if !errors.is_empty() {
-        text.push('\n');
-        for error in errors {
-            text.push_str(&error);
-            text.push('\n');
+    (rows.len() > 1).then(|| table(&rows))
+}
+
+fn standbys_table(standbys: &[StandbySummary], errors: &mut Vec<String>) -> String {
+    let mut rows =
+        vec![row(&["STANDBY", "PRIMARY", "RESTORED POINT", "LAG", "BEHIND", "AUTORESTORE", "LAST TRANSFER"])];
+    for standby in standbys {
+        let lag = &standby.lag;
+        rows.push(vec![
+            standby.name.clone(),
+            standby.primary.clone(),
+            lag.snapshot.clone().unwrap_or_else(|| "-".into()),
+            lag.lag_seconds.map_or("-".to_owned(), human_age),
+            match (&standby.merging, &lag.behind) {
+                (Some(merging), _) => format!("merge to {merging} interrupted"),
+                (None, Some(newest)) => newest.clone(),
+                (None, None) => "-".into(),
+            },
+            if standby.autorestore { "on" } else { "off" }.into(),
+            standby
+                .last_sync
+                .as_ref()
+                .map_or("-".to_owned(), |s| format!("{} {}", s.mode, super::standby::bytes(s.bytes))),
+        ]);
+        if standby.merging.is_some() {
+            errors.push(format!("{}: a sync stopped half way through its merge: run `envclone recover`", standby.name));
         }
     }
-    text
+    table(&rows)
+}
+
+fn failovers_table(failovers: &[SwitchStatus], errors: &mut Vec<String>) -> String {
+    let mut rows = vec![row(&[
+        "FAILED OVER",
+        "ACTIVE SIDE",
+        "EPOCH",
+        "MODE",
+        "SINCE",
+        "PRIMARY DOMAINS",
+        "RETURNS",
+        "HOME (LAG, CARRIED)",
+    ])];
+    for switch in failovers {
+        rows.push(failover_row(switch));
+        if let Some(reason) = &switch.unchecked_reason {
+            errors.push(format!("{}: the old primary could not be checked: {reason}", switch.env));
+        }
+        errors.extend(switch.returns.iter().map(|event| old_primary_returned(switch, event)));
+    }
+    table(&rows)
+}
+
+fn failover_row(switch: &SwitchStatus) -> Vec<String> {
+    let fences: Vec<String> = switch.primary.iter().map(|f| format!("{} {}", f.domain, f.fence.as_str())).collect();
+    vec![
+        switch.env.clone(),
+        switch.active.clone(),
+        switch.epoch.to_string(),
+        match switch.state {
+            FailoverState::Active => switch.mode.to_string(),
+            state => format!("{}, {state}", switch.mode),
+        },
+        time(Some(switch.since)),
+        fences.join(", "),
+        switch.returns.len().to_string(),
+        match (&switch.home_snapshot, switch.home_lag_seconds) {
+            (Some(snapshot), lag) => format!(
+                "{snapshot} ({}, {})",
+                lag.map_or("-".to_owned(), human_age),
+                super::standby::bytes(switch.bytes_home)
+            ),
+            (None, _) => "-".into(),
+        },
+    ]
+}
+
+/// Shouted in capitals: two sides serving one epoch is the split brain the
+/// fence exists to prevent, and an operator must not miss it.
+fn old_primary_returned(switch: &SwitchStatus, event: &FenceEvent) -> String {
+    format!(
+        "!!! {}: OLD PRIMARY RETURNED: domain {} was found running at {} while {} serves epoch {}: {} \
+         ({})",
+        switch.env,
+        event.domain,
+        time(Some(event.at)),
+        switch.active,
+        event.epoch,
+        match event.kind {
+            crate::catalog::FenceKind::ReturnedRefenced => "FENCED AGAIN",
+            _ => "FENCING IT FAILED: stop it by hand",
+        },
+        event.detail.as_deref().unwrap_or("")
+    )
+}
+
+fn interrupted_table(interrupted: &[Operation], errors: &mut Vec<String>) -> String {
+    let mut rows = vec![row(&["INTERRUPTED", "KIND", "ENVIRONMENT", "ALSO TOUCHES", "STARTED", "STATE"])];
+    for op in interrupted {
+        rows.push(vec![
+            format!("operation {}", op.id),
+            op.kind.to_string(),
+            op.env.clone(),
+            if op.touches.is_empty() { "-".to_owned() } else { op.touches.join(", ") },
+            time(Some(op.started_at)),
+            op.state.to_string(),
+        ]);
+        errors.push(format!(
+            "{}: {} operation {} did not finish: run `envclone recover {}`",
+            op.env, op.kind, op.id, op.env
+        ));
+    }
+    table(&rows)
 }
 
 fn row(cells: &[&str]) -> Vec<String> {
