@@ -297,111 +297,19 @@ impl BenchReport {
             self.seconds
         );
         if let Some(stall) = &self.stall {
-            let baseline: Vec<String> = stall.baseline_gap_ms.iter().map(|(s, g)| format!("{s} {g:.0} ms")).collect();
-            let _ = writeln!(
-                md,
-                "**Service-visible stall** (environment `{}`: a request to each service every {:.0} ms from the lab's namespace, one in flight per service; idle gap between answers: {}):\n",
-                stall.environment,
-                stall.probe_interval_ms,
-                baseline.join(", ")
-            );
-            md.push_str("| operation | wall | longest gap | failed requests | freeze window | gap / virsh |\n");
-            md.push_str("| --- | ---: | ---: | ---: | ---: | ---: |\n");
-            for op in &stall.operations {
-                let _ = writeln!(
-                    md,
-                    "| {} | {} | {} | {} | {} | {} |",
-                    op.command,
-                    secs(op.wall_ms),
-                    millis(op.longest_gap_ms),
-                    op.failed_requests,
-                    op.freeze_window_ms.map_or("-".into(), millis),
-                    op.ratio_to_virsh.map_or("-".into(), |r| format!("{r:.2}x"))
-                );
-            }
-            md.push('\n');
+            stall_table(&mut md, stall);
         }
         if let Some(data) = &self.data {
-            md.push_str("**Clone time against data size** (data written from the host with `qemu-io -t none -c 'write -P 0x5a ...'` before the VM first boots; clones from a snapshot, `--start off`; envclone full and qemu-img convert: the median of alternating pairs, the runs in the JSON):\n\n");
-            md.push_str("| data | envclone linked | linked overlay | envclone full | virt-clone (VM off) | qemu-img convert -t none -T none | full / convert throughput | linked / smallest |\n");
-            md.push_str("| ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |\n");
-            for p in &data.points {
-                let _ = writeln!(
-                    md,
-                    "| {} GiB | {} | {} | {} ({:.0} MiB/s) | {} | {} ({:.0} MiB/s) | {:.0}% | {:.2}x |",
-                    p.size_gib,
-                    secs(p.linked_ms),
-                    bytes(p.linked_overlay_bytes),
-                    secs(p.full_ms),
-                    p.full_mib_s,
-                    secs(p.virt_clone_ms),
-                    secs(p.convert_ms),
-                    p.convert_mib_s,
-                    p.full_vs_convert * 100.0,
-                    p.linked_vs_smallest
-                );
-            }
-            md.push('\n');
+            data_table(&mut md, data);
         }
         if let Some(memory) = &self.memory {
-            md.push_str("**Memory state** (one VM; RAM filled with non-zero data first; pause = longest interval libvirt reported the domain paused, stall = its service's longest gap):\n\n");
-            md.push_str("| RAM (filled) | method | capture | pause | stall | image | image / RAM |\n");
-            md.push_str("| ---: | --- | ---: | ---: | ---: | ---: | ---: |\n");
-            for p in &memory.points {
-                for (how, c) in [
-                    ("envclone snapshot --memory (background-snapshot)", &p.background),
-                    ("virsh snapshot-create-as --live --memspec", &p.libvirt_live),
-                ] {
-                    let _ = writeln!(
-                        md,
-                        "| {} MiB ({} MiB) | {how} | {} | {} | {} | {} | {:.2} |",
-                        p.ram_mib,
-                        p.filled_mib,
-                        secs(c.wall_ms),
-                        millis(c.pause_ms),
-                        millis(c.stall_ms),
-                        bytes(c.image_bytes),
-                        c.image_vs_ram
-                    );
-                }
-            }
-            md.push('\n');
+            memory_table(&mut md, memory);
         }
         if let Some(scale) = &self.scale {
-            md.push_str(&format!("**Scale** (environments of 256 MiB VMs, the others paused; freeze window: median of {} `envclone snapshot`; linked clone: `envclone clone ENV --name NEW --disks linked --start off`, its own snapshot included):\n\n", scale.points.first().map_or(0, |p| p.freeze_windows_ms.len())));
-            md.push_str("| VMs | group freeze window | vs 1 VM | snapshot | linked clone | vs 1 VM |\n");
-            md.push_str("| ---: | ---: | ---: | ---: | ---: | ---: |\n");
-            for p in &scale.points {
-                let _ = writeln!(
-                    md,
-                    "| {} | {} | {:.2}x | {} | {} | {:.2}x |",
-                    p.vms,
-                    millis(p.freeze_window_ms),
-                    p.freeze_vs_one,
-                    secs(p.snapshot_ms),
-                    secs(p.linked_clone_ms),
-                    p.clone_vs_one
-                );
-            }
-            md.push('\n');
+            scale_table(&mut md, scale);
         }
         if !self.targets.is_empty() {
-            md.push_str("**Targets** (reported, not tuned to):\n\n| target | measured | ratio | met |\n| --- | --- | ---: | --- |\n");
-            for t in &self.targets {
-                let _ = writeln!(
-                    md,
-                    "| {} | {} | {} | {} |",
-                    t.target,
-                    t.measured,
-                    t.ratio.map_or("-".into(), |r| format!("{r:.2}")),
-                    match t.met {
-                        Some(true) => "yes",
-                        Some(false) => "**no**",
-                        None => "-",
-                    }
-                );
-            }
-            md.push('\n');
+            targets_table(&mut md, &self.targets);
         }
         for note in &self.notes {
             let _ = writeln!(md, "- {note}");
@@ -411,6 +319,120 @@ impl BenchReport {
         }
         md
     }
+}
+
+fn stall_table(md: &mut String, stall: &StallFamily) {
+    let baseline: Vec<String> = stall.baseline_gap_ms.iter().map(|(s, g)| format!("{s} {g:.0} ms")).collect();
+    let _ = writeln!(
+        md,
+        "**Service-visible stall** (environment `{}`: a request to each service every {:.0} ms from the lab's namespace, one in flight per service; idle gap between answers: {}):\n",
+        stall.environment,
+        stall.probe_interval_ms,
+        baseline.join(", ")
+    );
+    md.push_str("| operation | wall | longest gap | failed requests | freeze window | gap / virsh |\n");
+    md.push_str("| --- | ---: | ---: | ---: | ---: | ---: |\n");
+    for op in &stall.operations {
+        let _ = writeln!(
+            md,
+            "| {} | {} | {} | {} | {} | {} |",
+            op.command,
+            secs(op.wall_ms),
+            millis(op.longest_gap_ms),
+            op.failed_requests,
+            op.freeze_window_ms.map_or("-".into(), millis),
+            op.ratio_to_virsh.map_or("-".into(), |r| format!("{r:.2}x"))
+        );
+    }
+    md.push('\n');
+}
+
+fn data_table(md: &mut String, data: &DataFamily) {
+    md.push_str("**Clone time against data size** (data written from the host with `qemu-io -t none -c 'write -P 0x5a ...'` before the VM first boots; clones from a snapshot, `--start off`; envclone full and qemu-img convert: the median of alternating pairs, the runs in the JSON):\n\n");
+    md.push_str("| data | envclone linked | linked overlay | envclone full | virt-clone (VM off) | qemu-img convert -t none -T none | full / convert throughput | linked / smallest |\n");
+    md.push_str("| ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |\n");
+    for p in &data.points {
+        let _ = writeln!(
+            md,
+            "| {} GiB | {} | {} | {} ({:.0} MiB/s) | {} | {} ({:.0} MiB/s) | {:.0}% | {:.2}x |",
+            p.size_gib,
+            secs(p.linked_ms),
+            bytes(p.linked_overlay_bytes),
+            secs(p.full_ms),
+            p.full_mib_s,
+            secs(p.virt_clone_ms),
+            secs(p.convert_ms),
+            p.convert_mib_s,
+            p.full_vs_convert * 100.0,
+            p.linked_vs_smallest
+        );
+    }
+    md.push('\n');
+}
+
+fn memory_table(md: &mut String, memory: &MemoryFamily) {
+    md.push_str("**Memory state** (one VM; RAM filled with non-zero data first; pause = longest interval libvirt reported the domain paused, stall = its service's longest gap):\n\n");
+    md.push_str("| RAM (filled) | method | capture | pause | stall | image | image / RAM |\n");
+    md.push_str("| ---: | --- | ---: | ---: | ---: | ---: | ---: |\n");
+    for p in &memory.points {
+        for (how, c) in [
+            ("envclone snapshot --memory (background-snapshot)", &p.background),
+            ("virsh snapshot-create-as --live --memspec", &p.libvirt_live),
+        ] {
+            let _ = writeln!(
+                md,
+                "| {} MiB ({} MiB) | {how} | {} | {} | {} | {} | {:.2} |",
+                p.ram_mib,
+                p.filled_mib,
+                secs(c.wall_ms),
+                millis(c.pause_ms),
+                millis(c.stall_ms),
+                bytes(c.image_bytes),
+                c.image_vs_ram
+            );
+        }
+    }
+    md.push('\n');
+}
+
+fn scale_table(md: &mut String, scale: &ScaleFamily) {
+    md.push_str(&format!("**Scale** (environments of 256 MiB VMs, the others paused; freeze window: median of {} `envclone snapshot`; linked clone: `envclone clone ENV --name NEW --disks linked --start off`, its own snapshot included):\n\n", scale.points.first().map_or(0, |p| p.freeze_windows_ms.len())));
+    md.push_str("| VMs | group freeze window | vs 1 VM | snapshot | linked clone | vs 1 VM |\n");
+    md.push_str("| ---: | ---: | ---: | ---: | ---: | ---: |\n");
+    for p in &scale.points {
+        let _ = writeln!(
+            md,
+            "| {} | {} | {:.2}x | {} | {} | {:.2}x |",
+            p.vms,
+            millis(p.freeze_window_ms),
+            p.freeze_vs_one,
+            secs(p.snapshot_ms),
+            secs(p.linked_clone_ms),
+            p.clone_vs_one
+        );
+    }
+    md.push('\n');
+}
+
+fn targets_table(md: &mut String, targets: &[TargetCheck]) {
+    md.push_str(
+        "**Targets** (reported, not tuned to):\n\n| target | measured | ratio | met |\n| --- | --- | ---: | --- |\n",
+    );
+    for t in targets {
+        let _ = writeln!(
+            md,
+            "| {} | {} | {} | {} |",
+            t.target,
+            t.measured,
+            t.ratio.map_or("-".into(), |r| format!("{r:.2}")),
+            match t.met {
+                Some(true) => "yes",
+                Some(false) => "**no**",
+                None => "-",
+            }
+        );
+    }
+    md.push('\n');
 }
 
 pub const MIB: f64 = 1024.0 * 1024.0;
