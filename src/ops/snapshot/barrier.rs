@@ -29,6 +29,7 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::mpsc::{self, RecvTimeoutError};
+use std::thread::Scope;
 use std::time::{Duration, Instant};
 
 use super::memory::{MemoryCapture, MemoryError};
@@ -183,141 +184,28 @@ pub fn run(
     settings: &BarrierSettings,
     progress: Progress<'_>,
 ) -> BarrierOutcome {
-    let mut outcome = BarrierOutcome {
-        vms: vms.iter().map(|vm| (vm.plan.vm.clone(), VmBarrier::default())).collect(),
-        ..BarrierOutcome::default()
+    let mut coordinator = Coordinator {
+        outcome: BarrierOutcome {
+            vms: vms.iter().map(|vm| (vm.plan.vm.clone(), VmBarrier::default())).collect(),
+            ..BarrierOutcome::default()
+        },
+        window: Window::default(),
+        settings,
+        progress,
     };
-    let mut window = Window::default();
-    let limit = settings.limit;
 
     std::thread::scope(|scope| {
-        let (events_tx, events) = mpsc::channel::<WorkerEvent>();
-        let mut orders = BTreeMap::new();
-        for vm in vms.iter().filter(|vm| vm.freeze) {
-            let (order, orders_rx) = mpsc::channel::<Order>();
-            orders.insert(vm.plan.vm.clone(), order);
-            let events_tx = events_tx.clone();
-            let name = vm.plan.vm.clone();
-            scope.spawn(move || freeze_worker(quiescer, name, orders_rx, events_tx));
-        }
-        drop(events_tx);
-
-        // Arm: every guest runs its hooks and syncs, one fails, or the
-        // guests take longer than their hooks may.
-        let mut waiting: BTreeSet<String> = orders.keys().cloned().collect();
-        let arming = (!waiting.is_empty())
-            .then(|| StepTimer::start(progress, format!("arm {} guests (pre-freeze hooks, sync)", waiting.len())));
-        let arm_deadline = Instant::now() + settings.freeze_wait;
-        let mut aborted = !collect(
-            &events,
-            &mut waiting,
-            (&mut outcome, &mut window, settings),
-            |_| arm_deadline.saturating_duration_since(Instant::now()),
-            |_, waiting| SnapshotError::ArmTimeout {
-                waited: settings.freeze_wait,
-                vms: waiting.iter().cloned().collect(),
-            },
-        );
-        if let Some(timer) = arming {
-            timer.end(!aborted);
-        }
-
-        // Freeze: the go to every armed guest; every guest answers, one
-        // fails, or the limit passes.
-        let mut waiting: BTreeSet<String> = BTreeSet::new();
-        if !aborted {
-            for (vm, order) in &orders {
-                if outcome.vms.get(vm).is_some_and(|v| v.freeze.is_none()) && order.send(Order::Freeze).is_ok() {
-                    waiting.insert(vm.clone());
-                }
-            }
-        }
-        let freezing =
-            (!waiting.is_empty()).then(|| StepTimer::start(progress, format!("freeze {} guests", waiting.len())));
-        aborted |= !collect(
-            &events,
-            &mut waiting,
-            (&mut outcome, &mut window, settings),
-            |window| match window.deadline(limit) {
-                Some(deadline) => deadline.saturating_duration_since(Instant::now()),
-                None => settings.freeze_wait,
-            },
-            |window, _| SnapshotError::FreezeLimit {
-                limit,
-                window: window.elapsed(),
-                stage: "waiting for every guest to freeze",
-            },
-        );
-        if let Some(timer) = freezing {
-            timer.end(!aborted);
-        }
+        let (orders, events) = spawn_freeze_workers(scope, quiescer, vms);
+        let mut aborted = !coordinator.arm_all(&events, &orders);
+        aborted |= !coordinator.freeze_armed(&events, &orders, aborted);
         crate::ops::crashpoint::hit("snapshot", "freeze");
-
-        // Disk snapshots (and memory points), every VM in parallel.
-        let (done_tx, done) = mpsc::channel::<SnapshotDone>();
-        let count = vms.len();
-        if !aborted {
-            let timer = StepTimer::start(progress, format!("external disk snapshots of {count} VMs"));
-            let deadline = window.deadline(limit).unwrap_or_else(|| Instant::now() + settings.unfrozen_wait);
-            for vm in vms.iter_mut() {
-                let done_tx = done_tx.clone();
-                let plan = vm.plan;
-                let memory = vm.memory.as_deref_mut();
-                let snapshot = settings.snapshot.clone();
-                scope.spawn(move || {
-                    let result = snapshot_vm(hv, plan, &snapshot, memory, deadline);
-                    let _ = done_tx.send(result);
-                });
-            }
-            let mut pending = count;
-            while pending > 0 {
-                match done.recv_timeout(deadline.saturating_duration_since(Instant::now())) {
-                    Ok(result) => {
-                        pending -= 1;
-                        if let Some(failure) = record_snapshot(&mut outcome, result) {
-                            outcome.failures.push(failure);
-                        }
-                    }
-                    Err(RecvTimeoutError::Timeout) => {
-                        outcome.failures.push(SnapshotError::FreezeLimit {
-                            limit,
-                            window: window.elapsed(),
-                            stage: "waiting for the disk snapshots",
-                        });
-                        break;
-                    }
-                    Err(RecvTimeoutError::Disconnected) => break,
-                }
-            }
-            timer.end(outcome.failures.is_empty());
-            crate::ops::crashpoint::hit("snapshot", "disk-snapshot");
-        }
-        drop(done_tx);
-
-        // Thaw everything: workers not frozen yet thaw as soon as they are;
-        // armed ones that never got the go stand down.
-        let thawing = (!orders.is_empty()).then(|| StepTimer::start(progress, "thaw"));
-        for order in orders.values() {
-            let _ = order.send(Order::Thaw);
-        }
-        drop(orders);
-        for event in events.iter() {
-            if let Some(failure) = handle_event(&mut outcome, &mut window, event, settings, false) {
-                outcome.failures.push(failure);
-            }
-        }
-        if let Some(timer) = thawing {
-            timer.end(outcome.vms.values().all(VmBarrier::thawed));
-        }
-        // Snapshots still running when the limit passed: their outcome
-        // says which chains changed.
-        for result in done.iter() {
-            if let Some(failure) = record_snapshot(&mut outcome, result) {
-                outcome.failures.push(failure);
-            }
-        }
+        let done = coordinator.snapshot_all(scope, hv, vms, aborted);
+        coordinator.thaw_all(orders, &events);
+        coordinator.record_late_snapshots(&done);
     });
 
+    let Coordinator { mut outcome, window, .. } = coordinator;
+    let limit = settings.limit;
     outcome.window = window.measure();
     if let Some(measured) = outcome.window {
         let limit_reported = outcome.failures.iter().any(|f| matches!(f, SnapshotError::FreezeLimit { .. }));
@@ -330,6 +218,190 @@ pub fn run(
         }
     }
     outcome
+}
+
+type Orders = BTreeMap<String, mpsc::Sender<Order>>;
+
+/// One worker per VM to freeze, each waiting for its orders; the events
+/// come from all of them.
+fn spawn_freeze_workers<'scope, 'env>(
+    scope: &'scope Scope<'scope, 'env>,
+    quiescer: &'env dyn Quiescer,
+    vms: &[BarrierVm<'_>],
+) -> (Orders, mpsc::Receiver<WorkerEvent>) {
+    let (events_tx, events) = mpsc::channel::<WorkerEvent>();
+    let mut orders = BTreeMap::new();
+    for vm in vms.iter().filter(|vm| vm.freeze) {
+        let (order, orders_rx) = mpsc::channel::<Order>();
+        orders.insert(vm.plan.vm.clone(), order);
+        let events_tx = events_tx.clone();
+        let name = vm.plan.vm.clone();
+        scope.spawn(move || freeze_worker(quiescer, name, orders_rx, events_tx));
+    }
+    // Only the workers hold senders now: the events end when every worker has.
+    drop(events_tx);
+    (orders, events)
+}
+
+/// The coordinator's side of the barrier: what it has seen so far and where
+/// it reports its steps. It lives on the calling thread only.
+struct Coordinator<'a> {
+    outcome: BarrierOutcome,
+    window: Window,
+    settings: &'a BarrierSettings,
+    progress: Progress<'a>,
+}
+
+impl Coordinator<'_> {
+    /// Every guest runs its hooks and syncs, one fails, or the guests take
+    /// longer than their hooks may. False: the barrier aborts.
+    fn arm_all(&mut self, events: &mpsc::Receiver<WorkerEvent>, orders: &Orders) -> bool {
+        let settings = self.settings;
+        let mut waiting: BTreeSet<String> = orders.keys().cloned().collect();
+        let arming = (!waiting.is_empty())
+            .then(|| StepTimer::start(self.progress, format!("arm {} guests (pre-freeze hooks, sync)", waiting.len())));
+        let arm_deadline = Instant::now() + settings.freeze_wait;
+        let armed = collect(
+            events,
+            &mut waiting,
+            (&mut self.outcome, &mut self.window, settings),
+            |_| arm_deadline.saturating_duration_since(Instant::now()),
+            |_, waiting| SnapshotError::ArmTimeout {
+                waited: settings.freeze_wait,
+                vms: waiting.iter().cloned().collect(),
+            },
+        );
+        if let Some(timer) = arming {
+            timer.end(armed);
+        }
+        armed
+    }
+
+    /// The go to every armed guest (none once `aborted`); every guest
+    /// answers, one fails, or the limit passes. False: the barrier aborts.
+    fn freeze_armed(&mut self, events: &mpsc::Receiver<WorkerEvent>, orders: &Orders, aborted: bool) -> bool {
+        let settings = self.settings;
+        let limit = settings.limit;
+        let mut waiting: BTreeSet<String> = BTreeSet::new();
+        if !aborted {
+            for (vm, order) in orders {
+                if self.outcome.vms.get(vm).is_some_and(|v| v.freeze.is_none()) && order.send(Order::Freeze).is_ok() {
+                    waiting.insert(vm.clone());
+                }
+            }
+        }
+        // No guest waited on (so no timer) when the barrier had aborted.
+        let freezing =
+            (!waiting.is_empty()).then(|| StepTimer::start(self.progress, format!("freeze {} guests", waiting.len())));
+        let frozen = collect(
+            events,
+            &mut waiting,
+            (&mut self.outcome, &mut self.window, settings),
+            |window| match window.deadline(limit) {
+                Some(deadline) => deadline.saturating_duration_since(Instant::now()),
+                None => settings.freeze_wait,
+            },
+            |window, _| SnapshotError::FreezeLimit {
+                limit,
+                window: window.elapsed(),
+                stage: "waiting for every guest to freeze",
+            },
+        );
+        if let Some(timer) = freezing {
+            timer.end(frozen);
+        }
+        frozen
+    }
+
+    /// Disk snapshots (and memory points), every VM in parallel, unless the
+    /// barrier aborted. The results not awaited before the deadline arrive
+    /// later on the returned receiver.
+    fn snapshot_all<'scope, 'env>(
+        &mut self,
+        scope: &'scope Scope<'scope, 'env>,
+        hv: &'env dyn Hypervisor,
+        vms: &'scope mut [BarrierVm<'_>],
+        aborted: bool,
+    ) -> mpsc::Receiver<SnapshotDone> {
+        let (done_tx, done) = mpsc::channel::<SnapshotDone>();
+        let count = vms.len();
+        if !aborted {
+            let timer = StepTimer::start(self.progress, format!("external disk snapshots of {count} VMs"));
+            let deadline = self
+                .window
+                .deadline(self.settings.limit)
+                .unwrap_or_else(|| Instant::now() + self.settings.unfrozen_wait);
+            for vm in vms.iter_mut() {
+                let done_tx = done_tx.clone();
+                let plan = vm.plan;
+                let memory = vm.memory.as_deref_mut();
+                let snapshot = self.settings.snapshot.clone();
+                scope.spawn(move || {
+                    let result = snapshot_vm(hv, plan, &snapshot, memory, deadline);
+                    let _ = done_tx.send(result);
+                });
+            }
+            self.await_snapshots(&done, count, deadline);
+            timer.end(self.outcome.failures.is_empty());
+            crate::ops::crashpoint::hit("snapshot", "disk-snapshot");
+        }
+        drop(done_tx);
+        done
+    }
+
+    /// Records the snapshots' results until all `count` are in or the
+    /// deadline passes.
+    fn await_snapshots(&mut self, done: &mpsc::Receiver<SnapshotDone>, count: usize, deadline: Instant) {
+        let mut pending = count;
+        while pending > 0 {
+            match done.recv_timeout(deadline.saturating_duration_since(Instant::now())) {
+                Ok(result) => {
+                    pending -= 1;
+                    if let Some(failure) = record_snapshot(&mut self.outcome, result) {
+                        self.outcome.failures.push(failure);
+                    }
+                }
+                Err(RecvTimeoutError::Timeout) => {
+                    self.outcome.failures.push(SnapshotError::FreezeLimit {
+                        limit: self.settings.limit,
+                        window: self.window.elapsed(),
+                        stage: "waiting for the disk snapshots",
+                    });
+                    break;
+                }
+                Err(RecvTimeoutError::Disconnected) => break,
+            }
+        }
+    }
+
+    /// Thaws everything: workers not frozen yet thaw as soon as they are;
+    /// armed ones that never got the go stand down. Returns when every
+    /// worker has ended.
+    fn thaw_all(&mut self, orders: Orders, events: &mpsc::Receiver<WorkerEvent>) {
+        let thawing = (!orders.is_empty()).then(|| StepTimer::start(self.progress, "thaw"));
+        for order in orders.values() {
+            let _ = order.send(Order::Thaw);
+        }
+        drop(orders);
+        for event in events.iter() {
+            if let Some(failure) = handle_event(&mut self.outcome, &mut self.window, event, self.settings, false) {
+                self.outcome.failures.push(failure);
+            }
+        }
+        if let Some(timer) = thawing {
+            timer.end(self.outcome.vms.values().all(VmBarrier::thawed));
+        }
+    }
+
+    /// Snapshots still running when the limit passed: their outcome says
+    /// which chains changed.
+    fn record_late_snapshots(&mut self, done: &mpsc::Receiver<SnapshotDone>) {
+        for result in done.iter() {
+            if let Some(failure) = record_snapshot(&mut self.outcome, result) {
+                self.outcome.failures.push(failure);
+            }
+        }
+    }
 }
 
 /// Takes the workers' events until every VM in `waiting` reported (armed,
