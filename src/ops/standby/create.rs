@@ -160,6 +160,10 @@ impl<'r, 'c> Journaled<'r, 'c> for Run<'r, 'c> {
     }
 }
 
+/// A primary VM to copy: its name in the config, its domain, and that
+/// domain's definition.
+type PrimaryVm = (String, String, DomainDef);
+
 impl Run<'_, '_> {
     fn execute(
         &mut self,
@@ -170,7 +174,44 @@ impl Run<'_, '_> {
         autorestore: bool,
     ) -> Result<StandbyResources, StandbyError> {
         let ctx = self.ctx;
-        // The primary's definitions, and every network they use.
+        let (defs, sources) = self.primary_definitions(primary, name)?;
+        let networks = self.create_networks(name, sources)?;
+        let on: BTreeMap<String, String> = networks.iter().map(|n| (n.source.clone(), n.name.clone())).collect();
+
+        let mut domains = Vec::new();
+        let mut disks = Vec::new();
+        let mut files = Vec::new();
+        for primary_vm in defs {
+            domains.push(self.define_domain(name, storage, &on, primary_vm, &mut disks, &mut files)?);
+        }
+
+        let resources = StandbyResources { domains, networks, files };
+        let record = StandbyRecord {
+            name: name.to_owned(),
+            primary: primary_name.to_owned(),
+            storage: storage.to_owned(),
+            autorestore,
+            created_at: ctx.clock.now(),
+            snapshot: None,
+            snapshot_created_at: None,
+            synced_at: None,
+            merging: None,
+            resources: resources.clone(),
+            disks,
+        };
+        self.step("record the standby", undo::forget(name), |run| Ok(run.ctx.catalog.add_standby(&record)?))?;
+        Ok(resources)
+    }
+
+    /// The primary's definitions, and every network they use (the
+    /// environment's own first). Changes nothing: it runs before the first
+    /// step, so a refusal here leaves nothing to undo.
+    fn primary_definitions(
+        &self,
+        primary: &crate::config::Environment,
+        name: &str,
+    ) -> Result<(Vec<PrimaryVm>, Vec<String>), StandbyError> {
+        let ctx = self.ctx;
         let mut defs = Vec::new();
         let mut sources: Vec<String> = primary.networks.clone();
         for (vm, config) in &primary.vms {
@@ -213,7 +254,12 @@ impl Run<'_, '_> {
             }
             defs.push((vm.clone(), config.domain.clone(), def));
         }
+        Ok((defs, sources))
+    }
 
+    /// One isolated copy of each source network, one step each.
+    fn create_networks(&mut self, name: &str, sources: Vec<String>) -> Result<Vec<ClonedNetwork>, StandbyError> {
+        let ctx = self.ctx;
         let mut networks = Vec::new();
         for source in sources {
             ctx.host
@@ -233,88 +279,81 @@ impl Run<'_, '_> {
             })?;
             networks.push(ClonedNetwork { source, name: network, bridge, veth: None, gateway: None });
         }
-        let on: BTreeMap<String, String> = networks.iter().map(|n| (n.source.clone(), n.name.clone())).collect();
+        Ok(networks)
+    }
 
-        let mut domains = Vec::new();
-        let mut disks = Vec::new();
-        let mut files = Vec::new();
-        for (vm, primary_domain, source_def) in defs {
-            let dir = storage.join(&vm);
-            ctx.host.storage().create_dir(&dir)?;
-            let domain = names::domain(name, &vm);
-            let fail =
-                |e: HvError| StandbyError::DefineDomain { vm: vm.clone(), domain: domain.clone(), source: Box::new(e) };
-            let mut def: DomainDef = source_def.clone();
-            def.set_name(&domain);
-            def.strip_for_new_identity();
-            let uuid = random_uuid();
-            def.set_uuid(&uuid);
-            let mut macs = Vec::new();
-            let mut primary_macs = Vec::new();
-            for (index, iface) in source_def.interfaces().iter().enumerate() {
-                let mac = random_mac();
-                def.set_interface_mac(index, &mac).map_err(fail)?;
-                if let Some(network) = iface.network.as_ref().and_then(|n| on.get(n)) {
-                    def.set_interface_network(index, network).map_err(fail)?;
-                }
-                macs.push(mac);
-                primary_macs.push(iface.mac.clone().unwrap_or_default());
+    /// Defines one VM's standby domain (shut off): a new identity, its
+    /// interfaces on the networks in `on` (source to copy), its disks under
+    /// `storage` (added to `disks`), its own NVRAM copy and console log
+    /// (added to `files`).
+    fn define_domain(
+        &mut self,
+        name: &str,
+        storage: &std::path::Path,
+        on: &BTreeMap<String, String>,
+        (vm, primary_domain, source_def): PrimaryVm,
+        disks: &mut Vec<StandbyDisk>,
+        files: &mut Vec<PathBuf>,
+    ) -> Result<StandbyDomain, StandbyError> {
+        let ctx = self.ctx;
+        let dir = storage.join(&vm);
+        ctx.host.storage().create_dir(&dir)?;
+        let domain = names::domain(name, &vm);
+        let fail =
+            |e: HvError| StandbyError::DefineDomain { vm: vm.clone(), domain: domain.clone(), source: Box::new(e) };
+        let mut def: DomainDef = source_def.clone();
+        def.set_name(&domain);
+        def.strip_for_new_identity();
+        let uuid = random_uuid();
+        def.set_uuid(&uuid);
+        let mut macs = Vec::new();
+        let mut primary_macs = Vec::new();
+        for (index, iface) in source_def.interfaces().iter().enumerate() {
+            let mac = random_mac();
+            def.set_interface_mac(index, &mac).map_err(fail)?;
+            if let Some(network) = iface.network.as_ref().and_then(|n| on.get(n)) {
+                def.set_interface_network(index, network).map_err(fail)?;
             }
-            for disk in source_def.disks() {
-                if disk.device != "disk" || disk.readonly || disk.source.is_none() {
-                    continue;
-                }
-                let path = super::image_path(storage, name, &vm, &disk.target);
-                def.set_disk_source(&disk.target, &path, ImageFormat::Qcow2.as_str()).map_err(fail)?;
-                disks.push(StandbyDisk {
-                    vm: vm.clone(),
-                    disk: disk.target.clone(),
-                    path,
-                    snapshot: None,
-                    source_image: None,
-                    sha256: None,
-                    synced_at: None,
-                });
-            }
-            if let Some(from) = def.nvram() {
-                let to = dir.join(format!("{name}.nvram.fd"));
-                let undo = UndoAction::DeleteFile { path: to.clone() };
-                self.step(&format!("copy the NVRAM of {vm}"), undo, |run| {
-                    let storage = run.ctx.host.storage();
-                    storage.remove(&to)?;
-                    storage.copy_file(&from, &to).map(drop).map_err(StandbyError::from)
-                })?;
-                def.set_nvram(&to);
-                files.push(to);
-            }
-            if !def.chardev_files().is_empty() {
-                let log = dir.join(format!("{name}.console.log"));
-                def.set_chardev_files(&log);
-                files.push(log);
-            }
-            let undo = UndoAction::UndefineDomain { name: domain.clone() };
-            self.step(&format!("define {domain} for {vm} (shut off)"), undo, |run| {
-                run.ctx.host.hypervisor().define_domain(&def).map(drop).map_err(fail)
-            })?;
-            domains.push(StandbyDomain { vm, domain, uuid, macs, primary_domain, primary_macs });
+            macs.push(mac);
+            primary_macs.push(iface.mac.clone().unwrap_or_default());
         }
-
-        let resources = StandbyResources { domains, networks, files };
-        let record = StandbyRecord {
-            name: name.to_owned(),
-            primary: primary_name.to_owned(),
-            storage: storage.to_owned(),
-            autorestore,
-            created_at: ctx.clock.now(),
-            snapshot: None,
-            snapshot_created_at: None,
-            synced_at: None,
-            merging: None,
-            resources: resources.clone(),
-            disks,
-        };
-        self.step("record the standby", undo::forget(name), |run| Ok(run.ctx.catalog.add_standby(&record)?))?;
-        Ok(resources)
+        for disk in source_def.disks() {
+            if disk.device != "disk" || disk.readonly || disk.source.is_none() {
+                continue;
+            }
+            let path = super::image_path(storage, name, &vm, &disk.target);
+            def.set_disk_source(&disk.target, &path, ImageFormat::Qcow2.as_str()).map_err(fail)?;
+            disks.push(StandbyDisk {
+                vm: vm.clone(),
+                disk: disk.target.clone(),
+                path,
+                snapshot: None,
+                source_image: None,
+                sha256: None,
+                synced_at: None,
+            });
+        }
+        if let Some(from) = def.nvram() {
+            let to = dir.join(format!("{name}.nvram.fd"));
+            let undo = UndoAction::DeleteFile { path: to.clone() };
+            self.step(&format!("copy the NVRAM of {vm}"), undo, |run| {
+                let storage = run.ctx.host.storage();
+                storage.remove(&to)?;
+                storage.copy_file(&from, &to).map(drop).map_err(StandbyError::from)
+            })?;
+            def.set_nvram(&to);
+            files.push(to);
+        }
+        if !def.chardev_files().is_empty() {
+            let log = dir.join(format!("{name}.console.log"));
+            def.set_chardev_files(&log);
+            files.push(log);
+        }
+        let undo = UndoAction::UndefineDomain { name: domain.clone() };
+        self.step(&format!("define {domain} for {vm} (shut off)"), undo, |run| {
+            run.ctx.host.hypervisor().define_domain(&def).map(drop).map_err(fail)
+        })?;
+        Ok(StandbyDomain { vm, domain, uuid, macs, primary_domain, primary_macs })
     }
 
     fn roll_back(self, error: StandbyError) -> StandbyError {
