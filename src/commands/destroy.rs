@@ -13,7 +13,7 @@ pub fn run(global: &GlobalArgs, args: &DestroyArgs, out: &Output) -> Result<Exit
     let session = Session::with_config(load_config(global)?)?;
     let (_config, _catalog) = (&session.config, &session.catalog);
     let progress = |event: &Event| out.progress(&event.to_string());
-    let ctx = session.context(&progress);
+    let ctx = session.context(&progress)?;
     let report = destroy::destroy(&ctx, &args.name).map_err(Error::operation("destroy"))?;
     out.report(&report, human);
     Ok(ExitCode::Ok)

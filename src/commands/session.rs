@@ -8,7 +8,7 @@ use super::load_config_with_clones;
 use crate::catalog::Catalog;
 use crate::cli::GlobalArgs;
 use crate::config::Config;
-use crate::host::{Host, LocalHost};
+use crate::host::{Hosts, LocalHost, LOCAL};
 use crate::hypervisor::LibvirtHypervisor;
 use crate::ops::context::{OpContext, Progress, SystemClock};
 use crate::{Error, Result};
@@ -59,10 +59,21 @@ impl Session {
         Ok(Session { config, catalog, local: LocalHost::new(hv) })
     }
 
+    /// Every host the command may work on, by name: today the
+    /// controller's own, `local`.
+    pub fn hosts(&self) -> Hosts<'_> {
+        Hosts::new().with(&self.local)
+    }
+
+    /// The context of an operation on the host named `host`.
+    pub fn context_on<'s>(&'s self, host: &str, progress: Progress<'s>) -> Result<OpContext<'s>> {
+        let host = self.hosts().get(host)?;
+        Ok(OpContext { config: &self.config, host, catalog: &self.catalog, progress, clock: &SystemClock })
+    }
+
     /// The context of an operation on the controller's own host.
-    pub fn context<'s>(&'s self, progress: Progress<'s>) -> OpContext<'s> {
-        let host: &dyn Host = &self.local;
-        OpContext { config: &self.config, host, catalog: &self.catalog, progress, clock: &SystemClock }
+    pub fn context<'s>(&'s self, progress: Progress<'s>) -> Result<OpContext<'s>> {
+        self.context_on(LOCAL, progress)
     }
 }
 

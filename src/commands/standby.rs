@@ -39,7 +39,7 @@ pub fn run(global: &GlobalArgs, command: StandbyCommand, out: &Output) -> Result
     }
     let session = records.connect()?;
     let progress = |event: &Event| out.progress(&event.to_string());
-    let ctx = session.context(&progress);
+    let ctx = session.context(&progress)?;
     match command {
         StandbyCommand::Create(args) => {
             let request = CreateRequest {

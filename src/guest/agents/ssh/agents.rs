@@ -9,7 +9,6 @@ use std::sync::{Mutex, PoisonError};
 use std::time::Duration;
 
 use chrono::{SecondsFormat, Utc};
-use envclone_agent::freeze::ThawReport;
 use envclone_agent::{
     ReaddressReport, ResetIdentityReport, RewritePlan, RewriteReport, ScanReport, ScanRequest, SetClockReport,
 };
@@ -101,23 +100,11 @@ impl RestoreAgents for SshAgents {
 
     fn thaw(&self, vm: &str, within: Duration) -> Result<(), GuestError> {
         self.retry(vm, "the guest to thaw", within, |session| {
-            let agent = AgentClient::new(session);
-            let report: ThawReport = agent.call(&["thaw"], None)?;
+            let report = super::thaw_checked(&AgentClient::new(session), session.target())?;
             if !report.thawed.is_empty() {
                 tracing::info!(vm, thawed = ?report.thawed, "thawed after the memory restore");
             }
-            let status = agent.status()?;
-            if status.frozen.is_empty() {
-                Ok(())
-            } else {
-                Err(GuestError::Agent {
-                    target: session.target().to_owned(),
-                    kind: envclone_agent::freeze::error_kind::THAW_FAILED.into(),
-                    message: format!("still frozen after `envclone-agent thaw`: {}", status.frozen.join(", ")),
-                    hint: None,
-                    exit: None,
-                })
-            }
+            Ok(())
         })
     }
 

@@ -18,11 +18,30 @@ pub use self::quiescer::SshQuiescer;
 pub use self::recovery::SshRecoveryAgents;
 use crate::config::Environment;
 use crate::guest::endpoint::ssh_target;
-use crate::guest::{GuestError, SshTarget};
+use crate::guest::{AgentClient, GuestError, SshTarget};
+use envclone_agent::freeze::ThawReport;
 
 /// Where each VM of `env` has its agent.
 fn targets(env: &Environment) -> BTreeMap<String, SshTarget> {
     env.vms.iter().map(|(vm, config)| (vm.clone(), ssh_target(&config.agent))).collect()
+}
+
+/// `envclone-agent thaw`, then a status that must show nothing frozen: a
+/// thaw is checked, never assumed. Returns what the thaw thawed.
+fn thaw_checked(agent: &AgentClient<'_>, target: &str) -> Result<ThawReport, GuestError> {
+    let report: ThawReport = agent.call(&["thaw"], None)?;
+    let status = agent.status()?;
+    if status.frozen.is_empty() {
+        Ok(report)
+    } else {
+        Err(GuestError::Agent {
+            target: target.to_owned(),
+            kind: envclone_agent::freeze::error_kind::THAW_FAILED.into(),
+            message: format!("still frozen after `envclone-agent thaw`: {}", status.frozen.join(", ")),
+            hint: None,
+            exit: None,
+        })
+    }
 }
 
 /// A VM the environment does not have: no endpoint to reach.

@@ -97,20 +97,11 @@ impl Quiescer for SshQuiescer {
 
     fn recover(&self, vm: &str) -> Result<(), GuestError> {
         let session = self.connect(vm)?;
-        let report: envclone_agent::freeze::ThawReport = AgentClient::new(&session).call(&["thaw"], None)?;
-        tracing::warn!(vm, thawed = ?report.thawed, "recovery thaw done");
-        let status = AgentClient::new(&session).status()?;
-        if status.frozen.is_empty() {
-            Ok(())
-        } else {
-            Err(GuestError::Agent {
-                target: session.target().to_owned(),
-                kind: envclone_agent::freeze::error_kind::THAW_FAILED.into(),
-                message: format!("still frozen after `envclone-agent thaw`: {}", status.frozen.join(", ")),
-                hint: None,
-                exit: None,
-            })
+        let result = super::thaw_checked(&AgentClient::new(&session), session.target());
+        if let Ok(report) = &result {
+            tracing::warn!(vm, thawed = ?report.thawed, "recovery thaw done");
         }
+        result.map(drop)
     }
 }
 
