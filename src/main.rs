@@ -28,11 +28,11 @@ fn report_error(error: &envclone::Error, code: ExitCode, json: bool) {
         let value = serde_json::json!({
             "error": { "message": chain, "hint": hint, "exit_code": code.code() }
         });
-        println!("{value:#}");
+        envclone::commands::write_out(&format!("{value:#}\n"));
     }
-    eprintln!("error: {chain}");
+    envclone::commands::write_err(&format!("error: {chain}\n"));
     if let Some(hint) = hint {
-        eprintln!("hint: {hint}");
+        envclone::commands::write_err(&format!("hint: {hint}\n"));
     }
 }
 
@@ -45,5 +45,12 @@ fn init_logging(verbose: u8, quiet: bool) {
         (false, _) => "trace",
     };
     let filter = EnvFilter::try_from_env("ENVCLONE_LOG").unwrap_or_else(|_| EnvFilter::new(default));
-    tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).with_target(false).init();
+    // A log line that cannot be written (stderr closed) is dropped, never
+    // reported with an `eprintln!` that would panic mid-operation.
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_target(false)
+        .log_internal_errors(false)
+        .init();
 }

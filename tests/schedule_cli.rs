@@ -207,3 +207,52 @@ fn systemd_units_verify_cleanly() {
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert!(output.status.success() && stderr.trim().is_empty(), "systemd-analyze verify: {stderr}");
 }
+
+/// A pipe whose reader is already gone: every write to it fails (EPIPE).
+fn closed_pipe() -> std::process::Stdio {
+    let (reader, writer) = nix::unistd::pipe().expect("a pipe");
+    drop(reader);
+    std::process::Stdio::from(writer)
+}
+
+#[test]
+fn a_closed_stdout_and_stderr_do_not_stop_a_run() {
+    let setup = Setup::new();
+
+    // As `envclone schedule run often 2>&1 | head -0`: nobody reads.
+    let status = Command::new(env!("CARGO_BIN_EXE_envclone"))
+        .arg("--config")
+        .arg(setup.config())
+        .args(["schedule", "run", "often"])
+        .env_remove("ENVCLONE_CONFIG")
+        .env_remove("ENVCLONE_LIBVIRT_URI")
+        .env_remove("ENVCLONE_LOG")
+        .stdout(closed_pipe())
+        .stderr(closed_pipe())
+        .status()
+        .expect("run envclone");
+
+    // Its own exit code (4, the domain does not exist), not a panic's 101,
+    // and the run recorded to its end.
+    assert_eq!(status.code(), Some(4));
+    assert_one_failure(&setup.status(), "command");
+}
+
+#[test]
+fn a_closed_stdout_does_not_stop_a_json_report() {
+    let setup = Setup::new();
+
+    let status = Command::new(env!("CARGO_BIN_EXE_envclone"))
+        .arg("--config")
+        .arg(setup.config())
+        .args(["daemon", "--once", "--json"])
+        .env_remove("ENVCLONE_CONFIG")
+        .env_remove("ENVCLONE_LIBVIRT_URI")
+        .env_remove("ENVCLONE_LOG")
+        .stdout(closed_pipe())
+        .status()
+        .expect("run envclone");
+
+    assert_eq!(status.code(), Some(1));
+    assert_one_failure(&setup.status(), "daemon");
+}

@@ -54,7 +54,7 @@ pub fn check(config: &Config, catalog: &Catalog, env: Option<&str>, out: &Output
     })?;
     for notice in guard::notices(&statuses) {
         if !out.json || notice.loud {
-            eprintln!("warning: {}", notice.line);
+            super::write_err(&format!("warning: {}\n", notice.line));
         }
     }
     Ok(statuses)

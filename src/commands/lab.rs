@@ -22,7 +22,7 @@ pub fn run(_global: &GlobalArgs, command: LabCommand, out: &Output) -> Result<Ex
             Ok(ExitCode::Ok)
         }
         LabCommand::Env(args) => {
-            print!("{}", open(&args)?.env_exports());
+            super::write_out(&open(&args)?.env_exports());
             Ok(ExitCode::Ok)
         }
         LabCommand::Bench(args) => run_bench(&args, out),

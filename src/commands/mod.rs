@@ -114,11 +114,11 @@ impl Output {
         REPORTED.store(true, std::sync::atomic::Ordering::Relaxed);
         if self.json {
             match serde_json::to_string_pretty(value) {
-                Ok(text) => println!("{text}"),
-                Err(e) => eprintln!("error: cannot encode the report as JSON: {e}"),
+                Ok(text) => write_out(&format!("{text}\n")),
+                Err(e) => write_err(&format!("error: cannot encode the report as JSON: {e}\n")),
             }
         } else {
-            print!("{}", human(value));
+            write_out(&human(value));
         }
     }
 
@@ -126,7 +126,7 @@ impl Output {
     /// JSON document and stderr stays for errors.
     pub fn progress(&self, line: &str) {
         if !self.json && !self.quiet {
-            eprintln!("  .. {line}");
+            write_err(&format!("  .. {line}\n"));
         }
     }
 
@@ -163,8 +163,41 @@ impl Output {
                 if let Some(bar) = bar.take() {
                     bar.finish_and_clear();
                 }
-                eprintln!("  .. {other}");
+                write_err(&format!("  .. {other}\n"));
             }
+        }
+    }
+}
+
+/// Whether a write to stdout, or to stderr, has failed once.
+static STDOUT_LOST: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+static STDERR_LOST: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+/// Writes `text` to stdout. Every line the binary prints goes through
+/// here or [`write_err`]: a write that fails (the reader of a pipe gone,
+/// `envclone standby sync SB | head -1`; Rust ignores SIGPIPE, so that is
+/// an EPIPE, which `println!` turns into a panic) is logged once and
+/// otherwise ignored, because an operation must never stop half-way
+/// because nobody reads its output any more.
+pub fn write_out(text: &str) {
+    write_to(&mut std::io::stdout().lock(), text, "stdout", &STDOUT_LOST);
+}
+
+/// Writes `text` to stderr; a write error is ignored as in [`write_out`].
+pub fn write_err(text: &str) {
+    write_to(&mut std::io::stderr().lock(), text, "stderr", &STDERR_LOST);
+}
+
+/// Whether some output could not be written (stdout or stderr closed).
+pub fn output_lost() -> bool {
+    STDOUT_LOST.load(std::sync::atomic::Ordering::Relaxed) || STDERR_LOST.load(std::sync::atomic::Ordering::Relaxed)
+}
+
+fn write_to(stream: &mut impl std::io::Write, text: &str, name: &str, lost: &std::sync::atomic::AtomicBool) {
+    if let Err(error) = stream.write_all(text.as_bytes()).and_then(|()| stream.flush()) {
+        if !lost.swap(true, std::sync::atomic::Ordering::Relaxed) {
+            // To stderr through the log: dropped too if stderr is the one closed.
+            tracing::warn!("cannot write to {name} ({error}): output dropped from here on; the work goes on");
         }
     }
 }

@@ -29,6 +29,7 @@
 //! `clone:wait for the clone's agents` (everything runs; not recorded).
 //! The steps are the progress lines `envclone clone` prints.
 
+use std::io::Write as _;
 use std::sync::OnceLock;
 
 /// The environment variable that arms one crash point: `OPERATION:STEP`.
@@ -38,7 +39,11 @@ pub const VARIABLE: &str = "ENVCLONE_CRASHPOINT";
 /// returns at once. See the module documentation: a test hook.
 pub fn hit(operation: &str, step: &str) {
     if armed(operation, step) {
-        eprintln!("envclone: crash point {operation}:{step} reached ({VARIABLE} is set): aborting");
+        // Not `eprintln!`: with stderr closed it would panic instead of aborting.
+        let _ = writeln!(
+            std::io::stderr(),
+            "envclone: crash point {operation}:{step} reached ({VARIABLE} is set): aborting"
+        );
         no_core_dump();
         std::process::abort();
     }
