@@ -32,6 +32,15 @@ use serde::Serialize;
 /// What a command printed and how the process should exit.
 pub fn run(cli: Cli) -> Result<std::process::ExitCode> {
     let out = Output { json: cli.global.json, quiet: cli.global.quiet };
+    if runs_an_operation(&cli.command) {
+        // SIGTERM/SIGINT then stop the operation cleanly before its next
+        // step (see `ops::interrupt`); other commands keep the default
+        // action, and `recover` too: it may be stopped anywhere and run
+        // again.
+        if let Err(error) = crate::ops::interrupt::install() {
+            tracing::warn!("cannot handle SIGTERM/SIGINT ({error}): a signal stops the operation where it is");
+        }
+    }
     match cli.command {
         Command::Check(args) => check::run(&cli.global, &args, &out).map(ExitCode::into),
         Command::Ssh(args) => ssh::run(&cli.global, &args),
@@ -52,6 +61,24 @@ pub fn run(cli: Cli) -> Result<std::process::ExitCode> {
         Command::Failover(args) => failover::run(&cli.global, &args, &out).map(ExitCode::into),
         Command::Failback(args) => failback::run(&cli.global, &args, &out).map(ExitCode::into),
     }
+}
+
+/// Whether `command` runs a journaled operation that a signal should
+/// stop between steps rather than mid-step.
+fn runs_an_operation(command: &Command) -> bool {
+    matches!(
+        command,
+        Command::Schedule(_)
+            | Command::Snapshot(_)
+            | Command::DeleteSnapshot(_)
+            | Command::Prune(_)
+            | Command::Restore(_)
+            | Command::Clone(_)
+            | Command::Destroy(_)
+            | Command::Standby(_)
+            | Command::Failover(_)
+            | Command::Failback(_)
+    )
 }
 
 /// Loads the config named on the command line, with flag overrides applied

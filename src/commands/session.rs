@@ -68,7 +68,14 @@ impl Session {
     /// The context of an operation on the host named `host`.
     pub fn context_on<'s>(&'s self, host: &str, progress: Progress<'s>) -> Result<OpContext<'s>> {
         let host = self.hosts().get(host)?;
-        Ok(OpContext { config: &self.config, host, catalog: &self.catalog, progress, clock: &SystemClock })
+        Ok(OpContext {
+            config: &self.config,
+            host,
+            catalog: &self.catalog,
+            progress,
+            clock: &SystemClock,
+            interrupt: crate::ops::interrupt::Interrupt::process(),
+        })
     }
 
     /// The context of an operation on the controller's own host.

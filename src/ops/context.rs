@@ -90,6 +90,9 @@ pub struct OpContext<'a> {
     pub catalog: &'a Catalog,
     pub progress: Progress<'a>,
     pub clock: &'a dyn Clock,
+    /// Set by SIGTERM/SIGINT: the operation stops before its next step
+    /// (see [`crate::ops::interrupt`]).
+    pub interrupt: &'a crate::ops::interrupt::Interrupt,
 }
 
 impl fmt::Debug for OpContext<'_> {

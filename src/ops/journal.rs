@@ -10,12 +10,17 @@ use std::time::{Duration, Instant};
 use chrono::{DateTime, Utc};
 
 use crate::catalog::{Catalog, CatalogError, OperationId, OperationKind, Owner, StepId, StepRecord, UndoAction};
+use crate::ops::interrupt::Interrupted;
 
 #[derive(Debug)]
 pub struct Journal<'c> {
     catalog: &'c Catalog,
     pub op: OperationId,
     open: Vec<StepId>,
+    /// A step the operation names as its point of no return is done:
+    /// from here it is finished, never rolled back, so a signal no longer
+    /// stops it (see [`Journaled::is_point_of_no_return`]).
+    past_no_return: bool,
 }
 
 impl<'c> Journal<'c> {
@@ -26,7 +31,7 @@ impl<'c> Journal<'c> {
         now: DateTime<Utc>,
     ) -> Result<Journal<'c>, CatalogError> {
         let op = catalog.begin_operation(kind, env, &Owner::current(), now)?;
-        Ok(Journal { catalog, op, open: Vec::new() })
+        Ok(Journal { catalog, op, open: Vec::new(), past_no_return: false })
     }
 
     /// The operation also acts on `env`: `recover ENV` and `status ENV`
@@ -157,7 +162,7 @@ pub fn remove<'c, E: std::error::Error + From<CatalogError>>(
 /// done or failed. Implemented by each operation's `Run`, so the rule is
 /// written once.
 pub trait Journaled<'r, 'c: 'r>: Sized {
-    type Error: std::error::Error + From<CatalogError>;
+    type Error: std::error::Error + From<CatalogError> + From<Interrupted>;
 
     fn context(&self) -> &'r crate::ops::context::OpContext<'c>;
 
@@ -179,15 +184,33 @@ pub trait Journaled<'r, 'c: 'r>: Sized {
         let _ = (name, begun, took, ok);
     }
 
+    /// Whether `step` is the operation's point of no return: once it is
+    /// done, the operation is finished rather than rolled back (what
+    /// `recover` does too), so SIGTERM/SIGINT no longer stop it. `false`
+    /// for every step of an operation that rolls back to its end.
+    fn is_point_of_no_return(&self, step: &str) -> bool {
+        let _ = step;
+        false
+    }
+
     /// Journals `name` with its undo, runs `step` (its begin and end, with
     /// its duration, on the progress), marks it done or failed, then hits
     /// the crash point `<family>:<name>` if the run has a family.
+    ///
+    /// After a SIGTERM or SIGINT ([`crate::ops::interrupt`]) the step is
+    /// not started: [`Interrupted`], and the operation rolls back as for
+    /// any failed step; past the point of no return it goes on.
     fn step<T>(
         &mut self,
         name: &str,
         undo: UndoAction,
         step: impl FnOnce(&mut Self) -> Result<T, Self::Error>,
     ) -> Result<T, Self::Error> {
+        if !self.journal().past_no_return {
+            if let Some(signal) = self.context().interrupt.requested() {
+                return Err(Interrupted { signal, step: name.to_owned() }.into());
+            }
+        }
         let id = self.journal().record(name, undo)?;
         let timer = self.context().begin(name);
         let begun = Instant::now();
@@ -197,6 +220,9 @@ pub trait Journaled<'r, 'c: 'r>: Sized {
         match result {
             Ok(value) => {
                 self.journal().done(id)?;
+                if self.is_point_of_no_return(name) {
+                    self.journal().past_no_return = true;
+                }
                 if let Some(family) = self.crash_points() {
                     crate::ops::crashpoint::hit(family, name);
                 }
@@ -232,5 +258,158 @@ pub trait PhaseMachine: Copy + Sized {
             tracing::error!(operation, from = self.as_str(), to = to.as_str(), "invalid phase transition");
             debug_assert!(false, "invalid {operation} phase transition {} -> {}", self.as_str(), to.as_str());
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeMap;
+    use std::path::PathBuf;
+
+    use chrono::TimeZone;
+    use nix::sys::signal::Signal;
+
+    use super::*;
+    use crate::catalog::{OperationState, StepState};
+    use crate::config::{Config, Controller};
+    use crate::hypervisor::FakeHypervisor;
+    use crate::ops::context::{Clock as _, FixedClock, OpContext};
+    use crate::ops::interrupt::Interrupt;
+    use crate::test_support::{FakeHost, FakeNet, FakeStorage};
+
+    #[derive(Debug, thiserror::Error)]
+    enum FakeError {
+        #[error(transparent)]
+        Catalog(#[from] CatalogError),
+        #[error(transparent)]
+        Interrupted(#[from] Interrupted),
+    }
+
+    /// An operation whose steps do nothing but can name its point of no return.
+    struct FakeRun<'r, 'c> {
+        ctx: &'r OpContext<'c>,
+        journal: Journal<'c>,
+        no_return: Option<&'static str>,
+    }
+
+    impl<'r, 'c> Journaled<'r, 'c> for FakeRun<'r, 'c> {
+        type Error = FakeError;
+
+        fn context(&self) -> &'r OpContext<'c> {
+            self.ctx
+        }
+
+        fn journal(&mut self) -> &mut Journal<'c> {
+            &mut self.journal
+        }
+
+        fn is_point_of_no_return(&self, step: &str) -> bool {
+            self.no_return == Some(step)
+        }
+    }
+
+    /// What a run of steps `one`, `two`, `three` did when SIGTERM came
+    /// during step `signal_in`.
+    struct Outcome {
+        result: Result<(), FakeError>,
+        ran: Vec<&'static str>,
+        undone: Vec<PathBuf>,
+        state: OperationState,
+        steps: Vec<(String, StepState)>,
+    }
+
+    fn run(signal_in: &'static str, no_return: Option<&'static str>) -> Outcome {
+        let dir = tempfile::tempdir().unwrap();
+        let catalog = Catalog::open(&dir.path().join("state")).unwrap();
+        let config = Config {
+            controller: Controller::new("/k", "/h"),
+            environments: BTreeMap::new(),
+            schedules: BTreeMap::new(),
+            standbys: BTreeMap::new(),
+            lab: None,
+        };
+        let (hv, storage, net) = (FakeHypervisor::default(), FakeStorage::default(), FakeNet::default());
+        let host = FakeHost::new(&hv, &storage, &net);
+        let clock = FixedClock(Utc.with_ymd_and_hms(2024, 5, 1, 2, 0, 0).unwrap());
+        let interrupt = Interrupt::new();
+        let progress = |_: &crate::ops::context::Event| {};
+        let ctx = OpContext {
+            config: &config,
+            host: &host,
+            catalog: &catalog,
+            progress: &progress,
+            clock: &clock,
+            interrupt: &interrupt,
+        };
+        let journal = Journal::begin(&catalog, OperationKind::Snapshot, "demo", clock.now()).unwrap();
+        let op = journal.op;
+        let mut fake = FakeRun { ctx: &ctx, journal, no_return };
+        let mut ran = Vec::new();
+        let mut result = Ok(());
+        for name in ["one", "two", "three"] {
+            let undo = UndoAction::DeleteFile { path: PathBuf::from(format!("/{name}")) };
+            let step = fake.step(name, undo, |_| {
+                if name == signal_in {
+                    interrupt.request(Signal::SIGTERM);
+                }
+                ran.push(name);
+                Ok(())
+            });
+            if let Err(error) = step {
+                result = Err(error);
+                break;
+            }
+        }
+        let mut undone = Vec::new();
+        match &result {
+            Ok(()) => fake.journal.complete().unwrap(),
+            Err(error) => {
+                let failures = fake.journal.roll_back(&crate::error::chain(error), |action| {
+                    if let UndoAction::DeleteFile { path } = action {
+                        undone.push(path.clone());
+                    }
+                    Ok(())
+                });
+                assert!(failures.is_empty(), "{failures:?}");
+            }
+        }
+        let state = catalog.operation(op).unwrap().state;
+        let steps = catalog.steps(op).unwrap().into_iter().map(|s| (s.name, s.state)).collect();
+        Outcome { result, ran, undone, state, steps }
+    }
+
+    #[test]
+    fn a_signal_during_a_step_lets_it_finish_then_rolls_back_before_the_next() {
+        let outcome = run("two", None);
+
+        assert!(
+            matches!(&outcome.result, Err(FakeError::Interrupted(Interrupted { signal: "SIGTERM", step })) if step == "three"),
+            "{:?}",
+            outcome.result
+        );
+        // Step two finished; three never started, so never journaled.
+        assert_eq!(outcome.ran, ["one", "two"]);
+        assert_eq!(outcome.undone, [PathBuf::from("/two"), PathBuf::from("/one")]);
+        assert_eq!(outcome.state, OperationState::RolledBack);
+        assert_eq!(outcome.steps, [("one".to_owned(), StepState::Undone), ("two".to_owned(), StepState::Undone)]);
+    }
+
+    #[test]
+    fn a_signal_past_the_point_of_no_return_lets_the_operation_finish() {
+        let outcome = run("two", Some("one"));
+
+        assert!(outcome.result.is_ok(), "{:?}", outcome.result);
+        assert_eq!(outcome.ran, ["one", "two", "three"]);
+        assert!(outcome.undone.is_empty());
+        assert_eq!(outcome.state, OperationState::Completed);
+    }
+
+    #[test]
+    fn without_a_signal_every_step_runs() {
+        let outcome = run("none", None);
+
+        assert!(outcome.result.is_ok(), "{:?}", outcome.result);
+        assert_eq!(outcome.ran, ["one", "two", "three"]);
+        assert_eq!(outcome.state, OperationState::Completed);
     }
 }

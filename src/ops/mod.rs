@@ -14,6 +14,7 @@ pub mod delete;
 pub mod destroy;
 pub mod environments;
 pub mod failover;
+pub mod interrupt;
 pub mod journal;
 pub mod lock;
 pub mod parallel;

@@ -19,6 +19,9 @@ use crate::host::HostNetError;
 
 #[derive(Debug, thiserror::Error)]
 pub enum CloneError {
+    /// SIGTERM or SIGINT before a step: the operation rolled back.
+    #[error(transparent)]
+    Interrupted(#[from] crate::ops::interrupt::Interrupted),
     #[error(transparent)]
     Lookup(#[from] LookupError),
     /// Another operation holds the source or the clone, or a lock cannot be taken.
@@ -219,6 +222,7 @@ impl Failure for CloneError {
     fn hint(&self) -> Option<String> {
         match self {
             CloneError::Lookup(e) => e.hint(),
+            CloneError::Interrupted(_) => Some(crate::ops::interrupt::Interrupted::hint()),
             CloneError::Lock(e) => e.hint(),
             CloneError::Catalog(e) => e.hint(),
             CloneError::BadName { .. } => {

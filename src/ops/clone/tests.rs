@@ -30,6 +30,8 @@ struct Harness {
     files: FakeStorage<'static>,
     net: FakeNet,
     events: Mutex<Vec<Event>>,
+    /// What SIGTERM/SIGINT would set: a test sets it to interrupt the operation.
+    interrupt: crate::ops::interrupt::Interrupt,
     snapshot: String,
 }
 
@@ -71,6 +73,7 @@ impl Harness {
             files: FakeStorage::default().with_copy_size(1 << 20),
             net: FakeNet::default(),
             events: Mutex::new(Vec::new()),
+            interrupt: Default::default(),
             snapshot: String::new(),
         };
         let request = SnapshotRequest { env: "demo".into(), label: None, memory: false, quiesce: None, schedule: None };
@@ -91,8 +94,14 @@ impl Harness {
         let progress = |event: &Event| events.lock().unwrap().push(event.clone());
         let clock = FixedClock(at(30));
         let host = FakeHost::new(&self.hv, &self.files, &self.net);
-        let ctx =
-            OpContext { config: &self.config, host: &host, catalog: &self.catalog, progress: &progress, clock: &clock };
+        let ctx = OpContext {
+            config: &self.config,
+            host: &host,
+            catalog: &self.catalog,
+            progress: &progress,
+            clock: &clock,
+            interrupt: &self.interrupt,
+        };
         f(&ctx)
     }
 

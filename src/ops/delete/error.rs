@@ -17,6 +17,9 @@ use crate::ops::LockError;
 
 #[derive(Debug, thiserror::Error)]
 pub enum DeleteError {
+    /// SIGTERM or SIGINT before a step: the operation rolled back.
+    #[error(transparent)]
+    Interrupted(#[from] crate::ops::interrupt::Interrupted),
     #[error(transparent)]
     Lookup(#[from] LookupError),
     /// Another operation holds the environment, or its lock cannot be taken.
@@ -125,6 +128,7 @@ impl Failure for DeleteError {
         use DeleteError::*;
         let hint = match self {
             Lookup(source) => return source.hint(),
+            Interrupted(_) => crate::ops::interrupt::Interrupted::hint(),
             Lock(source) => return source.hint(),
             UnknownSnapshot { env, .. } => format!("`envclone snapshots {env}` lists its snapshots"),
             InProgress { .. } => {

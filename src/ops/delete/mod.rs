@@ -340,6 +340,13 @@ impl<'r, 'c> Journaled<'r, 'c> for Run<'r, 'c> {
     fn journal(&mut self) -> &mut Journal<'c> {
         &mut self.journal
     }
+
+    /// Every step: a delete's steps have no undo, and one that stopped is
+    /// finished by running it again, so a delete that has begun goes on
+    /// to its end; a signal stops it only before its first step.
+    fn is_point_of_no_return(&self, _step: &str) -> bool {
+        true
+    }
 }
 
 impl<'c> Run<'_, 'c> {

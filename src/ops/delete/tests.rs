@@ -37,6 +37,8 @@ struct Harness {
     catalog: Catalog,
     hv: FakeHypervisor,
     events: Mutex<Vec<Event>>,
+    /// What SIGTERM/SIGINT would set: a test sets it to interrupt the operation.
+    interrupt: crate::ops::interrupt::Interrupt,
     minute: Mutex<u32>,
 }
 
@@ -59,7 +61,15 @@ impl Harness {
             lab: None,
         };
         let catalog = Catalog::open(&state).unwrap();
-        Harness { dir, config, catalog, hv, events: Mutex::new(Vec::new()), minute: Mutex::new(0) }
+        Harness {
+            dir,
+            config,
+            catalog,
+            hv,
+            events: Mutex::new(Vec::new()),
+            interrupt: Default::default(),
+            minute: Mutex::new(0),
+        }
     }
 
     fn running() -> Self {
@@ -108,8 +118,14 @@ impl Harness {
         let clock = FixedClock(at(*self.minute.lock().unwrap()));
         let net = FakeNet::default();
         let host = FakeHost::new(&self.hv, files, &net);
-        let ctx =
-            OpContext { config: &self.config, host: &host, catalog: &self.catalog, progress: &progress, clock: &clock };
+        let ctx = OpContext {
+            config: &self.config,
+            host: &host,
+            catalog: &self.catalog,
+            progress: &progress,
+            clock: &clock,
+            interrupt: &self.interrupt,
+        };
         f(&ctx)
     }
 

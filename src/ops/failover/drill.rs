@@ -222,6 +222,12 @@ impl<'r, 'c> Journaled<'r, 'c> for Run<'r, 'c> {
         Some(self.points)
     }
 
+    /// Its record: from there the drill runs or the standby serves, and a
+    /// switch is finished, never rolled back (as `recover` does).
+    fn is_point_of_no_return(&self, step: &str) -> bool {
+        super::is_record_step(step)
+    }
+
     /// The runbook report lists every step with its time.
     fn step_ended(&mut self, name: &str, begun: Instant, took: Duration, ok: bool) {
         self.steps.push(StepTime {

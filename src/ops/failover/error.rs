@@ -14,6 +14,9 @@ use crate::ops::LockError;
 
 #[derive(Debug, thiserror::Error)]
 pub enum FailoverError {
+    /// SIGTERM or SIGINT before a step: the operation rolled back.
+    #[error(transparent)]
+    Interrupted(#[from] crate::ops::interrupt::Interrupted),
     #[error(transparent)]
     Lookup(#[from] LookupError),
     /// Another operation holds the standby, or a lock cannot be taken.
@@ -246,6 +249,7 @@ impl Failure for FailoverError {
     fn hint(&self) -> Option<String> {
         match self {
             FailoverError::Lookup(e) => e.hint(),
+            FailoverError::Interrupted(_) => Some(crate::ops::interrupt::Interrupted::hint()),
             FailoverError::Lock(e) => e.hint(),
             FailoverError::Catalog(e) => e.hint(),
             FailoverError::NoStandby { env } => {

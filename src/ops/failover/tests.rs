@@ -35,6 +35,8 @@ struct Harness {
     /// Freezes the primary's guests for a planned failover's snapshot.
     quiescer: FakeQuiescer,
     events: Mutex<Vec<Event>>,
+    /// What SIGTERM/SIGINT would set: a test sets it to interrupt the operation.
+    interrupt: crate::ops::interrupt::Interrupt,
 }
 
 impl Harness {
@@ -69,6 +71,7 @@ impl Harness {
             net: FakeNet::default(),
             quiescer: FakeQuiescer::healthy(),
             events: Mutex::new(Vec::new()),
+            interrupt: Default::default(),
             _dir: dir,
         };
         if synced {
@@ -94,8 +97,14 @@ impl Harness {
         let progress = |event: &Event| events.lock().unwrap().push(event.clone());
         let clock = FixedClock(at(30));
         let host = FakeHost::new(&self.hv, &self.files, &self.net);
-        let ctx =
-            OpContext { config: &self.config, host: &host, catalog: &self.catalog, progress: &progress, clock: &clock };
+        let ctx = OpContext {
+            config: &self.config,
+            host: &host,
+            catalog: &self.catalog,
+            progress: &progress,
+            clock: &clock,
+            interrupt: &self.interrupt,
+        };
         f(&ctx)
     }
 

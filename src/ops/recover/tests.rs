@@ -25,6 +25,8 @@ struct Harness {
     catalog: Catalog,
     hv: FakeHypervisor,
     events: Mutex<Vec<Event>>,
+    /// What SIGTERM/SIGINT would set: a test sets it to interrupt the operation.
+    interrupt: crate::ops::interrupt::Interrupt,
 }
 
 fn direct_boot(name: &str, disk: &Path) -> DomainDef {
@@ -66,7 +68,7 @@ impl Harness {
             hv = hv.with_domain(direct_boot(name, &disk), DomainState::Running);
         }
         let catalog = Catalog::open(&state).unwrap();
-        Harness { dir, config, catalog, hv, events: Mutex::new(Vec::new()) }
+        Harness { dir, config, catalog, hv, events: Mutex::new(Vec::new()), interrupt: Default::default() }
     }
 
     fn recover(&self, agents: &FakeRecoveryAgents, request: &RecoverRequest) -> Result<RecoverReport, RecoverError> {
@@ -75,8 +77,14 @@ impl Harness {
         let clock = FixedClock(Utc.with_ymd_and_hms(2024, 5, 1, 3, 0, 0).unwrap());
         let (storage, net) = (crate::host::LocalStorage, FakeNet::default());
         let host = FakeHost::new(&self.hv, &storage, &net);
-        let ctx =
-            OpContext { config: &self.config, host: &host, catalog: &self.catalog, progress: &progress, clock: &clock };
+        let ctx = OpContext {
+            config: &self.config,
+            host: &host,
+            catalog: &self.catalog,
+            progress: &progress,
+            clock: &clock,
+            interrupt: &self.interrupt,
+        };
         recover(&ctx, agents, request)
     }
 

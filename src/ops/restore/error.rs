@@ -18,6 +18,9 @@ use crate::host::StorageError;
 
 #[derive(Debug, thiserror::Error)]
 pub enum RestoreError {
+    /// SIGTERM or SIGINT before a step: the operation rolled back.
+    #[error(transparent)]
+    Interrupted(#[from] crate::ops::interrupt::Interrupted),
     #[error(transparent)]
     Lookup(#[from] LookupError),
     /// Another operation holds the environment, or its lock cannot be taken.
@@ -170,6 +173,7 @@ impl RestoreError {
             | AgentNotReady { vm, .. }
             | Thaw { vm, .. }
             | SetClock { vm, .. } => Some(vm),
+            Interrupted(_) => None,
             CleanupFailed { cause, .. } => cause.vm(),
             Several { first, .. } => first.vm(),
             Lookup(_) | Lock(_) | Storage(_) | UnknownSnapshot { .. } | NoFreeName { .. } | Catalog(_) | Panicked => {
@@ -203,6 +207,7 @@ impl Failure for RestoreError {
         use RestoreError::*;
         let hint = match self {
             Lookup(source) => return source.hint(),
+            Interrupted(_) => crate::ops::interrupt::Interrupted::hint(),
             Lock(source) => return source.hint(),
             Storage(source) if source.hint().is_some() => return source.hint(),
             UnknownSnapshot { env, known, .. } => {

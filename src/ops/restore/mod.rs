@@ -242,6 +242,13 @@ impl<'r, 'c> Journaled<'r, 'c> for Run<'r, 'c> {
     fn journal(&mut self) -> &mut Journal<'c> {
         &mut self.journal
     }
+
+    /// Its record: from there the catalog says the VMs run on the
+    /// restored overlays, and so they do; a restore is finished from
+    /// there, never rolled back (as `recover` does).
+    fn is_point_of_no_return(&self, step: &str) -> bool {
+        step == RECORD_STEP
+    }
 }
 
 impl<'r, 'c> Run<'r, 'c> {

@@ -34,6 +34,8 @@ struct Harness {
     files: FakeStorage<'static>,
     net: FakeNet,
     events: Mutex<Vec<Event>>,
+    /// What SIGTERM/SIGINT would set: a test sets it to interrupt the operation.
+    interrupt: crate::ops::interrupt::Interrupt,
 }
 
 impl Harness {
@@ -66,6 +68,7 @@ impl Harness {
             files: FakeStorage::default().made_only("restore-").with_size(196_608),
             net: FakeNet::default(),
             events: Mutex::new(Vec::new()),
+            interrupt: Default::default(),
         }
     }
 
@@ -78,8 +81,14 @@ impl Harness {
         let progress = |event: &Event| events.lock().unwrap().push(event.clone());
         let clock = FixedClock(when);
         let host = FakeHost::new(&self.hv, &self.files, &self.net);
-        let ctx =
-            OpContext { config: &self.config, host: &host, catalog: &self.catalog, progress: &progress, clock: &clock };
+        let ctx = OpContext {
+            config: &self.config,
+            host: &host,
+            catalog: &self.catalog,
+            progress: &progress,
+            clock: &clock,
+            interrupt: &self.interrupt,
+        };
         f(&ctx)
     }
 
@@ -626,4 +635,43 @@ fn a_rollback_that_cannot_restart_a_vm_says_so_and_leaves_the_operation_to_recov
     // Still on valid chains: the previous disks, redefined.
     let [db, web] = h.sources();
     assert!(db.ends_with("20240501T020000Z.vda.qcow2") && web.ends_with("20240501T020000Z.vda.qcow2"));
+}
+
+#[test]
+fn a_sigterm_during_a_restore_rolls_it_back_before_its_next_step() {
+    let h = Harness::env();
+    let snap = h.snapshot(at(0));
+    let before = h.sources();
+    let request = RestoreRequest { env: "demo".into(), snapshot: snap.clone(), memory: false, discard: false };
+    let tools = Tools { quiescer: &h.quiescer, agents: &h.agents };
+
+    // SIGTERM while its first step runs.
+    let error = h
+        .with_context(at(1), |ctx| {
+            let progress = |event: &Event| {
+                if matches!(event, Event::Begin { step } if step == "resolve") {
+                    h.interrupt.request(nix::sys::signal::Signal::SIGTERM);
+                }
+            };
+            restore(&OpContext { progress: &progress, ..*ctx }, &request, tools)
+        })
+        .unwrap_err();
+
+    assert!(
+        matches!(&error, RestoreError::Interrupted(crate::ops::interrupt::Interrupted { signal: "SIGTERM", .. })),
+        "{error:?}"
+    );
+    assert_eq!(error.exit_code(), crate::exit::ExitCode::Failed);
+    // Rolled back: the VMs run on the chains they had, the journal is closed.
+    assert_eq!(h.sources(), before);
+    for vm in ["web", "db"] {
+        assert_eq!(h.state(vm), DomainState::Running, "{vm}");
+    }
+    let op = h.last_operation();
+    assert_eq!(op.state, OperationState::RolledBack);
+    assert!(op.error.unwrap().contains("interrupted by SIGTERM"));
+    let steps = h.catalog.steps(op.id).unwrap();
+    assert_eq!(steps[0].name, "resolve");
+    assert!(steps.iter().all(|s| s.state == StepState::Undone), "{steps:#?}");
+    assert!(h.state_of_files_is_clean(), "{:?}", h.files.files());
 }

@@ -18,6 +18,9 @@ use super::memory::MemoryError;
 
 #[derive(Debug, thiserror::Error)]
 pub enum SnapshotError {
+    /// SIGTERM or SIGINT before a step: the operation rolled back.
+    #[error(transparent)]
+    Interrupted(#[from] crate::ops::interrupt::Interrupted),
     #[error(transparent)]
     Lookup(#[from] LookupError),
     /// Another operation holds the environment, or its lock cannot be taken.
@@ -132,7 +135,8 @@ impl SnapshotError {
             | Thaw { vm, .. }
             | Memory { vm, .. } => Some(vm),
             CleanupFailed { cause, .. } => cause.vm(),
-            Lookup(_)
+            Interrupted(_)
+            | Lookup(_)
             | Lock(_)
             | StorageDir { .. }
             | StatStorage { .. }
@@ -165,6 +169,7 @@ impl Failure for SnapshotError {
         use SnapshotError::*;
         let hint = match self {
             Lookup(source) => return source.hint(),
+            Interrupted(_) => crate::ops::interrupt::Interrupted::hint(),
             Lock(source) => return source.hint(),
             DomainMissing { .. } => "check `virsh list --all` and the VM's `domain` in the config".into(),
             InspectDomain { source, .. } | DiskSnapshot { source, .. } => return source.hint(),

@@ -32,6 +32,8 @@ struct Harness {
     catalog: Catalog,
     hv: FakeHypervisor,
     events: Mutex<Vec<Event>>,
+    /// What SIGTERM/SIGINT would set: a test sets it to interrupt the operation.
+    interrupt: crate::ops::interrupt::Interrupt,
 }
 
 impl Harness {
@@ -57,7 +59,7 @@ impl Harness {
             lab: None,
         };
         let catalog = Catalog::open(&state).unwrap();
-        Harness { _dir: dir, state, config, catalog, hv, events: Mutex::new(Vec::new()) }
+        Harness { _dir: dir, state, config, catalog, hv, events: Mutex::new(Vec::new()), interrupt: Default::default() }
     }
 
     fn take(
@@ -71,8 +73,14 @@ impl Harness {
         let clock = FixedClock(when);
         let (storage, net) = (FakeStorage::default(), FakeNet::default());
         let host = FakeHost::new(&self.hv, &storage, &net);
-        let ctx =
-            OpContext { config: &self.config, host: &host, catalog: &self.catalog, progress: &progress, clock: &clock };
+        let ctx = OpContext {
+            config: &self.config,
+            host: &host,
+            catalog: &self.catalog,
+            progress: &progress,
+            clock: &clock,
+            interrupt: &self.interrupt,
+        };
         take(&ctx, request, quiescer)
     }
 

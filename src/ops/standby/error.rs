@@ -16,6 +16,9 @@ use crate::host::StorageError;
 
 #[derive(Debug, thiserror::Error)]
 pub enum StandbyError {
+    /// SIGTERM or SIGINT before a step: the operation rolled back.
+    #[error(transparent)]
+    Interrupted(#[from] crate::ops::interrupt::Interrupted),
     #[error(transparent)]
     Lookup(#[from] LookupError),
     /// Another operation holds the standby or its primary, or a lock cannot be taken.
@@ -119,6 +122,7 @@ impl Failure for StandbyError {
     fn hint(&self) -> Option<String> {
         match self {
             StandbyError::Lookup(e) => e.hint(),
+            StandbyError::Interrupted(_) => Some(crate::ops::interrupt::Interrupted::hint()),
             StandbyError::Lock(e) => e.hint(),
             StandbyError::Storage(e) => {
                 e.hint().or_else(|| Some("check the standby's --storage folder and free space".into()))

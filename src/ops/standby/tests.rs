@@ -30,6 +30,8 @@ struct Harness {
     catalog: Catalog,
     hv: FakeHypervisor,
     events: Mutex<Vec<Event>>,
+    /// What SIGTERM/SIGINT would set: a test sets it to interrupt the operation.
+    interrupt: crate::ops::interrupt::Interrupt,
 }
 
 impl Harness {
@@ -59,6 +61,7 @@ impl Harness {
             catalog,
             hv: FakeHypervisor::running_env("net", &["web", "db"]),
             events: Mutex::new(Vec::new()),
+            interrupt: Default::default(),
         }
     }
 
@@ -74,8 +77,14 @@ impl Harness {
         let clock = FixedClock(at(30));
         let net = FakeNet::default();
         let host = FakeHost::new(&self.hv, transfer, &net);
-        let ctx =
-            OpContext { config: &self.config, host: &host, catalog: &self.catalog, progress: &progress, clock: &clock };
+        let ctx = OpContext {
+            config: &self.config,
+            host: &host,
+            catalog: &self.catalog,
+            progress: &progress,
+            clock: &clock,
+            interrupt: &self.interrupt,
+        };
         f(&ctx)
     }
 
