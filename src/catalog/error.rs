@@ -57,6 +57,13 @@ pub enum CatalogError {
     OperationNotRunning { operation: i64, state: &'static str },
     #[error(transparent)]
     Refused(#[from] Refusal),
+    /// A new operation on an environment that an interrupted one (its
+    /// owner died mid-run) left half done: refused, nothing was done.
+    #[error(
+        "environment '{env}' has an interrupted {kind} (operation {operation}, started {started_at}, \
+         last step {last_step}): it must be finished or rolled back first"
+    )]
+    Interrupted { env: String, operation: i64, kind: &'static str, started_at: String, last_step: String },
 }
 
 impl CatalogError {
@@ -118,6 +125,10 @@ impl Failure for CatalogError {
             CatalogError::InvalidTransition { .. } | CatalogError::OperationNotRunning { .. } => {
                 Some("this is a bug in envclone; `envclone recover` finishes or rolls back the operation".into())
             }
+            CatalogError::Interrupted { env, .. } => Some(format!(
+                "run `envclone recover {env}` (it finishes or rolls back the interrupted operation), then this \
+                 command again"
+            )),
             CatalogError::Refused(_) => Some(
                 "remove what still needs it first (clone, standby or later snapshot); until then it is kept".into(),
             ),

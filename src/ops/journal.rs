@@ -30,6 +30,7 @@ impl<'c> Journal<'c> {
         env: &str,
         now: DateTime<Utc>,
     ) -> Result<Journal<'c>, CatalogError> {
+        refuse_if_interrupted(catalog, env)?;
         let op = catalog.begin_operation(kind, env, &Owner::current(), now)?;
         Ok(Journal { catalog, op, open: Vec::new(), past_no_return: false })
     }
@@ -96,6 +97,29 @@ impl<'c> Journal<'c> {
         }
         failures
     }
+}
+
+/// Refuses a new operation on `env` while an interrupted one (journaled
+/// running or rolling back, its owner dead) acts on it: the new one would
+/// work on what the other left half done, and `recover` would later undo
+/// it from under it. Checked here, where every operation begins its
+/// journal, so each gets it; `recover` itself journals nothing this way.
+/// Callers hold `env`'s lock, so a live owner is never taken for dead.
+fn refuse_if_interrupted(catalog: &Catalog, env: &str) -> Result<(), CatalogError> {
+    let Some(operation) = catalog.interrupted_operations()?.into_iter().find(|op| op.touches_env(env)) else {
+        return Ok(());
+    };
+    let last_step = match catalog.steps(operation.id)?.last() {
+        Some(step) => format!("'{}' {}", step.name, step.state),
+        None => "none".to_owned(),
+    };
+    Err(CatalogError::Interrupted {
+        env: env.to_owned(),
+        operation: operation.id.0,
+        kind: operation.kind.as_str(),
+        started_at: operation.started_at.to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
+        last_step,
+    })
 }
 
 /// The run of an operation that only removes what another made (`destroy`
@@ -411,5 +435,61 @@ mod tests {
         assert!(outcome.result.is_ok(), "{:?}", outcome.result);
         assert_eq!(outcome.ran, ["one", "two", "three"]);
         assert_eq!(outcome.state, OperationState::Completed);
+    }
+
+    /// An operation of another boot: its owner is provably dead.
+    fn dead_owner() -> crate::catalog::Owner {
+        crate::catalog::Owner { pid: std::process::id(), start_ticks: None, boot_id: Some("another boot".into()) }
+    }
+
+    fn at_two() -> DateTime<Utc> {
+        Utc.with_ymd_and_hms(2024, 5, 1, 2, 0, 0).unwrap()
+    }
+
+    #[test]
+    fn a_new_operation_is_refused_on_an_environment_with_an_interrupted_one() {
+        let dir = tempfile::tempdir().unwrap();
+        let catalog = Catalog::open(dir.path()).unwrap();
+        let op = catalog.begin_operation(OperationKind::Restore, "demo", &dead_owner(), at_two()).unwrap();
+        catalog.record_step(op, &StepRecord::new("stop web", UndoAction::Nothing)).unwrap();
+
+        let error = Journal::begin(&catalog, OperationKind::Snapshot, "demo", at_two()).unwrap_err();
+
+        let CatalogError::Interrupted { env, operation, kind, started_at, last_step } = &error else {
+            panic!("not refused as interrupted: {error:?}");
+        };
+        assert_eq!((env.as_str(), *operation, *kind), ("demo", op.0, "restore"));
+        assert_eq!(started_at, "2024-05-01T02:00:00Z");
+        assert_eq!(last_step, "'stop web' running");
+        assert_eq!(crate::error::Failure::hint(&error).unwrap().split('`').nth(1), Some("envclone recover demo"));
+        assert_eq!(crate::error::Failure::exit_code(&error), crate::exit::ExitCode::Failed);
+        // Nothing was journaled for the refused operation.
+        assert_eq!(catalog.operations_in(OperationState::Running).unwrap().len(), 1);
+    }
+
+    #[test]
+    fn an_interrupted_operation_refuses_every_environment_it_touches_and_only_those() {
+        let dir = tempfile::tempdir().unwrap();
+        let catalog = Catalog::open(dir.path()).unwrap();
+        let op = catalog.begin_operation(OperationKind::Clone, "copy", &dead_owner(), at_two()).unwrap();
+        catalog.also_touches(op, "demo").unwrap();
+
+        let on_source = Journal::begin(&catalog, OperationKind::Snapshot, "demo", at_two());
+        let elsewhere = Journal::begin(&catalog, OperationKind::Snapshot, "shop", at_two());
+
+        assert!(matches!(on_source, Err(CatalogError::Interrupted { ref env, .. }) if env == "demo"), "{on_source:?}");
+        assert!(elsewhere.is_ok(), "{elsewhere:?}");
+    }
+
+    #[test]
+    fn a_running_operation_of_a_live_owner_does_not_refuse() {
+        let dir = tempfile::tempdir().unwrap();
+        let catalog = Catalog::open(dir.path()).unwrap();
+        // This process owns it: the environment's lock, not this check, keeps them apart.
+        catalog.begin_operation(OperationKind::Restore, "demo", &crate::catalog::Owner::current(), at_two()).unwrap();
+
+        let begun = Journal::begin(&catalog, OperationKind::Snapshot, "demo", at_two());
+
+        assert!(begun.is_ok(), "{begun:?}");
     }
 }
