@@ -29,14 +29,16 @@
 //! idempotent as a whole: a drill that runs is reported, not started twice;
 //! ending none is a no-op.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 
 use super::{undo, FailoverError, Tools};
-use crate::catalog::{FailoverMode, FailoverState, ImageFormat, NewFailover, OperationKind, StandbyRecord, UndoAction};
+use crate::catalog::{
+    FailoverMode, FailoverState, ImageFormat, NewFailover, OperationKind, StandbyDisk, StandbyRecord, UndoAction,
+};
 use crate::config::Environment;
 use crate::hypervisor::HvError;
 use crate::ops::clone::{names, undo as clone_undo};
@@ -371,16 +373,8 @@ fn drill_steps(
         for disk in standby.disks.iter().filter(|d| d.vm == domain.vm) {
             let overlay = overlay_path(standby, &domain.vm, &disk.disk);
             let undo = UndoAction::DeleteFile { path: overlay.clone() };
-            run.step(&format!("drill overlay {}/{}", domain.vm, disk.disk), undo, |run| {
-                // A drill overlay left by an end that was interrupted is stale.
-                run.ctx.host.storage().remove(&overlay).map_err(|e| FailoverError::Remove {
-                    what: overlay.display().to_string(),
-                    detail: e.to_string(),
-                })?;
-                run.ctx.host.storage().create_overlay(&overlay, &disk.path, ImageFormat::Qcow2).map_err(|source| {
-                    FailoverError::Overlay { vm: domain.vm.clone(), disk: disk.disk.clone(), source: Box::new(source) }
-                })
-            })?;
+            // A drill overlay left by an end that was interrupted is stale.
+            fresh_overlay(run, &format!("drill overlay {}/{}", domain.vm, disk.disk), undo, disk, &overlay)?;
             let redefine = |e: HvError| FailoverError::Redefine { domain: domain.domain.clone(), source: Box::new(e) };
             def.set_disk_source(&disk.disk, &overlay, ImageFormat::Qcow2.as_str()).map_err(redefine)?;
             back.disks.push(DiskSource {
@@ -597,5 +591,28 @@ fn end_steps(run: &mut Run<'_, '_>, sb: &str, resources: &DrillResources) -> Res
     run.step("end the drill", UndoAction::Nothing, |run| {
         let at = run.ctx.clock.now();
         run.ctx.catalog.end_failover(sb, at).map(drop).map_err(FailoverError::from)
+    })
+}
+
+/// Journals `step` making `overlay` a fresh qcow2 overlay on SB's synced
+/// copy of `disk`: a file a rolled-back or interrupted run left there is
+/// stale, so it is removed first. Drill and epoch overlays both use it.
+pub(super) fn fresh_overlay(
+    run: &mut Run<'_, '_>,
+    step: &str,
+    undo: UndoAction,
+    disk: &StandbyDisk,
+    overlay: &Path,
+) -> Result<(), FailoverError> {
+    run.step(step, undo, |run| {
+        let storage = run.ctx.host.storage();
+        storage
+            .remove(overlay)
+            .map_err(|e| FailoverError::Remove { what: overlay.display().to_string(), detail: e.to_string() })?;
+        storage.create_overlay(overlay, &disk.path, ImageFormat::Qcow2).map_err(|source| FailoverError::Overlay {
+            vm: disk.vm.clone(),
+            disk: disk.disk.clone(),
+            source: Box::new(source),
+        })
     })
 }

@@ -10,7 +10,7 @@ use std::path::PathBuf;
 
 use serde::{Deserialize, Serialize};
 
-use super::drill::{start_domains, wait_for_agents, Run};
+use super::drill::{fresh_overlay, start_domains, wait_for_agents, Run};
 use super::{undo, FailoverError};
 use crate::catalog::{ImageFormat, StandbyDomain, StandbyRecord, UndoAction};
 use crate::config::{AgentEndpoint, Environment, StandbyNetwork};
@@ -134,19 +134,8 @@ pub(super) fn epoch_overlays(
     let mut overlays = Vec::new();
     for disk in standby.disks.iter().filter(|d| d.vm == domain.vm) {
         let overlay = epoch_overlay_path(standby, &domain.vm, &disk.disk, epoch);
-        run.step(
-            &format!("overlay {}/{} for epoch {epoch}", domain.vm, disk.disk),
-            UndoAction::DeleteFile { path: overlay.clone() },
-            |run| {
-                run.ctx.host.storage().remove(&overlay).map_err(|e| FailoverError::Remove {
-                    what: overlay.display().to_string(),
-                    detail: e.to_string(),
-                })?;
-                run.ctx.host.storage().create_overlay(&overlay, &disk.path, ImageFormat::Qcow2).map_err(|source| {
-                    FailoverError::Overlay { vm: domain.vm.clone(), disk: disk.disk.clone(), source: Box::new(source) }
-                })
-            },
-        )?;
+        let step = format!("overlay {}/{} for epoch {epoch}", domain.vm, disk.disk);
+        fresh_overlay(run, &step, UndoAction::DeleteFile { path: overlay.clone() }, disk, &overlay)?;
         def.set_disk_source(&disk.disk, &overlay, ImageFormat::Qcow2.as_str())
             .map_err(|e| FailoverError::Redefine { domain: domain.domain.clone(), source: Box::new(e) })?;
         overlays.push(overlay);
