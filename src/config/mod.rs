@@ -21,7 +21,7 @@ use serde::{Deserialize, Serialize};
 
 pub use self::cron::{CronError, CronExpr};
 pub use self::error::{ConfigError, Diagnostic, LookupError};
-pub use self::units::{HumanDuration, HumanSize, UnitError};
+pub use self::units::{HumanDuration, HumanRate, HumanSize, UnitError};
 
 pub const DEFAULT_CONFIG_PATH: &str = "/etc/envclone/envclone.toml";
 
@@ -35,8 +35,47 @@ pub struct Config {
     pub schedules: BTreeMap<String, Schedule>,
     #[serde(default)]
     pub standbys: BTreeMap<String, Standby>,
+    /// Other KVM hosts, by name; the controller's own is `local` and needs
+    /// no entry.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub hosts: BTreeMap<String, HostSettings>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub lab: Option<LabSettings>,
+}
+
+/// A KVM host other than the controller's, reached through libvirt's remote
+/// protocol and SSH; nothing of envclone's runs there.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HostSettings {
+    /// `qemu+libssh2://...`, `qemu+ssh://...` or `qemu+tls://...`.
+    pub libvirt_uri: String,
+    /// How storage work (qemu-img, copies, checksums) reaches the host.
+    pub ssh: HostSsh,
+    /// The directory on that host envclone keeps images under.
+    pub storage: PathBuf,
+    /// The named network namespace the host's libvirtd runs in, as seen on
+    /// that host; unset: the host's own.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub libvirt_netns: Option<String>,
+    /// The most images shipped to or from the host may use, e.g. "50MiB/s";
+    /// unset: no limit.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub bandwidth: Option<HumanRate>,
+}
+
+/// An SSH login on a host: its host key must be in `known_hosts` already
+/// (never trusted on first use).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HostSsh {
+    pub address: String,
+    #[serde(default = "AgentEndpoint::default_port")]
+    pub port: u16,
+    #[serde(default = "AgentEndpoint::default_user")]
+    pub user: String,
+    pub key: PathBuf,
+    pub known_hosts: PathBuf,
 }
 
 /// Settings of the host that runs envclone.
@@ -98,6 +137,9 @@ pub struct Environment {
     /// (those no schedule took); unset: prune never deletes them.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub retention: Option<Retention>,
+    /// The host the VMs run on (a name under `[hosts]`); unset: `local`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub host: Option<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -224,6 +266,10 @@ pub struct Standby {
     /// is taken: the operator's "done here", as DR enclaves read it.
     #[serde(default)]
     pub failback_on_manual_snapshot: bool,
+    /// The host the standby lives on (a name under `[hosts]`); unset:
+    /// `local`. `storage` is a directory on that host.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub host: Option<String>,
 }
 
 /// Settings for `envclone lab`.
@@ -312,6 +358,14 @@ impl Controller {
     }
 }
 
+impl Config {
+    /// The name of the host environment `env` runs on (`local` if unset or
+    /// unknown: lookups of unknown environments fail elsewhere).
+    pub fn host_of(&self, env: &str) -> &str {
+        self.environments.get(env).and_then(|e| e.host.as_deref()).unwrap_or(crate::host::LOCAL)
+    }
+}
+
 impl Environment {
     /// Where snapshots of the environment `name` keep their files.
     pub fn storage_dir(&self, controller: &Controller, name: &str) -> PathBuf {
@@ -340,6 +394,7 @@ impl Default for Environment {
             readdress: None,
             storage: None,
             retention: None,
+            host: None,
         }
     }
 }
@@ -356,11 +411,11 @@ impl AgentEndpoint {
         }
     }
 
-    fn default_port() -> u16 {
+    pub(crate) fn default_port() -> u16 {
         22
     }
 
-    fn default_user() -> String {
+    pub(crate) fn default_user() -> String {
         "root".to_owned()
     }
 }

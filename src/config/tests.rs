@@ -111,6 +111,7 @@ fn built_config_round_trips_exactly() {
         environments: BTreeMap::from([("lab".to_owned(), environment)]),
         schedules: BTreeMap::new(),
         standbys: BTreeMap::new(),
+        hosts: BTreeMap::new(),
         lab: Some(LabSettings::default()),
     };
     assert_eq!(parse_unchecked(&to_toml(&config)).unwrap(), config);
@@ -252,4 +253,78 @@ fn read_error_names_the_file() {
     let error = load(Path::new("/nonexistent/envclone.toml")).unwrap_err();
     assert!(matches!(&error, ConfigError::Read { path, .. } if path == Path::new("/nonexistent/envclone.toml")));
     assert!(error.hint().is_some());
+}
+
+/// `[hosts.NAME]` and the `host` of environments and standbys.
+mod hosts {
+    use super::*;
+
+    const WITH_HOSTS: &str = r#"
+[controller]
+ssh_key = "/k"
+known_hosts = "/h"
+
+[hosts.b]
+libvirt_uri = "qemu+libssh2://root@10.0.9.2/system?keyfile=/k&known_hosts=/kh&sshauth=privkey"
+storage = "/srv/envclone"
+bandwidth = "50MiB/s"
+ssh = { address = "10.0.9.2", key = "/k", known_hosts = "/kh" }
+
+[environments.demo]
+host = "b"
+
+[environments.demo.vms.web]
+domain = "demo-web"
+agent = { address = "10.0.0.2" }
+
+[standbys.sb]
+primary = "demo"
+storage = "/srv/sb"
+host = "local"
+"#;
+
+    #[test]
+    fn a_host_entry_parses_with_defaults_and_round_trips() {
+        let config = parse_unchecked(WITH_HOSTS).unwrap();
+        let b = &config.hosts["b"];
+        assert_eq!((b.ssh.port, b.ssh.user.as_str()), (22, "root"));
+        assert_eq!(b.bandwidth.unwrap().bytes_per_second(), 50 << 20);
+        assert_eq!(config.host_of("demo"), "b");
+        assert_eq!(config.host_of("unknown"), crate::host::LOCAL);
+        assert_eq!(parse_unchecked(&to_toml(&config)).unwrap(), config);
+    }
+
+    #[test]
+    fn unknown_hosts_a_host_named_local_and_bad_settings_are_each_reported() {
+        let text = WITH_HOSTS
+            .replace("host = \"b\"", "host = \"c\"")
+            .replace("host = \"local\"", "host = \"d\"")
+            .replace("storage = \"/srv/envclone\"", "storage = \"srv\"")
+            .replace("libvirt_uri = \"qemu+libssh2", "libvirt_uri = \"b\"\n#")
+            + "\n[hosts.local]\nlibvirt_uri = \"qemu:///system\"\nstorage = \"/x\"\n\
+               ssh = { address = \"h\", key = \"/k\", known_hosts = \"/kh\" }\n";
+        let error = parse_unchecked(&text).unwrap_err();
+        let mut keys: Vec<String> = error.diagnostics().iter().map(|d| d.key.clone()).collect();
+        keys.sort();
+        assert_eq!(
+            keys,
+            [
+                "environments.demo.host",
+                "hosts.b.libvirt_uri",
+                "hosts.b.storage",
+                "hosts.local",
+                "standbys.sb.host"
+            ]
+        );
+        let unknown = error.diagnostics().iter().find(|d| d.key == "environments.demo.host").unwrap();
+        assert!(unknown.hint.as_deref().unwrap().contains("local, b"), "{unknown:?}");
+    }
+
+    #[test]
+    fn a_config_without_hosts_keeps_everything_on_local_and_writes_no_hosts_table() {
+        let config = parse_unchecked(FULL).unwrap();
+        assert!(config.hosts.is_empty());
+        assert!(!to_toml(&config).contains("[hosts"));
+        assert_eq!(config.host_of("demo"), crate::host::LOCAL);
+    }
 }

@@ -12,6 +12,7 @@ use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
 const DURATION_EXAMPLES: &str = r#"a number with a unit, like "500ms", "30s", "5m" or "1h 30m""#;
 const SIZE_EXAMPLES: &str = r#"a number with a unit, like "512MiB", "20GiB" or "1TB""#;
+const RATE_EXAMPLES: &str = r#"a size per second, like "50MiB/s" or "1GB/s""#;
 
 /// A length of time written as "30s", "5m" or "1h 30m" in the config.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default)]
@@ -21,6 +22,10 @@ pub struct HumanDuration(pub Duration);
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default)]
 pub struct HumanSize(pub bytesize::ByteSize);
 
+/// A transfer rate written as "50MiB/s" in the config.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct HumanRate(pub HumanSize);
+
 /// A duration or size string that does not parse.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum UnitError {
@@ -28,6 +33,8 @@ pub enum UnitError {
     Duration { text: String },
     #[error("invalid size {text:?}: expected {SIZE_EXAMPLES}")]
     Size { text: String },
+    #[error("invalid rate {text:?}: expected {RATE_EXAMPLES}")]
+    Rate { text: String },
 }
 
 impl HumanDuration {
@@ -140,6 +147,43 @@ impl fmt::Display for HumanSize {
             Some((factor, name)) => write!(f, "{}{name}", bytes / factor),
             None => write!(f, "{bytes}B"),
         }
+    }
+}
+
+impl HumanRate {
+    pub const fn bytes_per_second(self) -> u64 {
+        self.0.bytes()
+    }
+}
+
+impl FromStr for HumanRate {
+    type Err = UnitError;
+
+    fn from_str(text: &str) -> Result<Self, Self::Err> {
+        let error = || UnitError::Rate { text: text.to_owned() };
+        let size = text.trim().strip_suffix("/s").ok_or_else(error)?;
+        match size.parse::<HumanSize>() {
+            Ok(size) if size.bytes() > 0 => Ok(Self(size)),
+            _ => Err(error()),
+        }
+    }
+}
+
+impl fmt::Display for HumanRate {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}/s", self.0)
+    }
+}
+
+impl Serialize for HumanRate {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.collect_str(self)
+    }
+}
+
+impl<'de> Deserialize<'de> for HumanRate {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        deserializer.deserialize_str(FromStrVisitor::new(RATE_EXAMPLES))
     }
 }
 
@@ -261,6 +305,16 @@ mod tests {
         assert_eq!(HumanSize::from_bytes(1536).to_string(), "1536B");
         assert_eq!(HumanSize::from_bytes(3_000_000).to_string(), "3MB");
         assert_eq!(HumanSize::from_bytes(0).to_string(), "0B");
+    }
+
+    #[test]
+    fn a_rate_is_a_size_per_second_and_round_trips() {
+        let rate: HumanRate = "50MiB/s".parse().unwrap();
+        assert_eq!(rate.bytes_per_second(), 50 << 20);
+        assert_eq!(rate.to_string().parse::<HumanRate>().unwrap(), rate);
+        for bad in ["50MiB", "0MiB/s", "/s", "fast/s"] {
+            assert!(matches!(bad.parse::<HumanRate>(), Err(UnitError::Rate { .. })), "{bad}");
+        }
     }
 
     #[test]

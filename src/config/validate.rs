@@ -11,9 +11,10 @@ use std::path::{Component, Path};
 use super::cron::CronExpr;
 use super::locate::KeyPath;
 use super::{
-    AgentEndpoint, Config, Controller, Environment, HumanDuration, Readdress, Rewrite, Schedule, Standby,
+    AgentEndpoint, Config, Controller, Environment, HostSettings, HumanDuration, Readdress, Rewrite, Schedule, Standby,
     StandbyNetwork, ValidateOptions, Vm,
 };
+use crate::host::LOCAL;
 
 /// A semantic problem, located by key path only.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -36,6 +37,19 @@ pub fn validate(config: &Config, options: &ValidateOptions) -> Vec<Problem> {
     }
     for (name, standby) in &config.standbys {
         checker.standby(name, standby, config, &root.key("standbys").key(name));
+    }
+    for (name, host) in &config.hosts {
+        checker.host(name, host, &root.key("hosts").key(name), options);
+    }
+    for (name, environment) in &config.environments {
+        if let Some(host) = &environment.host {
+            checker.host_reference(host, config, &root.key("environments").key(name).key("host"));
+        }
+    }
+    for (name, standby) in &config.standbys {
+        if let Some(host) = &standby.host {
+            checker.host_reference(host, config, &root.key("standbys").key(name).key("host"));
+        }
     }
     checker.problems
 }
@@ -235,6 +249,44 @@ impl Checker {
                 self.report(path.key("network"), message, hint(&fix));
             }
         }
+    }
+
+    fn host(&mut self, name: &str, host: &HostSettings, path: &KeyPath, options: &ValidateOptions) {
+        self.name(name, "host name", path);
+        if name == LOCAL {
+            let fix = "the controller's own host needs no entry: remove [hosts.local] (or give the other host a name)";
+            self.report(path.clone(), "`local` is the controller's own host".into(), hint(fix));
+        }
+        if !host.libvirt_uri.contains("://") {
+            let fix = format!("e.g. \"qemu+libssh2://root@{}/system?keyfile=...&known_hosts=...\"", host.ssh.address);
+            self.report(path.key("libvirt_uri"), format!("{:?} is not a libvirt URI", host.libvirt_uri), fix);
+        }
+        self.absolute_path(&host.storage, &path.key("storage"));
+        let ssh = path.key("ssh");
+        if host.ssh.address.trim().is_empty() {
+            self.report(ssh.key("address"), "the host's SSH address is empty".into(), None);
+        }
+        let key_fix = format!("create one with `ssh-keygen -t ed25519 -N '' -f {}`", host.ssh.key.display());
+        let known_fix = format!(
+            "add the host's key, checked out of band (e.g. `ssh-keyscan -p {} {}` compared with the host's own \
+             /etc/ssh/*.pub); envclone never trusts a host key on first use",
+            host.ssh.port, host.ssh.address
+        );
+        for (field, file, fix) in [("key", &host.ssh.key, key_fix), ("known_hosts", &host.ssh.known_hosts, known_fix)] {
+            let path = ssh.key(field);
+            if self.absolute_path(file, &path) && options.check_files {
+                self.existing_file(file, path, fix);
+            }
+        }
+    }
+
+    fn host_reference(&mut self, name: &str, config: &Config, path: &KeyPath) {
+        if name == LOCAL || config.hosts.contains_key(name) {
+            return;
+        }
+        let known: Vec<&str> = std::iter::once(LOCAL).chain(config.hosts.keys().map(String::as_str)).collect();
+        let fix = format!("define [hosts.{name}] or use one of: {}", known.join(", "));
+        self.report(path.clone(), format!("no host named {name:?}"), fix);
     }
 
     fn environment_reference(&mut self, name: &str, config: &Config, path: &KeyPath) {

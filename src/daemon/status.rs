@@ -226,6 +226,7 @@ mod tests {
                 .into(),
             schedules: [("nightly".to_owned(), nightly)].into(),
             standbys: Default::default(),
+            hosts: Default::default(),
             lab: None,
         }
     }

@@ -441,6 +441,7 @@ async fn a_reload_replaces_the_schedules() {
         environments: Default::default(),
         schedules: Default::default(),
         standbys: Default::default(),
+        hosts: Default::default(),
         lab: None,
     };
     reloaded.schedules.insert("often".into(), every("prod", "1h"));

@@ -243,6 +243,7 @@ impl<'l> ExtraLab<'l> {
             environments: BTreeMap::new(),
             schedules: BTreeMap::new(),
             standbys: BTreeMap::new(),
+            hosts: BTreeMap::new(),
             lab: None,
         }
     }

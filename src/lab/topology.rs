@@ -165,6 +165,7 @@ pub fn config(paths: &LabPaths, netns: &str, domain_type: DomainType) -> Config 
         environments: BTreeMap::from([(ENVIRONMENT.to_string(), environment)]),
         schedules: BTreeMap::new(),
         standbys: BTreeMap::new(),
+        hosts: BTreeMap::new(),
         lab: Some(LabSettings { domain_type }),
     }
 }

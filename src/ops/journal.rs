@@ -350,6 +350,7 @@ mod tests {
             environments: BTreeMap::new(),
             schedules: BTreeMap::new(),
             standbys: BTreeMap::new(),
+            hosts: BTreeMap::new(),
             lab: None,
         };
         let (hv, storage, net) = (FakeHypervisor::default(), FakeStorage::default(), FakeNet::default());

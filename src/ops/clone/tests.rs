@@ -62,6 +62,7 @@ impl Harness {
             environments: BTreeMap::from([("demo".to_owned(), env)]),
             schedules: BTreeMap::new(),
             standbys: BTreeMap::new(),
+            hosts: BTreeMap::new(),
             lab: None,
         };
         let catalog = Catalog::open(&config.controller.state_dir).unwrap();

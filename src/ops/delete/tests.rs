@@ -58,6 +58,7 @@ impl Harness {
             environments: BTreeMap::from([(ENV.to_owned(), env)]),
             schedules: BTreeMap::new(),
             standbys: BTreeMap::new(),
+            hosts: BTreeMap::new(),
             lab: None,
         };
         let catalog = Catalog::open(&state).unwrap();

@@ -21,6 +21,7 @@ impl Harness {
                 autorestore: true,
                 network: crate::config::StandbyNetwork::default(),
                 failback_on_manual_snapshot: on,
+                host: None,
             },
         );
     }

@@ -31,6 +31,7 @@ impl Harness {
                 autorestore: true,
                 network: StandbyNetwork::Readdress,
                 failback_on_manual_snapshot: false,
+                host: None,
             },
         );
         h

@@ -307,6 +307,7 @@ fn a_readdressing_standby_of_a_primary_without_a_pool_is_refused_before_anything
             autorestore: true,
             network: crate::config::StandbyNetwork::Readdress,
             failback_on_manual_snapshot: false,
+            host: None,
         },
     );
     h.primary_down();

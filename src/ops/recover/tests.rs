@@ -59,6 +59,7 @@ impl Harness {
             environments: BTreeMap::from([("demo".to_owned(), env)]),
             schedules: BTreeMap::new(),
             standbys: BTreeMap::new(),
+            hosts: BTreeMap::new(),
             lab: None,
         };
         let mut hv = FakeHypervisor::new();

@@ -54,6 +54,7 @@ impl Harness {
             environments: BTreeMap::from([("demo".to_owned(), env)]),
             schedules: BTreeMap::new(),
             standbys: BTreeMap::new(),
+            hosts: BTreeMap::new(),
             lab: None,
         };
         let catalog = Catalog::open(&state).unwrap();
