@@ -308,13 +308,7 @@ host = "local"
         keys.sort();
         assert_eq!(
             keys,
-            [
-                "environments.demo.host",
-                "hosts.b.libvirt_uri",
-                "hosts.b.storage",
-                "hosts.local",
-                "standbys.sb.host"
-            ]
+            ["environments.demo.host", "hosts.b.libvirt_uri", "hosts.b.storage", "hosts.local", "standbys.sb.host"]
         );
         let unknown = error.diagnostics().iter().find(|d| d.key == "environments.demo.host").unwrap();
         assert!(unknown.hint.as_deref().unwrap().contains("local, b"), "{unknown:?}");

@@ -19,6 +19,7 @@
 
 mod local;
 mod net;
+pub mod ship;
 mod storage;
 pub mod tool;
 
@@ -26,7 +27,7 @@ use std::collections::BTreeMap;
 
 pub use self::local::{parse_chain, IpCommand, LocalHost, LocalStorage};
 pub use self::net::{HostNet, HostNetError};
-pub use self::storage::{Copied, CopyProgress, FileStamp, Storage, StorageError};
+pub use self::storage::{Copied, CopyProgress, Extent, FileStamp, RangeWriter, Storage, StorageError};
 pub use self::tool::ToolError;
 use crate::config::LookupError;
 use crate::hypervisor::Hypervisor;

@@ -86,6 +86,22 @@ pub struct FileStamp {
     pub modified_ns: i64,
 }
 
+/// A byte range of a file that holds data; what lies between two extents,
+/// and after the last, reads as zeros (a hole).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Extent {
+    pub offset: u64,
+    pub len: u64,
+}
+
+/// Where [`Storage::write_range`] writes. Dropping it without
+/// [`RangeWriter::finish`] abandons the write: what reached the file is
+/// not to be trusted.
+pub trait RangeWriter: std::io::Write {
+    /// Ends the write and reports whether it reached the file whole.
+    fn finish(self: Box<Self>) -> Result<(), StorageError>;
+}
+
 /// How far a long copy is, in thousandths.
 pub type CopyProgress<'a> = &'a (dyn Fn(u16) + Sync);
 
@@ -144,4 +160,16 @@ pub trait Storage: Send + Sync + std::fmt::Debug {
     /// A consistency check of the image's metadata (`qemu-img check`): the
     /// problems found, empty when clean.
     fn check(&self, image: &Path) -> Result<Vec<String>, StorageError>;
+
+    // --- shipping between hosts (see `super::ship`) ---
+    /// The ranges of `path` that hold data, in order; holes left out.
+    fn data_extents(&self, path: &Path) -> Result<Vec<Extent>, StorageError>;
+    /// Reads the `len` bytes of `path` from `offset`.
+    fn read_range(&self, path: &Path, offset: u64, len: u64) -> Result<Box<dyn std::io::Read + '_>, StorageError>;
+    /// Writes into `path` from `offset` (the file and its directory made if
+    /// missing, never truncated).
+    fn write_range(&self, path: &Path, offset: u64) -> Result<Box<dyn RangeWriter + '_>, StorageError>;
+    /// Makes `path` exactly `len` bytes long (what it gains reads as zeros,
+    /// a hole) and syncs it.
+    fn finish_file(&self, path: &Path, len: u64) -> Result<(), StorageError>;
 }

@@ -12,7 +12,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 
 use crate::catalog::ImageFormat;
-use crate::host::{Copied, CopyProgress, FileStamp, Storage, StorageError, ToolError};
+use crate::host::{Copied, CopyProgress, Extent, FileStamp, RangeWriter, Storage, StorageError, ToolError};
 use crate::hypervisor::FakeHypervisor;
 
 /// Whether a file the test did not create exists.
@@ -418,5 +418,64 @@ impl Storage for FakeStorage<'_> {
 
     fn check(&self, image: &Path) -> Result<Vec<String>, StorageError> {
         self.call("check", format!("check {}", image.display())).map(|_| Vec::new())
+    }
+
+    /// A file's content is its one extent.
+    fn data_extents(&self, path: &Path) -> Result<Vec<Extent>, StorageError> {
+        let state = self.call("data_extents", format!("map {}", path.display()))?;
+        let len = state.files.get(path).map_or(0, |f| f.content.len() as u64);
+        Ok(if len == 0 { Vec::new() } else { vec![Extent { offset: 0, len }] })
+    }
+
+    fn read_range(&self, path: &Path, offset: u64, len: u64) -> Result<Box<dyn std::io::Read + '_>, StorageError> {
+        let state = self.call("read_range", format!("read {} {offset}+{len}", path.display()))?;
+        let content = state.files.get(path).map(|f| f.content.clone().into_bytes()).unwrap_or_default();
+        let start = usize::try_from(offset).unwrap().min(content.len());
+        let end = usize::try_from(offset + len).unwrap().min(content.len());
+        Ok(Box::new(std::io::Cursor::new(content[start..end].to_vec())))
+    }
+
+    fn write_range(&self, path: &Path, offset: u64) -> Result<Box<dyn RangeWriter + '_>, StorageError> {
+        let _ = self.call("write_range", format!("write {} from {offset}", path.display()))?;
+        Ok(Box::new(FakeRangeWriter { storage: self, path: path.to_owned(), offset, bytes: Vec::new() }))
+    }
+
+    fn finish_file(&self, path: &Path, len: u64) -> Result<(), StorageError> {
+        let mut state = self.call("finish_file", format!("finish {} at {len}", path.display()))?;
+        state.gone.remove(path);
+        state.files.entry(path.to_owned()).or_default().len = Some(len);
+        Ok(())
+    }
+}
+
+/// Writes into a fake file's content when finished (the `finish_range`
+/// call, which can be made to fail like a cut link).
+struct FakeRangeWriter<'s, 'h> {
+    storage: &'s FakeStorage<'h>,
+    path: PathBuf,
+    offset: u64,
+    bytes: Vec<u8>,
+}
+
+impl std::io::Write for FakeRangeWriter<'_, '_> {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.bytes.extend_from_slice(buf);
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+impl RangeWriter for FakeRangeWriter<'_, '_> {
+    fn finish(self: Box<Self>) -> Result<(), StorageError> {
+        let mut state = self.storage.call("finish_range", format!("wrote {}", self.path.display()))?;
+        state.gone.remove(&self.path);
+        let file = state.files.entry(self.path.clone()).or_default();
+        let at = usize::try_from(self.offset).unwrap().min(file.content.len());
+        file.content.truncate(at);
+        file.content.push_str(&String::from_utf8_lossy(&self.bytes));
+        Ok(())
     }
 }

@@ -10,7 +10,7 @@ use sha2::{Digest, Sha256};
 use super::convert;
 use crate::catalog::ImageFormat;
 use crate::host::tool;
-use crate::host::{Copied, CopyProgress, FileStamp, Storage, StorageError};
+use crate::host::{Copied, CopyProgress, Extent, FileStamp, RangeWriter, Storage, StorageError};
 
 /// Reads and writes in 1 MiB blocks: large enough that a copy is bound by
 /// the disk, small enough to stay out of the way of the guests' memory.
@@ -229,6 +229,44 @@ impl Storage for LocalStorage {
         }
     }
 
+    fn data_extents(&self, path: &Path) -> Result<Vec<Extent>, StorageError> {
+        let file = std::fs::File::open(path).map_err(StorageError::io("open", path))?;
+        let len = file.metadata().map_err(StorageError::io("look at", path))?.len();
+        seek_extents(&file, len).map_err(StorageError::io("map the data of", path))
+    }
+
+    fn read_range(&self, path: &Path, offset: u64, len: u64) -> Result<Box<dyn Read + '_>, StorageError> {
+        use std::io::{Seek, SeekFrom};
+        let mut file = std::fs::File::open(path).map_err(StorageError::io("open", path))?;
+        file.seek(SeekFrom::Start(offset)).map_err(StorageError::io("seek in", path))?;
+        Ok(Box::new(file.take(len)))
+    }
+
+    fn write_range(&self, path: &Path, offset: u64) -> Result<Box<dyn RangeWriter + '_>, StorageError> {
+        use std::io::{Seek, SeekFrom};
+        create_parent(path)?;
+        let mut file = std::fs::OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .open(path)
+            .map_err(StorageError::io("open", path))?;
+        file.seek(SeekFrom::Start(offset)).map_err(StorageError::io("seek in", path))?;
+        Ok(Box::new(LocalRangeWriter { file, path: path.to_owned() }))
+    }
+
+    fn finish_file(&self, path: &Path, len: u64) -> Result<(), StorageError> {
+        create_parent(path)?;
+        let file = std::fs::OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .open(path)
+            .map_err(StorageError::io("open", path))?;
+        file.set_len(len).map_err(StorageError::io("set the length of", path))?;
+        file.sync_all().map_err(StorageError::io("sync", path))
+    }
+
     fn check(&self, image: &Path) -> Result<Vec<String>, StorageError> {
         let mut command = Command::new("qemu-img");
         command.args(["check", "-U", "--output=json"]).arg(image);
@@ -244,6 +282,53 @@ impl Storage for LocalStorage {
             }),
         }
     }
+}
+
+/// A file written from an offset, synced when finished.
+struct LocalRangeWriter {
+    file: std::fs::File,
+    path: PathBuf,
+}
+
+impl Write for LocalRangeWriter {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.file.write(buf)
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        self.file.flush()
+    }
+}
+
+impl RangeWriter for LocalRangeWriter {
+    fn finish(self: Box<Self>) -> Result<(), StorageError> {
+        self.file.sync_data().map_err(StorageError::io("sync", &self.path))
+    }
+}
+
+/// The data ranges of `file` by SEEK_DATA/SEEK_HOLE: a file system
+/// without them reports one extent, the whole file.
+fn seek_extents(file: &std::fs::File, len: u64) -> std::io::Result<Vec<Extent>> {
+    use nix::unistd::{lseek, Whence};
+    use std::os::fd::AsRawFd;
+    let fd = file.as_raw_fd();
+    let mut extents = Vec::new();
+    let mut offset = 0u64;
+    while offset < len {
+        let at = i64::try_from(offset).map_err(std::io::Error::other)?;
+        let data = match lseek(fd, at, Whence::SeekData) {
+            Ok(data) => u64::try_from(data).map_err(std::io::Error::other)?,
+            // ENXIO: no data after `offset`, the rest is a hole.
+            Err(nix::errno::Errno::ENXIO) => break,
+            Err(nix::errno::Errno::EINVAL) if offset == 0 => return Ok(vec![Extent { offset: 0, len }]),
+            Err(errno) => return Err(errno.into()),
+        };
+        let at = i64::try_from(data).map_err(std::io::Error::other)?;
+        let hole = u64::try_from(lseek(fd, at, Whence::SeekHole)?).map_err(std::io::Error::other)?.min(len);
+        extents.push(Extent { offset: data, len: hole - data });
+        offset = hole;
+    }
+    Ok(extents)
 }
 
 /// The `filename` of each entry of `qemu-img info --backing-chain --output=json`.
@@ -381,6 +466,26 @@ mod tests {
         LocalStorage.remove(&b).unwrap();
         LocalStorage.remove(&b).unwrap();
         assert!(!LocalStorage.exists(&b).unwrap());
+    }
+
+    #[test]
+    fn extents_leave_out_holes_and_ranges_read_and_write_in_place() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("sparse");
+        let s = LocalStorage;
+        let mut writer = s.write_range(&path, 4 << 20).unwrap();
+        writer.write_all(&[7u8; 4096]).unwrap();
+        writer.finish().unwrap();
+        s.finish_file(&path, 16 << 20).unwrap();
+
+        assert_eq!(std::fs::metadata(&path).unwrap().len(), 16 << 20);
+        let extents = s.data_extents(&path).unwrap();
+        assert_eq!(extents.len(), 1, "{extents:?}");
+        assert!(extents[0].offset <= 4 << 20 && extents[0].offset + extents[0].len >= (4 << 20) + 4096);
+        assert!(extents[0].len < 1 << 20, "a hole is not data: {extents:?}");
+        let mut read = Vec::new();
+        s.read_range(&path, (4 << 20) + 4000, 200).unwrap().read_to_end(&mut read).unwrap();
+        assert_eq!(read, [[7u8; 96].as_slice(), [0u8; 104].as_slice()].concat());
     }
 
     #[test]
