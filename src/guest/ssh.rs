@@ -136,7 +136,13 @@ impl GuestSession {
     /// but a command that timed out is left running in the guest (SSH
     /// servers do not all honour signal requests).
     pub fn exec(&self, command: &str, stdin: Option<&[u8]>) -> Result<ExecOutput, GuestError> {
-        let deadline = Instant::now() + self.opts.command_timeout;
+        self.exec_within(command, stdin, self.opts.command_timeout)
+    }
+
+    /// [`Self::exec`] bounded by `timeout` instead of `command_timeout`:
+    /// for work whose length is known to differ (a copy of many GiB).
+    pub fn exec_within(&self, command: &str, stdin: Option<&[u8]>, timeout: Duration) -> Result<ExecOutput, GuestError> {
+        let deadline = Instant::now() + timeout;
         let mut channel = self.start(command, deadline)?;
         let result = self.collect(&mut channel, command, stdin, deadline);
         self.release(channel);

@@ -18,14 +18,18 @@
 //! ```
 
 mod local;
-mod net;
+pub mod remote;
+pub(crate) mod net;
+mod qemu_img;
 pub mod ship;
 mod storage;
 pub mod tool;
 
 use std::collections::BTreeMap;
 
-pub use self::local::{parse_chain, IpCommand, LocalHost, LocalStorage};
+pub use self::local::{IpCommand, LocalHost, LocalStorage};
+pub use self::remote::RemoteHost;
+pub use self::qemu_img::parse_chain;
 pub use self::net::{HostNet, HostNetError};
 pub use self::storage::{Copied, CopyProgress, Extent, FileStamp, RangeWriter, Storage, StorageError};
 pub use self::tool::ToolError;

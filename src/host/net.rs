@@ -29,3 +29,28 @@ pub trait HostNet: Send + Sync + std::fmt::Debug {
     ) -> Result<(), HostNetError>;
     fn delete_link(&self, netns: Option<&str>, link: &str) -> Result<(), HostNetError>;
 }
+
+/// The `ip` commands that make a gateway (see [`HostNet::add_gateway`]),
+/// in order: each is the namespace to run in and the arguments.
+pub(crate) fn gateway_steps<'a>(
+    libvirt_netns: Option<&'a str>,
+    bridge: &'a str,
+    veth: &'a str,
+    netns: &'a str,
+    peer: &'a str,
+    address: &'a str,
+) -> [(Option<&'a str>, Vec<&'a str>); 5] {
+    [
+        (libvirt_netns, vec!["link", "add", veth, "type", "veth", "peer", "name", peer, "netns", netns]),
+        (libvirt_netns, vec!["link", "set", veth, "master", bridge, "up"]),
+        (Some(netns), vec!["addr", "add", address, "dev", peer]),
+        (Some(netns), vec!["link", "set", peer, "up"]),
+        (Some(netns), vec!["link", "set", "lo", "up"]),
+    ]
+}
+
+/// Whether `ip` said the thing is not there.
+pub(crate) fn link_gone(error: &HostNetError) -> bool {
+    matches!(error, HostNetError::Failed { stderr, .. }
+        if stderr.contains("No such file") || stderr.contains("Cannot find device") || stderr.contains("does not exist"))
+}

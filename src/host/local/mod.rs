@@ -6,7 +6,7 @@ mod net;
 mod storage;
 
 pub use self::net::IpCommand;
-pub use self::storage::{parse_chain, LocalStorage};
+pub use self::storage::LocalStorage;
 use super::{Host, HostNet, Storage, LOCAL};
 use crate::hypervisor::Hypervisor;
 

@@ -3,6 +3,7 @@
 
 use std::process::Command;
 
+use crate::host::net::{gateway_steps, link_gone};
 use crate::host::{HostNet, HostNetError};
 
 /// The real [`HostNet`]: iproute2.
@@ -15,12 +16,6 @@ fn ip(netns: Option<&str>, args: &[&str]) -> Result<(), HostNetError> {
         command.args(["-n", netns]);
     }
     crate::host::tool::run(command.args(args)).map(|_| ())
-}
-
-/// Whether `ip` said the thing is not there.
-fn gone(error: &HostNetError) -> bool {
-    matches!(error, HostNetError::Failed { stderr, .. }
-        if stderr.contains("No such file") || stderr.contains("Cannot find device") || stderr.contains("does not exist"))
 }
 
 impl HostNet for IpCommand {
@@ -47,16 +42,15 @@ impl HostNet for IpCommand {
         peer: &str,
         address: &str,
     ) -> Result<(), HostNetError> {
-        ip(libvirt_netns, &["link", "add", veth, "type", "veth", "peer", "name", peer, "netns", netns])?;
-        ip(libvirt_netns, &["link", "set", veth, "master", bridge, "up"])?;
-        ip(Some(netns), &["addr", "add", address, "dev", peer])?;
-        ip(Some(netns), &["link", "set", peer, "up"])?;
-        ip(Some(netns), &["link", "set", "lo", "up"])
+        for (netns, args) in gateway_steps(libvirt_netns, bridge, veth, netns, peer, address) {
+            ip(netns, &args)?;
+        }
+        Ok(())
     }
 
     fn delete_link(&self, netns: Option<&str>, link: &str) -> Result<(), HostNetError> {
         match ip(netns, &["link", "delete", link]) {
-            Err(e) if gone(&e) => Ok(()),
+            Err(e) if link_gone(&e) => Ok(()),
             other => other,
         }
     }

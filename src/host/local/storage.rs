@@ -1,6 +1,6 @@
 //! [`LocalStorage`]: the controller's own file system and `qemu-img`.
 
-use std::ffi::OsStr;
+use std::ffi::OsString;
 use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -9,6 +9,7 @@ use sha2::{Digest, Sha256};
 
 use super::convert;
 use crate::catalog::ImageFormat;
+use crate::host::qemu_img::{self, parse_chain, parse_check};
 use crate::host::tool;
 use crate::host::{Copied, CopyProgress, Extent, FileStamp, RangeWriter, Storage, StorageError};
 
@@ -19,7 +20,7 @@ const BLOCK: usize = 1 << 20;
 #[derive(Debug, Clone, Copy, Default)]
 pub struct LocalStorage;
 
-fn qemu_img(what: &'static str, path: &Path, args: &[&OsStr]) -> Result<Vec<u8>, StorageError> {
+fn qemu_img(what: &'static str, path: &Path, args: &[OsString]) -> Result<Vec<u8>, StorageError> {
     tool::run(Command::new("qemu-img").args(args)).map_err(StorageError::tool(what, path))
 }
 
@@ -147,18 +148,7 @@ impl Storage for LocalStorage {
             return Err(StorageError::Exists { path: overlay.to_owned() });
         }
         create_parent(overlay)?;
-        let args: [&OsStr; 9] = [
-            "create".as_ref(),
-            "-q".as_ref(),
-            "-f".as_ref(),
-            "qcow2".as_ref(),
-            "-F".as_ref(),
-            format.as_str().as_ref(),
-            "-b".as_ref(),
-            backing.as_os_str(),
-            overlay.as_os_str(),
-        ];
-        qemu_img("create", overlay, &args).map(drop)
+        qemu_img("create", overlay, &qemu_img::create_overlay(overlay, backing, format)).map(drop)
     }
 
     fn copy_full(&self, image: &Path, copy: &Path, progress: CopyProgress<'_>) -> Result<u64, StorageError> {
@@ -172,9 +162,7 @@ impl Storage for LocalStorage {
     }
 
     fn backing_chain(&self, path: &Path) -> Result<Vec<PathBuf>, StorageError> {
-        let args: [&OsStr; 5] =
-            ["info".as_ref(), "-U".as_ref(), "--backing-chain".as_ref(), "--output=json".as_ref(), path.as_os_str()];
-        let stdout = qemu_img("info", path, &args)?;
+        let stdout = qemu_img("info", path, &qemu_img::info_chain(path))?;
         parse_chain(&stdout).map_err(|detail| StorageError::BadOutput {
             command: format!("qemu-img info -U --backing-chain --output=json {}", path.display()),
             detail,
@@ -182,42 +170,22 @@ impl Storage for LocalStorage {
     }
 
     fn set_backing(&self, image: &Path, backing: &Path, format: ImageFormat) -> Result<(), StorageError> {
-        let args: [&OsStr; 7] = [
-            "rebase".as_ref(),
-            "-u".as_ref(),
-            "-F".as_ref(),
-            format.as_str().as_ref(),
-            "-b".as_ref(),
-            backing.as_os_str(),
-            image.as_os_str(),
-        ];
-        qemu_img("rebase", image, &args).map(drop)
+        qemu_img("rebase", image, &qemu_img::set_backing(image, backing, format)).map(drop)
     }
 
     fn pull(&self, top: &Path, backing: Option<(&Path, ImageFormat)>) -> Result<(), StorageError> {
-        let mut args: Vec<&OsStr> = ["rebase", "-q", "-f", "qcow2"].map(OsStr::new).to_vec();
-        match backing {
-            Some((path, format)) => {
-                args.extend(["-F", format.as_str(), "-b"].map(OsStr::new));
-                args.push(path.as_os_str());
-            }
-            None => args.extend(["-b", ""].map(OsStr::new)),
-        }
-        args.push(top.as_os_str());
-        qemu_img("rebase", top, &args).map(drop)
+        qemu_img("rebase", top, &qemu_img::pull(top, backing)).map(drop)
     }
 
     fn merge(&self, overlay: &Path, into: &Path) -> Result<(), StorageError> {
         self.set_backing(overlay, into, ImageFormat::Qcow2)?;
-        // -d: the overlay keeps its data, so a merge interrupted half way can run again.
-        let args: [&OsStr; 4] = ["commit".as_ref(), "-q".as_ref(), "-d".as_ref(), overlay.as_os_str()];
-        qemu_img("commit", into, &args)?;
+        qemu_img("commit", into, &qemu_img::commit(overlay))?;
         sync_file(into)
     }
 
     fn same_content(&self, a: &Path, b: &Path) -> Result<bool, StorageError> {
         let mut command = Command::new("qemu-img");
-        command.args(["compare", "-U", "-q"]).arg(a).arg(b);
+        command.args(qemu_img::compare(a, b));
         let output = tool::output(&mut command).map_err(StorageError::tool("compare", b))?;
         // qemu-img compare answers with its status: 0 same, 1 different.
         match output.status.code() {
@@ -269,7 +237,7 @@ impl Storage for LocalStorage {
 
     fn check(&self, image: &Path) -> Result<Vec<String>, StorageError> {
         let mut command = Command::new("qemu-img");
-        command.args(["check", "-U", "--output=json"]).arg(image);
+        command.args(qemu_img::check(image));
         let output = tool::output(&mut command).map_err(StorageError::tool("check", image))?;
         // Exit 2: corruptions, 3: leaked clusters; both print their report.
         match output.status.code() {
@@ -329,38 +297,6 @@ fn seek_extents(file: &std::fs::File, len: u64) -> std::io::Result<Vec<Extent>> 
         offset = hole;
     }
     Ok(extents)
-}
-
-/// The `filename` of each entry of `qemu-img info --backing-chain --output=json`.
-pub fn parse_chain(json: &[u8]) -> Result<Vec<PathBuf>, String> {
-    let value: serde_json::Value = serde_json::from_slice(json).map_err(|e| e.to_string())?;
-    let entries = value.as_array().ok_or("not a JSON array")?;
-    entries
-        .iter()
-        .map(|entry| {
-            entry
-                .get("filename")
-                .and_then(|f| f.as_str())
-                .map(PathBuf::from)
-                .ok_or_else(|| "an entry without a filename".to_owned())
-        })
-        .collect()
-}
-
-/// The problems `qemu-img check --output=json` reports: corruptions and
-/// leaks, each as a line.
-fn parse_check(json: &[u8]) -> Result<Vec<String>, String> {
-    let value: serde_json::Value = serde_json::from_slice(json).map_err(|e| e.to_string())?;
-    let count = |key: &str| value.get(key).and_then(serde_json::Value::as_u64).unwrap_or(0);
-    let mut problems = Vec::new();
-    for (key, what) in [("corruptions", "corruptions"), ("leaks", "leaked clusters"), ("check-errors", "check errors")]
-    {
-        let n = count(key);
-        if n > 0 {
-            problems.push(format!("{n} {what}"));
-        }
-    }
-    Ok(problems)
 }
 
 #[cfg(test)]
@@ -488,17 +424,4 @@ mod tests {
         assert_eq!(read, [[7u8; 96].as_slice(), [0u8; 104].as_slice()].concat());
     }
 
-    #[test]
-    fn a_chain_is_read_from_qemu_img_json() {
-        let json = br#"[{"filename": "/a/top.qcow2"}, {"filename": "/a/base.raw"}]"#;
-        assert_eq!(parse_chain(json).unwrap(), [PathBuf::from("/a/top.qcow2"), PathBuf::from("/a/base.raw")]);
-        assert!(parse_chain(b"{}").is_err());
-        assert!(parse_chain(br#"[{"format": "raw"}]"#).is_err());
-    }
-
-    #[test]
-    fn a_check_report_lists_corruptions_and_leaks() {
-        assert!(parse_check(br#"{"check-errors": 0, "filename": "x"}"#).unwrap().is_empty());
-        assert_eq!(parse_check(br#"{"corruptions": 2, "leaks": 3}"#).unwrap(), ["2 corruptions", "3 leaked clusters"]);
-    }
 }
