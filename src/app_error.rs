@@ -31,6 +31,13 @@ pub enum Error {
         #[source]
         source: Box<HvError>,
     },
+    /// A host's storage (over SSH for a host of `[hosts]`) failed.
+    #[error("storage of host {host}")]
+    Storage {
+        host: String,
+        #[source]
+        source: Box<crate::host::StorageError>,
+    },
     #[error("VM '{vm}'")]
     Guest {
         vm: String,
@@ -147,9 +154,24 @@ impl Error {
         move |source| Error::Hypervisor { context, source: Box::new(source) }
     }
 
+    pub fn storage(host: &str, source: crate::host::StorageError) -> Error {
+        Error::Storage { host: host.to_owned(), source: Box::new(source) }
+    }
+
     pub fn guest(vm: impl Into<String>) -> impl FnOnce(GuestError) -> Error {
         let vm = vm.into();
         move |source| Error::Guest { vm, source: Box::new(source) }
+    }
+}
+
+impl From<crate::host::HostError> for Error {
+    fn from(error: crate::host::HostError) -> Self {
+        match error {
+            crate::host::HostError::Unknown(lookup) => Error::Lookup(lookup),
+            crate::host::HostError::Unreachable { host, source } => {
+                Error::Hypervisor { context: format!("cannot reach host {host}"), source }
+            }
+        }
     }
 }
 
@@ -160,6 +182,7 @@ impl Failure for Error {
             Error::Lookup(e) => e.exit_code(),
             Error::Hypervisor { source, .. } => source.exit_code(),
             Error::Guest { source, .. } => source.exit_code(),
+            Error::Storage { .. } => ExitCode::Failed,
             Error::Lab(e) => e.exit_code(),
             Error::Catalog(e) => e.exit_code(),
             Error::Busy(busy) => busy.exit_code(),
@@ -179,6 +202,19 @@ impl Failure for Error {
             Error::Lookup(e) => e.hint(),
             Error::Hypervisor { source, .. } => source.hint(),
             Error::Guest { source, .. } => source.hint(),
+            Error::Storage { host, source } => source.hint().or_else(|| {
+                Some(match source.as_ref() {
+                    crate::host::StorageError::Io { path, source, .. }
+                        if source.kind() == std::io::ErrorKind::NotFound =>
+                    {
+                        format!("create {} on host {host}, or fix [hosts.{host}] storage", path.display())
+                    }
+                    _ => format!(
+                        "is host {host}'s sshd up, with its key in [hosts.{host}.ssh] known_hosts and the controller's \
+                         key authorized for [hosts.{host}.ssh] user?"
+                    ),
+                })
+            }),
             Error::Lab(e) => e.hint(),
             Error::Catalog(e) => e.hint(),
             Error::Busy(busy) => busy.hint(),

@@ -5,6 +5,8 @@
 //! it and the controller's own storage, including a link cut mid-ship.
 //! Needs root, dropbear-bin and qemu-utils (scripts/install-deps.sh).
 
+#![allow(clippy::expect_used, clippy::unwrap_used)]
+
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -37,7 +39,10 @@ impl Sshd {
         let p = |name: &str| dir.path().join(name);
         run("dropbearkey", &["-t", "ed25519", "-f", p("host.dropbear").to_str().unwrap()]);
         run("dropbearkey", &["-t", "ed25519", "-f", p("client.dropbear").to_str().unwrap()]);
-        run("dropbearconvert", &["dropbear", "openssh", p("client.dropbear").to_str().unwrap(), p("client").to_str().unwrap()]);
+        run(
+            "dropbearconvert",
+            &["dropbear", "openssh", p("client.dropbear").to_str().unwrap(), p("client").to_str().unwrap()],
+        );
         let public = |key: &str| {
             run("dropbearkey", &["-y", "-f", p(key).to_str().unwrap()])
                 .lines()
@@ -182,7 +187,7 @@ fn every_storage_operation_works_over_ssh_as_it_does_locally() {
     far.set_backing(&top, &merged, ImageFormat::Qcow2).unwrap();
     assert_eq!(far.backing_chain(&top).unwrap()[1], merged);
     far.pull(&top, None).unwrap();
-    assert_eq!(far.backing_chain(&top).unwrap(), [top.clone()]);
+    assert_eq!(far.backing_chain(&top).unwrap(), std::slice::from_ref(&top));
 }
 
 #[test]
@@ -201,8 +206,8 @@ fn images_ship_both_ways_sparse_and_verified_and_a_cut_link_leaves_nothing_used(
     qemu_io_write(&image, "40M", "0x44");
 
     let shipped_there = there.join("sb/disk.qcow2");
-    let shipped = ship::ship(end("local", &LocalStorage, &image), end("far", &far, &shipped_there), None, &|_, _| {})
-        .unwrap();
+    let shipped =
+        ship::ship(end("local", &LocalStorage, &image), end("far", &far, &shipped_there), None, &|_, _| {}).unwrap();
     assert_eq!(std::fs::read(&image).unwrap(), std::fs::read(&shipped_there).unwrap());
     assert!(shipped.bytes < 8 << 20, "only data crosses: {shipped:?}");
     let allocated = std::os::unix::fs::MetadataExt::blocks(&std::fs::metadata(&shipped_there).unwrap()) * 512;
@@ -233,8 +238,7 @@ fn images_ship_both_ways_sparse_and_verified_and_a_cut_link_leaves_nothing_used(
 
     let sshd = sshd_cell.into_inner().unwrap();
     sshd.listen();
-    let shipped = ship::ship(end("local", &LocalStorage, &dense), end("far", &far, &target), None, &|_, _| {})
-        .unwrap();
+    let shipped = ship::ship(end("local", &LocalStorage, &dense), end("far", &far, &target), None, &|_, _| {}).unwrap();
     assert_eq!(shipped.bytes, 24 << 20);
     assert_eq!(std::fs::read(&dense).unwrap(), std::fs::read(&target).unwrap());
     assert!(!ship::part_path(&target).exists());

@@ -10,9 +10,10 @@ use crate::error::Failure;
 use crate::exit::ExitCode;
 use crate::guest::endpoint::{ssh_options, ssh_target};
 use crate::guest::{AgentClient, GuestSession};
-use crate::hypervisor::{Hypervisor, LibvirtHypervisor};
+use crate::host::{Hosts, LOCAL};
 use crate::{Error, Result};
 use serde::Serialize;
+use std::collections::BTreeSet;
 use std::path::PathBuf;
 
 #[derive(Debug, Serialize)]
@@ -79,33 +80,34 @@ fn live_environment(config: &Config, name: &str) -> Result<Environment> {
     crate::ops::clone::resolve_environment(config, &catalog, name).map_err(Error::operation("look up"))
 }
 
-/// libvirt first (domains, networks), then every agent in parallel: each
-/// SSH login costs a fraction of a second and they do not depend on each other.
+/// Every host first (its libvirt; for a host of `[hosts]`, its SSH login
+/// and storage directory too), then each environment's networks and
+/// domains on its host, then every agent in parallel: each SSH login costs
+/// a fraction of a second and they do not depend on each other.
 fn live_checks(config: &Config, environments: &[(String, Environment)]) -> Vec<LiveCheck> {
-    let uri = &config.controller.libvirt_uri;
-    let hv = match LibvirtHypervisor::connect(uri) {
-        Ok(hv) => hv,
-        Err(e) => {
-            let e = Error::hypervisor(format!("connect to libvirt at {uri}"))(e);
-            return vec![LiveCheck::from_result(format!("libvirt {uri}"), Err(e))];
-        }
-    };
-    let mut checks =
-        vec![LiveCheck { subject: format!("libvirt {uri}"), ok: true, detail: "connected".into(), hint: None }];
+    let hosts = super::session::registry(config);
+    let mut checks = Vec::new();
+    for name in hosts_in_use(config, environments) {
+        checks.extend(host_checks(config, &hosts, &name));
+    }
     for (env_name, env) in environments {
+        let host_name = env.host.as_deref().unwrap_or(LOCAL);
+        let Ok(host) = hosts.get(host_name) else { continue };
+        let hv = host.hypervisor();
+        let on = if host_name == LOCAL { String::new() } else { format!(" on host {host_name}") };
         for network in &env.networks {
             let result = hv
                 .network(network)
                 .map(|n| if n.active { "active".to_string() } else { "defined, not active".to_string() })
                 .map_err(Error::hypervisor(format!("environment '{env_name}'")));
-            checks.push(LiveCheck::from_result(format!("network {network}"), result));
+            checks.push(LiveCheck::from_result(format!("network {network}{on}"), result));
         }
         for vm in env.vms.values() {
             let result = hv
                 .domain(&vm.domain)
                 .map(|d| format!("{:?}", d.state).to_lowercase())
                 .map_err(Error::hypervisor(format!("environment '{env_name}'")));
-            checks.push(LiveCheck::from_result(format!("domain {}", vm.domain), result));
+            checks.push(LiveCheck::from_result(format!("domain {}{on}", vm.domain), result));
         }
     }
     let options = ssh_options(&config.controller);
@@ -122,6 +124,65 @@ fn live_checks(config: &Config, environments: &[(String, Environment)]) -> Vec<L
     });
     // A panicked check is a bug: its panic goes on, as it was.
     checks.extend(agents.into_iter().map(|check| check.unwrap_or_else(|panic| std::panic::resume_unwind(panic))));
+    checks
+}
+
+/// The hosts the checked environments run on, every standby's, and every
+/// host of `[hosts]`: `local` only when something is on it.
+fn hosts_in_use(config: &Config, environments: &[(String, Environment)]) -> BTreeSet<String> {
+    let mut names: BTreeSet<String> = config.hosts.keys().cloned().collect();
+    let on_local = environments
+        .iter()
+        .map(|(_, env)| env.host.as_deref())
+        .chain(config.standbys.values().map(|s| s.host.as_deref()));
+    for host in on_local {
+        names.insert(host.unwrap_or(LOCAL).to_owned());
+    }
+    if names.is_empty() {
+        names.insert(LOCAL.to_owned());
+    }
+    names
+}
+
+/// The host's libvirt and, for a host of `[hosts]`, its storage directory
+/// over SSH: each its own line, so a host whose sshd is down while libvirt
+/// answers says exactly that.
+fn host_checks(config: &Config, hosts: &dyn Hosts, name: &str) -> Vec<LiveCheck> {
+    let uri = config.hosts.get(name).map_or(config.controller.libvirt_uri.as_str(), |h| h.libvirt_uri.as_str());
+    let host = match hosts.get(name) {
+        Ok(host) => host,
+        Err(e) => return vec![LiveCheck::from_result(format!("host {name} libvirt {uri}"), Err(e.into()))],
+    };
+    let mut checks = vec![LiveCheck {
+        subject: format!("host {name} libvirt {uri}"),
+        ok: true,
+        detail: "connected".into(),
+        hint: None,
+    }];
+    if let Some(settings) = config.hosts.get(name) {
+        let storage = &settings.storage;
+        let result = match host.storage().exists(storage) {
+            Ok(true) => host
+                .storage()
+                .free_space(storage)
+                .map(|free| format!("{} exists, {} free", storage.display(), bytesize::ByteSize::b(free)))
+                .map_err(|e| Error::storage(name, e)),
+            Ok(false) => Err(Error::storage(
+                name,
+                crate::host::StorageError::Io {
+                    what: "find the storage directory",
+                    path: storage.clone(),
+                    source: std::io::ErrorKind::NotFound.into(),
+                },
+            )),
+            Err(e) => Err(Error::storage(name, e)),
+        };
+        let ssh = &settings.ssh;
+        checks.push(LiveCheck::from_result(
+            format!("host {name} ssh {}@{}:{} storage", ssh.user, ssh.address, ssh.port),
+            result,
+        ));
+    }
     checks
 }
 

@@ -18,7 +18,7 @@ pub fn run(global: &GlobalArgs, args: &CloneArgs, out: &Output) -> Result<ExitCo
     let (config, _catalog) = (&session.config, &session.catalog);
     let env = config.environment(&args.environment)?;
     let progress = |event: &Event| out.event(event);
-    let ctx = session.context(&progress)?;
+    let ctx = session.context_for(&args.environment, &progress)?;
     let request = CloneRequest {
         source: args.environment.clone(),
         name: args.name.clone(),

@@ -16,7 +16,7 @@ pub fn run(global: &GlobalArgs, args: &DeleteSnapshotArgs, out: &Output) -> Resu
     let (config, _catalog) = (&session.config, &session.catalog);
     config.environment(&args.environment)?;
     let progress = |event: &Event| out.progress(&event.to_string());
-    let ctx = session.context(&progress)?;
+    let ctx = session.context_for(&args.environment, &progress)?;
     let request = DeleteSnapshotRequest { env: args.environment.clone(), snapshot: args.snapshot.clone() };
     let report = delete::delete_snapshot(&ctx, &request, &DeleteSettings::default())?;
     out.report(&report, human);

@@ -66,7 +66,7 @@ pub(super) fn with_tools<T>(
     let primary = config.environment(env)?.clone();
     super::guard::check(config, catalog, Some(env), out)?;
     let progress = |event: &Event| out.progress(&event.to_string());
-    let ctx = session.context(&progress)?;
+    let ctx = session.context_for(env, &progress)?;
     let controller = config.controller.clone();
     let agents = move |env: &Environment| -> Box<dyn CloneAgents> { Box::new(SshAgents::new(&controller, env)) };
     let serving = failover::active_environment(catalog, env)?.map_or(primary, |(active, _)| active);

@@ -18,7 +18,7 @@ pub fn run(global: &GlobalArgs, args: &PruneArgs, out: &Output) -> Result<ExitCo
     let (config, _catalog) = (&session.config, &session.catalog);
     config.environment(&args.environment)?;
     let progress = |event: &Event| out.progress(&event.to_string());
-    let ctx = session.context(&progress)?;
+    let ctx = session.context_for(&args.environment, &progress)?;
     let request = PruneRequest { env: args.environment.clone(), dry_run: args.dry_run };
     let report = prune::prune(&ctx, &request, &DeleteSettings::default())?;
     out.report(&report, human);

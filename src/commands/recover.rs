@@ -18,7 +18,10 @@ pub fn run(global: &GlobalArgs, args: &RecoverArgs, out: &Output) -> Result<Exit
     let session = Session::open(global)?;
     let (config, _catalog) = (&session.config, &session.catalog);
     let progress = |event: &Event| out.progress(&event.to_string());
-    let ctx = session.context(&progress)?;
+    let ctx = match &args.environment {
+        Some(env) => session.context_for(env, &progress)?,
+        None => session.context(&progress)?,
+    };
     let request = RecoverRequest { env: args.environment.clone(), dry_run: args.dry_run };
     let report = recover::recover(&ctx, &SshRecoveryAgents::new(config), &request)?;
     out.report(&report, human);

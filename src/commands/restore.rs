@@ -18,7 +18,7 @@ pub fn run(global: &GlobalArgs, args: &RestoreArgs, out: &Output) -> Result<Exit
     let (config, _catalog) = (&session.config, &session.catalog);
     let env = config.environment(&args.environment)?;
     let progress = |event: &Event| out.progress(&event.to_string());
-    let ctx = session.context(&progress)?;
+    let ctx = session.context_for(&args.environment, &progress)?;
     let request = RestoreRequest {
         env: args.environment.clone(),
         snapshot: args.snapshot.clone(),

@@ -8,10 +8,10 @@ use super::load_config_with_clones;
 use crate::catalog::Catalog;
 use crate::cli::GlobalArgs;
 use crate::config::Config;
-use crate::host::{Hosts, LocalHost, LOCAL};
+use crate::host::{Host, HostRegistry, Hosts, LocalHost, RemoteHost, LOCAL};
 use crate::hypervisor::LibvirtHypervisor;
 use crate::ops::context::{OpContext, Progress, SystemClock};
-use crate::{Error, Result};
+use crate::Result;
 
 /// The config and the catalog, without libvirt.
 #[derive(Debug)]
@@ -32,10 +32,11 @@ impl Records {
         Ok(Records { config, catalog })
     }
 
-    /// Connects to the controller's libvirt: the records become a session.
+    /// The records with every host of the config: the records become a
+    /// session. Each host's libvirt is connected when first needed.
     pub fn connect(self) -> Result<Session> {
-        let hv = connect(&self.config)?;
-        Ok(Session { config: self.config, catalog: self.catalog, local: LocalHost::new(hv) })
+        let hosts = registry(&self.config);
+        Ok(Session { config: self.config, catalog: self.catalog, hosts })
     }
 }
 
@@ -43,7 +44,7 @@ impl Records {
 pub struct Session {
     pub config: Config,
     pub catalog: Catalog,
-    local: LocalHost<LibvirtHypervisor>,
+    hosts: HostRegistry<'static>,
 }
 
 impl Session {
@@ -52,30 +53,29 @@ impl Session {
         Records::open(global)?.connect()
     }
 
-    /// Connects to the controller's libvirt and opens the catalog.
+    /// Opens the catalog of `config`, with its hosts.
     pub fn with_config(config: Config) -> Result<Session> {
-        let hv = connect(&config)?;
-        let Records { config, catalog } = Records::with_config(config)?;
-        Ok(Session { config, catalog, local: LocalHost::new(hv) })
-    }
-
-    /// Every host the command may work on, by name: today the
-    /// controller's own, `local`.
-    pub fn hosts(&self) -> Hosts<'_> {
-        Hosts::new().with(&self.local)
+        Records::with_config(config)?.connect()
     }
 
     /// The context of an operation on the host named `host`.
     pub fn context_on<'s>(&'s self, host: &str, progress: Progress<'s>) -> Result<OpContext<'s>> {
-        let host = self.hosts().get(host)?;
+        let host = self.hosts.get(host)?;
         Ok(OpContext {
             config: &self.config,
             host,
+            hosts: &self.hosts,
             catalog: &self.catalog,
             progress,
             clock: &SystemClock,
             interrupt: crate::ops::interrupt::Interrupt::process(),
         })
+    }
+
+    /// The context of an operation on environment `env`'s host (from
+    /// the config; `local` if unset).
+    pub fn context_for<'s>(&'s self, env: &str, progress: Progress<'s>) -> Result<OpContext<'s>> {
+        self.context_on(self.config.host_of(env), progress)
     }
 
     /// The context of an operation on the controller's own host.
@@ -84,7 +84,20 @@ impl Session {
     }
 }
 
-fn connect(config: &Config) -> Result<LibvirtHypervisor> {
-    let uri = &config.controller.libvirt_uri;
-    LibvirtHypervisor::connect(uri).map_err(Error::hypervisor(format!("connect to libvirt at {uri}")))
+/// `local` (the controller's libvirt) and each host of the config, every
+/// one opened when first asked for.
+pub fn registry(config: &Config) -> HostRegistry<'static> {
+    let uri = config.controller.libvirt_uri.clone();
+    let mut registry = HostRegistry::new().with_lazy(
+        LOCAL,
+        Box::new(move || Ok(Box::new(LocalHost::new(LibvirtHypervisor::connect(&uri)?)) as Box<dyn Host>)),
+    );
+    for (name, settings) in &config.hosts {
+        let (name, settings, controller) = (name.clone(), settings.clone(), config.controller.clone());
+        registry = registry.with_lazy(
+            &name.clone(),
+            Box::new(move || Ok(Box::new(RemoteHost::open(&name, &settings, &controller)?) as Box<dyn Host>)),
+        );
+    }
+    registry
 }

@@ -33,7 +33,7 @@ pub fn run(global: &GlobalArgs, args: &SnapshotArgs, out: &Output) -> Result<Exi
         ));
     }
     let progress = |event: &Event| out.progress(&event.to_string());
-    let ctx = session.context(&progress)?;
+    let ctx = session.context_for(&args.environment, &progress)?;
     let schedule = match &args.scheduled {
         Some(name) => match config.schedules.get(name) {
             Some(schedule) if schedule.environment == args.environment => Some(schedule),

@@ -37,9 +37,18 @@ pub fn run(global: &GlobalArgs, command: StandbyCommand, out: &Output) -> Result
             });
         }
     }
+    // The operation runs on the primary's host; the standby's is found through the context's hosts.
+    let primary = match &command {
+        StandbyCommand::Create(args) => Some(args.environment.clone()),
+        StandbyCommand::Sync(args) | StandbyCommand::Destroy(args) => primary_of(&records, &args.name)?,
+        StandbyCommand::List => None,
+    };
     let session = records.connect()?;
     let progress = |event: &Event| out.progress(&event.to_string());
-    let ctx = session.context(&progress)?;
+    let ctx = match &primary {
+        Some(env) => session.context_for(env, &progress)?,
+        None => session.context(&progress)?,
+    };
     match command {
         StandbyCommand::Create(args) => {
             let request = CreateRequest {
@@ -62,6 +71,14 @@ pub fn run(global: &GlobalArgs, command: StandbyCommand, out: &Output) -> Result
         StandbyCommand::List => unreachable!("listed above"),
     }
     Ok(ExitCode::Ok)
+}
+
+/// The primary of `standby`, as recorded or configured.
+fn primary_of(records: &Records, standby: &str) -> Result<Option<String>> {
+    if let Some(record) = records.catalog.standby_named(standby)? {
+        return Ok(Some(record.primary));
+    }
+    Ok(records.config.standbys.get(standby).map(|configured| configured.primary.clone()))
 }
 
 /// The primary `standby` serves (a role switch in force), if it does.

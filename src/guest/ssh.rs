@@ -141,7 +141,12 @@ impl GuestSession {
 
     /// [`Self::exec`] bounded by `timeout` instead of `command_timeout`:
     /// for work whose length is known to differ (a copy of many GiB).
-    pub fn exec_within(&self, command: &str, stdin: Option<&[u8]>, timeout: Duration) -> Result<ExecOutput, GuestError> {
+    pub fn exec_within(
+        &self,
+        command: &str,
+        stdin: Option<&[u8]>,
+        timeout: Duration,
+    ) -> Result<ExecOutput, GuestError> {
         let deadline = Instant::now() + timeout;
         let mut channel = self.start(command, deadline)?;
         let result = self.collect(&mut channel, command, stdin, deadline);

@@ -57,14 +57,14 @@ pub enum ShipError {
         host: String,
         path: PathBuf,
         #[source]
-        source: StorageError,
+        source: Box<StorageError>,
     },
     #[error("cannot write {} on host {host}", path.display())]
     Write {
         host: String,
         path: PathBuf,
         #[source]
-        source: StorageError,
+        source: Box<StorageError>,
     },
     #[error("{} arrived on host {host} with SHA-256 {arrived}, but its source on host {from} has {sent}", path.display())]
     Verify { host: String, path: PathBuf, from: String, sent: String, arrived: String },
@@ -94,9 +94,11 @@ impl ShipError {
 /// Ships `from` to `to` (which must not exist); see the [module
 /// documentation](self).
 pub fn ship(from: End<'_>, to: End<'_>, limit: Option<u64>, progress: ShipProgress<'_>) -> Result<Shipped, ShipError> {
-    let read_error = |source| ShipError::Read { host: from.host.to_owned(), path: from.path.to_owned(), source };
+    let read_error =
+        |source| ShipError::Read { host: from.host.to_owned(), path: from.path.to_owned(), source: Box::new(source) };
     let part = part_path(to.path);
-    let write_error = |source| ShipError::Write { host: to.host.to_owned(), path: part.clone(), source };
+    let write_error =
+        |source| ShipError::Write { host: to.host.to_owned(), path: part.clone(), source: Box::new(source) };
     if to.storage.exists(to.path).map_err(write_error)? {
         return Err(ShipError::Exists { host: to.host.to_owned(), path: to.path.to_owned() });
     }

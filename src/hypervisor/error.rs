@@ -17,6 +17,14 @@ pub struct LibvirtError {
     pub message: String,
 }
 
+#[cfg(test)]
+impl LibvirtError {
+    /// An error libvirt might have said, for tests.
+    pub(crate) fn test(message: &str) -> Self {
+        LibvirtError { code: LibvirtCode::Other(1), message: message.to_owned() }
+    }
+}
+
 /// The libvirt error numbers callers may want to act on; the rest are `Other`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum LibvirtCode {

@@ -16,7 +16,7 @@ use chrono::{DateTime, Utc};
 
 use crate::catalog::Catalog;
 use crate::config::Config;
-use crate::host::Host;
+use crate::host::{Host, HostError, Hosts};
 
 /// Where operations read the time of day (names, `created_at`); durations
 /// are measured with `Instant`, never with this.
@@ -87,6 +87,8 @@ pub struct OpContext<'a> {
     pub config: &'a Config,
     /// The host the operation's environment lives on.
     pub host: &'a dyn Host,
+    /// Every host, by name: where a standby or clone on another host is.
+    pub hosts: &'a dyn Hosts,
     pub catalog: &'a Catalog,
     pub progress: Progress<'a>,
     pub clock: &'a dyn Clock,
@@ -106,6 +108,15 @@ impl fmt::Debug for OpContext<'_> {
 }
 
 impl<'a> OpContext<'a> {
+    /// The host named `name` (`None`: the environment's own).
+    pub fn host_named(&self, name: Option<&str>) -> Result<&'a dyn Host, HostError> {
+        match name {
+            None => Ok(self.host),
+            Some(name) if name == self.host.name() => Ok(self.host),
+            Some(name) => self.hosts.get(name),
+        }
+    }
+
     pub fn note(&self, text: impl Into<String>) {
         (self.progress)(&Event::Note { text: text.into() });
     }

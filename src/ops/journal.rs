@@ -361,6 +361,7 @@ mod tests {
         let ctx = OpContext {
             config: &config,
             host: &host,
+            hosts: &crate::host::HostRegistry::new().with(&host),
             catalog: &catalog,
             progress: &progress,
             clock: &clock,

@@ -27,17 +27,24 @@ pub(crate) struct FakeHost<'t> {
     pub hv: &'t FakeHypervisor,
     pub storage: &'t dyn Storage,
     pub net: &'t FakeNet,
+    name: &'static str,
 }
 
 impl<'t> FakeHost<'t> {
+    /// The controller's own host, `local`.
     pub(crate) fn new(hv: &'t FakeHypervisor, storage: &'t dyn Storage, net: &'t FakeNet) -> Self {
-        FakeHost { hv, storage, net }
+        FakeHost { hv, storage, net, name: LOCAL }
+    }
+
+    /// The same host under another name: a host of `[hosts]`.
+    pub(crate) fn named(self, name: &'static str) -> Self {
+        FakeHost { name, ..self }
     }
 }
 
 impl Host for FakeHost<'_> {
     fn name(&self) -> &str {
-        LOCAL
+        self.name
     }
 
     fn hypervisor(&self) -> &dyn Hypervisor {

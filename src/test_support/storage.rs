@@ -436,7 +436,7 @@ impl Storage for FakeStorage<'_> {
     }
 
     fn write_range(&self, path: &Path, offset: u64) -> Result<Box<dyn RangeWriter + '_>, StorageError> {
-        let _ = self.call("write_range", format!("write {} from {offset}", path.display()))?;
+        drop(self.call("write_range", format!("write {} from {offset}", path.display()))?);
         Ok(Box::new(FakeRangeWriter { storage: self, path: path.to_owned(), offset, bytes: Vec::new() }))
     }
 

@@ -423,5 +423,4 @@ mod tests {
         s.read_range(&path, (4 << 20) + 4000, 200).unwrap().read_to_end(&mut read).unwrap();
         assert_eq!(read, [[7u8; 96].as_slice(), [0u8; 104].as_slice()].concat());
     }
-
 }

@@ -121,10 +121,7 @@ impl SshShell {
     }
 
     fn unreachable(&self, script: &str, error: GuestError) -> ToolError {
-        ToolError::Spawn {
-            command: self.describe(script),
-            source: std::io::Error::other(crate::error::chain(&error)),
-        }
+        ToolError::Spawn { command: self.describe(script), source: std::io::Error::other(crate::error::chain(&error)) }
     }
 }
 

@@ -51,7 +51,13 @@ impl SshStorage {
         &self.shell
     }
 
-    fn run(&self, what: &'static str, path: &Path, argv: Vec<OsString>, timeout: Duration) -> Result<Vec<u8>, StorageError> {
+    fn run(
+        &self,
+        what: &'static str,
+        path: &Path,
+        argv: Vec<OsString>,
+        timeout: Duration,
+    ) -> Result<Vec<u8>, StorageError> {
         self.shell.run(&argv, timeout).map_err(StorageError::tool(what, path))
     }
 
@@ -171,7 +177,9 @@ impl Storage for SshStorage {
         let script = script_for(to, || {
             let (f, t) = (quoted(from)?, quoted(to)?);
             let refuse = Self::refuse_existing(to)?;
-            Ok(format!("set -e; {refuse}; cp --sparse=always -- {f} {t}; sync -- {t}; stat -c %s -- {t}; sha256sum < {t}"))
+            Ok(format!(
+                "set -e; {refuse}; cp --sparse=always -- {f} {t}; sync -- {t}; stat -c %s -- {t}; sha256sum < {t}"
+            ))
         })?;
         let stdout = self.create("copy", to, &script)?;
         let text = String::from_utf8_lossy(&stdout);
@@ -335,7 +343,10 @@ mod tests {
     #[test]
     fn a_file_in_the_way_is_refused_before_its_directory_is_made() {
         let script = SshStorage::refuse_existing(Path::new("/srv/e c/o.qcow2")).unwrap();
-        assert_eq!(script, "if [ -e '/srv/e c/o.qcow2' ]; then exit 17; fi; mkdir -p -- \"$(dirname -- '/srv/e c/o.qcow2')\"");
+        assert_eq!(
+            script,
+            "if [ -e '/srv/e c/o.qcow2' ]; then exit 17; fi; mkdir -p -- \"$(dirname -- '/srv/e c/o.qcow2')\""
+        );
     }
 
     #[test]

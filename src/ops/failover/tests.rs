@@ -101,6 +101,7 @@ impl Harness {
         let ctx = OpContext {
             config: &self.config,
             host: &host,
+            hosts: &crate::host::HostRegistry::new().with(&host),
             catalog: &self.catalog,
             progress: &progress,
             clock: &clock,
