@@ -133,12 +133,16 @@ pub struct StandbyCreateArgs {
     /// The standby's name (its domains are NAME-<vm>, its networks NAME-<net>).
     #[arg(long)]
     pub name: String,
-    /// Folder for the standby's disks; default: `[standbys.NAME] storage`, else <state_dir>/standbys/NAME.
+    /// Folder for the standby's disks, on its host; default: `[standbys.NAME] storage`, else
+    /// standbys/NAME under the host's storage (<state_dir> for local).
     #[arg(long, value_name = "DIR")]
     pub storage: Option<PathBuf>,
     /// Do not bring the standby to each new snapshot in the daemon (sync it by hand).
     #[arg(long)]
     pub no_autorestore: bool,
+    /// The host the standby lives on (a name under [hosts]); default: `[standbys.NAME] host`, else local.
+    #[arg(long, value_name = "HOST")]
+    pub host: Option<String>,
 }
 
 #[derive(Debug, Args)]

@@ -351,6 +351,14 @@ pub(crate) const MIGRATIONS: &[Migration] = &[
             CREATE INDEX operation_envs_by_env ON operation_envs (env);
         "#,
     },
+    Migration {
+        version: 11,
+        description: "the host a standby lives on",
+        // Every standby before hosts existed is on the controller's own.
+        sql: r#"
+            ALTER TABLE standbys ADD COLUMN host TEXT NOT NULL DEFAULT 'local';
+        "#,
+    },
 ];
 
 /// The schema version this build writes.

@@ -25,7 +25,7 @@ use super::model::{DependentKind, ImageId};
 use super::{path_text, Catalog, CatalogError, Timestamp};
 
 const STANDBY_COLUMNS: &str = "id, name, primary_env, storage, autorestore, created_at, snapshot, \
-                               snapshot_created_at, synced_at, resources, merging";
+                               snapshot_created_at, synced_at, resources, merging, host";
 const DISK_COLUMNS: &str = "vm, disk, path, snapshot, source_image_id, sha256, synced_at";
 
 /// One standby.
@@ -34,7 +34,10 @@ pub struct StandbyRecord {
     pub name: String,
     /// The environment it copies.
     pub primary: String,
-    /// Where its disks live.
+    /// The host its domains, networks and disks are on (`local`: the
+    /// controller's own).
+    pub host: String,
+    /// Where its disks live, on its host.
     pub storage: PathBuf,
     /// The daemon brings it to each new snapshot of the primary.
     pub autorestore: bool,
@@ -134,7 +137,7 @@ impl Catalog {
         let tx = self.write(what)?;
         tx.execute(
             &format!(
-                "INSERT INTO standbys ({STANDBY_COLUMNS}) VALUES (NULL, ?1, ?2, ?3, ?4, ?5, NULL, NULL, NULL, ?6, NULL)"
+                "INSERT INTO standbys ({STANDBY_COLUMNS}) VALUES (NULL, ?1, ?2, ?3, ?4, ?5, NULL, NULL, NULL, ?6, NULL, ?7)"
             ),
             params![
                 standby.name,
@@ -143,6 +146,7 @@ impl Catalog {
                 standby.autorestore,
                 Timestamp(standby.created_at),
                 resources,
+                standby.host,
             ],
         )
         .map_err(CatalogError::insert(what, format!("standby {}", standby.name)))?;
@@ -360,6 +364,7 @@ fn standby_row(row: &Row<'_>) -> rusqlite::Result<(i64, StandbyRecord)> {
         StandbyRecord {
             name: row.get(1)?,
             primary: row.get(2)?,
+            host: row.get(11)?,
             storage: PathBuf::from(storage),
             autorestore: row.get(4)?,
             created_at: row.get::<_, Timestamp>(5)?.0,
@@ -396,6 +401,7 @@ mod tests {
         StandbyRecord {
             name: name.into(),
             primary: "demo".into(),
+            host: "local".into(),
             storage: PathBuf::from("/srv/sb"),
             autorestore: true,
             created_at: at(2, 0),

@@ -56,6 +56,7 @@ pub fn run(global: &GlobalArgs, command: StandbyCommand, out: &Output) -> Result
                 name: args.name.clone(),
                 storage: args.storage.clone(),
                 autorestore: args.no_autorestore.then_some(false),
+                host: args.host.clone(),
             };
             let report = standby::create(&ctx, &request).map_err(Error::operation("standby create"))?;
             out.report(&report, created);

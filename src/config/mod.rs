@@ -367,9 +367,14 @@ impl Config {
 }
 
 impl Environment {
-    /// Where snapshots of the environment `name` keep their files.
-    pub fn storage_dir(&self, controller: &Controller, name: &str) -> PathBuf {
-        self.storage.clone().unwrap_or_else(|| controller.state_dir.join("images").join(name))
+    /// Where snapshots of the environment `name` keep their files, on its
+    /// host: `storage` if set, else `images/<name>` under its host's
+    /// `storage` (the controller's `state_dir` for `local`).
+    pub fn storage_dir(&self, config: &Config, name: &str) -> PathBuf {
+        self.storage.clone().unwrap_or_else(|| {
+            let host = self.host.as_deref().and_then(|host| config.hosts.get(host));
+            host.map_or(&config.controller.state_dir, |host| &host.storage).join("images").join(name)
+        })
     }
 
     fn default_freeze_timeout() -> HumanDuration {
@@ -516,7 +521,7 @@ agent = { address = "10.0.0.2" }
         let config = parse_unchecked(BASE).unwrap();
         let env = &config.environments["demo"];
         assert_eq!(env.storage, None);
-        assert_eq!(env.storage_dir(&config.controller, "demo"), Path::new("/var/lib/envclone/images/demo"));
+        assert_eq!(env.storage_dir(&config, "demo"), Path::new("/var/lib/envclone/images/demo"));
     }
 
     #[test]
@@ -526,7 +531,7 @@ agent = { address = "10.0.0.2" }
             "[environments.demo]\nstorage = \"/srv/snap\"\n\n[environments.demo.vms.web]",
         );
         let config = parse_unchecked(&text).unwrap();
-        assert_eq!(config.environments["demo"].storage_dir(&config.controller, "demo"), Path::new("/srv/snap"));
+        assert_eq!(config.environments["demo"].storage_dir(&config, "demo"), Path::new("/srv/snap"));
         assert_eq!(parse_unchecked(&to_toml(&config)).unwrap(), config);
     }
 

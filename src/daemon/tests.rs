@@ -549,6 +549,7 @@ fn standby_behind(catalog: &Catalog, autorestore: bool) {
         .add_standby(&crate::catalog::StandbyRecord {
             name: "sb".into(),
             primary: "prod".into(),
+            host: "local".into(),
             storage: "/srv/sb".into(),
             autorestore,
             created_at: at(1, 0),

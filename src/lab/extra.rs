@@ -422,7 +422,7 @@ impl<'l> ExtraLab<'l> {
             }
         }
         if let Some(environment) = config.environments.remove(env) {
-            remove_dir(&environment.storage_dir(&config.controller, env))?;
+            remove_dir(&environment.storage_dir(&config, env))?;
         }
         remove_dir(&self.images(env))?;
         for entry in fs::read_dir(self.dir.join("keys")).into_iter().flatten().flatten() {

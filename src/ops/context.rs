@@ -121,6 +121,15 @@ impl<'a> OpContext<'a> {
         (self.progress)(&Event::Note { text: text.into() });
     }
 
+    /// A shipment's progress (bytes done, of total) as `step`'s progress.
+    pub fn progress_of(&self, step: &str) -> impl Fn(u64, u64) + Sync + 'a {
+        let (progress, step) = (self.progress, step.to_owned());
+        move |done, total| {
+            let permille = done.saturating_mul(1000).checked_div(total).map_or(1000, |p| p.min(1000));
+            progress(&Event::Progress { step: step.clone(), permille: u16::try_from(permille).unwrap_or(1000) });
+        }
+    }
+
     /// Reports `step` begun; the returned timer reports its end.
     pub fn begin(&self, step: impl Into<String>) -> StepTimer<'a> {
         StepTimer::start(self.progress, step)

@@ -24,5 +24,6 @@ pub mod restore;
 pub mod shared;
 pub mod snapshot;
 pub mod standby;
+pub mod transfer;
 
 pub use self::lock::{Busy, EnvLock, LockError, LockHolder};

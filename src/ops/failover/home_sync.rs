@@ -121,7 +121,7 @@ pub fn sync_home(ctx: &OpContext<'_>, standby: &str, tools: Tools<'_>) -> Result
     for domain in &record.resources.domains {
         for disk in record.disks.iter().filter(|d| d.vm == domain.vm) {
             let top = live_top(ctx, &domain.domain, &disk.disk)?;
-            let home_dir = primary.storage_dir(&ctx.config.controller, &env).join(&disk.vm);
+            let home_dir = primary.storage_dir(ctx.config, &env).join(&disk.vm);
             for image in plan_disk(ctx, &record, disk, &top, &home_dir)? {
                 // The live overlay is still written: failback carries it.
                 if image.from != top {

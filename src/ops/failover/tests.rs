@@ -86,6 +86,7 @@ impl Harness {
             name: "sb".into(),
             storage: Some(storage),
             autorestore: None,
+            host: None,
         };
         let created = h.with_context(|ctx| crate::ops::standby::create(ctx, &request)).unwrap();
         assert_eq!(created.sync.is_some(), synced);

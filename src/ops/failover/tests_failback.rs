@@ -192,6 +192,7 @@ fn failback_refuses_while_a_drill_of_another_standby_runs() {
         name: "sb2".into(),
         storage: Some(h._dir.path().join("standby2")),
         autorestore: None,
+        host: None,
     };
     h.with_context(|ctx| crate::ops::standby::create(ctx, &request)).unwrap();
     let agents = move |_: &Environment| -> Box<dyn CloneAgents> { Box::new(ReadyAgents::answering(true)) };

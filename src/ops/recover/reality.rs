@@ -99,7 +99,7 @@ pub fn check_env(
     expected: &Expected,
     dry_run: bool,
 ) -> Vec<Check> {
-    let storage = env.storage_dir(&ctx.config.controller, env_name);
+    let storage = env.storage_dir(ctx.config, env_name);
     let mut checks = Vec::new();
     for (vm, config) in &env.vms {
         let check =

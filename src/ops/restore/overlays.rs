@@ -16,7 +16,7 @@ impl Run<'_, '_> {
     /// hands the plans on with their overlays.
     pub(super) fn new_overlays(&mut self, mut plans: Vec<VmPlan>) -> Result<Vec<VmPlan>, RestoreError> {
         let ctx = self.ctx;
-        let storage = self.env.storage_dir(&ctx.config.controller, &self.request.env);
+        let storage = self.env.storage_dir(ctx.config, &self.request.env);
         resolve::assign_overlays(
             ctx.catalog,
             self.ctx.host.storage(),

@@ -361,7 +361,7 @@ impl<'r, 'c> Run<'r, 'c> {
     }
 
     fn storage(&self) -> PathBuf {
-        self.env.storage_dir(&self.ctx.config.controller, &self.request.env)
+        self.env.storage_dir(self.ctx.config, &self.request.env)
     }
 
     /// Logs in to every agent in parallel and checks it answers; under

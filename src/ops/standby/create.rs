@@ -21,10 +21,12 @@ use super::{undo, StandbyError, SyncReport};
 use crate::catalog::{
     ClonedNetwork, ImageFormat, OperationKind, StandbyDisk, StandbyDomain, StandbyRecord, StandbyResources, UndoAction,
 };
+use crate::host::{Host, LOCAL};
 use crate::hypervisor::{random_mac, random_uuid, DomainDef, HvError};
 use crate::ops::clone::names;
 use crate::ops::context::OpContext;
 use crate::ops::journal::{Journal, Journaled};
+use crate::ops::transfer::{self, At};
 use crate::ops::EnvLock;
 
 /// What to create.
@@ -36,6 +38,8 @@ pub struct CreateRequest {
     pub storage: Option<PathBuf>,
     /// Default: `[standbys.SB] autorestore` of the config, else on.
     pub autorestore: Option<bool>,
+    /// The host SB lives on. Default: `[standbys.SB] host`, else `local`.
+    pub host: Option<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
@@ -44,6 +48,8 @@ pub struct CreateReport {
     pub primary: String,
     /// False when SB existed already (nothing was done).
     pub created: bool,
+    /// The host SB lives on.
+    pub host: String,
     pub storage: PathBuf,
     pub autorestore: bool,
     pub domains: Vec<StandbyDomain>,
@@ -73,11 +79,17 @@ pub fn create(ctx: &OpContext<'_>, request: &CreateRequest) -> Result<CreateRepo
     if let Some(configured) = configured.filter(|c| c.primary != request.primary) {
         return Err(bad(format!("[standbys.{name}] in the config is a standby of '{}'", configured.primary)));
     }
+    let host_name = request.host.clone().or_else(|| configured.and_then(|c| c.host.clone()));
+    let host_name = host_name.unwrap_or_else(|| LOCAL.to_owned());
+    // The operation changes SB's host; it reads the primary's definitions on the primary's.
+    let sb_ctx = OpContext { host: ctx.host_named(Some(&host_name))?, ..*ctx };
+    let primary_host = ctx.host_named(Some(ctx.config.host_of(&request.primary)))?;
+    let ctx = &sb_ctx;
     let storage = request
         .storage
         .clone()
         .or_else(|| configured.map(|c| c.storage.clone()))
-        .unwrap_or_else(|| super::default_storage(&ctx.config.controller.state_dir, name));
+        .unwrap_or_else(|| super::default_storage(ctx.config, &host_name, name));
     let autorestore = request.autorestore.or(configured.map(|c| c.autorestore)).unwrap_or(true);
 
     let lock = EnvLock::acquire(&ctx.config.controller.state_dir, name, "standby create")?;
@@ -85,11 +97,15 @@ pub fn create(ctx: &OpContext<'_>, request: &CreateRequest) -> Result<CreateRepo
         if existing.primary != request.primary {
             return Err(bad(format!("it is a standby of '{}'", existing.primary)));
         }
+        if existing.host != host_name {
+            return Err(bad(format!("it is on host {}", existing.host)));
+        }
         ctx.note(format!("standby {name} of {} exists already: nothing to do", existing.primary));
         return Ok(CreateReport {
             standby: name.clone(),
             primary: existing.primary.clone(),
             created: false,
+            host: existing.host.clone(),
             storage: existing.storage.clone(),
             autorestore: existing.autorestore,
             domains: existing.resources.domains.clone(),
@@ -101,7 +117,7 @@ pub fn create(ctx: &OpContext<'_>, request: &CreateRequest) -> Result<CreateRepo
     }
 
     let journal = Journal::begin(ctx.catalog, OperationKind::StandbyCreate, name, ctx.clock.now())?;
-    let mut run = Run { ctx, journal };
+    let mut run = Run { ctx, journal, primary_host };
     let made = run.execute(&request.primary, primary, name, &storage, autorestore);
     let resources = match made {
         Ok(resources) => {
@@ -128,6 +144,7 @@ pub fn create(ctx: &OpContext<'_>, request: &CreateRequest) -> Result<CreateRepo
         standby: name.clone(),
         primary: request.primary.clone(),
         created: true,
+        host: host_name,
         storage,
         autorestore,
         domains: resources.domains,
@@ -139,9 +156,12 @@ pub fn create(ctx: &OpContext<'_>, request: &CreateRequest) -> Result<CreateRepo
 }
 
 struct Run<'r, 'c> {
+    /// Its host is SB's.
     ctx: &'r OpContext<'c>,
     /// Consumed by the commit or the rollback, which end the run.
     journal: Journal<'c>,
+    /// Where the primary's domains and networks are.
+    primary_host: &'c dyn Host,
 }
 
 impl<'r, 'c> Journaled<'r, 'c> for Run<'r, 'c> {
@@ -189,6 +209,7 @@ impl Run<'_, '_> {
         let record = StandbyRecord {
             name: name.to_owned(),
             primary: primary_name.to_owned(),
+            host: ctx.host.name().to_owned(),
             storage: storage.to_owned(),
             autorestore,
             created_at: ctx.clock.now(),
@@ -228,8 +249,8 @@ impl Run<'_, '_> {
                     return Err(StandbyError::InspectDomain { vm: vm.clone(), domain, source: Box::new(source) })
                 }
             }
-            let def = ctx
-                .host
+            let def = self
+                .primary_host
                 .hypervisor()
                 .domain(&config.domain)
                 .map_err(|source| StandbyError::InspectDomain {
@@ -259,10 +280,9 @@ impl Run<'_, '_> {
 
     /// One isolated copy of each source network, one step each.
     fn create_networks(&mut self, name: &str, sources: Vec<String>) -> Result<Vec<ClonedNetwork>, StandbyError> {
-        let ctx = self.ctx;
         let mut networks = Vec::new();
         for source in sources {
-            ctx.host
+            self.primary_host
                 .hypervisor()
                 .network(&source)
                 .map_err(|e| StandbyError::InspectNetwork { network: source.clone(), source: Box::new(e) })?;
@@ -337,9 +357,11 @@ impl Run<'_, '_> {
             let to = dir.join(format!("{name}.nvram.fd"));
             let undo = UndoAction::DeleteFile { path: to.clone() };
             self.step(&format!("copy the NVRAM of {vm}"), undo, |run| {
-                let storage = run.ctx.host.storage();
-                storage.remove(&to)?;
-                storage.copy_file(&from, &to).map(drop).map_err(StandbyError::from)
+                run.ctx.host.storage().remove(&to)?;
+                let (from, to) = (At::new(run.primary_host, &from), At::new(run.ctx.host, &to));
+                transfer::copy_file(run.ctx.config, from, to, &|_, _| {}).map(drop).map_err(|source| {
+                    StandbyError::Ship { vm: vm.clone(), disk: "nvram".into(), step: "copy", source: Box::new(source) }
+                })
             })?;
             def.set_nvram(&to);
             files.push(to);

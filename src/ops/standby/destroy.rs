@@ -34,7 +34,6 @@ pub struct DestroyReport {
 
 /// Destroys the standby `name`; see the module documentation.
 pub fn destroy(ctx: &OpContext<'_>, name: &str) -> Result<DestroyReport, StandbyError> {
-    let transfer = ctx.host.storage();
     let started = Instant::now();
     let _lock = EnvLock::acquire(&ctx.config.controller.state_dir, name, "standby destroy")?;
     let mut report = DestroyReport {
@@ -50,6 +49,9 @@ pub fn destroy(ctx: &OpContext<'_>, name: &str) -> Result<DestroyReport, Standby
         ctx.note(format!("no standby named {name}: nothing to destroy"));
         return Ok(report);
     };
+    let sb_ctx = super::on_its_host(ctx, &record)?;
+    let ctx = &sb_ctx;
+    let transfer = ctx.host.storage();
     super::sync::refuse_active_side(ctx, &record)?;
     report.existed = true;
     report.primary = Some(record.primary.clone());

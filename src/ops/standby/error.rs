@@ -86,6 +86,18 @@ pub enum StandbyError {
         #[source]
         source: Box<StorageError>,
     },
+    /// Copying one disk's data to the standby's host failed.
+    #[error("{step} of VM '{vm}' disk {disk}")]
+    Ship {
+        vm: String,
+        disk: String,
+        step: &'static str,
+        #[source]
+        source: Box<crate::host::ship::ShipError>,
+    },
+    /// The primary's or the standby's host cannot be used.
+    #[error(transparent)]
+    Host(Box<crate::host::HostError>),
     /// What was written does not match what was read.
     #[error("verify VM '{vm}' disk {disk}: {} {detail}", path.display())]
     Verify { vm: String, disk: String, path: PathBuf, detail: String },
@@ -114,6 +126,8 @@ impl Failure for StandbyError {
             {
                 ExitCode::Unreachable
             }
+            StandbyError::Host(e) if matches!(**e, crate::host::HostError::Unknown(_)) => ExitCode::NotFound,
+            StandbyError::Host(_) => ExitCode::Unreachable,
             StandbyError::CleanupFailed { cause, .. } => cause.exit_code(),
             _ => ExitCode::Failed,
         }
@@ -156,6 +170,8 @@ impl Failure for StandbyError {
             | StandbyError::InspectNetwork { source, .. }
             | StandbyError::DefineNetwork { source, .. }
             | StandbyError::DefineDomain { source, .. } => source.hint(),
+            StandbyError::Ship { source, .. } => source.hint(),
+            StandbyError::Host(e) => e.hint(),
             StandbyError::Transfer { .. } => {
                 Some("check free space on the standby's storage; nothing of the standby changed, sync again".into())
             }
@@ -187,5 +203,11 @@ impl OperationError for StandbyError {
 impl From<StorageError> for StandbyError {
     fn from(error: StorageError) -> Self {
         StandbyError::Storage(Box::new(error))
+    }
+}
+
+impl From<crate::host::HostError> for StandbyError {
+    fn from(error: crate::host::HostError) -> Self {
+        StandbyError::Host(Box::new(error))
     }
 }

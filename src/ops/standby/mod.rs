@@ -100,6 +100,7 @@ pub use self::error::StandbyError;
 pub use self::sync::{sync, SyncMode, SyncReport};
 
 use crate::hypervisor::NetworkDef;
+use crate::ops::context::OpContext;
 
 /// How long a sync waits for the primary's lock (a snapshot, or the delete
 /// retention runs right after it) before it gives up as busy.
@@ -122,9 +123,43 @@ pub(crate) fn overlay_copy_path(storage: &Path, standby: &str, vm: &str, disk: &
     storage.join(vm).join(format!("{standby}.{disk}.from-{image}.qcow2"))
 }
 
-/// The standby's default storage: `<state_dir>/standbys/<SB>`.
-pub fn default_storage(state_dir: &Path, standby: &str) -> PathBuf {
-    state_dir.join("standbys").join(standby)
+/// Where a full copy for `standby` is flattened on its primary's host
+/// before it is shipped: next to the primary's snapshots of `vm`.
+pub(crate) fn scratch_path(
+    config: &crate::config::Config,
+    primary: &str,
+    standby: &str,
+    vm: &str,
+    disk: &str,
+) -> PathBuf {
+    let dir = config.environments.get(primary).map_or_else(
+        || config.controller.state_dir.join("images").join(primary),
+        |env| env.storage_dir(config, primary),
+    );
+    dir.join(vm).join(format!(".ship-{standby}.{disk}.qcow2"))
+}
+
+/// The default storage of standby `standby` on host `host`: `standbys/<SB>`
+/// under that host's `storage` (the controller's `state_dir` for `local`).
+pub fn default_storage(config: &crate::config::Config, host: &str, standby: &str) -> PathBuf {
+    config.hosts.get(host).map_or(&config.controller.state_dir, |h| &h.storage).join("standbys").join(standby)
+}
+
+/// `ctx` on the host `standby` lives on: what every standby operation
+/// changes is there (its primary is reached through `ctx.hosts`).
+pub(crate) fn on_its_host<'c>(
+    ctx: &OpContext<'c>,
+    standby: &crate::catalog::StandbyRecord,
+) -> Result<OpContext<'c>, StandbyError> {
+    Ok(OpContext { host: ctx.host_named(Some(&standby.host))?, ..*ctx })
+}
+
+/// The host the primary of `standby` runs on.
+pub(crate) fn primary_host<'c>(
+    ctx: &OpContext<'c>,
+    standby: &crate::catalog::StandbyRecord,
+) -> Result<&'c dyn crate::host::Host, StandbyError> {
+    Ok(ctx.host_named(Some(ctx.config.host_of(&standby.primary)))?)
 }
 
 /// A standby's lag: the age of its newest restored point, the RPO now.

@@ -14,7 +14,7 @@
 //! images and record` (undo: finish it, see `undo.rs`).
 
 use std::collections::BTreeMap;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 use chrono::{DateTime, Utc};
@@ -25,11 +25,12 @@ use crate::catalog::{
     Dependent, Image, ImageFormat, ImageId, ImageKind, NewStandbySync, OperationKind, Snapshot, StandbyRecord,
     SyncedDisk, UndoAction,
 };
-use crate::host::Storage;
+use crate::host::{Host, Storage, StorageError};
 use crate::hypervisor::HvError;
 use crate::ops::context::OpContext;
 use crate::ops::journal::{Journal, Journaled};
 use crate::ops::snapshot::snapshot_dependent;
+use crate::ops::transfer::{self, At};
 use crate::ops::EnvLock;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -127,7 +128,6 @@ pub struct FinishPlan {
 
 /// Brings `standby` to its primary's newest complete snapshot.
 pub fn sync(ctx: &OpContext<'_>, standby: &str) -> Result<SyncReport, StandbyError> {
-    let transfer = ctx.host.storage();
     let started = Instant::now();
     let started_at = ctx.clock.now();
     let state_dir = &ctx.config.controller.state_dir;
@@ -142,6 +142,10 @@ pub fn sync(ctx: &OpContext<'_>, standby: &str) -> Result<SyncReport, StandbyErr
     if let Some(snapshot) = &record.merging {
         return Err(StandbyError::MergePending { standby: standby.to_owned(), snapshot: snapshot.clone() });
     }
+    let sb_ctx = super::on_its_host(ctx, &record)?;
+    let primary_host = super::primary_host(ctx, &record)?;
+    let ctx = &sb_ctx;
+    let transfer = ctx.host.storage();
     refuse_active_side(ctx, &record)?;
     check_shut_off(ctx, &record)?;
 
@@ -156,7 +160,7 @@ pub fn sync(ctx: &OpContext<'_>, standby: &str) -> Result<SyncReport, StandbyErr
         .catalog
         .live_snapshot(&record.primary)?
         .ok_or_else(|| StandbyError::NoSnapshot { env: record.primary.clone(), standby: standby.to_owned() })?;
-    let (mut disks, reads) = plan(ctx, transfer, &record, &snapshot)?;
+    let (mut disks, reads) = plan(ctx, primary_host.storage(), &record, &snapshot)?;
     let report = |disks: &[DiskPlan], mode, bytes| SyncReport {
         standby: standby.to_owned(),
         primary: record.primary.clone(),
@@ -179,7 +183,7 @@ pub fn sync(ctx: &OpContext<'_>, standby: &str) -> Result<SyncReport, StandbyErr
         record.primary
     ));
     let journal = Journal::begin(ctx.catalog, OperationKind::StandbySync, standby, ctx.clock.now())?;
-    let mut run = Run { ctx, journal, transfer, standby };
+    let mut run = Run { ctx, journal, transfer, primary_host, primary_env: &record.primary, standby };
     let result = (|| {
         let dependent = Dependent::standby_named(standby);
         run.step("pin the images the sync reads", undo::restore_pins(standby), |run| {
@@ -258,7 +262,7 @@ fn check_shut_off(ctx: &OpContext<'_>, record: &StandbyRecord) -> Result<(), Sta
 /// full; and every image the sync reads.
 fn plan(
     ctx: &OpContext<'_>,
-    transfer: &dyn Storage,
+    primary: &dyn Storage,
     record: &StandbyRecord,
     snapshot: &Snapshot,
 ) -> Result<(Vec<DiskPlan>, Vec<ImageId>), StandbyError> {
@@ -281,7 +285,7 @@ fn plan(
                 disk: disk.disk.clone(),
             });
         };
-        if !transfer.exists(&top.path)? {
+        if !primary.exists(&top.path)? {
             return Err(StandbyError::ImageMissing {
                 vm: disk.vm.clone(),
                 disk: disk.disk.clone(),
@@ -290,7 +294,7 @@ fn plan(
         }
         let chain = catalog.chain(top.id)?;
         let position = disk.source_image.and_then(|id| chain.iter().position(|image| image.id == id));
-        let have_target = transfer.exists(&disk.path)?;
+        let have_target = ctx.host.storage().exists(&disk.path)?;
         let mut plan = DiskPlan {
             vm: disk.vm.clone(),
             disk: disk.disk.clone(),
@@ -351,7 +355,11 @@ struct Run<'r, 'c> {
     ctx: &'r OpContext<'c>,
     /// Consumed by the commit or the rollback, which end the run.
     journal: Journal<'c>,
+    /// SB's host's.
     transfer: &'r dyn Storage,
+    /// Where the primary's images are read.
+    primary_host: &'r dyn Host,
+    primary_env: &'r str,
     standby: &'r str,
 }
 
@@ -383,36 +391,26 @@ impl Run<'_, '_> {
                 move |source| StandbyError::Transfer { vm, disk, step, source: Box::new(source) }
             };
             if let Some(staged) = plan.staged.clone() {
-                let source = plan.source_path.clone();
-                let name = format!("copy {vm}/{disk} in full (snapshot {})", snapshot.name);
-                let bytes = self.step(&name, undo::drop_copy(self.standby, &staged), |run| {
-                    // Left by an interrupted sync that was rolled back: garbage.
-                    run.transfer.remove(&staged).map_err(transfer_error("remove a stale copy"))?;
-                    run.transfer.copy_full(&source, &staged, &|_| {}).map_err(transfer_error("copy in full"))
-                })?;
-                hit_once(&mut first, "copy");
-                let sha256 = self.step(&format!("verify {vm}/{disk}"), UndoAction::Nothing, |run| {
-                    let same = run.transfer.same_content(&source, &staged).map_err(transfer_error("compare"))?;
-                    if !same {
-                        return Err(StandbyError::Verify {
-                            vm: vm.clone(),
-                            disk: disk.clone(),
-                            path: staged.clone(),
-                            detail: format!("does not read like {}", source.display()),
-                        });
-                    }
-                    run.transfer.sha256(&staged).map_err(transfer_error("checksum"))
-                })?;
-                plan.bytes = bytes;
-                plan.sha256 = Some(sha256);
+                if transfer::same_host(self.primary_host, self.ctx.host) {
+                    self.copy_full_here(plan, &staged, snapshot, &mut first)?;
+                } else {
+                    self.ship_full(plan, &staged, snapshot, &mut first)?;
+                }
                 continue;
             }
             for index in 0..plan.overlays.len() {
                 let overlay = plan.overlays[index].clone();
                 let name = format!("copy {vm}/{disk} overlay {}", overlay.source.display());
+                let progress = self.ctx.progress_of(&name);
                 let copied = self.step(&name, undo::drop_copy(self.standby, &overlay.copy), |run| {
                     run.transfer.remove(&overlay.copy).map_err(transfer_error("remove a stale copy"))?;
-                    run.transfer.copy_file(&overlay.source, &overlay.copy).map_err(transfer_error("copy an overlay"))
+                    let (from, to) = (At::new(run.primary_host, &overlay.source), At::new(run.ctx.host, &overlay.copy));
+                    transfer::copy_file(run.ctx.config, from, to, &progress).map_err(|source| StandbyError::Ship {
+                        vm: vm.clone(),
+                        disk: disk.clone(),
+                        step: "copy an overlay",
+                        source: Box::new(source),
+                    })
                 })?;
                 hit_once(&mut first, "copy");
                 self.step(
@@ -442,6 +440,87 @@ impl Run<'_, '_> {
         Ok(())
     }
 
+    /// On one host: a full copy of the snapshot's chain, verified by
+    /// reading both.
+    fn copy_full_here(
+        &mut self,
+        plan: &mut DiskPlan,
+        staged: &Path,
+        snapshot: &Snapshot,
+        first: &mut bool,
+    ) -> Result<(), StandbyError> {
+        let (vm, disk) = (plan.vm.clone(), plan.disk.clone());
+        let transfer_error = transfer_error(&vm, &disk);
+        let source = plan.source_path.clone();
+        let name = format!("copy {vm}/{disk} in full (snapshot {})", snapshot.name);
+        let bytes = self.step(&name, undo::drop_copy(self.standby, staged), |run| {
+            // Left by an interrupted sync that was rolled back: garbage.
+            run.transfer.remove(staged).map_err(transfer_error("remove a stale copy"))?;
+            run.transfer.copy_full(&source, staged, &|_| {}).map_err(transfer_error("copy in full"))
+        })?;
+        hit_once(first, "copy");
+        let sha256 = self.step(&format!("verify {vm}/{disk}"), UndoAction::Nothing, |run| {
+            let same = run.transfer.same_content(&source, staged).map_err(transfer_error("compare"))?;
+            if !same {
+                return Err(StandbyError::Verify {
+                    vm: vm.clone(),
+                    disk: disk.clone(),
+                    path: staged.to_owned(),
+                    detail: format!("does not read like {}", source.display()),
+                });
+            }
+            run.transfer.sha256(staged).map_err(transfer_error("checksum"))
+        })?;
+        plan.bytes = bytes;
+        plan.sha256 = Some(sha256);
+        Ok(())
+    }
+
+    /// To another host: the snapshot's chain flattened on the primary's
+    /// host, shipped (verified by SHA-256 on both hosts), then checked on
+    /// SB's host by `qemu-img check`.
+    fn ship_full(
+        &mut self,
+        plan: &mut DiskPlan,
+        staged: &Path,
+        snapshot: &Snapshot,
+        first: &mut bool,
+    ) -> Result<(), StandbyError> {
+        let (vm, disk) = (plan.vm.clone(), plan.disk.clone());
+        let transfer_error = transfer_error(&vm, &disk);
+        let source = plan.source_path.clone();
+        let scratch = super::scratch_path(self.ctx.config, self.primary_env, self.standby, &vm, &disk);
+        let name = format!("ship {vm}/{disk} in full to host {} (snapshot {})", self.ctx.host.name(), snapshot.name);
+        let progress = self.ctx.progress_of(&name);
+        let copied = self.step(&name, undo::drop_copy(self.standby, staged), |run| {
+            run.transfer.remove(staged).map_err(transfer_error("remove a stale copy"))?;
+            let (from, to) = (At::new(run.primary_host, &source), At::new(run.ctx.host, staged));
+            transfer::copy_full(run.ctx.config, from, &scratch, to, &progress).map_err(|source| StandbyError::Ship {
+                vm: vm.clone(),
+                disk: disk.clone(),
+                step: "ship in full",
+                source: Box::new(source),
+            })
+        })?;
+        hit_once(first, "copy");
+        self.step(&format!("verify {vm}/{disk}"), UndoAction::Nothing, |run| {
+            let problems = run.transfer.check(staged).map_err(transfer_error("check"))?;
+            if problems.is_empty() {
+                Ok(())
+            } else {
+                Err(StandbyError::Verify {
+                    vm: vm.clone(),
+                    disk: disk.clone(),
+                    path: staged.to_owned(),
+                    detail: format!("is not a sound image: {}", problems.join(", ")),
+                })
+            }
+        })?;
+        plan.bytes = copied.bytes;
+        plan.sha256 = Some(copied.sha256);
+        Ok(())
+    }
+
     fn roll_back(self, error: StandbyError) -> StandbyError {
         let (ctx, _transfer) = (self.ctx, self.transfer);
         let cause = crate::error::chain(&error);
@@ -451,6 +530,15 @@ impl Run<'_, '_> {
         } else {
             StandbyError::CleanupFailed { cause: Box::new(error), failures }
         }
+    }
+}
+
+/// A failure of one disk's `step` on SB's storage.
+fn transfer_error(vm: &str, disk: &str) -> impl Fn(&'static str) -> Box<dyn FnOnce(StorageError) -> StandbyError> {
+    let (vm, disk) = (vm.to_owned(), disk.to_owned());
+    move |step| {
+        let (vm, disk) = (vm.clone(), disk.clone());
+        Box::new(move |source| StandbyError::Transfer { vm, disk, step, source: Box::new(source) })
     }
 }
 
@@ -464,12 +552,14 @@ fn hit_once(first: &mut bool, point: &str) {
 /// records SB at the plan's snapshot (pins moved) and removes the copies.
 /// Idempotent: what `recover` runs to finish an interrupted merge.
 pub(crate) fn finish(ctx: &OpContext<'_>, plan: &FinishPlan) -> Result<(), StandbyError> {
-    let transfer = ctx.host.storage();
     let catalog = ctx.catalog;
     let Some(record) = catalog.standby_named(&plan.standby)? else {
         ctx.note(format!("standby {} is gone: nothing to finish", plan.standby));
         return Ok(());
     };
+    let sb_ctx = super::on_its_host(ctx, &record)?;
+    let ctx = &sb_ctx;
+    let transfer = ctx.host.storage();
     let recorded = record.merging.is_none()
         && record.snapshot.as_deref() == Some(plan.snapshot.as_str())
         && plan.disks.iter().all(|d| {

@@ -4,7 +4,7 @@
 //! destroy leaves nothing.
 
 use std::collections::BTreeMap;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 
 use chrono::{DateTime, TimeZone, Utc};
@@ -124,6 +124,7 @@ impl Harness {
             name: "sb".into(),
             storage: Some(self.storage.clone()),
             autorestore: None,
+            host: None,
         };
         self.with_transfer(transfer, |ctx| create(ctx, &request))
     }
@@ -174,7 +175,8 @@ fn create_defines_shut_off_domains_on_isolated_networks_and_keeps_the_primarys_m
 #[test]
 fn create_refuses_a_name_taken_by_an_environment() {
     let h = Harness::new();
-    let request = CreateRequest { primary: "demo".into(), name: "demo".into(), storage: None, autorestore: None };
+    let request =
+        CreateRequest { primary: "demo".into(), name: "demo".into(), storage: None, autorestore: None, host: None };
 
     let error = h.with_transfer(&h.transfer(), |ctx| create(ctx, &request)).unwrap_err();
 
@@ -371,4 +373,79 @@ fn the_undo_of_an_interrupted_merge_finishes_it() {
     assert_eq!(transfer.content(&db).unwrap(), format!("full(/images/db.qcow2)+copy({})", overlay.display()));
     assert_eq!(transfer.files().len(), 2, "{:?}", transfer.files());
     assert_eq!(h.pinned(), h.images_of(&s2));
+}
+
+/// A standby on host `b`: its domains and networks on b's libvirt, its
+/// images shipped from the primary's host and merged on b.
+#[test]
+fn a_standby_on_another_host_is_defined_there_and_fed_by_shipments() {
+    let h = Harness::new();
+    let a_storage = FakeStorage::default().made_only("restore-").made_only(".ship-");
+    let b_hv = FakeHypervisor::new();
+    let b_storage = FakeStorage::presuming(Presume::Nothing);
+    let net = FakeNet::default();
+    let b = FakeHost::new(&b_hv, &b_storage, &net).named("b");
+    let on_b = |f: &dyn Fn(&OpContext<'_>) -> Result<(), StandbyError>| {
+        let events = &h.events;
+        let progress = |event: &Event| events.lock().unwrap().push(event.clone());
+        let clock = FixedClock(at(30));
+        let a = FakeHost::new(&h.hv, &a_storage, &net);
+        let hosts = crate::host::HostRegistry::new().with(&a).with(&b);
+        let ctx = OpContext {
+            config: &h.config,
+            host: &a,
+            hosts: &hosts,
+            catalog: &h.catalog,
+            progress: &progress,
+            clock: &clock,
+            interrupt: &h.interrupt,
+        };
+        f(&ctx)
+    };
+    let s1 = h.snapshot();
+    let request = CreateRequest {
+        primary: "demo".into(),
+        name: "sb".into(),
+        storage: Some("/b/sb".into()),
+        autorestore: None,
+        host: Some("b".into()),
+    };
+
+    on_b(&|ctx| {
+        let report = create(ctx, &request)?;
+        assert_eq!(report.host, "b");
+        assert_eq!(report.sync.unwrap().mode, SyncMode::Full);
+        Ok(())
+    })
+    .unwrap();
+
+    assert_eq!(h.catalog.standby_named("sb").unwrap().unwrap().host, "b");
+    assert!(b_hv.peek_domain("sb-web").is_some() && b_hv.peek_network("sb-net").is_some());
+    assert!(h.hv.peek_domain("sb-web").is_none() && h.hv.peek_network("sb-net").is_none(), "nothing on a");
+    let db = image_path(Path::new("/b/sb"), "sb", "db", "vda");
+    assert_eq!(b_storage.content(&db).unwrap(), "full(/images/db.qcow2)", "flattened on a, shipped to b");
+    let scratch = scratch_path(&h.config, "demo", "sb", "db", "vda");
+    assert!(a_storage.removed().contains(&scratch), "{:?}", a_storage.removed());
+    assert!(b_storage.calls().iter().any(|c| c.starts_with("check ")), "checked on b: {:?}", b_storage.calls());
+
+    let s2 = h.snapshot();
+    let events_before = h.events.lock().unwrap().len();
+    on_b(&|ctx| {
+        let report = sync(ctx, "sb")?;
+        assert_eq!((report.mode, report.previous.as_deref()), (SyncMode::Incremental, Some(s1.as_str())));
+        Ok(())
+    })
+    .unwrap();
+
+    assert!(b_storage.calls().iter().any(|c| c.starts_with("merge ") && c.ends_with(&db.display().to_string())));
+    assert!(a_storage.calls().iter().any(|c| c.starts_with("map ")), "the overlay shipped from a");
+    assert_eq!(h.catalog.standby_named("sb").unwrap().unwrap().snapshot.as_deref(), Some(s2.as_str()));
+    let progress = h.events.lock().unwrap()[events_before..]
+        .iter()
+        .any(|e| matches!(e, Event::Progress { step, permille: 1000 } if step.contains("overlay")));
+    assert!(progress, "a shipment reports its progress");
+    let _ = s2;
+
+    on_b(&|ctx| destroy(ctx, "sb").map(drop)).unwrap();
+    assert!(b_hv.peek_domain("sb-web").is_none() && b_hv.peek_network("sb-net").is_none());
 }

@@ -17,9 +17,8 @@
 
 use serde::{Deserialize, Serialize};
 
-use crate::catalog::{Catalog, UndoAction};
+use crate::catalog::UndoAction;
 use crate::error::chain as error_chain;
-use crate::host::Storage;
 use crate::ops::context::OpContext;
 
 pub const UNDO_RESTORE_PINS: &str = "standby-restore-pins";
@@ -68,7 +67,6 @@ pub fn describe(kind: &str, data: &serde_json::Value) -> String {
 
 /// Undoes one standby step; an error says what is left.
 pub fn undo_action(ctx: &OpContext<'_>, action: &UndoAction) -> Result<String, String> {
-    let transfer = ctx.host.storage();
     let (kind, data) = match action {
         UndoAction::Nothing => return Ok("nothing to undo".into()),
         UndoAction::Custom { kind, data } => (kind, data),
@@ -87,7 +85,7 @@ pub fn undo_action(ctx: &OpContext<'_>, action: &UndoAction) -> Result<String, S
         UNDO_DROP_COPY => {
             let copy: DropCopy =
                 serde_json::from_value(data.clone()).map_err(|e| format!("bad {kind} data {data}: {e}"))?;
-            drop_copy_unless_merging(catalog, transfer, &copy)
+            drop_copy_unless_merging(ctx, &copy)
         }
         UNDO_FINISH_SYNC => {
             let plan: super::sync::FinishPlan =
@@ -104,8 +102,14 @@ pub fn undo_action(ctx: &OpContext<'_>, action: &UndoAction) -> Result<String, S
     }
 }
 
-fn drop_copy_unless_merging(catalog: &Catalog, transfer: &dyn Storage, copy: &DropCopy) -> Result<String, String> {
-    let record = catalog.standby_named(&copy.standby).map_err(|e| format!("catalog: {}", error_chain(&e)))?;
+/// The copy is on SB's host (the context's, if SB is not recorded).
+fn drop_copy_unless_merging(ctx: &OpContext<'_>, copy: &DropCopy) -> Result<String, String> {
+    let record = ctx.catalog.standby_named(&copy.standby).map_err(|e| format!("catalog: {}", error_chain(&e)))?;
+    let host = match &record {
+        Some(record) => ctx.host_named(Some(&record.host)).map_err(|e| error_chain(&e))?,
+        None => ctx.host,
+    };
+    let transfer = host.storage();
     if let Some(snapshot) = record.and_then(|r| r.merging) {
         return Ok(format!(
             "{} kept: standby {} is being merged to snapshot {snapshot}, which needs it",

@@ -114,7 +114,7 @@ pub(super) fn carry(
     for domain in &standby.resources.domains {
         for disk in standby.disks.iter().filter(|d| d.vm == domain.vm) {
             let top = live_top(ctx, &domain.domain, &disk.disk)?;
-            let home_dir = primary.storage_dir(&ctx.config.controller, &standby.primary).join(&disk.vm);
+            let home_dir = primary.storage_dir(ctx.config, &standby.primary).join(&disk.vm);
             let plan = plan_disk(ctx, standby, disk, &top, &home_dir)?;
             let entry = carried.entry((disk.vm.clone(), disk.disk.clone())).or_default();
             entry.standby_top = top.clone();
