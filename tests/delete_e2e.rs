@@ -470,7 +470,7 @@ fn states(lab: &LabUnderTest) -> Vec<(String, String)> {
 fn storage_files(lab: &LabUnderTest) -> Vec<PathBuf> {
     let config = lab.config();
     let mut files = Vec::new();
-    let mut dirs = vec![config.environments["demo"].storage_dir(&config.controller, "demo")];
+    let mut dirs = vec![config.environments["demo"].storage_dir(&config, "demo")];
     while let Some(dir) = dirs.pop() {
         for entry in std::fs::read_dir(&dir).into_iter().flatten().flatten() {
             if entry.path().is_dir() {

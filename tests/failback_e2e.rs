@@ -95,7 +95,7 @@ fn the_home_sync_carries_what_sb_wrote_home_while_it_serves(lab: &LabUnderTest) 
     assert_eq!(home["snapshot"], name.as_str(), "the snapshot taken on sb is all home: {home:#}");
     let copied = home["copied"].as_array().unwrap();
     assert!(!copied.is_empty() && home["bytes"].as_u64().unwrap() > 0, "{home:#}");
-    let storage = lab.config().environments["demo"].storage_dir(&lab.config().controller, "demo");
+    let storage = lab.config().environments["demo"].storage_dir(&lab.config(), "demo");
     let sb_storage = lab.config().controller.state_dir.join("standbys").join(SB);
     for copy in copied {
         let (path, from) = (copy["path"].as_str().unwrap(), copy["from"].as_str().unwrap());
@@ -174,7 +174,7 @@ fn the_failback_brings_demo_home_with_what_sb_wrote(lab: &LabUnderTest, sb_macs:
     assert!(report["bytes_home_before"].as_u64().unwrap() > 0, "the home sync's copies were taken: {report:#}");
     let page = wait_for_web_page(&lab.netns(), ON_SB);
     assert!(page.contains(BEFORE), "{page}");
-    let storage = lab.config().environments["demo"].storage_dir(&lab.config().controller, "demo");
+    let storage = lab.config().environments["demo"].storage_dir(&lab.config(), "demo");
     for domain in ["demo-web", "demo-db"] {
         let found = hv.domain(domain).unwrap();
         assert_eq!(found.state, DomainState::Running, "{domain} serves");

@@ -598,7 +598,7 @@ fn sources(lab: &LabUnderTest) -> BTreeMap<(String, String), PathBuf> {
 
 fn storage_dir(lab: &LabUnderTest) -> PathBuf {
     let config = lab.config();
-    config.environments["demo"].storage_dir(&config.controller, "demo")
+    config.environments["demo"].storage_dir(&config, "demo")
 }
 
 fn snapshot_state(lab: &LabUnderTest, name: &str) -> String {

@@ -324,7 +324,7 @@ fn agent_down_config(lab: &LabUnderTest) -> PathBuf {
 /// Every file under the environment's snapshot storage.
 fn storage_files(lab: &LabUnderTest) -> Vec<PathBuf> {
     let config = lab.config();
-    let storage = config.environments["demo"].storage_dir(&config.controller, "demo");
+    let storage = config.environments["demo"].storage_dir(&config, "demo");
     let mut files = Vec::new();
     let mut dirs = vec![storage];
     while let Some(dir) = dirs.pop() {
