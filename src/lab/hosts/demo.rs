@@ -8,8 +8,8 @@ use super::machine::Machine;
 use super::STORAGE;
 use crate::config::DomainType;
 use crate::hypervisor::{DomainState, HvError, Hypervisor, LibvirtHypervisor};
-use crate::lab::topology::{KernelFiles, LabVm, VMS};
-use crate::lab::{ensure_network, image, keys, LabError};
+use crate::lab::topology::{self, KernelFiles, LabVm, VMS};
+use crate::lab::{ensure_network, host, image, keys, LabError};
 use std::fs;
 use std::path::{Path, PathBuf};
 
@@ -48,6 +48,10 @@ pub fn place(machine: &Machine, parts: &Ingredients<'_>) -> Result<Vec<&'static 
     fs::create_dir_all(&console_dir).map_err(|source| LabError::io("create", &console_dir, source))?;
     let base = copy_base(machine, parts.root_image)?;
     ensure_network(&hv)?;
+    // A host's own networks come back with it (`host-up`), as on a real
+    // host; then libvirt's autostart decides which domains start.
+    let uri = machine.libvirt().uri();
+    host::run("virsh", &["-q", "-c", &uri, "net-autostart", topology::NETWORK])?;
     let mut stale = Vec::new();
     for (vm, key) in VMS.iter().zip(parts.guest_keys) {
         if ensure_vm(machine, &hv, vm, &base, key, parts)? {

@@ -3,6 +3,13 @@
 //! bucket (`tc ... tbf`) on both ends of a host's link when it is shaped.
 //! Nothing forwards between them: the root namespace's ip_forward stays as
 //! it was, and each /30 is only reachable from its two ends.
+//!
+//! The root namespace also gets an `unreachable` route for the lab's whole
+//! /24: while a host's link is down its /30 route is gone, and without it a
+//! packet to the host would follow the default route out of the machine.
+//! With it, a connection to a host that is down fails at once with "no
+//! route to host" (what a dead host on the same LAN gives after ARP gives
+//! up) and never leaves the machine.
 
 use super::addressing::{Addressing, LINK_PREFIX, UPLINK};
 use super::HOST_NAMES;
@@ -63,6 +70,7 @@ impl fmt::Display for LinkRate {
 /// and brings every end up (a host taken down keeps its link down until
 /// `host-up` or `lab up`).
 pub fn ensure(plan: &Addressing) -> Result<(), LabError> {
+    ip(None, &["route", "replace", "unreachable", &lab_subnet(plan)])?;
     for host in HOST_NAMES {
         ensure_uplink(plan, host)?;
     }
@@ -105,6 +113,7 @@ fn ensure_peer_link(plan: &Addressing) -> Result<(), LabError> {
 /// link and its own end of the link to the other host. A host that lost
 /// power answers neither the controller nor its peer.
 pub fn set_host_links(plan: &Addressing, host: &str, up: bool) -> Result<(), LabError> {
+    ip(None, &["route", "replace", "unreachable", &lab_subnet(plan)])?;
     let device = plan.controller_device(host);
     if device_exists(None, &device) {
         set_up(None, &device, up)?;
@@ -114,6 +123,21 @@ pub fn set_host_links(plan: &Addressing, host: &str, up: bool) -> Result<(), Lab
     let netns = plan.netns(host);
     if device_exists(Some(&netns), &own_end) {
         set_up(Some(&netns), &own_end, up)?;
+    }
+    Ok(())
+}
+
+/// The lab's /24, e.g. `10.253.7.0/24`.
+fn lab_subnet(plan: &Addressing) -> String {
+    format!("{}/24", plan.subnet())
+}
+
+/// Removes the lab's `unreachable` route, last of all its links.
+pub fn remove_guard_route(plan: &Addressing) -> Result<(), LabError> {
+    let subnet = lab_subnet(plan);
+    let listing = host::run("ip", &["route", "show", "type", "unreachable", &subnet])?;
+    if !listing.trim().is_empty() {
+        ip(None, &["route", "del", "unreachable", &subnet])?;
     }
     Ok(())
 }
@@ -131,6 +155,35 @@ pub fn remove(plan: &Addressing, host: &str) -> Result<(), LabError> {
         ip(Some(&netns), &["link", "del", "dev", &own_end])?;
     }
     Ok(())
+}
+
+/// What a boot starts without: every device in the host's namespace but
+/// loopback and its links (the bridges its libvirtd made before a power
+/// loss would otherwise make its networks "already in use").
+pub fn clear_host_devices(plan: &Addressing, host: &str) -> Result<(), LabError> {
+    let netns = plan.netns(host);
+    if !Path::new("/run/netns").join(&netns).exists() {
+        return Ok(());
+    }
+    let peer = plan.peer_link();
+    let keep = ["lo", UPLINK, peer.a_device.as_str(), peer.b_device.as_str()];
+    let listing = host::run("ip", &["-n", &netns, "-o", "link", "show"])?;
+    for device in device_names(&listing) {
+        if !keep.contains(&device.as_str()) {
+            ip(Some(&netns), &["link", "del", "dev", &device])?;
+        }
+    }
+    Ok(())
+}
+
+/// Device names of an `ip -o link show` listing (`3: ecdemo0: <...` or
+/// `5: uplink@if6: <...`).
+fn device_names(listing: &str) -> Vec<String> {
+    listing
+        .lines()
+        .filter_map(|line| line.split(": ").nth(1))
+        .map(|name| name.split('@').next().unwrap_or(name).to_string())
+        .collect()
 }
 
 /// Whether the controller's end of the host's link is up.
@@ -273,6 +326,12 @@ mod tests {
         for bad in ["", "100", "mbit", "0mbit", "-5mbit", "1e3mbit", "fast", "100 mbit", "100mb"] {
             assert!(bad.parse::<RateSetting>().is_err(), "{bad:?}");
         }
+    }
+
+    #[test]
+    fn device_names_drop_the_peer_suffix() {
+        let listing = "1: lo: <LOOPBACK,UP> mtu 65536\n5: uplink@if6: <BROADCAST> mtu 1500\n7: ecdemo0: <NO-CARRIER>\n";
+        assert_eq!(device_names(listing), ["lo", "uplink", "ecdemo0"]);
     }
 
     #[test]

@@ -45,8 +45,12 @@ use std::time::Instant;
 pub const STORAGE: &str = "/srv/envclone";
 
 /// Tools a two-host lab needs beyond the one-host lab's.
-const HOST_TOOLS: &[(&str, &str)] =
-    &[("nsenter", "util-linux"), ("tc", "iproute2"), ("virt-ssh-helper", "libvirt-clients")];
+const HOST_TOOLS: &[(&str, &str)] = &[
+    ("nsenter", "util-linux"),
+    ("tc", "iproute2"),
+    ("virsh", "libvirt-clients"),
+    ("virt-ssh-helper", "libvirt-clients"),
+];
 
 /// How many hosts a lab has: one (the controller's own libvirtd runs
 /// `demo`) or two (`a` runs `demo`, `b` is empty, both remote).
@@ -222,7 +226,7 @@ impl<'l> LabHosts<'l> {
         let mut known_hosts = Vec::new();
         for machine in &machines {
             progress(&format!("host {}: storage, libvirtd, dropbear at {}", machine.name, machine.address));
-            let key = machine.start(parts.authorized_key)?;
+            let key = self.power_on(machine, parts.authorized_key)?;
             known_hosts.push((machine.address.to_string(), key.public_line));
         }
         let entries: Vec<(&str, u16, &str)> = known_hosts.iter().map(|(a, k)| (a.as_str(), 22, k.as_str())).collect();
@@ -235,6 +239,15 @@ impl<'l> LabHosts<'l> {
             reports.push(self.check_remote(machine)?);
         }
         Ok((stale, reports))
+    }
+
+    /// [`Machine::start`], from a clean slate when the host is off: a boot
+    /// finds none of the devices its libvirtd made before.
+    fn power_on(&self, machine: &Machine, authorized_key: &str) -> Result<keys::KeyPair, LabError> {
+        if !machine.libvirtd_running() {
+            link::clear_host_devices(&self.plan, &machine.name)?;
+        }
+        machine.start(authorized_key)
     }
 
     /// One `list` through the URI the config names: proves dropbear, the
@@ -307,7 +320,7 @@ impl<'l> LabHosts<'l> {
         }
         link::set_host_links(&self.plan, name, true)?;
         let client = keys::ensure_client_key(&self.lab.paths().client_key())?;
-        machine.start(&client.public_line)?;
+        self.power_on(&machine, &client.public_line)?;
         Ok(HostPowerReport { processes_killed: 0, host: self.host_status(&machine)? })
     }
 
@@ -332,7 +345,9 @@ impl<'l> LabHosts<'l> {
         if !self.present() {
             return Ok(Vec::new());
         }
-        self.machines()?.iter().map(|machine| self.remove(machine)).collect()
+        let removed = self.machines()?.iter().map(|machine| self.remove(machine)).collect::<Result<_, _>>()?;
+        link::remove_guard_route(&self.plan)?;
+        Ok(removed)
     }
 
     fn remove(&self, machine: &Machine) -> Result<HostDownReport, LabError> {
