@@ -89,9 +89,13 @@ impl LabError {
 }
 
 impl Failure for LabError {
+    /// Busy 3; a bad `--hosts` 2 (nothing done); a host the lab does not
+    /// have 4; every other failure 1.
     fn exit_code(&self) -> ExitCode {
         match self {
             LabError::Busy { .. } => ExitCode::Busy,
+            LabError::BadHostCount { .. } | LabError::HostCountMismatch { .. } => ExitCode::Usage,
+            LabError::UnknownHost { .. } | LabError::HostMissing { .. } => ExitCode::NotFound,
             _ => ExitCode::Failed,
         }
     }

@@ -437,6 +437,16 @@ mod tests {
     }
 
     #[test]
+    fn bad_host_counts_are_usage_errors_and_unknown_hosts_not_found() {
+        use crate::error::Failure;
+        use crate::exit::ExitCode;
+        assert_eq!(LabError::BadHostCount { asked: 3 }.exit_code(), ExitCode::Usage);
+        let mismatch = LabError::HostCountMismatch { lab: "l".into(), has: 1, asked: 2 };
+        assert_eq!(mismatch.exit_code(), ExitCode::Usage);
+        assert_eq!(LabError::UnknownHost { host: "c".into(), known: vec![] }.exit_code(), ExitCode::NotFound);
+    }
+
+    #[test]
     fn host_commands_on_a_one_host_lab_are_refused() {
         let labs = tempfile::tempdir().unwrap();
         let lab = Lab::new("t", labs.path(), labs.path()).unwrap();
