@@ -321,6 +321,15 @@ pub enum LabCommand {
     Status(LabArgs),
     /// Shell exports that point later commands at the lab.
     Env(LabArgs),
+    /// Power loss of one of a two-host lab's hosts: SIGKILL to its QEMUs,
+    /// libvirtd, virtlogd and dropbear, its links cut; nothing undefined.
+    HostDown(LabHostArgs),
+    /// Power a two-host lab's host back on: links, storage, libvirtd and
+    /// dropbear; libvirt's autostart decides which domains start.
+    HostUp(LabHostArgs),
+    /// Shape a two-host lab's host link in both directions (tc token
+    /// bucket; this kernel has no netem, so no delay or loss).
+    Link(LabLinkArgs),
     /// Measure stalls, clone times, memory capture and scale on the lab
     /// (minutes; a Markdown table on stdout, every figure in a JSON file).
     Bench(LabBenchArgs),
@@ -389,6 +398,31 @@ pub struct LabUpArgs {
     /// How long a guest may take to boot until its agent answers.
     #[arg(long, default_value = "240s", value_parser = humantime::parse_duration)]
     pub boot_timeout: std::time::Duration,
+    /// 1: demo on the lab's own libvirtd. 2: two remote hosts, `a` (demo)
+    /// and `b`, each with its own libvirtd, storage and SSH. Default: what
+    /// the lab was brought up with, else 1.
+    #[arg(long)]
+    pub hosts: Option<u8>,
+}
+
+#[derive(Debug, Args)]
+pub struct LabHostArgs {
+    #[command(flatten)]
+    pub lab: LabArgs,
+    /// The host: `a` or `b`.
+    pub host: String,
+}
+
+#[derive(Debug, Args)]
+pub struct LabLinkArgs {
+    #[command(flatten)]
+    pub lab: LabArgs,
+    /// The host whose link to the controller is shaped: `a` or `b`.
+    pub host: String,
+    /// A tc rate (`100mbit`, `1gbit`, `12.5mbps` for bytes/s), or `none`
+    /// to remove the shaping.
+    #[arg(long)]
+    pub rate: crate::lab::hosts::RateSetting,
 }
 
 #[derive(Debug, Args)]

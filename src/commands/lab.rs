@@ -1,10 +1,11 @@
-//! `envclone lab up | down | status | env | bench`.
+//! `envclone lab up | down | status | env | host-down | host-up | link | bench`.
 
 use super::Output;
 use crate::cli::{GlobalArgs, LabArgs, LabBenchArgs, LabCommand, LabUpArgs};
 use crate::config::DomainType;
 use crate::exit::ExitCode;
 use crate::lab::bench::{self, BenchError, BenchOptions, BenchReport, Family};
+use crate::lab::hosts::{HostCount, HostPowerReport, HostStatus, LinkReport};
 use crate::lab::{find_agent_binary, DownReport, Lab, LabError, LabStatus, UpOptions, UpReport};
 use crate::Result;
 
@@ -23,6 +24,21 @@ pub fn run(_global: &GlobalArgs, command: LabCommand, out: &Output) -> Result<Ex
         }
         LabCommand::Env(args) => {
             super::write_out(&open(&args)?.env_exports());
+            Ok(ExitCode::Ok)
+        }
+        LabCommand::HostDown(args) => {
+            let report = open(&args.lab)?.host_down(&args.host)?;
+            out.report(&report, |r| human_power("down", r));
+            Ok(ExitCode::Ok)
+        }
+        LabCommand::HostUp(args) => {
+            let report = open(&args.lab)?.host_up(&args.host)?;
+            out.report(&report, |r| human_power("up", r));
+            Ok(ExitCode::Ok)
+        }
+        LabCommand::Link(args) => {
+            let report = open(&args.lab)?.link(&args.host, &args.rate)?;
+            out.report(&report, human_link);
             Ok(ExitCode::Ok)
         }
         LabCommand::Bench(args) => run_bench(&args, out),
@@ -74,15 +90,23 @@ fn open(args: &LabArgs) -> Result<Lab> {
 
 fn up(args: &LabUpArgs, out: &Output) -> Result<ExitCode> {
     let lab = open(&args.lab)?;
-    // A lab brought up before keeps its domain type unless told otherwise.
-    let previous = crate::config::load(&lab.paths().config()).ok().and_then(|c| c.lab).map(|l| l.domain_type);
-    let domain_type = args.domain_type.map(DomainType::from).or(previous).unwrap_or(DomainType::Qemu);
+    // A lab brought up before keeps its domain type and its hosts unless
+    // told otherwise (and a lab never changes its number of hosts).
+    let previous = crate::config::load(&lab.paths().config()).ok();
+    let previous_type = previous.as_ref().and_then(|c| c.lab.as_ref()).map(|l| l.domain_type);
+    let domain_type = args.domain_type.map(DomainType::from).or(previous_type).unwrap_or(DomainType::Qemu);
+    let hosts = HostCount::resolve(lab.name(), args.hosts, previous.as_ref().map(HostCount::of))?;
     let options = UpOptions {
         domain_type,
         agent_binary: find_agent_binary(args.agent_bin.as_deref())?,
         boot_timeout: args.boot_timeout,
+        hosts,
     };
-    out.progress(&format!("bringing up lab '{}' ({domain_type} guests)", lab.name()));
+    let layout = match hosts {
+        HostCount::One => String::new(),
+        HostCount::Two => ", hosts a and b".to_string(),
+    };
+    out.progress(&format!("bringing up lab '{}' ({domain_type} guests{layout})", lab.name()));
     let report = lab.up(&options, &|line| out.progress(line))?;
     out.report(&report, human_up);
     Ok(ExitCode::Ok)
@@ -97,6 +121,12 @@ fn human_up(report: &UpReport) -> String {
         text.push_str(&format!(
             "  {:<4} {:<10} {:<12} agent {} answered after {:.1}s\n",
             vm.vm, vm.domain, vm.address, vm.agent_version, vm.ready_after
+        ));
+    }
+    for host in &report.hosts {
+        text.push_str(&format!(
+            "  host {} {:<14} namespace {}, libvirt over SSH answered in {:.1}s\n",
+            host.name, host.address, host.netns, host.libvirt_over_ssh_seconds
         ));
     }
     text.push_str(&format!(
@@ -127,7 +157,46 @@ fn human_status(status: &LabStatus) -> String {
     if !status.networks.is_empty() {
         text.push_str(&format!("  networks: {}\n", status.networks.join(", ")));
     }
+    for host in &status.hosts {
+        text.push_str(&human_host(host));
+    }
     text
+}
+
+fn human_host(host: &HostStatus) -> String {
+    let yes_no = |b: bool| if b { "yes" } else { "no" };
+    let mut text = format!(
+        "host {} ({}, namespace {}): libvirtd running: {}, ssh: {}, link: {}{}\n",
+        host.name,
+        host.address,
+        host.netns,
+        yes_no(host.libvirtd_running),
+        if host.ssh_up { "up" } else { "down" },
+        if host.link_up { "up" } else { "down" },
+        host.rate.as_ref().map(|rate| format!(", shaped to {rate}")).unwrap_or_default()
+    );
+    for domain in &host.domains {
+        text.push_str(&format!("  {:<12} {}\n", domain.name, domain.state));
+    }
+    text
+}
+
+fn human_power(action: &str, report: &HostPowerReport) -> String {
+    let killed = match report.processes_killed {
+        0 => String::new(),
+        n => format!(" ({n} processes killed)"),
+    };
+    format!("host {} is {action}{killed}\n{}", report.host.name, human_host(&report.host))
+}
+
+fn human_link(report: &LinkReport) -> String {
+    match &report.rate {
+        Some(rate) => format!(
+            "host {}'s link shaped to {rate} in both directions ({} and {})\n",
+            report.host, report.devices[0], report.devices[1]
+        ),
+        None => format!("host {}'s link is not shaped\n", report.host),
+    }
 }
 
 fn human_down(report: &DownReport) -> String {
@@ -137,6 +206,12 @@ fn human_down(report: &DownReport) -> String {
     }
     if !report.networks_removed.is_empty() {
         text.push_str(&format!("; networks: {}", report.networks_removed.join(", ")));
+    }
+    for host in &report.hosts_removed {
+        text.push_str(&format!("; host {}", host.name));
+        if !host.domains_removed.is_empty() {
+            text.push_str(&format!(" with {}", host.domains_removed.join(", ")));
+        }
     }
     if let Some(dir) = &report.dir_removed {
         text.push_str(&format!("; files under {}", dir.display()));

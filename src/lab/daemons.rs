@@ -4,15 +4,24 @@
 //! /var/lib/libvirt... A host whose own libvirtd runs keeps it untouched:
 //! the two never share a socket, a config, a domain or a network. The
 //! controller reaches the private one through its socket path.
+//!
+//! The same code runs each host of a two-host lab ([`super::hosts`]): an
+//! [`Instance`] is one such libvirt (its directory), and the host adds its
+//! own mounts (its storage, its `/root/.ssh`) to the script that starts the
+//! daemons, so they land in the daemons' mount namespace and nowhere else.
 
-use super::{host, paths::LabPaths, LabError};
+use super::{host, LabError};
 use crate::wait;
 use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
 use std::os::unix::net::UnixStream;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Duration;
+
+/// libvirtd answers within a second or two here; a slow machine under load
+/// gets the rest.
+const LIBVIRTD_READY_WITHIN: Duration = Duration::from_secs(30);
 
 /// (directory under the lab's libvirt dir, system path it replaces)
 const BIND_MOUNTS: &[(&str, &str)] = &[
@@ -30,42 +39,78 @@ const BIND_MOUNTS: &[(&str, &str)] = &[
 const QEMU_CONF: &str =
     "user = \"root\"\ngroup = \"root\"\ndynamic_ownership = 0\nremember_owner = 0\nsecurity_driver = \"none\"\n";
 
-pub fn is_running(paths: &LabPaths) -> bool {
-    live_pid(&paths.libvirtd_pid(), "libvirtd").is_some() && UnixStream::connect(paths.libvirt_socket()).is_ok()
+/// One private libvirt: the directory holding its config, state, socket,
+/// pid files and log.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Instance {
+    dir: PathBuf,
 }
 
-pub fn start(paths: &LabPaths, netns: &str) -> Result<(), LabError> {
-    if is_running(paths) {
+impl Instance {
+    pub fn new(dir: PathBuf) -> Self {
+        Instance { dir }
+    }
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+    pub fn socket(&self) -> PathBuf {
+        self.dir.join("run/libvirt-sock")
+    }
+    pub fn libvirtd_pid(&self) -> PathBuf {
+        self.dir.join("libvirtd.pid")
+    }
+    pub fn virtlogd_pid(&self) -> PathBuf {
+        self.dir.join("virtlogd.pid")
+    }
+    pub fn log(&self) -> PathBuf {
+        self.dir.join("daemons.log")
+    }
+    /// What only the lab itself uses: the socket, as a local path.
+    pub fn uri(&self) -> String {
+        format!("qemu:///system?socket={}", self.socket().display())
+    }
+    /// The running libvirtd, if any: the process whose namespaces the
+    /// instance's other processes (dropbear) join.
+    pub fn libvirtd(&self) -> Option<Pid> {
+        live_pid(&self.libvirtd_pid(), "libvirtd")
+    }
+}
+
+pub fn is_running(instance: &Instance) -> bool {
+    instance.libvirtd().is_some() && UnixStream::connect(instance.socket()).is_ok()
+}
+
+/// Starts virtlogd and libvirtd in `netns` and a private mount namespace,
+/// after `setup` (shell lines, run in that mount namespace first).
+pub fn start(instance: &Instance, netns: &str, setup: &str) -> Result<(), LabError> {
+    if is_running(instance) {
         return Ok(());
     }
     // A half-started instance (crash, killed lab) is cleared first.
-    stop(paths)?;
-    write_config(paths)?;
-    let script = start_script(paths)?;
-    let log = std::fs::File::create(paths.daemon_log())
-        .map_err(|source| LabError::io("create", &paths.daemon_log(), source))?;
-    let log_err = log.try_clone().map_err(|source| LabError::io("open", &paths.daemon_log(), source))?;
+    stop(instance)?;
+    write_config(instance)?;
+    let script = format!("{setup}{}", start_script(instance)?);
+    let log_path = instance.log();
+    let log = std::fs::File::create(&log_path).map_err(|source| LabError::io("create", &log_path, source))?;
+    let log_err = log.try_clone().map_err(|source| LabError::io("open", &log_path, source))?;
     host::run_command(
         Command::new("ip")
             .args(["netns", "exec", netns, "unshare", "--mount", "--propagation", "private", "sh", "-ec", &script])
             .stdout(log)
             .stderr(log_err),
     )?;
-    let socket = paths.libvirt_socket();
-    wait::until(
-        "the lab's libvirtd to accept connections",
-        Duration::from_secs(30),
-        Duration::from_millis(100),
-        || UnixStream::connect(&socket).map(Some),
-    )
-    .map_err(|e| LabError::DaemonStart { log: paths.daemon_log(), detail: e.to_string() })?;
+    let socket = instance.socket();
+    wait::until("the lab's libvirtd to accept connections", LIBVIRTD_READY_WITHIN, Duration::from_millis(100), || {
+        UnixStream::connect(&socket).map(Some)
+    })
+    .map_err(|e| LabError::DaemonStart { log: log_path, detail: e.to_string() })?;
     Ok(())
 }
 
 /// Stops both daemons (SIGTERM, then SIGKILL after a deadline). Guests keep
 /// running when libvirtd stops, so callers destroy them first.
-pub fn stop(paths: &LabPaths) -> Result<(), LabError> {
-    for (pid_file, name) in [(paths.libvirtd_pid(), "libvirtd"), (paths.virtlogd_pid(), "virtlogd")] {
+pub fn stop(instance: &Instance) -> Result<(), LabError> {
+    for (pid_file, name) in [(instance.libvirtd_pid(), "libvirtd"), (instance.virtlogd_pid(), "virtlogd")] {
         if let Some(pid) = live_pid(&pid_file, name) {
             terminate(pid)?;
         }
@@ -93,7 +138,7 @@ pub fn terminate(pid: Pid) -> Result<(), LabError> {
     Err(LabError::ProcessWontDie { pid: pid.as_raw() })
 }
 
-fn process_gone(pid: Pid) -> bool {
+pub fn process_gone(pid: Pid) -> bool {
     // A zombie still answers kill(0); only its state line tells it is dead.
     match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
         Ok(stat) => stat.rsplit(')').next().is_some_and(|rest| rest.trim_start().starts_with('Z')),
@@ -101,14 +146,16 @@ fn process_gone(pid: Pid) -> bool {
     }
 }
 
-fn live_pid(pid_file: &Path, expected_comm: &str) -> Option<Pid> {
+/// The process named in `pid_file` if it still runs as `expected_comm` (a
+/// stale file may name a recycled pid).
+pub fn live_pid(pid_file: &Path, expected_comm: &str) -> Option<Pid> {
     let pid: i32 = std::fs::read_to_string(pid_file).ok()?.trim().parse().ok()?;
     let comm = std::fs::read_to_string(format!("/proc/{pid}/comm")).ok()?;
     (comm.trim() == expected_comm && !process_gone(Pid::from_raw(pid))).then(|| Pid::from_raw(pid))
 }
 
-fn write_config(paths: &LabPaths) -> Result<(), LabError> {
-    let base = paths.libvirt();
+fn write_config(instance: &Instance) -> Result<(), LabError> {
+    let base = instance.dir();
     for (dir, _) in BIND_MOUNTS {
         let dir = base.join(dir);
         std::fs::create_dir_all(&dir).map_err(|source| LabError::io("create", &dir, source))?;
@@ -120,8 +167,8 @@ fn write_config(paths: &LabPaths) -> Result<(), LabError> {
     Ok(())
 }
 
-fn start_script(paths: &LabPaths) -> Result<String, LabError> {
-    let base = paths.libvirt();
+fn start_script(instance: &Instance) -> Result<String, LabError> {
+    let base = instance.dir();
     let mut script = String::new();
     for (dir, target) in BIND_MOUNTS {
         let source = quote(&base.join(dir))?;
@@ -129,15 +176,15 @@ fn start_script(paths: &LabPaths) -> Result<String, LabError> {
     }
     script.push_str(&format!(
         "virtlogd -d -p {}\nlibvirtd -d -p {}\n",
-        quote(&paths.virtlogd_pid())?,
-        quote(&paths.libvirtd_pid())?
+        quote(&instance.virtlogd_pid())?,
+        quote(&instance.libvirtd_pid())?
     ));
     Ok(script)
 }
 
 /// Single-quotes a path for `sh`. Lab paths come from our own settings;
 /// one with a quote in it is refused rather than escaped.
-fn quote(path: &Path) -> Result<String, LabError> {
+pub fn quote(path: &Path) -> Result<String, LabError> {
     let text =
         path.to_str().filter(|t| !t.contains('\'')).ok_or_else(|| LabError::BadPath { path: path.to_path_buf() })?;
     Ok(format!("'{text}'"))
@@ -149,8 +196,8 @@ mod tests {
 
     #[test]
     fn start_script_binds_every_libvirt_dir_before_starting_daemons() {
-        let paths = LabPaths::new(Path::new("/tmp/labs"), Path::new("/tmp/cache"), "t");
-        let script = start_script(&paths).unwrap();
+        let paths = super::super::LabPaths::new(Path::new("/tmp/labs"), Path::new("/tmp/cache"), "t");
+        let script = start_script(&paths.libvirt_instance()).unwrap();
         let first_daemon = script.find("virtlogd -d").unwrap();
         for (dir, target) in BIND_MOUNTS {
             let bind = script.find(&format!("mount --bind '/tmp/labs/t/libvirt/{dir}' {target}")).unwrap();

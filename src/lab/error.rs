@@ -55,6 +55,20 @@ pub enum LabError {
     ExtraExists { env: String },
     #[error(transparent)]
     Bench(Box<super::bench::BenchError>),
+    #[error("a lab has 1 or 2 hosts, not {asked}")]
+    BadHostCount { asked: u8 },
+    #[error("lab '{lab}' was brought up with {has} host(s), not {asked}")]
+    HostCountMismatch { lab: String, has: u8, asked: u8 },
+    #[error("no host {host:?} in this lab")]
+    UnknownHost { host: String, known: Vec<String> },
+    #[error("host {host} is down")]
+    HostDown { host: String },
+    #[error("host {host} of lab '{lab}' does not exist")]
+    HostMissing { host: String, lab: String },
+    #[error("the lab's link subnet {subnet} is in use: {device} has {address}")]
+    SubnetInUse { subnet: String, device: String, address: String },
+    #[error("host {host}'s SSH server did not start: {detail}")]
+    SshdStart { host: String, log: PathBuf, detail: String },
 }
 
 impl From<super::bench::BenchError> for LabError {
@@ -75,9 +89,13 @@ impl LabError {
 }
 
 impl Failure for LabError {
+    /// Busy 3; a bad `--hosts` 2 (nothing done); a host the lab does not
+    /// have 4; every other failure 1.
     fn exit_code(&self) -> ExitCode {
         match self {
             LabError::Busy { .. } => ExitCode::Busy,
+            LabError::BadHostCount { .. } | LabError::HostCountMismatch { .. } => ExitCode::Usage,
+            LabError::UnknownHost { .. } | LabError::HostMissing { .. } => ExitCode::NotFound,
             _ => ExitCode::Failed,
         }
     }
@@ -104,6 +122,24 @@ impl Failure for LabError {
                     .into(),
             ),
             LabError::Bench(e) => e.hint(),
+            LabError::BadHostCount { .. } => {
+                Some("`--hosts 1` (the default) or `--hosts 2` (hosts a and b, demo on a)".into())
+            }
+            LabError::HostCountMismatch { has, .. } => Some(format!(
+                "`envclone lab down` first, or use another lab (`--lab NAME`); `lab up --hosts {has}` keeps this one"
+            )),
+            LabError::UnknownHost { known, .. } if known.is_empty() => {
+                Some("this lab has no hosts of its own: bring one up with `envclone lab up --hosts 2`".into())
+            }
+            LabError::UnknownHost { known, .. } => Some(format!("the lab's hosts are: {}", known.join(", "))),
+            LabError::HostDown { host } => Some(format!("`envclone lab host-up {host}` powers it back on")),
+            LabError::HostMissing { .. } => Some("`envclone lab up --hosts 2` (re)creates the hosts".into()),
+            LabError::SubnetInUse { .. } => Some(
+                "another lab (or something else) uses it: the subnet comes from the lab name, so use another \
+                 `--lab NAME`"
+                    .into(),
+            ),
+            LabError::SshdStart { log, .. } => Some(format!("see {}", log.display())),
             LabError::Io { .. }
             | LabError::BadName { .. }
             | LabError::ProcessWontDie { .. }

@@ -440,7 +440,7 @@ impl<'l> ExtraLab<'l> {
         if !self.dir.exists() {
             return Ok(());
         }
-        if super::daemons::is_running(self.lab.paths()) {
+        if super::daemons::is_running(&self.lab.paths().libvirt_instance()) {
             let config = self.config()?;
             for clone in self.clone_gateways() {
                 super::namespace::delete(&clone)?;

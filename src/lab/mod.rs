@@ -14,6 +14,7 @@ mod daemons;
 mod error;
 pub mod extra;
 mod host;
+pub mod hosts;
 mod image;
 mod keys;
 mod namespace;
@@ -27,6 +28,7 @@ use crate::config::DomainType;
 use crate::guest::{AgentClient, GuestError, GuestSession};
 use crate::hypervisor::{DomainState, HvError, Hypervisor, LibvirtHypervisor};
 use crate::wait;
+use hosts::{HostCount, HostDownReport, HostPowerReport, HostStatus, HostUpReport, LabHosts, LinkReport, RateSetting};
 use nix::errno::Errno;
 use nix::fcntl::{Flock, FlockArg};
 use serde::Serialize;
@@ -47,6 +49,18 @@ pub struct UpOptions {
     pub agent_binary: PathBuf,
     /// How long a guest may take from start until its agent answers.
     pub boot_timeout: Duration,
+    /// One: demo on the controller's libvirtd. Two: hosts a and b, demo on a.
+    pub hosts: HostCount,
+}
+
+/// Where `up` put `demo`, and the config that says so.
+struct Placed {
+    /// The VMs that run an older root image.
+    stale: Vec<&'static str>,
+    config: crate::config::Config,
+    /// Each VM's boot log, in [`VMS`] order.
+    console_logs: Vec<PathBuf>,
+    hosts: Vec<HostUpReport>,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -57,6 +71,8 @@ pub struct UpReport {
     pub domain_type: String,
     pub root_image: PathBuf,
     pub vms: Vec<VmReport>,
+    /// A two-host lab's hosts (empty for a one-host lab).
+    pub hosts: Vec<HostUpReport>,
     pub seconds: f64,
 }
 
@@ -83,6 +99,8 @@ pub struct LabStatus {
     pub config: Option<PathBuf>,
     pub domains: Vec<DomainStatus>,
     pub networks: Vec<String>,
+    /// A two-host lab's hosts and their domains (empty for a one-host lab).
+    pub hosts: Vec<HostStatus>,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -100,6 +118,8 @@ pub struct DownReport {
     pub networks_removed: Vec<String>,
     pub processes_killed: usize,
     pub netns_removed: bool,
+    /// A two-host lab's hosts, each with what was removed of it.
+    pub hosts_removed: Vec<HostDownReport>,
     pub dir_removed: Option<PathBuf>,
     pub cache_removed: Option<PathBuf>,
 }
@@ -152,6 +172,9 @@ impl Lab {
         let started = Instant::now();
         let _lock = self.lock()?;
         host::check_tools()?;
+        if options.hosts == HostCount::Two {
+            LabHosts::check_tools()?;
+        }
         let kernel = find_kernel()?;
         for dir in [
             self.paths.root.clone(),
@@ -165,10 +188,65 @@ impl Lab {
         progress(&format!("namespace {netns}"));
         namespace::ensure(&netns)?;
         progress("private libvirtd");
-        daemons::start(&self.paths, &netns)?;
+        daemons::start(&self.paths.libvirt_instance(), &netns, "")?;
         let hv = self.connect()?;
 
         let client_key = keys::ensure_client_key(&self.paths.client_key())?;
+        let guest_keys = self.guest_keys()?;
+
+        progress("root image (cached by content)");
+        let root_image = image::root_image(&self.paths.cache, &options.agent_binary)?;
+
+        let one_host = topology::config(&self.paths, &netns, options.domain_type);
+        let placed = match options.hosts {
+            HostCount::One => {
+                let stale =
+                    self.place_demo_here(&hv, options, &kernel, &root_image, &guest_keys, &client_key, progress)?;
+                let console_logs = VMS.iter().map(|vm| self.paths.console_log(&vm.domain())).collect();
+                Placed { stale, config: one_host, console_logs, hosts: Vec::new() }
+            }
+            HostCount::Two => {
+                let lab_hosts = LabHosts::new(self);
+                let parts = hosts::Ingredients {
+                    domain_type: options.domain_type,
+                    kernel: &kernel,
+                    root_image: &root_image,
+                    guest_keys: &guest_keys,
+                    authorized_key: &client_key.public_line,
+                    staging: &self.paths.root,
+                };
+                let (stale, reports) = lab_hosts.up(&parts, progress)?;
+                let console_logs = VMS.iter().map(|vm| lab_hosts.console_log(&vm.domain())).collect();
+                Placed { stale, config: lab_hosts.config(one_host), console_logs, hosts: reports }
+            }
+        };
+        for name in &placed.stale {
+            progress(&format!(
+                "VM {name} runs an older root image (agent rebuilt?): `envclone lab down` then `up` to renew it"
+            ));
+        }
+        write(&self.paths.config(), crate::config::to_toml(&placed.config).as_bytes())?;
+
+        progress("waiting for the agents to answer");
+        let mut vms = self.wait_for_agents(&placed.config, &placed.console_logs, options.boot_timeout, started)?;
+        for report in &mut vms {
+            report.stale_image = placed.stale.contains(&report.vm.as_str());
+        }
+        Ok(UpReport {
+            lab: self.name.clone(),
+            netns,
+            config: self.paths.config(),
+            domain_type: options.domain_type.to_string(),
+            root_image,
+            vms,
+            hosts: placed.hosts,
+            seconds: started.elapsed().as_secs_f64(),
+        })
+    }
+
+    /// Each guest's SSH host key (made once), in [`VMS`] order, with the
+    /// guests' known_hosts written from them.
+    fn guest_keys(&self) -> Result<Vec<keys::KeyPair>, LabError> {
         let mut host_keys = Vec::new();
         for vm in &VMS {
             host_keys.push(keys::ensure_dropbear_key(
@@ -182,40 +260,31 @@ impl Lab {
             .collect();
         let entries: Vec<(&str, u16, &str)> = entries.iter().map(|(a, p, k)| (a.as_str(), *p, *k)).collect();
         write(&self.paths.known_hosts(), keys::known_hosts(&entries).as_bytes())?;
+        Ok(host_keys)
+    }
 
-        progress("root image (cached by content)");
-        let root_image = image::root_image(&self.paths.cache, &options.agent_binary)?;
-
-        ensure_network(&hv)?;
+    /// `demo` on the controller's own libvirtd (the one-host lab); the VMs
+    /// that run an older root image.
+    #[allow(clippy::too_many_arguments)]
+    fn place_demo_here(
+        &self,
+        hv: &LibvirtHypervisor,
+        options: &UpOptions,
+        kernel: &KernelFiles,
+        root_image: &Path,
+        guest_keys: &[keys::KeyPair],
+        client_key: &keys::KeyPair,
+        progress: &dyn Fn(&str),
+    ) -> Result<Vec<&'static str>, LabError> {
+        ensure_network(hv)?;
         let mut stale = Vec::new();
-        for (vm, host_key) in VMS.iter().zip(&host_keys) {
+        for (vm, host_key) in VMS.iter().zip(guest_keys) {
             progress(&format!("VM {} ({})", vm.name, vm.domain()));
-            if self.ensure_vm(&hv, vm, options.domain_type, &kernel, &root_image, host_key, &client_key.public_line)? {
-                progress(&format!(
-                    "VM {} runs an older root image (agent rebuilt?): `envclone lab down` then `up` to renew it",
-                    vm.name
-                ));
+            if self.ensure_vm(hv, vm, options.domain_type, kernel, root_image, host_key, &client_key.public_line)? {
                 stale.push(vm.name);
             }
         }
-
-        let config = topology::config(&self.paths, &netns, options.domain_type);
-        write(&self.paths.config(), crate::config::to_toml(&config).as_bytes())?;
-
-        progress("waiting for the agents to answer");
-        let mut vms = self.wait_for_agents(&config, options.boot_timeout, started)?;
-        for report in &mut vms {
-            report.stale_image = stale.contains(&report.vm.as_str());
-        }
-        Ok(UpReport {
-            lab: self.name.clone(),
-            netns,
-            config: self.paths.config(),
-            domain_type: options.domain_type.to_string(),
-            root_image,
-            vms,
-            seconds: started.elapsed().as_secs_f64(),
-        })
+        Ok(stale)
     }
 
     #[allow(clippy::too_many_arguments)]
@@ -260,9 +329,11 @@ impl Lab {
     }
 
     /// Polls every agent in parallel; each VM boots on its own clock.
+    /// `console_logs`: where each VM's boot log is, in [`VMS`] order.
     fn wait_for_agents(
         &self,
         config: &crate::config::Config,
+        console_logs: &[PathBuf],
         deadline: Duration,
         started: Instant,
     ) -> Result<Vec<VmReport>, LabError> {
@@ -271,10 +342,11 @@ impl Lab {
         std::thread::scope(|scope| {
             let waits: Vec<_> = VMS
                 .iter()
-                .map(|vm| {
+                .zip(console_logs)
+                .map(|(vm, console_log)| {
                     let options = &options;
                     let target = crate::guest::endpoint::ssh_target(&environment.vms[vm.name].agent);
-                    let console_log = self.paths.console_log(&vm.domain());
+                    let console_log = console_log.clone();
                     scope.spawn(move || {
                         let status = wait::until(
                             &format!("the agent in {}", vm.name),
@@ -319,10 +391,11 @@ impl Lab {
             lab: self.name.clone(),
             netns_exists: namespace::exists(&netns),
             netns,
-            libvirtd_running: daemons::is_running(&self.paths),
+            libvirtd_running: daemons::is_running(&self.paths.libvirt_instance()),
             config: config.as_ref().map(|_| config_path),
             domains: Vec::new(),
             networks: Vec::new(),
+            hosts: LabHosts::new(self).status()?,
         };
         if !status.libvirtd_running {
             return Ok(status);
@@ -346,7 +419,8 @@ impl Lab {
     pub fn down(&self, purge_cache: bool) -> Result<DownReport, LabError> {
         let _lock = self.lock()?;
         let mut report = DownReport { lab: self.name.clone(), ..DownReport::default() };
-        if daemons::is_running(&self.paths) {
+        report.hosts_removed = LabHosts::new(self).down()?;
+        if daemons::is_running(&self.paths.libvirt_instance()) {
             let hv = self.connect()?;
             for name in hv.domain_names().map_err(LabError::hypervisor("list domains"))? {
                 hv.destroy_domain(&name).map_err(LabError::hypervisor(format!("stop {name}")))?;
@@ -359,7 +433,7 @@ impl Lab {
                 report.networks_removed.push(name);
             }
         }
-        daemons::stop(&self.paths)?;
+        daemons::stop(&self.paths.libvirt_instance())?;
         // Whatever still lives in the namespace (a QEMU orphaned by a
         // crashed libvirtd, a stray shell) belongs to the lab.
         let netns = self.netns();
@@ -392,6 +466,24 @@ impl Lab {
         Ok(report)
     }
 
+    /// `lab host-down NAME`: a power loss of one of the lab's hosts.
+    pub fn host_down(&self, host: &str) -> Result<HostPowerReport, LabError> {
+        let _lock = self.lock()?;
+        LabHosts::new(self).host_down(host)
+    }
+
+    /// `lab host-up NAME`: power that host back on.
+    pub fn host_up(&self, host: &str) -> Result<HostPowerReport, LabError> {
+        let _lock = self.lock()?;
+        LabHosts::new(self).host_up(host)
+    }
+
+    /// `lab link NAME --rate RATE|none`: shape that host's link.
+    pub fn link(&self, host: &str, rate: &RateSetting) -> Result<LinkReport, LabError> {
+        let _lock = self.lock()?;
+        LabHosts::new(self).link(host, rate)
+    }
+
     /// The gateway namespaces of the clones in the lab's catalog.
     fn clone_gateways(&self) -> Vec<String> {
         let state = self.paths.state();
@@ -413,7 +505,7 @@ impl Lab {
     }
 }
 
-fn ensure_network(hv: &LibvirtHypervisor) -> Result<(), LabError> {
+pub(crate) fn ensure_network(hv: &LibvirtHypervisor) -> Result<(), LabError> {
     let network = match hv.network(topology::NETWORK) {
         Ok(network) => network,
         Err(HvError::NoSuchNetwork { .. }) => {

@@ -2,6 +2,7 @@
 //! (so `lab down` can remove exactly that), except the content-addressed
 //! image cache, which labs and test runs share.
 
+use super::daemons::Instance;
 use std::path::{Path, PathBuf};
 
 pub const DEFAULT_LABS_DIR: &str = "/var/lib/envclone/labs";
@@ -23,17 +24,9 @@ impl LabPaths {
     pub fn libvirt(&self) -> PathBuf {
         self.root.join("libvirt")
     }
-    pub fn libvirt_socket(&self) -> PathBuf {
-        self.libvirt().join("run/libvirt-sock")
-    }
-    pub fn libvirtd_pid(&self) -> PathBuf {
-        self.libvirt().join("libvirtd.pid")
-    }
-    pub fn virtlogd_pid(&self) -> PathBuf {
-        self.libvirt().join("virtlogd.pid")
-    }
-    pub fn daemon_log(&self) -> PathBuf {
-        self.libvirt().join("daemons.log")
+    /// The controller's own private libvirt (the one-host lab's only one).
+    pub fn libvirt_instance(&self) -> Instance {
+        Instance::new(self.libvirt())
     }
     pub fn images(&self) -> PathBuf {
         self.root.join("images")
@@ -57,6 +50,14 @@ impl LabPaths {
         self.root.join("state")
     }
     pub fn libvirt_uri(&self) -> String {
-        format!("qemu:///system?socket={}", self.libvirt_socket().display())
+        self.libvirt_instance().uri()
+    }
+    /// Where the hosts of a two-host lab keep their files (one directory each).
+    pub fn hosts(&self) -> PathBuf {
+        self.root.join("hosts")
+    }
+    /// The host keys of a two-host lab's hosts, pinned for the controller.
+    pub fn hosts_known_hosts(&self) -> PathBuf {
+        self.keys().join("hosts_known_hosts")
     }
 }

@@ -9,7 +9,7 @@ pub mod traffic;
 
 use envclone::config::Config;
 use envclone::guest::endpoint::{ssh_options, ssh_target};
-use envclone::guest::GuestSession;
+use envclone::guest::{GuestSession, SshTarget};
 use envclone::hypervisor::LibvirtHypervisor;
 use serde_json::Value;
 use std::path::PathBuf;
@@ -41,6 +41,38 @@ impl LabUnderTest {
         let lab = LabUnderTest::new(name);
         lab.json(&["lab", "up", "--json"]);
         lab
+    }
+
+    /// A lab with `hosts` hosts (`lab up --hosts N`): with 2, hosts `a`
+    /// (demo) and `b`, both reached over SSH only; both agents answering.
+    /// The `lab up` report.
+    pub fn up_hosts(name: &str, hosts: u8) -> (Self, Value) {
+        let lab = LabUnderTest::new(name);
+        let report = lab.json(&["lab", "up", "--json", "--hosts", &hosts.to_string()]);
+        (lab, report)
+    }
+
+    /// The network namespace of a two-host lab's host (`a` or `b`).
+    pub fn host_netns(&self, host: &str) -> String {
+        format!("envclone-{}-{host}", self.name)
+    }
+
+    /// An SSH session to a two-host lab's host, as its `[hosts.NAME.ssh]`
+    /// settings say (the host key checked against their known_hosts).
+    pub fn host_session(&self, host: &str) -> GuestSession {
+        let config = self.config();
+        let ssh = &config.hosts[host].ssh;
+        let target = SshTarget {
+            host: ssh.address.clone(),
+            port: ssh.port,
+            user: ssh.user.clone(),
+            netns: None,
+            host_key_alias: None,
+        };
+        let mut options = ssh_options(&config.controller);
+        options.key = ssh.key.clone();
+        options.known_hosts = ssh.known_hosts.clone();
+        GuestSession::connect(&target, &options).expect("SSH into the lab host")
     }
 
     /// Runs the real `envclone` binary against this lab.
@@ -148,6 +180,11 @@ pub fn run(session: &GuestSession, command: &str) -> String {
 pub fn put(session: &GuestSession, path: &str, content: &[u8]) {
     let output = session.exec(&format!("cat > {path}"), Some(content)).expect("exec");
     assert_eq!(output.status, 0, "writing {path}: {}", String::from_utf8_lossy(&output.stderr));
+}
+
+/// `virsh -c URI ARGS...` with nothing to answer a prompt on stdin.
+pub fn virsh_at(uri: &str, args: &[&str]) -> Output {
+    Command::new("virsh").arg("-c").arg(uri).args(args).stdin(std::process::Stdio::null()).output().expect("run virsh")
 }
 
 pub fn stdout(output: &Output) -> String {

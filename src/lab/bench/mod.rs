@@ -102,7 +102,7 @@ pub fn run(lab: &Lab, options: &BenchOptions, progress: &dyn Fn(&str)) -> Result
     let started = Instant::now();
     let lab_config = crate::config::load(&lab.paths().config())
         .ok()
-        .filter(|_| super::daemons::is_running(lab.paths()))
+        .filter(|_| super::daemons::is_running(&lab.paths().libvirt_instance()))
         .ok_or_else(|| BenchError::LabNotUp { lab: lab.name().to_string(), config: lab.paths().config() })?;
     for (tool, package) in TOOLS {
         if super::host::find_tool(tool).is_none() {
