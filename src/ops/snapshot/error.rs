@@ -43,19 +43,23 @@ pub enum SnapshotError {
     UnsupportedDisk { vm: String, domain: String, disk: String, why: String },
     #[error("VM '{vm}': the overlay for disk {disk} already exists: {}", path.display())]
     OverlayExists { vm: String, disk: String, path: PathBuf },
+    /// QEMU streams the memory to a socket of the controller's: only a
+    /// QEMU on the controller's own host can reach it.
+    #[error("environment '{env}' runs on host {host}: its memory state cannot be saved from here yet")]
+    MemoryOnRemoteHost { env: String, host: String },
     #[error("VM '{vm}': the memory size of domain {domain} cannot be read from its definition")]
     MemorySize { vm: String, domain: String },
     #[error("cannot create the snapshot storage directory {}", path.display())]
     StorageDir {
         path: PathBuf,
         #[source]
-        source: std::io::Error,
+        source: Box<crate::host::StorageError>,
     },
-    #[error("cannot read the free space of {}", path.display())]
+    #[error("cannot look at {} (its free space, or whether it exists)", path.display())]
     StatStorage {
         path: PathBuf,
         #[source]
-        source: nix::errno::Errno,
+        source: Box<crate::host::StorageError>,
     },
     #[error("not enough free space in {}: {free} bytes free, {needed} needed", path.display())]
     NoSpace { path: PathBuf, free: u64, needed: u64 },
@@ -144,6 +148,7 @@ impl SnapshotError {
             | NoFreeName { .. }
             | FreezeLimit { .. }
             | ArmTimeout { .. }
+            | MemoryOnRemoteHost { .. }
             | Catalog(_) => None,
         }
     }
@@ -156,6 +161,7 @@ impl Failure for SnapshotError {
         match self {
             SnapshotError::Lookup(_) | SnapshotError::DomainMissing { .. } => ExitCode::NotFound,
             SnapshotError::Lock(LockError::Busy(_)) => ExitCode::Busy,
+            SnapshotError::MemoryOnRemoteHost { .. } => ExitCode::Usage,
             SnapshotError::AgentNotReady { source, .. } => source.exit_code(),
             SnapshotError::InspectDomain { source, .. } if matches!(**source, HvError::Connect { .. }) => {
                 ExitCode::Unreachable
@@ -179,9 +185,20 @@ impl Failure for SnapshotError {
             }
             OverlayExists { .. } => "a leftover of an earlier run: move it away, then run the command again".into(),
             MemorySize { .. } => "check `<memory>` in `virsh dumpxml DOMAIN`".into(),
-            StorageDir { .. } | StatStorage { .. } => {
-                "check `environments.ENV.storage` (default <state_dir>/images/ENV) and that envclone runs as root"
+            MemoryOnRemoteHost { .. } => {
+                "take a disk-only snapshot (without --memory, or `memory = false` in its schedule); a clone or \
+                 standby of it then boots cold"
                     .into()
+            }
+            StorageDir { source, .. } | StatStorage { source, .. } => {
+                return source.hint().or_else(|| {
+                    Some(
+                    "check `environments.ENV.storage` (default images/ENV under its host's storage, <state_dir> for \
+                     local), that envclone runs as root, and for a host of [hosts] that its SSH login works \
+                     (`envclone check --live`)"
+                        .into(),
+                )
+                })
             }
             NoSpace { .. } => {
                 "free space there, point `environments.ENV.storage` elsewhere, or lower `controller.min_free_space`"

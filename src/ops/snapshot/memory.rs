@@ -160,6 +160,9 @@ impl MemoryCapture {
         let prefix = SavePrefix::new(&def.to_xml(), None, true).map_err(MemoryError::Encode)?;
         let bytes = prefix.encode().map_err(MemoryError::Encode)?;
         let write_err = |source| MemoryError::Write { path: path.to_owned(), source };
+        if let Some(dir) = path.parent() {
+            fs::create_dir_all(dir).map_err(write_err)?;
+        }
         // Guest RAM holds secrets: readable by root only, like libvirt's own.
         let mut file = OpenOptions::new().write(true).create_new(true).mode(0o600).open(path).map_err(write_err)?;
         let mut capture = MemoryCapture {

@@ -141,6 +141,9 @@ pub fn take(
 ) -> Result<SnapshotReport, SnapshotError> {
     let started = Instant::now();
     let env = ctx.config.environment(&request.env)?;
+    if request.memory && ctx.host.name() != crate::host::LOCAL {
+        return Err(SnapshotError::MemoryOnRemoteHost { env: request.env.clone(), host: ctx.host.name().to_owned() });
+    }
     let _lock = EnvLock::acquire(&ctx.config.controller.state_dir, &request.env, "snapshot")?;
     let journal = Journal::begin(ctx.catalog, OperationKind::Snapshot, &request.env, ctx.clock.now())?;
     let mut run = Run {
@@ -230,7 +233,7 @@ impl<'r, 'c> Run<'r, 'c> {
             let storage = run.storage();
             let memory: u64 = if run.request.memory { run.plans.iter().map(|p| p.memory_bytes).sum() } else { 0 };
             let needed = ctx.config.controller.min_free_space.bytes().saturating_add(memory);
-            preflight::check_space(&storage, needed)?;
+            preflight::check_space(ctx.host.storage(), &storage, needed)?;
             Ok(())
         })?;
 
@@ -241,9 +244,11 @@ impl<'r, 'c> Run<'r, 'c> {
         // The snapshot's name, paths and catalog row.
         self.created_at = ctx.clock.now();
         let storage = self.storage();
-        self.name = preflight::choose_name(ctx.catalog, &self.request.env, self.created_at, &storage, &self.plans)?;
+        let files = ctx.host.storage();
+        self.name =
+            preflight::choose_name(ctx.catalog, files, &self.request.env, self.created_at, &storage, &self.plans)?;
         preflight::assign_paths(&mut self.plans, &storage, &self.name);
-        preflight::prepare_dirs(&self.plans)?;
+        preflight::prepare_dirs(files, &self.plans)?;
         let reserve = UndoAction::Custom {
             kind: UNDO_FAIL_SNAPSHOT_NAMED.to_owned(),
             data: serde_json::json!({ "env": self.request.env, "snapshot": self.name }),
@@ -476,7 +481,7 @@ impl<'r, 'c> Run<'r, 'c> {
         let barrier = self.barrier.as_ref();
         let mut vms = Vec::new();
         for plan in &self.plans {
-            record::record_chain(catalog, plan, Some(&dependent), now)?;
+            record::record_chain(catalog, ctx.host.storage(), plan, Some(&dependent), now)?;
             let memory_image = self.memory_images.get(&plan.vm);
             if let Some(image) = memory_image {
                 record::record_memory(catalog, snapshot, &plan.vm, image, now)?;
@@ -541,7 +546,7 @@ impl<'r, 'c> Run<'r, 'c> {
         if let Some(barrier) = &self.barrier {
             let now = ctx.clock.now();
             for plan in self.plans.iter().filter(|p| barrier.vms.get(&p.vm).is_some_and(|v| v.disks_switched())) {
-                if let Err(e) = record::record_chain(ctx.catalog, plan, None, now) {
+                if let Err(e) = record::record_chain(ctx.catalog, ctx.host.storage(), plan, None, now) {
                     failures.push(format!("VM '{}': cannot record its new overlays in the catalog: {e}", plan.vm));
                 }
             }
@@ -573,11 +578,7 @@ impl<'r, 'c> Run<'r, 'c> {
         let ctx = self.ctx;
         match action {
             UndoAction::Nothing => Ok(()),
-            UndoAction::DeleteFile { path } => match std::fs::remove_file(path) {
-                Ok(()) => Ok(()),
-                Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
-                Err(e) => Err(format!("cannot remove {}: {e}", path.display())),
-            },
+            UndoAction::DeleteFile { path } => ctx.host.storage().remove(path).map_err(|e| crate::error::chain(&e)),
             UndoAction::ThawAgent { vm } => {
                 if thawed.get(vm).copied().unwrap_or(true) {
                     return Ok(());

@@ -10,6 +10,7 @@ use chrono::{DateTime, Utc};
 use super::SnapshotError;
 use crate::catalog::{Catalog, ImageFormat};
 use crate::config::Environment;
+use crate::host::Storage;
 use crate::hypervisor::{DomainDef, DomainState, HvError, Hypervisor};
 
 /// Tried after the bare name: `-2`, `-3`... up to this.
@@ -97,14 +98,15 @@ pub fn inspect(hv: &dyn Hypervisor, env: &Environment) -> Result<Vec<VmPlan>, Sn
         .collect()
 }
 
-/// Creates `dir` if needed and checks it has `needed` bytes free for
-/// unprivileged writers; returns what is free.
-pub fn check_space(dir: &Path, needed: u64) -> Result<u64, SnapshotError> {
-    std::fs::create_dir_all(dir).map_err(|source| SnapshotError::StorageDir { path: dir.to_owned(), source })?;
-    let stat = nix::sys::statvfs::statvfs(dir)
-        .map_err(|source| SnapshotError::StatStorage { path: dir.to_owned(), source })?;
-    #[allow(clippy::useless_conversion)] // the field types differ between libcs
-    let free = u64::from(stat.blocks_available()).saturating_mul(u64::from(stat.fragment_size()));
+/// Creates `dir` (on the environment's host) if needed and checks it has
+/// `needed` bytes free for unprivileged writers; returns what is free.
+pub fn check_space(storage: &dyn Storage, dir: &Path, needed: u64) -> Result<u64, SnapshotError> {
+    storage
+        .create_dir(dir)
+        .map_err(|source| SnapshotError::StorageDir { path: dir.to_owned(), source: Box::new(source) })?;
+    let free = storage
+        .free_space(dir)
+        .map_err(|source| SnapshotError::StatStorage { path: dir.to_owned(), source: Box::new(source) })?;
     if free < needed {
         return Err(SnapshotError::NoSpace { path: dir.to_owned(), free, needed });
     }
@@ -115,19 +117,30 @@ pub fn check_space(dir: &Path, needed: u64) -> Result<u64, SnapshotError> {
 /// storage already has that name.
 pub fn choose_name(
     catalog: &Catalog,
+    files: &dyn Storage,
     env: &str,
     now: DateTime<Utc>,
     storage: &Path,
     plans: &[VmPlan],
 ) -> Result<String, SnapshotError> {
+    // One listing per VM directory rather than a look per file: on a host
+    // reached over SSH each look is a round trip.
+    let mut taken = std::collections::BTreeSet::new();
+    for plan in plans {
+        let dir = storage.join(&plan.vm);
+        let listed = files
+            .list_dir(&dir)
+            .map_err(|source| SnapshotError::StatStorage { path: dir.clone(), source: Box::new(source) })?;
+        taken.extend(listed);
+    }
     let base = now.format("%Y%m%dT%H%M%SZ").to_string();
     for n in 1..=MAX_NAME_SUFFIX {
         let name = if n == 1 { base.clone() } else { format!("{base}-{n}") };
         let mut planned = plans.to_vec();
         assign_paths(&mut planned, storage, &name);
-        let on_disk = planned
-            .iter()
-            .any(|plan| plan.memory_image.exists() || plan.disks.iter().any(|disk| disk.overlay.exists()));
+        let on_disk = planned.iter().any(|plan| {
+            taken.contains(&plan.memory_image) || plan.disks.iter().any(|disk| taken.contains(&disk.overlay))
+        });
         if !on_disk && catalog.snapshot_named(env, &name)?.is_none() {
             return Ok(name);
         }
@@ -147,14 +160,19 @@ pub fn assign_paths(plans: &mut [VmPlan], storage: &Path, name: &str) {
 }
 
 /// Creates each VM's directory and checks no overlay exists yet.
-pub fn prepare_dirs(plans: &[VmPlan]) -> Result<(), SnapshotError> {
+pub fn prepare_dirs(storage: &dyn Storage, plans: &[VmPlan]) -> Result<(), SnapshotError> {
     for plan in plans {
         for disk in &plan.disks {
             if let Some(dir) = disk.overlay.parent() {
-                std::fs::create_dir_all(dir)
-                    .map_err(|source| SnapshotError::StorageDir { path: dir.to_owned(), source })?;
+                storage
+                    .create_dir(dir)
+                    .map_err(|source| SnapshotError::StorageDir { path: dir.to_owned(), source: Box::new(source) })?;
             }
-            if disk.overlay.exists() {
+            let dir = disk.overlay.parent().unwrap_or(Path::new("/"));
+            let listed = storage
+                .list_dir(dir)
+                .map_err(|source| SnapshotError::StatStorage { path: dir.to_owned(), source: Box::new(source) })?;
+            if listed.contains(&disk.overlay) {
                 return Err(SnapshotError::OverlayExists {
                     vm: plan.vm.clone(),
                     disk: disk.target.clone(),
@@ -211,8 +229,8 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let storage = dir.path().join("images/demo");
 
-        let free = check_space(&storage, 1).unwrap();
-        let error = check_space(&storage, u64::MAX).unwrap_err();
+        let free = check_space(&crate::host::LocalStorage, &storage, 1).unwrap();
+        let error = check_space(&crate::host::LocalStorage, &storage, u64::MAX).unwrap_err();
 
         assert!(storage.is_dir() && free > 0);
         assert!(
@@ -238,7 +256,10 @@ mod tests {
         let now = Utc.with_ymd_and_hms(2024, 5, 1, 2, 3, 4).unwrap();
         let storage = dir.path().join("images");
 
-        assert_eq!(choose_name(&catalog, "demo", now, &storage, &plans).unwrap(), "20240501T020304Z");
+        assert_eq!(
+            choose_name(&catalog, &crate::host::LocalStorage, "demo", now, &storage, &plans).unwrap(),
+            "20240501T020304Z"
+        );
         let taken = NewSnapshot {
             env: "demo".into(),
             name: "20240501T020304Z".into(),
@@ -251,7 +272,10 @@ mod tests {
         std::fs::create_dir_all(storage.join("web")).unwrap();
         std::fs::write(storage.join("web/20240501T020304Z-2.vda.qcow2"), "").unwrap();
 
-        assert_eq!(choose_name(&catalog, "demo", now, &storage, &plans).unwrap(), "20240501T020304Z-3");
+        assert_eq!(
+            choose_name(&catalog, &crate::host::LocalStorage, "demo", now, &storage, &plans).unwrap(),
+            "20240501T020304Z-3"
+        );
     }
 
     #[test]

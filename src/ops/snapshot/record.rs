@@ -34,6 +34,7 @@ pub fn snapshot_dependent(env: &str, snapshot: &str) -> Dependent {
 /// images with `pin` (the snapshot's dependent) when given.
 pub fn record_chain(
     catalog: &Catalog,
+    storage: &dyn crate::host::Storage,
     plan: &VmPlan,
     pin: Option<&Dependent>,
     now: DateTime<Utc>,
@@ -47,7 +48,7 @@ pub fn record_chain(
                 disk: Some(disk.target.clone()),
                 kind: ImageKind::Base,
                 format: disk.format,
-                size_bytes: file_size(&disk.image).unwrap_or(0),
+                size_bytes: storage.size(&disk.image).unwrap_or(0),
                 backing: None,
                 snapshot: None,
                 created_at: now,
@@ -63,7 +64,7 @@ pub fn record_chain(
                 disk: Some(disk.target.clone()),
                 kind: ImageKind::Overlay,
                 format: ImageFormat::Qcow2,
-                size_bytes: file_size(&disk.overlay).unwrap_or(0),
+                size_bytes: storage.size(&disk.overlay).unwrap_or(0),
                 backing: Some(image),
                 snapshot: None,
                 created_at: now,
