@@ -223,6 +223,19 @@ impl<'r, 'c> Journaled<'r, 'c> for Run<'r, 'c> {
 }
 
 impl<'r, 'c> Run<'r, 'c> {
+    /// A free name (in the catalog and on the host's storage) at the
+    /// snapshot's time, and the files it will write, their folders made.
+    fn name_and_paths(&mut self) -> Result<(), SnapshotError> {
+        let ctx = self.ctx;
+        self.created_at = ctx.clock.now();
+        let storage = self.storage();
+        let files = ctx.host.storage();
+        self.name =
+            preflight::choose_name(ctx.catalog, files, &self.request.env, self.created_at, &storage, &self.plans)?;
+        preflight::assign_paths(&mut self.plans, &storage, &self.name);
+        preflight::prepare_dirs(files, &self.plans)
+    }
+
     fn execute(&mut self) -> Result<SnapshotReport, SnapshotError> {
         let ctx = self.ctx;
         let hv = ctx.host.hypervisor();
@@ -242,13 +255,7 @@ impl<'r, 'c> Run<'r, 'c> {
         self.step("open agent sessions", UndoAction::Nothing, |run| run.open_sessions())?;
 
         // The snapshot's name, paths and catalog row.
-        self.created_at = ctx.clock.now();
-        let storage = self.storage();
-        let files = ctx.host.storage();
-        self.name =
-            preflight::choose_name(ctx.catalog, files, &self.request.env, self.created_at, &storage, &self.plans)?;
-        preflight::assign_paths(&mut self.plans, &storage, &self.name);
-        preflight::prepare_dirs(files, &self.plans)?;
+        self.name_and_paths()?;
         let reserve = UndoAction::Custom {
             kind: UNDO_FAIL_SNAPSHOT_NAMED.to_owned(),
             data: serde_json::json!({ "env": self.request.env, "snapshot": self.name }),
