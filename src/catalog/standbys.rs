@@ -64,6 +64,11 @@ pub struct StandbyResources {
     /// Console logs and NVRAM copies it made next to its disks.
     #[serde(default)]
     pub files: Vec<PathBuf>,
+    /// The primary's networks as its host defines them (name to libvirt
+    /// XML), when SB lives on another host: a takeover defines them on
+    /// SB's host, where the primary's host may be gone by then.
+    #[serde(default, skip_serializing_if = "std::collections::BTreeMap::is_empty")]
+    pub primary_networks: std::collections::BTreeMap<String, String>,
 }
 
 /// One of the standby's domains, and what it will take over on failover.

@@ -10,7 +10,7 @@ use crate::ops::failover::{self, DrillRequest, FailbackAction, FailbackReport};
 use crate::{Error, Result};
 
 pub fn run(global: &GlobalArgs, args: &FailbackArgs, out: &Output) -> Result<ExitCode> {
-    super::failover::with_tools(global, &args.environment, out, |ctx, tools| {
+    super::failover::with_tools(global, &args.environment, super::failover::On::Environment, out, |ctx, tools| {
         let request = DrillRequest { env: args.environment.clone(), standby: args.standby.clone() };
         let report = failover::failback(ctx, &request, tools).map_err(Error::operation("failback"))?;
         out.report(&report, human);

@@ -18,7 +18,10 @@ use crate::ops::failover::{
 use crate::{Error, Result};
 
 pub fn run(global: &GlobalArgs, args: &FailoverArgs, out: &Output) -> Result<ExitCode> {
-    with_tools(global, &args.environment, out, |ctx, tools| {
+    // A failover changes the standby's host; the primary's is reached (or
+    // found gone) on its own.
+    let on = On::Standby(args.standby.as_deref());
+    with_tools(global, &args.environment, on, out, |ctx, tools| {
         let request = DrillRequest { env: args.environment.clone(), standby: args.standby.clone() };
         if args.planned {
             let report = failover::planned(ctx, &request, tools).map_err(Error::operation("failover --planned"))?;
@@ -29,8 +32,10 @@ pub fn run(global: &GlobalArgs, args: &FailoverArgs, out: &Output) -> Result<Exi
             // The primary's libvirt: the controller's connection unless ENV
             // lives on another host; one that does not answer is no reason
             // to wait (the fence is recorded unconfirmed).
-            let uri = ctx.config.controller.libvirt_uri.as_str();
-            let elsewhere = args.primary_uri.as_deref().filter(|u| *u != uri);
+            let uri = here_uri(ctx);
+            let primary_uri =
+                args.primary_uri.as_deref().or_else(|| host_uri(ctx, ctx.config.host_of(&args.environment)));
+            let elsewhere = primary_uri.filter(|u| *u != uri);
             let connection =
                 elsewhere.map(|other| super::guard::connect_within(other, super::guard::PRIMARY_CONNECT_WITHIN));
             let host =
@@ -58,6 +63,7 @@ pub fn run(global: &GlobalArgs, args: &FailoverArgs, out: &Output) -> Result<Exi
 pub(super) fn with_tools<T>(
     global: &GlobalArgs,
     env: &str,
+    on: On<'_>,
     out: &Output,
     work: impl FnOnce(&OpContext<'_>, Tools<'_>) -> Result<T>,
 ) -> Result<T> {
@@ -66,13 +72,53 @@ pub(super) fn with_tools<T>(
     let primary = config.environment(env)?.clone();
     super::guard::check(config, catalog, Some(env), out)?;
     let progress = |event: &Event| out.progress(&event.to_string());
-    let ctx = session.context_for(env, &progress)?;
+    let ctx = match on.standby_host(catalog, env)? {
+        Some(host) => session.context_on(&host, &progress)?,
+        None => session.context_for(env, &progress)?,
+    };
     let controller = config.controller.clone();
     let agents = move |env: &Environment| -> Box<dyn CloneAgents> { Box::new(SshAgents::new(&controller, env)) };
     let serving = failover::active_environment(catalog, env)?.map_or(primary, |(active, _)| active);
     let quiescer = crate::ops::snapshot::agent_quiescer(&ctx, &serving);
     let tools = Tools { agents: &agents, quiescer: &quiescer };
     work(&ctx, tools)
+}
+
+/// Which host an operation of `with_tools` runs on.
+#[derive(Debug, Clone, Copy)]
+pub(super) enum On<'a> {
+    /// ENV's (the active side's, while a standby serves it).
+    Environment,
+    /// The standby's that takes over: the one named, else ENV's only one.
+    Standby(Option<&'a str>),
+}
+
+impl On<'_> {
+    /// The standby's host, when the operation runs there.
+    fn standby_host(self, catalog: &crate::catalog::Catalog, env: &str) -> Result<Option<String>> {
+        let On::Standby(named) = self else { return Ok(None) };
+        let standbys = catalog.standbys(Some(env))?;
+        let standby = match named {
+            Some(name) => standbys.into_iter().find(|s| s.name == name),
+            None if standbys.len() == 1 => standbys.into_iter().next(),
+            // Several and none named: the operation refuses, naming them.
+            None => None,
+        };
+        Ok(standby.map(|s| s.host))
+    }
+}
+
+/// The libvirt URI of the host `ctx` runs on.
+fn here_uri<'c>(ctx: &OpContext<'c>) -> &'c str {
+    host_uri(ctx, ctx.host.name()).unwrap_or(&ctx.config.controller.libvirt_uri)
+}
+
+/// The libvirt URI of host `name` (`local`: the controller's).
+fn host_uri<'c>(ctx: &OpContext<'c>, name: &str) -> Option<&'c str> {
+    match ctx.config.hosts.get(name) {
+        Some(host) => Some(&host.libvirt_uri),
+        None => (name == crate::host::LOCAL).then_some(ctx.config.controller.libvirt_uri.as_str()),
+    }
 }
 
 fn human(report: &DrillReport) -> String {

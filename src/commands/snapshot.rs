@@ -57,7 +57,7 @@ pub fn run(global: &GlobalArgs, args: &SnapshotArgs, out: &Output) -> Result<Exi
     // The failback works on ENV's own config (no clones, no active side),
     // wired as `envclone failback` wires it.
     let failback = |request: &DrillRequest| {
-        super::failover::with_tools(global, &args.environment, out, |ctx, tools| {
+        super::failover::with_tools(global, &args.environment, super::failover::On::Environment, out, |ctx, tools| {
             failover::failback(ctx, request, tools).map_err(Error::operation("failback triggered by the snapshot"))
         })
     };

@@ -30,7 +30,7 @@ pub fn run(global: &GlobalArgs, command: StandbyCommand, out: &Output) -> Result
             // SB serves ENV: its sync runs towards ENV's storage, with
             // failover's wiring (the fence guard first).
             drop(records);
-            return super::failover::with_tools(global, &env, out, |ctx, tools| {
+            return super::failover::with_tools(global, &env, super::failover::On::Environment, out, |ctx, tools| {
                 let report = failover::sync_home(ctx, &args.name, tools).map_err(Error::operation("standby sync"))?;
                 out.report(&report, home_synced);
                 Ok(ExitCode::Ok)

@@ -62,6 +62,12 @@ pub struct HostSettings {
     /// unset: no limit.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub bandwidth: Option<HumanRate>,
+    /// The network namespace, on the controller, from which the guests on
+    /// this host's networks are reached (agents whose `netns` is this reach
+    /// a standby that took over on another host through that host's). For
+    /// labs: real hosts' guest networks are routed, and this stays unset.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub guest_netns: Option<String>,
 }
 
 /// An SSH login on a host: its host key must be in `known_hosts` already

@@ -108,6 +108,7 @@ mod tests {
             storage: "/srv".into(),
             libvirt_netns: None,
             bandwidth: bandwidth.map(|b| b.parse::<HumanRate>().unwrap()),
+            guest_netns: None,
         }
     }
 

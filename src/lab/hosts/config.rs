@@ -43,6 +43,8 @@ pub(super) fn host_settings(paths: &LabPaths, plan: &Addressing, host: &str) -> 
         // Each host's libvirtd runs in what is, for that host, its own namespace.
         libvirt_netns: None,
         bandwidth: None,
+        // Its guests are reached by entering its namespace (see `with_hosts`).
+        guest_netns: Some(plan.netns(host)),
     }
 }
 

@@ -201,8 +201,7 @@ pub(super) fn record_switch(
     mut report: SwitchReport,
 ) -> Result<SwitchReport, FailoverError> {
     let epoch = report.epoch;
-    let libvirt_netns = run.ctx.config.controller.libvirt_netns.as_deref();
-    let environment = active_environment(primary, standby, &report.vms, report.readdressed.as_ref(), libvirt_netns);
+    let environment = active_environment(run.ctx, primary, standby, &report.vms, report.readdressed.as_ref());
     let resources = super::fence::SwitchResources {
         fenced: report.fence.clone(),
         primary_uri: report.primary_uri.clone(),
@@ -334,17 +333,24 @@ pub(super) fn take_over(
 /// How to reach ENV while SB is its active side: ENV's VMs in SB's
 /// domains (their agents at ENV's addresses, or at SB's own when it took
 /// over with them), its snapshots on SB's storage.
+/// On SB's host (the context's): ENV's operations run there while SB serves.
 pub(super) fn active_environment(
+    ctx: &crate::ops::context::OpContext<'_>,
     primary: &Environment,
     standby: &StandbyRecord,
     vms: &[TakeoverVm],
     readdressed: Option<&Readdressed>,
-    libvirt_netns: Option<&str>,
 ) -> Environment {
+    let libvirt_netns = ctx.config.controller.libvirt_netns.as_deref();
     let mut environment = match readdressed {
         Some(readdressed) => readdress::served_environment(primary, vms, readdressed, libvirt_netns),
-        None => in_standby_domains(primary, vms, |_, _| {}),
+        None => {
+            in_standby_domains(primary, vms, super::takeover::reached_on(ctx.config, &standby.primary, ctx.host.name()))
+        }
     };
     environment.storage = Some(standby.storage.join("active"));
+    if ctx.host.name() != ctx.config.host_of(&standby.primary) {
+        environment.host = Some(ctx.host.name().to_owned());
+    }
     environment
 }

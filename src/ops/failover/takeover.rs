@@ -13,8 +13,8 @@ use serde::{Deserialize, Serialize};
 use super::drill::{fresh_overlay, start_domains, wait_for_agents, Run};
 use super::{undo, FailoverError};
 use crate::catalog::{ImageFormat, StandbyDomain, StandbyRecord, UndoAction};
-use crate::config::{AgentEndpoint, Environment, StandbyNetwork};
-use crate::hypervisor::{DomainDef, HvError};
+use crate::config::{AgentEndpoint, Config, Environment, StandbyNetwork};
+use crate::hypervisor::{DomainDef, HvError, NetworkDef};
 use crate::ops::context::OpContext;
 use crate::ops::journal::Journaled as _;
 
@@ -114,11 +114,62 @@ pub(super) fn with_primary_addresses(
             overlays,
         });
     }
+    primary_networks_here(run, standby, vms.iter().flat_map(|vm| vm.networks.iter()))?;
     start_domains(run, vms.iter().map(|vm| vm.domain.as_str()))?;
-    let environment = in_standby_domains(primary, &vms, |_, _| {});
+    let environment = in_standby_domains(primary, &vms, reached_on(ctx.config, &standby.primary, ctx.host.name()));
     let what = format!("wait for {}'s agents at {}'s addresses", standby.name, standby.primary);
     wait_for_agents(run, &what, &environment)?;
     Ok(vms)
+}
+
+/// The primary's `networks` on SB's host, active: one missing there (SB
+/// lives on another host than its primary) is defined from the definition
+/// `standby create` recorded, one step each, undone by removing it.
+fn primary_networks_here<'n>(
+    run: &mut Run<'_, '_>,
+    standby: &StandbyRecord,
+    networks: impl Iterator<Item = &'n String>,
+) -> Result<(), FailoverError> {
+    let mut seen = std::collections::BTreeSet::new();
+    for network in networks.filter(|n| seen.insert(*n)) {
+        let fail = |e: HvError| FailoverError::DefineNetwork { network: network.clone(), source: Box::new(e) };
+        let hv = run.ctx.host.hypervisor();
+        match hv.network(network) {
+            Ok(found) if found.active => {}
+            Ok(_) => run.step(&format!("start network {network}"), UndoAction::Nothing, |run| {
+                run.ctx.host.hypervisor().start_network(network).map_err(fail)
+            })?,
+            Err(HvError::NoSuchNetwork { .. }) => {
+                let Some(xml) = standby.resources.primary_networks.get(network) else { continue };
+                let def = NetworkDef::parse(xml).map_err(fail)?;
+                let what = format!("define {}'s network {network} on host {}", standby.primary, run.ctx.host.name());
+                let undo = UndoAction::Custom {
+                    kind: crate::ops::clone::undo::UNDO_REMOVE_NETWORK.to_owned(),
+                    data: serde_json::json!({ "network": network }),
+                };
+                run.step(&what, undo, |run| {
+                    run.ctx.host.hypervisor().define_network(&def).map_err(fail)?;
+                    run.ctx.host.hypervisor().start_network(network).map_err(fail)
+                })?;
+            }
+            Err(e) => return Err(fail(e)),
+        }
+    }
+    Ok(())
+}
+
+/// How an agent of ENV is reached once its VM runs on host `host`: an
+/// endpoint entered through the namespace of ENV's host (its
+/// `guest_netns`, a lab's) is entered through `host`'s instead. Routed
+/// guest networks (no `guest_netns`) need nothing.
+pub(crate) fn reached_on(config: &Config, env: &str, host: &str) -> impl Fn(&TakeoverVm, &mut AgentEndpoint) {
+    let guest_netns = |host: &str| config.hosts.get(host).and_then(|h| h.guest_netns.clone());
+    let (from, to) = (guest_netns(config.host_of(env)), guest_netns(host));
+    move |_, agent| {
+        if from.is_some() && agent.netns == from {
+            agent.netns.clone_from(&to);
+        }
+    }
 }
 
 /// A fresh overlay per disk of `domain` on SB's synced copy for `epoch`

@@ -205,7 +205,19 @@ impl Run<'_, '_> {
             domains.push(self.define_domain(name, storage, &on, primary_vm, &mut disks, &mut files)?);
         }
 
-        let resources = StandbyResources { domains, networks, files };
+        // On another host, a takeover needs the primary's networks there.
+        let mut primary_networks = BTreeMap::new();
+        if !crate::ops::transfer::same_host(self.primary_host, ctx.host) {
+            for network in networks.iter().map(|n| &n.source) {
+                let found = self
+                    .primary_host
+                    .hypervisor()
+                    .network(network)
+                    .map_err(|e| StandbyError::InspectNetwork { network: network.clone(), source: Box::new(e) })?;
+                primary_networks.insert(network.clone(), found.def.to_xml());
+            }
+        }
+        let resources = StandbyResources { domains, networks, files, primary_networks };
         let record = StandbyRecord {
             name: name.to_owned(),
             primary: primary_name.to_owned(),
