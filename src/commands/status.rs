@@ -122,13 +122,23 @@ fn schedules_table(environments: &[EnvironmentStatus], errors: &mut Vec<String>)
 }
 
 fn standbys_table(standbys: &[StandbySummary], errors: &mut Vec<String>) -> String {
-    let mut rows =
-        vec![row(&["STANDBY", "PRIMARY", "RESTORED POINT", "LAG", "BEHIND", "AUTORESTORE", "LAST TRANSFER"])];
+    let mut rows = vec![row(&[
+        "STANDBY",
+        "PRIMARY",
+        "HOST",
+        "RESTORED POINT",
+        "LAG",
+        "BEHIND",
+        "PENDING",
+        "AUTORESTORE",
+        "LAST TRANSFER",
+    ])];
     for standby in standbys {
         let lag = &standby.lag;
         rows.push(vec![
             standby.name.clone(),
             standby.primary.clone(),
+            standby.host.clone(),
             lag.snapshot.clone().unwrap_or_else(|| "-".into()),
             lag.lag_seconds.map_or("-".to_owned(), human_age),
             match (&standby.merging, &lag.behind) {
@@ -136,6 +146,7 @@ fn standbys_table(standbys: &[StandbySummary], errors: &mut Vec<String>) -> Stri
                 (None, Some(newest)) => newest.clone(),
                 (None, None) => "-".into(),
             },
+            if lag.behind.is_some() { super::standby::bytes(lag.pending_bytes) } else { "-".into() },
             if standby.autorestore { "on" } else { "off" }.into(),
             standby
                 .last_sync

@@ -41,7 +41,13 @@ pub fn record_chain(
 ) -> Result<(), CatalogError> {
     for disk in &plan.disks {
         let image = match catalog.image_by_path(&disk.image)? {
-            Some(image) => image.id,
+            Some(image) => {
+                // Read-only from now on: its size is what a standby's sync ships.
+                if let Some(size) = storage.size(&disk.image) {
+                    catalog.set_image_size(image.id, size)?;
+                }
+                image.id
+            }
             None => catalog.add_image(&NewImage {
                 path: disk.image.clone(),
                 vm: plan.vm.clone(),

@@ -172,6 +172,9 @@ pub struct Lag {
     pub lag_seconds: Option<i64>,
     /// The primary's newest complete snapshot, when SB is not at it.
     pub behind: Option<String>,
+    /// What the next sync would ship (incrementally): the images the
+    /// primary's disks read above SB's point, at their recorded sizes.
+    pub pending_bytes: u64,
 }
 
 /// SB's lag at `now`.
@@ -181,13 +184,42 @@ pub fn lag(
     now: chrono::DateTime<chrono::Utc>,
 ) -> Result<Lag, crate::catalog::CatalogError> {
     let newest = catalog.live_snapshot(&standby.primary)?;
-    let behind = newest.filter(|n| Some(&n.name) != standby.snapshot.as_ref()).map(|n| n.name);
+    let behind = newest.filter(|n| Some(&n.name) != standby.snapshot.as_ref());
+    let pending_bytes = match &behind {
+        Some(newest) => pending_bytes(catalog, standby, newest)?,
+        None => 0,
+    };
+    let behind = behind.map(|n| n.name);
     Ok(Lag {
+        pending_bytes,
         snapshot: standby.snapshot.clone(),
         snapshot_created_at: standby.snapshot_created_at,
         lag_seconds: standby.snapshot_created_at.map(|at| (now - at).num_seconds().max(0)),
         behind,
     })
+}
+
+/// The recorded sizes of the images each disk of `standby` reads in
+/// `newest` above the image SB is at (all of its chain before a first sync).
+fn pending_bytes(
+    catalog: &crate::catalog::Catalog,
+    standby: &crate::catalog::StandbyRecord,
+    newest: &crate::catalog::Snapshot,
+) -> Result<u64, crate::catalog::CatalogError> {
+    let pinned = catalog.images_needed_by(&crate::ops::snapshot::snapshot_dependent(&standby.primary, &newest.name))?;
+    let mut bytes = 0;
+    for disk in &standby.disks {
+        let mut tops = pinned.iter().filter(|i| i.vm == disk.vm && i.disk.as_deref() == Some(disk.disk.as_str()));
+        // The snapshot's image of the disk is the one no other of its images backs onto.
+        let Some(top) = tops.find(|i| !pinned.iter().any(|o| o.backing == Some(i.id))) else { continue };
+        for image in catalog.chain(top.id)? {
+            if Some(image.id) == disk.source_image {
+                break;
+            }
+            bytes += image.size_bytes;
+        }
+    }
+    Ok(bytes)
 }
 
 /// An isolated copy of a network: a bridge without address or forward.
@@ -200,6 +232,8 @@ pub(crate) fn isolated_network(name: &str, bridge: &str) -> NetworkDef {
 pub struct StandbySummary {
     pub name: String,
     pub primary: String,
+    /// The host it lives on.
+    pub host: String,
     pub storage: PathBuf,
     pub autorestore: bool,
     /// The newest restored point, its time and age (the RPO now).
@@ -226,6 +260,7 @@ pub fn summaries(
             last_sync: catalog.standby_syncs(&standby.name, 1)?.into_iter().next(),
             name: standby.name,
             primary: standby.primary,
+            host: standby.host,
             storage: standby.storage,
             autorestore: standby.autorestore,
             synced_at: standby.synced_at,

@@ -449,3 +449,23 @@ fn a_standby_on_another_host_is_defined_there_and_fed_by_shipments() {
     on_b(&|ctx| destroy(ctx, "sb").map(drop)).unwrap();
     assert!(b_hv.peek_domain("sb-web").is_none() && b_hv.peek_network("sb-net").is_none());
 }
+
+#[test]
+fn a_standby_behind_reports_the_bytes_its_next_sync_ships_and_none_once_synced() {
+    let h = Harness::new();
+    let transfer = h.transfer();
+    h.snapshot();
+    h.create(&transfer).unwrap();
+    let summary = |h: &Harness| summaries(&h.catalog, None, at(40)).unwrap().remove(0);
+    assert_eq!((summary(&h).lag.behind, summary(&h).lag.pending_bytes), (None, 0));
+
+    let s2 = h.snapshot();
+    let behind = summary(&h);
+
+    assert_eq!(behind.lag.behind.as_deref(), Some(s2.as_str()));
+    assert_eq!(behind.host, "local");
+    // Each VM's overlay of the first snapshot, frozen by the second: the fake's files are 1 byte.
+    assert_eq!(behind.lag.pending_bytes, 2);
+    h.sync(&transfer).unwrap();
+    assert_eq!(summary(&h).lag.pending_bytes, 0);
+}
