@@ -123,7 +123,7 @@ fn example_config_parses_and_round_trips() {
 /// the only problems file checks may find in it.
 #[test]
 fn example_config_fails_file_checks_only_for_missing_key_files() {
-    let allowed = ["controller.ssh_key", "controller.known_hosts"];
+    let allowed = ["controller.ssh_key", "controller.known_hosts", "hosts.kvm2.ssh.key", "hosts.kvm2.ssh.known_hosts"];
     match config::load(&example_path()) {
         Ok(_) => {}
         Err(ConfigError::Invalid { diagnostics, .. }) => {
