@@ -116,4 +116,26 @@ fn a_standby_on_host_b_gets_a_full_copy_then_only_the_delta_and_reads_like_the_s
     let left = common::stdout(&virsh_at(&b_uri, &["list", "--all", "--name"]));
     assert!(!left.contains("sb-"), "{left}");
     assert!(b.list_dir(&storage.join("db")).unwrap().is_empty(), "b's files are gone");
+
+    // A planned failover to a standby on b ships the final delta first:
+    // a write made after the standby's last sync is served on b (RPO 0).
+    lab.json(&["standby", "create", "demo", "--name", "sb", "--host", "b", "--json"]);
+    run(&lab.session("db"), "echo after-the-last-sync > /srv/db/late && sync");
+    let switched = lab.json(&["failover", "demo", "--planned", "--json"]);
+    assert_eq!(
+        (switched["mode"].as_str(), switched["rpo_seconds"].as_i64()),
+        (Some("planned"), Some(0)),
+        "{switched:#}"
+    );
+    assert_eq!(switched["primary_uri"], config.hosts["a"].libvirt_uri.as_str(), "{switched:#}");
+    let a_domains = common::stdout(&virsh_at(&config.hosts["a"].libvirt_uri, &["list", "--name"]));
+    assert!(!a_domains.contains("demo-"), "demo's domains on a are fenced: {a_domains}");
+    let mut agent = config.vm("demo", "db").unwrap().1.agent.clone();
+    agent.netns = Some(lab.host_netns("b"));
+    let on_b = envclone::guest::GuestSession::connect(
+        &envclone::guest::endpoint::ssh_target(&agent),
+        &envclone::guest::endpoint::ssh_options(&config.controller),
+    )
+    .unwrap();
+    assert_eq!(run(&on_b, "cat /srv/db/late").trim(), "after-the-last-sync");
 }

@@ -281,6 +281,13 @@ pub fn start(ctx: &OpContext<'_>, request: &DrillRequest, tools: Tools<'_>) -> R
     let started = Instant::now();
     let started_at = ctx.clock.now();
     let standby = pick_standby(ctx, request)?;
+    if standby.host != crate::host::LOCAL {
+        // The drill's guests are reached through a gateway namespace on the
+        // host that runs them: out of the controller's reach on another.
+        return Err(FailoverError::Unsupported {
+            what: format!("a DR drill of standby {}, which lives on host {}", standby.name, standby.host),
+        });
+    }
     let primary = ctx.config.environment(&request.env)?.clone();
     let _lock = EnvLock::acquire(&ctx.config.controller.state_dir, &standby.name, "failover --test")?;
     if let Some(open) = ctx.catalog.open_failover(&standby.name)? {

@@ -24,6 +24,9 @@ pub enum FailoverError {
     Lock(#[from] LockError),
     #[error(transparent)]
     Catalog(#[from] CatalogError),
+    /// The primary's or the standby's host cannot be used.
+    #[error(transparent)]
+    Host(Box<crate::host::HostError>),
     #[error("environment '{env}' has no standby")]
     NoStandby { env: String },
     #[error("environment '{env}' has several standbys ({}): say which", standbys.join(", "))]
@@ -223,6 +226,8 @@ impl Failure for FailoverError {
             | FailoverError::UnknownStandby { .. }
             | FailoverError::NotSynced { .. } => ExitCode::NotFound,
             FailoverError::Lock(LockError::Busy(_)) => ExitCode::Busy,
+            FailoverError::Host(e) if matches!(**e, crate::host::HostError::Unknown(_)) => ExitCode::NotFound,
+            FailoverError::Host(_) => ExitCode::Unreachable,
             FailoverError::SeveralStandbys { .. }
             | FailoverError::Unsupported { .. }
             | FailoverError::PrimaryHealthy { .. }
@@ -249,6 +254,7 @@ impl Failure for FailoverError {
     fn hint(&self) -> Option<String> {
         match self {
             FailoverError::Lookup(e) => e.hint(),
+            FailoverError::Host(e) => e.hint(),
             FailoverError::Interrupted(_) => Some(crate::ops::interrupt::Interrupted::hint()),
             FailoverError::Lock(e) => e.hint(),
             FailoverError::Catalog(e) => e.hint(),
@@ -362,5 +368,11 @@ impl OperationError for FailoverError {
             FailoverError::Lookup(lookup) => Ok(Shared::Lookup(lookup)),
             own => Err(own),
         }
+    }
+}
+
+impl From<crate::host::HostError> for FailoverError {
+    fn from(error: crate::host::HostError) -> Self {
+        FailoverError::Host(Box::new(error))
     }
 }

@@ -129,8 +129,10 @@ pub fn planned(ctx: &OpContext<'_>, request: &DrillRequest, tools: Tools<'_>) ->
     if let Some(report) = already_switched(ctx, &request.env, &standby.name)? {
         return Ok(report);
     }
+    // The final snapshot and the fence act on the primary's host; the rest on SB's (the context's).
+    let primary_ctx = OpContext { host: ctx.host_named(Some(ctx.config.host_of(&request.env)))?, ..*ctx };
     for vm in primary.vms.values() {
-        let found = super::inspect(ctx, &vm.domain)?;
+        let found = super::inspect(&primary_ctx, &vm.domain)?;
         if !found.state.is_active() {
             return Err(FailoverError::PrimaryDown { env: request.env.clone(), domain: vm.domain.clone() });
         }
@@ -146,7 +148,7 @@ pub fn planned(ctx: &OpContext<'_>, request: &DrillRequest, tools: Tools<'_>) ->
         schedule: None,
     };
     let begun = Instant::now();
-    let taken = crate::ops::snapshot::take(ctx, &snap, tools.quiescer);
+    let taken = crate::ops::snapshot::take(&primary_ctx, &snap, tools.quiescer);
     let final_step = StepTime {
         name: format!("final snapshot of {}", request.env),
         at_ms: millis(begun - started),
@@ -161,7 +163,7 @@ pub fn planned(ctx: &OpContext<'_>, request: &DrillRequest, tools: Tools<'_>) ->
     let epoch = ctx.catalog.last_epoch(&request.env)? + 1;
     let mut run = Run::new(ctx, tools, &request.env, started)?;
     run.steps.push(final_step);
-    let result = switch(&mut run, &standby, &primary, &snapshot.name, thawed, epoch, network);
+    let result = switch(&mut run, primary_ctx.host, &standby, &primary, &snapshot.name, thawed, epoch, network);
     let (takeover, fenced, unprotected, rto) = match result {
         Ok(done) => done,
         Err(error) => return Err(run.roll_back(error)),
@@ -182,7 +184,10 @@ pub fn planned(ctx: &OpContext<'_>, request: &DrillRequest, tools: Tools<'_>) ->
         rto_ms: millis(rto),
         fenced,
         fence,
-        primary_uri: None,
+        // The guard looks for the primary's domains there.
+        primary_uri: (primary_ctx.host.name() != ctx.host.name())
+            .then(|| ctx.config.hosts.get(primary_ctx.host.name()).map(|h| h.libvirt_uri.clone()))
+            .flatten(),
         vms: takeover.vms,
         readdressed: takeover.readdressed,
         started_at,
@@ -253,6 +258,7 @@ pub(super) fn record_switch(
 /// domains, the unprotected window and the RTO.
 fn switch(
     run: &mut Run<'_, '_>,
+    primary_host: &dyn crate::host::Host,
     standby: &crate::catalog::StandbyRecord,
     primary: &crate::config::Environment,
     snapshot: &str,
@@ -270,9 +276,9 @@ fn switch(
             let stamp = super::fence::stamp(epoch, ctx.clock.now());
             run.step(
                 &format!("fence {domain}: stop it, autostart off, epoch {epoch}"),
-                undo::unfence(&domain),
-                |run| {
-                    super::fence::fence_domain(run.ctx.host.hypervisor(), &domain, &stamp)
+                undo::unfence(&domain, primary_host.name()),
+                |_| {
+                    super::fence::fence_domain(primary_host.hypervisor(), &domain, &stamp)
                         .map(drop)
                         .map_err(|e| FailoverError::Fence { domain: domain.clone(), source: Box::new(e) })
                 },

@@ -77,15 +77,18 @@ pub fn forget_open(standby: &str) -> UndoAction {
     UndoAction::Custom { kind: UNDO_FORGET.into(), data: serde_json::json!({ "standby": standby }) }
 }
 
-pub fn unfence(domain: &str) -> UndoAction {
-    UndoAction::Custom { kind: UNDO_UNFENCE.into(), data: serde_json::json!({ "domain": domain }) }
+pub fn unfence(domain: &str, host: &str) -> UndoAction {
+    UndoAction::Custom { kind: UNDO_UNFENCE.into(), data: serde_json::json!({ "domain": domain, "host": host }) }
 }
 
 /// The undo of fencing a domain that was down already: its stamp goes, it
 /// is not started (an unplanned failover rolled back leaves the primary as
 /// it found it).
-pub fn unfence_down(domain: &str) -> UndoAction {
-    UndoAction::Custom { kind: UNDO_UNFENCE.into(), data: serde_json::json!({ "domain": domain, "start": false }) }
+pub fn unfence_down(domain: &str, host: &str) -> UndoAction {
+    UndoAction::Custom {
+        kind: UNDO_UNFENCE.into(),
+        data: serde_json::json!({ "domain": domain, "host": host, "start": false }),
+    }
 }
 
 /// Defines `def` again (the standby domain as it was before the takeover).
@@ -136,7 +139,9 @@ pub fn undo_own(ctx: &OpContext<'_>, kind: &str, data: &serde_json::Value) -> Re
         }
         UNDO_UNFENCE => {
             let domain = data["domain"].as_str().ok_or_else(|| format!("bad {kind} data {data}: no domain"))?;
-            let found = match ctx.host.hypervisor().domain(domain) {
+            // The primary's host (an undo journaled before hosts: the context's).
+            let host = ctx.host_named(data["host"].as_str()).map_err(|e| error_chain(&e))?;
+            let found = match host.hypervisor().domain(domain) {
                 Ok(found) => found,
                 Err(crate::hypervisor::HvError::NoSuchDomain { .. }) => {
                     return Ok(format!("domain {domain} is not defined here: nothing to unfence"))
@@ -151,13 +156,12 @@ pub fn undo_own(ctx: &OpContext<'_>, kind: &str, data: &serde_json::Value) -> Re
                 // The fence is undone: its stamp would tell a lie.
                 let mut def = found.def.clone();
                 def.clear_fence_stamp();
-                ctx.host
-                    .hypervisor()
+                host.hypervisor()
                     .define_domain(&def)
                     .map_err(|e| format!("cannot remove the fence stamp of domain {domain}: {}", error_chain(&e)))?;
             }
             if autostart == Some(true) {
-                ctx.host.hypervisor().set_autostart(domain, true).map_err(|e| {
+                host.hypervisor().set_autostart(domain, true).map_err(|e| {
                     format!("cannot turn the autostart of domain {domain} on again: {}", error_chain(&e))
                 })?;
             }
@@ -169,8 +173,7 @@ pub fn undo_own(ctx: &OpContext<'_>, kind: &str, data: &serde_json::Value) -> Re
             if data["start"].as_bool() == Some(false) {
                 return Ok(format!("domain {domain} unstamped, {autostart}; it was down before the failover"));
             }
-            ctx.host
-                .hypervisor()
+            host.hypervisor()
                 .start_domain(domain)
                 .map_err(|e| format!("cannot start domain {domain}: {}", error_chain(&e)))?;
             Ok(format!("domain {domain} started again, {autostart}"))

@@ -161,7 +161,8 @@ fn fence_primary(
                 let stamp = fence::stamp(epoch, ctx.clock.now());
                 let name = format!("fence {domain}: stop it, autostart off, epoch {epoch}");
                 let was_running = hv.domain(&domain).is_ok_and(|d| d.state.is_active());
-                let undo = if was_running { undo::unfence(&domain) } else { undo::unfence_down(&domain) };
+                let on = ctx.config.host_of(env);
+                let undo = if was_running { undo::unfence(&domain, on) } else { undo::unfence_down(&domain, on) };
                 let existed = run.step(&name, undo, |_| {
                     fence::fence_domain(hv, &domain, &stamp)
                         .map_err(|e| FailoverError::Fence { domain: domain.clone(), source: Box::new(e) })
