@@ -163,7 +163,8 @@ pub fn planned(ctx: &OpContext<'_>, request: &DrillRequest, tools: Tools<'_>) ->
     let epoch = ctx.catalog.last_epoch(&request.env)? + 1;
     let mut run = Run::new(ctx, tools, &request.env, started)?;
     run.steps.push(final_step);
-    let result = switch(&mut run, primary_ctx.host, &standby, &primary, &snapshot.name, thawed, epoch, network);
+    let at = FinalPoint { snapshot: &snapshot.name, thawed, epoch };
+    let result = switch(&mut run, primary_ctx.host, &standby, &primary, at, network);
     let (takeover, fenced, unprotected, rto) = match result {
         Ok(done) => done,
         Err(error) => return Err(run.roll_back(error)),
@@ -254,6 +255,14 @@ pub(super) fn record_switch(
     Ok(report)
 }
 
+/// The final snapshot, when its guests were thawed, and the switch's epoch.
+#[derive(Debug, Clone, Copy)]
+struct FinalPoint<'s> {
+    snapshot: &'s str,
+    thawed: Instant,
+    epoch: i64,
+}
+
 /// Steps 2 to 5 (before the record); returns SB's takeover, the fenced
 /// domains, the unprotected window and the RTO.
 fn switch(
@@ -261,11 +270,10 @@ fn switch(
     primary_host: &dyn crate::host::Host,
     standby: &crate::catalog::StandbyRecord,
     primary: &crate::config::Environment,
-    snapshot: &str,
-    thawed: Instant,
-    epoch: i64,
+    at: FinalPoint<'_>,
     network: StandbyNetwork,
 ) -> Result<(Takeover, Vec<String>, std::time::Duration, std::time::Duration), FailoverError> {
+    let FinalPoint { snapshot, thawed, epoch } = at;
     let ctx = run.ctx;
     let state_dir = &ctx.config.controller.state_dir;
     let mut fenced = Vec::new();
