@@ -238,7 +238,10 @@ fn images_ship_both_ways_sparse_and_verified_and_a_cut_link_leaves_nothing_used(
 
     let sshd = sshd_cell.into_inner().unwrap();
     sshd.listen();
+    let began = std::time::Instant::now();
     let shipped = ship::ship(end("local", &LocalStorage, &dense), end("far", &far, &target), None, &|_, _| {}).unwrap();
+    let took = began.elapsed().as_secs_f64();
+    eprintln!("shipped {} MiB over SSH on loopback in {took:.2} s", shipped.bytes >> 20);
     assert_eq!(shipped.bytes, 24 << 20);
     assert_eq!(std::fs::read(&dense).unwrap(), std::fs::read(&target).unwrap());
     assert!(!ship::part_path(&target).exists());

@@ -188,7 +188,9 @@ impl Machine {
                 .arg(format!("--mount=/proc/{pid}/ns/mnt"))
                 .arg("dropbear")
                 // -E: log to stderr (our log file): there is no syslog here.
-                .args(["-E", "-r"])
+                // -W: OpenSSH's 2 MiB channel window, not dropbear's 24 KiB,
+                // so images cross at the link's rate as they would to a real sshd.
+                .args(["-E", "-W", "2097152", "-r"])
                 .arg(self.host_key())
                 .args(["-p", &listen, "-P"])
                 .arg(self.dropbear_pid())
