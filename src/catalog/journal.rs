@@ -27,7 +27,8 @@ use super::{Catalog, CatalogError, Timestamp};
 
 const OPERATION_COLUMNS: &str = "o.id, o.kind, e.name, o.pid, o.pid_start_ticks, o.boot_id, o.started_at, \
      o.finished_at, o.state, o.error, \
-     (SELECT json_group_array(env) FROM (SELECT env FROM operation_envs WHERE operation_id = o.id ORDER BY env))";
+     (SELECT json_group_array(env) FROM (SELECT env FROM operation_envs WHERE operation_id = o.id ORDER BY env)), \
+     o.host";
 const STEP_COLUMNS: &str = "id, operation_id, seq, name, undo, state, started_at, finished_at, error";
 
 impl Catalog {
@@ -73,6 +74,14 @@ impl Catalog {
             )
             .map_err(CatalogError::insert(what, format!("operation {id} touching '{env}'")))?;
         Ok(())
+    }
+
+    /// Records the host the operation acts on (when not its environment's).
+    pub fn set_operation_host(&self, id: OperationId, host: &str) -> Result<(), CatalogError> {
+        self.conn
+            .execute("UPDATE operations SET host = ?1 WHERE id = ?2", params![host, id])
+            .map(drop)
+            .map_err(CatalogError::query("record the host an operation acts on"))
     }
 
     pub fn operation(&self, id: OperationId) -> Result<Operation, CatalogError> {
@@ -320,6 +329,7 @@ fn operation_row(row: &Row<'_>) -> rusqlite::Result<Operation> {
         error: row.get(9)?,
         touches: serde_json::from_str(&row.get::<_, String>(10)?)
             .map_err(|e| rusqlite::Error::FromSqlConversionFailure(10, rusqlite::types::Type::Text, Box::new(e)))?,
+        host: row.get(11)?,
     })
 }
 

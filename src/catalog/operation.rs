@@ -246,6 +246,9 @@ pub struct Operation {
     pub state: OperationState,
     /// Why it failed or was rolled back.
     pub error: Option<String>,
+    /// The host it acts on, when recorded (a standby's); none: its
+    /// environment's.
+    pub host: Option<String>,
 }
 
 impl Operation {

@@ -359,6 +359,15 @@ pub(crate) const MIGRATIONS: &[Migration] = &[
             ALTER TABLE standbys ADD COLUMN host TEXT NOT NULL DEFAULT 'local';
         "#,
     },
+    Migration {
+        version: 12,
+        description: "the host an operation acts on, when not its environment's",
+        // `recover` undoes an interrupted operation on the host it acted
+        // on: a standby's before the standby is recorded, say.
+        sql: r#"
+            ALTER TABLE operations ADD COLUMN host TEXT;
+        "#,
+    },
 ];
 
 /// The schema version this build writes.

@@ -41,6 +41,11 @@ impl<'c> Journal<'c> {
         self.catalog.also_touches(self.op, env)
     }
 
+    /// The operation acts on `host`: `recover` undoes it there.
+    pub fn on_host(&self, host: &str) -> Result<(), CatalogError> {
+        self.catalog.set_operation_host(self.op, host)
+    }
+
     pub fn record(&mut self, name: impl Into<String>, undo: UndoAction) -> Result<StepId, CatalogError> {
         let step = self.catalog.record_step(self.op, &StepRecord::new(name, undo))?;
         self.open.push(step);

@@ -19,6 +19,15 @@ pub enum RecoverError {
     Lock(#[from] LockError),
     #[error("catalog")]
     Catalog(#[from] CatalogError),
+    /// The host an environment's (or a standby's) work is on cannot be used.
+    #[error(transparent)]
+    Host(Box<crate::host::HostError>),
+}
+
+impl From<crate::host::HostError> for RecoverError {
+    fn from(error: crate::host::HostError) -> Self {
+        RecoverError::Host(Box::new(error))
+    }
 }
 
 impl Failure for RecoverError {
@@ -27,6 +36,7 @@ impl Failure for RecoverError {
             RecoverError::Lookup(_) => ExitCode::NotFound,
             RecoverError::Lock(LockError::Busy(_)) => ExitCode::Busy,
             RecoverError::Lock(_) | RecoverError::Catalog(_) => ExitCode::Failed,
+            RecoverError::Host(_) => ExitCode::Unreachable,
         }
     }
 
@@ -35,6 +45,7 @@ impl Failure for RecoverError {
             RecoverError::Lookup(e) => e.hint(),
             RecoverError::Lock(e) => e.hint(),
             RecoverError::Catalog(e) => e.hint(),
+            RecoverError::Host(e) => e.hint(),
         }
     }
 }

@@ -296,9 +296,27 @@ pub fn recover(
             }
             Err(e) => return Err(e.into()),
         };
-        report.environments.push(recover_env(ctx, agents, &env, request.dry_run)?);
+        let recorded = pending_ops.iter().filter(|op| op.env == env).find_map(|op| op.host.clone());
+        let host = match recorded {
+            Some(host) => ctx.host_named(Some(&host))?,
+            None => host_of(ctx, &env)?,
+        };
+        let on_its_host = OpContext { host, ..*ctx };
+        report.environments.push(recover_env(&on_its_host, agents, &env, request.dry_run)?);
     }
     Ok(report)
+}
+
+/// The host `env`'s operations act on: an environment's (from the
+/// config), a standby's (as recorded), else the context's.
+fn host_of<'c>(ctx: &OpContext<'c>, env: &str) -> Result<&'c dyn crate::host::Host, RecoverError> {
+    if ctx.config.environments.contains_key(env) {
+        return Ok(ctx.host_named(Some(ctx.config.host_of(env)))?);
+    }
+    match ctx.catalog.standby_named(env)? {
+        Some(standby) => Ok(ctx.host_named(Some(&standby.host))?),
+        None => Ok(ctx.host),
+    }
 }
 
 /// Operations with work left: interrupted ones, and failed ones with

@@ -739,3 +739,51 @@ fn every_undo_kind_an_operation_journals_is_one_recover_runs() {
         assert!(!describe(&action).contains("unknown"), "{kind}: {}", describe(&action));
     }
 }
+
+/// A `standby create --host b` killed before it recorded the standby: its
+/// steps are undone on b, the host its journal names, not on the
+/// controller's.
+#[test]
+fn an_interrupted_operation_on_another_host_is_undone_there() {
+    use crate::hypervisor::{NetworkDef, NetworkSpec};
+    use crate::ops::clone::undo::UNDO_REMOVE_NETWORK;
+    let h = Harness::new();
+    let b_hv = FakeHypervisor::new();
+    let hv: &dyn crate::hypervisor::Hypervisor = &b_hv;
+    hv.define_network(&NetworkDef::isolated(&NetworkSpec { name: "sb-net".into(), bridge: "esb".into(), ip: None }))
+        .unwrap();
+    let local: &dyn crate::hypervisor::Hypervisor = &h.hv;
+    local
+        .define_network(&NetworkDef::isolated(&NetworkSpec { name: "sb-net".into(), bridge: "esb".into(), ip: None }))
+        .unwrap();
+    let mut owner = Owner::current();
+    owner.start_ticks = owner.start_ticks.map(|ticks| ticks + 1);
+    let started = Utc.with_ymd_and_hms(2024, 5, 1, 2, 0, 0).unwrap();
+    let op = h.catalog.begin_operation(OperationKind::StandbyCreate, "sb", &owner, started).unwrap();
+    h.catalog.set_operation_host(op, "b").unwrap();
+    let undo =
+        UndoAction::Custom { kind: UNDO_REMOVE_NETWORK.into(), data: serde_json::json!({ "network": "sb-net" }) };
+    h.step(op, "create network sb-net (isolated copy of net)", undo, true);
+
+    let progress = |_: &Event| {};
+    let clock = FixedClock(Utc.with_ymd_and_hms(2024, 5, 1, 3, 0, 0).unwrap());
+    let (storage, net) = (crate::host::LocalStorage, FakeNet::default());
+    let here = FakeHost::new(&h.hv, &storage, &net);
+    let b = FakeHost::new(&b_hv, &storage, &net).named("b");
+    let hosts = crate::host::HostRegistry::new().with(&here).with(&b);
+    let ctx = OpContext {
+        config: &h.config,
+        host: &here,
+        hosts: &hosts,
+        catalog: &h.catalog,
+        progress: &progress,
+        clock: &clock,
+        interrupt: &h.interrupt,
+    };
+    let report = recover(&ctx, &FakeRecoveryAgents::healthy(), &RecoverRequest::default()).unwrap();
+
+    let sb = report.environments.iter().find(|env| env.env == "sb").unwrap();
+    assert_eq!(sb.operations[0].outcome, Outcome::RolledBack, "{sb:?}");
+    assert!(b_hv.peek_network("sb-net").is_none(), "removed on b");
+    assert!(h.hv.peek_network("sb-net").is_some(), "the controller's own is not touched");
+}

@@ -117,6 +117,7 @@ pub fn create(ctx: &OpContext<'_>, request: &CreateRequest) -> Result<CreateRepo
     }
 
     let journal = Journal::begin(ctx.catalog, OperationKind::StandbyCreate, name, ctx.clock.now())?;
+    journal.on_host(ctx.host.name())?;
     let mut run = Run { ctx, journal, primary_host };
     let made = run.execute(&request.primary, primary, name, &storage, autorestore);
     let resources = match made {

@@ -183,6 +183,7 @@ pub fn sync(ctx: &OpContext<'_>, standby: &str) -> Result<SyncReport, StandbyErr
         record.primary
     ));
     let journal = Journal::begin(ctx.catalog, OperationKind::StandbySync, standby, ctx.clock.now())?;
+    journal.on_host(ctx.host.name())?;
     let mut run = Run { ctx, journal, transfer, primary_host, primary_env: &record.primary, standby };
     let result = (|| {
         let dependent = Dependent::standby_named(standby);
