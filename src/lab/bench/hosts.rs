@@ -22,8 +22,8 @@
 //! The RTO of an unplanned failover after `lab host-down a` is left for the
 //! cross-host failover to fill in (see [`RTO_NOT_MEASURED`]).
 //!
-//! The two-host lab is [`HostsLab`]: brought up if it is not, taken down
-//! again afterwards if the bench brought it up (unless `--keep`).
+//! The two-host lab is [`HostsLab`]: used as it is when it is up, else
+//! brought up and taken down again afterwards (unless `--keep`).
 
 use std::path::PathBuf;
 use std::time::Duration;
@@ -75,27 +75,39 @@ impl HostsLab {
         Lab::new(&name, &labs_dir, &main.paths().cache).map_err(BenchError::lab(format!("the two-host lab {name}")))
     }
 
-    /// Brings `lab` up with two hosts when it is not up (`lab up --hosts 2`
-    /// waits for what is already up, so a lab that is up costs seconds).
+    /// A two-host lab that is up is used as it is (its config, which a
+    /// user may have edited, left alone); one that does not exist is
+    /// brought up with two hosts.
     pub fn up(lab: Lab, bench: &Bench<'_>, domain_type: DomainType) -> Result<HostsLab, BenchError> {
-        let existed = match two_hosts(&lab) {
-            Some(false) => return Err(BenchError::NotTwoHosts { lab: lab.name().to_string() }),
-            Some(true) => true,
-            None => false,
-        };
-        bench.say(&format!(
-            "two-host lab '{}' ({})",
-            lab.name(),
-            if existed { "up already" } else { "bringing it up" }
-        ));
-        let options = UpOptions {
-            domain_type,
-            agent_binary: bench.extra_options.agent_binary.clone(),
-            boot_timeout: bench.extra_options.boot_timeout,
-            hosts: HostCount::Two,
-        };
-        lab.up(&options, &|line| bench.say(line)).map_err(BenchError::lab(format!("bring up lab {}", lab.name())))?;
-        Ok(HostsLab { lab, brought_up: !existed })
+        match two_hosts(&lab) {
+            Some(false) => Err(BenchError::NotTwoHosts { lab: lab.name().to_string() }),
+            Some(true) if crate::lab::daemons::is_running(&lab.paths().libvirt_instance()) => {
+                bench.say(&format!("two-host lab '{}' is up: used as it is", lab.name()));
+                Ok(HostsLab { lab, brought_up: false })
+            }
+            Some(true) => Err(BenchError::LabNotUp { lab: lab.name().to_string(), config: lab.paths().config() }),
+            None => {
+                bench.say(&format!("bringing up two-host lab '{}'", lab.name()));
+                let options = UpOptions {
+                    domain_type,
+                    agent_binary: bench.extra_options.agent_binary.clone(),
+                    boot_timeout: bench.extra_options.boot_timeout,
+                    hosts: HostCount::Two,
+                };
+                let up = lab.up(&options, &|line| bench.say(line));
+                // Half made is still made: taken down like a whole one.
+                let made = HostsLab { lab, brought_up: true };
+                match up {
+                    Ok(_) => Ok(made),
+                    Err(e) => {
+                        if let Err(down) = made.lab.down(false) {
+                            bench.say(&format!("cannot take the half made lab down: {}", crate::error::chain(&down)));
+                        }
+                        Err(BenchError::lab(format!("bring up lab {}", made.lab.name()))(e))
+                    }
+                }
+            }
+        }
     }
 
     pub fn config(&self) -> Result<Config, BenchError> {
