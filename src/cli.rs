@@ -330,9 +330,10 @@ pub enum LabCommand {
     /// Shape a two-host lab's host link in both directions (tc token
     /// bucket; this kernel has no netem, so no delay or loss).
     Link(LabLinkArgs),
-    /// Measure stalls, clone times, memory capture and scale on the lab
-    /// (minutes; a Markdown table on stdout, every figure in a JSON file).
-    Bench(LabBenchArgs),
+    /// Measure stalls, clone times, memory capture, scale and shipping to
+    /// another host on the lab (minutes; a Markdown table on stdout, every
+    /// figure in a JSON file).
+    Bench(Box<LabBenchArgs>),
 }
 
 #[derive(Debug, Args)]
@@ -347,7 +348,7 @@ pub struct LabBenchArgs {
     /// (default: the JSON file's path with .svg, when there is one).
     #[arg(long, value_name = "FILE")]
     pub plot: Option<PathBuf>,
-    /// Only these families (stall, data, memory, scale); default: all.
+    /// Only these families (stall, data, memory, scale, hosts); default: all.
     #[arg(long, value_delimiter = ',', value_name = "FAMILY")]
     pub only: Vec<String>,
     /// Data written in a disk, GiB.
@@ -359,6 +360,14 @@ pub struct LabBenchArgs {
     /// VMs per environment.
     #[arg(long, value_delimiter = ',', default_value = "1,3,6")]
     pub vms: Vec<usize>,
+    /// hosts: data written in db before each incremental sync to host b, MiB.
+    #[arg(long, value_delimiter = ',', default_value = "4,16,64")]
+    pub hosts_mib: Vec<u64>,
+    /// hosts: the two-host lab to run on, brought up with `--hosts 2` if it
+    /// is not up and then taken down again (unless --keep). Default: the
+    /// lab itself when it has two hosts, else `<lab>-hosts`.
+    #[arg(long, value_name = "NAME")]
+    pub hosts_lab: Option<String>,
     /// Keep the bench's environments afterwards (in the lab's extra/ directory).
     #[arg(long)]
     pub keep: bool,

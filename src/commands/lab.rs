@@ -61,6 +61,8 @@ fn run_bench(args: &LabBenchArgs, out: &Output) -> Result<ExitCode> {
         data_sizes_gib: args.data_gib.clone(),
         ram_sizes_mib: args.ram_mib.clone(),
         scale_sizes: args.vms.clone(),
+        hosts_sizes_mib: args.hosts_mib.clone(),
+        hosts_lab: args.hosts_lab.clone(),
         agent_binary: find_agent_binary(args.agent_bin.as_deref())?,
         envclone: std::env::current_exe().map_err(|source| LabError::io("find", "/proc/self/exe".as_ref(), source))?,
         boot_timeout: args.boot_timeout,

@@ -80,6 +80,32 @@ impl LabUnderTest {
         self.command(args).output().expect("run envclone")
     }
 
+    /// Starts the real `envclone` binary against this lab without waiting
+    /// for it (stdout and stderr piped): for acting on the lab while it
+    /// runs.
+    pub fn spawn(&self, args: &[&str]) -> std::process::Child {
+        self.command(args)
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .expect("start envclone")
+    }
+
+    /// The journaled steps of the newest completed `kind` operation on
+    /// `env` (from the lab's catalog), each with its start and end.
+    pub fn last_steps(&self, kind: envclone::catalog::OperationKind, env: &str) -> Vec<envclone::catalog::Step> {
+        let catalog = envclone::catalog::Catalog::open(&self.config().controller.state_dir).expect("open the catalog");
+        let operation = catalog
+            .operations_in(envclone::catalog::OperationState::Completed)
+            .expect("list operations")
+            .into_iter()
+            .filter(|o| o.kind == kind && o.env == env)
+            .max_by_key(|o| o.id)
+            .unwrap_or_else(|| panic!("no completed {kind} of {env}"));
+        catalog.steps(operation.id).expect("list steps")
+    }
+
     /// Runs `envclone` so that it aborts at the crash point `point`
     /// (`op:step`, see `envclone::ops::crashpoint`).
     pub fn envclone_crashing_at(&self, args: &[&str], point: &str) -> Output {
@@ -174,6 +200,17 @@ pub fn run(session: &GuestSession, command: &str) -> String {
     let text = String::from_utf8_lossy(&output.stdout).into_owned();
     assert_eq!(output.status, 0, "`{command}`: {text} {}", String::from_utf8_lossy(&output.stderr));
     text
+}
+
+/// Waits for `child` to end (at most `within`); its output. A child still
+/// running then is killed and the test fails.
+pub fn wait_for_child(mut child: std::process::Child, within: Duration) -> Output {
+    let ended = envclone::wait::until("envclone to end", within, Duration::from_millis(100), || child.try_wait());
+    if let Err(e) = ended {
+        let _ = child.kill();
+        panic!("{e}");
+    }
+    child.wait_with_output().expect("envclone's output")
 }
 
 /// Writes `content` to `path` in the guest.

@@ -50,8 +50,10 @@ pub enum BenchError {
     LabNotUp { lab: String, config: PathBuf },
     #[error("missing tool {tool} (Debian package {package})")]
     MissingTool { tool: &'static str, package: &'static str },
-    #[error("unknown measurement family {name:?} (known: stall, data, memory, scale)")]
+    #[error("unknown measurement family {name:?} (known: stall, data, memory, scale, hosts)")]
     UnknownFamily { name: String },
+    #[error("the hosts family needs a two-host lab, and lab '{lab}' has one host")]
+    NotTwoHosts { lab: String },
 }
 
 impl BenchError {
@@ -60,6 +62,10 @@ impl BenchError {
             BenchError::LabNotUp { lab, .. } => format!("bring it up first: `envclone lab up --lab {lab}`"),
             BenchError::MissingTool { .. } => "install it: `scripts/install-deps.sh` (as root)".into(),
             BenchError::Netns { .. } => "the bench runs as root, on a lab that is up".into(),
+            BenchError::NotTwoHosts { lab } => format!(
+                "name another lab with `--hosts-lab NAME` (brought up with two hosts if it is not up), or take \
+                 '{lab}' down first"
+            ),
             BenchError::Timeout { .. } => {
                 "the host may be overloaded (TCG guests, other labs); `envclone lab status` shows what runs".into()
             }

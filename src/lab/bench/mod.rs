@@ -11,7 +11,11 @@
 //! - [`memory`]: memory-state capture time, pause and image size against
 //!   RAM, QEMU's background-snapshot (envclone) and libvirt's live snapshot;
 //! - [`scale`]: group freeze window and linked-clone time against the
-//!   number of VMs.
+//!   number of VMs;
+//! - [`hosts`]: shipping to a standby on another host (issue #14): bytes
+//!   shipped against bytes written, sync time over a shaped link, the RPO a
+//!   1-minute schedule reaches. It runs on a two-host lab of its own
+//!   ([`hosts::HostsLab`]), not on the extra environments.
 //!
 //! Every envclone operation runs through the real `envclone` binary (this
 //! one) with `--config` pointing at the extra environments, as a user would
@@ -21,6 +25,7 @@
 mod data;
 mod error;
 mod exec;
+mod hosts;
 mod memory;
 pub mod plot;
 pub mod probe;
@@ -33,7 +38,7 @@ pub use report::BenchReport;
 
 use super::extra::{ExtraEnv, ExtraLab, ExtraOptions};
 use super::{Lab, LabError};
-use crate::config::DomainType;
+use crate::config::{Config, DomainType};
 use crate::guest::GuestSession;
 use crate::hypervisor::{DomainState, Hypervisor, LibvirtHypervisor};
 use exec::Tools;
@@ -47,10 +52,11 @@ pub enum Family {
     Data,
     Memory,
     Scale,
+    Hosts,
 }
 
 impl Family {
-    pub const ALL: [Family; 4] = [Family::Stall, Family::Data, Family::Memory, Family::Scale];
+    pub const ALL: [Family; 5] = [Family::Stall, Family::Data, Family::Memory, Family::Scale, Family::Hosts];
 
     pub fn name(self) -> &'static str {
         match self {
@@ -58,6 +64,7 @@ impl Family {
             Family::Data => "data",
             Family::Memory => "memory",
             Family::Scale => "scale",
+            Family::Hosts => "hosts",
         }
     }
 
@@ -75,6 +82,11 @@ pub struct BenchOptions {
     pub ram_sizes_mib: Vec<u64>,
     /// VMs per environment (1, 3, 6).
     pub scale_sizes: Vec<usize>,
+    /// Data written in `db` before each incremental sync to host b, MiB (4, 16, 64).
+    pub hosts_sizes_mib: Vec<u64>,
+    /// The two-host lab of the hosts family (default: the bench's lab when
+    /// it has two hosts, else `<lab>-hosts`).
+    pub hosts_lab: Option<String>,
     pub agent_binary: PathBuf,
     /// The `envclone` binary the operations run through.
     pub envclone: PathBuf,
@@ -100,19 +112,25 @@ const TOOLS: &[(&str, &str)] =
 
 pub fn run(lab: &Lab, options: &BenchOptions, progress: &dyn Fn(&str)) -> Result<BenchReport, LabError> {
     let started = Instant::now();
+    // The hosts family alone needs no lab of the bench's: it brings up its own.
+    let needs_lab = options.families.iter().any(|f| *f != Family::Hosts);
     let lab_config = crate::config::load(&lab.paths().config())
         .ok()
-        .filter(|_| super::daemons::is_running(&lab.paths().libvirt_instance()))
-        .ok_or_else(|| BenchError::LabNotUp { lab: lab.name().to_string(), config: lab.paths().config() })?;
+        .filter(|_| super::daemons::is_running(&lab.paths().libvirt_instance()));
+    if needs_lab && lab_config.is_none() {
+        return Err(BenchError::LabNotUp { lab: lab.name().to_string(), config: lab.paths().config() }.into());
+    }
     for (tool, package) in TOOLS {
         if super::host::find_tool(tool).is_none() {
             return Err(BenchError::MissingTool { tool, package }.into());
         }
     }
-    let domain_type = lab_config.lab.map_or(DomainType::Qemu, |l| l.domain_type);
+    let domain_type = lab_config.and_then(|c| c.lab).map_or(DomainType::Qemu, |l| l.domain_type);
     let extra = ExtraLab::new(lab);
-    progress("removing what an earlier bench left");
-    extra.remove_all()?;
+    if needs_lab {
+        progress("removing what an earlier bench left");
+        extra.remove_all()?;
+    }
     let bench = Bench {
         tools: Tools {
             envclone: options.envclone.clone(),
@@ -141,6 +159,7 @@ pub fn run(lab: &Lab, options: &BenchOptions, progress: &dyn Fn(&str)) -> Result
         data: None,
         memory: None,
         scale: None,
+        hosts: None,
         targets: Vec::new(),
     };
     for family in &options.families {
@@ -156,6 +175,7 @@ pub fn run(lab: &Lab, options: &BenchOptions, progress: &dyn Fn(&str)) -> Result
             Family::Scale => {
                 scale::run(&bench, &options.scale_sizes, &mut report.notes).map(|f| report.scale = Some(f))
             }
+            Family::Hosts => bench.hosts(options, domain_type, &mut report.notes).map(|f| report.hosts = Some(f)),
         };
         // A family that failed is reported as not measured; the others
         // still run (each family removes its own environments either way).
@@ -165,7 +185,9 @@ pub fn run(lab: &Lab, options: &BenchOptions, progress: &dyn Fn(&str)) -> Result
             report.not_measured.push(format!("the {} family: {why}", family.name()));
         }
     }
-    if options.keep {
+    if !needs_lab {
+        // No extra environment was made.
+    } else if options.keep {
         bench.say(&format!("keeping the extra environments (config: {})", bench.extra.config_path().display()));
     } else {
         bench.extra.remove_all()?;
@@ -178,6 +200,24 @@ pub fn run(lab: &Lab, options: &BenchOptions, progress: &dyn Fn(&str)) -> Result
 impl Bench<'_> {
     fn say(&self, line: &str) {
         (self.progress)(&format!("[{:>4.0}s] {line}", self.started.elapsed().as_secs_f64()));
+    }
+
+    /// The hosts family on its two-host lab, brought up if need be and
+    /// taken down again if it was (unless `--keep`).
+    fn hosts(
+        &self,
+        options: &BenchOptions,
+        domain_type: DomainType,
+        notes: &mut Vec<String>,
+    ) -> Result<report::HostsFamily, BenchError> {
+        let lab = hosts::HostsLab::resolve(self.extra.lab(), options.hosts_lab.as_deref())?;
+        let hosts_lab = hosts::HostsLab::up(lab, self, domain_type)?;
+        let measured = hosts::run(self, &hosts_lab, &options.hosts_sizes_mib, notes);
+        if hosts_lab.brought_up && !self.keep {
+            self.say(&format!("taking lab '{}' down (the bench brought it up)", hosts_lab.lab.name()));
+            hosts_lab.lab.down(false).map_err(BenchError::lab(format!("take lab {} down", hosts_lab.lab.name())))?;
+        }
+        measured
     }
 
     fn hv(&self) -> Result<LibvirtHypervisor, BenchError> {
@@ -253,42 +293,10 @@ impl Bench<'_> {
         Ok(value)
     }
 
-    /// An SSH session to a VM of an extra environment.
-    fn session(&self, env: &str, vm: &str) -> Result<GuestSession, BenchError> {
-        let config = self.extra.config().map_err(BenchError::lab("read the extra config"))?;
-        let (_, vm_config) = config.vm(env, vm).map_err(|e| BenchError::Report {
-            step: format!("SSH into {env}/{vm}"),
-            command: "config lookup".into(),
-            detail: e.to_string(),
-        })?;
-        GuestSession::connect(
-            &crate::guest::endpoint::ssh_target(&vm_config.agent),
-            &crate::guest::endpoint::ssh_options(&config.controller),
-        )
-        .map_err(|e| BenchError::Report {
-            step: format!("SSH into {env}/{vm}"),
-            command: "ssh".into(),
-            detail: crate::error::chain(&e),
-        })
-    }
-
-    /// Runs a shell command in a VM; its stdout.
+    /// Runs a shell command in a VM of an extra environment; its stdout.
     fn sh(&self, env: &str, vm: &str, command: &str) -> Result<String, BenchError> {
-        let step = format!("`{command}` in {env}/{vm}");
-        let output = self.session(env, vm)?.exec(command, None).map_err(|e| BenchError::Report {
-            step: step.clone(),
-            command: command.into(),
-            detail: crate::error::chain(&e),
-        })?;
-        if output.status != 0 {
-            return Err(BenchError::Command {
-                step,
-                command: command.into(),
-                status: Some(output.status),
-                stderr: String::from_utf8_lossy(&output.stderr).into_owned(),
-            });
-        }
-        Ok(String::from_utf8_lossy(&output.stdout).into_owned())
+        let config = self.extra.config().map_err(BenchError::lab("read the extra config"))?;
+        sh_in(&config, env, vm, command)
     }
 
     /// Shuts VMs off from inside, all at once: `sync; poweroff -f`. The
@@ -353,6 +361,43 @@ impl Bench<'_> {
         super::extra::remove_domain(&hv, domain).map_err(BenchError::lab(format!("remove {domain}")))?;
         exec::remove_files(&format!("remove {domain}'s disks"), files)
     }
+}
+
+/// An SSH session to a VM of `config`'s environment `env`.
+fn session_in(config: &Config, env: &str, vm: &str) -> Result<GuestSession, BenchError> {
+    let (_, vm_config) = config.vm(env, vm).map_err(|e| BenchError::Report {
+        step: format!("SSH into {env}/{vm}"),
+        command: "config lookup".into(),
+        detail: e.to_string(),
+    })?;
+    GuestSession::connect(
+        &crate::guest::endpoint::ssh_target(&vm_config.agent),
+        &crate::guest::endpoint::ssh_options(&config.controller),
+    )
+    .map_err(|e| BenchError::Report {
+        step: format!("SSH into {env}/{vm}"),
+        command: "ssh".into(),
+        detail: crate::error::chain(&e),
+    })
+}
+
+/// Runs a shell command in a VM of `config`'s environment `env`; its stdout.
+fn sh_in(config: &Config, env: &str, vm: &str, command: &str) -> Result<String, BenchError> {
+    let step = format!("`{command}` in {env}/{vm}");
+    let output = session_in(config, env, vm)?.exec(command, None).map_err(|e| BenchError::Report {
+        step: step.clone(),
+        command: command.into(),
+        detail: crate::error::chain(&e),
+    })?;
+    if output.status != 0 {
+        return Err(BenchError::Command {
+            step,
+            command: command.into(),
+            status: Some(output.status),
+            stderr: String::from_utf8_lossy(&output.stderr).into_owned(),
+        });
+    }
+    Ok(String::from_utf8_lossy(&output.stdout).into_owned())
 }
 
 fn machine(domain_type: DomainType) -> report::Machine {

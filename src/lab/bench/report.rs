@@ -22,6 +22,7 @@ pub struct BenchReport {
     pub data: Option<DataFamily>,
     pub memory: Option<MemoryFamily>,
     pub scale: Option<ScaleFamily>,
+    pub hosts: Option<HostsFamily>,
     pub targets: Vec<TargetCheck>,
 }
 
@@ -160,7 +161,72 @@ pub struct ScalePoint {
     pub clone_vs_one: f64,
 }
 
-/// One target of issue #7, as measured.
+#[derive(Debug, Clone, Serialize)]
+pub struct HostsFamily {
+    /// The two-host lab it ran on.
+    pub lab: String,
+    /// Where the standby lives (its link is the shaped one).
+    pub standby_host: String,
+    /// `lab link b --rate`, and the same in bytes per second.
+    pub link_rate: String,
+    pub link_bytes_per_s: f64,
+    /// The schedule interval the RPO is derived for.
+    pub schedule_interval_s: f64,
+    pub full: FullSync,
+    pub points: Vec<HostsPoint>,
+    /// db/vda's ship time against its bytes over the sizes, least
+    /// squares: the slope as a rate (MB/s) and the intercept (the fixed
+    /// cost of one ship, ms). Derived; `None` with fewer than two sizes.
+    pub marginal_mb_s: Option<f64>,
+    pub ship_fixed_ms: Option<f64>,
+    /// Unplanned cross-host failover after `lab host-down a`.
+    pub rto_ms: Option<f64>,
+    pub rto_note: String,
+}
+
+/// The standby's first sync: a full copy of what the snapshot reads.
+#[derive(Debug, Clone, Serialize)]
+pub struct FullSync {
+    /// Every disk's bytes across the link.
+    pub bytes: u64,
+    /// `envclone standby create` (networks and domains defined on b, the
+    /// full sync).
+    pub create_ms: f64,
+    pub sync_reported_ms: Option<f64>,
+    pub db_vda_bytes: u64,
+    /// db/vda's journaled ship step (the chain flattened on a, relayed,
+    /// SHA-256 on both hosts).
+    pub db_vda_ship_ms: f64,
+}
+
+/// One size written in `db`, then a snapshot and an incremental sync.
+#[derive(Debug, Clone, Serialize)]
+pub struct HostsPoint {
+    pub written_mib: u64,
+    pub written_bytes: u64,
+    /// db/vda's bytes across the link (the sync report's).
+    pub shipped_bytes: u64,
+    /// Every disk's.
+    pub shipped_all_bytes: u64,
+    /// shipped_bytes / written_bytes.
+    pub shipped_vs_written: f64,
+    /// `envclone snapshot demo`, wall.
+    pub snapshot_ms: f64,
+    /// `envclone standby sync`, wall, and its report's `duration_ms`.
+    pub sync_ms: f64,
+    pub sync_reported_ms: Option<f64>,
+    /// The journaled ship step of db/vda, and of every disk together.
+    pub ship_ms: f64,
+    pub ship_all_ms: f64,
+    /// shipped_bytes / ship_ms, MB/s (10^6 bytes).
+    pub ship_mb_s: f64,
+    /// shipped_all_bytes / sync_ms, MB/s.
+    pub sync_mb_s: f64,
+    /// Derived: schedule interval + snapshot + sync, seconds.
+    pub rpo_s: f64,
+}
+
+/// One target of issue #7 (or #14), as measured.
 #[derive(Debug, Clone, Serialize)]
 pub struct TargetCheck {
     pub target: String,
@@ -276,6 +342,9 @@ impl BenchReport {
                 }
             }
         }
+        if let Some(hosts) = &self.hosts {
+            hosts_targets(&mut targets, hosts);
+        }
         self.targets = targets;
     }
 
@@ -307,6 +376,9 @@ impl BenchReport {
         }
         if let Some(scale) = &self.scale {
             scale_table(&mut md, scale);
+        }
+        if let Some(hosts) = &self.hosts {
+            hosts_table(&mut md, hosts);
         }
         if !self.targets.is_empty() {
             targets_table(&mut md, &self.targets);
@@ -414,6 +486,111 @@ fn scale_table(md: &mut String, scale: &ScaleFamily) {
     md.push('\n');
 }
 
+/// Issue #14's targets for shipping to another host.
+fn hosts_targets(targets: &mut Vec<TargetCheck>, hosts: &HostsFamily) {
+    let slack = super::hosts::CLUSTER_SLACK;
+    for p in &hosts.points {
+        let limit = 1.1 * p.written_bytes as f64 + slack as f64;
+        targets.push(TargetCheck {
+            target: format!("bytes shipped <= 1.1x written + {} ({} MiB)", bytes(slack), p.written_mib),
+            measured: format!("{} for {}", bytes(p.shipped_bytes), bytes(p.written_bytes)),
+            ratio: Some(p.shipped_vs_written),
+            met: Some(p.shipped_bytes as f64 <= limit),
+        });
+    }
+    let link_mb_s = hosts.link_bytes_per_s / 1e6;
+    if let Some(big) = hosts.points.iter().max_by_key(|p| p.written_bytes) {
+        for (how, mb_s) in [("db/vda's ship step", big.ship_mb_s), ("whole sync, every disk", big.sync_mb_s)] {
+            targets.push(TargetCheck {
+                target: format!(
+                    "sync throughput >= 90% of the shaped link ({}, {link_mb_s:.1} MB/s; {} MiB, {how})",
+                    hosts.link_rate, big.written_mib
+                ),
+                measured: format!("{mb_s:.1} MB/s"),
+                ratio: Some(mb_s / link_mb_s),
+                met: Some(mb_s >= 0.9 * link_mb_s),
+            });
+        }
+        targets.push(TargetCheck {
+            target: format!(
+                "RPO <= schedule interval + ship time ({:.0} s schedule, {} MiB)",
+                hosts.schedule_interval_s, big.written_mib
+            ),
+            measured: format!(
+                "derived, not measured: {:.0} s + snapshot {:.1} s + sync {:.1} s = {:.0} s",
+                hosts.schedule_interval_s,
+                big.snapshot_ms / 1000.0,
+                big.sync_ms / 1000.0,
+                big.rpo_s
+            ),
+            ratio: None,
+            met: None,
+        });
+    }
+    targets.push(TargetCheck {
+        target: "unplanned cross-host failover RTO (host-down a) <= 60 s".into(),
+        measured: hosts.rto_ms.map_or_else(|| hosts.rto_note.clone(), secs),
+        ratio: None,
+        met: hosts.rto_ms.map(|ms| ms <= 60_000.0),
+    });
+}
+
+fn hosts_table(md: &mut String, hosts: &HostsFamily) {
+    let full = &hosts.full;
+    let _ = writeln!(
+        md,
+        "**Shipping to a standby on another host** (lab `{}`: a standby of `demo` on host {}, its link shaped to \
+         {} = {:.1} MB/s; its first sync, a full copy: {} in {} with `standby create`, db/vda {} in a {} ship step; \
+         then per size: `dd` into db, `envclone snapshot`, `envclone standby sync`; ship = db/vda's journaled ship \
+         step; MB = 10^6 bytes):\n",
+        hosts.lab,
+        hosts.standby_host,
+        hosts.link_rate,
+        hosts.link_bytes_per_s / 1e6,
+        bytes(full.bytes),
+        secs(full.create_ms),
+        bytes(full.db_vda_bytes),
+        secs(full.db_vda_ship_ms),
+    );
+    md.push_str(
+        "| written in db | db/vda shipped | shipped / written | all disks shipped | snapshot | ship db/vda | \
+         ship throughput | sync (all disks) | sync throughput | RPO, 1-min schedule (derived) |\n",
+    );
+    md.push_str("| ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |\n");
+    for p in &hosts.points {
+        let _ = writeln!(
+            md,
+            "| {} MiB | {} | {:.3}x | {} | {} | {} | {:.1} MB/s | {} | {:.1} MB/s | {:.0} s |",
+            p.written_mib,
+            bytes(p.shipped_bytes),
+            p.shipped_vs_written,
+            bytes(p.shipped_all_bytes),
+            secs(p.snapshot_ms),
+            secs(p.ship_ms),
+            p.ship_mb_s,
+            secs(p.sync_ms),
+            p.sync_mb_s,
+            p.rpo_s
+        );
+    }
+    md.push('\n');
+    if let (Some(rate), Some(fixed)) = (hosts.marginal_mb_s, hosts.ship_fixed_ms) {
+        let _ = writeln!(
+            md,
+            "Derived from db/vda's ship steps (least squares over the sizes): {rate:.1} MB/s once a ship is under \
+             way ({:.0}% of the link), plus {} per ship whatever its size (its SSH commands: the stale copy \
+             removed, extents listed, SHA-256 on both hosts).\n",
+            100.0 * rate * 1e6 / hosts.link_bytes_per_s,
+            secs(fixed)
+        );
+    }
+    let _ = writeln!(
+        md,
+        "RTO of an unplanned failover after `lab host-down a`: {}.\n",
+        hosts.rto_ms.map_or_else(|| hosts.rto_note.clone(), secs)
+    );
+}
+
 fn targets_table(md: &mut String, targets: &[TargetCheck]) {
     md.push_str(
         "**Targets** (reported, not tuned to):\n\n| target | measured | ratio | met |\n| --- | --- | ---: | --- |\n",
@@ -475,6 +652,7 @@ mod tests {
             stall: None,
             data: None,
             memory: None,
+            hosts: None,
             scale: Some(ScaleFamily {
                 points: [(1, 200.0), (3, 290.0), (6, 500.0)]
                     .into_iter()
@@ -504,6 +682,84 @@ mod tests {
         assert_eq!(report.targets.len(), 1);
         assert_eq!(report.targets[0].ratio, Some(1.45));
         assert_eq!(report.targets[0].met, Some(true));
+    }
+
+    fn hosts(points: &[(u64, u64, f64)]) -> HostsFamily {
+        HostsFamily {
+            lab: "lab-hosts".into(),
+            standby_host: "b".into(),
+            link_rate: "100mbit".into(),
+            link_bytes_per_s: 12.5e6,
+            schedule_interval_s: 60.0,
+            full: FullSync {
+                bytes: 250 << 20,
+                create_ms: 40_000.0,
+                sync_reported_ms: Some(37_000.0),
+                db_vda_bytes: 212 << 20,
+                db_vda_ship_ms: 24_000.0,
+            },
+            points: points
+                .iter()
+                .map(|&(mib, shipped, ship_mb_s)| HostsPoint {
+                    written_mib: mib,
+                    written_bytes: mib << 20,
+                    shipped_bytes: shipped,
+                    shipped_all_bytes: shipped + (1 << 20),
+                    shipped_vs_written: shipped as f64 / (mib << 20) as f64,
+                    snapshot_ms: 3000.0,
+                    sync_ms: 20_000.0,
+                    sync_reported_ms: Some(19_800.0),
+                    ship_ms: 8000.0,
+                    ship_all_ms: 12_000.0,
+                    ship_mb_s,
+                    sync_mb_s: 3.0,
+                    rpo_s: 83.0,
+                })
+                .collect(),
+            marginal_mb_s: Some(9.3),
+            ship_fixed_ms: Some(1800.0),
+            rto_ms: None,
+            rto_note: "not measured yet (cross-host failover in progress)".into(),
+        }
+    }
+
+    #[test]
+    fn hosts_targets_judge_bytes_and_throughput_and_leave_the_derived_rpo_and_the_rto_unjudged() {
+        let mut report = report();
+        report.scale = None;
+        // 4 MiB: 6 MiB shipped is within 1.1x + 2 MiB; 16 MiB: 20 MiB is not.
+        report.hosts = Some(hosts(&[(4, 6 << 20, 2.0), (16, 20 << 20, 6.0), (64, 65 << 20, 11.5)]));
+
+        report.check_targets();
+
+        let met: Vec<Option<bool>> = report.targets.iter().map(|t| t.met).collect();
+        assert_eq!(
+            met,
+            [Some(true), Some(false), Some(true), Some(true), Some(false), None, None],
+            "{:#?}",
+            report.targets
+        );
+        assert!(report.targets[3].target.contains("64 MiB, db/vda's ship step"), "{:?}", report.targets[3]);
+        assert!(report.targets[5].measured.starts_with("derived, not measured: 60 s + snapshot 3.0 s + sync 20.0 s"));
+        assert!(report.targets[6].measured.contains("not measured yet"));
+    }
+
+    #[test]
+    fn the_hosts_table_has_a_row_per_size_and_says_what_is_derived() {
+        let mut report = report();
+        report.hosts = Some(hosts(&[(64, 65 << 20, 11.5)]));
+        report.check_targets();
+
+        let md = report.markdown();
+
+        assert!(
+            md.contains(
+                "| 64 MiB | 65.0 MiB | 1.016x | 66.0 MiB | 3.00 s | 8.00 s | 11.5 MB/s | 20.0 s | 3.0 MB/s | 83 s |"
+            ),
+            "{md}"
+        );
+        assert!(md.contains("9.3 MB/s once a ship is under way (74% of the link), plus 1.80 s per ship"), "{md}");
+        assert!(md.contains("after `lab host-down a`: not measured yet"), "{md}");
     }
 
     #[test]
