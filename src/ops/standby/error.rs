@@ -103,8 +103,9 @@ pub enum StandbyError {
     Verify { vm: String, disk: String, path: PathBuf, detail: String },
     #[error("remove {what} of standby {standby}: {detail}")]
     Remove { standby: String, what: String, detail: String },
-    /// The step failed, and undoing the steps before it failed too.
-    #[error("{cause}; undoing it failed too: {}", failures.join("; "))]
+    /// The step failed, and undoing the steps before it failed too. The
+    /// cause is told whole (it has no `source` of its own here).
+    #[error("{}; undoing it failed too: {}", crate::error::chain(cause.as_ref()), failures.join("; "))]
     CleanupFailed { cause: Box<StandbyError>, failures: Vec<String> },
 }
 
