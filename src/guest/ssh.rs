@@ -97,6 +97,9 @@ impl GuestSession {
     pub fn connect(target: &SshTarget, opts: &SshOptions) -> Result<GuestSession, GuestError> {
         let label = target.to_string();
         let (tcp, addr) = connect_any(target, opts.connect_timeout)?;
+        // SSH's small packets (a channel open, a request, an EOF) would
+        // each wait out Nagle's algorithm against the peer's delayed ACK.
+        let _ = tcp.set_nodelay(true);
         let socket =
             tcp.try_clone().map_err(|source| GuestError::Connect { netns: target.netns.clone(), addr, source })?;
 
