@@ -6,7 +6,8 @@
 //! standby there from its newest synced point: db serves its last synced
 //! write at its own address, in b's network. When a comes back and its
 //! autostart starts demo's domains, the guard (`envclone status`) fences
-//! them: shut off, autostart off, stamped with the epoch.
+//! them: shut off, autostart off, stamped with the epoch. Then what b
+//! wrote goes home: `envclone failback demo` carries it to a, and a serves.
 //! Needs root and the packages of scripts/install-deps.sh.
 
 // A test crate: a failed unwrap or expect is the test's failure report.
@@ -96,4 +97,16 @@ fn losing_host_a_fails_demo_over_to_host_b_and_a_returning_is_fenced() {
         assert!(info.contains("Autostart:      disable"), "{domain}: {info}");
     }
     assert_eq!(run(&session_on(&lab, "b", "db"), "cat /srv/db/marker").trim(), MARKER, "b still serves");
+
+    // Writes on b, then failback: what b wrote is carried home (shipped,
+    // verified on both hosts) and a serves it.
+    run(&session_on(&lab, "b", "db"), "echo written-on-b > /srv/db/from-b && sync");
+    let back = lab.json(&["failback", "demo", "--json"]);
+    eprintln!("failback from b to a: downtime {} ms, carried {} bytes", back["downtime_ms"], back["bytes_home"]);
+    assert_eq!(back["action"], "failed-back", "{back:#}");
+    let running_on_a = domains(&a_uri);
+    assert!(running_on_a.contains("demo-db") && running_on_a.contains("demo-web"), "{running_on_a}");
+    assert_eq!(domains(&b_uri).trim(), "", "sb waits again, shut off");
+    assert_eq!(run(&lab.session("db"), "cat /srv/db/from-b").trim(), "written-on-b");
+    assert_eq!(run(&lab.session("db"), "cat /srv/db/marker").trim(), MARKER);
 }

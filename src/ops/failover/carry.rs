@@ -32,8 +32,9 @@ use serde::{Deserialize, Serialize};
 
 use super::FailoverError;
 use crate::catalog::{ImageFormat, ImageId, ImageKind, ImageMove, StandbyDisk, StandbyRecord};
-use crate::host::{FileStamp, Storage};
+use crate::host::{FileStamp, Host, Storage};
 use crate::ops::context::OpContext;
+use crate::ops::transfer::{self, At};
 
 /// One image of SB's chain to carry home.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -93,14 +94,15 @@ impl HomeCopy {
     /// Whether this copy is still `image` (as planned now) at home: its
     /// source unchanged in size and time, the copy there, and its backing
     /// the plan's. A delete that merged images on SB changes one of those.
-    pub fn still_valid(&self, image: &CarryImage, home: &dyn Storage) -> bool {
+    /// `standby` is the storage of SB's host, where the source is.
+    pub fn still_valid(&self, image: &CarryImage, home: &dyn Storage, standby: &dyn Storage) -> bool {
         let planned = (self.image, &self.from, &self.to, &self.backing_path)
             == (image.id, &image.from, &image.to, &image.backing_path);
         // A copy that cannot be looked at is carried again: a second copy
         // costs time, a stale one would cost data.
         planned
             && home.exists(&self.to).unwrap_or(false)
-            && home
+            && standby
                 .stamp(&image.from)
                 .is_ok_and(|stamp| (stamp.len, stamp.modified_ns) == (self.source_len, self.source_modified))
     }
@@ -112,18 +114,28 @@ pub(super) fn carry_step(vm: &str, disk: &str, image: &CarryImage) -> String {
     format!("carry home {vm}/{disk} {name}")
 }
 
-/// Copies `image` of `vm`/`disk` byte for byte to its place at home and
-/// rebases the copy onto `image.backing_path` (reading nothing); returns
-/// the bytes copied. A file found there is stale (a rolled back failback
-/// left it, or the home sync's copy of a source that changed since) and is
-/// replaced.
-pub(super) fn carry_image(home: &dyn Storage, vm: &str, disk: &str, image: &CarryImage) -> Result<u64, FailoverError> {
+/// Copies `image` of `vm`/`disk` byte for byte from SB's host `sb` to its
+/// place at home (`ctx`'s host; shipped when they differ) and rebases the
+/// copy onto `image.backing_path` (reading nothing); returns the bytes
+/// copied. A file found there is stale (a rolled back failback left it, or
+/// the home sync's copy of a source that changed since) and is replaced.
+pub(super) fn carry_image(
+    ctx: &OpContext<'_>,
+    sb: &dyn Host,
+    vm: &str,
+    disk: &str,
+    image: &CarryImage,
+) -> Result<u64, FailoverError> {
+    let home = ctx.host.storage();
     let fail = |step: &'static str, path: &Path| {
         let (vm, disk, path) = (vm.to_owned(), disk.to_owned(), path.to_owned());
         move |source| FailoverError::Carry { vm, disk, step, path, source: Box::new(source) }
     };
     home.remove(&image.to).map_err(fail("remove a stale copy", &image.to))?;
-    let bytes = home.copy_file(&image.from, &image.to).map_err(fail("copy", &image.from))?.bytes;
+    let (from, to) = (At::new(sb, &image.from), At::new(ctx.host, &image.to));
+    let bytes = transfer::copy_file(ctx.config, from, to, &ctx.progress_of(&carry_step(vm, disk, image)))
+        .map_err(|source| FailoverError::Ship { vm: vm.to_owned(), disk: disk.to_owned(), source: Box::new(source) })?
+        .bytes;
     home.set_backing(&image.to, &image.backing_path, image.backing_format).map_err(fail("rebase", &image.to))?;
     Ok(bytes)
 }
@@ -211,4 +223,23 @@ pub(super) fn plan_disk(
         (backing, backing_path, backing_format) = (image.id, to, ImageFormat::Qcow2);
     }
     Ok(plan)
+}
+
+/// Whether the chain of `top` at home has no problem `qemu-img check` finds
+/// and ends on `point` (ENV's image of SB's restored point).
+pub(super) fn chain_sound(
+    home: &dyn Storage,
+    top: &std::path::Path,
+    point: &std::path::Path,
+) -> Result<bool, crate::host::StorageError> {
+    let chain = home.backing_chain(top)?;
+    if !chain.iter().any(|image| image == point) {
+        return Ok(false);
+    }
+    for image in chain.iter().take_while(|image| *image != point) {
+        if !home.check(image)?.is_empty() {
+            return Ok(false);
+        }
+    }
+    Ok(true)
 }

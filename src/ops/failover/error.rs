@@ -24,6 +24,14 @@ pub enum FailoverError {
     Lock(#[from] LockError),
     #[error(transparent)]
     Catalog(#[from] CatalogError),
+    /// Copying an image between the standby's host and home failed.
+    #[error("carry home VM '{vm}' disk {disk}")]
+    Ship {
+        vm: String,
+        disk: String,
+        #[source]
+        source: Box<crate::host::ship::ShipError>,
+    },
     /// The primary's or the standby's host cannot be used.
     #[error(transparent)]
     Host(Box<crate::host::HostError>),
@@ -255,6 +263,7 @@ impl Failure for FailoverError {
         match self {
             FailoverError::Lookup(e) => e.hint(),
             FailoverError::Host(e) => e.hint(),
+            FailoverError::Ship { source, .. } => source.hint(),
             FailoverError::Interrupted(_) => Some(crate::ops::interrupt::Interrupted::hint()),
             FailoverError::Lock(e) => e.hint(),
             FailoverError::Catalog(e) => e.hint(),

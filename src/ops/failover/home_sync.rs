@@ -116,11 +116,14 @@ pub fn sync_home(ctx: &OpContext<'_>, standby: &str, tools: Tools<'_>) -> Result
     )?;
     let mut resources = switch_resources(&switch);
     let epoch = switch.epoch.unwrap_or(0);
+    // SB's images are on its host; their copies go to ENV's (the context's).
+    let sb = ctx.host_named(Some(&record.host))?;
+    let sb_ctx = OpContext { host: sb, ..*ctx };
 
     let mut planned = Vec::new();
     for domain in &record.resources.domains {
         for disk in record.disks.iter().filter(|d| d.vm == domain.vm) {
-            let top = live_top(ctx, &domain.domain, &disk.disk)?;
+            let top = live_top(&sb_ctx, &domain.domain, &disk.disk)?;
             let home_dir = primary.storage_dir(ctx.config, &env).join(&disk.vm);
             for image in plan_disk(ctx, &record, disk, &top, &home_dir)? {
                 // The live overlay is still written: failback carries it.
@@ -133,7 +136,10 @@ pub fn sync_home(ctx: &OpContext<'_>, standby: &str, tools: Tools<'_>) -> Result
     let mut kept = Vec::new();
     let mut to_carry = Vec::new();
     for plan in planned.iter() {
-        match resources.home.iter().find(|c| c.image == plan.image.id && c.still_valid(&plan.image, ctx.host.storage()))
+        match resources
+            .home
+            .iter()
+            .find(|c| c.image == plan.image.id && c.still_valid(&plan.image, ctx.host.storage(), sb.storage()))
         {
             Some(copy) => kept.push(copy.clone()),
             None => to_carry.push(plan),
@@ -178,7 +184,7 @@ pub fn sync_home(ctx: &OpContext<'_>, standby: &str, tools: Tools<'_>) -> Result
     ));
     let mut run = Run::new(ctx, tools, &env, started)?;
     run.points = "home-sync";
-    let carried = carry_steps(&mut run, &to_carry, &dropped);
+    let carried = carry_steps(&mut run, sb, &to_carry, &dropped);
     let (copies, copied) = match carried {
         Ok(carried) => carried,
         Err(error) => return Err(run.roll_back(error)),
@@ -215,6 +221,7 @@ fn serving_switch(ctx: &OpContext<'_>, standby: &StandbyRecord) -> Result<Failov
 /// record and what the report says of them.
 fn carry_steps(
     run: &mut Run<'_, '_>,
+    sb: &dyn crate::host::Host,
     to_carry: &[&Planned],
     dropped: &[PathBuf],
 ) -> Result<(Vec<HomeCopy>, Vec<HomeCopied>), FailoverError> {
@@ -233,18 +240,26 @@ fn carry_steps(
         let (bytes, source) = run.step(&carry_step(vm, disk, image), undo, |run| {
             // Looked at before the copy: a source that changes during it
             // differs from what is recorded, and is carried again.
-            let source = run.ctx.host.storage().stamp(&image.from).map_err(|e| FailoverError::Carry {
+            let source = sb.storage().stamp(&image.from).map_err(|e| FailoverError::Carry {
                 vm: vm.clone(),
                 disk: disk.clone(),
                 step: "look at",
                 path: image.from.clone(),
                 source: Box::new(e),
             })?;
-            Ok((carry_image(run.ctx.host.storage(), vm, disk, image)?, source))
+            Ok((carry_image(run.ctx, sb, vm, disk, image)?, source))
         })?;
         let name = image.from.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
         run.step(&format!("verify {vm}/{disk} {name}"), UndoAction::Nothing, |run| {
-            match run.ctx.host.storage().same_content(&image.from, &image.to) {
+            // Across hosts the copy arrived verified by SHA-256 on both: its
+            // chain at home is checked instead of read against SB's.
+            let home = run.ctx.host.storage();
+            let verified = if crate::ops::transfer::same_host(sb, run.ctx.host) {
+                home.same_content(&image.from, &image.to)
+            } else {
+                crate::ops::failover::carry::chain_sound(home, &image.to, &image.backing_path)
+            };
+            match verified {
                 Ok(true) => Ok(()),
                 Ok(false) => Err(FailoverError::HomeCopyDiffers {
                     vm: vm.clone(),

@@ -245,7 +245,7 @@ fn on_epoch_overlays(
         let overlays = epoch_overlays(run, standby, domain, epoch, &mut def)?;
         run.step(
             &format!("run {} on its epoch-{epoch} overlays", domain.domain),
-            undo::redefine(&current.def),
+            undo::redefine(&current.def, run.ctx.host.name()),
             |run| {
                 run.ctx
                     .host

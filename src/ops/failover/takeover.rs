@@ -100,7 +100,7 @@ pub(super) fn with_primary_addresses(
             domain.domain,
             domain.primary_macs.join(", ")
         );
-        run.step(&what, undo::redefine(&current.def), |run| {
+        run.step(&what, undo::redefine(&current.def, ctx.host.name()), |run| {
             run.ctx.host.hypervisor().define_domain(&def).map(drop).map_err(redefine)
         })?;
         let address = primary.vms.get(&domain.vm).map(|v| v.agent.address.clone()).unwrap_or_default();

@@ -48,8 +48,9 @@ pub const KINDS: &[&str] =
     &[UNDO_FORGET, UNDO_UNFENCE, UNDO_REDEFINE, UNDO_RESTART, UNDO_UNMARK, UNDO_UNMOVE, UNDO_UNRECORD];
 
 /// Starts `domains` again, each unless it runs.
-pub fn restart(domains: &[String]) -> UndoAction {
-    UndoAction::Custom { kind: UNDO_RESTART.into(), data: serde_json::json!({ "domains": domains }) }
+/// Starts `domains` of host `host` again.
+pub fn restart(domains: &[String], host: &str) -> UndoAction {
+    UndoAction::Custom { kind: UNDO_RESTART.into(), data: serde_json::json!({ "domains": domains, "host": host }) }
 }
 
 fn restart_domains(data: &serde_json::Value) -> Vec<String> {
@@ -92,10 +93,11 @@ pub fn unfence_down(domain: &str, host: &str) -> UndoAction {
 }
 
 /// Defines `def` again (the standby domain as it was before the takeover).
-pub fn redefine(def: &crate::hypervisor::DomainDef) -> UndoAction {
+/// Defines `def` again on host `host`.
+pub fn redefine(def: &crate::hypervisor::DomainDef, host: &str) -> UndoAction {
     UndoAction::Custom {
         kind: UNDO_REDEFINE.into(),
-        data: serde_json::json!({ "domain": def.name(), "xml": def.to_xml() }),
+        data: serde_json::json!({ "domain": def.name(), "xml": def.to_xml(), "host": host }),
     }
 }
 
@@ -182,16 +184,15 @@ pub fn undo_own(ctx: &OpContext<'_>, kind: &str, data: &serde_json::Value) -> Re
             let domain = data["domain"].as_str().ok_or_else(|| format!("bad {kind} data {data}: no domain"))?;
             let xml = data["xml"].as_str().ok_or_else(|| format!("bad {kind} data {data}: no xml"))?;
             let def = crate::hypervisor::DomainDef::parse(xml).map_err(|e| error_chain(&e))?;
-            let found = ctx
-                .host
+            let host = ctx.host_named(data["host"].as_str()).map_err(|e| error_chain(&e))?;
+            let found = host
                 .hypervisor()
                 .domain(domain)
                 .map_err(|e| format!("cannot look up domain {domain}: {}", error_chain(&e)))?;
             if found.state.is_active() {
                 return Err(format!("domain {domain} runs; stop it, then run `envclone recover` again"));
             }
-            ctx.host
-                .hypervisor()
+            host.hypervisor()
                 .define_domain(&def)
                 .map_err(|e| format!("cannot redefine domain {domain}: {}", error_chain(&e)))?;
             Ok(describe(kind, data))
@@ -201,13 +202,14 @@ pub fn undo_own(ctx: &OpContext<'_>, kind: &str, data: &serde_json::Value) -> Re
             if domains.is_empty() {
                 return Err(format!("bad {kind} data {data}: no domains"));
             }
+            let host = ctx.host_named(data["host"].as_str()).map_err(|e| error_chain(&e))?;
             // Each domain on its own: one that cannot start must not keep the others down.
             let mut failures = Vec::new();
             for domain in &domains {
-                match ctx.host.hypervisor().domain(domain) {
+                match host.hypervisor().domain(domain) {
                     Ok(found) if found.state.is_active() => {}
                     Ok(_) => {
-                        if let Err(e) = ctx.host.hypervisor().start_domain(domain) {
+                        if let Err(e) = host.hypervisor().start_domain(domain) {
                             failures.push(format!("cannot start domain {domain}: {}", error_chain(&e)));
                         }
                     }

@@ -230,7 +230,8 @@ pub fn failback(
         super::active_environment(ctx.catalog, env)?.ok_or_else(|| FailoverError::NoSwitch { env: env.to_owned() })?;
     let mut active_config = ctx.config.clone();
     active_config.environments.insert(env.to_owned(), active);
-    let active_ctx = OpContext { config: &active_config, ..*ctx };
+    // ENV's active side: SB's domains, on SB's host.
+    let active_ctx = OpContext { config: &active_config, host: ctx.host_named(Some(&standby.host))?, ..*ctx };
     let epoch = ctx.catalog.last_epoch(env)? + 1;
     let _standby_lock = EnvLock::acquire(&ctx.config.controller.state_dir, &standby.name, "failback")?;
 
@@ -244,10 +245,10 @@ pub fn failback(
     record::record(run, &standby, &primary, &switch, epoch, started_at, done)
 }
 
-/// Removes a file SB's chain had and the catalog now knows at home;
-/// true if it was there. One the catalog still knows is kept.
-fn remove_leftover(ctx: &OpContext<'_>, path: &std::path::Path) -> Result<bool, FailoverError> {
-    let storage = ctx.host.storage();
+/// Removes a file SB's chain had (on SB's host, `sb`) and the catalog now
+/// knows at home; true if it was there. One the catalog still knows is kept.
+fn remove_leftover(ctx: &OpContext<'_>, sb: &str, path: &std::path::Path) -> Result<bool, FailoverError> {
+    let storage = ctx.host_named(Some(sb))?.storage();
     let fail = |e: crate::host::StorageError| FailoverError::Remove {
         what: path.display().to_string(),
         detail: crate::error::chain(&e),
@@ -265,9 +266,10 @@ fn autostart_on(ctx: &OpContext<'_>, domain: &str) -> Result<(), FailoverError> 
         .map_err(|e| FailoverError::Autostart { domain: domain.to_owned(), source: Box::new(e) })
 }
 
-/// One of the networks SB served on at its own addresses; gone is done.
-fn remove_network(ctx: &OpContext<'_>, network: &str) -> Result<(), FailoverError> {
-    crate::ops::clone::undo::remove_network(ctx.host.hypervisor(), network)
+/// One of the networks SB served on at its own addresses (on SB's host,
+/// `sb`); gone is done.
+fn remove_network(ctx: &OpContext<'_>, sb: &str, network: &str) -> Result<(), FailoverError> {
+    crate::ops::clone::undo::remove_network(ctx.host_named(Some(sb))?.hypervisor(), network)
         .map_err(|detail| FailoverError::Remove { what: format!("network {network}"), detail })
 }
 
@@ -289,13 +291,14 @@ fn already_home(
         serde_json::from_value(last.resources).map_err(corrupt("read what a failback left"))?;
     report.action = FailbackAction::AlreadyHome;
     report.removed.clear();
+    let sb = ctx.catalog.standby_named(&last.standby)?.map_or_else(|| ctx.host.name().to_owned(), |s| s.host);
     for path in &resources.leftovers {
-        if remove_leftover(ctx, path)? {
+        if remove_leftover(ctx, &sb, path)? {
             report.removed.push(path.clone());
         }
     }
     for network in &resources.networks {
-        remove_network(ctx, network)?;
+        remove_network(ctx, &sb, network)?;
     }
 
     ctx.note(format!("{env} is home, epoch {}: nothing to do", report.epoch));
@@ -318,7 +321,9 @@ fn preflight(
         }
     }
     let resources = super::fence::switch_resources(switch);
-    if let Some(uri) = resources.primary_uri.filter(|uri| *uri != ctx.config.controller.libvirt_uri) {
+    // ENV's host (the context's) is where the failback brings it home.
+    let here = ctx.config.hosts.get(ctx.host.name()).map_or(&ctx.config.controller.libvirt_uri, |h| &h.libvirt_uri);
+    if let Some(uri) = resources.primary_uri.filter(|uri| uri != here) {
         return Err(FailoverError::Unsupported {
             what: format!("failback to a primary on another host ({uri}); bring its disks and domains here first"),
         });
@@ -358,8 +363,9 @@ fn carry_and_switch(
     let serving = serving::while_serving(run, active_ctx, standby, primary)?;
     let state_dir = &run.ctx.config.controller.state_dir;
     let _lock = EnvLock::acquire(state_dir, &standby.primary, "failback (switch)")?;
-    let stopped = stopped::stop_and_carry(run, standby, primary, serving)?;
-    self::switch::switch(run, standby, primary, switch, stopped)
+    let sb = active_ctx.host;
+    let stopped = stopped::stop_and_carry(run, sb, standby, primary, serving)?;
+    self::switch::switch(run, sb, standby, primary, switch, stopped)
 }
 
 /// The report of the switch failback ends (what SB took over with).

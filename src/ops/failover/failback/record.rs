@@ -79,7 +79,7 @@ pub(super) fn record(
         let removed = run.step(
             &format!("remove {} from {}'s storage", path.display(), standby.name),
             UndoAction::Nothing,
-            |run| remove_leftover(run.ctx, path),
+            |run| remove_leftover(run.ctx, &standby.host, path),
         )?;
         if removed {
             report.removed.push(path.clone());
@@ -87,7 +87,7 @@ pub(super) fn record(
     }
     for network in &resources.networks {
         run.step(&format!("remove {}'s network {network}", standby.name), UndoAction::Nothing, |run| {
-            remove_network(run.ctx, network)
+            remove_network(run.ctx, &standby.host, network)
         })?;
     }
     // Only now: a domain of ENV that autostarts while the failback could

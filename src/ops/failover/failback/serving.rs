@@ -7,6 +7,7 @@ use std::path::PathBuf;
 
 use crate::catalog::{Dependent, StandbyRecord, UndoAction};
 use crate::config::Environment;
+use crate::host::Host;
 use crate::ops::context::OpContext;
 use crate::ops::failover::carry::{carry_image, carry_step, live_top, plan_disk, CarryImage};
 use crate::ops::failover::drill::Run;
@@ -63,7 +64,7 @@ pub(super) fn while_serving(
     let bytes_while_serving = {
         // ENV's lock: no delete merges what is read, no snapshot adds to it.
         let _lock = EnvLock::acquire(&run.ctx.config.controller.state_dir, env, "failback (carry home)")?;
-        carry(run, standby, primary, &mut carried, false)?
+        carry(run, active_ctx.host, standby, primary, &mut carried, false)?
     };
     snapshots.push(snapshot(run, active_ctx, env, &standby.name, "failback-final")?);
     Ok(Serving { snapshots, carried, bytes_while_serving })
@@ -100,12 +101,14 @@ fn snapshot(
 /// Returns the bytes copied.
 pub(super) fn carry(
     run: &mut Run<'_, '_>,
+    sb: &dyn Host,
     standby: &StandbyRecord,
     primary: &Environment,
     carried: &mut Carried,
     stopped: bool,
 ) -> Result<u64, FailoverError> {
     let ctx = run.ctx;
+    let sb_ctx = OpContext { host: sb, ..*ctx };
     let home_copies = match ctx.catalog.switch_in_force(&standby.primary)? {
         Some(switch) => crate::ops::failover::fence::switch_resources(&switch).home,
         None => Vec::new(),
@@ -113,7 +116,7 @@ pub(super) fn carry(
     let mut total = 0;
     for domain in &standby.resources.domains {
         for disk in standby.disks.iter().filter(|d| d.vm == domain.vm) {
-            let top = live_top(ctx, &domain.domain, &disk.disk)?;
+            let top = live_top(&sb_ctx, &domain.domain, &disk.disk)?;
             let home_dir = primary.storage_dir(ctx.config, &standby.primary).join(&disk.vm);
             let plan = plan_disk(ctx, standby, disk, &top, &home_dir)?;
             let entry = carried.entry((disk.vm.clone(), disk.disk.clone())).or_default();
@@ -124,14 +127,16 @@ pub(super) fn carry(
                     continue;
                 }
                 let home = run.ctx.host.storage();
-                if let Some(copy) = home_copies.iter().find(|c| c.image == image.id && c.still_valid(&image, home)) {
+                if let Some(copy) =
+                    home_copies.iter().find(|c| c.image == image.id && c.still_valid(&image, home, sb.storage()))
+                {
                     entry.home_before += copy.bytes;
                     entry.images.push(image);
                     continue;
                 }
                 let undo = UndoAction::DeleteFile { path: image.to.clone() };
                 let bytes = run.step(&carry_step(&disk.vm, &disk.disk, &image), undo, |run| {
-                    carry_image(run.ctx.host.storage(), &disk.vm, &disk.disk, &image)
+                    carry_image(run.ctx, sb, &disk.vm, &disk.disk, &image)
                 })?;
                 entry.images.push(image);
                 entry.bytes += bytes;

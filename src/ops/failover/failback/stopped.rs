@@ -8,6 +8,7 @@ use super::serving::{carry, Carried, Serving};
 use super::{FailbackDisk, FailbackVm};
 use crate::catalog::{StandbyRecord, UndoAction};
 use crate::config::Environment;
+use crate::host::Host;
 use crate::ops::failover::drill::Run;
 use crate::ops::failover::{undo, FailoverError};
 use crate::ops::journal::Journaled as _;
@@ -27,6 +28,7 @@ pub(super) struct Stopped {
 /// Steps 4 to 6 of the module documentation, under ENV's lock.
 pub(super) fn stop_and_carry(
     run: &mut Run<'_, '_>,
+    sb: &dyn Host,
     standby: &StandbyRecord,
     primary: &Environment,
     serving: Serving,
@@ -35,22 +37,27 @@ pub(super) fn stop_and_carry(
     let at = Instant::now();
     let domains: Vec<String> = standby.resources.domains.iter().map(|d| d.domain.clone()).collect();
     // In parallel: each stop is seconds of QEMU teardown, all of it downtime.
-    run.step(&format!("stop {}", domains.join(", ")), undo::restart(&domains), |run| {
-        let hv = run.ctx.host.hypervisor();
+    run.step(&format!("stop {}", domains.join(", ")), undo::restart(&domains, sb.name()), |_| {
+        let hv = sb.hypervisor();
         let results = crate::ops::parallel::each(&domains, |domain| {
             hv.destroy_domain(domain).map_err(|e| FailoverError::Stop { domain: domain.clone(), source: Box::new(e) })
         });
         results.into_iter().try_for_each(|result| result.unwrap_or(Err(FailoverError::Panicked)))
     })?;
-    let bytes_after_stop = carry(run, standby, primary, &mut carried, true)?;
-    let vms = verify(run, standby, primary, &carried)?;
+    let bytes_after_stop = carry(run, sb, standby, primary, &mut carried, true)?;
+    let vms = verify(run, sb, standby, primary, &carried)?;
     Ok(Stopped { snapshots, carried, bytes_while_serving, bytes_after_stop, at, vms })
 }
 
 /// Step 6: every disk's chain at home reads like SB's, checked before
-/// anything switches; returns ENV's VMs with their disks at home.
+/// anything switches; returns ENV's VMs with their disks at home. On one
+/// host `qemu-img compare` reads both chains; across hosts no tool reads
+/// both, and each carried file arrived verified by SHA-256 on both hosts,
+/// so the chain at home is checked (`qemu-img check`) and its lowest copy
+/// must back onto ENV's image of SB's point.
 fn verify(
     run: &mut Run<'_, '_>,
+    sb: &dyn Host,
     standby: &StandbyRecord,
     primary: &Environment,
     carried: &Carried,
@@ -62,8 +69,15 @@ fn verify(
         for ((_, disk), carry) in carried.iter().filter(|((v, _), _)| v == vm) {
             let (Some(lowest), Some(top)) = (carry.images.first(), carry.images.last()) else { continue };
             let (standby_top, home_top) = (carry.standby_top.clone(), top.to.clone());
-            run.step(&format!("compare {vm}/{disk}"), UndoAction::Nothing, |run| {
-                let compared = run.ctx.host.storage().same_content(&standby_top, &home_top);
+            let same_host = crate::ops::transfer::same_host(sb, run.ctx.host);
+            let step = if same_host { format!("compare {vm}/{disk}") } else { format!("check {vm}/{disk} at home") };
+            run.step(&step, UndoAction::Nothing, |run| {
+                let home = run.ctx.host.storage();
+                let compared = if same_host {
+                    home.same_content(&standby_top, &home_top)
+                } else {
+                    crate::ops::failover::carry::chain_sound(home, &home_top, &lowest.backing_path)
+                };
                 match compared {
                     Ok(true) if top.from == standby_top => Ok(()),
                     Ok(_) => Err(FailoverError::CompareFailed {

@@ -9,6 +9,7 @@ use super::stopped::Stopped;
 use super::Done;
 use crate::catalog::{DependentKind, FailoverRecord, FailoverState, ImageFormat, ImageMove, StandbyRecord};
 use crate::config::Environment;
+use crate::host::Host;
 use crate::hypervisor::HvError;
 use crate::ops::failover::carry::CarryImage;
 use crate::ops::failover::drill::{wait_for_agents, Run};
@@ -18,6 +19,7 @@ use crate::ops::journal::Journaled as _;
 /// Steps 7 to 10 of the module documentation.
 pub(super) fn switch(
     run: &mut Run<'_, '_>,
+    sb: &dyn Host,
     standby: &StandbyRecord,
     primary: &Environment,
     switch: &FailoverRecord,
@@ -62,9 +64,11 @@ pub(super) fn switch(
         }
         autostart.insert(vm.domain.clone(), found.def.fence_stamp().and_then(|stamp| stamp.autostart));
         def.clear_fence_stamp();
-        run.step(&format!("give {} its disks at home, unfenced", vm.domain), undo::redefine(&found.def), |run| {
-            run.ctx.host.hypervisor().define_domain(&def).map(drop).map_err(redefine)
-        })?;
+        run.step(
+            &format!("give {} its disks at home, unfenced", vm.domain),
+            undo::redefine(&found.def, ctx.host.name()),
+            |run| run.ctx.host.hypervisor().define_domain(&def).map(drop).map_err(redefine),
+        )?;
     }
     crate::ops::failover::drill::start_domains(run, vms.iter().map(|vm| vm.domain.as_str()))?;
     wait_for_agents(run, &format!("wait for {env}'s agents at its addresses"), primary)?;
@@ -76,7 +80,7 @@ pub(super) fn switch(
     }
     let downtime = stopped.elapsed();
 
-    own_identity(run, standby, readdressed.as_ref())?;
+    own_identity(run, sb, standby, readdressed.as_ref())?;
     Ok(Done {
         snapshots,
         carried_snapshots: carried_snapshots.into_iter().collect(),
@@ -95,10 +99,11 @@ pub(super) fn switch(
 /// synced copy, shut off as it waited before the switch.
 fn own_identity(
     run: &mut Run<'_, '_>,
+    sb: &dyn Host,
     standby: &StandbyRecord,
     readdressed: Option<&crate::ops::failover::Readdressed>,
 ) -> Result<(), FailoverError> {
-    let ctx = run.ctx;
+    let ctx = crate::ops::context::OpContext { host: sb, ..*run.ctx };
     // The switch put SB's interfaces on the primary's networks, or on its
     // served ones: back on SB's copies.
     let mut networks: BTreeMap<String, String> =
@@ -109,7 +114,7 @@ fn own_identity(
         }
     }
     for domain in &standby.resources.domains {
-        let current = crate::ops::failover::inspect(ctx, &domain.domain)?;
+        let current = crate::ops::failover::inspect(&ctx, &domain.domain)?;
         let redefine = |e: HvError| FailoverError::Redefine { domain: domain.domain.clone(), source: Box::new(e) };
         let mut def = current.def.clone();
         for (index, iface) in current.def.interfaces().iter().enumerate() {
@@ -124,8 +129,8 @@ fn own_identity(
             def.set_disk_source(&disk.disk, &disk.path, ImageFormat::Qcow2.as_str()).map_err(redefine)?;
         }
         let what = format!("give {} its own identity back: {}", domain.domain, domain.macs.join(", "));
-        run.step(&what, undo::redefine(&current.def), |run| {
-            run.ctx.host.hypervisor().define_domain(&def).map(drop).map_err(redefine)
+        run.step(&what, undo::redefine(&current.def, sb.name()), |_| {
+            sb.hypervisor().define_domain(&def).map(drop).map_err(redefine)
         })?;
     }
     Ok(())
