@@ -75,6 +75,10 @@ fn a_standby_on_host_b_gets_a_full_copy_then_only_the_delta_and_reads_like_the_s
         synced["duration_ms"],
         synced["bytes"]
     );
+    for step in lab.last_steps(envclone::catalog::OperationKind::StandbySync, "sb") {
+        let took = step.finished_at.map(|end| (end - step.started_at).num_milliseconds()).unwrap_or(-1);
+        eprintln!("  {took:>6} ms  {}", step.name);
+    }
     assert!(shipped >= WRITTEN, "the data written crossed: {shipped}");
     // qcow2 clusters, its tables and ext4's journal and metadata: at most 10% and 2 MiB more.
     assert!(shipped <= WRITTEN + WRITTEN / 10 + (2 << 20), "only the delta crossed: {shipped}");

@@ -141,6 +141,26 @@ fn every_storage_operation_works_over_ssh_as_it_does_locally() {
         far.exists(&path("images")).unwrap();
     }
     eprintln!("one command over SSH: {:.1} ms", began.elapsed().as_secs_f64() * 1000.0 / 20.0);
+    let timed = |what: &str, f: &dyn Fn()| {
+        let began = std::time::Instant::now();
+        f();
+        eprintln!("  {what}: {:.1} ms", began.elapsed().as_secs_f64() * 1000.0);
+    };
+    let small = path("images/small");
+    timed("write_range of 4 KiB", &|| {
+        let mut writer = far.write_range(&small, 0).unwrap();
+        writer.write_all(&[1u8; 4096]).unwrap();
+        writer.finish().unwrap();
+    });
+    timed("finish_file", &|| far.finish_file(&small, 8192).unwrap());
+    timed("read_range to the end", &|| {
+        let mut bytes = Vec::new();
+        std::io::Read::read_to_end(&mut far.read_range(&small, 0, 8192).unwrap(), &mut bytes).unwrap();
+    });
+    timed("data_extents", &|| drop(far.data_extents(&small).unwrap()));
+    timed("sha256", &|| drop(far.sha256(&small).unwrap()));
+    timed("install", &|| far.install(&small, &path("images/small2")).unwrap());
+    far.remove(&path("images/small2")).unwrap();
     assert!(far.exists(&path("images")).unwrap());
     assert!(!far.exists(&path("none")).unwrap());
     assert!(far.free_space(&root).unwrap() > 0);

@@ -128,6 +128,13 @@ pub fn ship(from: End<'_>, to: End<'_>, limit: Option<u64>, progress: ShipProgre
             throttle.after(read as u64);
             progress(sent, total);
         }
+        // Read to the end: a reader on another host reports its command's
+        // exit status there (and keeps its login for the next command).
+        let trailing = reader.read(&mut buffer).map_err(|e| read_error(io("read", from.path, e)))?;
+        if trailing != 0 {
+            let long = std::io::Error::other("the file grew while it was shipped");
+            return Err(read_error(io("read", from.path, long)));
+        }
         drop(reader);
         writer.finish().map_err(write_error)?;
     }

@@ -166,8 +166,9 @@ impl Storage for SshStorage {
     fn install(&self, from: &Path, to: &Path) -> Result<(), StorageError> {
         let script = script_for(from, || {
             let (f, t, d) = (quoted(from)?, quoted(to)?, quoted(parent(to))?);
-            // The rename reaches the disk with the directory.
-            Ok(format!("mv -f -- {f} {t} && sync -- {t} {d}"))
+            // The rename reaches the disk with the directory (the file's
+            // data was synced by whoever wrote it, as on the controller's host).
+            Ok(format!("mv -f -- {f} {t} && sync -- {d}"))
         })?;
         let output = self.shell.script(&script, self.short).map_err(StorageError::tool("rename", from))?;
         self.shell.ok(&script, output).map(drop).map_err(StorageError::tool("rename", from))
