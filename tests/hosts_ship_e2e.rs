@@ -13,6 +13,10 @@
 //!    less 10%. A lower bound only: the throttle guarantees it, while an
 //!    upper bound would time this machine.
 //!
+//! 3. **Crash points on b**: a sync killed after its first ship is rolled
+//!    back by `recover` (the copy removed on b); one killed in its merge on
+//!    b is finished there.
+//!
 //! Needs root and the packages of scripts/install-deps.sh.
 
 // A test crate: a failed unwrap or expect is the test's failure report.
@@ -69,6 +73,42 @@ fn a_cut_link_mid_ship_leaves_nothing_half_used_and_a_bandwidth_limit_holds() {
 
     link_cut_mid_ship(&lab, &image);
     bandwidth_limit(&lab);
+    crashes_on_host_b_are_recovered_there(&lab, &image);
+}
+
+/// A sync killed after its first ship is rolled back by `recover` on b
+/// (the copy removed there); one killed in its merge on b is finished.
+fn crashes_on_host_b_are_recovered_there(lab: &LabUnderTest, image: &Path) {
+    let dir = image.parent().unwrap();
+    let copies = |lab: &LabUnderTest| -> Vec<String> {
+        names_on(&lab.host_session("b"), dir).into_iter().filter(|n| n.contains(".from-")).collect()
+    };
+    let (before, _) = recorded_point(lab);
+    write_in_db(lab, "crash-copy", 2);
+    lab.json(&["snapshot", "demo", "--json"]);
+    let crashed = lab.envclone_crashing_at(&["standby", "sync", "sb"], "standby-sync:copy");
+    assert_eq!(crashed.status.code(), None, "killed at the crash point: {}", String::from_utf8_lossy(&crashed.stderr));
+    assert!(!copies(lab).is_empty(), "the shipped copy is on b before recover");
+
+    let recovered = lab.json(&["recover", "sb", "--json"]);
+
+    assert_eq!(recovered["environments"][0]["operations"][0]["outcome"], "rolled-back", "{recovered:#}");
+    assert!(copies(lab).is_empty(), "removed on b: {:?}", copies(lab));
+    assert_eq!(recorded_point(lab).0, before, "the standby stays where it was");
+
+    let crashed = lab.envclone_crashing_at(&["standby", "sync", "sb"], "standby-sync:merge");
+    assert_eq!(crashed.status.code(), None, "killed at the crash point: {}", String::from_utf8_lossy(&crashed.stderr));
+    let (_, merging) = recorded_point(lab);
+    assert!(!merging.is_null(), "killed in its merge on b");
+
+    lab.json(&["recover", "sb", "--json"]);
+
+    let (after, merging) = recorded_point(lab);
+    assert!(merging.is_null() && after != before, "the merge on b was finished: {after} {merging}");
+    assert!(copies(lab).is_empty(), "{:?}", copies(lab));
+    let b = lab.host_session("b");
+    let check = run(&b, &format!("qemu-img check -U {}", image.display()));
+    assert!(check.contains("No errors"), "{check}");
 }
 
 fn link_cut_mid_ship(lab: &LabUnderTest, image: &Path) {
