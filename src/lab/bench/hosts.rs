@@ -19,8 +19,8 @@
 //!   sync wall time (the newest point b can hold is one interval plus the
 //!   time to take and ship it behind).
 //!
-//! The RTO of an unplanned failover after `lab host-down a` is left for the
-//! cross-host failover to fill in (see [`RTO_NOT_MEASURED`]).
+//! Last, the RTO of an unplanned failover after `lab host-down a`; demo
+//! then fails back to a, so the lab ends as it began.
 //!
 //! The two-host lab is [`HostsLab`]: used as it is when it is up, else
 //! brought up and taken down again afterwards (unless `--keep`).
@@ -42,6 +42,8 @@ use crate::lab::{Lab, UpOptions};
 const STANDBY: &str = "bench-sb";
 /// The host the standby lives on, and whose link is shaped.
 const FAR_HOST: &str = "b";
+/// The host demo runs on, lost to measure the RTO.
+const NEAR_HOST: &str = "a";
 /// What host b's link is shaped to while the syncs run, and the same in
 /// bytes per second (tc's `mbit` is 10^6 bits).
 const LINK_RATE: &str = "100mbit";
@@ -53,7 +55,6 @@ const SCHEDULE: Duration = Duration::from_secs(60);
 /// qcow2 clusters (64 KiB) and their tables, ext4's journal and metadata:
 /// what a sync may ship beyond 1.1x the data written.
 pub const CLUSTER_SLACK: u64 = 2 << 20;
-pub const RTO_NOT_MEASURED: &str = "not measured yet (cross-host failover in progress)";
 
 /// The two-host lab the family runs on.
 pub struct HostsLab {
@@ -201,6 +202,7 @@ impl Far<'_> {
             points.push(self.point(size)?);
         }
         let (marginal_mb_s, ship_fixed_ms) = fit(&points);
+        let (rto_ms, rto_note) = self.rto()?;
         Ok(HostsFamily {
             lab: self.lab.name().to_string(),
             standby_host: FAR_HOST.to_string(),
@@ -211,9 +213,34 @@ impl Far<'_> {
             points,
             marginal_mb_s,
             ship_fixed_ms,
-            rto_ms: None,
-            rto_note: RTO_NOT_MEASURED.to_string(),
+            rto_ms,
+            rto_note,
         })
+    }
+
+    /// The RTO of an unplanned failover after host a is lost (`lab
+    /// host-down a`): `rto_ms` of `failover --json`, from the command's
+    /// start until every agent answered on b. Then a comes back and demo
+    /// fails back to it, so the lab ends as it began.
+    fn rto(&self) -> Result<(Option<f64>, String), BenchError> {
+        let bench = self.bench;
+        let hosts = LabHosts::new(self.lab);
+        bench.say("host a lost (lab host-down a), then an unplanned failover of demo to its standby on b");
+        hosts.host_down(NEAR_HOST).map_err(BenchError::lab("hosts: host-down a"))?;
+        let failover = self.tools.envclone("hosts: failover", &["failover", "demo"]);
+        hosts.host_up(NEAR_HOST).map_err(BenchError::lab("hosts: host-up a"))?;
+        let failover = failover?;
+        let rto_ms = number(&failover.value, "/rto_ms");
+        bench.say(&format!("RTO {:.1} s; a is back: demo fails back to it", rto_ms.unwrap_or(0.0) / 1000.0));
+        // The guard fences what a's autostart may have started, then demo goes home.
+        self.tools.envclone("hosts: status", &["status"])?;
+        let back = self.tools.envclone("hosts: failback", &["failback", "demo"])?;
+        let note = format!(
+            "unplanned failover after `lab host-down a`, standby on b at the newest synced point; failback then \
+             took {:.1} s of downtime",
+            number(&back.value, "/downtime_ms").unwrap_or(0.0) / 1000.0
+        );
+        Ok((rto_ms, note))
     }
 
     /// One size: write, snapshot, sync.
