@@ -283,6 +283,67 @@ pub fn grant(config: &Config, env: &str) -> Result<Option<Lease>, GateError> {
     Ok(renewed.granted.into_iter().next())
 }
 
+/// A renewal on one host, as `gate renew` and `status` report it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct HostRenewal {
+    pub host: String,
+    /// The host answered and has the gate (else nothing was written).
+    pub installed: bool,
+    pub granted: Vec<Lease>,
+    /// Environments failed over: no lease on this host.
+    pub withheld: Vec<String>,
+    /// Why the host was skipped: it did not answer, or the script failed.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub hint: Option<String>,
+}
+
+impl HostRenewal {
+    pub fn new(host: &str, result: &Result<Renewed, GateError>) -> HostRenewal {
+        match result {
+            Ok(renewed) => HostRenewal {
+                host: host.to_owned(),
+                installed: renewed.installed,
+                granted: renewed.granted.clone(),
+                withheld: renewed.withheld.clone(),
+                error: None,
+                hint: None,
+            },
+            Err(error) => HostRenewal {
+                host: host.to_owned(),
+                installed: false,
+                granted: Vec::new(),
+                withheld: Vec::new(),
+                error: Some(crate::error::chain(error)),
+                hint: error.hint(),
+            },
+        }
+    }
+}
+
+/// [`renew`] on each of `hosts` (names under `[hosts]`) at once, each over
+/// its own SSH login: a host that does not answer costs the others nothing.
+pub fn renew_hosts(
+    config: &Config,
+    hosts: &[String],
+    failed_over: &BTreeSet<String>,
+) -> Vec<(String, Result<Renewed, GateError>)> {
+    let results = crate::ops::parallel::each(hosts, |host| {
+        let Some(settings) = config.hosts.get(host) else {
+            return Err(GateError::NotAGatedHost { host: host.clone(), known: config.hosts.keys().cloned().collect() });
+        };
+        let wanted = Wanted::for_host(config, host, failed_over);
+        renew(&shell_of(config, host, settings), &Layout::of(settings), &wanted)
+    });
+    // A panicked renewal is a bug: its panic goes on, as it was.
+    hosts
+        .iter()
+        .cloned()
+        .zip(results.into_iter().map(|result| result.unwrap_or_else(|panic| std::panic::resume_unwind(panic))))
+        .collect()
+}
+
 fn run(shell: &dyn HostShell, host: &str, text: &str) -> Result<String, GateError> {
     let output = shell
         .run_script(text, SCRIPT_WITHIN)
