@@ -266,7 +266,7 @@ fn human_status(hosts: &[HostOutcome<HostGate>]) -> String {
         text.push_str(&format!(
             "host {host}: hook {hook}; gate directory {}{}\n",
             gate.gate_dir.display(),
-            if gate.found.gate_dir { "" } else { " (missing)" }
+            if gate.found.gate_dir_exists { "" } else { " (missing)" }
         ));
         let protected: Vec<_> = gate.found.protected.iter().map(|p| (&p.domain, &p.env)).collect();
         text.push_str(&protected_line(&protected));

@@ -197,7 +197,7 @@ pub struct Installed {
 pub struct Inspected {
     pub hook: HookState,
     /// Whether the gate directory exists.
-    pub gate_dir: bool,
+    pub gate_dir_exists: bool,
     pub protected: Vec<Protected>,
     pub leases: Vec<Lease>,
 }

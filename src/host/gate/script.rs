@@ -92,7 +92,7 @@ impl Output {
         let now = self.now.ok_or_else(|| bad("the host's time"))?;
         Ok(Inspected {
             hook,
-            gate_dir: self.gate.unwrap_or(false),
+            gate_dir_exists: self.gate.unwrap_or(false),
             protected: self.protected.clone(),
             leases: self
                 .leases

@@ -252,13 +252,13 @@ fn renew_withholds_the_lease_of_a_failed_over_environment() {
 fn inspect_reports_a_missing_hook_then_a_current_one_with_its_leases() {
     let host = FakeHost::new();
     let before = inspect(&Sh, "a", &host.layout).unwrap();
-    assert_eq!((before.hook, before.gate_dir), (HookState::Missing, false));
+    assert_eq!((before.hook, before.gate_dir_exists), (HookState::Missing, false));
 
     install(&Sh, &host.layout, &wanted(&["demo"], &[])).unwrap();
     host.lease("old", now() - 5);
     let after = inspect(&Sh, "a", &host.layout).unwrap();
 
-    assert_eq!((after.hook, after.gate_dir), (HookState::Current, true));
+    assert_eq!((after.hook, after.gate_dir_exists), (HookState::Current, true));
     assert_eq!(after.protected, wanted(&[], &[]).protected);
     let demo = after.lease("demo").unwrap();
     assert!(demo.fresh() && demo.expires_in_seconds <= 600, "{demo:?}");
