@@ -11,7 +11,7 @@ use super::session::Records;
 use super::{load_config, Output};
 use crate::catalog::Catalog;
 use crate::cli::{GateCommand, GlobalArgs};
-use crate::config::{Config, HostSettings};
+use crate::config::Config;
 use crate::daemon::status::human_age;
 use crate::error::Failure;
 use crate::exit::ExitCode;
@@ -77,22 +77,6 @@ pub(super) fn renew_for_status(
     renewals
 }
 
-fn on_each<T: Send>(
-    config: &Config,
-    hosts: &[String],
-    work: impl Fn(&str, &HostSettings) -> std::result::Result<T, GateError> + Sync,
-) -> Vec<(String, std::result::Result<T, GateError>)> {
-    let results = crate::ops::parallel::each(hosts, |host| match config.hosts.get(host) {
-        Some(settings) => work(host, settings),
-        None => Err(GateError::NotAGatedHost { host: host.clone(), known: config.hosts.keys().cloned().collect() }),
-    });
-    hosts
-        .iter()
-        .cloned()
-        .zip(results.into_iter().map(|result| result.unwrap_or_else(|panic| std::panic::resume_unwind(panic))))
-        .collect()
-}
-
 /// A host's outcome in a report: what was done, or why not.
 #[derive(Debug, Serialize)]
 struct HostOutcome<T> {
@@ -138,7 +122,7 @@ struct HostInstalled {
 
 fn install(config: &Config, catalog: &Catalog, hosts: &[String], out: &Output) -> Result<ExitCode> {
     let failed_over = failed_over(config, catalog)?;
-    let results = on_each(config, hosts, |host, settings| {
+    let results = gate::on_hosts(config, hosts, |host, settings| {
         let wanted = gate::Wanted::for_host(config, host, &failed_over);
         let installed = gate::install(&gate::shell_of(config, host, settings), &Layout::of(settings), &wanted)?;
         Ok(HostInstalled { restart_libvirtd: installed.hook == HookChange::Created, installed })
@@ -229,7 +213,7 @@ struct HostGate {
 
 fn status(config: &Config, catalog: &Catalog, hosts: &[String], out: &Output) -> Result<ExitCode> {
     let failed_over = failed_over(config, catalog)?;
-    let results = on_each(config, hosts, |host, settings| {
+    let results = gate::on_hosts(config, hosts, |host, settings| {
         let layout = Layout::of(settings);
         let found = gate::inspect(&gate::shell_of(config, host, settings), host, &layout)?;
         let wanted = gate::Wanted::for_host(config, host, &failed_over);

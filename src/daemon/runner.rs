@@ -408,6 +408,19 @@ mod tests {
     }
 
     #[test]
+    fn the_hosts_without_a_start_gate_are_read_from_the_renew_report() {
+        let report = json!({ "hosts": [
+            { "host": "a", "installed": true, "granted": [], "withheld": [] },
+            { "host": "b", "installed": false, "granted": [], "withheld": [] }
+        ]});
+
+        let lines = hosts_without_gate(&report);
+
+        assert_eq!(lines.len(), 1);
+        assert!(lines[0].starts_with("host b has no start gate") && lines[0].contains("--host b"), "{lines:?}");
+    }
+
+    #[test]
     fn a_sync_report_is_read_whether_it_synced_the_standby_or_carried_home() {
         let args = ["standby", "sync", "sb", "--json"];
         let sync = json!({ "snapshot": "s2", "mode": "incremental", "bytes": 1400 });

@@ -129,6 +129,8 @@ pub struct Scheduler {
     lease_renewal: Option<tokio::task::JoinHandle<Result<Vec<String>, RunError>>>,
     lease_renewal_began: Option<tokio::time::Instant>,
     pub lease_renewals_started: u64,
+    /// What renewals said about hosts without the gate, each logged once.
+    gate_notes: BTreeSet<String>,
 }
 
 impl std::fmt::Debug for Scheduler {
@@ -170,6 +172,7 @@ impl Scheduler {
             lease_renewal: None,
             lease_renewal_began: None,
             lease_renewals_started: 0,
+            gate_notes: BTreeSet::new(),
         }
     }
 
@@ -286,7 +289,9 @@ impl Scheduler {
         match done {
             Ok(Ok(lines)) => {
                 for line in lines {
-                    tracing::warn!("start gate: {line}");
+                    if self.gate_notes.insert(line.clone()) {
+                        tracing::warn!("start gate: {line}");
+                    }
                 }
             }
             Ok(Err(error)) => tracing::warn!("start gate: lease renewal failed: {}", crate::error::chain(&error)),

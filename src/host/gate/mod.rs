@@ -322,26 +322,35 @@ impl HostRenewal {
     }
 }
 
-/// [`renew`] on each of `hosts` (names under `[hosts]`) at once, each over
-/// its own SSH login: a host that does not answer costs the others nothing.
-pub fn renew_hosts(
+/// `work` on each of `hosts` (names under `[hosts]`) at once, each over
+/// its own SSH login: a host that does not answer costs the others
+/// nothing. The results in the order of `hosts`.
+pub fn on_hosts<T: Send>(
     config: &Config,
     hosts: &[String],
-    failed_over: &BTreeSet<String>,
-) -> Vec<(String, Result<Renewed, GateError>)> {
-    let results = crate::ops::parallel::each(hosts, |host| {
-        let Some(settings) = config.hosts.get(host) else {
-            return Err(GateError::NotAGatedHost { host: host.clone(), known: config.hosts.keys().cloned().collect() });
-        };
-        let wanted = Wanted::for_host(config, host, failed_over);
-        renew(&shell_of(config, host, settings), &Layout::of(settings), &wanted)
+    work: impl Fn(&str, &HostSettings) -> Result<T, GateError> + Sync,
+) -> Vec<(String, Result<T, GateError>)> {
+    let results = crate::ops::parallel::each(hosts, |host| match config.hosts.get(host) {
+        Some(settings) => work(host, settings),
+        None => Err(GateError::NotAGatedHost { host: host.clone(), known: config.hosts.keys().cloned().collect() }),
     });
-    // A panicked renewal is a bug: its panic goes on, as it was.
+    // A panicked worker is a bug: its panic goes on, as it was.
     hosts
         .iter()
         .cloned()
         .zip(results.into_iter().map(|result| result.unwrap_or_else(|panic| std::panic::resume_unwind(panic))))
         .collect()
+}
+
+/// [`renew`] on each of `hosts` at once (see [`on_hosts`]).
+pub fn renew_hosts(
+    config: &Config,
+    hosts: &[String],
+    failed_over: &BTreeSet<String>,
+) -> Vec<(String, Result<Renewed, GateError>)> {
+    on_hosts(config, hosts, |host, settings| {
+        renew(&shell_of(config, host, settings), &Layout::of(settings), &Wanted::for_host(config, host, failed_over))
+    })
 }
 
 fn run(shell: &dyn HostShell, host: &str, text: &str) -> Result<String, GateError> {
