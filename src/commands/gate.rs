@@ -186,6 +186,8 @@ fn human_renew(hosts: &[HostRenewal]) -> String {
             }
         } else if !renewal.installed {
             text.push_str(&format!("host {host}: no start gate (`envclone gate install --host {host}`)\n"));
+        } else if renewal.granted.is_empty() && renewal.withheld.is_empty() {
+            text.push_str(&format!("host {host}: no environment runs there\n"));
         } else {
             text.push_str(&format!("host {host}:\n"));
             text.push_str(&leases_lines(&renewal.granted, &renewal.withheld));

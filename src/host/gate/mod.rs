@@ -217,7 +217,15 @@ pub trait HostShell {
 
 impl HostShell for SshShell {
     fn run_script(&self, script: &str, timeout: Duration) -> Result<ExecOutput, ToolError> {
-        self.script(script, timeout)
+        // The shell names a command that could not run by its text: the
+        // gate's scripts are a screen long, so only where it ran is kept.
+        self.script(script, timeout).map_err(|error| match error {
+            ToolError::Spawn { command, source } => {
+                let on = command.rfind(" (on host ").map_or("", |at| &command[at..]);
+                ToolError::Spawn { command: format!("sh{on}"), source }
+            }
+            other => other,
+        })
     }
 }
 
