@@ -272,22 +272,33 @@ pub fn inspect(shell: &dyn HostShell, host: &str, layout: &Layout) -> Result<Ins
     script::parse(host, &run(shell, host, &script::inspect(layout))?)?.inspected(host, &expected)
 }
 
-/// Grants `env` a fresh lease on its host now, whatever the catalog says:
-/// for an operation about to start `env`'s domains there on purpose (a
-/// failback, once the switch is marked failing back). `None` when `env`
-/// runs on `local` or the gate is not installed on its host.
-pub fn grant(config: &Config, env: &str) -> Result<Option<Lease>, GateError> {
-    let host = config.host_of(env);
+/// Grants `env` a fresh lease on host `host` now, whatever the catalog
+/// says: for an operation about to start `env`'s domains there on purpose
+/// (a failback, once the switch is marked failing back and the fence
+/// stamps are gone). `None` when `host` is `local` (no gate) or the gate
+/// is not installed there.
+pub fn grant(config: &Config, host: &str, env: &str) -> Result<Option<Lease>, GateError> {
     let Some(settings) = config.hosts.get(host) else { return Ok(None) };
+    grant_on(&shell_of(config, host, settings), &Layout::of(settings), host, env, settings.lease())
+}
+
+/// [`grant`] through `shell`: `env`'s lease only (the protected list is
+/// left as it is); `None` where the gate is not installed.
+pub fn grant_on(
+    shell: &dyn HostShell,
+    layout: &Layout,
+    host: &str,
+    env: &str,
+    lease: Duration,
+) -> Result<Option<Lease>, GateError> {
     let wanted = Wanted {
         host: host.to_owned(),
         protected: Vec::new(),
         grant: vec![env.to_owned()],
         withhold: Vec::new(),
-        lease: settings.lease(),
+        lease,
     };
-    let text = script::grant(&Layout::of(settings), &wanted);
-    let renewed = script::parse(host, &run(&shell_of(config, host, settings), host, &text)?)?.renewed();
+    let renewed = script::parse(host, &run(shell, host, &script::grant(layout, &wanted))?)?.renewed();
     Ok(renewed.granted.into_iter().next())
 }
 

@@ -249,6 +249,20 @@ fn renew_withholds_the_lease_of_a_failed_over_environment() {
 }
 
 #[test]
+fn grant_writes_one_lease_and_leaves_the_protected_list_alone() {
+    let host = FakeHost::protecting_demo();
+
+    let lease = grant_on(&Sh, &host.layout, "a", "demo", Duration::from_secs(60)).unwrap().unwrap();
+
+    assert_eq!((lease.env.as_str(), lease.expires_in_seconds), ("demo", 60));
+    assert_eq!(std::fs::read_to_string(host.layout.protected_path()).unwrap(), "demo-web demo\ndemo-db demo\n");
+    assert_eq!(host.hook("demo-web", "prepare", "begin", PLAIN_XML).0, 0);
+    let nowhere = FakeHost::new();
+    assert_eq!(grant_on(&Sh, &nowhere.layout, "a", "demo", Duration::from_secs(60)).unwrap(), None);
+    assert!(!nowhere.layout.gate_dir.exists());
+}
+
+#[test]
 fn inspect_reports_a_missing_hook_then_a_current_one_with_its_leases() {
     let host = FakeHost::new();
     let before = inspect(&Sh, "a", &host.layout).unwrap();
