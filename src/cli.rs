@@ -79,6 +79,26 @@ pub enum Command {
     Failover(FailoverArgs),
     /// Hand ENV back from the standby serving it: what the standby wrote is carried home and verified, ENV's domains start on it, the standby waits again with its own identity, and the next epoch is recorded.
     Failback(FailbackArgs),
+    /// The start gate on the hosts of [hosts]: a libvirt hook that refuses to start a fenced domain, or a domain of an environment without a fresh lease from the controller.
+    #[command(subcommand)]
+    Gate(GateCommand),
+}
+
+#[derive(Debug, Subcommand)]
+pub enum GateCommand {
+    /// Write the hook, the protected list and fresh leases on each host (idempotent); a new hook acts from libvirtd's next start.
+    Install(GateHostsArgs),
+    /// Renew the lease of every environment that is not failed over, withhold the others' (what `status` and the daemon do).
+    Renew(GateHostsArgs),
+    /// Per host: the hook installed and current, the protected domains, each lease and its age.
+    Status(GateHostsArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct GateHostsArgs {
+    /// Only this host of [hosts] (repeatable); default: every one.
+    #[arg(long = "host", value_name = "NAME")]
+    pub hosts: Vec<String>,
 }
 
 #[derive(Debug, Args)]
@@ -609,6 +629,22 @@ mod tests {
         assert!(Cli::try_parse_from(["envclone", "delete-snapshot", "demo"]).is_err());
         let cli = Cli::try_parse_from(["envclone", "prune", "demo", "--dry-run"]).unwrap();
         assert!(matches!(cli.command, Command::Prune(ref a) if a.dry_run && a.environment == "demo"));
+    }
+
+    #[test]
+    fn gate_commands_take_hosts() {
+        let cli = Cli::try_parse_from(["envclone", "gate", "install", "--host", "a", "--host", "b"]).unwrap();
+        let Command::Gate(GateCommand::Install(args)) = cli.command else { panic!("parsed as {:?}", cli.command) };
+        assert_eq!(args.hosts, ["a", "b"]);
+        let cli = Cli::try_parse_from(["envclone", "gate", "renew", "--json"]).unwrap();
+        assert!(
+            cli.global.json && matches!(cli.command, Command::Gate(GateCommand::Renew(ref a)) if a.hosts.is_empty())
+        );
+        assert!(matches!(
+            Cli::try_parse_from(["envclone", "gate", "status"]).unwrap().command,
+            Command::Gate(GateCommand::Status(_))
+        ));
+        assert!(Cli::try_parse_from(["envclone", "gate"]).is_err());
     }
 
     #[test]

@@ -1,15 +1,18 @@
 //! `envclone check [--live [ENV]]`: is the configuration usable, and (live)
 //! does what it names exist and answer? `--live ENV` checks one environment
 //! only: one of the config's, or a clone (from the catalog, its VMs reached
-//! through its gateway namespace).
+//! through its gateway namespace). On each host of `[hosts]` it also
+//! checks the start gate: hook, protected list, leases.
 
 use super::{load_config, Output};
 use crate::cli::{CheckArgs, GlobalArgs};
 use crate::config::{Config, Environment};
+use crate::daemon::status::human_age;
 use crate::error::Failure;
 use crate::exit::ExitCode;
 use crate::guest::endpoint::{ssh_options, ssh_target};
 use crate::guest::{AgentClient, GuestSession};
+use crate::host::gate::{self, HookState};
 use crate::host::{Hosts, LOCAL};
 use crate::{Error, Result};
 use serde::Serialize;
@@ -87,8 +90,23 @@ fn live_environment(config: &Config, name: &str) -> Result<Environment> {
 fn live_checks(config: &Config, environments: &[(String, Environment)]) -> Vec<LiveCheck> {
     let hosts = super::session::registry(config);
     let mut checks = Vec::new();
-    for name in hosts_in_use(config, environments) {
-        checks.extend(host_checks(config, &hosts, &name));
+    let in_use = hosts_in_use(config, environments);
+    for name in &in_use {
+        checks.extend(host_checks(config, &hosts, name));
+    }
+    let gated: Vec<&String> = in_use.iter().filter(|name| config.hosts.contains_key(*name)).collect();
+    if !gated.is_empty() {
+        match crate::catalog::Catalog::open(&config.controller.state_dir)
+            .map_err(Error::from)
+            .and_then(|catalog| super::gate::failed_over(config, &catalog))
+        {
+            Ok(failed_over) => {
+                let gates = crate::ops::parallel::each(&gated, |name| gate_checks(config, name, &failed_over));
+                checks
+                    .extend(gates.into_iter().flat_map(|c| c.unwrap_or_else(|panic| std::panic::resume_unwind(panic))));
+            }
+            Err(e) => checks.push(LiveCheck::from_result("start gate: the catalog".into(), Err(e))),
+        }
     }
     for (env_name, env) in environments {
         let host_name = env.host.as_deref().unwrap_or(LOCAL);
@@ -182,6 +200,93 @@ fn host_checks(config: &Config, hosts: &dyn Hosts, name: &str) -> Vec<LiveCheck>
             format!("host {name} ssh {}@{}:{} storage", ssh.user, ssh.address, ssh.port),
             result,
         ));
+    }
+    checks
+}
+
+/// The start gate on host `name` of `[hosts]`: its hook installed and
+/// current, its protected list the config's, and a fresh lease for each
+/// environment on it that is not failed over (one that is must have none).
+fn gate_checks(config: &Config, name: &str, failed_over: &BTreeSet<String>) -> Vec<LiveCheck> {
+    let Some(settings) = config.hosts.get(name) else { return Vec::new() };
+    let subject = format!("host {name} start gate");
+    let layout = gate::Layout::of(settings);
+    let found = match gate::inspect(&gate::shell_of(config, name, settings), name, &layout) {
+        Ok(found) => found,
+        Err(e) => return vec![LiveCheck::from_result(subject, Err(e.into()))],
+    };
+    let wanted = gate::Wanted::for_host(config, name, failed_over);
+    let install = format!("`envclone gate install --host {name}`");
+    let hook = layout.hook_path();
+    let mut checks = vec![match found.hook {
+        HookState::Current => {
+            let mut on_host = found.protected.clone();
+            on_host.sort();
+            if on_host == wanted.protected {
+                let detail = format!("{} current, {} domains protected", hook.display(), on_host.len());
+                LiveCheck { subject, ok: true, detail, hint: None }
+            } else {
+                let detail = format!("the protected list in {} is not the config's", layout.gate_dir.display());
+                let hint = Some(format!("`envclone gate renew --host {name}` writes it"));
+                LiveCheck { subject, ok: false, detail, hint }
+            }
+        }
+        HookState::Missing => LiveCheck {
+            subject,
+            ok: false,
+            detail: format!("no hook at {}: a returning host may start a fenced primary", hook.display()),
+            hint: Some(format!("{install}, then restart libvirtd on {name}")),
+        },
+        HookState::Stale => LiveCheck {
+            subject,
+            ok: false,
+            detail: format!("{} is an older gate hook (or not executable)", hook.display()),
+            hint: Some(install),
+        },
+        HookState::Foreign => LiveCheck {
+            subject,
+            ok: false,
+            detail: format!("{} is not envclone's start gate", hook.display()),
+            hint: Some(format!("move that hook elsewhere in qemu.d/, then {install}")),
+        },
+    }];
+    for env in &wanted.grant {
+        let subject = format!("lease {env} on host {name}");
+        checks.push(match found.lease(env) {
+            Some(lease) if lease.fresh() => LiveCheck {
+                subject,
+                ok: true,
+                detail: format!("fresh, expires in {}", human_age(lease.expires_in_seconds)),
+                hint: None,
+            },
+            lease => LiveCheck {
+                subject,
+                ok: false,
+                detail: match lease {
+                    Some(lease) => format!(
+                        "expired {} ago: {name} refuses to start {env}'s domains",
+                        human_age(-lease.expires_in_seconds)
+                    ),
+                    None => format!("none: {name} refuses to start {env}'s domains"),
+                },
+                hint: Some(
+                    "`envclone gate renew` (the daemon and `envclone status` renew leases: is the daemon running?)"
+                        .into(),
+                ),
+            },
+        });
+    }
+    for env in &wanted.withhold {
+        let subject = format!("lease {env} on host {name}");
+        checks.push(match found.lease(env) {
+            Some(lease) if lease.fresh() => LiveCheck {
+                subject,
+                ok: false,
+                detail: format!("{env} is failed over, yet {name} holds a fresh lease for it"),
+                hint: Some(format!("`envclone gate renew --host {name}` withdraws it")),
+            },
+            _ => LiveCheck { subject, ok: true, detail: format!("withheld: {env} is failed over"), hint: None },
+        });
     }
     checks
 }

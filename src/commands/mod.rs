@@ -9,6 +9,7 @@ mod delete_snapshot;
 mod destroy;
 mod failback;
 mod failover;
+mod gate;
 mod guard;
 mod lab;
 mod prune;
@@ -60,6 +61,7 @@ pub fn run(cli: Cli) -> Result<std::process::ExitCode> {
         Command::Standby(command) => standby::run(&cli.global, command, &out).map(ExitCode::into),
         Command::Failover(args) => failover::run(&cli.global, &args, &out).map(ExitCode::into),
         Command::Failback(args) => failback::run(&cli.global, &args, &out).map(ExitCode::into),
+        Command::Gate(command) => gate::run(&cli.global, command, &out).map(ExitCode::into),
     }
 }
 

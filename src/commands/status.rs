@@ -6,7 +6,9 @@
 //! the fence guard (see [`crate::ops::failover::fence`]), and the way home:
 //! the newest snapshot all carried home by the home sync, its age (the lag
 //! of the way home) and the bytes carried; and every operation left
-//! interrupted that touches the environments shown.
+//! interrupted that touches the environments shown. Meanwhile it renews
+//! the start gate's leases on the hosts of `[hosts]` (see
+//! `commands::gate`): never for an environment that is failed over.
 
 use chrono::{DateTime, Utc};
 
@@ -26,13 +28,32 @@ pub fn run(global: &GlobalArgs, args: &StatusArgs, out: &Output) -> Result<ExitC
         config.environment(env)?;
     }
     let Records { config, catalog } = Records::with_config(config)?;
+    let failed_over = super::gate::failed_over(&config, &catalog)?;
+    let lease_hosts = lease_hosts(&config, args.environment.as_deref());
     // The guard first: an old primary that came back is fenced again, and
-    // the report says so.
-    let failovers = super::guard::check(&config, &catalog, args.environment.as_deref(), out)?;
+    // the report says so. The start gate's leases are renewed meanwhile,
+    // on a thread of their own: a host that does not answer holds neither.
+    let (failovers, leases) = std::thread::scope(|scope| {
+        let renewal = scope.spawn(|| super::gate::renew_for_status(&config, &failed_over, &lease_hosts, out));
+        let failovers = super::guard::check(&config, &catalog, args.environment.as_deref(), out);
+        (failovers, renewal.join().unwrap_or_else(|panic| std::panic::resume_unwind(panic)))
+    });
     let mut report = status::build(&config, &catalog, Utc::now(), args.environment.as_deref())?;
-    report.failovers = failovers;
+    report.failovers = failovers?;
+    report.leases = leases;
     out.report(&report, human);
     Ok(ExitCode::Ok)
+}
+
+/// The hosts whose start gate leases `status` renews: every host of
+/// `[hosts]`, or only `env`'s.
+fn lease_hosts(config: &crate::config::Config, env: Option<&str>) -> Vec<String> {
+    match env {
+        Some(env) => {
+            config.hosts.get_key_value(config.host_of(env)).map(|(host, _)| host.clone()).into_iter().collect()
+        }
+        None => config.hosts.keys().cloned().collect(),
+    }
 }
 
 fn human(report: &StatusReport) -> String {
@@ -55,6 +76,10 @@ fn human(report: &StatusReport) -> String {
     if !report.interrupted.is_empty() {
         text.push('\n');
         text.push_str(&interrupted_table(&report.interrupted, &mut errors));
+    }
+    if report.leases.iter().any(|host| host.installed || host.error.is_some()) {
+        text.push('\n');
+        text.push_str(&leases_table(&report.leases, &mut errors));
     }
     if !errors.is_empty() {
         text.push('\n');
@@ -239,6 +264,33 @@ fn interrupted_table(interrupted: &[Operation], errors: &mut Vec<String>) -> Str
             "{}: {} operation {} did not finish: run `envclone recover {}`",
             op.env, op.kind, op.id, op.env
         ));
+    }
+    table(&rows)
+}
+
+/// The start gate's leases this `status` renewed (or withheld), per host;
+/// a host without the gate is left out.
+fn leases_table(hosts: &[crate::host::gate::HostRenewal], errors: &mut Vec<String>) -> String {
+    let mut rows = vec![row(&["GATE HOST", "LEASES RENEWED", "WITHHELD (FAILED OVER)"])];
+    for host in hosts {
+        if let Some(error) = &host.error {
+            rows.push(vec![host.host.clone(), "-".into(), "-".into()]);
+            errors.push(format!("host {}: leases not renewed: {error}", host.host));
+            continue;
+        }
+        if !host.installed {
+            continue;
+        }
+        let granted: Vec<String> = host
+            .granted
+            .iter()
+            .map(|lease| format!("{} ({})", lease.env, human_age(lease.expires_in_seconds)))
+            .collect();
+        rows.push(vec![
+            host.host.clone(),
+            if granted.is_empty() { "-".into() } else { granted.join(", ") },
+            if host.withheld.is_empty() { "-".into() } else { host.withheld.join(", ") },
+        ]);
     }
     table(&rows)
 }

@@ -68,6 +68,34 @@ pub struct HostSettings {
     /// labs: real hosts' guest networks are routed, and this stays unset.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub guest_netns: Option<String>,
+    /// The start gate's directory on the host (its `protected` list and
+    /// each environment's lease); unset: [`HostSettings::DEFAULT_GATE_DIR`].
+    /// See `docs/start-gate.md`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub gate_dir: Option<PathBuf>,
+    /// How long a lease the controller grants lets the host start a
+    /// protected environment's domains, e.g. "10m"; unset:
+    /// [`HostSettings::DEFAULT_LEASE`].
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub lease: Option<HumanDuration>,
+}
+
+impl HostSettings {
+    /// Where the start gate keeps its state on a host, unless `gate_dir` says.
+    pub const DEFAULT_GATE_DIR: &'static str = "/var/lib/envclone-gate";
+    /// A lease's length, unless `lease` says: ten daemon ticks at least, so
+    /// a controller that misses a few renewals does not stop the host.
+    pub const DEFAULT_LEASE: std::time::Duration = std::time::Duration::from_secs(600);
+
+    /// The start gate's directory on the host.
+    pub fn gate_dir(&self) -> PathBuf {
+        self.gate_dir.clone().unwrap_or_else(|| PathBuf::from(Self::DEFAULT_GATE_DIR))
+    }
+
+    /// How long a lease granted to the host lasts.
+    pub fn lease(&self) -> std::time::Duration {
+        self.lease.map_or(Self::DEFAULT_LEASE, std::time::Duration::from)
+    }
 }
 
 /// An SSH login on a host: its host key must be in `known_hosts` already

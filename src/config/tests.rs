@@ -315,6 +315,29 @@ host = "local"
     }
 
     #[test]
+    fn the_start_gate_settings_default_and_are_taken_as_given() {
+        let config = parse_unchecked(WITH_HOSTS).unwrap();
+        let b = &config.hosts["b"];
+        assert_eq!(b.gate_dir(), Path::new(HostSettings::DEFAULT_GATE_DIR));
+        assert_eq!(b.lease(), std::time::Duration::from_secs(600));
+        assert!(!to_toml(&config).contains("gate_dir"), "defaults are not written out");
+
+        let text = WITH_HOSTS.replace("bandwidth = ", "gate_dir = \"/srv/gate\"\nlease = \"20s\"\nbandwidth = ");
+        let config = parse_unchecked(&text).unwrap();
+        let b = &config.hosts["b"];
+        assert_eq!((b.gate_dir(), b.lease()), (PathBuf::from("/srv/gate"), std::time::Duration::from_secs(20)));
+        assert_eq!(parse_unchecked(&to_toml(&config)).unwrap(), config);
+    }
+
+    #[test]
+    fn a_relative_gate_dir_and_a_zero_lease_are_refused() {
+        let text = WITH_HOSTS.replace("bandwidth = ", "gate_dir = \"gate\"\nlease = \"0s\"\nbandwidth = ");
+        let error = parse_unchecked(&text).unwrap_err();
+        let keys: Vec<String> = error.diagnostics().iter().map(|d| d.key.clone()).collect();
+        assert_eq!(keys, ["hosts.b.gate_dir", "hosts.b.lease"]);
+    }
+
+    #[test]
     fn a_config_without_hosts_keeps_everything_on_local_and_writes_no_hosts_table() {
         let config = parse_unchecked(FULL).unwrap();
         assert!(config.hosts.is_empty());

@@ -262,6 +262,12 @@ impl Checker {
             self.report(path.key("libvirt_uri"), format!("{:?} is not a libvirt URI", host.libvirt_uri), fix);
         }
         self.absolute_path(&host.storage, &path.key("storage"));
+        if let Some(gate_dir) = &host.gate_dir {
+            self.absolute_path(gate_dir, &path.key("gate_dir"));
+        }
+        if let Some(lease) = host.lease {
+            self.positive(lease, &path.key("lease"));
+        }
         let ssh = path.key("ssh");
         if host.ssh.address.trim().is_empty() {
             self.report(ssh.key("address"), "the host's SSH address is empty".into(), None);

@@ -34,6 +34,11 @@
 //!   status --json` on a blocking thread of its own (one at a time): an old
 //!   primary domain found running is fenced again and the return recorded
 //!   (see `ops::failover::fence`).
+//! - **Start gate leases**: with hosts under `[hosts]`, every tick (at most
+//!   one per [`LEASE_RENEWAL_EVERY`]) renews their leases through a child
+//!   `envclone gate renew --json` on a blocking thread (one at a time): a
+//!   host holds a fresh lease for each environment that is not failed
+//!   over (see `host::gate`); a host that does not answer is logged.
 //! - **Shutdown**: SIGTERM or SIGINT flips a `watch` channel; the loop stops
 //!   starting runs and waits up to the shutdown grace for runs in progress.
 //!   Runs still going after that are left to finish on their own and are
@@ -72,6 +77,12 @@ pub const SYNC_RETRY: Duration = Duration::from_secs(600);
 
 /// The longest the loop sleeps without looking at the clock again.
 pub const MAX_SLEEP: Duration = Duration::from_secs(60);
+
+/// The least time between two renewals of the start gate's leases: a burst
+/// of ticks (runs ending) renews once; ticks come at least every
+/// [`MAX_SLEEP`], so a lease of a few minutes never lapses while the
+/// daemon runs and its hosts answer.
+pub const LEASE_RENEWAL_EVERY: Duration = Duration::from_secs(20);
 
 /// Where the scheduler reads the time of day (the operations' clock);
 /// tests give a fake one. Waiting uses tokio's monotonic timer, never this.
@@ -172,6 +183,7 @@ async fn reload_config(scheduler: &mut Scheduler, reload: Reload) {
     match tokio::task::spawn_blocking(move || reload()).await {
         Ok(Ok(config)) => {
             tracing::info!("configuration reloaded: {} schedules", config.schedules.len());
+            scheduler.set_lease_renewal(!config.hosts.is_empty());
             scheduler.set_schedules(config.schedules);
         }
         Ok(Err(error)) => {
@@ -248,7 +260,8 @@ pub fn run_forever(
         let signals = Signals::install()?;
         let (shutdown_tx, shutdown_rx) = watch::channel(false);
         let (reload_tx, reload_rx) = mpsc::channel(1);
-        let mut scheduler = Scheduler::new(config.schedules.clone(), catalog, runner, system_clock());
+        let mut scheduler = Scheduler::new(config.schedules.clone(), catalog, runner, system_clock())
+            .with_lease_renewal(!config.hosts.is_empty());
         tracing::info!(
             "envclone daemon started with {} schedules (pid {})",
             config.schedules.len(),
@@ -298,7 +311,9 @@ pub fn run_once(
 ) -> crate::Result<OnceReport> {
     let runtime = runtime()?;
     let report = runtime.block_on(async {
-        let mut scheduler = Scheduler::new(config.schedules.clone(), catalog, runner, system_clock()).keep_reports();
+        let mut scheduler = Scheduler::new(config.schedules.clone(), catalog, runner, system_clock())
+            .keep_reports()
+            .with_lease_renewal(!config.hosts.is_empty());
         scheduler.reap_interrupted().await;
         let tick = scheduler.tick(now.unwrap_or_else(Utc::now)).await;
         drain(&mut scheduler, None).await;
@@ -306,6 +321,7 @@ pub fn run_once(
         scheduler.autorestore(Utc::now()).await;
         drain(&mut scheduler, None).await;
         scheduler.finish_guard().await;
+        scheduler.finish_lease_renewal().await;
         let standby_syncs = scheduler.take_finished_syncs();
         let mut runs = scheduler.take_finished();
         runs.sort_by(|a, b| a.schedule.cmp(&b.schedule));

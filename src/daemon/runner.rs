@@ -70,6 +70,11 @@ pub trait ScheduledRunner: Send + Sync + std::fmt::Debug {
     /// `ops::failover::fence`); returns a line per thing it did (an old
     /// primary fenced again, a fence confirmed), empty when all is well.
     fn guard_fences(&self) -> Result<Vec<String>, RunError>;
+
+    /// Renews the start gate's leases on every host of `[hosts]` (see
+    /// `host::gate`); returns a line per host that holds no gate, empty
+    /// when all is well. A host that does not answer is an error.
+    fn renew_leases(&self) -> Result<Vec<String>, RunError>;
 }
 
 /// What a successful autorestore sync did.
@@ -202,6 +207,14 @@ impl ScheduledRunner for CliRunner {
         Ok(guard_actions(&report))
     }
 
+    fn renew_leases(&self) -> Result<Vec<String>, RunError> {
+        // A child like the guard: a host that does not answer holds only it.
+        let args = ["gate", "renew", "--json"];
+        let output = self.run(&args)?;
+        let report = check(&output, &args, "-")?;
+        Ok(hosts_without_gate(&report))
+    }
+
     fn snapshot(&self, env: &str, schedule: &str) -> Result<RunResult, RunError> {
         // `snapshot --scheduled` records the snapshot with `schedule =
         // SCHEDULE` (retention chooses among those) and takes the schedule's
@@ -251,6 +264,20 @@ fn guard_actions(report: &Value) -> Vec<String> {
         }
     }
     lines
+}
+
+/// The hosts `gate renew --json` found without the start gate.
+fn hosts_without_gate(report: &Value) -> Vec<String> {
+    let hosts = report.get("hosts").and_then(Value::as_array).into_iter().flatten();
+    hosts
+        .filter(|host| host.get("installed").and_then(Value::as_bool) == Some(false))
+        .map(|host| {
+            let name = host.get("host").and_then(Value::as_str).unwrap_or("?");
+            format!(
+                "host {name} has no start gate: its leases were not renewed (`envclone gate install --host {name}`)"
+            )
+        })
+        .collect()
 }
 
 /// A snapshot's catalog time is truncated to the millisecond and may be
@@ -378,6 +405,19 @@ mod tests {
 
         assert_eq!(lines, ["returned-refenced domain web of demo (standby sb serves epoch 2): stopped"]);
         assert!(guard_actions(&serde_json::json!({ "environments": [] })).is_empty());
+    }
+
+    #[test]
+    fn the_hosts_without_a_start_gate_are_read_from_the_renew_report() {
+        let report = json!({ "hosts": [
+            { "host": "a", "installed": true, "granted": [], "withheld": [] },
+            { "host": "b", "installed": false, "granted": [], "withheld": [] }
+        ]});
+
+        let lines = hosts_without_gate(&report);
+
+        assert_eq!(lines.len(), 1);
+        assert!(lines[0].starts_with("host b has no start gate") && lines[0].contains("--host b"), "{lines:?}");
     }
 
     #[test]

@@ -14,7 +14,7 @@ use serde::Serialize;
 use tokio::task::JoinSet;
 
 use super::execute::{self, Began, Executed, RunReport, RunRequest};
-use super::{Now, RunError, ScheduledRunner, StandbySynced, SYNC_RETRY};
+use super::{Now, RunError, ScheduledRunner, StandbySynced, LEASE_RENEWAL_EVERY, SYNC_RETRY};
 use crate::catalog::{Catalog, FailoverMode, FailoverState, Owner, RunOrigin, RunState, ScheduleRunId};
 use crate::config::Schedule;
 use crate::schedule::due_runs;
@@ -122,6 +122,15 @@ pub struct Scheduler {
     guard: Option<tokio::task::JoinHandle<Result<Vec<String>, RunError>>>,
     /// Fence guard runs started, and old primaries it fenced again.
     pub guards_started: u64,
+    /// Whether the config has hosts of `[hosts]`, whose start gate leases
+    /// the daemon renews (see [`Scheduler::renew_leases`]).
+    renews_leases: bool,
+    /// The lease renewal in progress (at most one), and when the last began.
+    lease_renewal: Option<tokio::task::JoinHandle<Result<Vec<String>, RunError>>>,
+    lease_renewal_began: Option<tokio::time::Instant>,
+    pub lease_renewals_started: u64,
+    /// What renewals said about hosts without the gate, each logged once.
+    gate_notes: BTreeSet<String>,
 }
 
 impl std::fmt::Debug for Scheduler {
@@ -159,7 +168,23 @@ impl Scheduler {
             finished_syncs: None,
             guard: None,
             guards_started: 0,
+            renews_leases: false,
+            lease_renewal: None,
+            lease_renewal_began: None,
+            lease_renewals_started: 0,
+            gate_notes: BTreeSet::new(),
         }
+    }
+
+    /// Renew the start gate's leases on every tick (for a config with
+    /// hosts of `[hosts]`); a reload sets it again.
+    pub fn with_lease_renewal(mut self, on: bool) -> Scheduler {
+        self.renews_leases = on;
+        self
+    }
+
+    pub fn set_lease_renewal(&mut self, on: bool) {
+        self.renews_leases = on;
     }
 
     /// Keep every finished run's report for [`Scheduler::take_finished`].
@@ -227,6 +252,50 @@ impl Scheduler {
             }
             Ok(Err(error)) => self.bookkeeping_error("find the role switches to guard", &error),
             Err(error) => self.bookkeeping_error("find the role switches to guard", &error),
+        }
+    }
+
+    /// Renews the start gate's leases (a child `envclone gate renew
+    /// --json`) on a blocking thread: at most one at a time and one per
+    /// [`LEASE_RENEWAL_EVERY`], so a burst of ticks renews once and a host
+    /// that does not answer never holds the scheduler. The result of the
+    /// previous one is logged first.
+    pub async fn renew_leases(&mut self) {
+        if let Some(handle) = self.lease_renewal.take() {
+            if !handle.is_finished() {
+                self.lease_renewal = Some(handle);
+                return;
+            }
+            self.log_lease_renewal(handle.await);
+        }
+        let due = self.lease_renewal_began.map_or(true, |began| began.elapsed() >= LEASE_RENEWAL_EVERY);
+        if !self.renews_leases || !due {
+            return;
+        }
+        let runner = Arc::clone(&self.runner);
+        self.lease_renewals_started += 1;
+        self.lease_renewal_began = Some(tokio::time::Instant::now());
+        self.lease_renewal = Some(tokio::task::spawn_blocking(move || runner.renew_leases()));
+    }
+
+    /// Waits for the lease renewal in progress, if any, and logs it.
+    pub async fn finish_lease_renewal(&mut self) {
+        if let Some(handle) = self.lease_renewal.take() {
+            self.log_lease_renewal(handle.await);
+        }
+    }
+
+    fn log_lease_renewal(&mut self, done: Result<Result<Vec<String>, RunError>, tokio::task::JoinError>) {
+        match done {
+            Ok(Ok(lines)) => {
+                for line in lines {
+                    if self.gate_notes.insert(line.clone()) {
+                        tracing::warn!("start gate: {line}");
+                    }
+                }
+            }
+            Ok(Err(error)) => tracing::warn!("start gate: lease renewal failed: {}", crate::error::chain(&error)),
+            Err(error) => self.bookkeeping_error("renew the start gate's leases", &error),
         }
     }
 
@@ -451,6 +520,7 @@ impl Scheduler {
         }
         self.autorestore(now).await;
         self.guard_fences().await;
+        self.renew_leases().await;
         report
     }
 

@@ -35,6 +35,10 @@ pub struct StatusReport {
     /// left, that touch the environments shown: `envclone recover ENV`
     /// finishes or rolls them back.
     pub interrupted: Vec<Operation>,
+    /// The start gate's leases renewed (or withheld, for an environment
+    /// failed over) on each host of `[hosts]`. Filled by `envclone status`.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub leases: Vec<crate::host::gate::HostRenewal>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
@@ -118,7 +122,14 @@ pub fn build(
     let standbys = crate::ops::standby::summaries(catalog, only, now)?;
     let mut interrupted = crate::ops::recover::pending(catalog)?;
     interrupted.retain(|op| only.map_or(true, |env| op.touches_env(env)));
-    Ok(StatusReport { generated_at: now, environments, standbys, failovers: Vec::new(), interrupted })
+    Ok(StatusReport {
+        generated_at: now,
+        environments,
+        standbys,
+        failovers: Vec::new(),
+        interrupted,
+        leases: Vec::new(),
+    })
 }
 
 fn snapshot_status(snapshot: &Snapshot, now: DateTime<Utc>) -> SnapshotStatus {

@@ -92,6 +92,7 @@ struct FakeRunner {
     retention_failing: bool,
     standby_syncs: Mutex<Vec<String>>,
     guards: Mutex<u64>,
+    lease_renewals: Mutex<u64>,
 }
 
 impl FakeRunner {
@@ -171,6 +172,11 @@ impl ScheduledRunner for FakeRunner {
     fn guard_fences(&self) -> Result<Vec<String>, RunError> {
         *self.guards.lock().unwrap() += 1;
         Ok(vec!["returned-refenced domain web of demo".into()])
+    }
+
+    fn renew_leases(&self) -> Result<Vec<String>, RunError> {
+        *self.lease_renewals.lock().unwrap() += 1;
+        Ok(Vec::new())
     }
 }
 
@@ -655,4 +661,28 @@ async fn without_a_switch_no_fence_guard_runs() {
     h.scheduler.finish_guard().await;
 
     assert_eq!(*h.runner.guards.lock().unwrap(), 0);
+}
+
+#[tokio::test]
+async fn with_hosts_each_tick_renews_the_gate_leases_once_per_interval() {
+    let mut h = Harness::new(&[], FakeRunner::succeeding(), at(2, 0));
+    h.scheduler.set_lease_renewal(true);
+
+    h.tick_and_wait(at(2, 0)).await;
+    h.scheduler.finish_lease_renewal().await;
+    h.tick_and_wait(at(2, 0)).await;
+    h.scheduler.finish_lease_renewal().await;
+
+    assert_eq!(*h.runner.lease_renewals.lock().unwrap(), 1, "a burst of ticks renews once");
+    assert_eq!(h.scheduler.lease_renewals_started, 1);
+}
+
+#[tokio::test]
+async fn without_hosts_no_lease_is_renewed() {
+    let mut h = Harness::new(&[], FakeRunner::succeeding(), at(2, 0));
+
+    h.tick_and_wait(at(2, 0)).await;
+    h.scheduler.finish_lease_renewal().await;
+
+    assert_eq!(*h.runner.lease_renewals.lock().unwrap(), 0);
 }

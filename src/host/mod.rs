@@ -17,6 +17,7 @@
 //!                                                 └─> net()         ip netns, veth
 //! ```
 
+pub mod gate;
 mod local;
 pub(crate) mod net;
 mod qemu_img;

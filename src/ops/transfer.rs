@@ -109,6 +109,8 @@ mod tests {
             libvirt_netns: None,
             bandwidth: bandwidth.map(|b| b.parse::<HumanRate>().unwrap()),
             guest_netns: None,
+            gate_dir: None,
+            lease: None,
         }
     }
 

@@ -147,6 +147,20 @@ impl LabUnderTest {
         envclone::config::load(&self.config_path()).expect("lab config")
     }
 
+    /// Rewrites the lab's config file with `edit` applied (`lab up` writes
+    /// it afresh: edit after it).
+    pub fn edit_config(&self, edit: impl FnOnce(&mut Config)) {
+        let mut config = self.config();
+        edit(&mut config);
+        std::fs::write(self.config_path(), envclone::config::to_toml(&config)).expect("write the lab config");
+    }
+
+    /// A two-host lab's host's libvirtd log, as the lab (the hardware) keeps it.
+    pub fn host_libvirtd_log(&self, host: &str) -> String {
+        let path = self.dir().join("hosts").join(host).join("libvirt/log/libvirtd.log");
+        std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("read {}: {e}", path.display()))
+    }
+
     /// A fresh SSH session to a VM of the `demo` environment (`web` or `db`).
     pub fn session(&self, vm: &str) -> GuestSession {
         let config = self.config();

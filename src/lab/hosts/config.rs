@@ -14,6 +14,8 @@ use std::path::Path;
 /// libvirt on the far side is root's: the lab's dropbear logs in as root.
 const USER: &str = "root";
 const SSH_PORT: u16 = 22;
+/// The start gate's directory on each lab host (see `docs/start-gate.md`).
+pub const GATE_DIR: &str = "/var/lib/libvirt/envclone-gate";
 
 /// The one-host lab's config with `demo` moved to host a and both hosts
 /// added. `config` is what [`topology::config`] made for the same lab.
@@ -45,6 +47,11 @@ pub(super) fn host_settings(paths: &LabPaths, plan: &Addressing, host: &str) -> 
         bandwidth: None,
         // Its guests are reached by entering its namespace (see `with_hosts`).
         guest_netns: Some(plan.netns(host)),
+        // /var/lib/libvirt is the host's own (a bind mount in its mount
+        // namespace): /var/lib would be the controller's, shared by every
+        // lab host.
+        gate_dir: Some(GATE_DIR.into()),
+        lease: None,
     }
 }
 

@@ -6,7 +6,8 @@
 //!
 //! ```text
 //!   <lab>/hosts/<h>/
-//!     libvirt/            the host's /run/libvirt, /etc/libvirt, ... (bind mounts)
+//!     libvirt/            the host's /run/libvirt, /etc/libvirt, ... (bind mounts);
+//!                         etc/hooks/qemu.d/envclone and lib/envclone-gate/: the start gate
 //!     storage.ext4        mounted at /srv/envclone in the host's mount namespace only
 //!     ssh/authorized_keys mounted over /root/.ssh in the host's mount namespace only
 //!     host_key.dropbear   its SSH host key (pinned in keys/hosts_known_hosts)
@@ -103,7 +104,8 @@ impl Machine {
     }
 
     /// Powers the host on (each step skipped when done): namespace, disk,
-    /// login keys, daemons with the disk mounted, dropbear. Its link must
+    /// login keys, the start gate's hook, daemons with the disk mounted,
+    /// dropbear. Its link must
     /// exist for dropbear to listen on its address: see [`super::link`].
     pub fn start(&self, authorized_key: &str) -> Result<keys::KeyPair, LabError> {
         fs::create_dir_all(&self.dir).map_err(|source| LabError::io("create", &self.dir, source))?;
@@ -119,6 +121,8 @@ impl Machine {
                 fs::remove_dir_all(&run).map_err(|source| LabError::io("remove", &run, source))?;
             }
         }
+        // libvirt looks for hooks only when libvirtd starts: the gate's first.
+        super::gate::install_hook(&self.libvirt())?;
         daemons::start(&self.libvirt(), &self.netns, &self.mount_script()?)?;
         self.start_sshd()?;
         Ok(host_key)

@@ -18,6 +18,9 @@
 //!   └────────────────────────┘      └────────────────────────┘
 //! ```
 //!
+//! Each host carries envclone's start gate ([`gate`]): its hook is in place
+//! before its libvirtd starts, and `lab up` grants demo its lease on a.
+//!
 //! The lab itself is the hardware: it may reach into a host (`nsenter`,
 //! `/proc/PID/root`) to build it; envclone's operations may not, and the
 //! config it writes only names remote URIs and paths on the hosts.
@@ -25,6 +28,7 @@
 pub mod addressing;
 pub mod config;
 mod demo;
+mod gate;
 mod link;
 mod machine;
 
@@ -32,11 +36,13 @@ pub use addressing::HOST_NAMES;
 pub use demo::Ingredients;
 pub use link::{LinkRate, RateSetting};
 
-use super::{host, keys, namespace, Lab, LabError};
+use super::{host, keys, namespace, topology, Lab, LabError};
+use crate::host::gate::Wanted;
 use crate::hypervisor::{Hypervisor, LibvirtHypervisor};
 use addressing::Addressing;
 use machine::Machine;
 use serde::Serialize;
+use std::collections::BTreeSet;
 use std::fs;
 use std::path::PathBuf;
 use std::time::Instant;
@@ -232,6 +238,8 @@ impl<'l> LabHosts<'l> {
         let entries: Vec<(&str, u16, &str)> = known_hosts.iter().map(|(a, k)| (a.as_str(), 22, k.as_str())).collect();
         let file = self.lab.paths().hosts_known_hosts();
         fs::write(&file, keys::known_hosts(&entries)).map_err(|source| LabError::io("write", &file, source))?;
+        progress("start gate: protected domains and leases");
+        self.grant_leases(&machines, parts, progress)?;
         progress("demo on host a");
         let stale = demo::place(&machines[0], parts)?;
         let mut reports = Vec::new();
@@ -239,6 +247,29 @@ impl<'l> LabHosts<'l> {
             reports.push(self.check_remote(machine)?);
         }
         Ok((stale, reports))
+    }
+
+    /// Each host's protected list and a fresh lease for every environment
+    /// on it that is not failed over (so demo starts on a; one a standby
+    /// serves does not, and the gate says why).
+    fn grant_leases(
+        &self,
+        machines: &[Machine],
+        parts: &Ingredients<'_>,
+        progress: &dyn Fn(&str),
+    ) -> Result<(), LabError> {
+        let config = self.config(topology::config(self.lab.paths(), &self.lab.netns(), parts.domain_type));
+        let failed_over = match failed_over(&config) {
+            Ok(envs) => envs,
+            Err(e) => {
+                progress(&format!("cannot read the lab's catalog ({e}): no environment gets a lease"));
+                config.environments.keys().cloned().collect()
+            }
+        };
+        for machine in machines {
+            gate::grant(&machine.libvirt(), &Wanted::for_host(&config, &machine.name, &failed_over))?;
+        }
+        Ok(())
     }
 
     /// [`Machine::start`], from a clean slate when the host is off: a boot
@@ -379,6 +410,23 @@ impl<'l> LabHosts<'l> {
         }
         Ok(report)
     }
+}
+
+/// The environments of `config` whose role switch is in force, from the
+/// lab's catalog (none before it exists).
+fn failed_over(config: &crate::config::Config) -> Result<BTreeSet<String>, crate::catalog::CatalogError> {
+    let state = &config.controller.state_dir;
+    if !state.join(crate::catalog::CATALOG_FILE).exists() {
+        return Ok(BTreeSet::new());
+    }
+    let catalog = crate::catalog::Catalog::open(state)?;
+    let mut envs = BTreeSet::new();
+    for env in config.environments.keys() {
+        if catalog.switch_in_force(env)?.is_some() {
+            envs.insert(env.clone());
+        }
+    }
+    Ok(envs)
 }
 
 fn connect(machine: &Machine) -> Result<LibvirtHypervisor, LabError> {

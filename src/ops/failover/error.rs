@@ -217,6 +217,15 @@ pub enum FailoverError {
     /// The home sync: a copy at home does not read like its source.
     #[error("VM '{vm}' disk {disk}: the copy {} does not read like the standby's {}", to.display(), from.display())]
     HomeCopyDiffers { vm: String, disk: String, from: std::path::PathBuf, to: std::path::PathBuf },
+    /// Failback: ENV's home host's start gate would not let its domains
+    /// start (its lease is withheld while the switch is in force).
+    #[error("grant environment '{env}' its start gate lease on host {host}")]
+    StartGate {
+        env: String,
+        host: String,
+        #[source]
+        source: Box<crate::host::gate::GateError>,
+    },
     #[error("a worker thread panicked")]
     Panicked,
     /// The step failed, and undoing the steps before it failed too.
@@ -255,6 +264,7 @@ impl Failure for FailoverError {
                 ExitCode::Unreachable
             }
             FailoverError::CleanupFailed { cause, .. } => cause.exit_code(),
+            FailoverError::StartGate { source, .. } => source.exit_code(),
             _ => ExitCode::Failed,
         }
     }
@@ -360,6 +370,7 @@ impl Failure for FailoverError {
                     .into(),
             ),
             FailoverError::KnownHosts { .. } => Some("check that the controller's known_hosts is writable".into()),
+            FailoverError::StartGate { source, .. } => source.hint(),
             FailoverError::Panicked => None,
             FailoverError::CleanupFailed { .. } => {
                 Some("run `envclone recover`: it finishes or rolls back what is left".into())

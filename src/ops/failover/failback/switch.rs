@@ -70,6 +70,14 @@ pub(super) fn switch(
             |run| run.ctx.host.hypervisor().define_domain(&def).map(drop).map_err(redefine),
         )?;
     }
+    // The start gate withholds ENV's lease at home while its switch is in
+    // force: ENV's domains start under one granted now (their stamps gone).
+    let home = ctx.host.name();
+    crate::host::gate::grant(ctx.config, home, env).map_err(|source| FailoverError::StartGate {
+        env: env.to_owned(),
+        host: home.to_owned(),
+        source: Box::new(source),
+    })?;
     crate::ops::failover::drill::start_domains(run, vms.iter().map(|vm| vm.domain.as_str()))?;
     wait_for_agents(run, &format!("wait for {env}'s agents at its addresses"), primary)?;
     // SB served at its own addresses: ENV's guests came home with SB's
