@@ -107,6 +107,25 @@ pub fn start(instance: &Instance, netns: &str, setup: &str) -> Result<(), LabErr
     Ok(())
 }
 
+/// Stops and undefines every domain and network of a lab libvirtd (a lab's
+/// or a lab host's, before its daemons stop); their names.
+pub fn clear(hv: &crate::hypervisor::LibvirtHypervisor) -> Result<(Vec<String>, Vec<String>), LabError> {
+    use crate::hypervisor::Hypervisor as _;
+    let mut domains = Vec::new();
+    for name in hv.domain_names().map_err(LabError::hypervisor("list domains"))? {
+        hv.destroy_domain(&name).map_err(LabError::hypervisor(format!("stop {name}")))?;
+        hv.undefine_domain(&name).map_err(LabError::hypervisor(format!("undefine {name}")))?;
+        domains.push(name);
+    }
+    let mut networks = Vec::new();
+    for name in hv.network_names().map_err(LabError::hypervisor("list networks"))? {
+        hv.destroy_network(&name).map_err(LabError::hypervisor(format!("stop network {name}")))?;
+        hv.undefine_network(&name).map_err(LabError::hypervisor(format!("undefine network {name}")))?;
+        networks.push(name);
+    }
+    Ok((domains, networks))
+}
+
 /// Stops both daemons (SIGTERM, then SIGKILL after a deadline). Guests keep
 /// running when libvirtd stops, so callers destroy them first.
 pub fn stop(instance: &Instance) -> Result<(), LabError> {

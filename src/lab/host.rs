@@ -30,7 +30,12 @@ pub fn find_tool(name: &str) -> Option<std::path::PathBuf> {
 }
 
 pub fn check_tools() -> Result<(), LabError> {
-    let missing: Vec<String> = REQUIRED_TOOLS
+    check(REQUIRED_TOOLS)
+}
+
+/// Each of `tools` (a tool and the package it comes in) is on the PATH.
+pub fn check(tools: &[(&str, &str)]) -> Result<(), LabError> {
+    let missing: Vec<String> = tools
         .iter()
         .filter(|(tool, _)| find_tool(tool).is_none())
         .map(|(tool, package)| format!("{tool} ({package})"))

@@ -421,17 +421,7 @@ impl Lab {
         let mut report = DownReport { lab: self.name.clone(), ..DownReport::default() };
         report.hosts_removed = LabHosts::new(self).down()?;
         if daemons::is_running(&self.paths.libvirt_instance()) {
-            let hv = self.connect()?;
-            for name in hv.domain_names().map_err(LabError::hypervisor("list domains"))? {
-                hv.destroy_domain(&name).map_err(LabError::hypervisor(format!("stop {name}")))?;
-                hv.undefine_domain(&name).map_err(LabError::hypervisor(format!("undefine {name}")))?;
-                report.domains_removed.push(name);
-            }
-            for name in hv.network_names().map_err(LabError::hypervisor("list networks"))? {
-                hv.destroy_network(&name).map_err(LabError::hypervisor(format!("stop network {name}")))?;
-                hv.undefine_network(&name).map_err(LabError::hypervisor(format!("undefine network {name}")))?;
-                report.networks_removed.push(name);
-            }
+            (report.domains_removed, report.networks_removed) = daemons::clear(&self.connect()?)?;
         }
         daemons::stop(&self.paths.libvirt_instance())?;
         // Whatever still lives in the namespace (a QEMU orphaned by a

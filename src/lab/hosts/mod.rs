@@ -201,16 +201,7 @@ impl<'l> LabHosts<'l> {
     }
 
     pub fn check_tools() -> Result<(), LabError> {
-        let missing: Vec<String> = HOST_TOOLS
-            .iter()
-            .filter(|(tool, _)| host::find_tool(tool).is_none())
-            .map(|(tool, package)| format!("{tool} ({package})"))
-            .collect();
-        if missing.is_empty() {
-            Ok(())
-        } else {
-            Err(LabError::MissingTools { missing })
-        }
+        host::check(HOST_TOOLS)
     }
 
     /// Brings both hosts and their links up and `demo` onto host a (each
@@ -384,17 +375,7 @@ impl<'l> LabHosts<'l> {
     fn remove(&self, machine: &Machine) -> Result<HostDownReport, LabError> {
         let mut report = HostDownReport { name: machine.name.clone(), ..HostDownReport::default() };
         if machine.libvirtd_running() {
-            let hv = connect(machine)?;
-            for name in hv.domain_names().map_err(LabError::hypervisor("list domains"))? {
-                hv.destroy_domain(&name).map_err(LabError::hypervisor(format!("stop {name}")))?;
-                hv.undefine_domain(&name).map_err(LabError::hypervisor(format!("undefine {name}")))?;
-                report.domains_removed.push(name);
-            }
-            for name in hv.network_names().map_err(LabError::hypervisor("list networks"))? {
-                hv.destroy_network(&name).map_err(LabError::hypervisor(format!("stop network {name}")))?;
-                hv.undefine_network(&name).map_err(LabError::hypervisor(format!("undefine network {name}")))?;
-                report.networks_removed.push(name);
-            }
+            (report.domains_removed, report.networks_removed) = super::daemons::clear(&connect(machine)?)?;
         }
         super::daemons::stop(&machine.libvirt())?;
         for pid in namespace::pids(&machine.netns)? {
