@@ -72,11 +72,16 @@ impl SshShell {
         if output.status == 0 {
             Ok(output.stdout)
         } else {
-            Err(ToolError::Failed {
-                command: self.describe(script),
-                status: Some(output.status),
-                stderr: crate::host::tool::tail(&String::from_utf8_lossy(&output.stderr), 800),
-            })
+            Err(self.failed(script, &output))
+        }
+    }
+
+    /// The failure of `script`, which ended as `output` says.
+    pub fn failed(&self, script: &str, output: &ExecOutput) -> ToolError {
+        ToolError::Failed {
+            command: self.describe(script),
+            status: Some(output.status),
+            stderr: crate::host::tool::tail(&String::from_utf8_lossy(&output.stderr), 800),
         }
     }
 

@@ -253,12 +253,9 @@ impl Storage for SshStorage {
         match output.status {
             0 => Ok(true),
             1 => Ok(false),
-            _ => {
-                let line = command_line(&argv).unwrap_or_default();
-                Err(self.shell.ok(&line, output).map_or_else(StorageError::tool("compare", b), |_| {
-                    Self::bad_output("qemu-img compare", "no answer")
-                }))
-            }
+            _ => Err(StorageError::tool("compare", b)(
+                self.shell.failed(&command_line(&argv).unwrap_or_default(), &output),
+            )),
         }
     }
 
@@ -267,12 +264,9 @@ impl Storage for SshStorage {
         let output = self.shell.output(&argv, LONG_WORK).map_err(StorageError::tool("check", image))?;
         match output.status {
             0 | 2 | 3 => parse_check(&output.stdout).map_err(|detail| Self::bad_output("qemu-img check", detail)),
-            _ => {
-                let line = command_line(&argv).unwrap_or_default();
-                Err(self.shell.ok(&line, output).map_or_else(StorageError::tool("check", image), |_| {
-                    Self::bad_output("qemu-img check", "no answer")
-                }))
-            }
+            _ => Err(StorageError::tool("check", image)(
+                self.shell.failed(&command_line(&argv).unwrap_or_default(), &output),
+            )),
         }
     }
 
