@@ -117,12 +117,13 @@ pub fn ship(from: End<'_>, to: End<'_>, limit: Option<u64>, progress: ShipProgre
         let mut left = extent.len;
         while left > 0 {
             let want = usize::try_from(left.min(CHUNK as u64)).unwrap_or(CHUNK);
-            let read = reader.read(&mut buffer[..want]).map_err(|e| read_error(io("read", from.path, e)))?;
+            let read =
+                reader.read(&mut buffer[..want]).map_err(|e| read_error(StorageError::io("read", from.path)(e)))?;
             if read == 0 {
                 let short = std::io::Error::new(std::io::ErrorKind::UnexpectedEof, "the file ended early");
-                return Err(read_error(io("read", from.path, short)));
+                return Err(read_error(StorageError::io("read", from.path)(short)));
             }
-            writer.write_all(&buffer[..read]).map_err(|e| write_error(io("write", &part, e)))?;
+            writer.write_all(&buffer[..read]).map_err(|e| write_error(StorageError::io("write", &part)(e)))?;
             left -= read as u64;
             sent += read as u64;
             throttle.after(read as u64);
@@ -130,10 +131,10 @@ pub fn ship(from: End<'_>, to: End<'_>, limit: Option<u64>, progress: ShipProgre
         }
         // Read to the end: a reader on another host reports its command's
         // exit status there (and keeps its login for the next command).
-        let trailing = reader.read(&mut buffer).map_err(|e| read_error(io("read", from.path, e)))?;
+        let trailing = reader.read(&mut buffer).map_err(|e| read_error(StorageError::io("read", from.path)(e)))?;
         if trailing != 0 {
             let long = std::io::Error::other("the file grew while it was shipped");
-            return Err(read_error(io("read", from.path, long)));
+            return Err(read_error(StorageError::io("read", from.path)(long)));
         }
         drop(reader);
         writer.finish().map_err(write_error)?;
@@ -167,10 +168,6 @@ pub fn part_path(path: &Path) -> PathBuf {
     let mut name = path.file_name().unwrap_or_default().to_os_string();
     name.push(".part");
     path.with_file_name(name)
-}
-
-fn io(what: &'static str, path: &Path, source: std::io::Error) -> StorageError {
-    StorageError::Io { what, path: path.to_owned(), source }
 }
 
 /// Joins extents separated by less than `min_hole`.

@@ -387,10 +387,7 @@ impl Run<'_, '_> {
             let dir = plan.target.parent().map(PathBuf::from).unwrap_or_default();
             self.ctx.host.storage().create_dir(&dir)?;
             let (vm, disk) = (plan.vm.clone(), plan.disk.clone());
-            let transfer_error = |step: &'static str| {
-                let (vm, disk) = (vm.clone(), disk.clone());
-                move |source| StandbyError::Transfer { vm, disk, step, source: Box::new(source) }
-            };
+            let transfer_error = transfer_error(&vm, &disk);
             if let Some(staged) = plan.staged.clone() {
                 if transfer::same_host(self.primary_host, self.ctx.host) {
                     self.copy_full_here(plan, &staged, snapshot, &mut first)?;
@@ -594,10 +591,7 @@ pub(crate) fn finish(ctx: &OpContext<'_>, plan: &FinishPlan) -> Result<(), Stand
         catalog.begin_standby_merge(&plan.standby, &plan.snapshot)?;
         let mut first = true;
         for disk in &plan.disks {
-            let transfer_error = |step: &'static str| {
-                let (vm, name) = (disk.vm.clone(), disk.disk.clone());
-                move |source| StandbyError::Transfer { vm, disk: name, step, source: Box::new(source) }
-            };
+            let transfer_error = transfer_error(&disk.vm, &disk.disk);
             if let Some(staged) = &disk.staged {
                 if transfer.exists(staged).map_err(transfer_error("look at the full copy"))? {
                     transfer.install(staged, &disk.target).map_err(transfer_error("install the full copy"))?;
