@@ -166,7 +166,7 @@ fn hosts_in_use(config: &Config, environments: &[(String, Environment)]) -> BTre
 /// over SSH: each its own line, so a host whose sshd is down while libvirt
 /// answers says exactly that.
 fn host_checks(config: &Config, hosts: &dyn Hosts, name: &str) -> Vec<LiveCheck> {
-    let uri = config.hosts.get(name).map_or(config.controller.libvirt_uri.as_str(), |h| h.libvirt_uri.as_str());
+    let uri = config.libvirt_uri_of(name).unwrap_or(&config.controller.libvirt_uri);
     let host = match hosts.get(name) {
         Ok(host) => host,
         Err(e) => return vec![LiveCheck::from_result(format!("host {name} libvirt {uri}"), Err(e.into()))],

@@ -32,9 +32,10 @@ pub fn run(global: &GlobalArgs, args: &FailoverArgs, out: &Output) -> Result<Exi
             // The primary's libvirt: the controller's connection unless ENV
             // lives on another host; one that does not answer is no reason
             // to wait (the fence is recorded unconfirmed).
-            let uri = here_uri(ctx);
+            let config = ctx.config;
+            let uri = config.libvirt_uri_of(ctx.host.name()).unwrap_or(&config.controller.libvirt_uri);
             let primary_uri =
-                args.primary_uri.as_deref().or_else(|| host_uri(ctx, ctx.config.host_of(&args.environment)));
+                args.primary_uri.as_deref().or_else(|| config.libvirt_uri_of(config.host_of(&args.environment)));
             let elsewhere = primary_uri.filter(|u| *u != uri);
             let connection =
                 elsewhere.map(|other| super::guard::connect_within(other, super::guard::PRIMARY_CONNECT_WITHIN));
@@ -105,19 +106,6 @@ impl On<'_> {
             None => None,
         };
         Ok(standby.map(|s| s.host))
-    }
-}
-
-/// The libvirt URI of the host `ctx` runs on.
-fn here_uri<'c>(ctx: &OpContext<'c>) -> &'c str {
-    host_uri(ctx, ctx.host.name()).unwrap_or(&ctx.config.controller.libvirt_uri)
-}
-
-/// The libvirt URI of host `name` (`local`: the controller's).
-fn host_uri<'c>(ctx: &OpContext<'c>, name: &str) -> Option<&'c str> {
-    match ctx.config.hosts.get(name) {
-        Some(host) => Some(&host.libvirt_uri),
-        None => (name == crate::host::LOCAL).then_some(ctx.config.controller.libvirt_uri.as_str()),
     }
 }
 

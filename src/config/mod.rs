@@ -398,6 +398,15 @@ impl Config {
     pub fn host_of(&self, env: &str) -> &str {
         self.environments.get(env).and_then(|e| e.host.as_deref()).unwrap_or(crate::host::LOCAL)
     }
+
+    /// The libvirt URI of host `host`: the controller's for `local`, its
+    /// `[hosts]` entry's otherwise (none for an unknown host).
+    pub fn libvirt_uri_of(&self, host: &str) -> Option<&str> {
+        match self.hosts.get(host) {
+            Some(settings) => Some(&settings.libvirt_uri),
+            None => (host == crate::host::LOCAL).then_some(self.controller.libvirt_uri.as_str()),
+        }
+    }
 }
 
 impl Environment {

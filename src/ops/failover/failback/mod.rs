@@ -322,7 +322,7 @@ fn preflight(
     }
     let resources = super::fence::switch_resources(switch);
     // ENV's host (the context's) is where the failback brings it home.
-    let here = ctx.config.hosts.get(ctx.host.name()).map_or(&ctx.config.controller.libvirt_uri, |h| &h.libvirt_uri);
+    let here = ctx.config.libvirt_uri_of(ctx.host.name()).unwrap_or(&ctx.config.controller.libvirt_uri);
     if let Some(uri) = resources.primary_uri.filter(|uri| uri != here) {
         return Err(FailoverError::Unsupported {
             what: format!("failback to a primary on another host ({uri}); bring its disks and domains here first"),
